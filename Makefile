@@ -1,0 +1,80 @@
+# chital: one entry point per habit. `make help` lists them.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PY := .venv/bin/python
+VENV_BIN := .venv/bin
+PYTEST_ARGS ?=
+
+HAND_WRITTEN := proto/python/src/chital/errdefs agent/src controller/src client/src devcluster/src
+
+.PHONY: help
+help: ## List the targets
+	@grep -hE '^[a-zA-Z0-9_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-14s\033[0m %s\n", $$1, $$2}'
+
+.PHONY: bootstrap
+bootstrap: ## Install Debian packages, the venv and the tools (idempotent)
+	scripts/bootstrap.sh
+
+.PHONY: protos
+protos: ## Regenerate the Python code and stubs from proto/
+	scripts/genproto.sh
+
+.PHONY: check-protos
+check-protos: ## Fail when the committed generated code is stale
+	@tmp=$$(mktemp -d) && trap 'rm -rf $$tmp' EXIT && scripts/genproto.sh $$tmp >/dev/null 2>&1 && \
+	if diff -r -q $$tmp/chital/api proto/python/src/chital/api -x '__pycache__' >/dev/null; then \
+		echo "check-protos: generated code is fresh"; \
+	else \
+		diff -r $$tmp/chital/api proto/python/src/chital/api -x '__pycache__' | head -20; \
+		echo "check-protos: generated code is stale; run 'make protos' and commit" >&2; exit 1; \
+	fi
+
+.PHONY: lint
+lint: ## ruff, ruff format --check, mypy on hand-written code, buf lint
+	$(VENV_BIN)/ruff check .
+	$(VENV_BIN)/ruff format --check .
+	$(VENV_BIN)/mypy $(HAND_WRITTEN)
+	cd proto && ../$(VENV_BIN)/buf lint
+
+.PHONY: fmt
+fmt: ## Format the Python code
+	$(VENV_BIN)/ruff format .
+	$(VENV_BIN)/ruff check --fix .
+
+.PHONY: test
+test: ## Unit, integration and conformance (FakeDevice) tests on the host
+	$(VENV_BIN)/pytest $(PYTEST_ARGS)
+
+.PHONY: test-vm
+test-vm: ## The kernel module's tests in a real Linux kernel under QEMU
+	CHITAL_VM=1 scripts/bootstrap.sh
+	$(PY) -m chital.devcluster.vmtest tests/conformance tests/vm
+
+.PHONY: test-all
+test-all: ## Everything CI runs (the README's test command)
+	scripts/test.sh
+
+.PHONY: kmod
+kmod: ## Build chital.ko against the installed Debian kernel's headers
+	$(MAKE) -C kmod
+
+.PHONY: hollow
+hollow: ## A controller and 3 hollow agents (FakeDevice) on free loopback ports, until Ctrl-C
+	$(PY) -m chital.devcluster.hollow --agents 3
+
+.PHONY: demo
+demo: ## The main job: the local multi-host cluster demo
+	scripts/demo.sh
+
+.PHONY: bench
+bench: ## Benchmarks (figures printed, nothing enforced)
+	$(PY) bench/create_throughput.py
+
+.PHONY: migrate
+migrate: ## Apply the database migrations (CHITAL_DATABASE_URL or the default SQLite)
+	$(VENV_BIN)/chital-controller db upgrade
+
+.PHONY: clean
+clean: ## Remove build output and caches
+	-$(MAKE) -C kmod clean
+	rm -rf .state .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,130 @@
+"""The ``Device`` port: what the agent needs from ``/dev/chital``.
+
+Two adapters implement it: ``LinuxDevice`` (ioctls on the real module) and ``FakeDevice`` (an
+in-memory model of the module's contract, used by hollow agents and unit tests). The conformance
+suite in ``tests/conformance`` runs the same cases against both; where they differ, the fake is
+fixed to match the module. The fake may never be more permissive than the module.
+
+Errors cross this port as ``chital.errdefs`` exceptions only: the real adapter maps errno to
+errdefs at this one seam (``EINVAL`` -> InvalidArgument, ``ENOENT``/``ESRCH`` -> NotFound,
+``EEXIST`` -> AlreadyExists, ``EBUSY`` -> FailedPrecondition, ``EPERM``/``EACCES`` ->
+PermissionDenied, ``ENOSPC``/``ENOMEM``/``EMFILE`` -> ResourceExhausted, ``ENOTTY`` ->
+Unimplemented).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol, runtime_checkable
+
+#: Maximum length of a container name in bytes (excluding the terminating NUL), as in the uapi header.
+NAME_MAX = 63
+#: Maximum length of a container root path in bytes (excluding the terminating NUL).
+ROOT_MAX = 4095
+#: Number of system call numbers the deny bitmap and the counters cover (x86_64 numbers).
+NR_SYSCALLS = 512
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceVersion:
+    """Answer of the VERSION ioctl."""
+
+    abi_major: int
+    abi_minor: int
+    module_version: str
+    kernel_release: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerLimits:
+    """Limits the module itself enforces (cgroup limits are the agent's business). 0 = unlimited."""
+
+    max_members: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerSpec:
+    name: str
+    root: str
+    deny_syscalls: frozenset[int] = frozenset()
+    limits: ContainerLimits = field(default_factory=ContainerLimits)
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerInfo:
+    """Answer of the INFO ioctl for one container."""
+
+    id: int
+    name: str
+    root: str
+    members: tuple[int, ...]
+    syscalls_total: int
+    denied_total: int
+    deny_syscalls: frozenset[int]
+    limits: ContainerLimits
+
+
+class EventKind(enum.IntEnum):
+    EXIT = 1  # a member exited; ``status`` is the wait status (as waitpid gives it)
+    FORK = 2  # a member forked; ``pid`` is the child, ``ppid`` the parent
+    DENIED = 3  # a member made a denied system call; ``syscall_nr`` and ``count`` (coalesced)
+    EMPTY = 4  # the container has no members left
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEvent:
+    kind: EventKind
+    container_id: int
+    seq: int
+    pid: int = 0
+    ppid: int = 0
+    status: int = 0
+    syscall_nr: int = -1
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class EventBatch:
+    events: Sequence[DeviceEvent]
+    dropped: int  # events dropped by the bounded queue since the previous read
+
+
+@runtime_checkable
+class Device(Protocol):
+    """Port over the kernel module. All methods are thread-safe."""
+
+    def version(self) -> DeviceVersion: ...
+
+    def create(self, spec: ContainerSpec) -> int:
+        """Create a container; returns its id (never reused while the module is loaded)."""
+        ...
+
+    def destroy(self, container_id: int, *, kill_members: bool = False) -> None:
+        """Destroy a container. Without ``kill_members`` it must be empty (FailedPrecondition)."""
+        ...
+
+    def add_proc(self, container_id: int, pid: int, *, descendants: bool = False) -> None: ...
+
+    def remove_proc(self, container_id: int, pid: int) -> None: ...
+
+    def list(self) -> list[int]: ...
+
+    def info(self, container_id: int) -> ContainerInfo: ...
+
+    def stats(self, container_id: int) -> Mapping[int, tuple[int, int]]:
+        """Per-syscall counters: ``{nr: (calls, denied)}`` for every nr with a non-zero count."""
+        ...
+
+    def set_policy(self, container_id: int, deny_syscalls: frozenset[int]) -> None: ...
+
+    def read_events(self, max_events: int = 256, timeout: float | None = 0.0) -> EventBatch:
+        """Read queued events; waits up to ``timeout`` seconds (None: forever) for the first one."""
+        ...
+
+    def fileno(self) -> int:
+        """A file descriptor that polls readable when events are queued."""
+        ...
+
+    def close(self) -> None: ...

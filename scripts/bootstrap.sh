@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Installs everything chital needs on a Debian 12 machine (run as root): Debian packages, the
+# Python virtual environment in .venv with every distribution installed editable, and the tools
+# from requirements-dev.txt. Idempotent and quick when nothing changed.
+#
+#   scripts/bootstrap.sh          # host tools, venv
+#   CHITAL_VM=1 scripts/bootstrap.sh   # also QEMU, a Debian kernel with headers, busybox (VM tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_packages=(python3 python3-venv python3-dev gcc make git ca-certificates)
+if [ "${CHITAL_VM:-0}" = 1 ]; then
+    apt_packages+=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static dwarves
+        strace sparse)
+fi
+
+missing=()
+for p in "${apt_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" != 0 ]; then
+        echo "bootstrap: missing Debian packages (${missing[*]}); run as root or install them" >&2
+        exit 1
+    fi
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+python=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    log "creating .venv with $($python --version)"
+    "$python" -m venv .venv
+fi
+
+# Reinstall only when a dependency declaration changed.
+stamp=.venv/.chital-bootstrap
+want=$(cat requirements-dev.txt ./*/pyproject.toml proto/python/pyproject.toml | sha256sum | cut -d' ' -f1)
+if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    log "installing Python packages into .venv"
+    .venv/bin/python -m pip install -q --upgrade pip
+    editables=()
+    for d in proto/python agent controller client devcluster; do
+        [ -f "$d/pyproject.toml" ] && editables+=(-e "$d")
+    done
+    .venv/bin/python -m pip install -q -r requirements-dev.txt "${editables[@]}"
+    echo "$want" > "$stamp"
+fi
+log "bootstrap complete"

@@ -1,0 +1,176 @@
+"""The three error translations (DESIGN.md §4.3) map exactly as documented."""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Iterator
+from concurrent import futures
+from typing import Any
+
+import grpc
+import pytest
+
+from chital import errdefs
+from chital.errdefs.grpc import ErrorInterceptor
+
+ERRNO_TABLE = {
+    errno.EINVAL: errdefs.InvalidArgument,
+    errno.E2BIG: errdefs.InvalidArgument,
+    errno.EFAULT: errdefs.InvalidArgument,
+    errno.ENAMETOOLONG: errdefs.InvalidArgument,
+    errno.ENOTDIR: errdefs.InvalidArgument,
+    errno.ENOENT: errdefs.NotFound,
+    errno.ESRCH: errdefs.NotFound,
+    errno.EEXIST: errdefs.AlreadyExists,
+    errno.EBUSY: errdefs.FailedPrecondition,
+    errno.ENOTEMPTY: errdefs.FailedPrecondition,
+    errno.EALREADY: errdefs.FailedPrecondition,
+    errno.EPERM: errdefs.PermissionDenied,
+    errno.EACCES: errdefs.PermissionDenied,
+    errno.ENOSPC: errdefs.ResourceExhausted,
+    errno.ENOMEM: errdefs.ResourceExhausted,
+    errno.EMFILE: errdefs.ResourceExhausted,
+    errno.ENFILE: errdefs.ResourceExhausted,
+    errno.EAGAIN: errdefs.Unavailable,
+    errno.ENODEV: errdefs.Unavailable,
+    errno.ENXIO: errdefs.Unavailable,
+    errno.ENOTTY: errdefs.Unimplemented,
+    errno.ENOSYS: errdefs.Unimplemented,
+    errno.EOPNOTSUPP: errdefs.Unimplemented,
+    errno.ETIMEDOUT: errdefs.DeadlineExceeded,
+}
+
+CLASS_CODES = {
+    errdefs.NotFound: grpc.StatusCode.NOT_FOUND,
+    errdefs.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errdefs.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errdefs.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errdefs.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
+    errdefs.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    errdefs.Unavailable: grpc.StatusCode.UNAVAILABLE,
+    errdefs.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
+    errdefs.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
+    errdefs.Internal: grpc.StatusCode.INTERNAL,
+}
+
+
+@pytest.mark.parametrize(("err", "cls"), sorted(ERRNO_TABLE.items()))
+def test_errno_maps_to_documented_class(err: int, cls: type[errdefs.ChitalError]) -> None:
+    exc = errdefs.from_errno(err, "ioctl CREATE")
+    assert type(exc) is cls
+    assert str(exc).startswith("ioctl CREATE: ")
+    assert errno.errorcode[err] in str(exc)
+
+
+def test_unknown_errno_is_internal() -> None:
+    assert type(errdefs.from_errno(errno.EXDEV, "x")) is errdefs.Internal
+
+
+def test_every_class_has_its_code_and_round_trips() -> None:
+    assert set(CLASS_CODES) == set(errdefs.ERROR_CLASSES)
+    for cls, code in CLASS_CODES.items():
+        assert cls.code is code
+        assert errdefs.to_grpc_code(cls("m")) is code
+        back = errdefs.from_grpc_code(code, "m")
+        assert type(back) is cls
+        assert back.message == "m"
+
+
+@pytest.mark.parametrize("code", list(grpc.StatusCode))
+def test_every_status_code_gives_a_typed_exception(code: grpc.StatusCode) -> None:
+    if code is grpc.StatusCode.OK:
+        return
+    exc = errdefs.from_grpc_code(code, "")
+    assert isinstance(exc, errdefs.ChitalError)
+    assert exc.message  # never an empty message
+
+
+def test_foreign_exceptions_are_internal() -> None:
+    assert errdefs.to_grpc_code(ValueError("x")) is grpc.StatusCode.INTERNAL
+    assert errdefs.to_grpc_code(KeyError("x")) is grpc.StatusCode.INTERNAL
+
+
+# -- The interceptor: no handler can leak UNKNOWN ------------------------------------------------
+
+RAISES: list[BaseException] = [
+    *(cls("boom") for cls in errdefs.ERROR_CLASSES),
+    ValueError("bad"),
+    KeyError("k"),
+    RuntimeError("r"),
+    ZeroDivisionError(),
+    OSError(errno.EIO, "io"),
+]
+
+
+def _expected(exc: BaseException) -> grpc.StatusCode:
+    return exc.code if isinstance(exc, errdefs.ChitalError) else grpc.StatusCode.INTERNAL
+
+
+class _Handlers(grpc.GenericRpcHandler):
+    def __init__(self) -> None:
+        self.to_raise: BaseException = ValueError()
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        def unary(request: bytes, context: grpc.ServicerContext) -> bytes:
+            raise self.to_raise
+
+        def stream(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            yield b"first"
+            raise self.to_raise
+
+        def aborting(request: bytes, context: grpc.ServicerContext) -> bytes:
+            context.abort(grpc.StatusCode.OUT_OF_RANGE, "explicit")
+            return b""
+
+        method = handler_call_details.method
+        if method == "/t.T/Unary":
+            return grpc.unary_unary_rpc_method_handler(unary)
+        if method == "/t.T/Stream":
+            return grpc.unary_stream_rpc_method_handler(stream)
+        if method == "/t.T/Abort":
+            return grpc.unary_unary_rpc_method_handler(aborting)
+        return None
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[_Handlers, grpc.Channel]]:
+    handlers = _Handlers()
+    srv = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=[ErrorInterceptor()])
+    srv.add_generic_rpc_handlers((handlers,))
+    port = srv.add_insecure_port("127.0.0.1:0")
+    srv.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield handlers, channel
+    finally:
+        channel.close()
+        srv.stop(grace=None)
+
+
+@pytest.mark.parametrize("exc", RAISES, ids=lambda e: type(e).__name__)
+def test_unary_handler_exceptions_map(server: tuple[_Handlers, Any], exc: BaseException) -> None:
+    handlers, channel = server
+    handlers.to_raise = exc
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary("/t.T/Unary")(b"", timeout=5)
+    assert info.value.code() is _expected(exc)
+    assert info.value.code() is not grpc.StatusCode.UNKNOWN
+
+
+@pytest.mark.parametrize("exc", RAISES, ids=lambda e: type(e).__name__)
+def test_stream_handler_exceptions_map(server: tuple[_Handlers, Any], exc: BaseException) -> None:
+    handlers, channel = server
+    handlers.to_raise = exc
+    call = channel.unary_stream("/t.T/Stream")(b"", timeout=5)
+    with pytest.raises(grpc.RpcError) as info:
+        assert next(call) == b"first"
+        next(call)
+    assert info.value.code() is _expected(exc)
+
+
+def test_explicit_abort_passes_through(server: tuple[_Handlers, Any]) -> None:
+    _, channel = server
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary("/t.T/Abort")(b"", timeout=5)
+    assert info.value.code() is grpc.StatusCode.OUT_OF_RANGE
+    assert info.value.details() == "explicit"
