@@ -1,0 +1,274 @@
+"""A hollow fleet: one controller and N agents with FakeDevice on free loopback ports.
+
+Hollow agents run the real agent code (gRPC service, runtime, process runner) over the in-memory
+``FakeDevice``, so a whole control plane fits on one machine for tests, benchmarks and
+development. Processes they start are real, but NOT sandboxed (there is no kernel module).
+
+    python -m chital.devcluster.hollow --agents 3
+    # prints the controller address; Ctrl-C stops everything
+
+Every process is started by this module, tracked by pid and stopped by pid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+__all__ = ["HollowFleet", "ServiceProcess", "start_agent", "start_controller"]
+
+BIN = Path(sys.executable).parent
+
+
+@dataclass
+class ServiceProcess:
+    """A server started by the fleet: its process, its address and its log file."""
+
+    name: str
+    proc: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""
+        if self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def kill(self) -> None:
+        """SIGKILL (a crash, for failure tests)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _wait_for_port(proc: subprocess.Popen[bytes], port_file: Path, log_path: Path, timeout: float) -> int:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if port_file.exists():
+            text = port_file.read_text().strip()
+            if text:
+                return int(text)
+        if proc.poll() is not None:
+            tail = log_path.read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"exited with {proc.returncode} before serving; log tail:\n{tail}")
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    raise TimeoutError(f"not serving after {timeout:.0f} s (log: {log_path})")
+
+
+def _spawn(
+    name: str, argv: Sequence[str], workdir: Path, env: dict[str, str] | None, timeout: float
+) -> ServiceProcess:
+    workdir.mkdir(parents=True, exist_ok=True)
+    port_file = workdir / "port"
+    port_file.unlink(missing_ok=True)
+    log_path = workdir / f"{name}.log"
+    full_env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **(env or {})}
+    with log_path.open("ab") as log:
+        proc = subprocess.Popen(
+            [*argv, "--port-file", str(port_file)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=full_env,
+            start_new_session=True,  # a Ctrl-C in the terminal reaches the fleet, not each server
+        )
+    try:
+        port = _wait_for_port(proc, port_file, log_path, timeout)
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    return ServiceProcess(name, proc, f"127.0.0.1:{port}", log_path)
+
+
+def start_agent(
+    workdir: Path,
+    *,
+    name: str = "agent",
+    device: str = "fake",
+    extra_args: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> ServiceProcess:
+    """Start one agent on a free loopback port; its state lives in ``workdir/state``."""
+    argv = [
+        str(BIN / "chital-agent"),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(workdir / "state"),
+        "--device",
+        device,
+        *extra_args,
+    ]
+    return _spawn(name, argv, workdir, None, timeout)
+
+
+def start_controller(
+    workdir: Path,
+    *,
+    database_url: str | None = None,
+    extra_args: Sequence[str] = (),
+    timeout: float = 30.0,
+) -> ServiceProcess:
+    """Start a controller on a free loopback port, migrating its database first."""
+    argv = [
+        str(BIN / "chital-controller"),
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--state-dir",
+        str(workdir / "state"),
+        "--migrate",
+    ]
+    if database_url:
+        argv += ["--database-url", database_url]
+    return _spawn("controller", [*argv, *extra_args], workdir, None, timeout)
+
+
+@dataclass
+class HollowFleet:
+    """A controller and ``agents`` hollow agents, registered with it. Use as a context manager."""
+
+    agents: int = 3
+    workdir: Path | None = None
+    database_url: str | None = None
+    register: bool = True
+    controller_args: Sequence[str] = ()
+    controller: ServiceProcess | None = field(default=None, init=False)
+    agent_procs: list[ServiceProcess] = field(default_factory=list, init=False)
+    _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
+
+    @property
+    def target(self) -> str:
+        """The controller's address, for ``chital.client.Client`` or ``chital --controller``."""
+        assert self.controller is not None, "fleet not started"
+        return self.controller.address
+
+    def start(self) -> HollowFleet:
+        if self.workdir is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="chital-hollow-")
+            self.workdir = Path(self._tmp.name)
+        try:
+            self.controller = start_controller(
+                self.workdir / "controller",
+                database_url=self.database_url,
+                extra_args=self.controller_args,
+            )
+            for i in range(self.agents):
+                self.add_agent(name=f"agent-{i}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def add_agent(self, *, name: str | None = None) -> ServiceProcess:
+        """Start one more hollow agent and register it with the controller."""
+        assert self.workdir is not None
+        name = name or f"agent-{len(self.agent_procs)}"
+        agent = start_agent(self.workdir / name, name=name)
+        self.agent_procs.append(agent)
+        if self.register:
+            from chital.client import Client  # noqa: PLC0415 - the fleet runs without the SDK too
+
+            with Client(self.target) as client:
+                client.register_host(agent.address, labels={"fleet": "hollow", "name": name})
+        return agent
+
+    def stop(self) -> None:
+        """Stop every agent, then the controller; remove the temporary directory."""
+        for agent in self.agent_procs:
+            agent.stop()
+        if self.controller is not None:
+            self.controller.stop()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> HollowFleet:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def hollow_fleet(agents: int = 3, **kwargs: object) -> Iterator[HollowFleet]:
+    """``with hollow_fleet(3) as fleet: Client(fleet.target)...``"""
+    fleet = HollowFleet(agents=agents, **kwargs)  # type: ignore[arg-type]
+    with fleet:
+        yield fleet
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m chital.devcluster.hollow", description=__doc__)
+    parser.add_argument("--agents", type=int, default=3, help="number of hollow agents (default 3)")
+    parser.add_argument("--workdir", type=Path, help="state and logs (default: a temporary directory)")
+    parser.add_argument("--database-url", help="controller database (default: SQLite in the workdir)")
+    parser.add_argument(
+        "--ready-file", type=Path, help="write the controller address here once everything serves"
+    )
+    args = parser.parse_args(argv)
+    if args.agents < 1:
+        parser.error("--agents must be at least 1")
+
+    stop = False
+
+    def on_signal(signum: int, frame: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    fleet = HollowFleet(agents=args.agents, workdir=args.workdir, database_url=args.database_url)
+    try:
+        fleet.start()
+    except (RuntimeError, TimeoutError) as exc:
+        print(f"hollow: {exc}", file=sys.stderr)
+        return 1
+    try:
+        print(f"controller  {fleet.target}  (log {fleet.controller.log_path})")  # type: ignore[union-attr]
+        for agent in fleet.agent_procs:
+            print(f"{agent.name:<11} {agent.address}  (log {agent.log_path})")
+        print(f"\nexport CHITAL_CONTROLLER={fleet.target}\nCtrl-C stops the fleet.", flush=True)
+        if args.ready_file:
+            tmp = args.ready_file.with_suffix(".tmp")
+            tmp.write_text(fleet.target + "\n")
+            tmp.rename(args.ready_file)
+        while not stop:
+            for service in [fleet.controller, *fleet.agent_procs]:
+                if service is not None and service.proc.poll() is not None:
+                    print(f"hollow: {service.name} exited with {service.proc.returncode}", file=sys.stderr)
+                    return 1
+            time.sleep(0.2)
+    finally:
+        fleet.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""End to end on the host: SDK and CLI -> controller -> hollow agents (real agent code, FakeDevice).
+
+Everything runs as real processes on 127.0.0.1 with free ports and stops at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+
+import pytest
+
+from chital.cli import main as cli_main
+from chital.client import (
+    AlreadyExists,
+    Client,
+    ContainerState,
+    InvalidArgument,
+    Limits,
+    NotFound,
+    ProcessState,
+)
+from chital.devcluster.hollow import HollowFleet
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[HollowFleet]:
+    with HollowFleet(agents=3) as f:
+        yield f
+
+
+@pytest.fixture
+def client(fleet: HollowFleet) -> Iterator[Client]:
+    with Client(fleet.target, timeout=20.0) as c:
+        yield c
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def test_hosts_are_registered_and_ready(client: Client, fleet: HollowFleet) -> None:
+    hosts = list(client.list_hosts())
+    assert sorted(h.address for h in hosts) == sorted(a.address for a in fleet.agent_procs)
+    for host in hosts:
+        assert host.state.name == "READY"
+        assert host.agent is not None
+        assert host.agent.device == "fake"
+        assert host.agent.sandboxed is False
+
+
+def test_containers_are_spread_over_every_host(client: Client, fleet: HollowFleet) -> None:
+    before = Counter(c.host_id for c in client.list_containers())
+    created = [client.create_container(unique("spread")) for _ in range(6)]
+    assert all(c.state is ContainerState.CREATED for c in created)
+    after = Counter(c.host_id for c in client.list_containers())
+    added = after - before
+    # Fewest containers first: six new containers on three hosts land two on each, whatever
+    # earlier tests left (they are balanced by the same rule).
+    assert len({c.host_id for c in created}) == 3
+    assert sum(added.values()) == 6
+    for c in created:
+        client.delete_container(c.uid, force=True)
+
+
+def test_exec_runs_with_env_and_reports_output_and_exit_code(client: Client) -> None:
+    container = client.create_container(unique("exec"), limits=Limits(memory_max_bytes=64 << 20))
+    proc = client.exec(
+        container.uid, ["sh", "-c", 'echo "value=$FOO"; echo oops >&2; exit 3'], env={"FOO": "bar-42"}
+    )
+    done = client.wait_process(proc.uid, timeout=30)
+    assert done.state is ProcessState.EXITED
+    assert done.exit_code == 3
+    assert done.signal == 0
+    chunks = list(client.stream_logs(proc.uid))
+    stdout = b"".join(c.data for c in chunks if c.stream.name == "STDOUT")
+    stderr = b"".join(c.data for c in chunks if c.stream.name == "STDERR")
+    assert stdout == b"value=bar-42\n"
+    assert stderr == b"oops\n"
+    listed = {p.uid: p for p in client.list_processes(container.uid)}
+    assert listed[proc.uid].exit_code == 3
+
+
+def test_signal_kills_a_running_process(client: Client) -> None:
+    container = client.create_container(unique("sig"))
+    proc = client.exec(container.uid, ["sleep", "60"])
+    client.signal_process(proc.uid, signal.SIGKILL)
+    done = client.wait_process(proc.uid, timeout=30)
+    assert done.state is ProcessState.EXITED
+    assert done.signal == signal.SIGKILL
+
+
+def test_create_retried_with_same_request_id_creates_nothing_new(client: Client) -> None:
+    name = unique("idem")
+    request_id = uuid.uuid4().hex
+    first = client.create_container(name, request_id=request_id)
+    count = sum(1 for _ in client.list_containers())
+    again = client.create_container(name, request_id=request_id)
+    assert again.uid == first.uid
+    assert again.host_id == first.host_id
+    assert sum(1 for _ in client.list_containers()) == count
+    # The same name under another request id is a different request: refused, not merged.
+    with pytest.raises(AlreadyExists):
+        client.create_container(name, request_id=uuid.uuid4().hex)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "x" * 64, "UPPER", "-lead", "trail-", "sp ace", "a/b", "../etc", "ü", "a\x00b"]
+)
+def test_bad_names_are_invalid_argument(client: Client, name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        client.create_container(name)
+
+
+def test_negative_limits_are_invalid_argument(client: Client) -> None:
+    for limits in (Limits(memory_max_bytes=-1), Limits(pids_max=-5), Limits(cpu_max_millicores=-1)):
+        with pytest.raises(InvalidArgument):
+            client.create_container(unique("neg"), limits=limits)
+
+
+def test_unknown_things_are_not_found(client: Client) -> None:
+    with pytest.raises(NotFound):
+        client.create_container(unique("pin"), host="127.0.0.1:1")
+    with pytest.raises(NotFound):
+        client.get_container("no-such-container")
+    with pytest.raises(NotFound):
+        client.exec("no-such-container", ["true"])
+    with pytest.raises(NotFound):
+        client.get_host("no-such-host")
+    with pytest.raises(NotFound):
+        client.get_process(uuid.uuid4().hex)
+
+
+def test_cli_run_prints_output_and_exits_with_the_process_code(
+    fleet: HollowFleet, capfd: pytest.CaptureFixture[str]
+) -> None:
+    name = unique("cli")
+    rc = cli_main(
+        ["--controller", fleet.target, "run", "--name", name, "-e", "WHO=cli", "--", "sh", "-c",
+         'echo "hi $WHO"; exit 5']
+    )  # fmt: skip
+    out = capfd.readouterr().out
+    assert rc == 5
+    assert "hi cli" in out
+    rc = cli_main(["--controller", fleet.target, "ps", name, "-a", "-o", "json"])
+    procs = json.loads(capfd.readouterr().out)
+    assert rc == 0
+    assert [p["exit_code"] for p in procs] == [5]
+
+
+def test_cli_errors_are_one_line(fleet: HollowFleet, capfd: pytest.CaptureFixture[str]) -> None:
+    rc = cli_main(["--controller", fleet.target, "stop", "no-such-container"])
+    err = capfd.readouterr().err
+    assert rc == 1
+    assert len(err.strip().splitlines()) == 1
+    assert "not found" in err.lower()
+    assert "Traceback" not in err
+
+
+def test_stop_then_delete(client: Client) -> None:
+    container = client.create_container(unique("stop"))
+    proc = client.exec(container.uid, ["sleep", "60"])
+    stopped = client.stop_container(container.uid, grace=2.0)
+    assert stopped.state is ContainerState.STOPPED
+    assert client.wait_process(proc.uid, timeout=30).state is ProcessState.EXITED
+    deleted = client.delete_container(container.uid)
+    assert deleted.state is ContainerState.DELETED
+    with pytest.raises(NotFound):
+        client.get_container(container.name)
