@@ -42,12 +42,17 @@ stamp=.venv/.chital-bootstrap
 want=$(cat requirements-dev.txt ./*/pyproject.toml proto/python/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     log "installing Python packages into .venv"
-    .venv/bin/python -m pip install -q --upgrade pip
     editables=()
     for d in proto/python agent controller client devcluster; do
         [ -f "$d/pyproject.toml" ] && editables+=(-e "$d")
     done
-    .venv/bin/python -m pip install -q -r requirements-dev.txt "${editables[@]}"
+    pip_log=.venv/pip-install.log
+    if ! { .venv/bin/python -m pip install --upgrade pip &&
+           .venv/bin/python -m pip install -r requirements-dev.txt "${editables[@]}"; } >"$pip_log" 2>&1; then
+        tail -n 40 "$pip_log" >&2
+        echo "bootstrap: pip install failed (full log: $pip_log)" >&2
+        exit 1
+    fi
     echo "$want" > "$stamp"
 fi
 log "bootstrap complete"

@@ -18,7 +18,7 @@ cleanup() {
 trap cleanup EXIT
 
 say() { printf '\n\033[1;34m### %s\033[0m\n' "$*"; }
-show() { printf '\033[1m$ %s\033[0m\n' "$*"; "$@"; }
+show() { printf '\033[1m$'; printf ' %q' "$@"; printf '\033[0m\n'; "$@"; }
 
 say "Starting a controller and 3 hollow agents (FakeDevice: processes are real but NOT sandboxed)"
 python -m chital.devcluster.hollow --agents 3 --workdir "$work/fleet" --ready-file "$work/ready" &
@@ -68,7 +68,7 @@ show chital logs "$proc"
 
 say "Stopping and removing every container"
 for c in demo-1 demo-2 demo-3 demo-wait; do
-    show chital stop "$c" >/dev/null
+    show chital stop "$c"
     show chital rm "$c"
 done
 

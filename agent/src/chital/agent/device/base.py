@@ -6,10 +6,16 @@ suite in ``tests/conformance`` runs the same cases against both; where they diff
 fixed to match the module. The fake may never be more permissive than the module.
 
 Errors cross this port as ``chital.errdefs`` exceptions only: the real adapter maps errno to
-errdefs at this one seam (``EINVAL`` -> InvalidArgument, ``ENOENT``/``ESRCH`` -> NotFound,
-``EEXIST`` -> AlreadyExists, ``EBUSY`` -> FailedPrecondition, ``EPERM``/``EACCES`` ->
-PermissionDenied, ``ENOSPC``/``ENOMEM``/``EMFILE`` -> ResourceExhausted, ``ENOTTY`` ->
-Unimplemented).
+errdefs at this one seam, with ``chital.errdefs.from_errno`` (``EINVAL``/``EFAULT``/``ENOTDIR``/
+``ENAMETOOLONG`` -> InvalidArgument, ``ENOENT``/``ESRCH`` -> NotFound, ``EEXIST`` -> AlreadyExists,
+``EBUSY`` -> FailedPrecondition, ``EPERM``/``EACCES`` -> PermissionDenied,
+``ENOSPC``/``ENOMEM``/``EMFILE`` -> ResourceExhausted, ``ENODEV``/``ENXIO``/``EAGAIN`` ->
+Unavailable, ``ENOTTY``/``EOPNOTSUPP`` -> Unimplemented, anything else -> Internal).
+
+What the module answers: an unknown container id is ENOENT; a pid that does not exist (or is not a
+member, for REMOVE_PROC) ESRCH; a missing root ENOENT, a root that is not a directory ENOTDIR; a
+process that is a member of another container EBUSY; over ``max_members`` ENOSPC; a member using
+the device EPERM; non-zero reserved fields or unknown flags EINVAL; an unknown command ENOTTY.
 """
 
 from __future__ import annotations

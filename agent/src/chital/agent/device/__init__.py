@@ -1,0 +1,1 @@
+"""The ``Device`` port over ``/dev/chital`` and its adapters (``linux``: the real module, ``fake``)."""

@@ -1,0 +1,1027 @@
+"""The agent's use cases, on plain dataclasses (no protobuf here).
+
+:class:`AgentRuntime` owns the containers and processes this agent knows, the event log, and two
+threads: the device event pump (EXIT/FORK/DENIED/EMPTY records -> agent events) and, through
+:class:`~chital.agent.process.ProcessRunner`, the reaper. The kernel is the source of truth: at start
+the runtime rebuilds its containers from ``device.list()``/``info()`` plus the small metadata files it
+keeps under the state directory.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import enum
+import hashlib
+import itertools
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import signal as _signal
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chital.errdefs import (
+    AlreadyExists,
+    ChitalError,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+
+from . import __version__, syscalls
+from .device.base import ROOT_MAX, ContainerLimits, ContainerSpec, Device, DeviceEvent, EventKind
+from .device.fake import FakeDevice
+from .metrics import AgentMetrics
+from .process import ExitStatus, LaunchSpec, ProcessRunner, decode_wait_status
+
+__all__ = [
+    "AgentEvent",
+    "AgentEventKind",
+    "AgentInfo",
+    "AgentRuntime",
+    "ContainerStats",
+    "ContainerView",
+    "Limits",
+    "LogChunk",
+    "ProcessState",
+    "ProcessView",
+    "RuntimeConfig",
+    "SyncState",
+    "SyscallStat",
+]
+
+log = logging.getLogger("chital.agent.runtime")
+
+# Container and process uids become kernel names and file names: keep them to the module's charset.
+_UID_RE = re.compile(r"[A-Za-z0-9_.-]{1,63}")
+_MAX_ARGV_BYTES = 256 * 1024
+_MAX_ENV_BYTES = 256 * 1024
+_MAX_GRACE_S = 3600.0
+_POLL_S = 0.05
+
+
+class ProcessState(enum.Enum):
+    RUNNING = "running"
+    EXITED = "exited"
+
+
+class AgentEventKind(enum.IntEnum):
+    PROCESS_STARTED = 1
+    PROCESS_EXITED = 2
+    SYSCALL_DENIED = 3
+    CONTAINER_EMPTY = 4
+    EVENTS_DROPPED = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    memory_max_bytes: int = 0
+    pids_max: int = 0
+    cpu_max_millicores: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerView:
+    uid: str
+    name: str
+    root: str
+    limits: Limits
+    deny_syscalls: tuple[str, ...]
+    kernel_id: int
+    member_pids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessView:
+    uid: str
+    container_uid: str
+    pid: int
+    state: ProcessState
+    exit_code: int
+    signal: int
+    oom_killed: bool
+    start_time: float
+    exit_time: float | None
+    argv: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEvent:
+    seq: int
+    kind: AgentEventKind
+    time: float
+    container_uid: str = ""
+    process_uid: str = ""
+    pid: int = 0
+    exit_code: int = 0
+    signal: int = 0
+    oom_killed: bool = False
+    syscall_number: int = 0
+    count: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class SyscallStat:
+    name: str
+    number: int
+    calls: int
+    denied: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerStats:
+    syscalls: tuple[SyscallStat, ...]
+    syscalls_total: int
+    denied_total: int
+    members: int
+
+
+@dataclass(frozen=True, slots=True)
+class AgentInfo:
+    agent_version: str
+    kernel_release: str
+    module_version: str
+    abi_major: int
+    abi_minor: int
+    device: str
+    sandboxed: bool
+    max_containers: int
+    container_count: int
+    state_hash: str
+    boot_id: str
+    last_event_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class SyncState:
+    containers: tuple[ContainerView, ...]
+    processes: tuple[ProcessView, ...]
+    last_event_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class LogChunk:
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeConfig:
+    state_dir: Path
+    device_kind: str = "fake"  # "fake" or "linux"
+    device_path: str | None = None  # /dev/chital for the real device
+    max_containers: int = 0  # 0: unlimited
+    event_log_capacity: int = 100_000
+    exited_process_limit: int = 10_000
+    helper_cmd: tuple[str, ...] | None = None
+
+
+# -- the event log -------------------------------------------------------------------------------
+
+
+class EventLog:
+    """Agent events with a monotonic sequence number; the last ``capacity`` are kept in memory."""
+
+    def __init__(self, capacity: int) -> None:
+        self._cond = threading.Condition()
+        self._events: collections.deque[AgentEvent] = collections.deque(maxlen=capacity)
+        self._seq = 0
+        self._closed = False
+
+    @property
+    def last_seq(self) -> int:
+        with self._cond:
+            return self._seq
+
+    def append(self, kind: AgentEventKind, **fields: object) -> AgentEvent:
+        with self._cond:
+            self._seq += 1
+            event = AgentEvent(seq=self._seq, kind=kind, time=time.time(), **fields)  # type: ignore[arg-type]
+            self._events.append(event)
+            self._cond.notify_all()
+            return event
+
+    def _after(self, seq: int, limit: int) -> list[AgentEvent]:
+        if not self._events or seq >= self._seq:
+            return []
+        first = self._events[0].seq
+        start = max(0, seq - first + 1)
+        return list(itertools.islice(self._events, start, start + limit))
+
+    def wait_after(self, seq: int, timeout: float, limit: int = 1024) -> list[AgentEvent]:
+        """Events with a sequence number above ``seq``; waits up to ``timeout`` s for the first one."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                events = self._after(seq, limit)
+                if events or self._closed:
+                    return events
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._cond.wait(left)
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+# -- records (internal, mutable, guarded by AgentRuntime._lock) ---------------------------------
+
+
+@dataclass(slots=True)
+class _Container:
+    uid: str
+    name: str
+    root: str
+    owns_root: bool
+    limits: Limits
+    deny_syscalls: tuple[str, ...]
+    kernel_id: int
+    stopping: bool = False
+
+
+@dataclass(slots=True)
+class _Process:
+    uid: str
+    container_uid: str
+    pid: int
+    argv: tuple[str, ...]
+    start_time: float
+    stdout_path: str
+    stderr_path: str
+    state: ProcessState = ProcessState.RUNNING
+    exit_code: int = 0
+    signal: int = 0
+    exit_time: float | None = None
+    started: bool = False  # started by this agent (a session leader), not adopted
+    exited: threading.Event = field(default_factory=threading.Event)
+
+    def view(self) -> ProcessView:
+        return ProcessView(
+            uid=self.uid,
+            container_uid=self.container_uid,
+            pid=self.pid,
+            state=self.state,
+            exit_code=self.exit_code,
+            signal=self.signal,
+            oom_killed=False,
+            start_time=self.start_time,
+            exit_time=self.exit_time,
+            argv=self.argv,
+        )
+
+
+def _check_uid(value: str, what: str) -> str:
+    if not _UID_RE.fullmatch(value) or value in (".", ".."):
+        raise InvalidArgument(f"{what} must be 1..63 characters of [A-Za-z0-9_.-] (got {value[:80]!r})")
+    return value
+
+
+def _check_abs_path(value: str, what: str) -> str:
+    if "\0" in value or not value.startswith("/"):
+        raise InvalidArgument(f"{what} must be an absolute path")
+    if len(value.encode("utf-8", "surrogateescape")) > ROOT_MAX:
+        raise InvalidArgument(f"{what} is longer than {ROOT_MAX} bytes")
+    if ".." in value.split("/"):
+        raise InvalidArgument(f"{what} must not contain '..'")
+    return os.path.normpath(value)
+
+
+def _write_json(path: Path, data: Mapping[str, object]) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
+class AgentRuntime:
+    """Use cases of AgentService. Thread-safe. Errors are ``chital.errdefs`` exceptions."""
+
+    def __init__(
+        self,
+        device: Device,
+        config: RuntimeConfig,
+        *,
+        simulated: FakeDevice | None = None,
+        metrics: AgentMetrics | None = None,
+    ) -> None:
+        """``simulated``: the FakeDevice behind ``device`` when it is wrapped (for example by
+        ``InstrumentedDevice``); the runtime then tells it about exits, as the kernel would see them."""
+        self._device = device
+        self._config = config
+        self._simulated = (
+            simulated if simulated is not None else (device if isinstance(device, FakeDevice) else None)
+        )
+        self._fake = self._simulated is not None
+        self.metrics = metrics
+        self._state_dir = config.state_dir.resolve()
+        (self._state_dir / "containers").mkdir(parents=True, exist_ok=True)
+        self.boot_id = str(uuid.uuid4())
+        self._version = device.version()
+        self._lock = threading.RLock()
+        self._containers: dict[str, _Container] = {}
+        self._by_kernel_id: dict[int, str] = {}
+        self._processes: dict[str, _Process] = {}
+        self._running_by_pid: dict[int, list[str]] = {}  # one OS process may back several records
+        self._exited_order: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._starting: dict[str, threading.Event] = {}
+        self._generation = 0
+        self._events = EventLog(config.event_log_capacity)
+        self._closed = threading.Event()
+        self._runner = ProcessRunner(self._on_reaped, helper_cmd=config.helper_cmd)
+        self._recover()
+        self._pump = threading.Thread(target=self._pump_loop, name="chital-event-pump", daemon=True)
+        self._pump.start()
+
+    @property
+    def sandboxed(self) -> bool:
+        return not self._fake and self._config.device_kind == "linux"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed.is_set()
+
+    def close(self) -> None:
+        """Stop the threads; processes keep running (the kernel holds them)."""
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        self._events.close()
+        self._runner.close()
+        self._pump.join(timeout=5)
+
+    # -- paths -----------------------------------------------------------------------------------
+
+    def _container_dir(self, uid: str) -> Path:
+        return self._state_dir / "containers" / uid
+
+    # -- containers ------------------------------------------------------------------------------
+
+    def create_container(
+        self,
+        uid: str,
+        name: str = "",
+        root: str = "",
+        limits: Limits | None = None,
+        deny_syscalls: Sequence[str] = (),
+    ) -> ContainerView:
+        _check_uid(uid, "container uid")
+        limits = limits or Limits()
+        with self._lock:
+            self._check_open()
+            existing = self._containers.get(uid)
+            if existing is not None:
+                if existing.stopping:
+                    raise FailedPrecondition(f"container {uid} is being destroyed")
+                return self._container_view(existing)
+            name = _check_uid(name or uid, "container name")
+            if any(c.name == name for c in self._containers.values()):
+                raise AlreadyExists(f"container name {name!r} is taken")
+            if min(limits.memory_max_bytes, limits.pids_max, limits.cpu_max_millicores) < 0:
+                raise InvalidArgument("limits must not be negative")
+            if limits.pids_max > 0xFFFFFFFF:
+                raise InvalidArgument("pids_max out of range")
+            deny_names = tuple(sorted(set(deny_syscalls)))
+            deny = syscalls.numbers_of(deny_names)
+            if self._config.max_containers and len(self._containers) >= self._config.max_containers:
+                raise ResourceExhausted(f"this host runs at most {self._config.max_containers} containers")
+            cdir = self._container_dir(uid)
+            if root:
+                root = _check_abs_path(root, "root")
+                if not os.path.isdir(root):
+                    raise InvalidArgument(f"root {root!r} is not an existing directory")
+                owns_root = False
+            else:
+                root = str(cdir / "rootfs")
+                owns_root = True
+            cdir.mkdir(parents=True, exist_ok=True)
+            (cdir / "logs").mkdir(exist_ok=True)
+            (cdir / "processes").mkdir(exist_ok=True)
+            if owns_root:
+                Path(root).mkdir(exist_ok=True)
+            spec = ContainerSpec(
+                name=uid, root=root, deny_syscalls=deny, limits=ContainerLimits(max_members=limits.pids_max)
+            )
+            kernel_id = self._device.create(spec)
+            rec = _Container(uid, name, root, owns_root, limits, deny_names, kernel_id)
+            _write_json(
+                cdir / "container.json",
+                {
+                    "uid": uid,
+                    "name": name,
+                    "root": root,
+                    "owns_root": owns_root,
+                    "limits": [limits.memory_max_bytes, limits.pids_max, limits.cpu_max_millicores],
+                    "deny_syscalls": list(deny_names),
+                },
+            )
+            self._containers[uid] = rec
+            self._by_kernel_id[kernel_id] = uid
+            self._generation += 1
+            log.info("created container %s (kernel id %d, root %s)", uid, kernel_id, root)
+            return self._container_view(rec)
+
+    def destroy_container(self, uid: str, grace_period_seconds: float = 10.0) -> None:
+        if not math.isfinite(grace_period_seconds) or not 0 <= grace_period_seconds <= _MAX_GRACE_S:
+            raise InvalidArgument(f"grace_period_seconds must be within 0..{_MAX_GRACE_S:g}")
+        _check_uid(uid, "container uid")
+        with self._lock:
+            self._check_open()
+            rec = self._containers.get(uid)
+            if rec is None:
+                return
+            rec.stopping = True
+            kernel_id = rec.kernel_id
+        members = self._members(kernel_id)
+        if members:
+            for pid in members:
+                self._signal_quietly(pid, _signal.SIGTERM)
+            self._signal_groups(uid, _signal.SIGTERM)
+            deadline = time.monotonic() + grace_period_seconds
+            while members and time.monotonic() < deadline and not self._closed.is_set():
+                time.sleep(_POLL_S)
+                members = self._members(kernel_id)
+        self._signal_groups(uid, _signal.SIGKILL)
+        with contextlib.suppress(NotFound):
+            self._device.destroy(kernel_id, kill_members=True)
+        with self._lock:
+            self._containers.pop(uid, None)
+            self._by_kernel_id.pop(kernel_id, None)
+            self._generation += 1
+        cdir = self._container_dir(uid)
+        (cdir / "container.json").unlink(missing_ok=True)
+        if rec.owns_root:
+            shutil.rmtree(rec.root, ignore_errors=True)
+        log.info("destroyed container %s (kernel id %d)", uid, kernel_id)
+
+    def _members(self, kernel_id: int) -> tuple[int, ...]:
+        try:
+            return self._device.info(kernel_id).members
+        except NotFound:
+            return ()
+
+    def _signal_groups(self, container_uid: str, sig: int) -> None:
+        """Fake device only: signal the process groups of our running processes.
+
+        The fake does not see forks, so a shell's children are not members; each process we start
+        leads its own session (and process group), which holds its descendants in practice. With the
+        real module, forks are members and the kernel's member list is complete.
+        """
+        if not self._fake:
+            return
+        with self._lock:
+            pids = [
+                p.pid
+                for p in self._processes.values()
+                if p.container_uid == container_uid and p.state is ProcessState.RUNNING and p.started
+            ]
+        for pid in pids:
+            with contextlib.suppress(OSError):
+                os.killpg(pid, sig)
+
+    def _signal_quietly(self, pid: int, sig: int) -> None:
+        with contextlib.suppress(ChitalError):
+            self._runner.send_signal(pid, sig)
+
+    def _get_container(self, uid: str) -> _Container:
+        rec = self._containers.get(uid)
+        if rec is None:
+            raise NotFound(f"container {uid[:80]!r} does not exist")
+        return rec
+
+    def _container_view(self, rec: _Container) -> ContainerView:
+        return ContainerView(
+            uid=rec.uid,
+            name=rec.name,
+            root=rec.root,
+            limits=rec.limits,
+            deny_syscalls=rec.deny_syscalls,
+            kernel_id=rec.kernel_id,
+            member_pids=self._members(rec.kernel_id),
+        )
+
+    def get_container_stats(self, uid: str) -> ContainerStats:
+        with self._lock:
+            rec = self._get_container(uid)
+        counters = self._device.stats(rec.kernel_id)
+        info = self._device.info(rec.kernel_id)
+        return ContainerStats(
+            syscalls=tuple(
+                SyscallStat(name=syscalls.name_of(nr), number=nr, calls=calls, denied=denied)
+                for nr, (calls, denied) in sorted(counters.items())
+            ),
+            syscalls_total=info.syscalls_total,
+            denied_total=info.denied_total,
+            members=len(info.members),
+        )
+
+    # -- processes -------------------------------------------------------------------------------
+
+    def start_process(
+        self,
+        container_uid: str,
+        process_uid: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str = "",
+        user_id: int = 0,
+        group_id: int = 0,
+    ) -> ProcessView:
+        _check_uid(process_uid, "process uid")
+        argv, env, cwd = self._check_process_args(argv, env or {}, cwd)
+        if not (0 <= user_id <= 0xFFFFFFFE and 0 <= group_id <= 0xFFFFFFFE):
+            raise InvalidArgument("user_id/group_id out of range")
+        while True:
+            with self._lock:
+                self._check_open()
+                existing = self._processes.get(process_uid)
+                if existing is not None:
+                    if existing.container_uid != container_uid:
+                        raise AlreadyExists(f"process {process_uid} exists in another container")
+                    return existing.view()
+                pending = self._starting.get(process_uid)
+                if pending is None:
+                    rec = self._get_container(container_uid)
+                    if rec.stopping:
+                        raise FailedPrecondition(f"container {container_uid} is being destroyed")
+                    done = self._starting[process_uid] = threading.Event()
+                    break
+            pending.wait()
+        try:
+            view = self._start(rec, process_uid, argv, env=env, cwd=cwd, user_id=user_id, group_id=group_id)
+        except ChitalError as exc:
+            if self.metrics is not None:
+                self.metrics.process_start_failures.labels(type(exc).__name__).inc()
+            raise
+        else:
+            if self.metrics is not None:
+                self.metrics.processes_started.inc()
+            return view
+        finally:
+            with self._lock:
+                self._starting.pop(process_uid, None)
+            done.set()
+
+    def _check_process_args(
+        self, argv: Sequence[str], env: Mapping[str, str], cwd: str
+    ) -> tuple[tuple[str, ...], dict[str, str], str]:
+        if not argv or not argv[0]:
+            raise InvalidArgument("argv must name a program")
+        if any("\0" in a for a in argv) or sum(len(a) + 1 for a in argv) > _MAX_ARGV_BYTES:
+            raise InvalidArgument("argv has a NUL byte or is too long")
+        size = 0
+        for k, v in env.items():
+            if not k or "=" in k or "\0" in k or "\0" in v:
+                raise InvalidArgument(f"bad environment variable name or value: {k[:64]!r}")
+            size += len(k) + len(v) + 2
+        if size > _MAX_ENV_BYTES:
+            raise InvalidArgument("environment is too large")
+        cwd = _check_abs_path(cwd or "/", "cwd")
+        return tuple(argv), dict(env), cwd
+
+    def _start(
+        self,
+        rec: _Container,
+        process_uid: str,
+        argv: tuple[str, ...],
+        *,
+        env: dict[str, str],
+        cwd: str,
+        user_id: int,
+        group_id: int,
+    ) -> ProcessView:
+        logs = self._container_dir(rec.uid) / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        stdout_path = str(logs / f"{process_uid}.stdout")
+        stderr_path = str(logs / f"{process_uid}.stderr")
+        # 0 is the proto default: "keep the agent's own credentials".
+        uid = None if user_id in (0, os.getuid()) else user_id
+        gid = None if group_id in (0, os.getgid()) else group_id
+        spec = LaunchSpec(
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            root=rec.root,
+            uid=uid,
+            gid=gid,
+            stdout_path=stdout_path,
+            stderr_path=stderr_path,
+            container_id=rec.kernel_id,
+            device_path=self._config.device_path if self.sandboxed else None,
+        )
+        pid = self._runner.start(spec)
+        if self._fake:
+            # The real helper joins the container itself before exec; the fake has no such hook.
+            try:
+                self._device.add_proc(rec.kernel_id, pid)
+            except ChitalError:
+                self._signal_quietly(pid, _signal.SIGKILL)
+                self._runner.watch(pid)
+                raise
+        proc = _Process(
+            uid=process_uid,
+            container_uid=rec.uid,
+            pid=pid,
+            argv=argv,
+            start_time=time.time(),
+            stdout_path=stdout_path,
+            stderr_path=stderr_path,
+            started=True,
+        )
+        with self._lock:
+            self._processes[process_uid] = proc
+            self._running_by_pid.setdefault(pid, []).append(process_uid)
+            self._generation += 1
+            self._events.append(
+                AgentEventKind.PROCESS_STARTED, container_uid=rec.uid, process_uid=process_uid, pid=pid
+            )
+        self._persist_process(proc)
+        self._runner.watch(pid)
+        log.info("started process %s (pid %d) in %s: %s", process_uid, pid, rec.uid, argv[0])
+        return proc.view()
+
+    def adopt_process(self, container_uid: str, process_uid: str, pid: int) -> ProcessView:
+        _check_uid(process_uid, "process uid")
+        if not 0 < pid <= 0x7FFFFFFF:
+            raise InvalidArgument(f"pid {pid} out of range")
+        if pid == os.getpid():
+            raise InvalidArgument("the agent cannot adopt itself")
+        with self._lock:
+            self._check_open()
+            existing = self._processes.get(process_uid)
+            if existing is not None:
+                if existing.container_uid == container_uid and existing.pid == pid:
+                    return existing.view()
+                raise AlreadyExists(f"process {process_uid} exists with another pid or container")
+            rec = self._get_container(container_uid)
+            if rec.stopping:
+                raise FailedPrecondition(f"container {container_uid} is being destroyed")
+            self._device.add_proc(rec.kernel_id, pid)
+            argv = _cmdline(pid)
+            logs = self._container_dir(rec.uid) / "logs"
+            proc = _Process(
+                uid=process_uid,
+                container_uid=rec.uid,
+                pid=pid,
+                argv=argv,
+                start_time=time.time(),
+                stdout_path=str(logs / f"{process_uid}.stdout"),
+                stderr_path=str(logs / f"{process_uid}.stderr"),
+            )
+            self._processes[process_uid] = proc
+            self._running_by_pid.setdefault(pid, []).append(process_uid)
+            self._generation += 1
+            self._events.append(
+                AgentEventKind.PROCESS_STARTED, container_uid=rec.uid, process_uid=process_uid, pid=pid
+            )
+        self._persist_process(proc)
+        if self._fake:
+            # No kernel to report its exit: watch it (status unknown, it is not our child).
+            self._runner.watch(pid)
+        return proc.view()
+
+    def remove_process(self, container_uid: str, pid: int) -> None:
+        if not 0 < pid <= 0x7FFFFFFF:
+            raise InvalidArgument(f"pid {pid} out of range")
+        with self._lock:
+            rec = self._get_container(container_uid)
+        self._device.remove_proc(rec.kernel_id, pid)
+        with self._lock:
+            self._generation += 1
+
+    def signal_process(self, process_uid: str, sig: int) -> None:
+        if not 1 <= sig <= 64:
+            raise InvalidArgument(f"signal {sig} outside 1..64")
+        with self._lock:
+            proc = self._processes.get(process_uid)
+            if proc is None:
+                raise NotFound(f"process {process_uid[:80]!r} does not exist")
+            if proc.state is ProcessState.EXITED:
+                raise FailedPrecondition(f"process {process_uid} has exited")
+            pid = proc.pid
+        self._runner.send_signal(pid, sig)
+
+    def get_process(self, process_uid: str) -> ProcessView:
+        with self._lock:
+            proc = self._processes.get(process_uid)
+            if proc is None:
+                raise NotFound(f"process {process_uid[:80]!r} does not exist")
+            return proc.view()
+
+    def wait_process(self, process_uid: str, timeout: float | None = None) -> ProcessView:
+        with self._lock:
+            proc = self._processes.get(process_uid)
+            if proc is None:
+                raise NotFound(f"process {process_uid[:80]!r} does not exist")
+        proc.exited.wait(timeout)
+        return self.get_process(process_uid)
+
+    # -- exits -----------------------------------------------------------------------------------
+
+    def _on_reaped(self, pid: int, status: ExitStatus) -> None:
+        self._process_exited(pid, status)
+        if self._simulated is not None:
+            self._simulated.notify_exit(pid, status.wait_status or 0)
+
+    def _process_exited(self, pid: int, status: ExitStatus) -> None:
+        """Record an exit once, whichever of the reaper and the kernel's EXIT event comes first."""
+        with self._lock:
+            puids = self._running_by_pid.pop(pid, [])
+            procs = [self._processes[u] for u in puids if u in self._processes]
+            for proc in procs:
+                self._record_exit(proc, status)
+        for proc in procs:
+            proc.exited.set()
+            self._persist_process(proc)
+
+    def _record_exit(self, proc: _Process, status: ExitStatus) -> None:
+        if proc.state is not ProcessState.EXITED:
+            puid, pid = proc.uid, proc.pid
+            proc.state = ProcessState.EXITED
+            proc.exit_code = status.exit_code
+            proc.signal = status.signal
+            proc.exit_time = time.time()
+            self._generation += 1
+            self._events.append(
+                AgentEventKind.PROCESS_EXITED,
+                container_uid=proc.container_uid,
+                process_uid=proc.uid,
+                pid=pid,
+                exit_code=proc.exit_code,
+                signal=proc.signal,
+            )
+            if self.metrics is not None:
+                self.metrics.record_exit(proc.exit_code, proc.signal)
+            self._exited_order[puid] = None
+            while len(self._exited_order) > self._config.exited_process_limit:
+                old, _ = self._exited_order.popitem(last=False)
+                self._processes.pop(old, None)
+
+    def _persist_process(self, proc: _Process) -> None:
+        """Small per-process record, so a restarted agent can name the kernel's members again."""
+        path = self._container_dir(proc.container_uid) / "processes" / f"{proc.uid}.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(
+                path,
+                {
+                    "uid": proc.uid,
+                    "pid": proc.pid,
+                    "argv": list(proc.argv),
+                    "start_time": proc.start_time,
+                    "state": proc.state.value,
+                    "exit_code": proc.exit_code,
+                    "signal": proc.signal,
+                    "exit_time": proc.exit_time,
+                },
+            )
+        except OSError:
+            log.warning("cannot write %s", path, exc_info=True)
+
+    # -- the device event pump -------------------------------------------------------------------
+
+    def _pump_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                batch = self._device.read_events(max_events=256, timeout=0.25)
+            except Unavailable:
+                if self._closed.is_set():
+                    return
+                log.error("device unavailable; event pump retries in 1 s")
+                self._closed.wait(1.0)
+                continue
+            except Exception:
+                log.exception("reading device events failed")
+                self._closed.wait(1.0)
+                continue
+            if batch.dropped:
+                self._events.append(AgentEventKind.EVENTS_DROPPED, count=batch.dropped)
+            for event in batch.events:
+                try:
+                    self._handle_device_event(event)
+                except Exception:
+                    log.exception("cannot handle device event %s", event)
+
+    def _handle_device_event(self, event: DeviceEvent) -> None:
+        with self._lock:
+            cuid = self._by_kernel_id.get(event.container_id, "")
+        if event.kind is EventKind.EXIT:
+            self._process_exited(event.pid, decode_wait_status(event.status))
+        elif event.kind is EventKind.FORK:
+            with self._lock:
+                self._generation += 1
+        elif event.kind is EventKind.DENIED:
+            with self._lock:
+                puid = next(iter(self._running_by_pid.get(event.pid, [])), "")
+            self._events.append(
+                AgentEventKind.SYSCALL_DENIED,
+                container_uid=cuid,
+                process_uid=puid,
+                pid=event.pid,
+                syscall_number=event.syscall_nr,
+                count=event.count,
+            )
+        elif event.kind is EventKind.EMPTY:
+            with self._lock:
+                self._generation += 1
+            self._events.append(AgentEventKind.CONTAINER_EMPTY, container_uid=cuid)
+
+    # -- events, logs, state ---------------------------------------------------------------------
+
+    def wait_events(self, after_seq: int, timeout: float) -> list[AgentEvent]:
+        return self._events.wait_after(after_seq, timeout)
+
+    @property
+    def last_event_seq(self) -> int:
+        return self._events.last_seq
+
+    def stream_logs(
+        self, process_uid: str, follow: bool, tail_lines: int, is_active: Callable[[], bool]
+    ) -> Iterator[LogChunk]:
+        if tail_lines < 0:
+            raise InvalidArgument("tail_lines must not be negative")
+        with self._lock:
+            proc = self._processes.get(process_uid)
+            if proc is None:
+                raise NotFound(f"process {process_uid[:80]!r} does not exist")
+        return _follow_logs(proc, follow, tail_lines, is_active, self._closed)
+
+    def sync(self) -> SyncState:
+        with self._lock:
+            containers = tuple(self._container_view(c) for c in self._containers.values())
+            processes = tuple(p.view() for p in self._processes.values())
+            return SyncState(containers, processes, self._events.last_seq)
+
+    def info(self) -> AgentInfo:
+        with self._lock:
+            count = len(self._containers)
+            digest = hashlib.sha256(f"{self.boot_id}:{self._generation}".encode()).hexdigest()[:32]
+        return AgentInfo(
+            agent_version=__version__,
+            kernel_release=self._version.kernel_release or os.uname().release,
+            module_version=self._version.module_version,
+            abi_major=self._version.abi_major,
+            abi_minor=self._version.abi_minor,
+            device="fake" if self._fake else self._config.device_kind,
+            sandboxed=self.sandboxed,
+            max_containers=self._config.max_containers,
+            container_count=count,
+            state_hash=digest,
+            boot_id=self.boot_id,
+            last_event_seq=self._events.last_seq,
+        )
+
+    def _check_open(self) -> None:
+        if self._closed.is_set():
+            raise Unavailable("the agent is shutting down")
+
+    # -- recovery --------------------------------------------------------------------------------
+
+    def _recover(self) -> None:
+        """Rebuild containers (and name their processes) from the kernel after a restart."""
+        for kernel_id in self._device.list():
+            try:
+                info = self._device.info(kernel_id)
+            except NotFound:
+                continue
+            uid = info.name
+            cdir = self._container_dir(uid)
+            meta: dict[str, object] = {}
+            try:
+                meta = json.loads((cdir / "container.json").read_text())
+            except (OSError, ValueError):
+                log.warning("container %s (kernel id %d) has no metadata", uid, kernel_id)
+            raw_limits = meta.get("limits")
+            lim = (
+                [int(x) for x in raw_limits] if isinstance(raw_limits, list) and len(raw_limits) == 3 else []
+            )
+            limits = Limits(*lim) if lim else Limits(pids_max=info.limits.max_members)
+            deny = meta.get("deny_syscalls")
+            rec = _Container(
+                uid=uid,
+                name=str(meta.get("name") or uid),
+                root=info.root,
+                owns_root=bool(meta.get("owns_root", False)),
+                limits=limits,
+                deny_syscalls=tuple(str(d) for d in deny)
+                if isinstance(deny, list)
+                else tuple(sorted(syscalls.name_of(n) for n in info.deny_syscalls)),
+                kernel_id=kernel_id,
+            )
+            self._containers[uid] = rec
+            self._by_kernel_id[kernel_id] = uid
+            self._recover_processes(rec, set(info.members))
+            log.info("recovered container %s (kernel id %d, %d members)", uid, kernel_id, len(info.members))
+
+    def _recover_processes(self, rec: _Container, members: set[int]) -> None:
+        pdir = self._container_dir(rec.uid) / "processes"
+        logs = self._container_dir(rec.uid) / "logs"
+        for path in sorted(pdir.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                puid, pid = str(data["uid"]), int(data["pid"])
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            proc = _Process(
+                uid=puid,
+                container_uid=rec.uid,
+                pid=pid,
+                argv=tuple(str(a) for a in data.get("argv", [])),
+                start_time=float(data.get("start_time", 0.0)),
+                stdout_path=str(logs / f"{puid}.stdout"),
+                stderr_path=str(logs / f"{puid}.stderr"),
+            )
+            if data.get("state") == ProcessState.RUNNING.value and pid in members:
+                self._running_by_pid.setdefault(pid, []).append(puid)
+            else:
+                # Exited while no agent ran (its status comes from the kernel's queue, if still there).
+                proc.state = ProcessState.EXITED
+                proc.exit_code = int(data.get("exit_code", -1)) if data.get("state") == "exited" else -1
+                proc.signal = int(data.get("signal", 0))
+                exit_time = data.get("exit_time")
+                proc.exit_time = float(exit_time) if isinstance(exit_time, int | float) else time.time()
+                proc.exited.set()
+                self._exited_order[puid] = None
+            self._processes[puid] = proc
+
+
+def _cmdline(pid: int) -> tuple[str, ...]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            raw = f.read(_MAX_ARGV_BYTES)
+    except OSError:
+        return ()
+    return tuple(a.decode(errors="replace") for a in raw.split(b"\0") if a)
+
+
+_CHUNK = 32 * 1024
+
+
+def _tail_offset(path: str, lines: int) -> int:
+    """Offset where the last ``lines`` lines of ``path`` start."""
+    try:
+        with open(path, "rb") as f:
+            end = f.seek(0, os.SEEK_END)
+            pos = end
+            seen = 0
+            while pos > 0:
+                step = min(_CHUNK, pos)
+                pos -= step
+                f.seek(pos)
+                block = f.read(step)
+                # A trailing newline ends the last line; it does not start a new one.
+                if pos + step == end and block.endswith(b"\n"):
+                    block = block[:-1]
+                idx = len(block)
+                while True:
+                    idx = block.rfind(b"\n", 0, idx)
+                    if idx < 0:
+                        break
+                    seen += 1
+                    if seen == lines:
+                        return pos + idx + 1
+            return 0
+    except OSError:
+        return 0
+
+
+def _follow_logs(
+    proc: _Process,
+    follow: bool,
+    tail_lines: int,
+    is_active: Callable[[], bool],
+    closed: threading.Event,
+) -> Iterator[LogChunk]:
+    streams = [("stdout", proc.stdout_path), ("stderr", proc.stderr_path)]
+    offsets = {name: (_tail_offset(path, tail_lines) if tail_lines > 0 else 0) for name, path in streams}
+    while True:
+        exited = proc.exited.is_set()  # observed before reading: data written before exit gets drained
+        progressed = False
+        for name, path in streams:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offsets[name])
+                    data = f.read(_CHUNK)
+            except FileNotFoundError:
+                continue
+            if data:
+                offsets[name] += len(data)
+                progressed = True
+                yield LogChunk(stream=name, data=data)
+        if progressed:
+            continue
+        if not follow or exited or closed.is_set() or not is_active():
+            return
+        proc.exited.wait(0.1)

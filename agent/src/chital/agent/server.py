@@ -1,0 +1,145 @@
+"""Wiring: device + runtime + gRPC server (AgentService, health, reflection, error interceptor)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from chital.errdefs import Unavailable
+from chital.errdefs.grpc import ErrorInterceptor
+
+from . import __version__
+from .device.base import Device
+from .device.fake import FakeDevice
+from .metrics import AgentMetrics, InstrumentedDevice, MetricsServer, start_metrics_server
+from .runtime import AgentRuntime, RuntimeConfig
+from .service import AgentService
+
+__all__ = ["AgentServer", "ServerConfig", "open_device"]
+
+log = logging.getLogger("chital.agent")
+
+DEVICE_PATH = "/dev/chital"
+_SERVICE_NAME = agent_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:0"
+    state_dir: Path = Path("/var/lib/chital-agent")
+    device: str = "auto"  # fake | linux | auto
+    device_path: str = DEVICE_PATH
+    max_containers: int = 0
+    max_workers: int = 64
+    port_file: Path | None = None
+    metrics_listen: str | None = None  # HOST:PORT of /metrics; None: no metrics endpoint
+    metrics_port_file: Path | None = None
+
+
+def open_device(kind: str, path: str = DEVICE_PATH) -> tuple[Device, str]:
+    """The device to use and its kind ("linux" or "fake")."""
+    if kind not in ("fake", "linux", "auto"):
+        raise ValueError(f"unknown device kind {kind!r}")
+    if kind == "fake":
+        return FakeDevice(), "fake"
+    if kind == "auto" and not os.path.exists(path):
+        log.warning("--device auto: %s does not exist (module not loaded): using the fake device", path)
+        return FakeDevice(), "fake"
+    try:
+        from .device import linux  # noqa: PLC0415 - optional: another issue provides it
+    except ImportError as exc:
+        if kind == "linux":
+            raise Unavailable(f"--device linux: chital.agent.device.linux is not available ({exc})") from exc
+        log.warning(
+            "%s exists but chital.agent.device.linux is not available (%s): using the fake", path, exc
+        )
+        return FakeDevice(), "fake"
+    cls = linux.LinuxDevice
+    opener = getattr(cls, "open", None)
+    device: Device = opener(path) if callable(opener) else cls(path)
+    return device, "linux"
+
+
+class AgentServer:
+    """One agent: its runtime and its gRPC server. ``start()``, then ``stop()``."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        raw, kind = open_device(config.device, config.device_path)
+        self.metrics = AgentMetrics(version=__version__)
+        self.metrics.set_device_kind(kind)
+        device: Device = InstrumentedDevice(raw, self.metrics)
+        self.device = device
+        self.runtime = AgentRuntime(
+            device,
+            simulated=raw if isinstance(raw, FakeDevice) else None,
+            metrics=self.metrics,
+            config=RuntimeConfig(
+                state_dir=config.state_dir,
+                device_kind=kind,
+                device_path=config.device_path if kind == "linux" else None,
+                max_containers=config.max_containers,
+            ),
+        )
+        if not self.runtime.sandboxed:
+            log.warning(
+                "device=fake: processes are NOT sandboxed; they run on this host as the agent's user "
+                "(cwd inside the container root dir, no chroot, no kernel policy)"
+            )
+        self._health = health.HealthServicer()
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="chital-rpc"),
+            interceptors=[ErrorInterceptor()],
+            options=[("grpc.so_reuseport", 0)],
+        )
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(
+            AgentService(self.runtime, self.metrics), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        self.port = 0
+        self.metrics_server: MetricsServer | None = None
+        self._stopped = threading.Event()
+
+    def start(self) -> int:
+        self.port = self._server.add_insecure_port(self.config.listen)
+        if self.port == 0:
+            raise Unavailable(f"cannot listen on {self.config.listen}")
+        self._server.start()
+        if self.config.metrics_listen:
+            self.metrics.watch_containers(self.device)
+            self.metrics_server = start_metrics_server(
+                self.config.metrics_listen, self.metrics.registry, port_file=self.config.metrics_port_file
+            )
+        for name in ("", _SERVICE_NAME):
+            self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        host = self.config.listen.rsplit(":", 1)[0]
+        log.info("chital-agent listening on %s:%d (device=%s)", host, self.port, self.runtime.info().device)
+        if self.config.port_file is not None:
+            tmp = self.config.port_file.with_name(self.config.port_file.name + ".tmp")
+            tmp.write_text(f"{self.port}\n")
+            os.replace(tmp, self.config.port_file)
+        return self.port
+
+    def stop(self, grace: float = 2.0) -> None:
+        """Stop serving and the threads; processes keep running (the kernel is the source of truth)."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        self._health.enter_graceful_shutdown()
+        self.runtime.close()  # ends event/log streams
+        self._server.stop(grace).wait(grace + 1)
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+        self.device.close()

@@ -1,0 +1,649 @@
+"""The ``chital`` command: argument parsing, one function per command, exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal as _signal
+import sys
+import uuid
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from chital.client import (
+    ChitalError,
+    Client,
+    ContainerState,
+    HostState,
+    Limits,
+    LogStream,
+    Process,
+    ProcessState,
+    RetryPolicy,
+    Unavailable,
+)
+
+from . import _output as out
+
+DEFAULT_CONTROLLER = "127.0.0.1:7443"
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 124
+EXIT_INTERRUPTED = 130
+
+EPILOG = """\
+exit status:
+  0     success
+  1     a chital error (printed as one line naming its kind, e.g. "not found")
+  2     usage error
+  N     run/exec without --detach: the process's own exit code (128+signal if killed)
+  124   wait: --wait-timeout expired before the process exited
+  130   interrupted (Ctrl-C)
+
+environment:
+  CHITAL_CONTROLLER   controller address (host:port) when --controller is not given
+"""
+
+# Retries for the CLI: a few quick ones, so an unreachable controller is reported in about a second.
+CLI_RETRIES = RetryPolicy(max_attempts=4, initial_backoff=0.1, max_backoff=1.0)
+
+_Handler = Callable[[Client, argparse.Namespace], int]
+
+
+class _UsageError(Exception):
+    """A bad value found after parsing (reported like argparse's errors, exit status 2)."""
+
+
+# -- argument types ------------------------------------------------------------------------------
+
+
+def _key_value(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+def _env_item(text: str) -> tuple[str, str]:
+    # Like docker: "-e NAME" passes the caller's own value of NAME.
+    if "=" not in text:
+        if text not in os.environ:
+            raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE and is not set here")
+        return text, os.environ[text]
+    return _key_value(text)
+
+
+_SIZE_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def _size(text: str) -> int:
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(?:ib?|b)?\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a size like 256M or 1G, got {text!r}")
+    return int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
+
+
+def _cpus(text: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of CPUs like 0.5, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("--cpus must not be negative")
+    return round(value * 1000)
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    value = _seconds(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return value
+
+
+def _user(text: str) -> tuple[int, int]:
+    user, _, group = text.partition(":")
+    if not user.isdigit() or not (group or user).isdigit():
+        raise argparse.ArgumentTypeError(f"expected numeric UID[:GID], got {text!r}")
+    return int(user), int(group or user)
+
+
+def _signal_number(text: str) -> int:
+    if text.isdigit():
+        number = int(text)
+        if 1 <= number <= 64:
+            return number
+    else:
+        name = text.upper()
+        name = name if name.startswith("SIG") else "SIG" + name
+        try:
+            return int(_signal.Signals[name])
+        except KeyError:
+            pass
+    raise argparse.ArgumentTypeError(f"unknown signal {text!r}")
+
+
+def _enum_choice(enum_cls: Any) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            return enum_cls[text.upper().replace("-", "_")]
+        except KeyError:
+            names = ", ".join(m.value.lower() for m in enum_cls if m.name != "UNSPECIFIED")
+            raise argparse.ArgumentTypeError(f"unknown state {text!r} (one of: {names})") from None
+
+    parse.__name__ = "state"
+    return parse
+
+
+# -- output helpers ------------------------------------------------------------------------------
+
+
+def _json(args: argparse.Namespace) -> bool:
+    return bool(args.output == "json")
+
+
+def _write_output(stream: Any, data: bytes) -> None:
+    """Write process output bytes as they are, even when the text stream has no binary buffer."""
+    buffer = getattr(stream, "buffer", None)
+    if buffer is None:
+        stream.write(data.decode("utf-8", "replace"))
+        stream.flush()
+        return
+    stream.flush()
+    buffer.write(data)
+    buffer.flush()
+
+
+def _show_containers(args: argparse.Namespace, containers: Sequence[Any]) -> None:
+    if _json(args):
+        out.print_json(list(containers))
+    else:
+        out.print_table(out.CONTAINER_HEADERS, [out.container_row(c) for c in containers])
+
+
+def _show_processes(args: argparse.Namespace, processes: Sequence[Process]) -> None:
+    if _json(args):
+        out.print_json(list(processes))
+    else:
+        out.print_table(out.PROCESS_HEADERS, [out.process_row(p) for p in processes])
+
+
+def _show_hosts(args: argparse.Namespace, hosts: Sequence[Any]) -> None:
+    if _json(args):
+        out.print_json(list(hosts))
+    else:
+        out.print_table(out.HOST_HEADERS, [out.host_row(h) for h in hosts])
+
+
+def _show_row(
+    args: argparse.Namespace, value: Any, show: Callable[[argparse.Namespace, Sequence[Any]], None]
+) -> None:
+    """One value: a JSON object, or a one-row table (``show`` renders the table)."""
+    if _json(args):
+        out.print_json(value)
+    else:
+        show(args, [value])
+
+
+def _show_one(args: argparse.Namespace, value: Any) -> None:
+    if _json(args):
+        out.print_json(value)
+    else:
+        out.print_fields(value)
+
+
+# -- commands: hosts -----------------------------------------------------------------------------
+
+
+def _hosts_add(client: Client, args: argparse.Namespace) -> int:
+    host = client.register_host(args.address, labels=dict(args.label), max_containers=args.max_containers)
+    _show_row(args, host, _show_hosts)
+    return EXIT_OK
+
+
+def _hosts_ls(client: Client, args: argparse.Namespace) -> int:
+    _show_hosts(args, list(client.list_hosts(state=args.state)))
+    return EXIT_OK
+
+
+def _hosts_get(client: Client, args: argparse.Namespace) -> int:
+    _show_one(args, client.get_host(args.host))
+    return EXIT_OK
+
+
+def _hosts_cordon(client: Client, args: argparse.Namespace) -> int:
+    host = client.cordon_host(args.host)
+    _show_row(args, host, _show_hosts)
+    return EXIT_OK
+
+
+def _hosts_uncordon(client: Client, args: argparse.Namespace) -> int:
+    host = client.uncordon_host(args.host)
+    _show_row(args, host, _show_hosts)
+    return EXIT_OK
+
+
+def _hosts_drain(client: Client, args: argparse.Namespace) -> int:
+    result = client.drain_host(args.host, grace=args.grace)
+    if _json(args):
+        out.print_json(result)
+    else:
+        _show_hosts(args, [result.host])
+        print(f"stopped {result.stopped_containers} container(s)")
+    return EXIT_OK
+
+
+def _hosts_rm(client: Client, args: argparse.Namespace) -> int:
+    client.remove_host(args.host, force=args.force)
+    if _json(args):
+        out.print_json({"removed": args.host})
+    else:
+        print(f"removed host {args.host}")
+    return EXIT_OK
+
+
+# -- commands: containers and processes ----------------------------------------------------------
+
+
+def _attach(client: Client, process: Process) -> int:
+    """Copy a process's output to ours until it exits; return its exit status."""
+    try:
+        for chunk in client.stream_logs(process.uid, follow=True):
+            _write_output(sys.stderr if chunk.stream is LogStream.STDERR else sys.stdout, chunk.data)
+        final = client.wait_process(process.uid)
+    except KeyboardInterrupt:
+        # Detaching is all Ctrl-C does here: the process is the controller's, not ours.
+        print(
+            f"chital: detached; process {process.uid} keeps running (chital kill {process.uid})",
+            file=sys.stderr,
+        )
+        raise
+    if final.state is not ProcessState.EXITED:
+        detail = f": {final.message}" if final.message else ""
+        raise _ProcessLostError(f"process {final.uid} is {final.state.value.lower()}{detail}")
+    return final.shell_exit_status
+
+
+class _ProcessLostError(Exception):
+    """The process we were attached to ended without an exit status (its host was lost)."""
+
+
+def _run(client: Client, args: argparse.Namespace) -> int:
+    limits = Limits(memory_max_bytes=args.memory, pids_max=args.pids, cpu_max_millicores=args.cpus)
+    deny = [name.strip() for group in args.deny for name in group.split(",") if name.strip()]
+    container = client.create_container(
+        args.name or f"run-{uuid.uuid4().hex[:8]}",
+        labels=dict(args.label),
+        limits=limits,
+        root=args.root,
+        deny_syscalls=deny,
+        host=args.host,
+    )
+    try:
+        process = client.exec(
+            container.uid,
+            args.command,
+            env=dict(args.env),
+            cwd=args.cwd,
+            user_id=args.user[0],
+            group_id=args.user[1],
+        )
+    except ChitalError:
+        if args.rm:
+            client.delete_container(container.uid, force=True)
+        raise
+    if args.detach:
+        if _json(args):
+            out.print_json({"container": container, "process": process})
+        else:
+            out.print_table(
+                ("CONTAINER", "CONTAINER UID", "PROCESS UID"), [[container.name, container.uid, process.uid]]
+            )
+        return EXIT_OK
+    try:
+        return _attach(client, process)
+    finally:
+        if args.rm:
+            client.delete_container(container.uid, force=True)
+
+
+def _exec(client: Client, args: argparse.Namespace) -> int:
+    process = client.exec(
+        args.container,
+        args.command,
+        env=dict(args.env),
+        cwd=args.cwd,
+        user_id=args.user[0],
+        group_id=args.user[1],
+    )
+    if args.detach:
+        _show_row(args, process, _show_processes)
+        return EXIT_OK
+    return _attach(client, process)
+
+
+def _ps(client: Client, args: argparse.Namespace) -> int:
+    processes = [
+        p
+        for p in client.list_processes(args.container or "")
+        if args.all or p.state in (ProcessState.STARTING, ProcessState.RUNNING)
+    ]
+    _show_processes(args, processes)
+    return EXIT_OK
+
+
+def _containers_ls(client: Client, args: argparse.Namespace) -> int:
+    containers = client.list_containers(
+        label_selector=",".join(f"{k}={v}" for k, v in args.label) or None,
+        state=args.state,
+        host=args.host or "",
+    )
+    _show_containers(args, list(containers))
+    return EXIT_OK
+
+
+def _inspect(client: Client, args: argparse.Namespace) -> int:
+    _show_one(args, client.get_container(args.container))
+    return EXIT_OK
+
+
+def _logs(client: Client, args: argparse.Namespace) -> int:
+    for chunk in client.stream_logs(args.process, follow=args.follow, tail=args.tail):
+        _write_output(sys.stderr if chunk.stream is LogStream.STDERR else sys.stdout, chunk.data)
+    return EXIT_OK
+
+
+def _wait(client: Client, args: argparse.Namespace) -> int:
+    process = client.wait_process(args.process, timeout=args.wait_timeout)
+    if _json(args):
+        out.print_json(process)
+    elif process.state is ProcessState.EXITED:
+        print(process.shell_exit_status)
+    if process.state is ProcessState.EXITED:
+        return EXIT_OK
+    if process.state is ProcessState.LOST:
+        raise _ProcessLostError(
+            f"process {process.uid} is lost" + (f": {process.message}" if process.message else "")
+        )
+    print(f"chital: process {process.uid} still {process.state.value.lower()}", file=sys.stderr)
+    return EXIT_TIMEOUT
+
+
+def _kill(client: Client, args: argparse.Namespace) -> int:
+    process = client.signal_process(args.process, args.signal)
+    if _json(args):
+        out.print_json(process)
+    else:
+        print(process.uid)
+    return EXIT_OK
+
+
+def _stop(client: Client, args: argparse.Namespace) -> int:
+    container = client.stop_container(args.container, grace=args.grace)
+    _show_row(args, container, _show_containers)
+    return EXIT_OK
+
+
+def _rm(client: Client, args: argparse.Namespace) -> int:
+    container = client.delete_container(args.container, force=args.force)
+    if _json(args):
+        out.print_json(container)
+    else:
+        print(container.name or container.uid)
+    return EXIT_OK
+
+
+# -- the parser ----------------------------------------------------------------------------------
+
+
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The options every command takes. Sub-commands get them too (with no defaults of their own),
+    so ``chital ps -o json`` works as well as ``chital -o json ps``."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument(
+        "--controller",
+        metavar="HOST:PORT",
+        default=default(os.environ.get("CHITAL_CONTROLLER") or DEFAULT_CONTROLLER),
+        help=f"controller address (env CHITAL_CONTROLLER, default {DEFAULT_CONTROLLER})",
+    )
+    parser.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        default=default("table"),
+        help="output format (default: table)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        metavar="SECONDS",
+        default=default(10.0),
+        help="deadline of each call to the controller (default: 10)",
+    )
+
+
+def _container_create_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--name", help="container name (default: run-<random>)")
+    parser.add_argument(
+        "--label",
+        "-l",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="label (repeatable)",
+    )
+    parser.add_argument("--memory", type=_size, default=0, metavar="SIZE", help="memory limit, e.g. 256M")
+    parser.add_argument("--pids", type=_non_negative_int, default=0, metavar="N", help="most processes")
+    parser.add_argument("--cpus", type=_cpus, default=0, metavar="CPUS", help="CPU quota, e.g. 0.5")
+    parser.add_argument("--root", default="", metavar="DIR", help="root directory on the host")
+    parser.add_argument(
+        "--deny", action="append", default=[], metavar="SYSCALL,...", help="system calls to deny (repeatable)"
+    )
+    parser.add_argument("--host", default="", help="place on this host (id or address)")
+    parser.add_argument("--rm", action="store_true", help="delete the container when the process exits")
+
+
+def _process_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-e",
+        "--env",
+        type=_env_item,
+        action="append",
+        default=[],
+        metavar="K=V",
+        help="environment (repeatable)",
+    )
+    parser.add_argument("--cwd", default="", metavar="DIR", help="working directory in the container")
+    parser.add_argument(
+        "-u", "--user", type=_user, default=(0, 0), metavar="UID[:GID]", help="numeric user (and group) id"
+    )
+    parser.add_argument(
+        "-d", "--detach", action="store_true", help="print the process and return instead of waiting"
+    )
+    parser.add_argument("command", nargs="+", metavar="CMD", help="program and arguments, after --")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``chital`` argument parser."""
+    parser = argparse.ArgumentParser(
+        prog="chital",
+        description="Run sandboxed processes across a fleet of hosts.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
+    commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
+
+    def add(
+        group: Any, name: str, handler: _Handler, help_text: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=help_text, description=help_text, parents=[common], aliases=list(aliases)
+        )
+        sub.set_defaults(handler=handler)
+        return sub
+
+    _add_host_commands(commands, add)
+    _add_container_commands(commands, add)
+    return parser
+
+
+_Add = Callable[..., argparse.ArgumentParser]
+
+
+def _add_host_commands(commands: Any, add: _Add) -> None:
+    hosts = commands.add_parser("hosts", help="manage hosts", description="Manage hosts.")
+    host_commands = hosts.add_subparsers(dest="hosts_command", metavar="COMMAND", required=True)
+    sub = add(host_commands, "add", _hosts_add, "register an agent by its address")
+    sub.add_argument("address", metavar="ADDRESS", help="host:port of the agent")
+    sub.add_argument("--label", "-l", type=_key_value, action="append", default=[], metavar="K=V")
+    sub.add_argument("--max-containers", type=_non_negative_int, default=0, metavar="N", help="0: unlimited")
+    sub = add(host_commands, "ls", _hosts_ls, "list hosts", aliases=["list"])
+    sub.add_argument("--state", type=_enum_choice(HostState), help="only hosts in this state")
+    for name, handler, text in (
+        ("get", _hosts_get, "show one host"),
+        ("cordon", _hosts_cordon, "stop placing containers on a host"),
+        ("uncordon", _hosts_uncordon, "place containers on a cordoned host again"),
+    ):
+        add(host_commands, name, handler, text).add_argument("host", metavar="HOST", help="id or address")
+    sub = add(host_commands, "drain", _hosts_drain, "cordon a host and stop its containers")
+    sub.add_argument("host", metavar="HOST", help="id or address")
+    sub.add_argument("--grace", type=_seconds, metavar="SECONDS", help="grace period per container")
+    sub = add(host_commands, "rm", _hosts_rm, "forget a host", aliases=["remove"])
+    sub.add_argument("host", metavar="HOST", help="id or address")
+    sub.add_argument("-f", "--force", action="store_true", help="even with live containers")
+
+
+def _add_container_commands(commands: Any, add: _Add) -> None:
+
+    sub = add(commands, "run", _run, "create a container and run a command in it")
+    _container_create_options(sub)
+    _process_options(sub)
+
+    sub = add(commands, "exec", _exec, "run a command in an existing container")
+    sub.add_argument("container", metavar="CONTAINER", help="uid or name")
+    _process_options(sub)
+
+    sub = add(commands, "ps", _ps, "list processes (running ones unless -a)")
+    sub.add_argument("container", nargs="?", metavar="CONTAINER", help="only this container's")
+    sub.add_argument("-a", "--all", action="store_true", help="include exited processes")
+
+    containers = commands.add_parser("containers", help="manage containers", description="Manage containers.")
+    container_commands = containers.add_subparsers(
+        dest="containers_command", metavar="COMMAND", required=True
+    )
+    for group, name, aliases in ((container_commands, "ls", ["list"]), (commands, "ls", [])):
+        sub = add(group, name, _containers_ls, "list containers", aliases=aliases)
+        sub.add_argument(
+            "--label", "-l", type=_key_value, action="append", default=[], metavar="K=V", help="label filter"
+        )
+        sub.add_argument("--state", type=_enum_choice(ContainerState), help="only containers in this state")
+        sub.add_argument("--host", help="only containers on this host (id or address)")
+
+    sub = add(commands, "inspect", _inspect, "show one container")
+    sub.add_argument("container", metavar="CONTAINER", help="uid or name")
+
+    sub = add(commands, "logs", _logs, "print a process's output")
+    sub.add_argument("process", metavar="PROCESS_UID")
+    sub.add_argument("-f", "--follow", action="store_true", help="keep printing until the process exits")
+    sub.add_argument("--tail", type=_non_negative_int, default=0, metavar="N", help="last N lines per stream")
+
+    sub = add(commands, "wait", _wait, "wait for a process to exit and print its exit status")
+    sub.add_argument("process", metavar="PROCESS_UID")
+    sub.add_argument(
+        "--wait-timeout", type=_seconds, metavar="SECONDS", help="give up after this long (exit status 124)"
+    )
+
+    sub = add(commands, "kill", _kill, "send a signal to a process")
+    sub.add_argument("process", metavar="PROCESS_UID")
+    sub.add_argument(
+        "-s",
+        "--signal",
+        type=_signal_number,
+        default=int(_signal.SIGTERM),
+        metavar="SIG",
+        help="default TERM",
+    )
+
+    sub = add(commands, "stop", _stop, "stop a container's processes")
+    sub.add_argument("container", metavar="CONTAINER", help="uid or name")
+    sub.add_argument("--grace", type=_seconds, metavar="SECONDS", help="before SIGKILL (server default 10)")
+
+    sub = add(commands, "rm", _rm, "delete a container")
+    sub.add_argument("container", metavar="CONTAINER", help="uid or name")
+    sub.add_argument("-f", "--force", action="store_true", help="kill its processes first")
+
+
+# -- main ----------------------------------------------------------------------------------------
+
+
+def _error_kind(exc: ChitalError) -> str:
+    """``NotFound`` -> ``not found``: the error's class, readable."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__).lower()
+
+
+def _error_line(exc: Exception, controller: str) -> str:
+    if isinstance(exc, Unavailable):
+        return f"unavailable: {exc} (controller {controller})"
+    if isinstance(exc, ChitalError):
+        return f"{_error_kind(exc)}: {exc}"
+    return str(exc)
+
+
+def _fail(message: str) -> int:
+    print(f"chital: error: {' '.join(message.split())}", file=sys.stderr)
+    return EXIT_ERROR
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``chital`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed.
+            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+        handler: _Handler = args.handler
+        with Client(args.controller, timeout=args.timeout, retries=CLI_RETRIES) as client:
+            return handler(client, args)
+    except KeyboardInterrupt:
+        print("chital: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ChitalError, _ProcessLostError) as exc:
+        return _fail(_error_line(exc, args.controller))
+    except BrokenPipeError:
+        # The reader went away (``chital ps | head``): stop quietly, as other Unix tools do.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+        except (OSError, ValueError):
+            pass
+        return 128 + int(_signal.SIGPIPE)

@@ -1,0 +1,147 @@
+"""Rendering of SDK values for the terminal: aligned tables, key/value views and JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import enum
+import json
+import shlex
+import signal as _signal
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any, TextIO
+
+from chital.client import Container, Host, Process, ProcessState
+
+
+def jsonable(value: Any) -> Any:
+    """A JSON-ready copy of an SDK value: enums as their names, times as RFC 3339 UTC strings."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, _dt.datetime):
+        return value.astimezone(_dt.UTC).isoformat().replace("+00:00", "Z")
+    if isinstance(value, Mapping):
+        return {str(k): jsonable(v) for k, v in sorted(value.items())}
+    if isinstance(value, list | tuple):
+        return [jsonable(v) for v in value]
+    return value
+
+
+def print_json(value: Any, out: TextIO | None = None) -> None:
+    """Print ``value`` as indented JSON (field order is the dataclasses' declaration order)."""
+    print(json.dumps(jsonable(value), indent=2), file=out or sys.stdout)
+
+
+def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
+    """Print rows under headers in columns aligned like ``docker ps`` (two spaces between)."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    stream = out or sys.stdout
+    for row in [list(headers), *rows]:
+        cells = [cell.ljust(w) for cell, w in zip(row, widths, strict=True)]
+        print("  ".join(cells).rstrip(), file=stream)
+
+
+def print_fields(value: Any, out: TextIO | None = None) -> None:
+    """Print one object as ``Key:  value`` lines (the table view of ``inspect`` and ``get``)."""
+    data = jsonable(value)
+    rows = [(key.replace("_", " ").capitalize() + ":", _flat(v)) for key, v in data.items()]
+    width = max((len(k) for k, _ in rows), default=0)
+    stream = out or sys.stdout
+    for key, text in rows:
+        print(f"{key.ljust(width)}  {text}".rstrip(), file=stream)
+
+
+def _flat(value: Any) -> str:
+    if value is None or value in ("", [], {}):
+        return "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_flat(v)}" for k, v in value.items())
+    if isinstance(value, list):
+        return ", ".join(str(v) for v in value)
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
+
+
+def age(when: _dt.datetime | None, now: _dt.datetime | None = None) -> str:
+    """A short age like kubectl's: ``42s``, ``5m``, ``3h``, ``2d``; ``-`` when unknown."""
+    if when is None:
+        return "-"
+    seconds = int(((now or _dt.datetime.now(_dt.UTC)) - when).total_seconds())
+    seconds = max(seconds, 0)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def labels_text(labels: Mapping[str, str]) -> str:
+    """``k=v,k2=v2`` sorted by key, ``-`` when empty."""
+    return ",".join(f"{k}={v}" for k, v in sorted(labels.items())) or "-"
+
+
+def exit_text(process: Process) -> str:
+    """How a process ended: its exit code, the signal's name, ``-`` while it runs."""
+    if process.state is not ProcessState.EXITED:
+        return "-"
+    if process.signal:
+        try:
+            text = _signal.Signals(process.signal).name
+        except ValueError:
+            text = f"signal {process.signal}"
+    else:
+        text = str(process.exit_code)
+    return f"{text} (oom)" if process.oom_killed else text
+
+
+CONTAINER_HEADERS = ("NAME", "UID", "STATE", "HOST", "PROCS", "AGE")
+
+
+def container_row(c: Container) -> list[str]:
+    """One ``containers ls`` row."""
+    return [
+        c.name,
+        c.uid,
+        c.state.value,
+        c.host_address or c.host_id or "-",
+        str(c.running_processes),
+        age(c.create_time),
+    ]
+
+
+PROCESS_HEADERS = ("UID", "CONTAINER", "PID", "STATE", "EXIT", "COMMAND")
+
+
+def process_row(p: Process) -> list[str]:
+    """One ``ps`` row."""
+    return [
+        p.uid,
+        p.container_uid,
+        str(p.pid) if p.pid else "-",
+        p.state.value,
+        exit_text(p),
+        shlex.join(p.argv),
+    ]
+
+
+HOST_HEADERS = ("ID", "ADDRESS", "STATE", "CONTAINERS", "DEVICE", "LAST SEEN", "LABELS")
+
+
+def host_row(h: Host) -> list[str]:
+    """One ``hosts ls`` row."""
+    capacity = f"{h.container_count}/{h.max_containers}" if h.max_containers else str(h.container_count)
+    device = h.agent.device if h.agent and h.agent.device else "-"
+    return [
+        h.id,
+        h.address,
+        h.state.value,
+        capacity,
+        device,
+        age(h.last_seen_time),
+        labels_text(h.labels),
+    ]

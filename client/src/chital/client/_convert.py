@@ -1,0 +1,184 @@
+"""Protobuf <-> SDK value conversions. The only module that touches generated message types."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from typing import TypeVar
+
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from chital.api.container.v1 import container_pb2 as cpb
+from chital.api.host.v1 import host_pb2 as hpb
+
+from ._types import (
+    AgentInfo,
+    Container,
+    ContainerState,
+    EventType,
+    Host,
+    HostState,
+    Limits,
+    LogChunk,
+    LogStream,
+    Process,
+    ProcessState,
+    WatchEvent,
+)
+
+_E = TypeVar("_E", bound=enum.Enum)
+
+
+def _enum(cls: type[_E], prefix: str, name: str) -> _E:
+    """Map a proto enum value name (``CONTAINER_STATE_RUNNING``) to the SDK enum; unknown -> UNSPECIFIED."""
+    short = name.removeprefix(prefix)
+    try:
+        return cls[short]
+    except KeyError:
+        return cls["UNSPECIFIED"]
+
+
+def _enum_name(descriptor_name: str, value: int, wrapper: object) -> str:
+    try:
+        return str(wrapper.Name(value))  # type: ignore[attr-defined]
+    except ValueError:
+        return f"{descriptor_name}_UNSPECIFIED"
+
+
+def container_state_from_pb(value: int) -> ContainerState:
+    """SDK container state for a proto enum number."""
+    return _enum(
+        ContainerState,
+        "CONTAINER_STATE_",
+        _enum_name("CONTAINER_STATE", value, cpb.ContainerState),
+    )
+
+
+def container_state_to_pb(state: ContainerState | None) -> int:
+    """Proto enum number for an SDK container state (None -> UNSPECIFIED)."""
+    if state is None:
+        return 0
+    return int(cpb.ContainerState.Value(f"CONTAINER_STATE_{state.name}"))
+
+
+def host_state_to_pb(state: HostState | None) -> int:
+    """Proto enum number for an SDK host state (None -> UNSPECIFIED)."""
+    if state is None:
+        return 0
+    return int(hpb.HostState.Value(f"HOST_STATE_{state.name}"))
+
+
+def time_from_pb(ts: timestamp_pb2.Timestamp, present: bool) -> _dt.datetime | None:
+    """An aware UTC datetime, or None when the field is unset."""
+    if not present:
+        return None
+    return ts.ToDatetime(tzinfo=_dt.UTC)
+
+
+def duration_to_pb(seconds: float) -> duration_pb2.Duration:
+    """A Duration message for a number of seconds."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(round(seconds * 1e9))
+    return d
+
+
+def limits_from_pb(m: cpb.Limits) -> Limits:
+    """SDK limits from the message."""
+    return Limits(
+        memory_max_bytes=m.memory_max_bytes,
+        pids_max=m.pids_max,
+        cpu_max_millicores=m.cpu_max_millicores,
+    )
+
+
+def limits_to_pb(limits: Limits) -> cpb.Limits:
+    """The message for SDK limits."""
+    return cpb.Limits(
+        memory_max_bytes=limits.memory_max_bytes,
+        pids_max=limits.pids_max,
+        cpu_max_millicores=limits.cpu_max_millicores,
+    )
+
+
+def container_from_pb(m: cpb.Container) -> Container:
+    """SDK container from the message."""
+    return Container(
+        uid=m.uid,
+        name=m.name,
+        state=container_state_from_pb(m.state),
+        labels=dict(m.labels),
+        limits=limits_from_pb(m.limits),
+        root=m.root,
+        deny_syscalls=tuple(m.deny_syscalls),
+        host_id=m.host_id,
+        host_address=m.host_address,
+        message=m.message,
+        create_time=time_from_pb(m.create_time, m.HasField("create_time")),
+        update_time=time_from_pb(m.update_time, m.HasField("update_time")),
+        running_processes=m.running_processes,
+    )
+
+
+def process_from_pb(m: cpb.Process) -> Process:
+    """SDK process from the message."""
+    return Process(
+        uid=m.uid,
+        container_uid=m.container_uid,
+        argv=tuple(m.argv),
+        state=_enum(ProcessState, "PROCESS_STATE_", _enum_name("PROCESS_STATE", m.state, cpb.ProcessState)),
+        env=dict(m.env),
+        cwd=m.cwd,
+        user_id=m.user_id,
+        group_id=m.group_id,
+        pid=m.pid,
+        exit_code=m.exit_code,
+        signal=m.signal,
+        oom_killed=m.oom_killed,
+        start_time=time_from_pb(m.start_time, m.HasField("start_time")),
+        exit_time=time_from_pb(m.exit_time, m.HasField("exit_time")),
+        message=m.message,
+    )
+
+
+def host_from_pb(m: hpb.Host) -> Host:
+    """SDK host from the message."""
+    agent = None
+    if m.HasField("agent"):
+        a = m.agent
+        agent = AgentInfo(
+            agent_version=a.agent_version,
+            kernel_release=a.kernel_release,
+            module_version=a.module_version,
+            abi_version=a.abi_version,
+            sandboxed=a.sandboxed,
+            device=a.device,
+        )
+    return Host(
+        id=m.id,
+        address=m.address,
+        state=_enum(HostState, "HOST_STATE_", _enum_name("HOST_STATE", m.state, hpb.HostState)),
+        labels=dict(m.labels),
+        max_containers=m.capacity.max_containers,
+        container_count=m.container_count,
+        agent=agent,
+        last_seen_time=time_from_pb(m.last_seen_time, m.HasField("last_seen_time")),
+        create_time=time_from_pb(m.create_time, m.HasField("create_time")),
+        message=m.message,
+    )
+
+
+def log_chunk_from_pb(m: cpb.StreamLogsResponse) -> LogChunk:
+    """SDK log chunk from the message."""
+    stream = _enum(LogStream, "LOG_STREAM_", _enum_name("LOG_STREAM", m.stream, cpb.LogStream))
+    return LogChunk(stream=stream, data=bytes(m.data))
+
+
+def watch_event_from_pb(m: cpb.WatchResponse) -> WatchEvent:
+    """SDK watch event from the message."""
+    return WatchEvent(
+        revision=m.revision,
+        type=_enum(EventType, "EVENT_TYPE_", _enum_name("EVENT_TYPE", m.type, cpb.EventType)),
+        container=container_from_pb(m.container) if m.HasField("container") else None,
+        process=process_from_pb(m.process) if m.HasField("process") else None,
+        time=time_from_pb(m.time, m.HasField("time")),
+    )

@@ -1,0 +1,227 @@
+"""Plain values returned by the SDK. Protobuf types never leave the client module."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+
+_T = TypeVar("_T")
+
+
+class ContainerState(enum.Enum):
+    """Lifecycle state of a container (DESIGN.md §4.4). ``UNSPECIFIED`` stands for a value this SDK
+    does not know (a newer server)."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    PENDING = "PENDING"
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+    LOST = "LOST"
+    DELETED = "DELETED"
+
+
+class ProcessState(enum.Enum):
+    """Lifecycle state of a process. ``UNSPECIFIED`` stands for a value this SDK does not know."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+    LOST = "LOST"
+
+
+class HostState(enum.Enum):
+    """Health and administrative state of a host. ``UNSPECIFIED`` stands for an unknown value."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    READY = "READY"
+    NOT_READY = "NOT_READY"
+    LOST = "LOST"
+    CORDONED = "CORDONED"
+    DRAINING = "DRAINING"
+
+
+class LogStream(enum.Enum):
+    """The standard stream a chunk of process output was written to."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    STDOUT = "STDOUT"
+    STDERR = "STDERR"
+
+
+class EventType(enum.Enum):
+    """Kind of a :class:`WatchEvent`."""
+
+    UNSPECIFIED = "UNSPECIFIED"
+    CONTAINER_CHANGED = "CONTAINER_CHANGED"
+    PROCESS_CHANGED = "PROCESS_CHANGED"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of a container. Zero means unlimited."""
+
+    memory_max_bytes: int = 0
+    """cgroup v2 ``memory.max`` in bytes."""
+    pids_max: int = 0
+    """cgroup v2 ``pids.max``."""
+    cpu_max_millicores: int = 0
+    """CPU quota in millicores (1000 = one core)."""
+
+
+@dataclass(frozen=True)
+class Container:
+    """A sandbox on one host, as the controller recorded it."""
+
+    uid: str
+    name: str
+    state: ContainerState
+    labels: Mapping[str, str] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)
+    root: str = ""
+    deny_syscalls: tuple[str, ...] = ()
+    host_id: str = ""
+    host_address: str = ""
+    message: str = ""
+    create_time: _dt.datetime | None = None
+    update_time: _dt.datetime | None = None
+    running_processes: int = 0
+
+
+@dataclass(frozen=True)
+class Process:
+    """A program started in a container."""
+
+    uid: str
+    container_uid: str
+    argv: tuple[str, ...]
+    state: ProcessState
+    env: Mapping[str, str] = field(default_factory=dict)
+    cwd: str = ""
+    user_id: int = 0
+    group_id: int = 0
+    pid: int = 0
+    exit_code: int = 0
+    """Exit code when exited by ``exit()``; -1 when killed by a signal."""
+    signal: int = 0
+    """Signal number when killed by a signal, else 0."""
+    oom_killed: bool = False
+    start_time: _dt.datetime | None = None
+    exit_time: _dt.datetime | None = None
+    message: str = ""
+
+    @property
+    def exited(self) -> bool:
+        """True once the process has exited (it will not change any more)."""
+        return self.state is ProcessState.EXITED
+
+    @property
+    def shell_exit_status(self) -> int:
+        """The status a shell would report: the exit code, or 128 + signal when killed."""
+        if self.signal:
+            return 128 + self.signal
+        return self.exit_code
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What a host's agent reported about itself."""
+
+    agent_version: str = ""
+    kernel_release: str = ""
+    module_version: str = ""
+    abi_version: str = ""
+    sandboxed: bool = False
+    device: str = ""
+    """``"linux"`` (the kernel module) or ``"fake"`` (a hollow agent)."""
+
+
+@dataclass(frozen=True)
+class Host:
+    """One machine running an agent."""
+
+    id: str
+    address: str
+    state: HostState
+    labels: Mapping[str, str] = field(default_factory=dict)
+    max_containers: int = 0
+    """Most containers placed on the host (0: unlimited)."""
+    container_count: int = 0
+    agent: AgentInfo | None = None
+    last_seen_time: _dt.datetime | None = None
+    create_time: _dt.datetime | None = None
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class DrainResult:
+    """The outcome of :meth:`Client.drain_host`."""
+
+    host: Host
+    stopped_containers: int
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """One chunk of a process's captured output."""
+
+    stream: LogStream
+    data: bytes
+
+
+@dataclass(frozen=True)
+class WatchEvent:
+    """One change seen by :meth:`Client.watch`; ``container`` or ``process`` is set per ``type``."""
+
+    revision: int
+    type: EventType
+    container: Container | None = None
+    process: Process | None = None
+    time: _dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class Page(Generic[_T]):
+    """One page of a list call. Pass ``next_page_token`` back to get the next; empty means last."""
+
+    items: Sequence[_T]
+    next_page_token: str = ""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How the client retries idempotent calls that failed with a transient error.
+
+    The n-th retry (n >= 1) sleeps ``min(max_backoff, initial_backoff * multiplier ** (n - 1))`` scaled
+    by a random factor in ``[1 - jitter, 1]``, so that many clients do not retry in lockstep.
+    ``max_attempts`` counts the first try; 1 disables retries.
+    """
+
+    max_attempts: int = 5
+    initial_backoff: float = 0.1
+    max_backoff: float = 5.0
+    multiplier: float = 2.0
+    jitter: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
+        if self.initial_backoff < 0 or self.max_backoff < 0 or self.multiplier < 1:
+            raise ValueError("backoffs must be >= 0 and multiplier >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ValueError("jitter must be between 0 and 1")
+
+    def backoff(self, retry: int, rand: float) -> float:
+        """Seconds to sleep before retry number ``retry`` (1-based), given ``rand`` in [0, 1)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** (retry - 1))
+        return base * (1 - self.jitter * rand)
+
+
+NO_RETRY = RetryPolicy(max_attempts=1)
+"""A policy that never retries."""

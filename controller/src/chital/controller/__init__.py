@@ -1,0 +1,7 @@
+"""chital's controller: places containers on hosts, tracks them, serves the public API.
+
+Layers: ``service`` (gRPC adapters) -> ``containers``/``hosts`` (use cases) -> ``store`` (SQL) and
+``agents`` (calls to agents); ``health`` and ``events`` run in background threads.
+"""
+
+__all__: list[str] = []

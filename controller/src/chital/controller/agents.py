@@ -1,0 +1,272 @@
+"""Calls to agents: one gRPC channel per host address, a deadline on every unary call, and the one
+place where an agent's gRPC status becomes an errdefs exception.
+
+UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED become :class:`~chital.errdefs.Unavailable` naming the
+host; other codes keep their class (an agent's InvalidArgument is the client's InvalidArgument).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import grpc
+
+from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from chital.controller.metrics import ControllerMetrics
+from chital.controller.records import AgentInfo, ContainerRecord, ProcessRecord
+from chital.controller.store import AgentEvent
+from chital.errdefs import ChitalError, Unavailable, from_grpc_code
+
+__all__ = ["AgentClient", "AgentPool", "LogChunk", "map_agent_error"]
+
+T = TypeVar("T")
+
+DEFAULT_TIMEOUT = 5.0
+_TRANSIENT = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED)
+_EVENT_KINDS = {
+    agent_pb2.EVENT_KIND_PROCESS_STARTED: "PROCESS_STARTED",
+    agent_pb2.EVENT_KIND_PROCESS_EXITED: "PROCESS_EXITED",
+    agent_pb2.EVENT_KIND_SYSCALL_DENIED: "SYSCALL_DENIED",
+    agent_pb2.EVENT_KIND_CONTAINER_EMPTY: "CONTAINER_EMPTY",
+    agent_pb2.EVENT_KIND_EVENTS_DROPPED: "EVENTS_DROPPED",
+}
+
+
+def map_agent_error(address: str, exc: grpc.RpcError) -> ChitalError:
+    """The errdefs exception for a failed call to the agent at ``address``."""
+    code = exc.code() if hasattr(exc, "code") else grpc.StatusCode.UNKNOWN
+    details = (exc.details() if hasattr(exc, "details") else "") or ""
+    if code in _TRANSIENT:
+        return Unavailable(f"agent {address} unavailable: {code.name.lower()}: {details}".rstrip(": "))
+    return from_grpc_code(code, f"agent {address}: {details or code.name}")
+
+
+def _time(ts: Any) -> datetime | None:
+    if not ts.seconds and not ts.nanos:
+        return None
+    return datetime.fromtimestamp(ts.seconds + ts.nanos / 1e9, tz=UTC).replace(tzinfo=None)
+
+
+@dataclass(frozen=True)
+class LogChunk:
+    """One chunk of a process's output; stream is "stdout" or "stderr"."""
+
+    stream: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class StartedProcess:
+    """What an agent reported after starting a process."""
+
+    pid: int
+    start_time: datetime | None
+    exited: bool
+    exit_code: int
+    signal: int
+    oom_killed: bool
+    exit_time: datetime | None
+
+
+class AgentClient:
+    """Typed calls to one agent."""
+
+    def __init__(
+        self,
+        address: str,
+        channel: grpc.Channel,
+        timeout: float = DEFAULT_TIMEOUT,
+        metrics: ControllerMetrics | None = None,
+        host_label: str = "",
+    ) -> None:
+        self.address = address
+        self._stub = agent_pb2_grpc.AgentServiceStub(channel)
+        self.timeout = timeout
+        self._metrics = metrics
+        self._host_label = host_label or address
+
+    def _call(self, fn: Callable[[], T], method: str = "") -> T:
+        done = self._metrics.time_agent_call(self._host_label, method) if self._metrics else None
+        try:
+            result = fn()
+        except grpc.RpcError as exc:
+            if done is not None:
+                done(exc.code().name if hasattr(exc, "code") else "UNKNOWN")
+            raise map_agent_error(self.address, exc) from exc
+        if done is not None:
+            done("OK")
+        return result
+
+    def get_info(self, timeout: float | None = None) -> AgentInfo:
+        """The agent's versions and state (the health check)."""
+        resp = self._call(
+            lambda: self._stub.GetInfo(agent_pb2.GetInfoRequest(), timeout=timeout or self.timeout), "GetInfo"
+        )
+        return info_from_pb(resp)
+
+    def get_info_future(self, timeout: float) -> Any:
+        """A GetInfo call in flight (the monitor checks every host at once)."""
+        return self._stub.GetInfo.future(agent_pb2.GetInfoRequest(), timeout=timeout)
+
+    def create_container(self, container: ContainerRecord) -> None:
+        """Create the container on the host (idempotent by uid)."""
+        req = agent_pb2.CreateContainerRequest(
+            uid=container.uid,
+            name=container.name,
+            root=container.root,
+            limits=agent_pb2.Limits(
+                memory_max_bytes=container.limits.memory_max_bytes,
+                pids_max=container.limits.pids_max,
+                cpu_max_millicores=container.limits.cpu_max_millicores,
+            ),
+            deny_syscalls=list(container.deny_syscalls),
+        )
+        self._call(lambda: self._stub.CreateContainer(req, timeout=self.timeout), "CreateContainer")
+
+    def destroy_container(self, uid: str, grace_seconds: float) -> None:
+        """Signal the members (TERM, KILL after the grace period) and remove the container."""
+        req = agent_pb2.DestroyContainerRequest(uid=uid, grace_period_seconds=grace_seconds)
+        self._call(
+            lambda: self._stub.DestroyContainer(req, timeout=self.timeout + grace_seconds), "DestroyContainer"
+        )
+
+    def start_process(self, process: ProcessRecord) -> StartedProcess:
+        """Start a process (idempotent by process uid)."""
+        req = agent_pb2.StartProcessRequest(
+            container_uid=process.container_uid,
+            process_uid=process.uid,
+            argv=list(process.argv),
+            env=dict(process.env),
+            cwd=process.cwd,
+            user_id=process.user_id,
+            group_id=process.group_id,
+        )
+        resp = self._call(lambda: self._stub.StartProcess(req, timeout=self.timeout), "StartProcess")
+        p = resp.process
+        return StartedProcess(
+            pid=p.pid,
+            start_time=_time(p.start_time),
+            exited=p.state == agent_pb2.PROCESS_STATE_EXITED,
+            exit_code=p.exit_code,
+            signal=p.signal,
+            oom_killed=p.oom_killed,
+            exit_time=_time(p.exit_time),
+        )
+
+    def signal_process(self, process_uid: str, signal: int) -> None:
+        """Send a signal to a process."""
+        req = agent_pb2.SignalProcessRequest(process_uid=process_uid, signal=signal)
+        self._call(lambda: self._stub.SignalProcess(req, timeout=self.timeout), "SignalProcess")
+
+    def stream_events(self, after_seq: int) -> Any:
+        """The agent's event stream after ``after_seq`` (a call object: iterate it, cancel it)."""
+        return self._stub.StreamEvents(agent_pb2.StreamEventsRequest(after_seq=after_seq))
+
+    def stream_logs(
+        self, process_uid: str, follow: bool, tail_lines: int, timeout: float | None
+    ) -> tuple[Any, Iterator[LogChunk]]:
+        """The agent's log stream: the call (to cancel) and the chunks."""
+        call = self._stub.StreamLogs(
+            agent_pb2.StreamLogsRequest(process_uid=process_uid, follow=follow, tail_lines=tail_lines),
+            timeout=timeout,
+        )
+
+        def chunks() -> Iterator[LogChunk]:
+            try:
+                for msg in call:
+                    stream = "stderr" if msg.stream == agent_pb2.LOG_STREAM_STDERR else "stdout"
+                    yield LogChunk(stream, bytes(msg.data))
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.CANCELLED:
+                    return
+                raise map_agent_error(self.address, exc) from exc
+
+        return call, chunks()
+
+
+def info_from_pb(resp: Any) -> AgentInfo:
+    """AgentInfo from a GetInfoResponse."""
+    abi = f"{resp.abi_major}.{resp.abi_minor}" if resp.abi_major or resp.abi_minor else ""
+    return AgentInfo(
+        agent_version=resp.agent_version,
+        kernel_release=resp.kernel_release,
+        module_version=resp.module_version,
+        abi_version=abi,
+        device=resp.device,
+        sandboxed=resp.sandboxed,
+        boot_id=resp.boot_id,
+        last_event_seq=resp.last_event_seq,
+    )
+
+
+def event_from_pb(msg: Any) -> AgentEvent:
+    """AgentEvent from a StreamEventsResponse."""
+    return AgentEvent(
+        seq=msg.seq,
+        kind=_EVENT_KINDS.get(msg.kind, "UNSPECIFIED"),
+        container_uid=msg.container_uid,
+        process_uid=msg.process_uid,
+        pid=msg.pid,
+        exit_code=msg.exit_code,
+        signal=msg.signal,
+        oom_killed=msg.oom_killed,
+        time=_time(msg.time),
+    )
+
+
+class AgentPool:
+    """One channel per agent address, opened on first use and kept."""
+
+    def __init__(self, timeout: float = DEFAULT_TIMEOUT, metrics: ControllerMetrics | None = None) -> None:
+        self.timeout = timeout
+        self._metrics = metrics
+        self._host_ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+        self._channels: dict[str, grpc.Channel] = {}
+        self._closed = False
+
+    def get(self, address: str) -> AgentClient:
+        """The client for the agent at ``address``."""
+        with self._lock:
+            if self._closed:
+                raise Unavailable("controller is shutting down")
+            channel = self._channels.get(address)
+            if channel is None:
+                # mTLS between controller and agents is future work (DESIGN.md §9).
+                channel = grpc.insecure_channel(
+                    address,
+                    options=[
+                        ("grpc.keepalive_time_ms", 10_000),
+                        ("grpc.keepalive_timeout_ms", 5_000),
+                        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                        # Fail fast instead of waiting for the reconnect backoff (up to 120 s)
+                        ("grpc.initial_reconnect_backoff_ms", 200),
+                        ("grpc.max_reconnect_backoff_ms", 1_000),
+                    ],
+                )
+                self._channels[address] = channel
+        return AgentClient(address, channel, self.timeout, self._metrics, self._host_ids.get(address, ""))
+
+    def set_host_ids(self, host_ids: dict[str, str]) -> None:
+        """Address -> host id, for the ``host`` label of agent call metrics."""
+        self._host_ids = dict(host_ids)
+
+    def forget(self, address: str) -> None:
+        """Close the channel to a removed host."""
+        with self._lock:
+            channel = self._channels.pop(address, None)
+        if channel is not None:
+            channel.close()
+
+    def close(self) -> None:
+        """Close every channel."""
+        with self._lock:
+            self._closed = True
+            channels = list(self._channels.values())
+            self._channels.clear()
+        for channel in channels:
+            channel.close()

@@ -1,0 +1,405 @@
+"""Container and process use cases (no protobuf here: plain values in, records out).
+
+Lifecycle and the choices made:
+
+- **Create** validates, then in ONE transaction places the container (see :mod:`placement`) and
+  writes it PENDING, so it is durable before any agent call. Then the agent's CreateContainer (which
+  is idempotent by uid) runs, and the container becomes CREATED, or FAILED with the agent's error as
+  ``message`` (no automatic retry; the RPC still succeeds and returns the FAILED container: delete it
+  and create again with a new request_id).
+- **Idempotency**: a request_id names one container for ever (even after delete). A retry with the
+  same request_id and the same spec returns that container as it is now and creates nothing; if it
+  is still PENDING (an interrupted create) the retry finishes it. The same request_id with a
+  different spec is ALREADY_EXISTS. A new request_id with a name a non-deleted container holds is
+  ALREADY_EXISTS. Exec is idempotent by (container, request_id) with the same rules.
+- **Stop** = the agent's DestroyContainer with the grace period (TERM, then KILL, then the kernel
+  container, cgroup and membership are gone): the container becomes STOPPING, then STOPPED. A STOPPED
+  container cannot run processes again. Processes whose exit event has not arrived within a second
+  become LOST ("container stopped"); a late exit event still records the real exit.
+  Stop of a STOPPED container returns it; of a PENDING/FAILED/LOST/DELETED one is FAILED_PRECONDITION.
+  If the agent is unreachable the container stays STOPPING and the RPC is UNAVAILABLE; retry it.
+- **Delete** marks the container DELETED (kept as a record; its name is free again). A container that
+  still has a host-side existence (CREATED/RUNNING/STOPPING) is destroyed on its agent first with no
+  grace; if processes still run that needs ``force`` (else FAILED_PRECONDITION). STOPPED, FAILED and
+  LOST containers are only marked. Deleting a DELETED container returns it. An unreachable agent
+  makes Delete UNAVAILABLE, except with ``force`` (the record is deleted; a leftover on the host is
+  an orphan for reconciliation). After delete, the uid still finds the record; the name does not.
+- **Exec** writes the process STARTING, calls the agent's StartProcess with the process uid, then
+  records pid and RUNNING (unless its exit was seen already). An unreachable agent leaves it STARTING
+  and the RPC is UNAVAILABLE (retry with the same request_id); any other agent error marks it LOST
+  with the error as message and returns that error.
+- Exits arrive through the agent's event stream (:mod:`events`) and wake WaitProcess.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Generic, TypeVar
+
+from chital.controller.agents import AgentPool, LogChunk
+from chital.controller.events import ChangeNotifier
+from chital.controller.metrics import ControllerMetrics
+from chital.controller.placement import choose_host
+from chital.controller.records import (
+    ContainerRecord,
+    ContainerSpec,
+    ContainerState,
+    EventRecord,
+    HostHealth,
+    ProcessRecord,
+    ProcessSpec,
+    ProcessState,
+)
+from chital.controller.store import Candidate, Store
+from chital.controller.validation import (
+    decode_page_token,
+    encode_page_token,
+    page_size,
+    parse_label_selector,
+    validate_argv,
+    validate_deny_syscalls,
+    validate_env,
+    validate_labels,
+    validate_limit,
+    validate_name,
+    validate_path,
+    validate_ref,
+    validate_request_id,
+    validate_signal,
+)
+from chital.errdefs import AlreadyExists, ChitalError, FailedPrecondition, InvalidArgument, Unavailable
+
+__all__ = ["Containers", "Page"]
+
+T = TypeVar("T")
+
+log = logging.getLogger("chital.controller.containers")
+
+DEFAULT_GRACE_SECONDS = 10.0
+MAX_GRACE_SECONDS = 3600.0
+EXIT_REPORT_WAIT_SECONDS = 1.0
+WATCH_BATCH = 500
+
+
+@dataclass(frozen=True)
+class Page(Generic[T]):
+    """One page of a list and the token of the next (empty: the last page)."""
+
+    items: list[T]
+    next_page_token: str
+
+
+class Containers:
+    """The container use cases."""
+
+    def __init__(
+        self,
+        store: Store,
+        pool: AgentPool,
+        notifier: ChangeNotifier,
+        clock: Callable[[], datetime],
+        new_id: Callable[[], str],
+        *,
+        poll_interval: float = 0.5,
+        metrics: ControllerMetrics | None = None,
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._notifier = notifier
+        self._clock = clock
+        self._new_id = new_id
+        self._poll_interval = poll_interval
+        self._metrics = metrics or ControllerMetrics()
+
+    # -- containers -----------------------------------------------------------------------------
+
+    @staticmethod
+    def validate_spec(spec: ContainerSpec) -> ContainerSpec:
+        """Check a container spec; raise InvalidArgument naming the bad field."""
+        validate_name(spec.name)
+        validate_labels(spec.labels)
+        validate_limit(spec.limits.memory_max_bytes, "limits.memory_max_bytes")
+        validate_limit(spec.limits.pids_max, "limits.pids_max")
+        validate_limit(spec.limits.cpu_max_millicores, "limits.cpu_max_millicores")
+        validate_path(spec.root, "root")
+        validate_deny_syscalls(spec.deny_syscalls)
+        if spec.host:
+            validate_ref(spec.host, "host")
+        return spec
+
+    def create(self, request_id: str, spec: ContainerSpec) -> ContainerRecord:
+        """Create a container (idempotent by request_id)."""
+        validate_request_id(request_id)
+        self.validate_spec(spec)
+        pinned = bool(spec.host)
+
+        def choose(candidates: list[Candidate]) -> str:
+            try:
+                return choose_host(candidates, pinned=pinned)
+            except ChitalError as exc:
+                self._metrics.placement_failures.labels(type(exc).__name__).inc()
+                raise
+
+        record, created = self._store.create_container(
+            self._new_id(), request_id, spec, self._clock(), choose
+        )
+        if not created:
+            if not record.matches(spec):
+                raise AlreadyExists(
+                    f"request_id {request_id!r} was used for a different container ({record.name})"
+                )
+            if record.state is not ContainerState.PENDING:
+                return record
+        else:
+            self._metrics.placements.inc()
+        return self._create_on_host(record)
+
+    def resume_create(self, record: ContainerRecord) -> ContainerRecord:
+        """Finish the create of a PENDING container (reconciler). Stays PENDING if its host is
+        unreachable; FAILED on any other agent error."""
+        try:
+            self._pool.get(record.host_address).create_container(record)
+        except Unavailable:
+            return self._store.get_container(record.uid)
+        except ChitalError as exc:
+            return self._store.finish_create(record.uid, False, str(exc), self._clock())
+        return self._store.finish_create(record.uid, True, "", self._clock())
+
+    def _create_on_host(self, record: ContainerRecord) -> ContainerRecord:
+        try:
+            self._pool.get(record.host_address).create_container(record)
+        except ChitalError as exc:
+            self._metrics.container_creates.labels("failed").inc()
+            return self._store.finish_create(record.uid, False, str(exc), self._clock())
+        self._metrics.container_creates.labels("created").inc()
+        return self._store.finish_create(record.uid, True, "", self._clock())
+
+    def get(self, ref: str) -> ContainerRecord:
+        """A container by uid or name."""
+        return self._store.get_container(validate_ref(ref, "container"))
+
+    def list_containers(
+        self,
+        size: int,
+        token: str,
+        label_selector: str = "",
+        state: ContainerState | None = None,
+        host: str = "",
+    ) -> Page[ContainerRecord]:
+        """A page of containers, oldest first."""
+        limit = page_size(size)
+        after = decode_page_token(token)
+        labels = parse_label_selector(label_selector)
+        if host:
+            validate_ref(host, "host")
+        items = self._store.list_containers(limit + 1, after, labels, state, host)
+        return _page(items, limit, lambda c: (c.created, c.uid))
+
+    def stop(self, ref: str, grace_seconds: float | None = None) -> ContainerRecord:
+        """Stop every member (TERM, KILL after the grace period) and remove it from its host."""
+        grace = _grace(grace_seconds)
+        record = self.get(ref)
+        if record.state is ContainerState.STOPPED:
+            return record
+        record, _ = self._store.transition_container(
+            record.uid,
+            (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.STOPPING),
+            ContainerState.STOPPING,
+            now=self._clock(),
+        )
+        self._pool.get(record.host_address).destroy_container(record.uid, grace)
+        self._await_exits(record.uid, EXIT_REPORT_WAIT_SECONDS)
+        record, _ = self._store.transition_container(
+            record.uid,
+            (ContainerState.STOPPING,),
+            ContainerState.STOPPED,
+            now=self._clock(),
+            finish_processes="container stopped before the exit was reported",
+        )
+        return record
+
+    def _await_exits(self, container_uid: str, seconds: float) -> None:
+        """Give exit events from the agent a moment to arrive."""
+        deadline = time.monotonic() + seconds
+        ev = self._notifier.watch_all()
+        try:
+            while time.monotonic() < deadline:
+                ev.clear()
+                if not self._store.live_processes(container_uid):
+                    return
+                ev.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        finally:
+            self._notifier.unwatch_all(ev)
+
+    def delete(self, ref: str, force: bool = False) -> ContainerRecord:
+        """Delete a container (see the module docstring for what needs ``force``)."""
+        record = self.get(ref)
+        if record.state is ContainerState.DELETED:
+            return record
+        on_host = (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.STOPPING)
+        if record.state is ContainerState.PENDING and not force:
+            raise FailedPrecondition(f"container {record.name} is still being created; retry or use force")
+        live = self._store.live_processes(record.uid)
+        if live and not force and record.state in on_host:
+            raise FailedPrecondition(
+                f"container {record.name} has {len(live)} live processes; stop it or use force"
+            )
+        if record.state in (*on_host, ContainerState.PENDING) and record.host_address:
+            try:
+                self._pool.get(record.host_address).destroy_container(record.uid, 0.0)
+            except Unavailable:
+                if not force:
+                    raise
+                # force: the record goes now; what may remain on the host is an orphan for the
+                # agent-side reconciliation (Sync) to remove.
+                log.warning("deleting %s without reaching %s", record.uid, record.host_address)
+        record, _ = self._store.transition_container(
+            record.uid,
+            tuple(s for s in ContainerState if s is not ContainerState.DELETED),
+            ContainerState.DELETED,
+            now=self._clock(),
+            finish_processes="container deleted",
+        )
+        return record
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def exec(self, ref: str, request_id: str, spec: ProcessSpec) -> ProcessRecord:
+        """Start a process in a container (idempotent by container and request_id)."""
+        validate_ref(ref, "container")
+        validate_request_id(request_id)
+        spec = ProcessSpec(
+            argv=validate_argv(spec.argv),
+            env=validate_env(spec.env),
+            cwd=validate_path(spec.cwd or "/", "cwd"),
+            user_id=spec.user_id,
+            group_id=spec.group_id,
+        )
+        target = self._store.get_container(ref)
+        if target.host_id and target.state in (ContainerState.CREATED, ContainerState.RUNNING):
+            host = self._store.get_host(target.host_id)
+            if host.health is not HostHealth.READY:
+                raise Unavailable(f"host {host.address} of container {target.name} is {host.health.value}")
+        process, container, created = self._store.create_process(
+            self._new_id(), target.uid, request_id, spec, self._clock()
+        )
+        if not created:
+            same = (process.argv, process.env, process.cwd, process.user_id, process.group_id) == (
+                spec.argv,
+                spec.env,
+                spec.cwd,
+                spec.user_id,
+                spec.group_id,
+            )
+            if not same:
+                raise AlreadyExists(
+                    f"request_id {request_id!r} was used for a different process ({process.uid})"
+                )
+            if process.state is not ProcessState.STARTING:
+                return process
+        try:
+            started = self._pool.get(container.host_address).start_process(process)
+        except Unavailable:
+            raise
+        except ChitalError as exc:
+            self._store.mark_process_lost(process.uid, f"start failed: {exc}", self._clock())
+            raise
+        return self._store.mark_process_running(process.uid, started.pid, started.start_time, self._clock())
+
+    def get_process(self, uid: str) -> ProcessRecord:
+        """A process by uid."""
+        return self._store.get_process(validate_ref(uid, "process_uid"))
+
+    def list_processes(self, ref: str, size: int, token: str) -> Page[ProcessRecord]:
+        """A page of processes of one container (uid or name) or of all."""
+        limit = page_size(size)
+        after = decode_page_token(token)
+        container_uid = self.get(ref).uid if ref else ""
+        items = self._store.list_processes(limit + 1, after, container_uid)
+        return _page(items, limit, lambda p: (p.created, p.uid))
+
+    def wait_process(self, uid: str, timeout: float | None, is_active: Callable[[], bool]) -> ProcessRecord:
+        """The process once it finished, or as it is when ``timeout`` expires or the caller leaves."""
+        validate_ref(uid, "process_uid")
+        if timeout is not None and timeout < 0:
+            raise InvalidArgument("timeout must not be negative")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        ev = self._notifier.watch_process(uid)
+        try:
+            while True:
+                ev.clear()
+                process = self._store.get_process(uid)
+                if process.finished or not is_active():
+                    return process
+                wait = self._poll_interval
+                if deadline is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        return process
+                    wait = min(wait, remaining)
+                ev.wait(wait)
+        finally:
+            self._notifier.unwatch_process(uid, ev)
+
+    def signal_process(self, uid: str, signal: int) -> ProcessRecord:
+        """Send a signal to a running process."""
+        validate_ref(uid, "process_uid")
+        validate_signal(signal)
+        process = self._store.get_process(uid)
+        if process.state is not ProcessState.RUNNING:
+            raise FailedPrecondition(f"process {uid} is {process.state.value}, not RUNNING")
+        container = self._store.get_container(process.container_uid)
+        self._pool.get(container.host_address).signal_process(uid, signal)
+        return self._store.get_process(uid)
+
+    def stream_logs(
+        self, uid: str, follow: bool, tail_lines: int
+    ) -> tuple[Callable[[], None], Iterator[LogChunk]]:
+        """The process's output from its agent: a cancel function and the chunks."""
+        validate_ref(uid, "process_uid")
+        if tail_lines < 0:
+            raise InvalidArgument("tail_lines must not be negative")
+        process = self._store.get_process(uid)
+        container = self._store.get_container(process.container_uid)
+        if not container.host_address:
+            raise FailedPrecondition(f"container {container.name} has no host")
+        call, chunks = self._pool.get(container.host_address).stream_logs(uid, follow, tail_lines, None)
+        return call.cancel, chunks
+
+    def watch(self, since_revision: int, ref: str, is_active: Callable[[], bool]) -> Iterator[EventRecord]:
+        """Events after ``since_revision`` (0: from now on), then live ones, until the caller leaves."""
+        if since_revision < 0:
+            raise InvalidArgument("since_revision must not be negative")
+        container_uid = self.get(ref).uid if ref else ""
+        after = since_revision if since_revision > 0 else self._store.last_revision()
+        ev = self._notifier.watch_all()
+        try:
+            while is_active():
+                ev.clear()
+                batch = self._store.list_events(after, WATCH_BATCH, container_uid)
+                for event in batch:
+                    yield event
+                    after = event.revision
+                if len(batch) < WATCH_BATCH:
+                    ev.wait(self._poll_interval)
+        finally:
+            self._notifier.unwatch_all(ev)
+
+
+def _grace(seconds: float | None) -> float:
+    if seconds is None:
+        return DEFAULT_GRACE_SECONDS
+    if seconds < 0 or seconds > MAX_GRACE_SECONDS:
+        raise InvalidArgument(f"grace_period must be 0-{MAX_GRACE_SECONDS:.0f} s")
+    return seconds
+
+
+def _page(items: list[T], limit: int, key: Callable[[T], tuple[datetime, str]]) -> Page[T]:
+    if len(items) > limit:
+        items = items[:limit]
+        return Page(items, encode_page_token(key(items[-1])))
+    return Page(items, "")

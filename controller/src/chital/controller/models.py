@@ -1,0 +1,163 @@
+"""The controller's tables (SQLAlchemy 2 typed declarative models).
+
+Only :mod:`chital.controller.store` touches these classes; everything else works on the plain
+dataclasses in :mod:`chital.controller.records`. The schema is portable to SQLite and PostgreSQL:
+no dialect-specific SQL, times are naive UTC ``DateTime`` values, JSON columns use the generic type.
+
+Uniqueness rules that the database enforces (so that concurrent controllers cannot break them):
+
+- ``hosts.address`` is unique.
+- ``containers.request_id`` is unique for ever (a retried create finds the first container, even
+  after it was deleted).
+- ``containers.live_name`` holds the name while the container is not DELETED and NULL afterwards,
+  so a name is unique among non-deleted containers (NULLs never collide, on both databases) and is
+  free again after a delete.
+- ``processes (container_uid, request_id)`` is unique.
+
+Changes of these tables are migrations under the repository's ``migrations/`` (Alembic).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+__all__ = ["Base", "ContainerRow", "EventRow", "HostRow", "ProcessRow"]
+
+# Explicit constraint names, so that migrations can name what they alter on every database.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# BIGINT identity on PostgreSQL; INTEGER PRIMARY KEY (the rowid) on SQLite, which only
+# autoincrements that exact type.
+BigIntId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    """Declarative base carrying the shared metadata (what Alembic compares against)."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map: dict[Any, Any] = {
+        dict[str, str]: sa.JSON,
+        list[str]: sa.JSON,
+        datetime: sa.DateTime(),
+    }
+
+
+class HostRow(Base):
+    """A machine running an agent. ``state`` is health; ``admin_state`` is the operator's wish."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    address: Mapped[str] = mapped_column(sa.String(255), unique=True)
+    labels: Mapped[dict[str, str]]
+    # READY | NOT_READY | LOST
+    state: Mapped[str] = mapped_column(sa.String(16))
+    # ACTIVE | CORDONED | DRAINING
+    admin_state: Mapped[str] = mapped_column(sa.String(16))
+    max_containers: Mapped[int] = mapped_column(sa.Integer)
+    message: Mapped[str] = mapped_column(sa.Text)
+    agent_version: Mapped[str] = mapped_column(sa.String(128))
+    kernel_release: Mapped[str] = mapped_column(sa.String(128))
+    module_version: Mapped[str] = mapped_column(sa.String(128))
+    abi_version: Mapped[str] = mapped_column(sa.String(32))
+    device: Mapped[str] = mapped_column(sa.String(32))
+    sandboxed: Mapped[bool] = mapped_column(sa.Boolean)
+    # The agent's boot id and the last event sequence number applied from it.
+    boot_id: Mapped[str] = mapped_column(sa.String(128))
+    event_seq: Mapped[int] = mapped_column(sa.BigInteger)
+    last_seen: Mapped[datetime | None]
+    created: Mapped[datetime]
+    updated: Mapped[datetime]
+
+    __table_args__ = (sa.Index(None, "created", "id"),)
+
+
+class ContainerRow(Base):
+    """A sandbox placed on one host."""
+
+    __tablename__ = "containers"
+
+    uid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63))
+    live_name: Mapped[str | None] = mapped_column(sa.String(63), unique=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    labels: Mapped[dict[str, str]]
+    memory_max_bytes: Mapped[int] = mapped_column(sa.BigInteger)
+    pids_max: Mapped[int] = mapped_column(sa.BigInteger)
+    cpu_max_millicores: Mapped[int] = mapped_column(sa.BigInteger)
+    root: Mapped[str] = mapped_column(sa.Text)
+    deny_syscalls: Mapped[list[str]]
+    # The host the client asked for (id or address, empty: placed by the controller).
+    requested_host: Mapped[str] = mapped_column(sa.String(255))
+    state: Mapped[str] = mapped_column(sa.String(16))
+    host_id: Mapped[str | None] = mapped_column(sa.String(64), sa.ForeignKey("hosts.id"))
+    message: Mapped[str] = mapped_column(sa.Text)
+    created: Mapped[datetime]
+    updated: Mapped[datetime]
+    # Incremented on every change of the row.
+    revision: Mapped[int] = mapped_column(sa.BigInteger)
+
+    __table_args__ = (
+        sa.Index(None, "created", "uid"),
+        sa.Index(None, "host_id", "state"),
+        sa.Index(None, "state"),
+    )
+
+
+class ProcessRow(Base):
+    """A program started in a container."""
+
+    __tablename__ = "processes"
+
+    uid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    container_uid: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("containers.uid"))
+    request_id: Mapped[str] = mapped_column(sa.String(128))
+    argv: Mapped[list[str]]
+    env: Mapped[dict[str, str]]
+    cwd: Mapped[str] = mapped_column(sa.Text)
+    user_id: Mapped[int] = mapped_column(sa.BigInteger)
+    group_id: Mapped[int] = mapped_column(sa.BigInteger)
+    # STARTING | RUNNING | EXITED | LOST
+    state: Mapped[str] = mapped_column(sa.String(16))
+    pid: Mapped[int] = mapped_column(sa.Integer)
+    exit_code: Mapped[int] = mapped_column(sa.Integer)
+    signal: Mapped[int] = mapped_column(sa.Integer)
+    oom_killed: Mapped[bool] = mapped_column(sa.Boolean)
+    message: Mapped[str] = mapped_column(sa.Text)
+    created: Mapped[datetime]
+    start_time: Mapped[datetime | None]
+    exit_time: Mapped[datetime | None]
+    updated: Mapped[datetime]
+
+    __table_args__ = (
+        sa.UniqueConstraint("container_uid", "request_id"),
+        sa.Index(None, "container_uid", "state"),
+        sa.Index(None, "created", "uid"),
+    )
+
+
+class EventRow(Base):
+    """One change of a container or a process, in commit order, for Watch."""
+
+    __tablename__ = "events"
+
+    revision: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    # CONTAINER | PROCESS
+    type: Mapped[str] = mapped_column(sa.String(16))
+    container_uid: Mapped[str] = mapped_column(sa.String(64))
+    process_uid: Mapped[str] = mapped_column(sa.String(64))
+    # A snapshot of the changed record (see records.to_json).
+    data: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
+    time: Mapped[datetime]
+
+    __table_args__ = (sa.Index(None, "container_uid", "revision"),)

@@ -1,0 +1,107 @@
+"""Reconciler: finishes work that a crash or an unreachable agent left half done.
+
+Every ``interval`` (10 s), for records unchanged for ``min_age`` (10 s, so in-flight requests are
+left alone):
+
+- PENDING containers (the controller died between the durable PENDING write and the agent's answer):
+  create them on their host again (the agent's CreateContainer is idempotent by uid) -> CREATED, or
+  FAILED with the error. An unreachable host leaves them PENDING for the next round.
+- STOPPING containers: destroy them on their host again -> STOPPED.
+- STARTING processes (Exec never heard back): LOST with a message. If the agent did start the
+  process, its events still move it to RUNNING/EXITED.
+
+Not done yet: comparing the agent's Sync with the database (orphans on hosts, exits lost with an
+agent restart).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from chital.controller.agents import AgentPool
+from chital.controller.containers import Containers
+from chital.controller.metrics import ControllerMetrics
+from chital.controller.records import ContainerState, ProcessState
+from chital.controller.store import Store
+from chital.errdefs import ChitalError, Unavailable
+
+__all__ = ["Reconciler"]
+
+log = logging.getLogger("chital.controller.reconcile")
+
+BATCH = 200
+
+
+class Reconciler:
+    """Resumes interrupted creates, stops and execs."""
+
+    def __init__(
+        self,
+        store: Store,
+        pool: AgentPool,
+        containers: Containers,
+        clock: Callable[[], datetime],
+        *,
+        metrics: ControllerMetrics,
+        interval: float = 10.0,
+        min_age: float = 10.0,
+    ) -> None:
+        self._store = store
+        self._pool = pool
+        self._containers = containers
+        self._clock = clock
+        self._metrics = metrics
+        self.interval = interval
+        self.min_age = min_age
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Run rounds in a background thread."""
+        self._thread = threading.Thread(target=self._loop, name="reconciler", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the current round."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            started = time.perf_counter()
+            try:
+                backlog = self.run_once()
+            except Exception:  # one bad round must not stop reconciliation (logged)
+                log.exception("reconcile round failed")
+                self._metrics.reconcile_runs.labels("failed").inc()
+            else:
+                self._metrics.reconcile_runs.labels("ok").inc()
+                self._metrics.reconcile_backlog.set(backlog)
+                self._metrics.reconcile_last_success.set_to_current_time()
+            self._metrics.reconcile_duration.observe(time.perf_counter() - started)
+
+    def run_once(self) -> int:
+        """One round; returns how many records still wait (the backlog)."""
+        before = self._clock() - timedelta(seconds=self.min_age)
+        waiting = 0
+        for container in self._store.stale_containers((ContainerState.PENDING,), before, BATCH):
+            if self._containers.resume_create(container).state is ContainerState.PENDING:
+                waiting += 1
+        for container in self._store.stale_containers((ContainerState.STOPPING,), before, BATCH):
+            try:
+                self._containers.stop(container.uid, 0.0)
+            except Unavailable:
+                waiting += 1
+            except ChitalError as exc:
+                log.warning("resuming the stop of %s failed: %s", container.uid, exc)
+                waiting += 1
+        for process in self._store.stale_processes(ProcessState.STARTING, before, BATCH):
+            self._store.mark_process_lost(
+                process.uid, "start was never confirmed by the agent", self._clock()
+            )
+        return waiting

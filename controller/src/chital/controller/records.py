@@ -1,0 +1,313 @@
+"""Plain values the controller's core works on (never live ORM objects, never protobuf)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "AdminState",
+    "AgentInfo",
+    "ContainerRecord",
+    "ContainerSpec",
+    "ContainerState",
+    "EventRecord",
+    "EventType",
+    "HostHealth",
+    "HostRecord",
+    "HostState",
+    "Limits",
+    "ProcessRecord",
+    "ProcessSpec",
+    "ProcessState",
+]
+
+
+class HostHealth(StrEnum):
+    """What the controller's health checks found."""
+
+    READY = "READY"
+    NOT_READY = "NOT_READY"
+    LOST = "LOST"
+
+
+class AdminState(StrEnum):
+    """What the operator asked for."""
+
+    ACTIVE = "ACTIVE"
+    CORDONED = "CORDONED"
+    DRAINING = "DRAINING"
+
+
+class HostState(StrEnum):
+    """The state shown to users: health first, then the administrative state."""
+
+    READY = "READY"
+    NOT_READY = "NOT_READY"
+    LOST = "LOST"
+    CORDONED = "CORDONED"
+    DRAINING = "DRAINING"
+
+
+class ContainerState(StrEnum):
+    """Lifecycle of a container (DESIGN.md §4.4)."""
+
+    PENDING = "PENDING"
+    CREATED = "CREATED"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    FAILED = "FAILED"
+    LOST = "LOST"
+    DELETED = "DELETED"
+
+
+# Containers that occupy a place on their host (counted for placement and capacity).
+PLACED_STATES = (
+    ContainerState.PENDING,
+    ContainerState.CREATED,
+    ContainerState.RUNNING,
+    ContainerState.STOPPING,
+    ContainerState.STOPPED,
+)
+
+
+class ProcessState(StrEnum):
+    """Lifecycle of a process."""
+
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+    LOST = "LOST"
+
+
+LIVE_PROCESS_STATES = (ProcessState.STARTING, ProcessState.RUNNING)
+
+
+class EventType(StrEnum):
+    """What a Watch event is about."""
+
+    CONTAINER = "CONTAINER"
+    PROCESS = "PROCESS"
+
+
+@dataclass(frozen=True)
+class AgentInfo:
+    """What an agent reported about itself."""
+
+    agent_version: str = ""
+    kernel_release: str = ""
+    module_version: str = ""
+    abi_version: str = ""
+    device: str = ""
+    sandboxed: bool = False
+    boot_id: str = ""
+    last_event_seq: int = 0
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    """A host as stored."""
+
+    id: str
+    address: str
+    health: HostHealth
+    admin_state: AdminState
+    labels: dict[str, str]
+    max_containers: int
+    container_count: int
+    agent: AgentInfo
+    message: str
+    last_seen: datetime | None
+    created: datetime
+    event_seq: int = 0
+
+    @property
+    def state(self) -> HostState:
+        """The state shown to users."""
+        if self.health is not HostHealth.READY:
+            return HostState(self.health.value)
+        if self.admin_state is not AdminState.ACTIVE:
+            return HostState(self.admin_state.value)
+        return HostState.READY
+
+    @property
+    def schedulable(self) -> bool:
+        """Whether new containers may be placed here."""
+        return self.health is HostHealth.READY and self.admin_state is AdminState.ACTIVE
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits; zero means unlimited."""
+
+    memory_max_bytes: int = 0
+    pids_max: int = 0
+    cpu_max_millicores: int = 0
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """What a client asked for when creating a container."""
+
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+    limits: Limits = Limits()
+    root: str = ""
+    deny_syscalls: tuple[str, ...] = ()
+    host: str = ""
+
+
+@dataclass(frozen=True)
+class ContainerRecord:
+    """A container as stored."""
+
+    uid: str
+    name: str
+    request_id: str
+    state: ContainerState
+    labels: dict[str, str]
+    limits: Limits
+    root: str
+    deny_syscalls: tuple[str, ...]
+    requested_host: str
+    host_id: str
+    host_address: str
+    message: str
+    created: datetime
+    updated: datetime
+    revision: int
+    running_processes: int = 0
+
+    def matches(self, spec: ContainerSpec) -> bool:
+        """Whether a retried create asks for the same container."""
+        return (
+            self.name == spec.name
+            and self.labels == spec.labels
+            and self.limits == spec.limits
+            and self.root == spec.root
+            and self.deny_syscalls == tuple(spec.deny_syscalls)
+            and self.requested_host == spec.host
+        )
+
+
+@dataclass(frozen=True)
+class ProcessSpec:
+    """What a client asked for when starting a process."""
+
+    argv: tuple[str, ...]
+    env: dict[str, str] = field(default_factory=dict)
+    cwd: str = "/"
+    user_id: int = 0
+    group_id: int = 0
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    """A process as stored."""
+
+    uid: str
+    container_uid: str
+    request_id: str
+    argv: tuple[str, ...]
+    env: dict[str, str]
+    cwd: str
+    user_id: int
+    group_id: int
+    state: ProcessState
+    pid: int
+    exit_code: int
+    signal: int
+    oom_killed: bool
+    message: str
+    created: datetime
+    start_time: datetime | None
+    exit_time: datetime | None
+
+    @property
+    def finished(self) -> bool:
+        """Whether the process will not change any more."""
+        return self.state in (ProcessState.EXITED, ProcessState.LOST)
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    """One Watch event."""
+
+    revision: int
+    type: EventType
+    time: datetime
+    container: ContainerRecord | None = None
+    process: ProcessRecord | None = None
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def to_json(record: ContainerRecord | ProcessRecord) -> dict[str, Any]:
+    """A JSON-able snapshot of a record (for the events table)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(record):
+        value = getattr(record, f.name)
+        if isinstance(value, Limits):
+            out[f.name] = dataclasses.asdict(value)
+        else:
+            out[f.name] = _encode(value)
+    return out
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def container_from_json(data: dict[str, Any]) -> ContainerRecord:
+    """The inverse of :func:`to_json` for containers."""
+    return ContainerRecord(
+        uid=data["uid"],
+        name=data["name"],
+        request_id=data["request_id"],
+        state=ContainerState(data["state"]),
+        labels=dict(data["labels"]),
+        limits=Limits(**data["limits"]),
+        root=data["root"],
+        deny_syscalls=tuple(data["deny_syscalls"]),
+        requested_host=data["requested_host"],
+        host_id=data["host_id"],
+        host_address=data["host_address"],
+        message=data["message"],
+        created=datetime.fromisoformat(data["created"]),
+        updated=datetime.fromisoformat(data["updated"]),
+        revision=data["revision"],
+        running_processes=data["running_processes"],
+    )
+
+
+def process_from_json(data: dict[str, Any]) -> ProcessRecord:
+    """The inverse of :func:`to_json` for processes."""
+    return ProcessRecord(
+        uid=data["uid"],
+        container_uid=data["container_uid"],
+        request_id=data["request_id"],
+        argv=tuple(data["argv"]),
+        env=dict(data["env"]),
+        cwd=data["cwd"],
+        user_id=data["user_id"],
+        group_id=data["group_id"],
+        state=ProcessState(data["state"]),
+        pid=data["pid"],
+        exit_code=data["exit_code"],
+        signal=data["signal"],
+        oom_killed=data["oom_killed"],
+        message=data["message"],
+        created=datetime.fromisoformat(data["created"]),
+        start_time=_time(data["start_time"]),
+        exit_time=_time(data["exit_time"]),
+    )

@@ -1,0 +1,277 @@
+"""gRPC adapters: ContainerService and HostService over the use cases.
+
+Protobuf types stop here: requests become plain values, records become messages. Errors are raised
+as errdefs exceptions and mapped to status codes by :class:`chital.errdefs.grpc.ErrorInterceptor`.
+"""
+
+# ruff: noqa: N802 - gRPC servicer methods carry the RPC names from the proto.
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import grpc
+from google.protobuf import duration_pb2, timestamp_pb2
+
+from chital.api.container.v1 import container_pb2, container_pb2_grpc
+from chital.api.host.v1 import host_pb2, host_pb2_grpc
+from chital.controller.containers import Containers
+from chital.controller.hosts import Hosts
+from chital.controller.records import (
+    ContainerRecord,
+    ContainerSpec,
+    ContainerState,
+    EventRecord,
+    EventType,
+    HostRecord,
+    HostState,
+    Limits,
+    ProcessRecord,
+    ProcessSpec,
+)
+from chital.errdefs import InvalidArgument
+
+__all__ = ["ContainerServicer", "HostServicer"]
+
+
+def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
+    if value is None:
+        return None
+    ts = timestamp_pb2.Timestamp()
+    ts.FromDatetime(value)
+    return ts
+
+
+def _seconds(request: Any, field: str) -> float | None:
+    if not request.HasField(field):
+        return None
+    duration: duration_pb2.Duration = getattr(request, field)
+    if duration.seconds < 0 or duration.nanos < 0:
+        raise InvalidArgument(f"{field} must not be negative")
+    return float(duration.seconds + duration.nanos / 1e9)
+
+
+def _enum_name(enum: Any, value: int, field: str, prefix: str) -> str | None:
+    """The enum value's short name (None for UNSPECIFIED); unknown numbers are InvalidArgument."""
+    try:
+        name = str(enum.Name(value))
+    except ValueError:
+        raise InvalidArgument(f"{field}: unknown value {value}") from None
+    short = name.removeprefix(prefix)
+    return None if short == "UNSPECIFIED" else short
+
+
+def container_to_pb(c: ContainerRecord) -> container_pb2.Container:
+    """A record as a message."""
+    return container_pb2.Container(
+        uid=c.uid,
+        name=c.name,
+        state=container_pb2.ContainerState.Value(f"CONTAINER_STATE_{c.state.value}"),
+        labels=c.labels,
+        limits=container_pb2.Limits(
+            memory_max_bytes=c.limits.memory_max_bytes,
+            pids_max=c.limits.pids_max,
+            cpu_max_millicores=c.limits.cpu_max_millicores,
+        ),
+        root=c.root,
+        deny_syscalls=list(c.deny_syscalls),
+        host_id=c.host_id,
+        host_address=c.host_address,
+        message=c.message,
+        create_time=_ts(c.created),
+        update_time=_ts(c.updated),
+        running_processes=c.running_processes,
+    )
+
+
+def process_to_pb(p: ProcessRecord) -> container_pb2.Process:
+    """A record as a message."""
+    return container_pb2.Process(
+        uid=p.uid,
+        container_uid=p.container_uid,
+        argv=list(p.argv),
+        env=p.env,
+        cwd=p.cwd,
+        user_id=p.user_id,
+        group_id=p.group_id,
+        state=container_pb2.ProcessState.Value(f"PROCESS_STATE_{p.state.value}"),
+        pid=p.pid,
+        exit_code=p.exit_code,
+        signal=p.signal,
+        oom_killed=p.oom_killed,
+        start_time=_ts(p.start_time),
+        exit_time=_ts(p.exit_time),
+        message=p.message,
+    )
+
+
+def event_to_pb(e: EventRecord) -> container_pb2.WatchResponse:
+    """An event as a message."""
+    msg = container_pb2.WatchResponse(revision=e.revision, time=_ts(e.time))
+    if e.type is EventType.CONTAINER and e.container is not None:
+        msg.type = container_pb2.EVENT_TYPE_CONTAINER_CHANGED
+        msg.container.CopyFrom(container_to_pb(e.container))
+    elif e.process is not None:
+        msg.type = container_pb2.EVENT_TYPE_PROCESS_CHANGED
+        msg.process.CopyFrom(process_to_pb(e.process))
+    return msg
+
+
+def host_to_pb(h: HostRecord) -> host_pb2.Host:
+    """A record as a message."""
+    return host_pb2.Host(
+        id=h.id,
+        address=h.address,
+        state=host_pb2.HostState.Value(f"HOST_STATE_{h.state.value}"),
+        labels=h.labels,
+        capacity=host_pb2.Capacity(max_containers=h.max_containers),
+        container_count=h.container_count,
+        agent=host_pb2.AgentInfo(
+            agent_version=h.agent.agent_version,
+            kernel_release=h.agent.kernel_release,
+            module_version=h.agent.module_version,
+            abi_version=h.agent.abi_version,
+            sandboxed=h.agent.sandboxed,
+            device=h.agent.device,
+        ),
+        last_seen_time=_ts(h.last_seen),
+        create_time=_ts(h.created),
+        message=h.message,
+    )
+
+
+class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
+    """chital.api.container.v1.ContainerService."""
+
+    def __init__(self, containers: Containers) -> None:
+        self._containers = containers
+
+    def CreateContainer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        spec = ContainerSpec(
+            name=request.name,
+            labels=dict(request.labels),
+            limits=Limits(
+                memory_max_bytes=request.limits.memory_max_bytes,
+                pids_max=request.limits.pids_max,
+                cpu_max_millicores=request.limits.cpu_max_millicores,
+            ),
+            root=request.root,
+            deny_syscalls=tuple(request.deny_syscalls),
+            host=request.host,
+        )
+        record = self._containers.create(request.request_id, spec)
+        return container_pb2.CreateContainerResponse(container=container_to_pb(record))
+
+    def GetContainer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return container_pb2.GetContainerResponse(
+            container=container_to_pb(self._containers.get(request.container))
+        )
+
+    def ListContainers(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = _enum_name(container_pb2.ContainerState, request.state, "state", "CONTAINER_STATE_")
+        page = self._containers.list_containers(
+            request.page_size,
+            request.page_token,
+            request.label_selector,
+            None if state is None else ContainerState(state),
+            request.host,
+        )
+        return container_pb2.ListContainersResponse(
+            containers=[container_to_pb(c) for c in page.items], next_page_token=page.next_page_token
+        )
+
+    def StopContainer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        record = self._containers.stop(request.container, _seconds(request, "grace_period"))
+        return container_pb2.StopContainerResponse(container=container_to_pb(record))
+
+    def DeleteContainer(self, request: Any, context: grpc.ServicerContext) -> Any:
+        record = self._containers.delete(request.container, request.force)
+        return container_pb2.DeleteContainerResponse(container=container_to_pb(record))
+
+    def Exec(self, request: Any, context: grpc.ServicerContext) -> Any:
+        spec = ProcessSpec(
+            argv=tuple(request.argv),
+            env=dict(request.env),
+            cwd=request.cwd,
+            user_id=request.user_id,
+            group_id=request.group_id,
+        )
+        process = self._containers.exec(request.container, request.request_id, spec)
+        return container_pb2.ExecResponse(process=process_to_pb(process))
+
+    def GetProcess(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return container_pb2.GetProcessResponse(
+            process=process_to_pb(self._containers.get_process(request.process_uid))
+        )
+
+    def ListProcesses(self, request: Any, context: grpc.ServicerContext) -> Any:
+        page = self._containers.list_processes(request.container, request.page_size, request.page_token)
+        return container_pb2.ListProcessesResponse(
+            processes=[process_to_pb(p) for p in page.items], next_page_token=page.next_page_token
+        )
+
+    def WaitProcess(self, request: Any, context: grpc.ServicerContext) -> Any:
+        timeout = _seconds(request, "timeout")
+        if timeout is None:
+            remaining = context.time_remaining()
+            # Answer a little before the caller's deadline, so it gets the process, not an error.
+            timeout = None if remaining is None else max(0.0, remaining - 0.2)
+        process = self._containers.wait_process(request.process_uid, timeout, context.is_active)
+        return container_pb2.WaitProcessResponse(process=process_to_pb(process))
+
+    def SignalProcess(self, request: Any, context: grpc.ServicerContext) -> Any:
+        process = self._containers.signal_process(request.process_uid, request.signal)
+        return container_pb2.SignalProcessResponse(process=process_to_pb(process))
+
+    def StreamLogs(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        cancel, chunks = self._containers.stream_logs(request.process_uid, request.follow, request.tail_lines)
+        context.add_callback(cancel)
+        for chunk in chunks:
+            stream = (
+                container_pb2.LOG_STREAM_STDERR
+                if chunk.stream == "stderr"
+                else container_pb2.LOG_STREAM_STDOUT
+            )
+            yield container_pb2.StreamLogsResponse(stream=stream, data=chunk.data)
+
+    def Watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        for event in self._containers.watch(request.since_revision, request.container, context.is_active):
+            yield event_to_pb(event)
+
+
+class HostServicer(host_pb2_grpc.HostServiceServicer):
+    """chital.api.host.v1.HostService."""
+
+    def __init__(self, hosts: Hosts) -> None:
+        self._hosts = hosts
+
+    def RegisterHost(self, request: Any, context: grpc.ServicerContext) -> Any:
+        host = self._hosts.register(request.address, dict(request.labels), request.capacity.max_containers)
+        return host_pb2.RegisterHostResponse(host=host_to_pb(host))
+
+    def ListHosts(self, request: Any, context: grpc.ServicerContext) -> Any:
+        state = _enum_name(host_pb2.HostState, request.state, "state", "HOST_STATE_")
+        page = self._hosts.list_hosts(
+            request.page_size, request.page_token, None if state is None else HostState(state)
+        )
+        return host_pb2.ListHostsResponse(
+            hosts=[host_to_pb(h) for h in page.items], next_page_token=page.next_page_token
+        )
+
+    def GetHost(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return host_pb2.GetHostResponse(host=host_to_pb(self._hosts.get(request.host)))
+
+    def CordonHost(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return host_pb2.CordonHostResponse(host=host_to_pb(self._hosts.cordon(request.host)))
+
+    def UncordonHost(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return host_pb2.UncordonHostResponse(host=host_to_pb(self._hosts.uncordon(request.host)))
+
+    def DrainHost(self, request: Any, context: grpc.ServicerContext) -> Any:
+        host, stopped = self._hosts.drain(request.host, _seconds(request, "grace_period"))
+        return host_pb2.DrainHostResponse(host=host_to_pb(host), stopped_containers=stopped)
+
+    def RemoveHost(self, request: Any, context: grpc.ServicerContext) -> Any:
+        self._hosts.remove(request.host, request.force)
+        return host_pb2.RemoveHostResponse()

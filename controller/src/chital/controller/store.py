@@ -1,0 +1,974 @@
+"""The controller's state store: every read and write of the database goes through :class:`Store`.
+
+Rules (after Nomad's state store):
+
+- Callers pass ids and timestamps in; the store invents neither, so replays are deterministic.
+- Callers get frozen dataclasses (:mod:`chital.controller.records`), never live ORM objects.
+- Every change of a container or process appends an event row in the same transaction; listeners
+  registered with :meth:`Store.add_listener` run after the commit (they wake waiters and watchers).
+- No transaction is ever held open across a call to an agent.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from chital.controller.db import READONLY_OPTION
+from chital.controller.models import Base, ContainerRow, EventRow, HostRow, ProcessRow
+from chital.controller.records import (
+    LIVE_PROCESS_STATES,
+    PLACED_STATES,
+    AdminState,
+    AgentInfo,
+    ContainerRecord,
+    ContainerSpec,
+    ContainerState,
+    EventRecord,
+    EventType,
+    HostHealth,
+    HostRecord,
+    HostState,
+    Limits,
+    ProcessRecord,
+    ProcessSpec,
+    ProcessState,
+    container_from_json,
+    process_from_json,
+    to_json,
+)
+from chital.errdefs import AlreadyExists, ChitalError, FailedPrecondition, NotFound, Unavailable
+
+__all__ = ["AgentEvent", "Candidate", "Cursor", "Store"]
+
+Cursor = tuple[datetime, str]
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A host as placement sees it."""
+
+    host_id: str
+    address: str
+    schedulable: bool
+    max_containers: int
+    container_count: int
+    created: datetime
+
+
+@dataclass(frozen=True)
+class AgentEvent:
+    """An event from an agent's StreamEvents, as plain values."""
+
+    seq: int
+    kind: str  # PROCESS_STARTED | PROCESS_EXITED | CONTAINER_EMPTY | SYSCALL_DENIED | ...
+    container_uid: str = ""
+    process_uid: str = ""
+    pid: int = 0
+    exit_code: int = 0
+    signal: int = 0
+    oom_killed: bool = False
+    time: datetime | None = None
+
+
+@dataclass
+class _Changes:
+    events: int = 0
+    process_uids: set[str] = field(default_factory=set)
+
+
+Listener = Callable[[set[str]], None]
+
+
+class Store:
+    """SQL-backed store of hosts, containers, processes and events."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self._rw = sessionmaker(engine, expire_on_commit=False)
+        self._ro = sessionmaker(engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False)
+        self._listeners: list[Listener] = []
+        self._listeners_lock = threading.Lock()
+        # observe(operation, seconds, ok) after every transaction (metrics); None: not timed.
+        self.observe: Callable[[str, float, bool], None] | None = None
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    def create_schema(self) -> None:
+        """Create the tables directly (tests; production uses the migrations)."""
+        Base.metadata.create_all(self.engine)
+
+    def add_listener(self, listener: Listener) -> None:
+        """Call ``listener(process_uids)`` after every commit that appended events."""
+        with self._listeners_lock:
+            self._listeners.append(listener)
+
+    @contextmanager
+    def _timed(self, operation: str) -> Iterator[None]:
+        """Time the transaction; a database that cannot be reached (or stays locked) is Unavailable."""
+        observe = self.observe
+        start = time.perf_counter()
+        ok = False
+        try:
+            yield
+            ok = True
+        except ChitalError:
+            ok = True  # a refused request is not a database failure
+            raise
+        except OperationalError as exc:
+            raise Unavailable(f"database unavailable: {type(exc.orig).__name__}: {exc.orig}") from exc
+        finally:
+            if observe is not None:
+                observe(operation, time.perf_counter() - start, ok)
+
+    @contextmanager
+    def _write(self) -> Iterator[tuple[Session, _Changes]]:
+        changes = _Changes()
+        with self._timed("write"), self._rw() as session, session.begin():
+            yield session, changes
+        if changes.events:
+            with self._listeners_lock:
+                listeners = list(self._listeners)
+            for listener in listeners:
+                listener(changes.process_uids)
+
+    @contextmanager
+    def _read(self) -> Iterator[Session]:
+        with self._timed("read"), self._ro() as session, session.begin():
+            yield session
+
+    def _event(
+        self,
+        session: Session,
+        changes: _Changes,
+        record: ContainerRecord | ProcessRecord,
+        now: datetime,
+    ) -> None:
+        if isinstance(record, ContainerRecord):
+            row = EventRow(
+                type=EventType.CONTAINER.value,
+                container_uid=record.uid,
+                process_uid="",
+                data=to_json(record),
+                time=now,
+            )
+        else:
+            row = EventRow(
+                type=EventType.PROCESS.value,
+                container_uid=record.container_uid,
+                process_uid=record.uid,
+                data=to_json(record),
+                time=now,
+            )
+            changes.process_uids.add(record.uid)
+        session.add(row)
+        changes.events += 1
+
+    # -- conversions ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _count_placed(session: Session, host_ids: Sequence[str]) -> dict[str, int]:
+        if not host_ids:
+            return {}
+        rows = session.execute(
+            sa.select(ContainerRow.host_id, sa.func.count())
+            .where(ContainerRow.host_id.in_(host_ids), ContainerRow.state.in_(PLACED_STATES))
+            .group_by(ContainerRow.host_id)
+        ).all()
+        return {str(host_id): int(count) for host_id, count in rows}
+
+    @staticmethod
+    def _host_record(row: HostRow, container_count: int) -> HostRecord:
+        return HostRecord(
+            id=row.id,
+            address=row.address,
+            health=HostHealth(row.state),
+            admin_state=AdminState(row.admin_state),
+            labels=dict(row.labels),
+            max_containers=row.max_containers,
+            container_count=container_count,
+            agent=AgentInfo(
+                agent_version=row.agent_version,
+                kernel_release=row.kernel_release,
+                module_version=row.module_version,
+                abi_version=row.abi_version,
+                device=row.device,
+                sandboxed=row.sandboxed,
+                boot_id=row.boot_id,
+            ),
+            message=row.message,
+            last_seen=row.last_seen,
+            created=row.created,
+            event_seq=row.event_seq,
+        )
+
+    def _host(self, session: Session, row: HostRow) -> HostRecord:
+        return self._host_record(row, self._count_placed(session, [row.id]).get(row.id, 0))
+
+    @staticmethod
+    def _running_counts(session: Session, container_uids: Sequence[str]) -> dict[str, int]:
+        if not container_uids:
+            return {}
+        rows = session.execute(
+            sa.select(ProcessRow.container_uid, sa.func.count())
+            .where(
+                ProcessRow.container_uid.in_(container_uids),
+                ProcessRow.state == ProcessState.RUNNING.value,
+            )
+            .group_by(ProcessRow.container_uid)
+        ).all()
+        return {str(uid): int(count) for uid, count in rows}
+
+    @staticmethod
+    def _host_addresses(session: Session, host_ids: Sequence[str]) -> dict[str, str]:
+        ids = [h for h in host_ids if h]
+        if not ids:
+            return {}
+        rows = session.execute(sa.select(HostRow.id, HostRow.address).where(HostRow.id.in_(ids))).all()
+        return {str(i): str(a) for i, a in rows}
+
+    @staticmethod
+    def _container_record(row: ContainerRow, host_address: str, running: int) -> ContainerRecord:
+        return ContainerRecord(
+            uid=row.uid,
+            name=row.name,
+            request_id=row.request_id,
+            state=ContainerState(row.state),
+            labels=dict(row.labels),
+            limits=Limits(row.memory_max_bytes, row.pids_max, row.cpu_max_millicores),
+            root=row.root,
+            deny_syscalls=tuple(row.deny_syscalls),
+            requested_host=row.requested_host,
+            host_id=row.host_id or "",
+            host_address=host_address,
+            message=row.message,
+            created=row.created,
+            updated=row.updated,
+            revision=row.revision,
+            running_processes=running,
+        )
+
+    def _container(self, session: Session, row: ContainerRow) -> ContainerRecord:
+        address = self._host_addresses(session, [row.host_id or ""]).get(row.host_id or "", "")
+        running = self._running_counts(session, [row.uid]).get(row.uid, 0)
+        return self._container_record(row, address, running)
+
+    def _containers(self, session: Session, rows: Sequence[ContainerRow]) -> list[ContainerRecord]:
+        addresses = self._host_addresses(session, [r.host_id or "" for r in rows])
+        running = self._running_counts(session, [r.uid for r in rows])
+        return [
+            self._container_record(r, addresses.get(r.host_id or "", ""), running.get(r.uid, 0)) for r in rows
+        ]
+
+    @staticmethod
+    def _process_record(row: ProcessRow) -> ProcessRecord:
+        return ProcessRecord(
+            uid=row.uid,
+            container_uid=row.container_uid,
+            request_id=row.request_id,
+            argv=tuple(row.argv),
+            env=dict(row.env),
+            cwd=row.cwd,
+            user_id=row.user_id,
+            group_id=row.group_id,
+            state=ProcessState(row.state),
+            pid=row.pid,
+            exit_code=row.exit_code,
+            signal=row.signal,
+            oom_killed=row.oom_killed,
+            message=row.message,
+            created=row.created,
+            start_time=row.start_time,
+            exit_time=row.exit_time,
+        )
+
+    # -- hosts ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def _find_host(session: Session, ref: str, *, lock: bool = False) -> HostRow | None:
+        stmt = sa.select(HostRow).where(sa.or_(HostRow.id == ref, HostRow.address == ref))
+        if lock:
+            stmt = stmt.with_for_update()
+        return session.scalars(stmt).first()
+
+    def _host_row(self, session: Session, ref: str, *, lock: bool = False) -> HostRow:
+        row = self._find_host(session, ref, lock=lock)
+        if row is None:
+            raise NotFound(f"host {ref!r} not found")
+        return row
+
+    def register_host(
+        self, host_id: str, address: str, labels: dict[str, str], max_containers: int, now: datetime
+    ) -> tuple[HostRecord, bool]:
+        """Add a host, or update the labels and capacity of the host with that address."""
+        try:
+            with self._write() as (session, _):
+                row = session.scalars(sa.select(HostRow).where(HostRow.address == address)).first()
+                created = row is None
+                if row is None:
+                    row = HostRow(
+                        id=host_id,
+                        address=address,
+                        labels=dict(labels),
+                        state=HostHealth.NOT_READY.value,
+                        admin_state=AdminState.ACTIVE.value,
+                        max_containers=max_containers,
+                        message="not checked yet",
+                        agent_version="",
+                        kernel_release="",
+                        module_version="",
+                        abi_version="",
+                        device="",
+                        sandboxed=False,
+                        boot_id="",
+                        event_seq=0,
+                        last_seen=None,
+                        created=now,
+                        updated=now,
+                    )
+                    session.add(row)
+                    session.flush()
+                else:
+                    row.labels = dict(labels)
+                    row.max_containers = max_containers
+                    row.updated = now
+                return self._host(session, row), created
+        except IntegrityError:
+            # A concurrent registration of the same address won; it is the same host.
+            return self.get_host(address), False
+
+    def get_host(self, ref: str) -> HostRecord:
+        """A host by id or address."""
+        with self._read() as session:
+            return self._host(session, self._host_row(session, ref))
+
+    def list_hosts(
+        self, limit: int, after: Cursor | None = None, state: HostState | None = None
+    ) -> list[HostRecord]:
+        """Hosts oldest first, after ``after``; filtered by the shown state in Python (few hosts)."""
+        out: list[HostRecord] = []
+        with self._read() as session:
+            cursor = after
+            while len(out) < limit:
+                stmt = sa.select(HostRow).order_by(HostRow.created, HostRow.id).limit(max(limit, 100))
+                if cursor is not None:
+                    stmt = stmt.where(
+                        sa.or_(
+                            HostRow.created > cursor[0],
+                            sa.and_(HostRow.created == cursor[0], HostRow.id > cursor[1]),
+                        )
+                    )
+                rows = list(session.scalars(stmt))
+                if not rows:
+                    break
+                counts = self._count_placed(session, [r.id for r in rows])
+                for r in rows:
+                    record = self._host_record(r, counts.get(r.id, 0))
+                    if state is None or record.state is state:
+                        out.append(record)
+                        if len(out) >= limit:
+                            break
+                cursor = (rows[-1].created, rows[-1].id)
+        return out
+
+    def all_hosts(self) -> list[HostRecord]:
+        """Every host (for the health monitor)."""
+        with self._read() as session:
+            rows = list(session.scalars(sa.select(HostRow).order_by(HostRow.created, HostRow.id)))
+            counts = self._count_placed(session, [r.id for r in rows])
+            return [self._host_record(r, counts.get(r.id, 0)) for r in rows]
+
+    def set_admin_state(self, ref: str, admin_state: AdminState, now: datetime) -> HostRecord:
+        """Cordon, uncordon or drain a host."""
+        with self._write() as (session, _):
+            row = self._host_row(session, ref, lock=True)
+            row.admin_state = admin_state.value
+            row.updated = now
+            return self._host(session, row)
+
+    def record_health(
+        self,
+        host_id: str,
+        health: HostHealth,
+        now: datetime,
+        *,
+        message: str = "",
+        info: AgentInfo | None = None,
+        last_seen: datetime | None = None,
+    ) -> tuple[HostRecord, HostHealth]:
+        """Store what the health monitor decided. Returns the host and its previous health.
+
+        ``info`` (from a successful check) updates the agent's details; a new boot id restarts the
+        event sequence. Becoming LOST makes the host's placed containers LOST, and their live
+        processes too.
+        """
+        with self._write() as (session, changes):
+            row = self._host_row(session, host_id)
+            previous = HostHealth(row.state)
+            if info is not None:
+                if row.boot_id != info.boot_id:
+                    # The agent restarted: its event sequence numbers start again.
+                    row.event_seq = 0
+                    row.boot_id = info.boot_id
+                row.agent_version = info.agent_version
+                row.kernel_release = info.kernel_release
+                row.module_version = info.module_version
+                row.abi_version = info.abi_version
+                row.device = info.device
+                row.sandboxed = info.sandboxed
+            if last_seen is not None:
+                row.last_seen = last_seen
+            row.message = message
+            if health is not previous:
+                row.state = health.value
+                row.updated = now
+            if health is HostHealth.LOST and previous is not HostHealth.LOST:
+                self._lose_containers(session, changes, row.id, f"host {row.address} lost: {message}", now)
+            return self._host(session, row), previous
+
+    def _lose_containers(
+        self, session: Session, changes: _Changes, host_id: str, message: str, now: datetime
+    ) -> None:
+        rows = session.scalars(
+            sa.select(ContainerRow).where(
+                ContainerRow.host_id == host_id, ContainerRow.state.in_(PLACED_STATES)
+            )
+        ).all()
+        for row in rows:
+            self._finish_processes(session, changes, row.uid, message, now)
+            self._set_state(session, changes, row, ContainerState.LOST, message=message, now=now)
+
+    def remove_host(self, ref: str, force: bool, now: datetime) -> None:
+        """Forget a host; with live containers only with ``force`` (they become LOST)."""
+        with self._write() as (session, changes):
+            row = self._host_row(session, ref, lock=True)
+            placed = self._count_placed(session, [row.id]).get(row.id, 0)
+            if placed and not force:
+                raise FailedPrecondition(
+                    f"host {row.address} still has {placed} containers; drain it or use force"
+                )
+            self._lose_containers(session, changes, row.id, f"host {row.address} removed", now)
+            session.execute(
+                sa.update(ContainerRow).where(ContainerRow.host_id == row.id).values(host_id=None)
+            )
+            session.delete(row)
+
+    def host_event_cursor(self, host_id: str) -> tuple[str, int]:
+        """The agent boot id and the last event sequence number applied from it."""
+        with self._read() as session:
+            row = self._host_row(session, host_id)
+            return row.boot_id, row.event_seq
+
+    # -- containers -----------------------------------------------------------------------------
+
+    def _find_container(self, session: Session, ref: str, *, lock: bool = False) -> ContainerRow | None:
+        stmt = sa.select(ContainerRow).where(ContainerRow.uid == ref)
+        if lock:
+            stmt = stmt.with_for_update()
+        row = session.scalars(stmt).first()
+        if row is None:
+            stmt = sa.select(ContainerRow).where(ContainerRow.live_name == ref)
+            if lock:
+                stmt = stmt.with_for_update()
+            row = session.scalars(stmt).first()
+        return row
+
+    def _container_row(self, session: Session, ref: str, *, lock: bool = False) -> ContainerRow:
+        row = self._find_container(session, ref, lock=lock)
+        if row is None:
+            raise NotFound(f"container {ref!r} not found")
+        return row
+
+    def _set_state(
+        self,
+        session: Session,
+        changes: _Changes,
+        row: ContainerRow,
+        state: ContainerState,
+        *,
+        message: str,
+        now: datetime,
+    ) -> None:
+        row.state = state.value
+        row.message = message
+        row.updated = now
+        row.revision += 1
+        if state is ContainerState.DELETED:
+            row.live_name = None
+        session.flush()
+        self._event(session, changes, self._container(session, row), now)
+
+    def find_container_by_request(self, request_id: str) -> ContainerRecord | None:
+        """The container created by ``request_id``, if any."""
+        with self._read() as session:
+            row = session.scalars(
+                sa.select(ContainerRow).where(ContainerRow.request_id == request_id)
+            ).first()
+            return None if row is None else self._container(session, row)
+
+    def create_container(
+        self,
+        uid: str,
+        request_id: str,
+        spec: ContainerSpec,
+        now: datetime,
+        choose_host: Callable[[list[Candidate]], str],
+    ) -> tuple[ContainerRecord, bool]:
+        """Place and record a PENDING container, or return the one ``request_id`` created before.
+
+        Returns ``(container, created)``. ``choose_host`` gets the candidate hosts (the pinned one,
+        or all) and returns the chosen id or raises.
+        """
+        try:
+            with self._write() as (session, changes):
+                existing = session.scalars(
+                    sa.select(ContainerRow).where(ContainerRow.request_id == request_id)
+                ).first()
+                if existing is not None:
+                    return self._container(session, existing), False
+                if session.scalars(
+                    sa.select(ContainerRow.uid).where(ContainerRow.live_name == spec.name)
+                ).first():
+                    raise AlreadyExists(f"container name {spec.name!r} is taken")
+                # FOR UPDATE serialises placements on PostgreSQL; SQLite's BEGIN IMMEDIATE already does.
+                if spec.host:
+                    hosts = [self._host_row(session, spec.host, lock=True)]
+                else:
+                    hosts = list(
+                        session.scalars(
+                            sa.select(HostRow).order_by(HostRow.created, HostRow.id).with_for_update()
+                        )
+                    )
+                counts = self._count_placed(session, [h.id for h in hosts])
+                candidates = [
+                    Candidate(
+                        host_id=h.id,
+                        address=h.address,
+                        schedulable=h.state == HostHealth.READY.value
+                        and h.admin_state == AdminState.ACTIVE.value,
+                        max_containers=h.max_containers,
+                        container_count=counts.get(h.id, 0),
+                        created=h.created,
+                    )
+                    for h in hosts
+                ]
+                host_id = choose_host(candidates)
+                row = ContainerRow(
+                    uid=uid,
+                    name=spec.name,
+                    live_name=spec.name,
+                    request_id=request_id,
+                    labels=dict(spec.labels),
+                    memory_max_bytes=spec.limits.memory_max_bytes,
+                    pids_max=spec.limits.pids_max,
+                    cpu_max_millicores=spec.limits.cpu_max_millicores,
+                    root=spec.root,
+                    deny_syscalls=list(spec.deny_syscalls),
+                    requested_host=spec.host,
+                    state=ContainerState.PENDING.value,
+                    host_id=host_id,
+                    message="",
+                    created=now,
+                    updated=now,
+                    revision=1,
+                )
+                session.add(row)
+                session.flush()
+                record = self._container(session, row)
+                self._event(session, changes, record, now)
+                return record, True
+        except IntegrityError:
+            # A concurrent create with the same request_id or name committed first.
+            again = self.find_container_by_request(request_id)
+            if again is not None:
+                return again, False
+            raise AlreadyExists(f"container name {spec.name!r} is taken") from None
+
+    def get_container(self, ref: str) -> ContainerRecord:
+        """A container by uid (also DELETED ones) or by the name of a non-deleted one."""
+        with self._read() as session:
+            return self._container(session, self._container_row(session, ref))
+
+    def list_containers(
+        self,
+        limit: int,
+        after: Cursor | None = None,
+        labels: dict[str, str] | None = None,
+        state: ContainerState | None = None,
+        host_ref: str = "",
+    ) -> list[ContainerRecord]:
+        """Containers oldest first after ``after``. Without ``state``: all but DELETED."""
+        out: list[ContainerRecord] = []
+        with self._read() as session:
+            base = sa.select(ContainerRow).order_by(ContainerRow.created, ContainerRow.uid)
+            if state is None:
+                base = base.where(ContainerRow.state != ContainerState.DELETED.value)
+            else:
+                base = base.where(ContainerRow.state == state.value)
+            if host_ref:
+                host = self._host_row(session, host_ref)
+                base = base.where(ContainerRow.host_id == host.id)
+            cursor = after
+            batch = max(limit * 2, 100) if labels else limit
+            while len(out) < limit:
+                stmt = base.limit(batch)
+                if cursor is not None:
+                    stmt = stmt.where(
+                        sa.or_(
+                            ContainerRow.created > cursor[0],
+                            sa.and_(ContainerRow.created == cursor[0], ContainerRow.uid > cursor[1]),
+                        )
+                    )
+                rows = list(session.scalars(stmt))
+                if not rows:
+                    break
+                # Label selectors are matched here, not in SQL: JSON operators differ per database.
+                matched = [
+                    r for r in rows if not labels or all(r.labels.get(k) == v for k, v in labels.items())
+                ]
+                out.extend(self._containers(session, matched[: limit - len(out)]))
+                if len(rows) < batch:
+                    break
+                cursor = (rows[-1].created, rows[-1].uid)
+        return out
+
+    def finish_create(self, uid: str, ok: bool, message: str, now: datetime) -> ContainerRecord:
+        """PENDING -> CREATED (``ok``) or FAILED; other states are left alone."""
+        with self._write() as (session, changes):
+            row = self._container_row(session, uid, lock=True)
+            if row.state == ContainerState.PENDING.value:
+                self._set_state(
+                    session,
+                    changes,
+                    row,
+                    ContainerState.CREATED if ok else ContainerState.FAILED,
+                    message=message,
+                    now=now,
+                )
+            return self._container(session, row)
+
+    def transition_container(
+        self,
+        uid: str,
+        allowed_from: Sequence[ContainerState],
+        to: ContainerState,
+        *,
+        now: datetime,
+        message: str = "",
+        finish_processes: str | None = None,
+    ) -> tuple[ContainerRecord, ContainerState]:
+        """Move a container to ``to`` if it is in ``allowed_from`` (else FailedPrecondition).
+
+        With ``finish_processes``, its STARTING/RUNNING processes become LOST with that message (an
+        exit event that arrives later still records the real exit). Returns the container and its
+        previous state. A container already in ``to`` is returned unchanged.
+        """
+        with self._write() as (session, changes):
+            row = self._container_row(session, uid, lock=True)
+            previous = ContainerState(row.state)
+            if previous is to:
+                return self._container(session, row), previous
+            if previous not in allowed_from:
+                raise FailedPrecondition(f"container {row.name} is {previous.value}, not {to.value}-able")
+            if finish_processes is not None:
+                self._finish_processes(session, changes, row.uid, finish_processes, now)
+            self._set_state(session, changes, row, to, message=message, now=now)
+            return self._container(session, row), previous
+
+    def _finish_processes(
+        self, session: Session, changes: _Changes, container_uid: str, message: str, now: datetime
+    ) -> None:
+        rows = session.scalars(
+            sa.select(ProcessRow).where(
+                ProcessRow.container_uid == container_uid, ProcessRow.state.in_(LIVE_PROCESS_STATES)
+            )
+        ).all()
+        for p in rows:
+            p.state = ProcessState.LOST.value
+            p.message = message
+            p.updated = now
+            self._event(session, changes, self._process_record(p), now)
+
+    def _refresh_running(
+        self, session: Session, changes: _Changes, container_uid: str, now: datetime
+    ) -> None:
+        """CREATED <-> RUNNING as processes start and exit."""
+        row = session.get(ContainerRow, container_uid)
+        if row is None or row.state not in (ContainerState.CREATED.value, ContainerState.RUNNING.value):
+            return
+        session.flush()
+        running = self._running_counts(session, [container_uid]).get(container_uid, 0)
+        target = ContainerState.RUNNING if running else ContainerState.CREATED
+        if row.state != target.value:
+            self._set_state(session, changes, row, target, message="", now=now)
+
+    # -- processes ------------------------------------------------------------------------------
+
+    def create_process(
+        self, uid: str, container_ref: str, request_id: str, spec: ProcessSpec, now: datetime
+    ) -> tuple[ProcessRecord, ContainerRecord, bool]:
+        """Record a STARTING process, or return the one ``request_id`` started before in that container.
+
+        Returns ``(process, container, created)``. New processes need a CREATED or RUNNING container.
+        """
+        try:
+            with self._write() as (session, changes):
+                container = self._container_row(session, container_ref, lock=True)
+                existing = session.scalars(
+                    sa.select(ProcessRow).where(
+                        ProcessRow.container_uid == container.uid, ProcessRow.request_id == request_id
+                    )
+                ).first()
+                if existing is not None:
+                    return self._process_record(existing), self._container(session, container), False
+                if container.state not in (ContainerState.CREATED.value, ContainerState.RUNNING.value):
+                    raise FailedPrecondition(f"container {container.name} is {container.state}; cannot exec")
+                row = ProcessRow(
+                    uid=uid,
+                    container_uid=container.uid,
+                    request_id=request_id,
+                    argv=list(spec.argv),
+                    env=dict(spec.env),
+                    cwd=spec.cwd,
+                    user_id=spec.user_id,
+                    group_id=spec.group_id,
+                    state=ProcessState.STARTING.value,
+                    pid=0,
+                    exit_code=0,
+                    signal=0,
+                    oom_killed=False,
+                    message="",
+                    created=now,
+                    start_time=None,
+                    exit_time=None,
+                    updated=now,
+                )
+                session.add(row)
+                session.flush()
+                record = self._process_record(row)
+                self._event(session, changes, record, now)
+                return record, self._container(session, container), True
+        except IntegrityError:
+            container_record = self.get_container(container_ref)
+            with self._read() as session:
+                found = session.scalars(
+                    sa.select(ProcessRow).where(
+                        ProcessRow.container_uid == container_record.uid, ProcessRow.request_id == request_id
+                    )
+                ).first()
+                if found is None:
+                    raise
+                return self._process_record(found), container_record, False
+
+    def mark_process_running(
+        self, uid: str, pid: int, start_time: datetime | None, now: datetime
+    ) -> ProcessRecord:
+        """The agent started the process: record its pid; STARTING -> RUNNING (an exit seen already wins)."""
+        with self._write() as (session, changes):
+            row = session.get(ProcessRow, uid, with_for_update=True)
+            if row is None:
+                raise NotFound(f"process {uid!r} not found")
+            changed = False
+            if pid and not row.pid:
+                row.pid = pid
+                changed = True
+            if row.start_time is None:
+                row.start_time = start_time or now
+                changed = True
+            if row.state in (ProcessState.STARTING.value, ProcessState.LOST.value):
+                row.state = ProcessState.RUNNING.value
+                row.message = ""
+                changed = True
+            if changed:
+                row.updated = now
+                self._event(session, changes, self._process_record(row), now)
+                self._refresh_running(session, changes, row.container_uid, now)
+            return self._process_record(row)
+
+    def mark_process_lost(self, uid: str, message: str, now: datetime) -> ProcessRecord:
+        """The process could not be started (or its fate is unknown)."""
+        with self._write() as (session, changes):
+            row = session.get(ProcessRow, uid, with_for_update=True)
+            if row is None:
+                raise NotFound(f"process {uid!r} not found")
+            if row.state in (ProcessState.STARTING.value, ProcessState.RUNNING.value):
+                row.state = ProcessState.LOST.value
+                row.message = message
+                row.updated = now
+                self._event(session, changes, self._process_record(row), now)
+                self._refresh_running(session, changes, row.container_uid, now)
+            return self._process_record(row)
+
+    def get_process(self, uid: str) -> ProcessRecord:
+        """A process by uid."""
+        with self._read() as session:
+            row = session.get(ProcessRow, uid)
+            if row is None:
+                raise NotFound(f"process {uid!r} not found")
+            return self._process_record(row)
+
+    def list_processes(
+        self, limit: int, after: Cursor | None = None, container_uid: str = ""
+    ) -> list[ProcessRecord]:
+        """Processes oldest first after ``after``, of one container or all."""
+        with self._read() as session:
+            stmt = sa.select(ProcessRow).order_by(ProcessRow.created, ProcessRow.uid).limit(limit)
+            if container_uid:
+                stmt = stmt.where(ProcessRow.container_uid == container_uid)
+            if after is not None:
+                stmt = stmt.where(
+                    sa.or_(
+                        ProcessRow.created > after[0],
+                        sa.and_(ProcessRow.created == after[0], ProcessRow.uid > after[1]),
+                    )
+                )
+            return [self._process_record(r) for r in session.scalars(stmt)]
+
+    def live_processes(self, container_uid: str) -> list[ProcessRecord]:
+        """STARTING and RUNNING processes of a container."""
+        with self._read() as session:
+            rows = session.scalars(
+                sa.select(ProcessRow).where(
+                    ProcessRow.container_uid == container_uid, ProcessRow.state.in_(LIVE_PROCESS_STATES)
+                )
+            )
+            return [self._process_record(r) for r in rows]
+
+    def stale_containers(
+        self, states: Sequence[ContainerState], updated_before: datetime, limit: int
+    ) -> list[ContainerRecord]:
+        """Containers in ``states`` unchanged since ``updated_before`` (work the reconciler resumes)."""
+        with self._read() as session:
+            rows = session.scalars(
+                sa.select(ContainerRow)
+                .where(
+                    ContainerRow.state.in_([s.value for s in states]), ContainerRow.updated < updated_before
+                )
+                .order_by(ContainerRow.updated)
+                .limit(limit)
+            ).all()
+            return self._containers(session, rows)
+
+    def stale_processes(
+        self, state: ProcessState, updated_before: datetime, limit: int
+    ) -> list[ProcessRecord]:
+        """Processes in ``state`` unchanged since ``updated_before``."""
+        with self._read() as session:
+            rows = session.scalars(
+                sa.select(ProcessRow)
+                .where(ProcessRow.state == state.value, ProcessRow.updated < updated_before)
+                .order_by(ProcessRow.updated)
+                .limit(limit)
+            ).all()
+            return [self._process_record(r) for r in rows]
+
+    # -- agent events ---------------------------------------------------------------------------
+
+    def apply_agent_events(
+        self, host_id: str, boot_id: str, events: Sequence[AgentEvent], now: datetime
+    ) -> int:
+        """Apply events from a host's agent in one transaction; skip those applied before.
+
+        Returns the host's new last sequence number. Events of another boot of the agent (the
+        monitor saw a restart meanwhile) are ignored.
+        """
+        with self._write() as (session, changes):
+            host = session.get(HostRow, host_id, with_for_update=True)
+            if host is None:
+                raise NotFound(f"host {host_id!r} not found")
+            if host.boot_id != boot_id:
+                return host.event_seq
+            for event in events:
+                if event.seq <= host.event_seq:
+                    continue
+                host.event_seq = event.seq
+                self._apply_one(session, changes, host_id, event, now)
+            return host.event_seq
+
+    def _apply_one(
+        self, session: Session, changes: _Changes, host_id: str, event: AgentEvent, now: datetime
+    ) -> None:
+        if event.kind not in ("PROCESS_STARTED", "PROCESS_EXITED") or not event.process_uid:
+            return
+        row = session.get(ProcessRow, event.process_uid)
+        if row is None:
+            return  # not started through this controller
+        container = session.get(ContainerRow, row.container_uid)
+        if container is None or container.host_id != host_id:
+            return
+        if event.kind == "PROCESS_STARTED":
+            if row.state in (ProcessState.STARTING.value, ProcessState.LOST.value):
+                row.state = ProcessState.RUNNING.value
+                row.pid = row.pid or event.pid
+                row.start_time = row.start_time or event.time or now
+                row.message = ""
+                row.updated = now
+                self._event(session, changes, self._process_record(row), now)
+        else:
+            if row.state == ProcessState.EXITED.value:
+                return
+            row.state = ProcessState.EXITED.value
+            row.pid = row.pid or event.pid
+            row.exit_code = event.exit_code
+            row.signal = event.signal
+            row.oom_killed = event.oom_killed
+            row.exit_time = event.time or now
+            row.message = ""
+            row.updated = now
+            self._event(session, changes, self._process_record(row), now)
+        self._refresh_running(session, changes, row.container_uid, now)
+
+    def count_by_state(self) -> tuple[list[HostRecord], dict[str, int], dict[str, int]]:
+        """Every host, containers by state and processes by state (for metrics)."""
+        hosts = self.all_hosts()
+        with self._read() as session:
+            containers = session.execute(
+                sa.select(ContainerRow.state, sa.func.count()).group_by(ContainerRow.state)
+            ).all()
+            processes = session.execute(
+                sa.select(ProcessRow.state, sa.func.count()).group_by(ProcessRow.state)
+            ).all()
+        return (
+            hosts,
+            {str(state): int(count) for state, count in containers},
+            {str(state): int(count) for state, count in processes},
+        )
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def last_revision(self) -> int:
+        """The newest event revision (0: none)."""
+        with self._read() as session:
+            return int(session.scalar(sa.select(sa.func.max(EventRow.revision))) or 0)
+
+    def list_events(self, after_revision: int, limit: int, container_uid: str = "") -> list[EventRecord]:
+        """Events with a revision above ``after_revision``, oldest first."""
+        with self._read() as session:
+            stmt = (
+                sa.select(EventRow)
+                .where(EventRow.revision > after_revision)
+                .order_by(EventRow.revision)
+                .limit(limit)
+            )
+            if container_uid:
+                stmt = stmt.where(EventRow.container_uid == container_uid)
+            return [self._event_record(r) for r in session.scalars(stmt)]
+
+    @staticmethod
+    def _event_record(row: EventRow) -> EventRecord:
+        data: dict[str, Any] = row.data
+        if row.type == EventType.CONTAINER.value:
+            return EventRecord(
+                row.revision, EventType.CONTAINER, row.time, container=container_from_json(data)
+            )
+        return EventRecord(row.revision, EventType.PROCESS, row.time, process=process_from_json(data))

@@ -1,0 +1,197 @@
+"""Checks of client input. Every failure is InvalidArgument with a message naming the field."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+
+from chital.controller.store import Cursor
+from chital.errdefs import InvalidArgument
+
+__all__ = [
+    "MAX_PAGE_SIZE",
+    "decode_page_token",
+    "encode_page_token",
+    "page_size",
+    "parse_label_selector",
+    "validate_argv",
+    "validate_env",
+    "validate_labels",
+    "validate_limit",
+    "validate_name",
+    "validate_path",
+    "validate_ref",
+    "validate_request_id",
+    "validate_signal",
+]
+
+NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+LABEL_KEY_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
+SYSCALL_RE = re.compile(r"[a-z0-9_]{1,64}")
+MAX_NAME = 63
+MAX_REQUEST_ID = 128
+MAX_LABELS = 64
+MAX_LABEL_KEY = 63
+MAX_LABEL_VALUE = 256
+MAX_PATH = 4096
+MAX_ARGV = 4096
+MAX_ARG = 128 * 1024
+MAX_ENV = 4096
+MAX_REF = 255
+MAX_DENY_SYSCALLS = 512
+DEFAULT_PAGE_SIZE = 100
+MAX_PAGE_SIZE = 1000
+
+
+def validate_name(name: str, what: str = "name") -> str:
+    """A container name: 1-63 characters, [a-z0-9] at both ends, [a-z0-9._-] inside."""
+    if not name:
+        raise InvalidArgument(f"{what} is required")
+    if len(name) > MAX_NAME:
+        raise InvalidArgument(f"{what} is longer than {MAX_NAME} characters")
+    if not NAME_RE.fullmatch(name):
+        raise InvalidArgument(f"{what} {name!r} must match [a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+    return name
+
+
+def validate_request_id(request_id: str) -> str:
+    """An idempotency key: 1-128 printable ASCII characters."""
+    if not request_id:
+        raise InvalidArgument("request_id is required")
+    if len(request_id) > MAX_REQUEST_ID:
+        raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID} characters")
+    if not all(" " < ch <= "~" for ch in request_id):
+        raise InvalidArgument("request_id must be printable ASCII without spaces")
+    return request_id
+
+
+def validate_ref(ref: str, what: str) -> str:
+    """A reference to a resource (uid, name, id or address): non-empty, bounded, printable."""
+    if not ref:
+        raise InvalidArgument(f"{what} is required")
+    if len(ref) > MAX_REF or not ref.isprintable():
+        raise InvalidArgument(f"{what} is too long or not printable")
+    return ref
+
+
+def validate_labels(labels: Mapping[str, str], what: str = "labels") -> dict[str, str]:
+    """Labels: at most 64; keys 1-63 of [A-Za-z0-9._/-]; values up to 256 printable characters."""
+    if len(labels) > MAX_LABELS:
+        raise InvalidArgument(f"{what}: at most {MAX_LABELS} entries")
+    for key, value in labels.items():
+        if not key or len(key) > MAX_LABEL_KEY or not LABEL_KEY_RE.fullmatch(key):
+            raise InvalidArgument(f"{what}: bad key {key[:80]!r}")
+        if len(value) > MAX_LABEL_VALUE or not value.isprintable() or "," in value or "=" in value:
+            raise InvalidArgument(f"{what}: bad value for {key!r}")
+    return dict(labels)
+
+
+def validate_limit(value: int, what: str) -> int:
+    """A resource limit: zero (unlimited) or positive."""
+    if value < 0:
+        raise InvalidArgument(f"{what} must not be negative")
+    return value
+
+
+def validate_path(path: str, what: str, *, required: bool = False) -> str:
+    """An absolute path without '..' components or NUL bytes (empty allowed unless required)."""
+    if not path:
+        if required:
+            raise InvalidArgument(f"{what} is required")
+        return path
+    if len(path) > MAX_PATH or "\x00" in path:
+        raise InvalidArgument(f"{what} is too long or contains NUL")
+    if not path.startswith("/"):
+        raise InvalidArgument(f"{what} must be an absolute path")
+    if ".." in path.split("/"):
+        raise InvalidArgument(f"{what} must not contain '..'")
+    return path
+
+
+def validate_deny_syscalls(names: Sequence[str]) -> tuple[str, ...]:
+    """System call names: lower-case identifiers, bounded in number."""
+    if len(names) > MAX_DENY_SYSCALLS:
+        raise InvalidArgument(f"deny_syscalls: at most {MAX_DENY_SYSCALLS} entries")
+    for name in names:
+        if not SYSCALL_RE.fullmatch(name):
+            raise InvalidArgument(f"deny_syscalls: bad system call name {name[:80]!r}")
+    return tuple(names)
+
+
+def validate_argv(argv: Sequence[str]) -> tuple[str, ...]:
+    """A command line: at least one non-empty argument, bounded, no NUL bytes."""
+    if not argv or not argv[0]:
+        raise InvalidArgument("argv must name a program")
+    if len(argv) > MAX_ARGV:
+        raise InvalidArgument(f"argv: at most {MAX_ARGV} arguments")
+    for arg in argv:
+        if len(arg) > MAX_ARG or "\x00" in arg:
+            raise InvalidArgument("argv: argument too long or contains NUL")
+    return tuple(argv)
+
+
+def validate_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Environment variables: names without '=' or NUL, values without NUL, bounded."""
+    if len(env) > MAX_ENV:
+        raise InvalidArgument(f"env: at most {MAX_ENV} variables")
+    for key, value in env.items():
+        if not key or "=" in key or "\x00" in key or len(key) > 1024:
+            raise InvalidArgument(f"env: bad variable name {key[:80]!r}")
+        if "\x00" in value or len(value) > MAX_ARG:
+            raise InvalidArgument(f"env: bad value for {key!r}")
+    return dict(env)
+
+
+def validate_signal(signal: int) -> int:
+    """A signal number, 1-64."""
+    if not 1 <= signal <= 64:
+        raise InvalidArgument(f"signal must be 1-64, not {signal}")
+    return signal
+
+
+def page_size(size: int) -> int:
+    """0 means the default (100); 1-1000 as given; anything else is invalid."""
+    if size < 0 or size > MAX_PAGE_SIZE:
+        raise InvalidArgument(f"page_size must be 0-{MAX_PAGE_SIZE}")
+    return size or DEFAULT_PAGE_SIZE
+
+
+def encode_page_token(cursor: Cursor) -> str:
+    """An opaque token for the position after ``cursor``."""
+    raw = json.dumps([cursor[0].isoformat(), cursor[1]]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_page_token(token: str) -> Cursor | None:
+    """The cursor in a token from :func:`encode_page_token` (None for an empty token)."""
+    if not token:
+        return None
+    try:
+        if len(token) > 1024:
+            raise ValueError("too long")
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        created, key = json.loads(raw)
+        if not isinstance(created, str) or not isinstance(key, str):
+            raise ValueError("bad types")
+        return datetime.fromisoformat(created), key
+    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
+        raise InvalidArgument("page_token is not a token this server issued") from exc
+
+
+def parse_label_selector(selector: str) -> dict[str, str]:
+    """``key=value,key2=value2`` -> a dict; every term must be key=value."""
+    out: dict[str, str] = {}
+    if not selector.strip():
+        return out
+    if len(selector) > 4096:
+        raise InvalidArgument("label_selector is too long")
+    for term in selector.split(","):
+        key, sep, value = term.strip().partition("=")
+        if not sep or not key.strip():
+            raise InvalidArgument(f"label_selector term {term!r} is not key=value")
+        out[key.strip()] = value.strip()
+    return out

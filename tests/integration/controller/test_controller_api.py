@@ -1,0 +1,603 @@
+"""The controller's gRPC API against three in-process fake agents."""
+
+from __future__ import annotations
+
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import pytest
+from controller_harness import Cluster
+from google.protobuf import duration_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from chital.api.container.v1 import container_pb2 as cpb
+from chital.api.host.v1 import host_pb2 as hpb
+from chital.controller.placement import choose_host
+from chital.controller.records import ContainerSpec, ContainerState, ProcessSpec, ProcessState
+from chital.controller.server import utc_now
+
+T = 10.0  # deadline of every call in these tests
+
+
+def register_all(cluster: Cluster) -> list[Any]:
+    hosts = []
+    for agent in cluster.agents:
+        resp = cluster.hosts.RegisterHost(hpb.RegisterHostRequest(address=agent.address), timeout=T)
+        assert resp.host.state == hpb.HOST_STATE_READY, resp.host
+        assert resp.host.agent.device == "fake"
+        hosts.append(resp.host)
+    return hosts
+
+
+def create(cluster: Cluster, name: str, request_id: str | None = None, **kw: Any) -> Any:
+    req = cpb.CreateContainerRequest(request_id=request_id or f"req-{name}", name=name, **kw)
+    return cluster.containers.CreateContainer(req, timeout=T).container
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def test_containers_spread_over_hosts(cluster: Cluster) -> None:
+    hosts = register_all(cluster)
+    created = [create(cluster, f"c{i}") for i in range(6)]
+    assert all(c.state == cpb.CONTAINER_STATE_CREATED for c in created)
+    per_host = {h.id: 0 for h in hosts}
+    for c in created:
+        per_host[c.host_id] += 1
+    assert sorted(per_host.values()) == [2, 2, 2]
+    assert [a.agent.calls["CreateContainer"] for a in cluster.agents] == [2, 2, 2]
+    listed = cluster.hosts.ListHosts(hpb.ListHostsRequest(), timeout=T).hosts
+    assert [h.container_count for h in listed] == [2, 2, 2]
+    # Registering again is idempotent and updates labels.
+    again = cluster.hosts.RegisterHost(
+        hpb.RegisterHostRequest(address=hosts[0].address, labels={"zone": "a"}), timeout=T
+    ).host
+    assert again.id == hosts[0].id and dict(again.labels) == {"zone": "a"}
+
+
+def test_create_is_idempotent_by_request_id(cluster: Cluster) -> None:
+    register_all(cluster)
+    first = create(cluster, "web", "r1", labels={"app": "web"})
+    second = create(cluster, "web", "r1", labels={"app": "web"})
+    assert first.uid == second.uid
+    assert sum(a.agent.calls["CreateContainer"] for a in cluster.agents) == 1
+    listed = cluster.containers.ListContainers(cpb.ListContainersRequest(), timeout=T).containers
+    assert [c.uid for c in listed] == [first.uid]
+    # Same request_id, different spec; and a new request_id with a taken name.
+    for name, rid in (("other", "r1"), ("web", "r2")):
+        with pytest.raises(grpc.RpcError) as err:
+            create(cluster, name, rid)
+        assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_placement_capacity_and_cordon(cluster: Cluster) -> None:
+    a, b, c = cluster.agents
+    cluster.hosts.RegisterHost(
+        hpb.RegisterHostRequest(address=a.address, capacity=hpb.Capacity(max_containers=1)), timeout=T
+    )
+    host_b = cluster.hosts.RegisterHost(hpb.RegisterHostRequest(address=b.address), timeout=T).host
+    cluster.hosts.CordonHost(hpb.CordonHostRequest(host=host_b.address), timeout=T)
+    assert (
+        cluster.hosts.GetHost(hpb.GetHostRequest(host=host_b.id), timeout=T).host.state
+        == hpb.HOST_STATE_CORDONED
+    )
+    assert create(cluster, "one").host_address == a.address
+    with pytest.raises(grpc.RpcError) as err:
+        create(cluster, "two")
+    assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    cluster.hosts.UncordonHost(hpb.UncordonHostRequest(host=host_b.id), timeout=T)
+    assert create(cluster, "two").host_address == b.address
+    # Pinned to a host.
+    cluster.hosts.RegisterHost(hpb.RegisterHostRequest(address=c.address), timeout=T)
+    assert create(cluster, "three", host=c.address).host_address == c.address
+
+
+def test_no_hosts_is_failed_precondition(cluster: Cluster) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        create(cluster, "lonely")
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_agent_failure_marks_container_failed(cluster: Cluster) -> None:
+    register_all(cluster)
+    for agent in cluster.agents:
+        agent.agent.fail_create = grpc.StatusCode.INTERNAL
+    c = create(cluster, "broken")
+    assert c.state == cpb.CONTAINER_STATE_FAILED
+    assert "create refused" in c.message
+
+
+BAD_CONTAINER_CALLS: list[tuple[str, str, Any, str]] = [
+    (
+        "empty name",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name=""),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "long name",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="a" * 64),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "odd name",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="-Web_"),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "slash name",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="a/../b"),
+        "INVALID_ARGUMENT",
+    ),
+    ("no request id", "CreateContainer", cpb.CreateContainerRequest(name="ok"), "INVALID_ARGUMENT"),
+    (
+        "long request id",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="r" * 129, name="ok"),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "negative limit",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="ok", limits=cpb.Limits(memory_max_bytes=-1)),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "relative root",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="ok", root="srv"),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "dotdot root",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="ok", root="/srv/../etc"),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "bad label",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="ok", labels={"": "v"}),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "unknown host",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="ok", host="nope:1"),
+        "NOT_FOUND",
+    ),
+    ("unknown container", "GetContainer", cpb.GetContainerRequest(container="nope"), "NOT_FOUND"),
+    ("empty container", "GetContainer", cpb.GetContainerRequest(container=""), "INVALID_ARGUMENT"),
+    (
+        "bad page token",
+        "ListContainers",
+        cpb.ListContainersRequest(page_token="%%%not-a-token"),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "garbage page token",
+        "ListContainers",
+        cpb.ListContainersRequest(page_token="aGVsbG8"),
+        "INVALID_ARGUMENT",
+    ),
+    ("huge page size", "ListContainers", cpb.ListContainersRequest(page_size=1001), "INVALID_ARGUMENT"),
+    ("negative page size", "ListContainers", cpb.ListContainersRequest(page_size=-1), "INVALID_ARGUMENT"),
+    ("unknown state", "ListContainers", cpb.ListContainersRequest(state=99), "INVALID_ARGUMENT"),
+    (
+        "bad selector",
+        "ListContainers",
+        cpb.ListContainersRequest(label_selector="novalue"),
+        "INVALID_ARGUMENT",
+    ),
+    ("unknown host filter", "ListContainers", cpb.ListContainersRequest(host="nope"), "NOT_FOUND"),
+    (
+        "exec unknown container",
+        "Exec",
+        cpb.ExecRequest(container="nope", request_id="e", argv=["x"]),
+        "NOT_FOUND",
+    ),
+    ("exec empty argv", "Exec", cpb.ExecRequest(container="web", request_id="e"), "INVALID_ARGUMENT"),
+    ("exec no request id", "Exec", cpb.ExecRequest(container="web", argv=["x"]), "INVALID_ARGUMENT"),
+    (
+        "exec dotdot cwd",
+        "Exec",
+        cpb.ExecRequest(container="web", request_id="e", argv=["x"], cwd="/../x"),
+        "INVALID_ARGUMENT",
+    ),
+    ("unknown process", "GetProcess", cpb.GetProcessRequest(process_uid="nope"), "NOT_FOUND"),
+    ("signal 0", "SignalProcess", cpb.SignalProcessRequest(process_uid="nope", signal=0), "INVALID_ARGUMENT"),
+    (
+        "signal 65",
+        "SignalProcess",
+        cpb.SignalProcessRequest(process_uid="nope", signal=65),
+        "INVALID_ARGUMENT",
+    ),
+    ("signal unknown", "SignalProcess", cpb.SignalProcessRequest(process_uid="nope", signal=9), "NOT_FOUND"),
+    ("wait unknown", "WaitProcess", cpb.WaitProcessRequest(process_uid="nope"), "NOT_FOUND"),
+    (
+        "wait negative",
+        "WaitProcess",
+        cpb.WaitProcessRequest(process_uid="nope", timeout=duration_pb2.Duration(seconds=-1)),
+        "INVALID_ARGUMENT",
+    ),
+    ("stop unknown", "StopContainer", cpb.StopContainerRequest(container="nope"), "NOT_FOUND"),
+    ("delete unknown", "DeleteContainer", cpb.DeleteContainerRequest(container="nope"), "NOT_FOUND"),
+    ("list processes unknown", "ListProcesses", cpb.ListProcessesRequest(container="nope"), "NOT_FOUND"),
+    ("watch unknown container", "Watch", cpb.WatchRequest(container="nope"), "NOT_FOUND"),
+    ("watch negative revision", "Watch", cpb.WatchRequest(since_revision=-1), "INVALID_ARGUMENT"),
+    ("logs unknown process", "StreamLogs", cpb.StreamLogsRequest(process_uid="nope"), "NOT_FOUND"),
+    (
+        "logs negative tail",
+        "StreamLogs",
+        cpb.StreamLogsRequest(process_uid="nope", tail_lines=-1),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "stop negative grace",
+        "StopContainer",
+        cpb.StopContainerRequest(container="web", grace_period=duration_pb2.Duration(seconds=-5)),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "exec oversized argv",
+        "Exec",
+        cpb.ExecRequest(container="web", request_id="e", argv=["x"] * 5000),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "exec bad env",
+        "Exec",
+        cpb.ExecRequest(container="web", request_id="e", argv=["x"], env={"A=B": "1"}),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "bad syscall name",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="ok", deny_syscalls=["mount; rm"]),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "name taken",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="web"),
+        "ALREADY_EXISTS",
+    ),
+]
+
+BAD_HOST_CALLS: list[tuple[str, str, Any, str]] = [
+    ("empty address", "RegisterHost", hpb.RegisterHostRequest(address=""), "INVALID_ARGUMENT"),
+    ("no port", "RegisterHost", hpb.RegisterHostRequest(address="host"), "INVALID_ARGUMENT"),
+    ("port 0", "RegisterHost", hpb.RegisterHostRequest(address="host:0"), "INVALID_ARGUMENT"),
+    (
+        "negative capacity",
+        "RegisterHost",
+        hpb.RegisterHostRequest(address="h:1", capacity=hpb.Capacity(max_containers=-1)),
+        "INVALID_ARGUMENT",
+    ),
+    ("unknown host", "GetHost", hpb.GetHostRequest(host="nope"), "NOT_FOUND"),
+    ("cordon unknown", "CordonHost", hpb.CordonHostRequest(host="nope"), "NOT_FOUND"),
+    ("remove unknown", "RemoveHost", hpb.RemoveHostRequest(host="nope"), "NOT_FOUND"),
+    ("list bad state", "ListHosts", hpb.ListHostsRequest(state=42), "INVALID_ARGUMENT"),
+]
+
+
+def _invoke(stub: Any, method: str, request: Any) -> Any:
+    fn = getattr(stub, method)
+    result = fn(request, timeout=T)
+    if method in ("StreamLogs", "Watch"):
+        return list(result)
+    return result
+
+
+@pytest.mark.parametrize(
+    ("why", "method", "request_", "code"), BAD_CONTAINER_CALLS, ids=[c[0] for c in BAD_CONTAINER_CALLS]
+)
+def test_bad_container_input(
+    shared_cluster: Cluster, why: str, method: str, request_: Any, code: str
+) -> None:
+    register_all(shared_cluster)  # idempotent: the same hosts every time
+    create(shared_cluster, "web")  # idempotent by request_id
+    with pytest.raises(grpc.RpcError) as err:
+        _invoke(shared_cluster.containers, method, request_)
+    assert err.value.code().name == code, (why, err.value.details())
+
+
+@pytest.mark.parametrize(
+    ("why", "method", "request_", "code"), BAD_HOST_CALLS, ids=[c[0] for c in BAD_HOST_CALLS]
+)
+def test_bad_host_input(shared_cluster: Cluster, why: str, method: str, request_: Any, code: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        _invoke(shared_cluster.hosts, method, request_)
+    assert err.value.code().name == code, (why, err.value.details())
+
+
+def test_exec_exit_arrives_through_events(cluster: Cluster) -> None:
+    register_all(cluster)
+    c = create(cluster, "job")
+    p = cluster.containers.Exec(
+        cpb.ExecRequest(container="job", request_id="e1", argv=["exit", "3"]), timeout=T
+    ).process
+    assert p.state in (cpb.PROCESS_STATE_RUNNING, cpb.PROCESS_STATE_EXITED)
+    assert p.pid > 0
+    again = cluster.containers.Exec(
+        cpb.ExecRequest(container="job", request_id="e1", argv=["exit", "3"]), timeout=T
+    )
+    assert again.process.uid == p.uid
+    assert sum(a.agent.calls["StartProcess"] for a in cluster.agents) == 1
+    waited = cluster.containers.WaitProcess(
+        cpb.WaitProcessRequest(process_uid=p.uid, timeout=duration_pb2.Duration(seconds=5)), timeout=T
+    ).process
+    assert waited.state == cpb.PROCESS_STATE_EXITED
+    assert waited.exit_code == 3 and waited.signal == 0
+    wait_for(
+        lambda: (
+            cluster.containers.GetContainer(
+                cpb.GetContainerRequest(container=c.uid), timeout=T
+            ).container.state
+            == cpb.CONTAINER_STATE_CREATED
+        )
+    )
+    # Same request_id with another argv.
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.containers.Exec(
+            cpb.ExecRequest(container="job", request_id="e1", argv=["exit", "4"]), timeout=T
+        )
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_signal_and_wait_timeout(cluster: Cluster) -> None:
+    register_all(cluster)
+    create(cluster, "svc")
+    p = cluster.containers.Exec(
+        cpb.ExecRequest(container="svc", request_id="s", argv=["sleep", "inf"]), timeout=T
+    ).process
+    assert p.state == cpb.PROCESS_STATE_RUNNING
+    c = cluster.containers.GetContainer(cpb.GetContainerRequest(container="svc"), timeout=T).container
+    assert c.state == cpb.CONTAINER_STATE_RUNNING and c.running_processes == 1
+    start = time.monotonic()
+    still = cluster.containers.WaitProcess(
+        cpb.WaitProcessRequest(process_uid=p.uid, timeout=duration_pb2.Duration(nanos=300_000_000)), timeout=T
+    ).process
+    assert still.state == cpb.PROCESS_STATE_RUNNING
+    assert time.monotonic() - start < 3
+    cluster.containers.SignalProcess(cpb.SignalProcessRequest(process_uid=p.uid, signal=9), timeout=T)
+    done = cluster.containers.WaitProcess(cpb.WaitProcessRequest(process_uid=p.uid), timeout=T).process
+    assert done.state == cpb.PROCESS_STATE_EXITED and done.signal == 9 and done.exit_code == -1
+    procs = cluster.containers.ListProcesses(cpb.ListProcessesRequest(container="svc"), timeout=T).processes
+    assert [x.uid for x in procs] == [p.uid]
+    # Signalling an exited process.
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.containers.SignalProcess(cpb.SignalProcessRequest(process_uid=p.uid, signal=9), timeout=T)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+def test_stop_then_delete(cluster: Cluster) -> None:
+    register_all(cluster)
+    create(cluster, "tmp")
+    p = cluster.containers.Exec(
+        cpb.ExecRequest(container="tmp", request_id="p", argv=["sleep", "inf"]), timeout=T
+    ).process
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.containers.DeleteContainer(cpb.DeleteContainerRequest(container="tmp"), timeout=T)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    stopped = cluster.containers.StopContainer(
+        cpb.StopContainerRequest(container="tmp", grace_period=duration_pb2.Duration(seconds=1)), timeout=T
+    ).container
+    assert stopped.state == cpb.CONTAINER_STATE_STOPPED
+    proc = cluster.containers.GetProcess(cpb.GetProcessRequest(process_uid=p.uid), timeout=T).process
+    assert proc.state == cpb.PROCESS_STATE_EXITED and proc.signal == 15
+    # Stop again: same answer; exec into a stopped container: refused.
+    again = cluster.containers.StopContainer(cpb.StopContainerRequest(container="tmp"), timeout=T).container
+    assert again.state == cpb.CONTAINER_STATE_STOPPED
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.containers.Exec(cpb.ExecRequest(container="tmp", request_id="q", argv=["x"]), timeout=T)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    deleted = cluster.containers.DeleteContainer(
+        cpb.DeleteContainerRequest(container="tmp"), timeout=T
+    ).container
+    assert deleted.state == cpb.CONTAINER_STATE_DELETED
+    assert cluster.containers.GetContainer(
+        cpb.GetContainerRequest(container=deleted.uid), timeout=T
+    ).container.state == (cpb.CONTAINER_STATE_DELETED)
+    # The name is free again.
+    fresh = create(cluster, "tmp", "another-request")
+    assert fresh.uid != deleted.uid
+    # Force delete of a running container.
+    cluster.containers.Exec(
+        cpb.ExecRequest(container="tmp", request_id="p", argv=["sleep", "inf"]), timeout=T
+    )
+    gone = cluster.containers.DeleteContainer(
+        cpb.DeleteContainerRequest(container="tmp", force=True), timeout=T
+    )
+    assert gone.container.state == cpb.CONTAINER_STATE_DELETED
+
+
+def test_host_goes_not_ready_when_agent_stops(cluster: Cluster) -> None:
+    hosts = register_all(cluster)
+    victim = cluster.agents[1]
+    victim.stop()
+    start = time.monotonic()
+    wait_for(
+        lambda: (
+            cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[1].id), timeout=T).host.state
+            == hpb.HOST_STATE_NOT_READY
+        ),
+        timeout=10,
+    )
+    # interval 0.2 s, not_ready_after 1 s: detected well within the budget.
+    assert time.monotonic() - start < 5
+    host = cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[1].id), timeout=T).host
+    assert "unavailable" in host.message
+    placed = {create(cluster, f"n{i}").host_address for i in range(4)}
+    assert victim.address not in placed
+
+
+def test_pagination(cluster: Cluster) -> None:
+    register_all(cluster)
+    uids = [create(cluster, f"p{i}", labels={"even": str(i % 2 == 0).lower()}).uid for i in range(5)]
+    seen: list[str] = []
+    token = ""
+    while True:
+        page = cluster.containers.ListContainers(
+            cpb.ListContainersRequest(page_size=2, page_token=token), timeout=T
+        )
+        assert len(page.containers) <= 2
+        seen += [c.uid for c in page.containers]
+        token = page.next_page_token
+        if not token:
+            break
+    assert seen == uids
+    even = cluster.containers.ListContainers(cpb.ListContainersRequest(label_selector="even=true"), timeout=T)
+    assert [c.uid for c in even.containers] == [uids[0], uids[2], uids[4]]
+    on_host = cluster.containers.ListContainers(
+        cpb.ListContainersRequest(host=cluster.agents[0].address, state=cpb.CONTAINER_STATE_CREATED),
+        timeout=T,
+    )
+    assert len(on_host.containers) == 2
+
+
+def test_logs_and_watch(cluster: Cluster) -> None:
+    register_all(cluster)
+    create(cluster, "w")
+    p = cluster.containers.Exec(
+        cpb.ExecRequest(container="w", request_id="l", argv=["exit", "0"]), timeout=T
+    ).process
+    chunks = list(cluster.containers.StreamLogs(cpb.StreamLogsRequest(process_uid=p.uid), timeout=T))
+    assert [(c.stream, c.data) for c in chunks] == [
+        (cpb.LOG_STREAM_STDOUT, b"hello\n"),
+        (cpb.LOG_STREAM_STDERR, b"oops\n"),
+    ]
+    cluster.containers.WaitProcess(cpb.WaitProcessRequest(process_uid=p.uid), timeout=T)
+    stream = cluster.containers.Watch(cpb.WatchRequest(since_revision=1, container="w"), timeout=T)
+    events = []
+    for ev in stream:
+        events.append(ev)
+        if ev.type == cpb.EVENT_TYPE_PROCESS_CHANGED and ev.process.state == cpb.PROCESS_STATE_EXITED:
+            break
+    stream.cancel()
+    revisions = [e.revision for e in events]
+    assert revisions == sorted(revisions) and revisions[0] > 1
+    kinds = [(e.type, e.container.state if e.container.uid else e.process.state) for e in events]
+    assert (cpb.EVENT_TYPE_CONTAINER_CHANGED, cpb.CONTAINER_STATE_CREATED) in kinds
+    assert (cpb.EVENT_TYPE_PROCESS_CHANGED, cpb.PROCESS_STATE_RUNNING) in kinds
+
+
+def test_live_watch_sees_new_events(cluster: Cluster) -> None:
+    register_all(cluster)
+    stream = cluster.containers.Watch(cpb.WatchRequest(), timeout=T)
+    time.sleep(0.3)  # let the watch start from the current revision
+    created = create(cluster, "live")
+    first = next(iter(stream))
+    stream.cancel()
+    assert first.container.uid == created.uid
+
+
+def test_drain_and_remove(cluster: Cluster) -> None:
+    hosts = register_all(cluster)
+    a = create(cluster, "d1", host=hosts[0].id)
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.hosts.RemoveHost(hpb.RemoveHostRequest(host=hosts[0].id), timeout=T)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    drained = cluster.hosts.DrainHost(hpb.DrainHostRequest(host=hosts[0].id), timeout=T)
+    assert drained.stopped_containers == 1 and drained.host.state == hpb.HOST_STATE_DRAINING
+    assert cluster.containers.GetContainer(
+        cpb.GetContainerRequest(container=a.uid), timeout=T
+    ).container.state == (cpb.CONTAINER_STATE_STOPPED)
+    cluster.hosts.RemoveHost(hpb.RemoveHostRequest(host=hosts[0].id, force=True), timeout=T)
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[0].id), timeout=T)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_and_reflection(cluster: Cluster) -> None:
+    health = health_pb2_grpc.HealthStub(cluster.channel)
+    assert (
+        health.Check(health_pb2.HealthCheckRequest(), timeout=T).status
+        == health_pb2.HealthCheckResponse.SERVING
+    )
+    refl = reflection_pb2_grpc.ServerReflectionStub(cluster.channel)
+    responses = refl.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=T
+    )
+    names = {s.name for r in responses for s in r.list_services_response.service}
+    assert {"chital.api.container.v1.ContainerService", "chital.api.host.v1.HostService"} <= names
+
+
+def test_metrics_are_served(metrics_cluster: Cluster) -> None:
+    cluster = metrics_cluster
+    hosts = register_all(cluster)
+    create(cluster, "m1")
+    with pytest.raises(grpc.RpcError):
+        cluster.containers.GetContainer(cpb.GetContainerRequest(container="missing"), timeout=T)
+    url = f"http://127.0.0.1:{cluster.controller.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=10) as resp:
+        text = resp.read().decode()
+    assert (
+        'chital_controller_grpc_server_handled_total{grpc_code="NOT_FOUND",'
+        'grpc_method="GetContainer",grpc_service="chital.api.container.v1.ContainerService"} 1.0'
+    ) in text
+    assert f'chital_controller_host_state{{host="{hosts[0].id}",state="READY"}} 1.0' in text
+    assert 'chital_controller_containers{state="CREATED"} 1.0' in text
+    assert "chital_controller_placements_total 1.0" in text
+    assert 'chital_controller_health_checks_total{result="ok"}' in text
+    assert "chital_controller_agent_call_duration_seconds_bucket" in text
+
+
+def test_reconciler_resumes_interrupted_work(cluster: Cluster) -> None:
+    """A crash after the durable PENDING write (or mid stop / mid exec) is finished by the reconciler."""
+    register_all(cluster)
+    store = cluster.controller.store
+    # As if the controller died right after writing PENDING.
+    pending, _ = store.create_container(
+        "u-pending", "r-pending", ContainerSpec(name="half"), utc_now(), choose_host
+    )
+    # As if it died mid stop, and mid exec.
+    running = create(cluster, "stopping")
+    store.transition_container(running.uid, (ContainerState.CREATED,), ContainerState.STOPPING, now=utc_now())
+    target = create(cluster, "execs")
+    proc, _, _ = store.create_process("p-starting", target.uid, "e", ProcessSpec(argv=("x",)), utc_now())
+    reconciler = cluster.controller.reconciler
+    reconciler.min_age = 0.0
+    time.sleep(0.01)
+    assert reconciler.run_once() == 0
+    assert store.get_container(pending.uid).state is ContainerState.CREATED
+    assert store.get_container(running.uid).state is ContainerState.STOPPED
+    assert store.get_process(proc.uid).state is ProcessState.LOST
+    assert sum(a.agent.calls["CreateContainer"] for a in cluster.agents) == 3
+
+
+def test_exec_on_a_not_ready_host_is_unavailable(cluster: Cluster) -> None:
+    hosts = register_all(cluster)
+    c = create(cluster, "doomed", host=hosts[2].id)
+    cluster.agents[2].stop()
+    wait_for(
+        lambda: (
+            cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[2].id), timeout=T).host.state
+            == hpb.HOST_STATE_NOT_READY
+        ),
+        timeout=10,
+    )
+    with pytest.raises(grpc.RpcError) as err:
+        cluster.containers.Exec(cpb.ExecRequest(container=c.uid, request_id="e", argv=["x"]), timeout=T)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert not cluster.containers.ListProcesses(
+        cpb.ListProcessesRequest(container=c.uid), timeout=T
+    ).processes
+    # Force delete works without the agent.
+    gone = cluster.containers.DeleteContainer(
+        cpb.DeleteContainerRequest(container=c.uid, force=True), timeout=T
+    )
+    assert gone.container.state == cpb.CONTAINER_STATE_DELETED

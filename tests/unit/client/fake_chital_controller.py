@@ -1,0 +1,274 @@
+"""An in-process fake controller (ContainerService + HostService) for the SDK and CLI tests.
+
+It keeps state in dicts, answers like the real API's contract (idempotent request_ids, NOT_FOUND
+for unknown names) and can be told to fail the next N calls of a method with a given code.
+Processes are scripted by their argv: ``echo ARGS`` prints and exits 0, ``exit N`` exits N,
+``crash`` dies of SIGKILL, ``stderr TEXT`` writes to stderr, ``sleep`` keeps running.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter, defaultdict
+
+import grpc
+from google.protobuf import timestamp_pb2
+
+from chital.api.container.v1 import container_pb2 as cpb
+from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
+from chital.api.host.v1 import host_pb2 as hpb
+from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
+
+
+def _now() -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.GetCurrentTime()
+    return ts
+
+
+class FakeController(cpb_grpc.ContainerServiceServicer, hpb_grpc.HostServiceServicer):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.containers: dict[str, cpb.Container] = {}
+        self.processes: dict[str, cpb.Process] = {}
+        self.logs: dict[str, list[cpb.StreamLogsResponse]] = {}
+        self.hosts: dict[str, hpb.Host] = {}
+        self.by_request: dict[str, str] = {}
+        self.calls: Counter[str] = Counter()
+        self.requests: dict[str, list[object]] = defaultdict(list)
+        self.failures: dict[str, list[tuple[grpc.StatusCode, str]]] = defaultdict(list)
+        self.events: list[cpb.WatchResponse] = []
+
+    # -- test controls -------------------------------------------------------------------------
+
+    def fail(self, method: str, times: int, code: grpc.StatusCode, message: str = "injected") -> None:
+        self.failures[method].extend([(code, message)] * times)
+
+    def _enter(self, method: str, request: object, context: grpc.ServicerContext) -> None:
+        with self.lock:
+            self.calls[method] += 1
+            self.requests[method].append(request)
+            pending = self.failures[method]
+            failure = pending.pop(0) if pending else None
+        if failure:
+            context.abort(failure[0], failure[1])
+
+    def _container(self, name: str, context: grpc.ServicerContext) -> cpb.Container:
+        for c in self.containers.values():
+            if name in (c.uid, c.name):
+                return c
+        context.abort(grpc.StatusCode.NOT_FOUND, f'container "{name}"')
+        raise AssertionError  # abort raises
+
+    def _process(self, uid: str, context: grpc.ServicerContext) -> cpb.Process:
+        if uid not in self.processes:
+            context.abort(grpc.StatusCode.NOT_FOUND, f'process "{uid}"')
+        return self.processes[uid]
+
+    def _host(self, name: str, context: grpc.ServicerContext) -> hpb.Host:
+        for h in self.hosts.values():
+            if name in (h.id, h.address):
+                return h
+        context.abort(grpc.StatusCode.NOT_FOUND, f'host "{name}"')
+        raise AssertionError
+
+    # -- ContainerService ----------------------------------------------------------------------
+
+    def CreateContainer(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("CreateContainer", request, context)
+        if request.request_id in self.by_request:
+            return cpb.CreateContainerResponse(container=self.containers[self.by_request[request.request_id]])
+        if any(c.name == request.name for c in self.containers.values()):
+            context.abort(grpc.StatusCode.ALREADY_EXISTS, f'container "{request.name}"')
+        uid = f"c-{len(self.containers) + 1}"
+        c = cpb.Container(
+            uid=uid,
+            name=request.name,
+            state=cpb.CONTAINER_STATE_CREATED,
+            labels=dict(request.labels),
+            limits=request.limits,
+            root=request.root,
+            deny_syscalls=list(request.deny_syscalls),
+            host_id="h-1",
+            host_address=request.host or "10.0.0.1:7444",
+            create_time=_now(),
+        )
+        self.containers[uid] = c
+        self.by_request[request.request_id] = uid
+        event_type = cpb.EVENT_TYPE_CONTAINER_CHANGED
+        self.events.append(cpb.WatchResponse(revision=len(self.events) + 1, type=event_type, container=c))
+        return cpb.CreateContainerResponse(container=c)
+
+    def GetContainer(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("GetContainer", request, context)
+        return cpb.GetContainerResponse(container=self._container(request.container, context))
+
+    def ListContainers(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("ListContainers", request, context)
+        items = list(self.containers.values())
+        if request.label_selector:
+            terms = dict(t.split("=", 1) for t in request.label_selector.split(","))
+            items = [c for c in items if all(c.labels.get(k) == v for k, v in terms.items())]
+        if request.state:
+            items = [c for c in items if c.state == request.state]
+        else:
+            items = [c for c in items if c.state != cpb.CONTAINER_STATE_DELETED]
+        if request.host:
+            items = [c for c in items if request.host in (c.host_id, c.host_address)]
+        start = int(request.page_token or 0)
+        size = request.page_size or 100
+        page = items[start : start + size]
+        token = str(start + size) if start + size < len(items) else ""
+        return cpb.ListContainersResponse(containers=page, next_page_token=token)
+
+    def StopContainer(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("StopContainer", request, context)
+        c = self._container(request.container, context)
+        c.state = cpb.CONTAINER_STATE_STOPPED
+        return cpb.StopContainerResponse(container=c)
+
+    def DeleteContainer(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("DeleteContainer", request, context)
+        c = self._container(request.container, context)
+        if c.running_processes and not request.force:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'container "{c.name}" has running processes')
+        c.state = cpb.CONTAINER_STATE_DELETED
+        return cpb.DeleteContainerResponse(container=c)
+
+    def Exec(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("Exec", request, context)
+        c = self._container(request.container, context)
+        key = "exec/" + request.request_id
+        if key in self.by_request:
+            return cpb.ExecResponse(process=self.processes[self.by_request[key]])
+        uid = f"p-{len(self.processes) + 1}"
+        argv = list(request.argv)
+        p = cpb.Process(
+            uid=uid,
+            container_uid=c.uid,
+            argv=argv,
+            env=dict(request.env),
+            cwd=request.cwd or "/",
+            state=cpb.PROCESS_STATE_EXITED,
+            pid=1000 + len(self.processes),
+            start_time=_now(),
+        )
+        out = cpb.LOG_STREAM_STDOUT
+        logs: list[cpb.StreamLogsResponse] = []
+        if argv[0] == "echo":
+            logs.append(cpb.StreamLogsResponse(stream=out, data=(" ".join(argv[1:]) + "\n").encode()))
+        elif argv[0] == "env":
+            text = "".join(f"{k}={v}\n" for k, v in sorted(request.env.items()))
+            logs.append(cpb.StreamLogsResponse(stream=out, data=text.encode()))
+        elif argv[0] == "stderr":
+            logs.append(cpb.StreamLogsResponse(stream=cpb.LOG_STREAM_STDERR, data=(argv[1] + "\n").encode()))
+            p.exit_code = 1
+        elif argv[0] == "exit":
+            p.exit_code = int(argv[1])
+        elif argv[0] == "crash":
+            p.exit_code, p.signal = -1, 9
+        elif argv[0] in ("sleep", "hang"):
+            p.state = cpb.PROCESS_STATE_RUNNING
+            c.running_processes += 1
+            c.state = cpb.CONTAINER_STATE_RUNNING
+        if p.state == cpb.PROCESS_STATE_EXITED:
+            p.exit_time.CopyFrom(_now())
+        self.processes[uid] = p
+        self.logs[uid] = logs
+        self.by_request[key] = uid
+        return cpb.ExecResponse(process=p)
+
+    def GetProcess(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("GetProcess", request, context)
+        return cpb.GetProcessResponse(process=self._process(request.process_uid, context))
+
+    def ListProcesses(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("ListProcesses", request, context)
+        items = list(self.processes.values())
+        if request.container:
+            c = self._container(request.container, context)
+            items = [p for p in items if p.container_uid == c.uid]
+        start = int(request.page_token or 0)
+        size = request.page_size or 100
+        token = str(start + size) if start + size < len(items) else ""
+        return cpb.ListProcessesResponse(processes=items[start : start + size], next_page_token=token)
+
+    def WaitProcess(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("WaitProcess", request, context)
+        # Running processes never exit here: the wait returns at once, as if its timeout expired.
+        return cpb.WaitProcessResponse(process=self._process(request.process_uid, context))
+
+    def SignalProcess(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("SignalProcess", request, context)
+        p = self._process(request.process_uid, context)
+        if p.state != cpb.PROCESS_STATE_RUNNING:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'process "{p.uid}" is not running')
+        p.state, p.exit_code, p.signal = cpb.PROCESS_STATE_EXITED, -1, request.signal
+        return cpb.SignalProcessResponse(process=p)
+
+    def StreamLogs(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("StreamLogs", request, context)
+        p = self._process(request.process_uid, context)
+        yield from self.logs[request.process_uid]
+        if request.follow and p.argv[0] == "hang":
+            # Output that never comes: the stream stays open until the client goes away.
+            while context.is_active():
+                time.sleep(0.02)
+
+    def Watch(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("Watch", request, context)
+        for event in self.events:
+            if event.revision > request.since_revision:
+                yield event
+
+    # -- HostService ---------------------------------------------------------------------------
+
+    def RegisterHost(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("RegisterHost", request, context)
+        for h in self.hosts.values():
+            if h.address == request.address:
+                break
+        else:
+            h = hpb.Host(id=f"h-{len(self.hosts) + 1}", address=request.address, create_time=_now())
+            self.hosts[h.id] = h
+        h.state = hpb.HOST_STATE_READY
+        h.labels.clear()
+        h.labels.update(request.labels)
+        h.capacity.CopyFrom(request.capacity)
+        h.agent.CopyFrom(hpb.AgentInfo(agent_version="0.1.0", device="fake", kernel_release="6.1.0"))
+        h.last_seen_time.CopyFrom(_now())
+        return hpb.RegisterHostResponse(host=h)
+
+    def ListHosts(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("ListHosts", request, context)
+        items = [h for h in self.hosts.values() if not request.state or h.state == request.state]
+        return hpb.ListHostsResponse(hosts=items)
+
+    def GetHost(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("GetHost", request, context)
+        return hpb.GetHostResponse(host=self._host(request.host, context))
+
+    def CordonHost(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("CordonHost", request, context)
+        h = self._host(request.host, context)
+        h.state = hpb.HOST_STATE_CORDONED
+        return hpb.CordonHostResponse(host=h)
+
+    def UncordonHost(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("UncordonHost", request, context)
+        h = self._host(request.host, context)
+        h.state = hpb.HOST_STATE_READY
+        return hpb.UncordonHostResponse(host=h)
+
+    def DrainHost(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("DrainHost", request, context)
+        h = self._host(request.host, context)
+        h.state = hpb.HOST_STATE_DRAINING
+        return hpb.DrainHostResponse(host=h, stopped_containers=2)
+
+    def RemoveHost(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("RemoveHost", request, context)
+        h = self._host(request.host, context)
+        del self.hosts[h.id]
+        return hpb.RemoveHostResponse()
