@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -99,6 +99,13 @@ class Store:
         self._ro = sessionmaker(engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False)
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
+        # SQLite has one writer at a time. Queueing writers on a lock here hands the database over
+        # as soon as a commit ends; left to SQLite, waiting writers poll with growing sleeps (its
+        # busy handler), which under concurrent creates cost more than the writes themselves.
+        # PostgreSQL locks rows itself and needs no such lock.
+        self._write_lock: AbstractContextManager[object] = (
+            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
+        )
         # observe(operation, seconds, ok) after every transaction (metrics); None: not timed.
         self.observe: Callable[[str, float, bool], None] | None = None
 
@@ -134,7 +141,7 @@ class Store:
     @contextmanager
     def _write(self) -> Iterator[tuple[Session, _Changes]]:
         changes = _Changes()
-        with self._timed("write"), self._rw() as session, session.begin():
+        with self._timed("write"), self._write_lock, self._rw() as session, session.begin():
             yield session, changes
         if changes.events:
             with self._listeners_lock:

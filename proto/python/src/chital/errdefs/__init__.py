@@ -17,8 +17,10 @@ import errno as _errno
 from grpc import StatusCode
 
 __all__ = [
+    "ERROR_CLASSES",
     "AlreadyExists",
     "ChitalError",
+    "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
     "InvalidArgument",
@@ -27,8 +29,6 @@ __all__ = [
     "ResourceExhausted",
     "Unavailable",
     "Unimplemented",
-    "DeadlineExceeded",
-    "ERROR_CLASSES",
     "from_errno",
     "from_grpc_code",
     "to_grpc_code",
