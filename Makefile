@@ -46,9 +46,10 @@ test: ## Unit, integration and conformance (FakeDevice) tests on the host
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-vm
-test-vm: ## The kernel module's tests in a real Linux kernel under QEMU
+test-vm: ## The kernel module's tests in real Linux kernels under QEMU (Debian 6.1, then 6.12)
 	CHITAL_VM=1 scripts/bootstrap.sh
-	$(PY) -m chital.devcluster.vmtest tests/conformance tests/vm
+	$(PY) -m chital.devcluster.vmtest tests/vm tests/conformance
+	$(PY) -m chital.devcluster.vmtest --kernel 6.12 tests/vm tests/conformance
 
 .PHONY: test-all
 test-all: ## Everything CI runs (the README's test command)
@@ -69,6 +70,8 @@ demo: ## The main job: the local multi-host cluster demo
 .PHONY: bench
 bench: ## Benchmarks (figures printed, nothing enforced)
 	$(PY) bench/create_throughput.py
+	CHITAL_VM=1 scripts/bootstrap.sh
+	$(PY) bench/syscall_overhead.py
 
 .PHONY: migrate
 migrate: ## Apply the database migrations (CHITAL_DATABASE_URL or the default SQLite)

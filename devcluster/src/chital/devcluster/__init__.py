@@ -1,0 +1,33 @@
+"""chital.devcluster: QEMU guests running the real chital kernel module.
+
+``GuestVM`` boots a Debian kernel under TCG with the host root shared read-only and a command
+channel; ``vmtest`` runs pytest inside such a guest; ``kernel`` finds (or fetches) the kernels.
+"""
+
+from .kernel import (
+    Kernel,
+    KernelNotFoundError,
+    default_kernel,
+    ensure_kernel_612,
+    find_kernel,
+    installed_kernels,
+)
+from .splats import KernelSplatError, Splat, find_splats
+from .vm import CommandHandle, GuestError, GuestVM, build_module, free_port
+
+__all__ = [
+    "CommandHandle",
+    "GuestError",
+    "GuestVM",
+    "Kernel",
+    "KernelNotFoundError",
+    "KernelSplatError",
+    "Splat",
+    "build_module",
+    "default_kernel",
+    "ensure_kernel_612",
+    "find_kernel",
+    "find_splats",
+    "free_port",
+    "installed_kernels",
+]
