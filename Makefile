@@ -48,6 +48,7 @@ test: ## Unit, integration and conformance (FakeDevice) tests on the host
 .PHONY: test-vm
 test-vm: ## The kernel module's tests in real Linux kernels under QEMU (Debian 6.1, then 6.12)
 	CHITAL_VM=1 scripts/bootstrap.sh
+	scripts/kmod-check.sh
 	$(PY) -m chital.devcluster.vmtest tests/vm tests/conformance
 	$(PY) -m chital.devcluster.vmtest --kernel 6.12 tests/vm tests/conformance
 
@@ -56,8 +57,14 @@ test-all: ## Everything CI runs (the README's test command)
 	scripts/test.sh
 
 .PHONY: kmod
-kmod: ## Build chital.ko against the installed Debian kernel's headers
-	$(MAKE) -C kmod
+KDIR ?= $(shell ls -d /lib/modules/*/build 2>/dev/null | sort -V | head -n 1)
+
+kmod: ## Build chital.ko against the installed Debian kernel's build tree (KDIR=... to choose)
+	$(MAKE) -C kmod KDIR=$(KDIR)
+
+.PHONY: kmod-check
+kmod-check: ## chital.ko: W=1 and sparse warning-free, checkpatch.pl --no-tree --strict clean
+	scripts/kmod-check.sh $(KDIR)
 
 .PHONY: hollow
 hollow: ## A controller and 3 hollow agents (FakeDevice) on free loopback ports, until Ctrl-C

@@ -13,9 +13,10 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 apt_packages=(python3 python3-venv python3-dev gcc make git ca-certificates)
 if [ "${CHITAL_VM:-0}" = 1 ]; then
     # QEMU, a Debian kernel with its build tree, busybox for the initramfs, static libc for the
-    # guest test helpers, pahole (dwarves) for BTF, sparse for `make -C kmod sparse`.
+    # guest test helpers, pahole (dwarves) for BTF, sparse and linux-source (checkpatch.pl) for
+    # scripts/kmod-check.sh.
     apt_packages+=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static dwarves
-        strace sparse libc6-dev file cpio kmod)
+        strace sparse libc6-dev file cpio kmod linux-source)
 fi
 
 missing=()

@@ -1,0 +1,384 @@
+"""Device-level conformance cases: each one runs against FakeDevice and against the real module."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+
+import pytest
+
+from chital.agent.device.base import ContainerLimits, ContainerSpec, Device, EventKind
+from chital.errdefs import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
+
+from .conftest import KIND, Driver, linux_only
+
+NR_GETPPID = 110
+NR_GETPID = 39
+NR_CHROOT = 161
+NR_MOUNT = 165
+NR_UNSHARE = 272
+NR_PTRACE = 101
+NR_KILL = 62
+PTRACE_ATTACH = 16
+CLONE_NEWNS = 0x00020000
+UNKNOWN_ID = 0xFFFFFFF0
+
+
+def test_version(device: Device) -> None:
+    v = device.version()
+    assert (v.abi_major, v.abi_minor) >= (1, 0)
+    assert v.kernel_release
+
+
+def test_create_list_info_destroy(driver: Driver) -> None:
+    dev = driver.device
+    name = driver.name()
+    cid = driver.create(name=name, root="/tmp", deny_syscalls=frozenset({NR_MOUNT, 500}))
+    other = driver.create()
+    assert other != cid
+    assert {cid, other} <= set(dev.list())
+    info = dev.info(cid)
+    assert (info.id, info.name, info.root, info.members) == (cid, name, "/tmp", ())
+    assert info.deny_syscalls == {NR_MOUNT, 500}
+    assert info.limits == ContainerLimits()
+    assert dict(dev.stats(cid)) == {}
+    dev.destroy(cid)
+    assert cid not in dev.list()
+    with pytest.raises(NotFound):
+        dev.info(cid)
+    with pytest.raises(NotFound):
+        dev.destroy(cid)
+    again = driver.create(name=name)
+    assert again not in (cid, other)  # ids are never reused
+
+
+def test_duplicate_name(driver: Driver) -> None:
+    name = driver.name()
+    driver.create(name=name)
+    with pytest.raises(AlreadyExists):
+        driver.create(name=name)
+
+
+@pytest.mark.parametrize("name", ["", "x" * 64, "has space", "a/b", "dot\0nul", "é"])
+def test_bad_names(driver: Driver, name: str) -> None:
+    with pytest.raises(InvalidArgument):
+        driver.device.create(ContainerSpec(name=name, root="/"))
+
+
+def test_longest_name(driver: Driver) -> None:
+    cid = driver.create(name=("n" * 55 + driver.name())[-63:])
+    assert len(driver.device.info(cid).name) == 63
+
+
+@pytest.mark.parametrize("root", ["", "relative/path", "/" + "a" * 4095, "/tmp\0x"])
+def test_bad_roots(driver: Driver, root: str) -> None:
+    with pytest.raises(InvalidArgument):
+        driver.device.create(ContainerSpec(name=driver.name(), root=root))
+
+
+def test_root_missing_or_not_a_directory(driver: Driver, tmp_path: os.PathLike[str]) -> None:
+    with pytest.raises(NotFound):
+        driver.device.create(ContainerSpec(name=driver.name(), root=f"{tmp_path}/missing"))
+    afile = f"{tmp_path}/file"
+    open(afile, "w").close()
+    with pytest.raises(InvalidArgument):
+        driver.device.create(ContainerSpec(name=driver.name(), root=afile))
+
+
+@pytest.mark.parametrize("deny", [{-1}, {512}, {1 << 40}])
+def test_bad_policy(driver: Driver, deny: set[int]) -> None:
+    cid = driver.create()
+    with pytest.raises(InvalidArgument):
+        driver.device.create(ContainerSpec(name=driver.name(), root="/", deny_syscalls=frozenset(deny)))
+    with pytest.raises(InvalidArgument):
+        driver.device.set_policy(cid, frozenset(deny))
+
+
+def test_unknown_container(driver: Driver) -> None:
+    dev = driver.device
+    w = driver.worker()
+    for call in (
+        lambda: dev.info(UNKNOWN_ID),
+        lambda: dev.stats(UNKNOWN_ID),
+        lambda: dev.set_policy(UNKNOWN_ID, frozenset()),
+        lambda: dev.destroy(UNKNOWN_ID),
+        lambda: dev.add_proc(UNKNOWN_ID, w.pid),
+        lambda: dev.remove_proc(UNKNOWN_ID, w.pid),
+    ):
+        with pytest.raises(NotFound):
+            call()
+
+
+def test_add_proc(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    other = driver.create()
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    dev.add_proc(cid, w.pid)  # idempotent
+    assert dev.info(cid).members == (w.pid,)
+    with pytest.raises(FailedPrecondition):
+        dev.add_proc(other, w.pid)
+    assert dev.info(other).members == ()
+
+
+def test_add_proc_bad_pids(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    for pid in (0, -1):
+        with pytest.raises(InvalidArgument):
+            dev.add_proc(cid, pid)
+    w = driver.worker()
+    driver.exit(w, 0)
+    with pytest.raises(NotFound):
+        dev.add_proc(cid, w.pid)  # reaped: no such process
+
+
+def test_max_members(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create(limits=ContainerLimits(max_members=1))
+    a, b = driver.worker(), driver.worker()
+    dev.add_proc(cid, a.pid)
+    with pytest.raises(ResourceExhausted):
+        dev.add_proc(cid, b.pid)
+    assert dev.info(cid).limits.max_members == 1
+
+
+def test_fork_inheritance_and_exit_status(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    child = driver.fork(w)
+    assert set(dev.info(cid).members) == {w.pid, child}
+    fork = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.FORK)
+    assert (fork.pid, fork.ppid) == (child, w.pid)
+
+    status = driver.child_exit(w, child, 3)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.EXIT)
+    assert (ev.pid, ev.status) == (child, status)
+    assert dev.info(cid).members == (w.pid,)
+
+    status = driver.exit(w, 7)
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.EXIT)
+    assert (ev.pid, ev.status) == (w.pid, 7 << 8)
+    driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.EMPTY)
+    assert dev.info(cid).members == ()
+
+
+def test_exit_by_signal(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    status = driver.kill(w, signal.SIGTERM)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGTERM
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.EXIT)
+    assert (ev.pid, ev.status) == (w.pid, signal.SIGTERM)
+
+
+def test_event_sequence_numbers_increase(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    for _ in range(3):
+        child = driver.fork(w)
+        driver.child_exit(w, child, 0)
+    events = driver.events_of(cid)
+    kinds = [e.kind for e in events]
+    assert kinds == [EventKind.FORK, EventKind.EXIT] * 3
+    seqs = [e.seq for e in events]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+
+
+def test_descendants(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    child = int(w.ask("fork"))  # forked before w is a member: not inherited
+    dev.add_proc(cid, w.pid)
+    assert dev.info(cid).members == (w.pid,)
+    other = driver.create()
+    w2 = driver.worker()
+    child2 = int(w2.ask("fork"))
+    dev.add_proc(other, w2.pid, descendants=True)
+    assert set(dev.info(other).members) == {w2.pid, child2}
+    assert child not in dev.info(other).members
+
+
+def test_remove_proc(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    with pytest.raises(NotFound):
+        dev.remove_proc(cid, w.pid)
+    dev.add_proc(cid, w.pid)
+    driver.drain()
+    dev.remove_proc(cid, w.pid)
+    assert dev.info(cid).members == ()
+    driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.EMPTY)
+    with pytest.raises(NotFound):
+        dev.remove_proc(cid, w.pid)
+    # No longer a member: its exit is not reported.
+    driver.exit(w, 0)
+    assert [e for e in driver.events_of(cid, timeout=1.0) if e.kind is EventKind.EXIT] == []
+
+
+def test_destroy_busy_then_kill(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    with pytest.raises(FailedPrecondition):
+        dev.destroy(cid)
+    assert cid in dev.list()
+    dev.destroy(cid, kill_members=True)
+    assert cid not in dev.list()
+    status = w.wait_status()
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+
+
+@pytest.mark.xfail(KIND == "fake", reason="FakeDevice queues no EXIT/EMPTY for members it kills")
+def test_destroy_kill_reports_exits(driver: Driver) -> None:
+    """Killed members stay members until they are gone, so their exits are reported."""
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    child = driver.fork(w)
+    driver.drain()
+    dev.destroy(cid, kill_members=True)
+    events = driver.events_of(cid, timeout=1.0)
+    exits = {e.pid: e.status for e in events if e.kind is EventKind.EXIT}
+    assert exits == {w.pid: signal.SIGKILL, child: signal.SIGKILL}
+    assert events[-1].kind is EventKind.EMPTY
+
+
+def test_stats_count_member_syscalls(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    assert driver.syscall(w, NR_GETPPID) == 0  # not a member yet: not counted
+    dev.add_proc(cid, w.pid)
+    for _ in range(5):
+        assert driver.syscall(w, NR_GETPPID) == 0
+    calls, denied = dev.stats(cid)[NR_GETPPID]
+    assert calls >= 5 and denied == 0
+    info = dev.info(cid)
+    assert info.syscalls_total >= 5 and info.denied_total == 0
+
+
+def test_policy_denies_and_counts(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create(deny_syscalls=frozenset({NR_GETPPID}))
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    driver.drain()
+    for _ in range(3):
+        assert driver.syscall(w, NR_GETPPID) == errno.EPERM
+    assert driver.syscall(w, NR_GETPID) == 0
+    calls, denied = dev.stats(cid)[NR_GETPPID]
+    assert calls >= 3 and denied == 3
+    assert dev.info(cid).denied_total == 3
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.DENIED)
+    assert (ev.pid, ev.syscall_nr, ev.count) == (w.pid, NR_GETPPID, 3)
+
+    dev.set_policy(cid, frozenset({NR_GETPID}))
+    assert dev.info(cid).deny_syscalls == {NR_GETPID}
+    assert driver.syscall(w, NR_GETPPID) == 0
+    assert driver.syscall(w, NR_GETPID) == errno.EPERM
+    dev.set_policy(cid, frozenset())
+    assert driver.syscall(w, NR_GETPID) == 0
+
+
+def test_non_members_are_not_denied(driver: Driver) -> None:
+    cid = driver.create(deny_syscalls=frozenset({NR_GETPPID}))
+    w = driver.worker()
+    assert driver.syscall(w, NR_GETPPID) == 0
+    assert driver.device.stats(cid) == {}
+
+
+def test_read_events_timeout(driver: Driver) -> None:
+    batch = driver.device.read_events(timeout=0.05)
+    assert list(batch.events) == [] and batch.dropped == 0
+
+
+# -- containment: what the module forbids every member; the fake models none of it -----------
+
+
+@linux_only
+@pytest.mark.parametrize(
+    ("nr", "args"),
+    [(NR_CHROOT, (0,)), (NR_MOUNT, (0, 0, 0, 0, 0)), (NR_UNSHARE, (CLONE_NEWNS,))],
+    ids=["chroot", "mount", "unshare-newns"],
+)
+def test_containment_syscalls(driver: Driver, nr: int, args: tuple[int, ...]) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    assert driver.syscall(w, nr, *args) == errno.EPERM
+    assert driver.device.stats(cid)[nr][1] == 1
+
+
+@linux_only
+def test_member_cannot_use_the_device(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    assert w.ask("open /dev/chital") == str(errno.EPERM)
+
+
+@linux_only
+def test_path_confinement(driver: Driver, tmp_path: os.PathLike[str]) -> None:
+    root = os.path.join(tmp_path, "root")
+    os.makedirs(root)
+    inside = os.path.join(root, "inside")
+    open(inside, "w").close()
+    cid = driver.create(root=root)
+    w = driver.worker()
+    assert w.ask("open /etc/hostname") == "0"
+    driver.device.add_proc(cid, w.pid)
+    assert w.ask(f"open {inside}") == "0"
+    assert w.ask("open /etc/hostname") == str(errno.EACCES)
+    assert w.ask(f"open {root}{'/..' * 32}/etc/hostname") == str(errno.EACCES)
+    os.symlink("/etc/hostname", os.path.join(root, "link"))
+    assert w.ask(f"open {root}/link") == str(errno.EACCES)
+    outsider = driver.worker()
+    assert w.ask(f"open /proc/{outsider.pid}/root/etc/hostname") == str(errno.EACCES)
+    assert w.ask(f"mkdir {root}/newdir") == "0"
+    assert w.ask(f"mkdir {tmp_path}/escaped") == str(errno.EACCES)
+    assert not os.path.exists(f"{tmp_path}/escaped")
+    outside = os.path.join(tmp_path, "secret")
+    open(outside, "w").close()
+    assert w.ask(f"link {outside} {root}/stolen") == str(errno.EACCES)  # hard link of an outside file
+    assert w.ask(f"link {inside} {root}/alias") == "0"
+
+
+@linux_only
+def test_no_ptrace_of_non_members(driver: Driver) -> None:
+    cid = driver.create()
+    w, outsider, peer = driver.worker(), driver.worker(), driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    driver.device.add_proc(cid, peer.pid)
+    assert driver.syscall(w, NR_PTRACE, PTRACE_ATTACH, outsider.pid, 0, 0) == errno.EPERM
+    assert w.ask(f"open /proc/{outsider.pid}/mem") == str(errno.EACCES)
+    assert driver.syscall(w, NR_PTRACE, PTRACE_ATTACH, peer.pid, 0, 0) == 0  # same container
+
+
+@linux_only
+def test_no_signals_to_non_members(driver: Driver) -> None:
+    cid = driver.create()
+    w, outsider, peer = driver.worker(), driver.worker(), driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    driver.device.add_proc(cid, peer.pid)
+    assert driver.syscall(w, NR_KILL, outsider.pid, signal.SIGTERM) == errno.EPERM
+    assert outsider.proc.poll() is None
+    assert driver.syscall(w, NR_KILL, peer.pid, 0) == 0
+    assert driver.syscall(outsider, NR_KILL, w.pid, 0) == 0  # the agent's side may signal members

@@ -1,0 +1,148 @@
+"""The raw ABI of /dev/chital (linux only): reserved fields, unknown flags and commands, bad pointers,
+compat system calls, module references, and a small ioctl fuzz. These have no FakeDevice counterpart."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import random
+import subprocess
+
+import pytest
+
+from chital.agent.device import abi
+
+from .conftest import Driver, linux_only
+
+pytestmark = linux_only
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+
+
+@pytest.fixture
+def fd(driver: Driver) -> int:
+    return driver.device.fileno()
+
+
+def _ioctl_errno(fd: int, cmd: int, arg: ctypes.Structure | int) -> int:
+    try:
+        fcntl.ioctl(fd, cmd, arg, True) if not isinstance(arg, int) else fcntl.ioctl(fd, cmd, arg)
+    except OSError as exc:
+        return exc.errno or 0
+    return 0
+
+
+def _create(name: bytes, root: bytes) -> tuple[abi.Create, ctypes.Array[ctypes.c_char]]:
+    buf = ctypes.create_string_buffer(root, len(root))
+    cr = abi.Create(root_ptr=ctypes.addressof(buf), root_len=len(root))
+    ctypes.memmove(cr.name, name, len(name))
+    return cr, buf
+
+
+def test_unknown_commands(fd: int) -> None:
+    assert _ioctl_errno(fd, abi._iowr(abi.IOC_MAGIC, 0x40, abi.Create), abi.Create()) == errno.ENOTTY
+    assert _ioctl_errno(fd, abi._ior(0xB5, 0x00, abi.Version), abi.Version()) == errno.ENOTTY
+    wrong_size = abi._ioc(abi._IOC_READ, abi.IOC_MAGIC, 0x00, 8)
+    assert _ioctl_errno(fd, wrong_size, 0) == errno.ENOTTY
+
+
+@pytest.mark.parametrize("field", ["flags", "id", "reserved", "limits", "name_padding"])
+def test_create_rejects_nonzero_reserved(driver: Driver, fd: int, field: str) -> None:
+    cr, _buf = _create(driver.name().encode(), b"/")
+    if field == "limits":
+        cr.limits.reserved[1] = 1
+    elif field == "name_padding":
+        cr.name[60] = ord("x")
+    else:
+        setattr(cr, field, 1)
+    assert _ioctl_errno(fd, abi.IOC_CREATE, cr) == errno.EINVAL
+
+
+def test_unknown_flags(driver: Driver, fd: int) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    assert _ioctl_errno(fd, abi.IOC_DESTROY, abi.Destroy(id=cid, flags=2)) == errno.EINVAL
+    assert _ioctl_errno(fd, abi.IOC_ADD_PROC, abi.Proc(id=cid, pid=w.pid, flags=2)) == errno.EINVAL
+    assert _ioctl_errno(fd, abi.IOC_ADD_PROC, abi.Proc(id=cid, pid=w.pid, reserved=1)) == errno.EINVAL
+    assert _ioctl_errno(fd, abi.IOC_REMOVE_PROC, abi.Proc(id=cid, pid=w.pid, flags=1)) == errno.EINVAL
+    assert _ioctl_errno(fd, abi.IOC_SET_POLICY, abi.SetPolicy(id=cid, flags=1)) == errno.EINVAL
+    assert _ioctl_errno(fd, abi.IOC_STATS, abi.Stats(id=cid, flags=1)) == errno.EINVAL
+    assert _ioctl_errno(fd, abi.IOC_INFO, abi.Info(id=cid, flags=1)) == errno.EINVAL
+
+
+def test_bad_pointers(driver: Driver, fd: int) -> None:
+    cid = driver.create()
+    cr, _buf = _create(driver.name().encode(), b"/")
+    cr.root_ptr = 8
+    assert _ioctl_errno(fd, abi.IOC_CREATE, cr) == errno.EFAULT
+    cr.root_ptr = 0xFFFF_8000_0000_0000  # kernel address
+    assert _ioctl_errno(fd, abi.IOC_CREATE, cr) == errno.EFAULT
+    assert _ioctl_errno(fd, abi.IOC_LIST, abi.List(ids_ptr=8, capacity=4)) == errno.EFAULT
+    info = abi.Info(id=cid, members_ptr=8, members_cap=4, root_ptr=8, root_cap=100)
+    assert _ioctl_errno(fd, abi.IOC_INFO, info) == errno.EFAULT
+    assert _ioctl_errno(fd, abi.IOC_STATS, abi.Stats(id=cid, stats_ptr=8, capacity=512)) == errno.EFAULT
+    for cmd in abi.IOCTLS.values():
+        assert _ioctl_errno(fd, cmd, 0) == errno.EFAULT  # NULL argument
+    with pytest.raises(OSError) as exc:
+        os.read(fd, ctypes.sizeof(abi.Event) - 1)
+    assert exc.value.errno == errno.EINVAL
+
+
+def test_self_add_then_device_is_closed_to_it(driver: Driver) -> None:
+    """chital-exec's pattern: open the device, join the container itself, exec."""
+    cid = driver.create()
+    w = driver.worker()
+    assert w.ask(f"selfadd /dev/chital {abi.IOC_ADD_PROC} {cid}") == "0"
+    assert driver.device.info(cid).members == (w.pid,)
+    assert w.ask("open /dev/chital") == str(errno.EPERM)
+
+
+def test_compat_syscalls_denied(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    assert w.ask("int80 20") != "-1"  # i386 getpid works for a non-member
+    driver.device.add_proc(cid, w.pid)
+    assert w.ask("int80 20") == str(-errno.EPERM)
+    assert driver.device.info(cid).denied_total == 1
+
+
+def test_module_busy_while_containers_exist(driver: Driver) -> None:
+    driver.create()
+    ret = libc.syscall(176, b"chital", os.O_NONBLOCK)  # delete_module
+    # The kernel answers EWOULDBLOCK for a module with references; rmmod(8) says "in use".
+    assert (ret, ctypes.get_errno()) in ((-1, errno.EWOULDBLOCK), (-1, errno.EBUSY))
+    assert os.path.exists("/sys/module/chital")
+
+
+def test_fork_exit_storm(driver: Driver) -> None:
+    """Many members forking and exiting at once: every exit is reported, then EMPTY."""
+    cid = driver.create()
+    proc = subprocess.Popen(
+        ["/bin/sh", "-c", "read go; for i in $(seq 100); do ( exit 3 ) & done; wait"], stdin=subprocess.PIPE
+    )
+    driver.device.add_proc(cid, proc.pid)
+    assert proc.stdin is not None
+    proc.stdin.write(b"go\n")
+    proc.stdin.close()
+    assert proc.wait(120) == 0
+    driver.wait_event(lambda e: e.container_id == cid and e.kind.name == "EMPTY", timeout=60)
+    assert driver.device.info(cid).members == ()
+
+
+def test_ioctl_fuzz(driver: Driver, fd: int) -> None:
+    rng = random.Random(1234)
+    before = set(driver.device.list())
+    for _ in range(3000):
+        nr = rng.randrange(0, 12)
+        size = rng.choice([0, 8, 16, 24, 64, 72, 136, 168, 200, rng.randrange(0, 1 << 14)])
+        cmd = abi._ioc(rng.randrange(0, 4), abi.IOC_MAGIC, nr, size)
+        raw = bytearray(rng.randbytes(max(size, 8)))
+        if rng.random() < 0.5:  # plausible small fields
+            for off in range(0, len(raw) - 8, 8):
+                raw[off : off + 8] = rng.choice([0, 1, 8, 0xFFFFFFFF, 1 << 63]).to_bytes(8, "little")
+        buf = ctypes.create_string_buffer(bytes(raw), len(raw))
+        libc.ioctl(fd, ctypes.c_ulong(cmd), ctypes.c_void_p(ctypes.addressof(buf)))
+    for cid in set(driver.device.list()) - before:
+        driver.created.append(cid)
