@@ -18,6 +18,7 @@ from chital.client import (
     AlreadyExists,
     Client,
     ContainerState,
+    FailedPrecondition,
     InvalidArgument,
     Limits,
     NotFound,
@@ -172,3 +173,21 @@ def test_stop_then_delete(client: Client) -> None:
     assert deleted.state is ContainerState.DELETED
     with pytest.raises(NotFound):
         client.get_container(container.name)
+
+
+def test_stats_on_a_hollow_host_say_nothing_is_counted(
+    client: Client, fleet: HollowFleet, capfd: pytest.CaptureFixture[str]
+) -> None:
+    container = client.create_container(unique("stats"))
+    stats = client.get_container_stats(container.name)
+    assert stats.container_uid == container.uid
+    assert stats.sandboxed is False
+    assert stats.syscalls_total == 0
+    rc = cli_main(["--controller", fleet.target, "stats", container.name])
+    captured = capfd.readouterr()
+    assert rc == 0
+    assert "without the kernel module" in captured.err
+    assert "SYSCALL" in captured.out
+    client.delete_container(container.uid)
+    with pytest.raises(FailedPrecondition):
+        client.get_container_stats(container.uid)

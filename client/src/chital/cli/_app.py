@@ -369,6 +369,23 @@ def _inspect(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _stats(client: Client, args: argparse.Namespace) -> int:
+    stats = client.get_container_stats(args.container)
+    if _json(args):
+        out.print_json(stats)
+        return EXIT_OK
+    if not stats.sandboxed:
+        print("note: this host runs without the kernel module; no system call is counted", file=sys.stderr)
+    rows = [[s.name, str(s.number), str(s.calls), str(s.denied)] for s in stats.syscalls[: args.top]]
+    out.print_table(["SYSCALL", "NR", "CALLS", "DENIED"], rows)
+    print(
+        f"\ntotal {stats.syscalls_total} calls, {stats.denied_total} denied; {stats.members} member(s); "
+        f"memory {stats.memory_current_bytes} bytes, pids {stats.pids_current}, "
+        f"cpu {stats.cpu_usage_usec} us, oom kills {stats.oom_kills}"
+    )
+    return EXIT_OK
+
+
 def _logs(client: Client, args: argparse.Namespace) -> int:
     for chunk in client.stream_logs(args.process, follow=args.follow, tail=args.tail):
         _write_output(sys.stderr if chunk.stream is LogStream.STDERR else sys.stdout, chunk.data)
@@ -570,6 +587,10 @@ def _add_container_commands(commands: Any, add: _Add) -> None:
 
     sub = add(commands, "inspect", _inspect, "show one container")
     sub.add_argument("container", metavar="CONTAINER", help="uid or name")
+
+    sub = add(commands, "stats", _stats, "show a container's system call counters (kernel module)")
+    sub.add_argument("container", metavar="CONTAINER", help="uid or name")
+    sub.add_argument("--top", type=_non_negative_int, default=20, metavar="N", help="most called N (20)")
 
     sub = add(commands, "logs", _logs, "print a process's output")
     sub.add_argument("process", metavar="PROCESS_UID")

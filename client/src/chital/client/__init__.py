@@ -33,6 +33,7 @@ from ._types import (
     AgentInfo,
     Container,
     ContainerState,
+    ContainerStats,
     DrainResult,
     EventType,
     Host,
@@ -44,6 +45,7 @@ from ._types import (
     Process,
     ProcessState,
     RetryPolicy,
+    SyscallCount,
     WatchEvent,
 )
 
@@ -55,6 +57,7 @@ __all__ = [
     "Client",
     "Container",
     "ContainerState",
+    "ContainerStats",
     "DeadlineExceeded",
     "DrainResult",
     "EventType",
@@ -73,6 +76,7 @@ __all__ = [
     "ProcessState",
     "ResourceExhausted",
     "RetryPolicy",
+    "SyscallCount",
     "Unavailable",
     "Unimplemented",
     "WatchEvent",

@@ -21,6 +21,7 @@ from ._errors import error_from_rpc, status_code
 from ._types import (
     Container,
     ContainerState,
+    ContainerStats,
     DrainResult,
     Host,
     HostState,
@@ -368,6 +369,13 @@ class Client:
                 return process
             if deadline is not None and time.monotonic() >= deadline:
                 return process
+
+    def get_container_stats(self, container: str) -> ContainerStats:
+        """Return the kernel's per-syscall counters and the cgroup usage of ``container`` (uid or
+        name), read live from its host; raises :class:`FailedPrecondition` when it is not on one."""
+        request = cpb.GetContainerStatsRequest(container=container)
+        response = self._unary(self._containers.GetContainerStats, request, _READ)
+        return conv.stats_from_pb(response)
 
     def signal_process(self, process_uid: str, signal: int) -> Process:
         """Send ``signal`` (a number, 1-64) to a running process. Never retried: a repeated signal is

@@ -15,6 +15,7 @@ from ._types import (
     AgentInfo,
     Container,
     ContainerState,
+    ContainerStats,
     EventType,
     Host,
     HostState,
@@ -23,6 +24,7 @@ from ._types import (
     LogStream,
     Process,
     ProcessState,
+    SyscallCount,
     WatchEvent,
 )
 
@@ -137,6 +139,22 @@ def process_from_pb(m: cpb.Process) -> Process:
         start_time=time_from_pb(m.start_time, m.HasField("start_time")),
         exit_time=time_from_pb(m.exit_time, m.HasField("exit_time")),
         message=m.message,
+    )
+
+
+def stats_from_pb(m: cpb.GetContainerStatsResponse) -> ContainerStats:
+    """SDK container stats from the message."""
+    return ContainerStats(
+        container_uid=m.container_uid,
+        syscalls=tuple(SyscallCount(s.name, s.number, s.calls, s.denied) for s in m.syscalls),
+        syscalls_total=m.syscalls_total,
+        denied_total=m.denied_total,
+        members=m.members,
+        memory_current_bytes=m.memory_current_bytes,
+        oom_kills=m.oom_kills,
+        pids_current=m.pids_current,
+        cpu_usage_usec=m.cpu_usage_usec,
+        sandboxed=m.sandboxed,
     )
 
 

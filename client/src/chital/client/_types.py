@@ -160,6 +160,36 @@ class Host:
 
 
 @dataclass(frozen=True)
+class SyscallCount:
+    """The kernel's counter of one system call in one container."""
+
+    name: str
+    number: int
+    calls: int
+    denied: int
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """A container's syscall counters (from the kernel module) and cgroup usage, read live.
+
+    ``sandboxed`` is False on hosts without the module (hollow agents): nothing is counted there.
+    ``syscalls`` come most called first.
+    """
+
+    container_uid: str
+    syscalls: tuple[SyscallCount, ...]
+    syscalls_total: int
+    denied_total: int
+    members: int
+    memory_current_bytes: int
+    oom_kills: int
+    pids_current: int
+    cpu_usage_usec: int
+    sandboxed: bool
+
+
+@dataclass(frozen=True)
 class DrainResult:
     """The outcome of :meth:`Client.drain_host`."""
 

@@ -48,11 +48,13 @@ from chital.controller.records import (
     ContainerRecord,
     ContainerSpec,
     ContainerState,
+    ContainerStats,
     EventRecord,
     HostHealth,
     ProcessRecord,
     ProcessSpec,
     ProcessState,
+    SyscallCount,
 )
 from chital.controller.store import Candidate, Store
 from chital.controller.validation import (
@@ -355,6 +357,32 @@ class Containers:
         container = self._store.get_container(process.container_uid)
         self._pool.get(container.host_address).signal_process(uid, signal)
         return self._store.get_process(uid)
+
+    def stats(self, ref: str) -> ContainerStats:
+        """The container's syscall counters and cgroup usage, read live from its host."""
+        container = self.get(ref)
+        if container.state not in (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.STOPPING):
+            raise FailedPrecondition(
+                f"container {container.name} is {container.state.value}: it has no counters on a host"
+            )
+        host = self._store.get_host(container.host_id)
+        resp = self._pool.get(container.host_address).get_container_stats(container.uid)
+        syscalls = sorted(
+            (SyscallCount(s.name, s.number, s.calls, s.denied) for s in resp.syscalls),
+            key=lambda s: (-s.calls, s.number),
+        )
+        return ContainerStats(
+            container_uid=container.uid,
+            syscalls=tuple(syscalls),
+            syscalls_total=resp.syscalls_total,
+            denied_total=resp.denied_total,
+            members=resp.members,
+            memory_current_bytes=resp.memory_current_bytes,
+            oom_kills=resp.oom_kills,
+            pids_current=resp.pids_current,
+            cpu_usage_usec=resp.cpu_usage_usec,
+            sandboxed=host.agent.sandboxed,
+        )
 
     def stream_logs(
         self, uid: str, follow: bool, tail_lines: int

@@ -234,6 +234,32 @@ class ProcessRecord:
 
 
 @dataclass(frozen=True)
+class SyscallCount:
+    """The kernel's counter of one system call in one container."""
+
+    name: str
+    number: int
+    calls: int
+    denied: int
+
+
+@dataclass(frozen=True)
+class ContainerStats:
+    """A container's counters, read live from its host (nothing of it is stored)."""
+
+    container_uid: str
+    syscalls: tuple[SyscallCount, ...]
+    syscalls_total: int
+    denied_total: int
+    members: int
+    memory_current_bytes: int
+    oom_kills: int
+    pids_current: int
+    cpu_usage_usec: int
+    sandboxed: bool
+
+
+@dataclass(frozen=True)
 class EventRecord:
     """One Watch event."""
 

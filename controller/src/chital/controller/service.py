@@ -189,6 +189,24 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
         record = self._containers.delete(request.container, request.force)
         return container_pb2.DeleteContainerResponse(container=container_to_pb(record))
 
+    def GetContainerStats(self, request: Any, context: grpc.ServicerContext) -> Any:
+        stats = self._containers.stats(request.container)
+        return container_pb2.GetContainerStatsResponse(
+            container_uid=stats.container_uid,
+            syscalls=[
+                container_pb2.SyscallCount(name=s.name, number=s.number, calls=s.calls, denied=s.denied)
+                for s in stats.syscalls
+            ],
+            syscalls_total=stats.syscalls_total,
+            denied_total=stats.denied_total,
+            members=stats.members,
+            memory_current_bytes=stats.memory_current_bytes,
+            oom_kills=stats.oom_kills,
+            pids_current=stats.pids_current,
+            cpu_usage_usec=stats.cpu_usage_usec,
+            sandboxed=stats.sandboxed,
+        )
+
     def Exec(self, request: Any, context: grpc.ServicerContext) -> Any:
         spec = ProcessSpec(
             argv=tuple(request.argv),

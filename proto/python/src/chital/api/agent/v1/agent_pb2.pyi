@@ -248,6 +248,7 @@ class GetInfoResponse(_message.Message):
     STATE_HASH_FIELD_NUMBER: _builtins.int
     BOOT_ID_FIELD_NUMBER: _builtins.int
     LAST_EVENT_SEQ_FIELD_NUMBER: _builtins.int
+    LIMITS_ENFORCED_FIELD_NUMBER: _builtins.int
     agent_version: _builtins.str
     kernel_release: _builtins.str
     module_version: _builtins.str
@@ -265,6 +266,10 @@ class GetInfoResponse(_message.Message):
     """Changes when the agent restarts."""
     last_event_seq: _builtins.int
     """Highest event sequence number issued."""
+    limits_enforced: _builtins.bool
+    """Container limits are enforced with cgroup v2. False: limits are recorded but not applied (a
+    hollow agent without a writable cgroup v2 hierarchy with the cpu, memory and pids controllers).
+    """
     def __init__(
         self,
         *,
@@ -280,10 +285,11 @@ class GetInfoResponse(_message.Message):
         state_hash: _builtins.str = ...,
         boot_id: _builtins.str = ...,
         last_event_seq: _builtins.int = ...,
+        limits_enforced: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["abi_major", b"abi_major", "abi_minor", b"abi_minor", "agent_version", b"agent_version", "boot_id", b"boot_id", "container_count", b"container_count", "device", b"device", "kernel_release", b"kernel_release", "last_event_seq", b"last_event_seq", "max_containers", b"max_containers", "module_version", b"module_version", "sandboxed", b"sandboxed", "state_hash", b"state_hash"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abi_major", b"abi_major", "abi_minor", b"abi_minor", "agent_version", b"agent_version", "boot_id", b"boot_id", "container_count", b"container_count", "device", b"device", "kernel_release", b"kernel_release", "last_event_seq", b"last_event_seq", "limits_enforced", b"limits_enforced", "max_containers", b"max_containers", "module_version", b"module_version", "sandboxed", b"sandboxed", "state_hash", b"state_hash"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -710,9 +716,19 @@ class GetContainerStatsResponse(_message.Message):
     SYSCALLS_TOTAL_FIELD_NUMBER: _builtins.int
     DENIED_TOTAL_FIELD_NUMBER: _builtins.int
     MEMBERS_FIELD_NUMBER: _builtins.int
+    MEMORY_CURRENT_BYTES_FIELD_NUMBER: _builtins.int
+    OOM_KILLS_FIELD_NUMBER: _builtins.int
+    PIDS_CURRENT_FIELD_NUMBER: _builtins.int
+    CPU_USAGE_USEC_FIELD_NUMBER: _builtins.int
     syscalls_total: _builtins.int
     denied_total: _builtins.int
     members: _builtins.int
+    memory_current_bytes: _builtins.int
+    """From the container's cgroup (zero when limits are not enforced)."""
+    oom_kills: _builtins.int
+    """Processes the kernel's OOM killer killed in the container (memory.events oom_kill)."""
+    pids_current: _builtins.int
+    cpu_usage_usec: _builtins.int
     @_builtins.property
     def syscalls(self) -> _containers.RepeatedCompositeFieldContainer[Global___SyscallCount]: ...
     def __init__(
@@ -722,10 +738,14 @@ class GetContainerStatsResponse(_message.Message):
         syscalls_total: _builtins.int = ...,
         denied_total: _builtins.int = ...,
         members: _builtins.int = ...,
+        memory_current_bytes: _builtins.int = ...,
+        oom_kills: _builtins.int = ...,
+        pids_current: _builtins.int = ...,
+        cpu_usage_usec: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["denied_total", b"denied_total", "members", b"members", "syscalls", b"syscalls", "syscalls_total", b"syscalls_total"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cpu_usage_usec", b"cpu_usage_usec", "denied_total", b"denied_total", "members", b"members", "memory_current_bytes", b"memory_current_bytes", "oom_kills", b"oom_kills", "pids_current", b"pids_current", "syscalls", b"syscalls", "syscalls_total", b"syscalls_total"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

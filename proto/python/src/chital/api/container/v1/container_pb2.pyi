@@ -1016,3 +1016,110 @@ class WatchResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchResponse: _TypeAlias = WatchResponse  # noqa: Y015
+
+@_typing.final
+class GetContainerStatsRequest(_message.Message):
+    """GetContainerStatsRequest names a container."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_FIELD_NUMBER: _builtins.int
+    container: _builtins.str
+    """Uid or name."""
+    def __init__(
+        self,
+        *,
+        container: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerStatsRequest: _TypeAlias = GetContainerStatsRequest  # noqa: Y015
+
+@_typing.final
+class SyscallCount(_message.Message):
+    """SyscallCount is the kernel's counter of one system call in one container."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    CALLS_FIELD_NUMBER: _builtins.int
+    DENIED_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Name of the system call (x86_64), for example "openat"."""
+    number: _builtins.int
+    calls: _builtins.int
+    """Calls made by members, denied ones included."""
+    denied: _builtins.int
+    """Calls the policy denied (answered EPERM)."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        number: _builtins.int = ...,
+        calls: _builtins.int = ...,
+        denied: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["calls", b"calls", "denied", b"denied", "name", b"name", "number", b"number"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SyscallCount: _TypeAlias = SyscallCount  # noqa: Y015
+
+@_typing.final
+class GetContainerStatsResponse(_message.Message):
+    """GetContainerStatsResponse holds the counters, most called first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTAINER_UID_FIELD_NUMBER: _builtins.int
+    SYSCALLS_FIELD_NUMBER: _builtins.int
+    SYSCALLS_TOTAL_FIELD_NUMBER: _builtins.int
+    DENIED_TOTAL_FIELD_NUMBER: _builtins.int
+    MEMBERS_FIELD_NUMBER: _builtins.int
+    MEMORY_CURRENT_BYTES_FIELD_NUMBER: _builtins.int
+    OOM_KILLS_FIELD_NUMBER: _builtins.int
+    PIDS_CURRENT_FIELD_NUMBER: _builtins.int
+    CPU_USAGE_USEC_FIELD_NUMBER: _builtins.int
+    SANDBOXED_FIELD_NUMBER: _builtins.int
+    container_uid: _builtins.str
+    syscalls_total: _builtins.int
+    denied_total: _builtins.int
+    members: _builtins.int
+    """Member processes now."""
+    memory_current_bytes: _builtins.int
+    """From the container's cgroup (zero when the host does not enforce limits)."""
+    oom_kills: _builtins.int
+    pids_current: _builtins.int
+    cpu_usage_usec: _builtins.int
+    sandboxed: _builtins.bool
+    """False on hosts without the kernel module (hollow agents): nothing is counted there."""
+    @_builtins.property
+    def syscalls(self) -> _containers.RepeatedCompositeFieldContainer[Global___SyscallCount]: ...
+    def __init__(
+        self,
+        *,
+        container_uid: _builtins.str = ...,
+        syscalls: _abc.Iterable[Global___SyscallCount] | None = ...,
+        syscalls_total: _builtins.int = ...,
+        denied_total: _builtins.int = ...,
+        members: _builtins.int = ...,
+        memory_current_bytes: _builtins.int = ...,
+        oom_kills: _builtins.int = ...,
+        pids_current: _builtins.int = ...,
+        cpu_usage_usec: _builtins.int = ...,
+        sandboxed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_uid", b"container_uid", "cpu_usage_usec", b"cpu_usage_usec", "denied_total", b"denied_total", "members", b"members", "memory_current_bytes", b"memory_current_bytes", "oom_kills", b"oom_kills", "pids_current", b"pids_current", "sandboxed", b"sandboxed", "syscalls", b"syscalls", "syscalls_total", b"syscalls_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetContainerStatsResponse: _TypeAlias = GetContainerStatsResponse  # noqa: Y015

@@ -97,6 +97,11 @@ class ContainerServiceStub:
                 request_serializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.WatchRequest.SerializeToString,
                 response_deserializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.WatchResponse.FromString,
                 _registered_method=True)
+        self.GetContainerStats = channel.unary_unary(
+                '/chital.api.container.v1.ContainerService/GetContainerStats',
+                request_serializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.GetContainerStatsRequest.SerializeToString,
+                response_deserializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.GetContainerStatsResponse.FromString,
+                _registered_method=True)
 
 
 class ContainerServiceServicer:
@@ -190,6 +195,14 @@ class ContainerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetContainerStats(self, request, context):
+        """GetContainerStats returns the kernel module's per-syscall counters of a container and its
+        cgroup usage, read live from its host.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ContainerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -252,6 +265,11 @@ def add_ContainerServiceServicer_to_server(servicer, server):
                     servicer.Watch,
                     request_deserializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.WatchRequest.FromString,
                     response_serializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.WatchResponse.SerializeToString,
+            ),
+            'GetContainerStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetContainerStats,
+                    request_deserializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.GetContainerStatsRequest.FromString,
+                    response_serializer=chital_dot_api_dot_container_dot_v1_dot_container__pb2.GetContainerStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -581,6 +599,33 @@ class ContainerService:
             '/chital.api.container.v1.ContainerService/Watch',
             chital_dot_api_dot_container_dot_v1_dot_container__pb2.WatchRequest.SerializeToString,
             chital_dot_api_dot_container_dot_v1_dot_container__pb2.WatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetContainerStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chital.api.container.v1.ContainerService/GetContainerStats',
+            chital_dot_api_dot_container_dot_v1_dot_container__pb2.GetContainerStatsRequest.SerializeToString,
+            chital_dot_api_dot_container_dot_v1_dot_container__pb2.GetContainerStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

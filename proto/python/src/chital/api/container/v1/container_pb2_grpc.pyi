@@ -62,6 +62,10 @@ class ContainerServiceStub:
     """StreamLogs streams a process's captured stdout and stderr."""
     Watch: _grpc.UnaryStreamMultiCallable[_container_pb2.WatchRequest, _container_pb2.WatchResponse]
     """Watch streams container and process events after a revision, then live ones."""
+    GetContainerStats: _grpc.UnaryUnaryMultiCallable[_container_pb2.GetContainerStatsRequest, _container_pb2.GetContainerStatsResponse]
+    """GetContainerStats returns the kernel module's per-syscall counters of a container and its
+    cgroup usage, read live from its host.
+    """
 
 @_typing.type_check_only
 class ContainerServiceAsyncStub(ContainerServiceStub):
@@ -97,6 +101,10 @@ class ContainerServiceAsyncStub(ContainerServiceStub):
     """StreamLogs streams a process's captured stdout and stderr."""
     Watch: _aio.UnaryStreamMultiCallable[_container_pb2.WatchRequest, _container_pb2.WatchResponse]  # type: ignore[assignment]
     """Watch streams container and process events after a revision, then live ones."""
+    GetContainerStats: _aio.UnaryUnaryMultiCallable[_container_pb2.GetContainerStatsRequest, _container_pb2.GetContainerStatsResponse]  # type: ignore[assignment]
+    """GetContainerStats returns the kernel module's per-syscall counters of a container and its
+    cgroup usage, read live from its host.
+    """
 
 class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """ContainerService is the public API for sandboxes ("containers") and the processes run in them.
@@ -201,5 +209,15 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_container_pb2.WatchResponse], _abc.AsyncIterator[_container_pb2.WatchResponse]]:
         """Watch streams container and process events after a revision, then live ones."""
+
+    @_abc_1.abstractmethod
+    def GetContainerStats(
+        self,
+        request: _container_pb2.GetContainerStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_container_pb2.GetContainerStatsResponse, _abc.Awaitable[_container_pb2.GetContainerStatsResponse]]:
+        """GetContainerStats returns the kernel module's per-syscall counters of a container and its
+        cgroup usage, read live from its host.
+        """
 
 def add_ContainerServiceServicer_to_server(servicer: ContainerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
