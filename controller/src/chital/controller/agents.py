@@ -130,7 +130,9 @@ class AgentClient:
     def get_container_stats(self, uid: str) -> agent_pb2.GetContainerStatsResponse:
         """The kernel's per-syscall counters and the cgroup usage of a container."""
         req = agent_pb2.GetContainerStatsRequest(uid=uid)
-        return self._call(lambda: self._stub.GetContainerStats(req, timeout=self.timeout), "GetContainerStats")
+        return self._call(
+            lambda: self._stub.GetContainerStats(req, timeout=self.timeout), "GetContainerStats"
+        )
 
     def destroy_container(self, uid: str, grace_seconds: float) -> None:
         """Signal the members (TERM, KILL after the grace period) and remove the container."""
