@@ -1,10 +1,17 @@
 #!/usr/bin/env bash
-# The README's main command: installs what is needed, starts a local multi-host cluster (a
-# controller and three hollow agents on loopback ports), and runs a scripted scenario through
-# the `chital` CLI. Everything it starts is stopped at the end, by pid.
+# The README's main command: installs what is needed, starts a local multi-host cluster and runs a
+# scripted scenario through the `chital` CLI. Everything it starts is stopped at the end, by pid.
+#
+#   scripts/demo.sh                  # 2 QEMU guests, each with chital.ko and an agent (real sandbox)
+#   CHITAL_DEMO=hollow scripts/demo.sh   # a controller and 3 hollow agents (no kernel module; fast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+mode=${CHITAL_DEMO:-qemu}
+case "$mode" in
+    qemu) CHITAL_VM=1 scripts/bootstrap.sh ;;
+    hollow) scripts/bootstrap.sh ;;
+    *) echo "demo: CHITAL_DEMO must be qemu or hollow" >&2; exit 2 ;;
+esac
 
 export PATH="$PWD/.venv/bin:$PATH" GRPC_VERBOSITY=ERROR
 work=$(mktemp -d -t chital-demo-XXXXXX)
@@ -19,43 +26,54 @@ trap cleanup EXIT
 
 say() { printf '\n\033[1;34m### %s\033[0m\n' "$*"; }
 show() { printf '\033[1m$'; printf ' %q' "$@"; printf '\033[0m\n'; "$@"; }
+fail() { echo "demo: $*" >&2; exit 1; }
 
-say "Starting a controller and 3 hollow agents (FakeDevice: processes are real but NOT sandboxed)"
-python -m chital.devcluster.hollow --agents 3 --workdir "$work/fleet" --ready-file "$work/ready" &
+if [ "$mode" = qemu ]; then
+    say "Booting 2 QEMU guests with chital.ko and an agent each, and a controller on this host (~1 min)"
+    python -m chital.devcluster.qemu_fleet --guests 2 --ready-file "$work/ready" &
+    root_args=(--root /tmp/roots/busybox)
+    hosts_wanted=2
+else
+    say "Starting a controller and 3 hollow agents (no kernel module: processes are NOT sandboxed)"
+    python -m chital.devcluster.hollow --agents 3 --workdir "$work/fleet" --ready-file "$work/ready" &
+    root_args=()
+    hosts_wanted=3
+fi
 fleet_pid=$!
-for _ in $(seq 300); do
+for _ in $(seq 3000); do
     [ -s "$work/ready" ] && break
-    kill -0 "$fleet_pid" 2>/dev/null || { echo "demo: the fleet failed to start" >&2; exit 1; }
+    kill -0 "$fleet_pid" 2>/dev/null || fail "the cluster failed to start"
     sleep 0.1
 done
-[ -s "$work/ready" ] || { echo "demo: the fleet did not start in 30 s" >&2; exit 1; }
-export CHITAL_CONTROLLER=$(cat "$work/ready")
+[ -s "$work/ready" ] || fail "the cluster did not start in 5 minutes"
+CHITAL_CONTROLLER=$(cat "$work/ready")
+export CHITAL_CONTROLLER
 
 say "The hosts the controller knows"
 show chital hosts ls
 
-say "Three containers, each running a process with environment variables"
-for i in 1 2 3; do
-    show chital run --name "demo-$i" --memory 64M --pids 32 -e GREETING=hello -e N="$i" -d -- \
-        sh -c 'echo "$GREETING from container $N, pid $$"; echo "a warning" >&2; exit $N'
+say "One container per host, each running a shell pipeline with environment variables"
+for i in $(seq "$hosts_wanted"); do
+    show chital run --name "demo-$i" "${root_args[@]}" --memory 64M --pids 32 -e GREETING=hello -e N="$i" -d -- \
+        sh -c 'echo "$GREETING from container $N" | tr a-z A-Z; echo "a warning" >&2; exit $N'
 done
 
 say "A process whose output and exit code the CLI waits for (exit code 7 is expected)"
 set +e
-show chital run --name demo-wait -e WHO=world -- sh -c 'echo "hello, $WHO"; exit 7'
+show chital run --name demo-wait "${root_args[@]}" -e WHO=world -- sh -c 'echo "hello, $WHO"; exit 7'
 rc=$?
 set -e
 echo "chital run exited with $rc"
-[ "$rc" = 7 ] || { echo "demo: expected exit code 7, got $rc" >&2; exit 1; }
+[ "$rc" = 7 ] || fail "expected exit code 7, got $rc"
 
-say "Where the containers landed (one host each, fewest containers first)"
+say "Where the containers landed (the ready host with the fewest containers first)"
 show chital ls
 hosts_used=$(chital ls -o json | python3 -c 'import json,sys; print(len({c["host_id"] for c in json.load(sys.stdin)}))')
 echo "containers are spread over $hosts_used hosts"
-[ "$hosts_used" -ge 3 ] || { echo "demo: expected containers on 3 hosts" >&2; exit 1; }
+[ "$hosts_used" -ge "$hosts_wanted" ] || fail "expected containers on $hosts_wanted hosts"
 
 say "Processes and their exit codes"
-for _ in $(seq 50); do
+for _ in $(seq 300); do
     running=$(chital ps -a -o json | python3 -c 'import json,sys; print(sum(p["state"] != "EXITED" for p in json.load(sys.stdin)))')
     [ "$running" = 0 ] && break
     sleep 0.1
@@ -66,11 +84,26 @@ say "The logs of the process in demo-2"
 proc=$(chital ps demo-2 -a -o json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["uid"])')
 show chital logs "$proc"
 
+if [ "$mode" = qemu ]; then
+    say "An escape attempt from inside a container: the kernel module refuses it"
+    set +e
+    show chital exec demo-1 -- sh -c 'chroot / /bin/sh -c "echo escaped"; mount -t proc proc /mnt; cat /../../etc/hostname'
+    rc=$?
+    set -e
+    echo "chital exec exited with $rc (non-zero: every attempt was refused)"
+    [ "$rc" != 0 ] || fail "an escape attempt was not refused"
+
+    say "Per-container system call counts, from the kernel module"
+    show chital stats demo-1 --top 12
+fi
+
 say "Stopping and removing every container"
-for c in demo-1 demo-2 demo-3 demo-wait; do
-    show chital stop "$c"
-    show chital rm "$c"
+for c in $(seq "$hosts_wanted"); do
+    show chital stop "demo-$c"
+    show chital rm "demo-$c"
 done
+show chital stop demo-wait
+show chital rm demo-wait
 
 say "End state"
 show chital ls
