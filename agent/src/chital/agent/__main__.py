@@ -12,6 +12,8 @@ from pathlib import Path
 
 from chital.errdefs import ChitalError
 
+from .device.linux import IncompatibleModule
+from .module import EXIT_INCOMPATIBLE_MODULE
 from .server import DEVICE_PATH, AgentServer, ServerConfig
 
 __all__ = ["main"]
@@ -25,6 +27,15 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--state-dir", type=Path, required=True, help="logs, roots and metadata live here")
     s.add_argument("--device", choices=("fake", "linux", "auto"), default="auto")
     s.add_argument("--device-path", default=DEVICE_PATH)
+    s.add_argument("--module-path", help="chital.ko to insmod when the device is missing (default: modprobe)")
+    s.add_argument(
+        "--cgroups",
+        choices=("auto", "required", "off"),
+        default="auto",
+        help="cgroup v2 limits; auto: required with the real device, best effort with the fake",
+    )
+    s.add_argument("--cgroup-root", type=Path, help="cgroup2 mount point (default: from mountinfo)")
+    s.add_argument("--cgroup-parent", default="chital", help="group under the root that holds containers")
     s.add_argument("--port-file", type=Path, help="write the bound port here (atomically) once serving")
     s.add_argument("--max-containers", type=int, default=0, help="0: unlimited")
     s.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default: none)")
@@ -52,6 +63,10 @@ def main(argv: list[str] | None = None) -> int:
         port_file=args.port_file,
         metrics_listen=args.metrics_listen,
         metrics_port_file=args.metrics_port_file,
+        module_path=args.module_path,
+        cgroups=args.cgroups,
+        cgroup_root=args.cgroup_root,
+        cgroup_parent=args.cgroup_parent,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -59,6 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = AgentServer(config)
         port = server.start()
+    except IncompatibleModule as exc:
+        logging.getLogger("chital.agent").error("refusing to serve: %s", exc)
+        return EXIT_INCOMPATIBLE_MODULE
     except (ChitalError, OSError, ValueError) as exc:
         logging.getLogger("chital.agent").error("cannot start: %s", exc)
         return 1

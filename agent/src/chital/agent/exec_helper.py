@@ -7,12 +7,34 @@ program. On success the status fd (close-on-exec) just closes; on failure the he
 line ``{"stage", "errno", "message"}`` there and exits 127.
 
 Spec keys: ``argv``, ``env``, ``cwd`` (inside the root), ``root``, ``uid``, ``gid`` (null: unchanged),
-``container_id`` (kernel id), ``device`` (path of /dev/chital, or null for the fake device).
+``container_id`` (kernel id), ``device`` (path of /dev/chital, or null for the fake device),
+``cgroup`` (host path of the container's cgroup v2 group, or null: no limits).
 stdout/stderr are already the log files (the agent opened them).
+
+Order, so that the user's program never runs an instruction outside its container:
+
+1. the cgroup: write our own pid to ``cgroup.procs`` (limits apply from here on, to us and to the
+   program we become; the cgroupfs is not visible inside the root, so this comes first);
+2. the real device only: open ``/dev/chital`` while the host's root is visible, ``chroot(root)`` +
+   ``chdir(cwd)``, ``ADD_PROC(self)`` (after it, chroot/mount/unshare/pivot_root and the device are
+   denied to us by the module: that is why the root is entered first), close the device;
+3. credentials: supplementary groups cleared, gid, uid;
+4. ``PR_SET_NO_NEW_PRIVS`` (a setuid binary in the root cannot regain privileges);
+5. every inherited fd above 2 closed (the status fd is close-on-exec);
+6. ``execve`` with exactly the spec's environment.
+
+Why chroot and not a mount namespace + pivot_root: the module refuses chroot, pivot_root, mount,
+unshare(CLONE_NEW*) and setns to members and confines every file open to the root in the kernel, so
+the classic chroot escapes (a second chroot, fchdir to an fd from outside, mounting) fail at the
+module; the remaining pivot_root benefit (the old root unreachable even by a privileged member)
+is the next defense-in-depth step (DESIGN.md §5), together with a pid namespace, a capability drop
+and seccomp.
 """
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
 import sys
@@ -21,6 +43,8 @@ from typing import Any
 __all__ = ["main"]
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_PR_SET_NO_NEW_PRIVS = 38
+_MAX_FD = 1 << 20
 
 
 class _StageError(Exception):
@@ -30,27 +54,55 @@ class _StageError(Exception):
         self.err = err
 
 
+def _join_cgroup(group: str) -> None:
+    """Move this process into the container's cgroup (before anything of the program runs)."""
+    try:
+        fd = os.open(os.path.join(group, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, str(os.getpid()).encode())
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise _StageError("cgroup", exc) from exc
+
+
+def _no_new_privs() -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise _StageError("no_new_privs", OSError(err, os.strerror(err)))
+
+
+def _close_inherited_fds(keep: int) -> None:
+    """Close every fd above 2 except ``keep`` (close-on-exec already; it reports exec failures)."""
+    if keep > 3:
+        os.closerange(3, keep)
+    os.closerange(max(3, keep + 1), _MAX_FD)
+
+
 def _enter_sandbox(spec: dict[str, Any]) -> None:
     """With the real module: enter the container root and join the container before exec.
 
-    HOOK for LinuxDevice (the kernel-device issue finishes and tests it in a guest). Order:
-    1. Import LinuxDevice and open ``spec["device"]`` while the host's root is still visible (neither
-       the venv nor /dev/chital exist inside the container root).
+    1. Open ``spec["device"]`` while the host's root is still visible (neither the venv nor
+       /dev/chital exist inside the container root).
     2. chroot(root) + chdir(cwd): ``chroot`` is denied to members, so it happens before joining.
     3. ADD_PROC(self) through the open device: joining before exec means the program's first
        instruction already runs as a member (no race with its forks). Then close the device fd.
-    Namespaces + pivot_root, no_new_privs, capability drop and seccomp (DESIGN.md §5, defense in
-    depth) belong here too; they are not done yet.
+
+    The ioctl is made here with the ABI mirror alone, not through ``LinuxDevice``: that one pulls in
+    ``chital.errdefs`` and with it grpc (~20 MB more), and this process already counts against the
+    container's memory limit. A version mismatch cannot happen here: the agent checked the module.
+    Namespaces + pivot_root, capability drop and seccomp (DESIGN.md §5, defense in depth) are not
+    done yet (see the module docstring).
     """
+    import fcntl  # noqa: PLC0415 - only with the real module
+
+    from chital.agent.device import abi  # noqa: PLC0415
+
     try:
-        from chital.agent.device.linux import LinuxDevice  # noqa: PLC0415 - only with the real module
-        from chital.errdefs import ChitalError  # noqa: PLC0415
-    except ImportError as exc:
-        raise _StageError("attach", OSError(38, f"no LinuxDevice: {exc}")) from exc
-    try:
-        device = LinuxDevice(spec["device"], check_version=False)
-    except (OSError, ChitalError) as exc:
-        raise _StageError("attach", OSError(19, f"cannot open {spec['device']}: {exc}")) from exc
+        fd = os.open(spec["device"], os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:  # no device (module unloaded): Unavailable for the caller
+        raise _StageError("attach", OSError(errno.ENODEV, f"cannot open {spec['device']}: {exc}")) from exc
     try:
         try:
             os.chroot(spec["root"])
@@ -60,19 +112,22 @@ def _enter_sandbox(spec: dict[str, Any]) -> None:
             os.chdir(spec["cwd"])
         except OSError as exc:
             raise _StageError("chdir", exc) from exc
+        proc = abi.Proc(id=int(spec["container_id"]), pid=os.getpid(), flags=0)
         try:
-            device.add_proc(int(spec["container_id"]), os.getpid())
-        except (OSError, ChitalError) as exc:
-            raise _StageError("attach", OSError(1, f"ADD_PROC(self) failed: {exc}")) from exc
+            fcntl.ioctl(fd, abi.IOC_ADD_PROC, proc, True)
+        except OSError as exc:
+            raise _StageError("attach", exc) from exc
     finally:
-        device.close()
+        os.close(fd)
 
 
-def _run(spec: dict[str, Any]) -> None:
+def _run(spec: dict[str, Any], status_fd: int) -> None:
     # The spec came on stdin; the program gets /dev/null there.
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
     os.close(devnull)
+    if spec.get("cgroup"):
+        _join_cgroup(str(spec["cgroup"]))
     if spec.get("device"):
         _enter_sandbox(spec)
     else:
@@ -91,6 +146,8 @@ def _run(spec: dict[str, Any]) -> None:
             os.setuid(int(uid))
     except OSError as exc:
         raise _StageError("credentials", exc) from exc
+    _no_new_privs()
+    _close_inherited_fds(status_fd)
     env = {str(k): str(v) for k, v in spec.get("env", {}).items()}
     env.setdefault("PATH", DEFAULT_PATH)
     argv = [str(a) for a in spec["argv"]]
@@ -112,7 +169,7 @@ def main(argv: list[str] | None = None) -> int:
         # Closed by the exec on success: the agent sees EOF and knows the program runs.
         os.set_inheritable(status_fd, False)
         spec = json.loads(sys.stdin.buffer.read())
-        _run(spec)
+        _run(spec, status_fd)
     except _StageError as exc:
         report = {
             "stage": exc.stage,

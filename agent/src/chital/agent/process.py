@@ -51,6 +51,7 @@ class LaunchSpec:
     stderr_path: str
     container_id: int  # kernel id
     device_path: str | None  # None: fake device, no chroot, no self-attach
+    cgroup: str | None = None  # the container's cgroup v2 group; None: no limits
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +82,7 @@ class ProcessRunner:
         self._sel = selectors.DefaultSelector()
         self._pidfds: dict[int, int] = {}  # pid -> pidfd
         self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._held: dict[int, int] = {}  # pid -> pidfd held for signals only (exits come from the kernel)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -100,6 +102,7 @@ class ProcessRunner:
                 "gid": spec.gid,
                 "container_id": spec.container_id,
                 "device": spec.device_path,
+                "cgroup": spec.cgroup,
             }
         ).encode()
         status_r, status_w = os.pipe()
@@ -152,10 +155,34 @@ class ProcessRunner:
         """
         self._watch(pid)
 
+    def hold(self, pid: int) -> bool:
+        """Keep a pidfd of ``pid`` for signals without reporting its exit (the kernel's EXIT event,
+        with the real status, does that for processes that are not our children). False if gone."""
+        try:
+            pidfd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            return False
+        with self._lock:
+            if self._stopping:
+                os.close(pidfd)
+                return False
+            old = self._held.pop(pid, None)
+            if old is not None:
+                os.close(old)
+            self._held[pid] = pidfd
+        return True
+
+    def release(self, pid: int) -> None:
+        """Drop the pidfd of :meth:`hold` (once the exit is recorded)."""
+        with self._lock:
+            pidfd = self._held.pop(pid, None)
+        if pidfd is not None:
+            os.close(pidfd)
+
     def send_signal(self, pid: int, sig: int) -> None:
         """Signal ``pid`` through its pidfd when we hold one (immune to pid reuse)."""
         with self._lock:
-            pidfd = self._pidfds.get(pid)
+            pidfd = self._pidfds.get(pid, self._held.get(pid))
             try:
                 if pidfd is not None:
                     signal.pidfd_send_signal(pidfd, sig)
@@ -179,9 +206,10 @@ class ProcessRunner:
         os.write(self._wake_w, b"x")
         self._thread.join(timeout=5)
         with self._lock:
-            for fd in self._pidfds.values():
+            for fd in [*self._pidfds.values(), *self._held.values()]:
                 os.close(fd)
             self._pidfds.clear()
+            self._held.clear()
             for proc in self._children.values():
                 proc.returncode = 0  # stop Popen.__del__ from tracking it; we leave it running
             self._children.clear()

@@ -4,7 +4,15 @@
 threads: the device event pump (EXIT/FORK/DENIED/EMPTY records -> agent events) and, through
 :class:`~chital.agent.process.ProcessRunner`, the reaper. The kernel is the source of truth: at start
 the runtime rebuilds its containers from ``device.list()``/``info()`` plus the small metadata files it
-keeps under the state directory.
+keeps under the state directory, drains the kernel's event queue (exits that happened while no agent
+ran) and follows the members that still run (see :meth:`AgentRuntime._recover`).
+
+Resource limits live in one cgroup v2 group per container (:mod:`chital.agent.cgroup`), joined by the
+exec helper before the program runs. An exit by SIGKILL while the container's ``memory.events``
+``oom_kill`` count is above its value at the process's start is reported as ``oom_killed`` (the
+kernel raises that count before it sends the SIGKILL, so reading it when the exit is seen suffices;
+as with containerd's OOMKilled, a SIGKILL from elsewhere after another member's OOM kill in the same
+container is reported as an OOM kill too).
 """
 
 from __future__ import annotations
@@ -39,10 +47,13 @@ from chital.errdefs import (
 )
 
 from . import __version__, syscalls
+from .cgroup import CgroupManager
 from .device.base import ROOT_MAX, ContainerLimits, ContainerSpec, Device, DeviceEvent, EventKind
 from .device.fake import FakeDevice
 from .metrics import AgentMetrics
 from .process import ExitStatus, LaunchSpec, ProcessRunner, decode_wait_status
+
+_UNKNOWN_EXIT = ExitStatus(exit_code=-1, signal=0, wait_status=None)
 
 __all__ = [
     "AgentEvent",
@@ -144,6 +155,11 @@ class ContainerStats:
     syscalls_total: int
     denied_total: int
     members: int
+    # From the container's cgroup (0 without cgroups).
+    memory_current_bytes: int = 0
+    oom_kills: int = 0
+    pids_current: int = 0
+    cpu_usage_usec: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +176,7 @@ class AgentInfo:
     state_hash: str
     boot_id: str
     last_event_seq: int
+    limits_enforced: bool = False  # cgroup v2 limits are applied (False: limits are recorded only)
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +283,8 @@ class _Process:
     signal: int = 0
     exit_time: float | None = None
     started: bool = False  # started by this agent (a session leader), not adopted
+    oom_killed: bool = False
+    oom_base: int = 0  # the container's oom_kill count when the process started
     exited: threading.Event = field(default_factory=threading.Event)
 
     def view(self) -> ProcessView:
@@ -276,7 +295,7 @@ class _Process:
             state=self.state,
             exit_code=self.exit_code,
             signal=self.signal,
-            oom_killed=False,
+            oom_killed=self.oom_killed,
             start_time=self.start_time,
             exit_time=self.exit_time,
             argv=self.argv,
@@ -315,10 +334,13 @@ class AgentRuntime:
         *,
         simulated: FakeDevice | None = None,
         metrics: AgentMetrics | None = None,
+        cgroups: CgroupManager | None = None,
     ) -> None:
         """``simulated``: the FakeDevice behind ``device`` when it is wrapped (for example by
-        ``InstrumentedDevice``); the runtime then tells it about exits, as the kernel would see them."""
+        ``InstrumentedDevice``); the runtime then tells it about exits, as the kernel would see them.
+        ``cgroups``: the container groups (limits, OOM counts); None runs without resource limits."""
         self._device = device
+        self._cgroups = cgroups
         self._config = config
         self._simulated = (
             simulated if simulated is not None else (device if isinstance(device, FakeDevice) else None)
@@ -336,6 +358,7 @@ class AgentRuntime:
         self._running_by_pid: dict[int, list[str]] = {}  # one OS process may back several records
         self._exited_order: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._starting: dict[str, threading.Event] = {}
+        self._persist_lock = threading.Lock()  # orders the writes of process records
         self._generation = 0
         self._events = EventLog(config.event_log_capacity)
         self._closed = threading.Event()
@@ -413,7 +436,12 @@ class AgentRuntime:
             spec = ContainerSpec(
                 name=uid, root=root, deny_syscalls=deny, limits=ContainerLimits(max_members=limits.pids_max)
             )
-            kernel_id = self._device.create(spec)
+            self._create_cgroup(uid, limits)
+            try:
+                kernel_id = self._device.create(spec)
+            except ChitalError:
+                self._remove_cgroup(uid)
+                raise
             rec = _Container(uid, name, root, owns_root, limits, deny_names, kernel_id)
             _write_json(
                 cdir / "container.json",
@@ -455,6 +483,7 @@ class AgentRuntime:
         self._signal_groups(uid, _signal.SIGKILL)
         with contextlib.suppress(NotFound):
             self._device.destroy(kernel_id, kill_members=True)
+        self._remove_cgroup(uid)  # kills what is left (untracked children with the fake device)
         with self._lock:
             self._containers.pop(uid, None)
             self._by_kernel_id.pop(kernel_id, None)
@@ -464,6 +493,33 @@ class AgentRuntime:
         if rec.owns_root:
             shutil.rmtree(rec.root, ignore_errors=True)
         log.info("destroyed container %s (kernel id %d)", uid, kernel_id)
+
+    def _create_cgroup(self, uid: str, limits: Limits) -> None:
+        if self._cgroups is not None:
+            self._cgroups.create(
+                uid,
+                memory_max_bytes=limits.memory_max_bytes,
+                pids_max=limits.pids_max,
+                cpu_max_millicores=limits.cpu_max_millicores,
+            )
+
+    def _remove_cgroup(self, uid: str) -> None:
+        if self._cgroups is not None:
+            try:
+                self._cgroups.remove(uid)
+            except ChitalError:
+                log.warning("cannot remove the cgroup of container %s", uid, exc_info=True)
+
+    def _cgroup_path(self, uid: str) -> str | None:
+        return str(self._cgroups.path(uid)) if self._cgroups is not None else None
+
+    def _oom_kills(self, uid: str) -> int:
+        if self._cgroups is None:
+            return 0
+        try:
+            return self._cgroups.oom_kills(uid)
+        except (OSError, ChitalError):
+            return 0
 
     def _members(self, kernel_id: int) -> tuple[int, ...]:
         try:
@@ -516,6 +572,10 @@ class AgentRuntime:
             rec = self._get_container(uid)
         counters = self._device.stats(rec.kernel_id)
         info = self._device.info(rec.kernel_id)
+        cg = None
+        if self._cgroups is not None:
+            with contextlib.suppress(OSError, ChitalError):
+                cg = self._cgroups.stats(uid)
         return ContainerStats(
             syscalls=tuple(
                 SyscallStat(name=syscalls.name_of(nr), number=nr, calls=calls, denied=denied)
@@ -524,6 +584,10 @@ class AgentRuntime:
             syscalls_total=info.syscalls_total,
             denied_total=info.denied_total,
             members=len(info.members),
+            memory_current_bytes=cg.memory_current_bytes if cg else 0,
+            oom_kills=cg.oom_kills if cg else 0,
+            pids_current=cg.pids_current if cg else 0,
+            cpu_usage_usec=cg.cpu_usage_usec if cg else 0,
         )
 
     # -- processes -------------------------------------------------------------------------------
@@ -620,7 +684,9 @@ class AgentRuntime:
             stderr_path=stderr_path,
             container_id=rec.kernel_id,
             device_path=self._config.device_path if self.sandboxed else None,
+            cgroup=self._cgroup_path(rec.uid),
         )
+        oom_base = self._oom_kills(rec.uid)  # before the start: an OOM kill right after it counts
         pid = self._runner.start(spec)
         if self._fake:
             # The real helper joins the container itself before exec; the fake has no such hook.
@@ -639,6 +705,7 @@ class AgentRuntime:
             stdout_path=stdout_path,
             stderr_path=stderr_path,
             started=True,
+            oom_base=oom_base,
         )
         with self._lock:
             self._processes[process_uid] = proc
@@ -668,6 +735,7 @@ class AgentRuntime:
             rec = self._get_container(container_uid)
             if rec.stopping:
                 raise FailedPrecondition(f"container {container_uid} is being destroyed")
+            oom_base = self._oom_kills(rec.uid)
             self._device.add_proc(rec.kernel_id, pid)
             argv = _cmdline(pid)
             logs = self._container_dir(rec.uid) / "logs"
@@ -679,6 +747,7 @@ class AgentRuntime:
                 start_time=time.time(),
                 stdout_path=str(logs / f"{process_uid}.stdout"),
                 stderr_path=str(logs / f"{process_uid}.stderr"),
+                oom_base=oom_base,
             )
             self._processes[process_uid] = proc
             self._running_by_pid.setdefault(pid, []).append(process_uid)
@@ -687,10 +756,17 @@ class AgentRuntime:
                 AgentEventKind.PROCESS_STARTED, container_uid=rec.uid, process_uid=process_uid, pid=pid
             )
         self._persist_process(proc)
+        self._follow(pid)
+        return proc.view()
+
+    def _follow(self, pid: int) -> None:
+        """Follow a process that is not our child (adopted, or recovered after a restart)."""
         if self._fake:
             # No kernel to report its exit: watch it (status unknown, it is not our child).
             self._runner.watch(pid)
-        return proc.view()
+        else:
+            # The kernel's EXIT event brings the exit with its status; the pidfd is for signals.
+            self._runner.hold(pid)
 
     def remove_process(self, container_uid: str, pid: int) -> None:
         if not 0 < pid <= 0x7FFFFFFF:
@@ -735,13 +811,24 @@ class AgentRuntime:
         if self._simulated is not None:
             self._simulated.notify_exit(pid, status.wait_status or 0)
 
-    def _process_exited(self, pid: int, status: ExitStatus) -> None:
-        """Record an exit once, whichever of the reaper and the kernel's EXIT event comes first."""
+    def _process_exited(self, pid: int, status: ExitStatus, container_uid: str | None = None) -> None:
+        """Record an exit once, whichever of the reaper and the kernel's EXIT event comes first.
+
+        ``container_uid``: the container the kernel's EXIT record names; records of another container
+        are left alone (a late record of a pid that the reaper already reported and that was reused)."""
         with self._lock:
             puids = self._running_by_pid.pop(pid, [])
             procs = [self._processes[u] for u in puids if u in self._processes]
+            if container_uid is not None:
+                others = [p.uid for p in procs if p.container_uid != container_uid]
+                if others:
+                    self._running_by_pid[pid] = others
+                procs = [p for p in procs if p.container_uid == container_uid]
             for proc in procs:
                 self._record_exit(proc, status)
+            still_running = pid in self._running_by_pid
+        if not still_running:
+            self._runner.release(pid)
         for proc in procs:
             proc.exited.set()
             self._persist_process(proc)
@@ -753,6 +840,11 @@ class AgentRuntime:
             proc.exit_code = status.exit_code
             proc.signal = status.signal
             proc.exit_time = time.time()
+            # The kernel raises memory.events' oom_kill before it sends the SIGKILL, so a count above
+            # the one at start is there by the time the exit is seen (by waitpid or by the module).
+            proc.oom_killed = status.signal == _signal.SIGKILL and (
+                self._oom_kills(proc.container_uid) > proc.oom_base
+            )
             self._generation += 1
             self._events.append(
                 AgentEventKind.PROCESS_EXITED,
@@ -761,6 +853,7 @@ class AgentRuntime:
                 pid=pid,
                 exit_code=proc.exit_code,
                 signal=proc.signal,
+                oom_killed=proc.oom_killed,
             )
             if self.metrics is not None:
                 self.metrics.record_exit(proc.exit_code, proc.signal)
@@ -770,10 +863,22 @@ class AgentRuntime:
                 self._processes.pop(old, None)
 
     def _persist_process(self, proc: _Process) -> None:
-        """Small per-process record, so a restarted agent can name the kernel's members again."""
+        """Small per-process record, so a restarted agent can name the kernel's members again.
+
+        The start and the exit of a process persist from different threads (the kernel's EXIT event
+        can come before StartProcess has written its record): the snapshot and the write happen
+        under one lock, so the last write always holds the latest state."""
         path = self._container_dir(proc.container_uid) / "processes" / f"{proc.uid}.json"
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError:
+            log.warning("cannot write %s", path, exc_info=True)
+            return
+        with self._persist_lock:
+            self._write_process_record(path, proc)
+
+    def _write_process_record(self, path: Path, proc: _Process) -> None:
+        try:
             _write_json(
                 path,
                 {
@@ -785,6 +890,9 @@ class AgentRuntime:
                     "exit_code": proc.exit_code,
                     "signal": proc.signal,
                     "exit_time": proc.exit_time,
+                    "oom_killed": proc.oom_killed,
+                    "oom_base": proc.oom_base,
+                    "started": proc.started,
                 },
             )
         except OSError:
@@ -818,7 +926,8 @@ class AgentRuntime:
         with self._lock:
             cuid = self._by_kernel_id.get(event.container_id, "")
         if event.kind is EventKind.EXIT:
-            self._process_exited(event.pid, decode_wait_status(event.status))
+            # A container already forgotten (destroyed meanwhile) filters nothing.
+            self._process_exited(event.pid, decode_wait_status(event.status), cuid or None)
         elif event.kind is EventKind.FORK:
             with self._lock:
                 self._generation += 1
@@ -881,6 +990,7 @@ class AgentRuntime:
             state_hash=digest,
             boot_id=self.boot_id,
             last_event_seq=self._events.last_seq,
+            limits_enforced=self._cgroups is not None,
         )
 
     def _check_open(self) -> None:
@@ -890,7 +1000,22 @@ class AgentRuntime:
     # -- recovery --------------------------------------------------------------------------------
 
     def _recover(self) -> None:
-        """Rebuild containers (and name their processes) from the kernel after a restart."""
+        """Rebuild containers and processes from the kernel after a restart (``kill -9`` included).
+
+        1. Containers from ``device.list()``/``info()`` plus their metadata files; their cgroups are
+           made (idempotently) again.
+        2. Processes from their records: one recorded as running stays running if it is still a member;
+           otherwise its exit happened while no agent ran and is waiting in the kernel's queue.
+        3. The kernel's queue is drained before anything else reads it: the EXIT records name the
+           pids, which map to process uids through the records, with the real wait status.
+        4. A process recorded as running, not a member, and with no EXIT record (the queue dropped
+           it, or the previous agent read it and died before recording it) exits with an unknown
+           status (exit code -1): reported once, never lost, never twice.
+        5. Running processes are followed: with the module a pidfd is held for signals (exits come
+           from the kernel with their status: they are no longer our children); with the fake device
+           the pidfd reports the exit (status unknown).
+        """
+        unresolved: list[int] = []
         for kernel_id in self._device.list():
             try:
                 info = self._device.info(kernel_id)
@@ -922,12 +1047,76 @@ class AgentRuntime:
             )
             self._containers[uid] = rec
             self._by_kernel_id[kernel_id] = uid
-            self._recover_processes(rec, set(info.members))
+            try:
+                self._create_cgroup(uid, limits)
+            except ChitalError:
+                log.warning("cannot restore the cgroup of container %s", uid, exc_info=True)
+            unresolved += self._recover_processes(rec, set(info.members))
             log.info("recovered container %s (kernel id %d, %d members)", uid, kernel_id, len(info.members))
+        self._remove_orphan_cgroups()
+        drained = self._drain_device_events()
+        for pid in unresolved:
+            if pid in self._running_by_pid:
+                log.warning(
+                    "pid %d exited while no agent ran and its exit record is gone: status unknown", pid
+                )
+                self._process_exited(pid, _UNKNOWN_EXIT)
+        running = sorted(self._running_by_pid)
+        for pid in running:
+            self._follow(pid)
+        if self._containers:
+            log.info(
+                "recovery: %d containers, %d running processes, %d queued kernel events",
+                len(self._containers),
+                len(running),
+                drained,
+            )
 
-    def _recover_processes(self, rec: _Container, members: set[int]) -> None:
+    def _remove_orphan_cgroups(self) -> None:
+        """Groups of containers the kernel no longer has: removed when empty, reported otherwise."""
+        if self._cgroups is None:
+            return
+        for name in self._cgroups.names():
+            if name in self._containers:
+                continue
+            try:
+                pids = self._cgroups.pids(name)
+            except (OSError, ChitalError):
+                continue
+            if pids:
+                log.warning("cgroup %s has no container in the kernel but holds pids %s", name, pids[:10])
+                continue
+            try:
+                self._cgroups.remove(name, timeout=1.0)
+                log.info("removed the cgroup of container %s (gone from the kernel)", name)
+            except ChitalError:
+                log.warning("cannot remove orphan cgroup %s", name, exc_info=True)
+
+    def _drain_device_events(self) -> int:
+        """Handle every event the kernel queued so far (exits that happened while no agent ran)."""
+        handled = 0
+        while True:
+            try:
+                batch = self._device.read_events(max_events=256, timeout=0)
+            except ChitalError:
+                log.exception("cannot read the kernel's event queue during recovery")
+                return handled
+            if batch.dropped:
+                self._events.append(AgentEventKind.EVENTS_DROPPED, count=batch.dropped)
+            if not batch.events:
+                return handled
+            for event in batch.events:
+                try:
+                    self._handle_device_event(event)
+                except Exception:
+                    log.exception("cannot handle device event %s", event)
+                handled += 1
+
+    def _recover_processes(self, rec: _Container, members: set[int]) -> list[int]:
+        """Process records of a recovered container; returns pids recorded running but not members."""
         pdir = self._container_dir(rec.uid) / "processes"
         logs = self._container_dir(rec.uid) / "logs"
+        unresolved = []
         for path in sorted(pdir.glob("*.json")):
             try:
                 data = json.loads(path.read_text())
@@ -942,19 +1131,25 @@ class AgentRuntime:
                 start_time=float(data.get("start_time", 0.0)),
                 stdout_path=str(logs / f"{puid}.stdout"),
                 stderr_path=str(logs / f"{puid}.stderr"),
+                started=bool(data.get("started", False)),
+                oom_base=int(data.get("oom_base", 0)),
             )
-            if data.get("state") == ProcessState.RUNNING.value and pid in members:
+            if data.get("state") == ProcessState.RUNNING.value:
+                # Still running, or its exit waits in the kernel's queue (drained next).
                 self._running_by_pid.setdefault(pid, []).append(puid)
+                if pid not in members:
+                    unresolved.append(pid)
             else:
-                # Exited while no agent ran (its status comes from the kernel's queue, if still there).
                 proc.state = ProcessState.EXITED
-                proc.exit_code = int(data.get("exit_code", -1)) if data.get("state") == "exited" else -1
+                proc.exit_code = int(data.get("exit_code", -1))
                 proc.signal = int(data.get("signal", 0))
+                proc.oom_killed = bool(data.get("oom_killed", False))
                 exit_time = data.get("exit_time")
                 proc.exit_time = float(exit_time) if isinstance(exit_time, int | float) else time.time()
                 proc.exited.set()
                 self._exited_order[puid] = None
             self._processes[puid] = proc
+        return unresolved
 
 
 def _cmdline(pid: int) -> tuple[str, ...]:

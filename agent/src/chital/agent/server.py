@@ -17,7 +17,7 @@ from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.errdefs import Unavailable
 from chital.errdefs.grpc import ErrorInterceptor
 
-from . import __version__
+from . import __version__, cgroup
 from .device.base import Device
 from .device.fake import FakeDevice
 from .metrics import AgentMetrics, InstrumentedDevice, MetricsServer, start_metrics_server
@@ -43,29 +43,38 @@ class ServerConfig:
     port_file: Path | None = None
     metrics_listen: str | None = None  # HOST:PORT of /metrics; None: no metrics endpoint
     metrics_port_file: Path | None = None
+    module_path: str | None = None  # insmod this chital.ko when the device is missing (else modprobe)
+    # cgroup v2 limits: "auto" (required with the real device; best effort with the fake) | "off"
+    cgroups: str = "auto"
+    cgroup_root: Path | None = None  # the cgroup2 mount (None: found in /proc/self/mountinfo)
+    cgroup_parent: str = "chital"
 
 
-def open_device(kind: str, path: str = DEVICE_PATH) -> tuple[Device, str]:
-    """The device to use and its kind ("linux" or "fake")."""
+def open_cgroups(config: ServerConfig, device_kind: str) -> cgroup.CgroupManager | None:
+    """Container groups: required with the real device, optional (log once, no limits) with the fake."""
+    if config.cgroups not in ("auto", "off", "required"):
+        raise ValueError(f"unknown cgroups mode {config.cgroups!r}")
+    mode = config.cgroups
+    if mode == "auto":
+        mode = "required" if device_kind == "linux" else "auto"
+    return cgroup.open_cgroups(mode, root=config.cgroup_root, parent=config.cgroup_parent)
+
+
+def open_device(kind: str, path: str = DEVICE_PATH, module_path: str | None = None) -> tuple[Device, str]:
+    """The device to use and its kind ("linux" or "fake"). Loads the module when the device is missing
+    (see :mod:`chital.agent.module`); an incompatible module raises ``IncompatibleModule``."""
     if kind not in ("fake", "linux", "auto"):
         raise ValueError(f"unknown device kind {kind!r}")
     if kind == "fake":
         return FakeDevice(), "fake"
+    from . import module  # noqa: PLC0415 - the real device's adapter and the module's lifecycle
+
+    if not os.path.exists(path):
+        module.ensure_loaded(path, module_path=module_path, required=kind == "linux")
     if kind == "auto" and not os.path.exists(path):
         log.warning("--device auto: %s does not exist (module not loaded): using the fake device", path)
         return FakeDevice(), "fake"
-    try:
-        from .device import linux  # noqa: PLC0415 - optional: another issue provides it
-    except ImportError as exc:
-        if kind == "linux":
-            raise Unavailable(f"--device linux: chital.agent.device.linux is not available ({exc})") from exc
-        log.warning(
-            "%s exists but chital.agent.device.linux is not available (%s): using the fake", path, exc
-        )
-        return FakeDevice(), "fake"
-    cls = linux.LinuxDevice
-    opener = getattr(cls, "open", None)
-    device: Device = opener(path) if callable(opener) else cls(path)
+    device: Device = module.open_linux_device(path)
     return device, "linux"
 
 
@@ -74,7 +83,12 @@ class AgentServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        raw, kind = open_device(config.device, config.device_path)
+        raw, kind = open_device(config.device, config.device_path, config.module_path)
+        try:
+            cgroups = open_cgroups(config, kind)
+        except BaseException:
+            raw.close()
+            raise
         self.metrics = AgentMetrics(version=__version__)
         self.metrics.set_device_kind(kind)
         device: Device = InstrumentedDevice(raw, self.metrics)
@@ -83,6 +97,7 @@ class AgentServer:
             device,
             simulated=raw if isinstance(raw, FakeDevice) else None,
             metrics=self.metrics,
+            cgroups=cgroups,
             config=RuntimeConfig(
                 state_dir=config.state_dir,
                 device_kind=kind,

@@ -121,6 +121,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
             state_hash=i.state_hash,
             boot_id=i.boot_id,
             last_event_seq=i.last_event_seq,
+            limits_enforced=i.limits_enforced,
         )
 
     def Sync(self, request: pb.SyncRequest, context: grpc.ServicerContext) -> pb.SyncResponse:
@@ -197,6 +198,10 @@ class AgentService(pb_grpc.AgentServiceServicer):
             syscalls_total=stats.syscalls_total,
             denied_total=stats.denied_total,
             members=stats.members,
+            memory_current_bytes=stats.memory_current_bytes,
+            oom_kills=stats.oom_kills,
+            pids_current=stats.pids_current,
+            cpu_usage_usec=stats.cpu_usage_usec,
         )
 
     def StreamEvents(

@@ -61,7 +61,17 @@ def find_splats(lines: Iterable[str], context: int = 20) -> list[Splat]:
     for i, line in enumerate(text):
         for kind, rx in SPLAT_PATTERNS.items():
             if rx.search(line):
+                if kind == "call-trace" and _is_oom_report(text, i):
+                    break  # the OOM killer enforcing a memory limit prints a stack: not a bug
                 ctx = "\n".join(text[max(0, i - 2) : i + context])
                 found.append(Splat(kind=kind, line_no=i + 1, line=line, context=ctx))
                 break
     return found
+
+
+def _is_oom_report(text: list[str], i: int) -> bool:
+    """The call trace at ``i`` belongs to an OOM-killer report ("<comm> invoked oom-killer: ...")."""
+    return any(_OOM_REPORT.search(line) for line in text[max(0, i - 4) : i])
+
+
+_OOM_REPORT = re.compile(r"invoked oom-killer: ")
