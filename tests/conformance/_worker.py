@@ -11,6 +11,8 @@ Commands:
   mkdir PATH            -> "<errno>"
   link OLD NEW          -> "<errno>"
   selfadd DEV IOC CID   -> "<errno>"  ADD_PROC of itself through DEV
+  thread                -> "<tid>"  starts a thread that blocks until "endthread TID"
+  endthread TID         -> "ok"     that thread returns (and is joined)
   fork                  -> "<pid>"  the child blocks until "release PID CODE"
   release PID CODE      -> "ok"     the child exits with CODE
   wait PID              -> "<wait status>"
@@ -23,6 +25,7 @@ import mmap
 import os
 import struct
 import sys
+import threading
 
 libc = ctypes.CDLL(None, use_errno=True)
 # int $0x80 with eax = nr, returning eax: a compat (i386) system call from a 64-bit process.
@@ -31,6 +34,7 @@ _code.write(bytes([0x89, 0xF8, 0xCD, 0x80, 0xC3]))  # mov eax, edi; int 0x80; re
 int80 = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(_code)))
 libc.syscall.restype = ctypes.c_long
 children: dict[int, int] = {}
+threads: dict[int, tuple[threading.Thread, int]] = {}
 _buf = b""
 
 
@@ -47,6 +51,24 @@ def readline() -> str:
         _buf += chunk
     line, _buf = _buf.split(b"\n", 1)
     return line.decode()
+
+
+def start_thread() -> int:
+    r, w = os.pipe()
+    started = threading.Event()
+    tid = [0]
+
+    def run() -> None:
+        tid[0] = threading.get_native_id()
+        started.set()
+        os.read(r, 1)
+        os.close(r)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    started.wait()
+    threads[tid[0]] = (t, w)
+    return tid[0]
 
 
 def main() -> None:
@@ -87,6 +109,14 @@ def main() -> None:
                 reply(str(exc.errno))
             finally:
                 os.close(fd)
+        elif cmd == "thread":
+            reply(str(start_thread()))
+        elif cmd == "endthread":
+            t, w = threads.pop(int(args[0]))
+            os.write(w, b"x")
+            os.close(w)
+            t.join()
+            reply("ok")
         elif cmd == "fork":
             r, w = os.pipe()
             pid = os.fork()

@@ -4,6 +4,10 @@
 runs them against ``LinuxDevice("/dev/chital")``, which only makes sense inside a guest with the module
 loaded (``CHITAL_DEVICE_PATH`` overrides the path). Cases talk to a :class:`Driver`, which makes real
 processes do things and, for the fake, reports to the fake what the kernel's tracepoints would have.
+
+A case that applies to one device only carries ``@pytest.mark.linux_only`` or ``@pytest.mark.fake_only``
+and is not collected (deselected) for the other one: nothing here is skipped at run time, so every
+reported pass ran.
 """
 
 from __future__ import annotations
@@ -129,6 +133,10 @@ class Driver:
         """Make ``w`` call system call ``nr``; returns its errno (0: it ran)."""
         return int(w.ask(" ".join(map(str, ("syscall", nr, *args)))).split()[1])
 
+    def compat_syscall(self, w: Worker, nr: int) -> int:
+        """Make ``w`` call i386 system call ``nr`` (no arguments) by ``int $0x80``; returns eax."""
+        return int(w.ask(f"int80 {nr}"))
+
     def fork(self, w: Worker) -> int:
         return int(w.ask("fork"))
 
@@ -157,8 +165,12 @@ class FakeDriver(Driver):
     """Tells FakeDevice what the module's tracepoints would see (the fake sandboxes nothing)."""
 
     def syscall(self, w: Worker, nr: int, *args: int) -> int:
-        allowed = self.device.record_syscall(w.pid, nr)  # type: ignore[attr-defined]
-        return 0 if allowed else 1  # EPERM
+        # The call is not made: the fake only says what the module would answer.
+        return int(self.device.syscall_errno(w.pid, nr, *args))  # type: ignore[attr-defined]
+
+    def compat_syscall(self, w: Worker, nr: int) -> int:
+        err = int(self.device.syscall_errno(w.pid, nr, compat=True))  # type: ignore[attr-defined]
+        return -err if err else super().compat_syscall(w, nr)
 
     def fork(self, w: Worker) -> int:
         child = super().fork(w)
@@ -181,15 +193,36 @@ class FakeDriver(Driver):
         return status
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "linux_only: conformance case for the real module only (not collected with CHITAL_DEVICE=fake)",
+    )
+    config.addinivalue_line(
+        "markers", "fake_only: a case for FakeDevice only (not collected with CHITAL_DEVICE=linux)"
+    )
+    if KIND not in ("fake", "linux"):
+        raise pytest.UsageError(f"CHITAL_DEVICE={KIND!r}: expected fake or linux")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the cases that do not apply to the selected device (instead of skipping them)."""
+    other = "fake_only" if KIND == "linux" else "linux_only"
+    deselected = [item for item in items if item.get_closest_marker(other) is not None]
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+        items[:] = [item for item in items if item.get_closest_marker(other) is None]
+
+
 def _make_device() -> Device:
     if KIND == "fake":
         return FakeDevice()
-    if KIND == "linux":
-        path = os.environ.get("CHITAL_DEVICE_PATH", "/dev/chital")
-        if not os.path.exists(path):
-            pytest.skip(f"{path} does not exist (run inside a guest with chital.ko loaded)")
-        return LinuxDevice(path)
-    raise pytest.UsageError(f"CHITAL_DEVICE={KIND!r}: expected fake or linux")
+    path = os.environ.get("CHITAL_DEVICE_PATH", "/dev/chital")
+    if not os.path.exists(path):
+        pytest.fail(
+            f"CHITAL_DEVICE=linux but {path} does not exist (run inside a guest with chital.ko loaded)"
+        )
+    return LinuxDevice(path)
 
 
 @pytest.fixture
@@ -207,4 +240,7 @@ def driver() -> Iterator[Driver]:
     drv.close()
 
 
-linux_only = pytest.mark.skipif(KIND != "linux", reason="the fake sandboxes nothing")
+#: Cases about what the fake cannot model (it sandboxes nothing: paths, the device node, real ABI bytes).
+linux_only = pytest.mark.linux_only
+#: Cases about the fake's own test hooks.
+fake_only = pytest.mark.fake_only

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
+import time
+from pathlib import Path
 
 import pytest
 
-from chital.agent.device.base import ContainerLimits, ContainerSpec, Device, EventKind
+from chital.agent.device.base import PID_MAX, READ_BATCH, ContainerLimits, ContainerSpec, Device, EventKind
 from chital.errdefs import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
 )
 
-from .conftest import KIND, Driver, linux_only
+from .conftest import Driver, linux_only
 
 NR_GETPPID = 110
 NR_GETPID = 39
@@ -26,9 +30,37 @@ NR_MOUNT = 165
 NR_UNSHARE = 272
 NR_PTRACE = 101
 NR_KILL = 62
+NR_SETNS = 308
+NR_BPF = 321
+NR_INIT_MODULE = 175
+NR_OPEN_BY_HANDLE_AT = 304
+NR_IO_URING_SETUP = 425
+NR_CLONE3 = 435
+NR_OUT_OF_RANGE = 600
+I386_GETPID = 20
+COMPAT_SYSCALL = 0x80000000
 PTRACE_ATTACH = 16
 CLONE_NEWNS = 0x00020000
 UNKNOWN_ID = 0xFFFFFFF0
+PF_KTHREAD = 0x00200000
+
+
+def _kernel_thread() -> int:
+    """The pid of a kernel thread (kthreadd is 2 in the initial pid namespace, where the suite runs)."""
+    for entry in sorted(os.listdir("/proc"), key=lambda e: (len(e), e)):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as f:
+                    flags = int(f.read().rsplit(b")", 1)[1].split()[6])
+            except (OSError, ValueError, IndexError):
+                continue
+            if flags & PF_KTHREAD:
+                return int(entry)
+    raise AssertionError("no kernel thread visible in /proc: run the suite in the initial pid namespace")
+
+
+def _readable(dev: Device) -> bool:
+    return bool(select.select([dev.fileno()], [], [], 0)[0])
 
 
 def test_version(device: Device) -> None:
@@ -135,20 +167,90 @@ def test_add_proc_bad_pids(driver: Driver) -> None:
     for pid in (0, -1):
         with pytest.raises(InvalidArgument):
             dev.add_proc(cid, pid)
-    w = driver.worker()
-    driver.exit(w, 0)
+    with pytest.raises(InvalidArgument):
+        dev.add_proc(cid, PID_MAX + 1)
+    with pytest.raises(InvalidArgument):
+        dev.remove_proc(cid, PID_MAX + 1)
     with pytest.raises(NotFound):
-        dev.add_proc(cid, w.pid)  # reaped: no such process
+        dev.add_proc(cid, PID_MAX)  # in range, but pids stay below pid_max
+    with pytest.raises(PermissionDenied):
+        dev.add_proc(cid, 1)  # init
+    with pytest.raises(PermissionDenied):
+        dev.add_proc(UNKNOWN_ID, 1)  # the process is checked before the container
+    with pytest.raises(NotFound):
+        dev.add_proc(cid, _kernel_thread())
+    w = driver.worker()
+    tid = int(w.ask("thread"))
+    with pytest.raises(NotFound):
+        dev.add_proc(cid, tid)  # a thread that does not lead its group
+    zombie = int(w.ask("fork"))
+    w.ask(f"release {zombie} 0")
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with pytest.raises(NotFound):
+        dev.add_proc(cid, zombie)  # exited, not yet reaped
+    w.ask(f"wait {zombie}")
+    with pytest.raises(NotFound):
+        dev.add_proc(cid, zombie)  # reaped: no such process
+    assert dev.info(cid).members == ()
 
 
 def test_max_members(driver: Driver) -> None:
     dev = driver.device
     cid = driver.create(limits=ContainerLimits(max_members=1))
     a, b = driver.worker(), driver.worker()
+    for _ in range(2):
+        a.ask("thread")  # threads are not counted
     dev.add_proc(cid, a.pid)
     with pytest.raises(ResourceExhausted):
         dev.add_proc(cid, b.pid)
-    assert dev.info(cid).limits.max_members == 1
+    info = dev.info(cid)
+    assert info.limits.max_members == 1
+    assert info.members == (a.pid,)
+
+
+def test_fork_over_max_members_is_killed(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create(limits=ContainerLimits(max_members=1))
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    driver.drain()
+    child = driver.fork(w)
+    status = int(w.ask(f"wait {child}"))
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert dev.info(cid).members == (w.pid,)
+    assert [e for e in driver.events_of(cid, timeout=1.0) if e.pid == child] == []
+
+
+def test_info_members_sorted(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create()
+    workers = sorted((driver.worker() for _ in range(3)), key=lambda w: -w.pid)
+    for w in workers:
+        dev.add_proc(cid, w.pid)
+    assert dev.info(cid).members == tuple(sorted(w.pid for w in workers))
+
+
+def test_exit_once_per_process(driver: Driver) -> None:
+    """A process with threads is one member and exits once; a thread that ends reports nothing."""
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    tids = [int(w.ask("thread")) for _ in range(3)]
+    dev.add_proc(cid, w.pid)
+    assert dev.info(cid).members == (w.pid,)
+    driver.drain()
+    assert w.ask(f"endthread {tids[0]}") == "ok"
+    assert driver.events_of(cid, timeout=1.0) == []
+    assert dev.info(cid).members == (w.pid,)
+    status = driver.exit(w, 5)
+    events = driver.events_of(cid, timeout=1.0)
+    assert [(e.kind, e.pid, e.status) for e in events] == [
+        (EventKind.EXIT, w.pid, status),
+        (EventKind.EMPTY, 0, 0),
+    ]
 
 
 def test_fork_inheritance_and_exit_status(driver: Driver) -> None:
@@ -245,7 +347,6 @@ def test_destroy_busy_then_kill(driver: Driver) -> None:
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
 
-@pytest.mark.xfail(KIND == "fake", reason="FakeDevice queues no EXIT/EMPTY for members it kills")
 def test_destroy_kill_reports_exits(driver: Driver) -> None:
     """Killed members stay members until they are gone, so their exits are reported."""
     dev = driver.device
@@ -258,7 +359,9 @@ def test_destroy_kill_reports_exits(driver: Driver) -> None:
     events = driver.events_of(cid, timeout=1.0)
     exits = {e.pid: e.status for e in events if e.kind is EventKind.EXIT}
     assert exits == {w.pid: signal.SIGKILL, child: signal.SIGKILL}
+    assert [e.kind for e in events].count(EventKind.EXIT) == 2
     assert events[-1].kind is EventKind.EMPTY
+    assert [e.kind for e in events].count(EventKind.EMPTY) == 1
 
 
 def test_stats_count_member_syscalls(driver: Driver) -> None:
@@ -310,21 +413,110 @@ def test_read_events_timeout(driver: Driver) -> None:
     assert list(batch.events) == [] and batch.dropped == 0
 
 
-# -- containment: what the module forbids every member; the fake models none of it -----------
+def test_read_batch_and_readability(driver: Driver) -> None:
+    """One read returns at most READ_BATCH records; the fd polls readable exactly while some are queued."""
+    dev = driver.device
+    cid = driver.create(deny_syscalls=frozenset({NR_GETPPID, NR_GETPID}))
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    driver.drain()
+    assert not _readable(dev)
+    n = READ_BATCH + 6
+    for i in range(n):  # alternating numbers: no coalescing, one record each
+        assert driver.syscall(w, NR_GETPPID if i % 2 else NR_GETPID) == errno.EPERM
+    assert _readable(dev)
+    first = dev.read_events(max_events=4 * READ_BATCH)
+    assert len(first.events) == READ_BATCH and first.dropped == 0
+    assert _readable(dev)
+    rest = dev.read_events(max_events=4 * READ_BATCH)
+    assert len(rest.events) == n - READ_BATCH
+    assert all(e.kind is EventKind.DENIED and e.count == 1 for e in (*first.events, *rest.events))
+    assert not _readable(dev)
+    assert list(dev.read_events(timeout=0).events) == []
 
 
-@linux_only
+# -- containment: what the module forbids every member, whatever its policy --------------------
+
+
 @pytest.mark.parametrize(
     ("nr", "args"),
-    [(NR_CHROOT, (0,)), (NR_MOUNT, (0, 0, 0, 0, 0)), (NR_UNSHARE, (CLONE_NEWNS,))],
-    ids=["chroot", "mount", "unshare-newns"],
+    [
+        (NR_CHROOT, (0,)),
+        (NR_MOUNT, (0, 0, 0, 0, 0)),
+        (NR_UNSHARE, (CLONE_NEWNS,)),
+        (NR_SETNS, (-1, 0)),
+        (NR_BPF, (-1, 0, 0)),
+        (NR_INIT_MODULE, (0, 0, 0)),
+        (NR_OPEN_BY_HANDLE_AT, (-1, 0, 0)),
+        (NR_IO_URING_SETUP, (0, 0)),
+    ],
+    ids=["chroot", "mount", "unshare-newns", "setns", "bpf", "init_module", "open_by_handle_at", "io_uring"],
 )
 def test_containment_syscalls(driver: Driver, nr: int, args: tuple[int, ...]) -> None:
     cid = driver.create()
     w = driver.worker()
     driver.device.add_proc(cid, w.pid)
+    driver.drain()
     assert driver.syscall(w, nr, *args) == errno.EPERM
-    assert driver.device.stats(cid)[nr][1] == 1
+    assert driver.device.stats(cid)[nr] == (1, 1)
+    assert driver.device.info(cid).denied_total == 1
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.DENIED)
+    assert (ev.pid, ev.syscall_nr, ev.count) == (w.pid, nr, 1)
+
+
+def test_unshare_without_new_namespaces_is_not_containment(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    assert driver.syscall(w, NR_UNSHARE, 0) == 0
+    assert driver.device.stats(cid)[NR_UNSHARE] == (1, 0)
+
+
+def test_clone3_is_enosys_and_not_a_denial(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    driver.drain()
+    assert driver.syscall(w, NR_CLONE3, 0, 0) == errno.ENOSYS
+    assert driver.device.stats(cid)[NR_CLONE3] == (1, 0)
+    assert driver.device.info(cid).denied_total == 0
+    assert [e for e in driver.events_of(cid, timeout=1.0) if e.kind is EventKind.DENIED] == []
+
+
+def test_out_of_range_syscalls_denied(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    driver.drain()
+    assert driver.syscall(w, NR_OUT_OF_RANGE) == errno.EPERM
+    info = driver.device.info(cid)
+    assert info.denied_total == 1 and info.syscalls_total >= 1
+    assert all(denied == 0 for _, denied in driver.device.stats(cid).values())  # no per-number counter
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.DENIED)
+    assert (ev.pid, ev.syscall_nr, ev.count) == (w.pid, NR_OUT_OF_RANGE, 1)
+
+
+def test_compat_syscalls_denied(driver: Driver) -> None:
+    cid = driver.create()
+    w = driver.worker()
+    assert driver.compat_syscall(w, I386_GETPID) == w.pid  # i386 getpid works for a non-member
+    driver.device.add_proc(cid, w.pid)
+    driver.drain()
+    assert driver.compat_syscall(w, I386_GETPID) == -errno.EPERM
+    assert driver.device.info(cid).denied_total == 1
+    assert all(denied == 0 for _, denied in driver.device.stats(cid).values())
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.DENIED)
+    assert (ev.pid, ev.syscall_nr, ev.count) == (w.pid, I386_GETPID | COMPAT_SYSCALL, 1)
+
+
+def test_containment_ignores_the_policy(driver: Driver) -> None:
+    """An empty policy still denies containment calls; SET_POLICY cannot lift them."""
+    cid = driver.create(deny_syscalls=frozenset({NR_CHROOT}))
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    driver.device.set_policy(cid, frozenset())
+    assert driver.syscall(w, NR_CHROOT, 0) == errno.EPERM
+    assert driver.syscall(w, NR_MOUNT, 0, 0, 0, 0, 0) == errno.EPERM
 
 
 @linux_only
@@ -361,18 +553,26 @@ def test_path_confinement(driver: Driver, tmp_path: os.PathLike[str]) -> None:
     assert w.ask(f"link {inside} {root}/alias") == "0"
 
 
-@linux_only
 def test_no_ptrace_of_non_members(driver: Driver) -> None:
     cid = driver.create()
     w, outsider, peer = driver.worker(), driver.worker(), driver.worker()
     driver.device.add_proc(cid, w.pid)
     driver.device.add_proc(cid, peer.pid)
+    driver.drain()
     assert driver.syscall(w, NR_PTRACE, PTRACE_ATTACH, outsider.pid, 0, 0) == errno.EPERM
-    assert w.ask(f"open /proc/{outsider.pid}/mem") == str(errno.EACCES)
+    assert driver.device.stats(cid)[NR_PTRACE] == (1, 0)  # refused by a hook: not a policy denial
     assert driver.syscall(w, NR_PTRACE, PTRACE_ATTACH, peer.pid, 0, 0) == 0  # same container
+    assert [e for e in driver.events_of(cid, timeout=1.0) if e.kind is EventKind.DENIED] == []
 
 
 @linux_only
+def test_no_ptrace_access_to_non_members_by_proc(driver: Driver) -> None:
+    cid = driver.create()
+    w, outsider = driver.worker(), driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    assert w.ask(f"open /proc/{outsider.pid}/mem") == str(errno.EACCES)
+
+
 def test_no_signals_to_non_members(driver: Driver) -> None:
     cid = driver.create()
     w, outsider, peer = driver.worker(), driver.worker(), driver.worker()

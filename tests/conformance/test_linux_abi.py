@@ -1,5 +1,6 @@
 """The raw ABI of /dev/chital (linux only): reserved fields, unknown flags and commands, bad pointers,
-compat system calls, module references, and a small ioctl fuzz. These have no FakeDevice counterpart."""
+module references, and a small ioctl fuzz. These have no FakeDevice counterpart (compat system calls,
+once here, are a device case in test_device.py now)."""
 
 from __future__ import annotations
 
@@ -97,15 +98,6 @@ def test_self_add_then_device_is_closed_to_it(driver: Driver) -> None:
     assert w.ask(f"selfadd /dev/chital {abi.IOC_ADD_PROC} {cid}") == "0"
     assert driver.device.info(cid).members == (w.pid,)
     assert w.ask("open /dev/chital") == str(errno.EPERM)
-
-
-def test_compat_syscalls_denied(driver: Driver) -> None:
-    cid = driver.create()
-    w = driver.worker()
-    assert w.ask("int80 20") != "-1"  # i386 getpid works for a non-member
-    driver.device.add_proc(cid, w.pid)
-    assert w.ask("int80 20") == str(-errno.EPERM)
-    assert driver.device.info(cid).denied_total == 1
 
 
 def test_module_busy_while_containers_exist(driver: Driver) -> None:

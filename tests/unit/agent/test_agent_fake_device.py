@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import errno
 import select
+import signal
 from pathlib import Path
 
 import pytest
 
-from chital.agent.device.base import ContainerLimits, ContainerSpec, Device, EventKind
-from chital.agent.device.fake import FakeDevice
+from chital.agent.device.base import PID_MAX, READ_BATCH, ContainerLimits, ContainerSpec, Device, EventKind
+from chital.agent.device.fake import ALWAYS_DENIED, COMPAT_SYSCALL, FakeDevice
+from chital.agent.syscalls import NUMBERS
 from chital.errdefs import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -119,6 +123,11 @@ def test_destroy(dev: FakeDevice, tmp_path: Path, kills: list[tuple[int, int]]) 
     dev.destroy(a, kill_members=True)
     assert kills == [(1000, 9)]
     assert dev.container_of(1000) is None
+    events = dev.read_events().events
+    assert [(e.kind, e.container_id, e.pid, e.status) for e in events] == [
+        (EventKind.EXIT, a, 1000, signal.SIGKILL),
+        (EventKind.EMPTY, a, 0, 0),
+    ]
     with pytest.raises(NotFound):
         dev.destroy(a)
     with pytest.raises(NotFound):
@@ -149,21 +158,21 @@ def test_fork_exit_events(dev: FakeDevice, tmp_path: Path) -> None:
 
 
 def test_syscall_counting_and_deny(dev: FakeDevice, tmp_path: Path) -> None:
-    a = dev.create(spec(tmp_path, "a", deny_syscalls=frozenset({101})))
+    a = dev.create(spec(tmp_path, "a", deny_syscalls=frozenset({102})))
     dev.add_proc(a, 1000)
     assert dev.record_syscall(1000, 39)
     assert dev.record_syscall(1000, 39)
-    assert not dev.record_syscall(1000, 101)
-    assert not dev.record_syscall(1000, 101)
-    assert dev.record_syscall(1050, 101)  # non-members are not counted
-    assert dev.stats(a) == {39: (2, 0), 101: (2, 2)}
+    assert not dev.record_syscall(1000, 102)
+    assert not dev.record_syscall(1000, 102)
+    assert dev.record_syscall(1050, 102)  # non-members are not counted
+    assert dev.stats(a) == {39: (2, 0), 102: (2, 2)}
     info = dev.info(a)
     assert (info.syscalls_total, info.denied_total) == (4, 2)
     events = dev.read_events().events
     assert len(events) == 1  # consecutive identical denials are coalesced
-    assert (events[0].kind, events[0].syscall_nr, events[0].count) == (EventKind.DENIED, 101, 2)
+    assert (events[0].kind, events[0].syscall_nr, events[0].count) == (EventKind.DENIED, 102, 2)
     dev.set_policy(a, frozenset())
-    assert dev.record_syscall(1000, 101)
+    assert dev.record_syscall(1000, 102)
     with pytest.raises(InvalidArgument):
         dev.set_policy(a, frozenset({-1}))
 
@@ -195,3 +204,118 @@ def test_closed_device_is_unavailable(tmp_path: Path) -> None:
         d.list()
     with pytest.raises(Unavailable):
         d.read_events(timeout=0)
+
+
+def test_destroy_kill_is_busy_until_the_members_are_gone(tmp_path: Path) -> None:
+    """While DESTROY kills, ADD_PROC and DESTROY are EBUSY; exits and forks meanwhile are reported."""
+    seen: list[object] = []
+
+    def kill(pid: int, sig: int) -> None:
+        if pid == 1000:  # while the module waits for the members to die
+            for call in (lambda: d.add_proc(a, 1003), lambda: d.destroy(a, kill_members=True)):
+                with pytest.raises(FailedPrecondition):
+                    call()
+            seen.append(d.notify_fork(1001, 1002))  # a fork meanwhile is killed, no FORK event
+            seen.append(d.notify_exit(1001, 3 << 8))  # a member that exits by itself keeps its status
+        seen.append((pid, sig))
+
+    d = FakeDevice(pid_exists=lambda pid: pid in LIVE, kill=kill)
+    a = d.create(spec(tmp_path, "a"))
+    d.add_proc(a, 1000)
+    d.add_proc(a, 1001)
+    d.destroy(a, kill_members=True)
+    assert seen == [(1002, 9), False, True, (1000, 9), (1001, 9)]
+    events = d.read_events().events
+    assert [(e.kind, e.pid, e.status) for e in events] == [
+        (EventKind.EXIT, 1001, 3 << 8),
+        (EventKind.EXIT, 1000, signal.SIGKILL),
+        (EventKind.EXIT, 1002, signal.SIGKILL),
+        (EventKind.EMPTY, 0, 0),
+    ]
+    assert d.list() == []
+    d.close()
+
+
+def test_add_and_remove_proc_pid_checks(dev: FakeDevice, tmp_path: Path) -> None:
+    a = dev.create(spec(tmp_path, "a"))
+    for pid in (0, -1, PID_MAX + 1):
+        with pytest.raises(InvalidArgument):
+            dev.add_proc(a, pid)
+        with pytest.raises(InvalidArgument):
+            dev.remove_proc(a, pid)
+    with pytest.raises(NotFound):
+        dev.add_proc(999, 5)  # no such process: ESRCH comes before the container's ENOENT
+    real = FakeDevice()
+    b = real.create(spec(tmp_path, "b"))
+    with pytest.raises(PermissionDenied):
+        real.add_proc(b, 1)
+    real.close()
+
+
+def test_containment_is_policy_independent(dev: FakeDevice, tmp_path: Path) -> None:
+    a = dev.create(spec(tmp_path, "a"))
+    dev.add_proc(a, 1000)
+    dev.add_proc(a, 1001)
+    for nr in sorted(ALWAYS_DENIED):
+        assert dev.syscall_errno(1000, nr) == errno.EPERM
+    assert dev.syscall_errno(1000, NUMBERS["unshare"], 0x10000000) == errno.EPERM  # CLONE_NEWUSER
+    assert dev.syscall_errno(1000, NUMBERS["clone"], 0x00000080) == errno.EPERM  # CLONE_NEWTIME
+    assert dev.syscall_errno(1000, NUMBERS["clone"], 0x11) == 0  # SIGCHLD only: a plain fork
+    assert dev.syscall_errno(1000, NUMBERS["clone3"]) == errno.ENOSYS
+    assert not dev.record_syscall(1000, NUMBERS["clone3"])
+    stats = dev.stats(a)
+    assert all(stats[nr] == (1, 1) for nr in ALWAYS_DENIED)
+    assert stats[NUMBERS["clone3"]] == (2, 0)
+    info = dev.info(a)
+    assert info.denied_total == len(ALWAYS_DENIED) + 2
+    assert info.syscalls_total == len(ALWAYS_DENIED) + 5
+    # The hooks: other processes must be members of the same container (counted, not denials).
+    assert dev.syscall_errno(1000, NUMBERS["kill"], 1001, 0) == 0
+    assert dev.syscall_errno(1000, NUMBERS["kill"], 1050, 0) == errno.EPERM
+    assert dev.syscall_errno(1000, NUMBERS["kill"], -1, 9) == errno.EPERM
+    assert dev.syscall_errno(1000, NUMBERS["ptrace"], 16, 1050) == errno.EPERM
+    assert dev.syscall_errno(1000, NUMBERS["ptrace"], 16, 1001) == 0
+    assert dev.stats(a)[NUMBERS["kill"]] == (3, 0)
+    assert dev.syscall_errno(1050, NUMBERS["mount"]) == 0  # not a member: not the module's business
+
+
+def test_compat_and_out_of_range_calls(tmp_path: Path) -> None:
+    d = FakeDevice(pid_exists=lambda pid: pid in LIVE)
+    a = d.create(spec(tmp_path, "a"))
+    d.add_proc(a, 1000)
+    assert d.syscall_errno(1000, 20, compat=True) == errno.EPERM
+    assert d.syscall_errno(1000, 512) == errno.EPERM
+    assert d.syscall_errno(1000, -1) == errno.EPERM
+    assert d.stats(a) == {}  # no per-number counters for them
+    info = d.info(a)
+    assert (info.syscalls_total, info.denied_total) == (3, 3)
+    events = d.read_events().events
+    assert [(e.kind, e.syscall_nr) for e in events] == [
+        (EventKind.DENIED, 20 | COMPAT_SYSCALL),
+        (EventKind.DENIED, 512),
+        (EventKind.DENIED, 0xFFFFFFFF),
+    ]
+    d.close()
+
+
+def test_reads_are_batched_and_drops_ride_on_records(tmp_path: Path) -> None:
+    d = FakeDevice(queue_len=100, pid_exists=lambda pid: pid in LIVE)
+    a = d.create(spec(tmp_path, "a", deny_syscalls=frozenset({39, 110})))
+    d.add_proc(a, 1000)
+    for i in range(100):  # alternating: no coalescing, one record each
+        d.record_syscall(1000, 39 if i % 2 else 110)
+    for child in (1001, 1002, 1003):  # the queue is full: dropped (a denial could still coalesce)
+        d.notify_fork(1000, child)
+    assert select.select([d.fileno()], [], [], 0)[0] == [d.fileno()]
+    first = d.read_events(max_events=1000)
+    assert (len(first.events), first.dropped) == (READ_BATCH, 3)
+    rest = d.read_events(max_events=1000)
+    assert (len(rest.events), rest.dropped) == (100 - READ_BATCH, 0)
+    assert rest.events[-1].seq == 100
+    d.notify_exit(1000, 0)
+    assert [e.seq for e in d.read_events().events] == [104]  # the 3 dropped ones left a gap
+    assert select.select([d.fileno()], [], [], 0)[0] == []  # drops alone never make it readable
+    assert d.events_dropped_total == 3
+    with pytest.raises(ValueError):
+        FakeDevice(queue_len=0)
+    d.close()

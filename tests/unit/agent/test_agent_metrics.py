@@ -66,7 +66,7 @@ def test_events_are_counted_by_kind_and_drops_summed(
     )
     dev.add_proc(cid, sleeper.pid)
     fake.record_syscall(sleeper.pid, NUMBERS["ptrace"])  # DENIED, queued
-    fake.record_syscall(sleeper.pid, NUMBERS["mount"])  # allowed: no event
+    fake.record_syscall(sleeper.pid, NUMBERS["getpid"])  # allowed: no event
     fake.notify_exit(sleeper.pid, 0)  # EXIT and EMPTY: the queue of one drops both
     batch = dev.read_events()
     assert batch.dropped == 2

@@ -290,7 +290,9 @@ def test_adopt_and_remove(rt: AgentRuntime) -> None:
         with pytest.raises(FailedPrecondition):
             rt.adopt_process("c2", "other", pid)  # member of another container
         with pytest.raises(NotFound):
-            rt.adopt_process("c1", "ghost", 0x7FFFFFF0)
+            rt.adopt_process("c1", "ghost", 4194304)  # PID_MAX_LIMIT: in range, never a pid
+        with pytest.raises(InvalidArgument):
+            rt.adopt_process("c1", "ghost", 0x7FFFFFF0)  # above PID_MAX_LIMIT: EINVAL, as the module
         with pytest.raises(InvalidArgument):
             rt.adopt_process("c1", "self", os.getpid())
         rt.remove_process("c1", pid)

@@ -16,6 +16,10 @@ What the module answers: an unknown container id is ENOENT; a pid that does not 
 member, for REMOVE_PROC) ESRCH; a missing root ENOENT, a root that is not a directory ENOTDIR; a
 process that is a member of another container EBUSY; over ``max_members`` ENOSPC; a member using
 the device EPERM; non-zero reserved fields or unknown flags EINVAL; an unknown command ENOTTY.
+ADD_PROC checks, in this order: pid 0 or above ``PID_MAX`` EINVAL; no such process, one that is
+exiting, a kernel thread or a thread id that is not a thread-group leader ESRCH; pid 1 (init) EPERM;
+unknown container ENOENT; a container whose DESTROY with ``kill_members`` is running EBUSY (so is a
+second DESTROY of it). ``max_members`` counts member processes, not threads.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ NAME_MAX = 63
 ROOT_MAX = 4095
 #: Number of system call numbers the deny bitmap and the counters cover (x86_64 numbers).
 NR_SYSCALLS = 512
+#: Largest pid ADD_PROC and REMOVE_PROC accept (the kernel's PID_MAX_LIMIT on 64-bit); above: EINVAL.
+PID_MAX = 4194304
+#: Most event records one ``read()`` of the device returns (the module's CHITAL_READ_BATCH).
+READ_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +68,11 @@ class ContainerSpec:
 
 @dataclass(frozen=True, slots=True)
 class ContainerInfo:
-    """Answer of the INFO ioctl for one container."""
+    """Answer of the INFO ioctl for one container.
+
+    ``members``: the member processes (thread-group ids, never other thread ids), sorted ascending
+    by both adapters (the module lists them in no useful order), so callers may rely on the order.
+    """
 
     id: int
     name: str
@@ -73,7 +85,7 @@ class ContainerInfo:
 
 
 class EventKind(enum.IntEnum):
-    EXIT = 1  # a member exited; ``status`` is the wait status (as waitpid gives it)
+    EXIT = 1  # a member process exited (once, when its last thread did); ``status`` is the wait status
     FORK = 2  # a member forked; ``pid`` is the child, ``ppid`` the parent
     DENIED = 3  # a member made a denied system call; ``syscall_nr`` and ``count`` (coalesced)
     EMPTY = 4  # the container has no members left
@@ -87,14 +99,14 @@ class DeviceEvent:
     pid: int = 0
     ppid: int = 0
     status: int = 0
-    syscall_nr: int = -1
+    syscall_nr: int = -1  # DENIED: as the module reports it, u32; compat calls carry | 0x80000000
     count: int = 0
 
 
 @dataclass(frozen=True, slots=True)
 class EventBatch:
     events: Sequence[DeviceEvent]
-    dropped: int  # events dropped by the bounded queue since the previous read
+    dropped: int  # events dropped by the bounded queue since the previous read that returned records
 
 
 @runtime_checkable
@@ -108,7 +120,13 @@ class Device(Protocol):
         ...
 
     def destroy(self, container_id: int, *, kill_members: bool = False) -> None:
-        """Destroy a container. Without ``kill_members`` it must be empty (FailedPrecondition)."""
+        """Destroy a container. Without ``kill_members`` it must be empty (FailedPrecondition).
+
+        With ``kill_members`` every member gets SIGKILL and the call returns once they are gone; they
+        stay members until then, so an EXIT per member process (status: SIGKILL, unless it exited
+        by itself first) and then EMPTY are queued. Meanwhile ADD_PROC and DESTROY of the container
+        fail with FailedPrecondition (EBUSY).
+        """
         ...
 
     def add_proc(self, container_id: int, pid: int, *, descendants: bool = False) -> None: ...
@@ -126,11 +144,15 @@ class Device(Protocol):
     def set_policy(self, container_id: int, deny_syscalls: frozenset[int]) -> None: ...
 
     def read_events(self, max_events: int = 256, timeout: float | None = 0.0) -> EventBatch:
-        """Read queued events; waits up to ``timeout`` seconds (None: forever) for the first one."""
+        """Read queued events; waits up to ``timeout`` seconds (None: forever) for the first one.
+
+        Returns at most ``min(max_events, READ_BATCH)`` records (one ``read()`` of the module).
+        Events the full queue dropped are counted in ``dropped`` of the next batch that has records.
+        """
         ...
 
     def fileno(self) -> int:
-        """A file descriptor that polls readable when events are queued."""
+        """A file descriptor that polls readable exactly while event records are queued."""
         ...
 
     def close(self) -> None: ...

@@ -8,24 +8,37 @@ and where the module's behaviour is not known it is stricter, never more permiss
   AlreadyExists; root must be absolute, 1..4095 bytes, no NUL, else InvalidArgument; a missing root is
   NotFound (ENOENT), a root that is not a directory InvalidArgument (ENOTDIR); deny numbers outside
   0..511 and negative limits are InvalidArgument; past ``max_containers`` ResourceExhausted (ENOSPC).
-- ``add_proc``: unknown container NotFound; pid <= 0 InvalidArgument; a pid that does not exist (or has
-  exited) NotFound (ESRCH); already a member of the same container: success (idempotent, as the module);
-  a member of another container: FailedPrecondition (EBUSY); over ``max_members`` ResourceExhausted.
-- ``remove_proc``: unknown container, or pid not a member of it: NotFound.
-- ``destroy``: unknown container NotFound; members left and no ``kill_members``: FailedPrecondition
-  (EBUSY); with ``kill_members`` the members get SIGKILL and stop being members (no EXIT events for them,
-  as the module detaches them first).
-- ``info``/``stats``/``set_policy`` of an unknown container: NotFound.
+- ``add_proc`` (checked in the module's order): pid outside 1..4194304 (``PID_MAX_LIMIT``)
+  InvalidArgument; a pid that is not a live process (no such pid, exiting or zombie, a kernel thread,
+  or a thread that is not its group's leader; but see ``_pid_exists`` for the agent's own unreaped
+  children) NotFound (ESRCH); pid 1 PermissionDenied (EPERM); unknown container NotFound (ENOENT); a
+  container being destroyed with ``kill_members`` FailedPrecondition (EBUSY); already a member of the
+  same container: success (idempotent); a member of another container FailedPrecondition (EBUSY);
+  over ``max_members`` (member *processes*) ResourceExhausted (ENOSPC).
+- ``remove_proc``: pid outside 1..4194304 InvalidArgument; unknown container, or pid not a member of
+  it: NotFound.
+- ``destroy``: unknown container NotFound; members left and no ``kill_members``, or a kill already
+  running: FailedPrecondition (EBUSY). With ``kill_members`` every member gets SIGKILL and, as in the
+  module, stays a member until it is gone: each member process that has not reported its own exit
+  meanwhile is reported by an EXIT event with the SIGKILL wait status, then EMPTY. While the kill runs
+  (between marking the container and queueing those events) ADD_PROC and DESTROY of it fail with EBUSY
+  and a member's fork is killed.
+- ``info``/``stats``/``set_policy`` of an unknown container: NotFound. ``info().members`` is sorted.
+- ``read_events``: at most :data:`READ_BATCH` records per call; ``fileno()`` polls readable exactly
+  while records are queued; drops are reported with the records that follow them.
 - After ``close()`` every call is Unavailable (ENODEV).
 
 Test hooks stand in for the kernel's tracepoints: :meth:`notify_fork`, :meth:`notify_exit`,
-:meth:`record_syscall`.
+:meth:`record_syscall` / :meth:`syscall_errno` (the latter model the containment rules of the module's
+``sys_enter`` probe and of its ``security_ptrace_*``/``security_task_kill`` hooks; the file and path hooks
+are not modelled: the fake knows no paths).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import os
 import re
 import select
@@ -36,11 +49,13 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
+from chital.agent.syscalls import NUMBERS
 from chital.errdefs import (
     AlreadyExists,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -48,6 +63,8 @@ from chital.errdefs import (
 from .base import (
     NAME_MAX,
     NR_SYSCALLS,
+    PID_MAX,
+    READ_BATCH,
     ROOT_MAX,
     ContainerInfo,
     ContainerLimits,
@@ -58,28 +75,122 @@ from .base import (
     EventKind,
 )
 
-__all__ = ["DEFAULT_QUEUE_LEN", "FakeDevice"]
+__all__ = ["ALWAYS_DENIED", "COMPAT_SYSCALL", "DEFAULT_QUEUE_LEN", "READ_BATCH", "FakeDevice"]
 
-#: Capacity of the event queue, in records (the module's queue is bounded too).
+#: Capacity of the event queue, in records (the module's CHITAL_EVENT_QUEUE_LEN).
 DEFAULT_QUEUE_LEN = 4096
+#: Bit set in a DENIED record's ``syscall_nr`` for a compat (``int $0x80``) system call.
+COMPAT_SYSCALL = 0x80000000
 _NAME_RE = re.compile(rb"[A-Za-z0-9_.-]+")
 _U32_MAX = 0xFFFFFFFF
+_PF_EXITING = 0x00000004
+_PF_KTHREAD = 0x00200000
+
+#: System calls no member may make, whatever its policy (-EPERM, counted as denied, DENIED event);
+#: the list of ``chital_containment_verdict()`` in kmod/intercept.c and of the uapi header.
+ALWAYS_DENIED = frozenset(
+    NUMBERS[name]
+    for name in (
+        "chroot",
+        "pivot_root",
+        "mount",
+        "umount2",
+        "fsopen",
+        "fsconfig",
+        "fsmount",
+        "fspick",
+        "open_tree",
+        "move_mount",
+        "mount_setattr",
+        "setns",
+        "init_module",
+        "finit_module",
+        "delete_module",
+        "kexec_load",
+        "kexec_file_load",
+        "reboot",
+        "io_uring_setup",
+        "open_by_handle_at",
+        "bpf",
+        "perf_event_open",
+    )
+)
+#: unshare(flags) and clone(flags, ...) with any of these flags are denied like ``ALWAYS_DENIED``.
+CLONE_NS_FLAGS = (
+    0x00020000  # CLONE_NEWNS
+    | 0x02000000  # CLONE_NEWCGROUP
+    | 0x04000000  # CLONE_NEWUTS
+    | 0x08000000  # CLONE_NEWIPC
+    | 0x10000000  # CLONE_NEWUSER
+    | 0x20000000  # CLONE_NEWPID
+    | 0x40000000  # CLONE_NEWNET
+    | 0x00000080  # CLONE_NEWTIME
+)
+_NR_CLONE = NUMBERS["clone"]
+_NR_UNSHARE = NUMBERS["unshare"]
+_NR_CLONE3 = NUMBERS["clone3"]
+_NR_PTRACE = NUMBERS["ptrace"]
+_PTRACE_TRACEME = 0
+#: Calls whose target process (argument index) must be a member of the caller's container (the
+#: module's ptrace and task_kill hooks: -EPERM, counted as a call but not as a denial).
+_TARGET_ARG = {
+    NUMBERS["ptrace"]: 1,
+    NUMBERS["process_vm_readv"]: 0,
+    NUMBERS["process_vm_writev"]: 0,
+    NUMBERS["kill"]: 0,
+    NUMBERS["tkill"]: 0,
+    NUMBERS["tgkill"]: 0,
+    NUMBERS["rt_sigqueueinfo"]: 0,
+    NUMBERS["rt_tgsigqueueinfo"]: 0,
+}
+#: Reaches another process through a pidfd the fake cannot resolve: refused (stricter than the module).
+_NR_PIDFD_SEND_SIGNAL = NUMBERS["pidfd_send_signal"]
 
 
 def _pid_exists(pid: int) -> bool:
-    """True if ``pid`` names a live (or zombie, not yet reaped) process."""
+    """True if ADD_PROC would find ``pid``: a live thread-group leader, neither exiting (zombies are)
+    nor a kernel thread.
+
+    One exception, for hollow agents: an unreaped zombie that is *this* process's child counts as
+    live. It stands for a process the agent spawned and that exited before the agent's late ADD_PROC;
+    with the module, chital-exec joins before exec and the module never sees such a zombie.
+    """
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        with open(f"/proc/{pid}/status", "rb") as f:
+            status = f.read()
+        fields = stat.rsplit(b")", 1)[1].split()
+        state, ppid, flags = fields[0], int(fields[1]), int(fields[6])
+    except (OSError, IndexError, ValueError):
         return False
-    except PermissionError:
-        return True
-    return True
+    if flags & _PF_KTHREAD:
+        return False
+    own_zombie = state == b"Z" and ppid == os.getpid()
+    if (state in (b"Z", b"X", b"x") or flags & _PF_EXITING) and not own_zombie:
+        return False
+    for line in status.splitlines():
+        if line.startswith(b"Tgid:"):
+            return int(line.split()[1]) == pid
+    return False
+
+
+def _parent_of(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
+
+
+def _check_pid(pid: int) -> None:
+    if not 0 < pid <= PID_MAX:
+        raise InvalidArgument(f"pid {pid} outside 1..{PID_MAX}")
 
 
 @dataclass(slots=True)
@@ -89,10 +200,11 @@ class _Container:
     root: str
     deny: frozenset[int]
     limits: ContainerLimits
-    members: list[int] = field(default_factory=list)  # in order of joining, like the module's list
+    members: list[int] = field(default_factory=list)  # member processes, in order of joining
     counters: dict[int, list[int]] = field(default_factory=dict)  # nr -> [calls, denied]
     syscalls_total: int = 0
     denied_total: int = 0
+    killing: bool = False  # DESTROY with kill_members is running
 
 
 def _check_deny(deny: Iterable[int]) -> frozenset[int]:
@@ -114,6 +226,8 @@ class FakeDevice:
         pid_exists: Callable[[int], bool] = _pid_exists,
         kill: Callable[[int, int], None] = _kill,
     ) -> None:
+        if queue_len < 1:
+            raise ValueError("queue_len must be at least 1")
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue_len = queue_len
@@ -125,10 +239,10 @@ class FakeDevice:
         self._next_id = 1
         self._seq = 0
         self._events: deque[DeviceEvent] = deque()
-        self._dropped = 0  # since the previous read_events
+        self._dropped = 0  # since the previous read_events that returned records
         self._dropped_total = 0
         self._closed = False
-        # An eventfd whose counter is non-zero exactly while there is something to read.
+        # An eventfd whose counter is non-zero exactly while records are queued (as the module polls).
         self._efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self._signalled = False
 
@@ -145,7 +259,9 @@ class FakeDevice:
         return c
 
     def _update_readable(self) -> None:
-        want = bool(self._events) or self._dropped > 0
+        if self._closed:
+            return
+        want = bool(self._events)
         if want and not self._signalled:
             os.eventfd_write(self._efd, 1)
             self._signalled = True
@@ -166,7 +282,7 @@ class FakeDevice:
                 # The module coalesces consecutive identical denials into one record.
                 self._events[-1] = dataclasses.replace(last, count=last.count + fields.get("count", 1))
                 return
-        self._seq += 1
+        self._seq += 1  # advances for dropped events too: readers see the gap
         if len(self._events) >= self._queue_len:
             self._dropped += 1
             self._dropped_total += 1
@@ -222,26 +338,43 @@ class FakeDevice:
         with self._lock:
             self._check_open()
             c = self._get(container_id)
+            if c.killing:
+                raise FailedPrecondition(f"container {container_id} is being destroyed")
             if c.members and not kill_members:
                 raise FailedPrecondition(f"container {container_id} has {len(c.members)} members")
+            if not c.members:
+                del self._containers[container_id]
+                return
+            c.killing = True
             victims = list(c.members)
-            for pid in victims:
-                self._leave(c, pid)
-            del self._containers[container_id]
+        # Outside the lock, as the module waits without chital_lock: members may exit (notify_exit)
+        # or fork (the child is killed too) meanwhile, and ADD_PROC/DESTROY see EBUSY.
         for pid in victims:
             self._kill(pid, signal.SIGKILL)
+        with self._lock:
+            # SIGKILL cannot be caught: whoever has not reported its own exit dies of it.
+            left = sorted(c.members)
+            for pid in left:
+                self._leave(c, pid)
+                self._queue(EventKind.EXIT, container_id, pid=pid, status=int(signal.SIGKILL))
+            if left:
+                self._queue(EventKind.EMPTY, container_id)
+            del self._containers[container_id]
 
     def add_proc(self, container_id: int, pid: int, *, descendants: bool = False) -> None:
-        if not 0 < pid <= 0x7FFFFFFF:
-            raise InvalidArgument(f"pid {pid} out of range")
+        _check_pid(pid)
         pids = [pid]
         if descendants:
             pids += _descendants(pid)
         with self._lock:
             self._check_open()
-            c = self._get(container_id)
             if not self._pid_exists(pid):
                 raise NotFound(f"process {pid} does not exist")
+            if pid == 1:
+                raise PermissionDenied("init cannot be a member")
+            c = self._get(container_id)
+            if c.killing:
+                raise FailedPrecondition(f"container {container_id} is being destroyed")
             for p in pids:
                 owner = self._member_of.get(p)
                 if owner == container_id:
@@ -249,12 +382,15 @@ class FakeDevice:
                 if owner is not None:
                     if p == pid:
                         raise FailedPrecondition(f"process {p} is a member of container {owner}")
-                    continue
+                    continue  # a descendant in another container stays there
+                if p != pid and not self._pid_exists(p):
+                    continue  # exited meanwhile
                 if c.limits.max_members and len(c.members) >= c.limits.max_members:
                     raise ResourceExhausted(f"container {container_id} has max_members members")
                 self._join(c, p)
 
     def remove_proc(self, container_id: int, pid: int) -> None:
+        _check_pid(pid)
         with self._lock:
             self._check_open()
             c = self._get(container_id)
@@ -277,7 +413,7 @@ class FakeDevice:
                 id=c.id,
                 name=c.name,
                 root=c.root,
-                members=tuple(c.members),
+                members=tuple(sorted(c.members)),
                 syscalls_total=c.syscalls_total,
                 denied_total=c.denied_total,
                 deny_syscalls=c.deny,
@@ -301,7 +437,7 @@ class FakeDevice:
             raise InvalidArgument("max_events must be at least 1")
         deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         with self._cond:
-            while not self._events and not self._dropped:
+            while not self._events:
                 self._check_open()
                 if deadline is None:
                     self._cond.wait()
@@ -311,7 +447,7 @@ class FakeDevice:
                         return EventBatch(events=(), dropped=0)
                     self._cond.wait(left)
             self._check_open()
-            n = min(max_events, len(self._events))
+            n = min(max_events, READ_BATCH, len(self._events))
             events = tuple(self._events.popleft() for _ in range(n))
             dropped, self._dropped = self._dropped, 0
             self._update_readable()
@@ -342,29 +478,34 @@ class FakeDevice:
             return self._member_of.get(pid)
 
     def notify_fork(self, parent_pid: int, child_pid: int) -> bool:
-        """``parent_pid`` forked ``child_pid``: a member's child joins its container (FORK event).
+        """Process ``parent_pid`` forked process ``child_pid``: a member's child joins its container.
 
-        Returns False if the parent is not a member (nothing happens). Over ``max_members`` the module
-        kills the child: the fake does the same.
+        Returns True if the child joined and lives (a FORK event is queued). False if the parent is not
+        a member (nothing happens), or if the module would kill the child: over ``max_members`` (it does
+        not join), or while its container is being destroyed with ``kill_members`` (it joins, no FORK
+        event, and its EXIT is reported). The fake sends that SIGKILL too.
         """
         with self._lock:
             cid = self._member_of.get(parent_pid)
             if cid is None or child_pid in self._member_of:
                 return False
             c = self._containers[cid]
-            if c.limits.max_members and len(c.members) >= c.limits.max_members:
-                over = True
-            else:
-                over = False
+            killed = True
+            if not (c.limits.max_members and len(c.members) >= c.limits.max_members):
                 self._join(c, child_pid)
-                self._queue(EventKind.FORK, cid, pid=child_pid, ppid=parent_pid)
-        if over:
+                if not c.killing:
+                    killed = False
+                    self._queue(EventKind.FORK, cid, pid=child_pid, ppid=parent_pid)
+        if killed:
             self._kill(child_pid, signal.SIGKILL)
-            return False
-        return True
+        return not killed
 
     def notify_exit(self, pid: int, wait_status: int) -> bool:
-        """``pid`` exited with ``wait_status``: EXIT event, and EMPTY if it was the last member."""
+        """Process ``pid`` exited (its last thread): EXIT event, and EMPTY if it was the last member.
+
+        One EXIT per process, as the module reports when the whole thread group is dead; a pid that is
+        not a member (any more) reports nothing and returns False.
+        """
         with self._lock:
             cid = self._member_of.get(pid)
             if cid is None:
@@ -376,22 +517,68 @@ class FakeDevice:
                 self._queue(EventKind.EMPTY, cid)
             return True
 
-    def record_syscall(self, pid: int, nr: int) -> bool:
-        """Member ``pid`` makes system call ``nr``: counted; False (and a DENIED event) if denied."""
+    def record_syscall(self, pid: int, nr: int, *args: int, compat: bool = False) -> bool:
+        """Member ``pid`` makes system call ``nr`` with ``args``: counted; True if the call would run.
+
+        See :meth:`syscall_errno`; False for every errno it returns (also clone3's ENOSYS, which is
+        counted as a call but not as a denial).
+        """
+        return self.syscall_errno(pid, nr, *args, compat=compat) == 0
+
+    def syscall_errno(self, pid: int, nr: int, *args: int, compat: bool = False) -> int:
+        """Member ``pid`` makes system call ``nr`` with ``args``; returns the errno it fails with, or 0.
+
+        As the module's ``sys_enter`` probe: every call of a member counts in ``syscalls_total``.
+        A compat call (``compat``, e.g. ``int $0x80``) and a number outside 0..511 fail with EPERM,
+        count as denied in the totals only (no per-number counter) and queue DENIED with ``syscall_nr``
+        as the module reports it (u32, compat ones ``| 0x80000000``). A number in range counts in its
+        counter; :data:`ALWAYS_DENIED` (and unshare/clone with CLONE_NEW* flags in ``args[0]``) or a
+        number in the policy fails with EPERM, counted as denied, DENIED queued; clone3 fails with
+        ENOSYS, counted as a call only, no event. Then the hooks: ptrace, process_vm_readv/writev and
+        the kill family aimed at a process outside the caller's container fail with EPERM (counted as a
+        call only, no event); pidfd_send_signal is refused so (the fake cannot resolve a pidfd).
+        Non-members are not counted and never denied (0).
+        """
         with self._lock:
             cid = self._member_of.get(pid)
-            if cid is None or not 0 <= nr < NR_SYSCALLS:
-                return True
+            if cid is None:
+                return 0
             c = self._containers[cid]
+            c.syscalls_total += 1
+            if compat or not 0 <= nr < NR_SYSCALLS:
+                reported = (nr & _U32_MAX) | COMPAT_SYSCALL if compat else nr & _U32_MAX
+                c.denied_total += 1
+                self._queue(EventKind.DENIED, cid, pid=pid, syscall_nr=reported, count=1)
+                return errno.EPERM
             counter = c.counters.setdefault(nr, [0, 0])
             counter[0] += 1
-            c.syscalls_total += 1
-            if nr not in c.deny:
-                return True
-            counter[1] += 1
-            c.denied_total += 1
-            self._queue(EventKind.DENIED, cid, pid=pid, syscall_nr=nr, count=1)
-            return False
+            if nr == _NR_CLONE3:
+                return errno.ENOSYS  # so that libc falls back to clone, whose flags can be checked
+            flags = args[0] if args else 0
+            if (
+                nr in ALWAYS_DENIED
+                or (nr in (_NR_CLONE, _NR_UNSHARE) and flags & CLONE_NS_FLAGS)
+                or nr in c.deny
+            ):
+                counter[1] += 1
+                c.denied_total += 1
+                self._queue(EventKind.DENIED, cid, pid=pid, syscall_nr=nr, count=1)
+                return errno.EPERM
+            return self._hook_errno(cid, pid, nr, args)
+
+    def _hook_errno(self, cid: int, pid: int, nr: int, args: tuple[int, ...]) -> int:
+        """The module's ptrace and task_kill hooks: another process must be in the same container."""
+        if nr == _NR_PIDFD_SEND_SIGNAL:
+            return errno.EPERM
+        if nr not in _TARGET_ARG:
+            return 0
+        i = _TARGET_ARG[nr]
+        if nr == _NR_PTRACE and (args[0] if args else 0) == _PTRACE_TRACEME:
+            target = _parent_of(pid)
+        else:
+            target = args[i] if len(args) > i else None
+        # Group and broadcast kills (pid <= 0) are refused too: stricter than the module.
+        return 0 if target is not None and self._member_of.get(target) == cid else errno.EPERM
 
 
 def _descendants(pid: int) -> list[int]:
