@@ -44,7 +44,8 @@ def _prepare_root_script(root: str) -> str:
     q = shlex.quote(root)
     return f"""
 mkdir -p {q}/bin {q}/dev {q}/proc {q}/tmp {q}/etc {q}/home
-cp /bin/busybox {q}/bin/busybox
+# Once per boot: a restarted agent finds busybox running in containers ("Text file busy").
+[ -x {q}/bin/busybox ] || cp /bin/busybox {q}/bin/busybox
 for app in $({q}/bin/busybox --list); do
     [ -e {q}/bin/$app ] || ln -s busybox {q}/bin/$app
 done
