@@ -79,6 +79,7 @@ bench: ## Benchmarks (figures printed, nothing enforced)
 	$(PY) bench/create_throughput.py
 	CHITAL_VM=1 scripts/bootstrap.sh
 	$(PY) bench/syscall_overhead.py
+	$(PY) bench/exec_latency.py
 
 .PHONY: migrate
 migrate: ## Apply the database migrations (CHITAL_DATABASE_URL or the default SQLite)

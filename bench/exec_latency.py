@@ -1,0 +1,101 @@
+"""Exec latency on a real kernel: RPC to the process running in its container, beside a plain
+fork+exec in the same guest (DESIGN.md §8).
+
+Boots one QEMU guest with chital.ko and an agent (``QemuFleet``), then measures, in one run:
+- ``fork+exec``: ``subprocess.Popen`` of busybox ``true`` inside the guest (returns once the exec
+  succeeded), the floor for starting any process there;
+- ``agent StartProcess``: the agent's RPC from the host, which returns once the program was
+  exec'd inside its container (cgroup joined, root entered, module membership set);
+- ``controller Exec``: the public API end to end (SDK -> controller -> agent -> container).
+
+Everything runs under QEMU's software emulation (TCG): absolute figures are slow; the ratios are
+what we track. Nothing is asserted.
+
+    .venv/bin/python bench/exec_latency.py [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import uuid
+
+import grpc
+
+from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from chital.client import Client
+from chital.devcluster.qemu_fleet import BUSYBOX_ROOT, QemuFleet
+
+GUEST_FORK_EXEC = f"""
+import subprocess, sys, time
+runs = int(sys.argv[1])
+out = []
+for _ in range(runs + 2):
+    t0 = time.perf_counter()
+    p = subprocess.Popen(["{BUSYBOX_ROOT}/bin/true"])
+    out.append(time.perf_counter() - t0)
+    p.wait()
+print(" ".join(f"{{x:.6f}}" for x in out[2:]))
+"""
+
+
+def summary(name: str, values: list[float]) -> str:
+    values = sorted(values)
+    p50 = statistics.median(values)
+    p95 = values[min(len(values) - 1, int(0.95 * len(values)))]
+    return f"{name:<22}{p50 * 1000:>10.1f} ms{p95 * 1000:>10.1f} ms{len(values):>6}"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+
+    with QemuFleet(guests=1) as fleet:
+        guest = fleet.hosts[0]
+        rc, out = guest.vm.run([sys.executable, "-c", GUEST_FORK_EXEC, str(args.runs)], timeout=300)
+        if rc != 0:
+            print(out, file=sys.stderr)
+            return 1
+        fork_exec = [float(x) for x in out.split()[-args.runs :]]
+
+        with Client(fleet.target, timeout=60.0) as client:
+            container = client.create_container(f"bench-{uuid.uuid4().hex[:6]}", root=BUSYBOX_ROOT)
+            controller_exec = []
+            for _ in range(args.runs + 2):
+                t0 = time.perf_counter()
+                client.exec(container.uid, ["true"])
+                controller_exec.append(time.perf_counter() - t0)
+            controller_exec = controller_exec[2:]
+
+            channel = grpc.insecure_channel(guest.address)
+            stub = agent_pb2_grpc.AgentServiceStub(channel)
+            agent_start = []
+            for _ in range(args.runs + 2):
+                req = agent_pb2.StartProcessRequest(
+                    container_uid=container.uid, process_uid=uuid.uuid4().hex, argv=["true"]
+                )
+                t0 = time.perf_counter()
+                stub.StartProcess(req, timeout=60)
+                agent_start.append(time.perf_counter() - t0)
+            agent_start = agent_start[2:]
+            channel.close()
+            client.delete_container(container.uid, force=True)
+
+    print(f"one guest under TCG (Linux {guest.vm.kernel.release}), busybox `true`, {args.runs} runs each")
+    print(f"{'':22}{'p50':>13}{'p95':>13}{'runs':>6}")
+    print(summary("fork+exec (in guest)", fork_exec))
+    print(summary("agent StartProcess", agent_start))
+    print(summary("controller Exec", controller_exec))
+    base = statistics.median(fork_exec)
+    print(
+        f"ratios to fork+exec (p50): agent {statistics.median(agent_start) / base:.1f} x, "
+        f"controller {statistics.median(controller_exec) / base:.1f} x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
