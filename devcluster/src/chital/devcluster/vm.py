@@ -30,6 +30,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -227,7 +228,21 @@ mount -t devtmpfs devtmpfs $R/dev
 mkdir -p $R/dev/pts $R/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts $R/dev/pts
 mount -t tmpfs -o mode=1777 shm $R/dev/shm
+# Paths the guest needs (the checkout, its venv) may lie under a directory that gets a fresh tmpfs
+# (a checkout in /tmp): hold them by a bind mount first, then put them back on top of the tmpfs.
+i=0
+for k in @KEEP@; do
+  mkdir -p "/keep/$i" && mount -o bind "$R$k" "/keep/$i"; i=$((i + 1))
+done
 for d in /tmp /var/tmp /run @TMPFS@; do mount -t tmpfs -o mode=1777 tmpfs "$R$d"; done
+i=0
+for k in @KEEP@; do
+  if [ ! -d "$R$k" ]; then
+    mkdir -p "$R$k" && mount -o bind "/keep/$i" "$R$k" || say "cannot keep $k visible"
+  fi
+  i=$((i + 1))
+done
+mkdir -p "$R$X" 2>/dev/null
 mount -t 9p -o $O9P xchg "$R$X" || { say "cannot mount xchg"; poweroff -f; }
 Q="$R$X/q"
 mkdir -p "$Q"
@@ -646,6 +661,7 @@ class GuestVM:
             _INIT.replace("@MODULES@", " ".join(names))
             .replace("@XCHG@", shlex.quote(mount_point))
             .replace("@TMPFS@", " ".join(shlex.quote(p) for p in self.extra_tmpfs))
+            .replace("@KEEP@", " ".join(shlex.quote(str(p)) for p in self._keep_visible()))
             .replace("@HOSTNAME@", shlex.quote(self.name))
             .replace("@GUEST_ADDR@", GUEST_ADDR)
             .replace("@GUEST_GW@", GUEST_GW)
@@ -653,6 +669,11 @@ class GuestVM:
         )
         cpio.file("init", init.encode(), 0o755)
         return cpio.finish()
+
+    def _keep_visible(self) -> list[Path]:
+        """The checkout and the Python running it: the guest runs both from the shared host root."""
+        paths = {repo_root().resolve(), Path(sys.prefix).resolve(), Path(sys.base_prefix).resolve()}
+        return sorted(paths)
 
     def _qemu_command(self, initrd: Path) -> list[str]:
         append = f"console=ttyS0 loglevel=5 panic=-1 rdinit=/init {self.cmdline_extra}".strip()
