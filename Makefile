@@ -30,11 +30,15 @@ check-protos: ## Fail when the committed generated code is stale
 	fi
 
 .PHONY: lint
-lint: ## ruff, ruff format --check, mypy on hand-written code, buf lint
+lint: ## ruff, mypy, buf lint, promtool (config, rules, rule tests), docker-compose config
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy $(HAND_WRITTEN)
 	cd proto && ../$(VENV_BIN)/buf lint
+	promtool check config deploy/prometheus/prometheus.yml
+	promtool check rules deploy/prometheus/rules/*.yml
+	promtool test rules deploy/prometheus/tests/*.yml
+	docker-compose -f docker-compose.yml config -q
 
 .PHONY: fmt
 fmt: ## Format the Python code

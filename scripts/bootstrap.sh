@@ -10,7 +10,10 @@ cd "$(dirname "$0")/.."
 
 log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
-apt_packages=(python3 python3-venv python3-dev gcc make git ca-certificates)
+# PostgreSQL and Prometheus are real peers in the integration tests; docker-compose 1.29 validates
+# docker-compose.yml (no Docker engine is needed for that).
+apt_packages=(python3 python3-venv python3-dev gcc make git ca-certificates postgresql prometheus
+    docker-compose)
 if [ "${CHITAL_VM:-0}" = 1 ]; then
     # QEMU, a Debian kernel with its build tree, busybox for the initramfs, static libc for the
     # guest test helpers, pahole (dwarves) for BTF, sparse and linux-source (checkpatch.pl) for

@@ -20,6 +20,9 @@ make --no-print-directory check-protos
 
 step "host tests: unit, integration, conformance against FakeDevice"
 export GRPC_VERBOSITY=ERROR
+# The controller's integration tests run on SQLite and on a throwaway PostgreSQL server: here a
+# missing PostgreSQL is a failure, not a skip.
+export CHITAL_REQUIRE_POSTGRES=1
 # pytest exits 5 when it collects nothing: that is a failure here too (set -e).
 .venv/bin/pytest -p no:cacheprovider --timeout=300
 

@@ -696,6 +696,10 @@ class AgentRuntime:
                 self._signal_quietly(pid, _signal.SIGKILL)
                 self._runner.watch(pid)
                 raise
+            if self._simulated is not None:
+                # The module counts the execve of a member that joined before exec; the fake stands in
+                # (hollow fleets then have syscall counts; a denied execve is counted, not enforced).
+                self._simulated.record_syscall(pid, syscalls.NUMBERS["execve"])
         proc = _Process(
             uid=process_uid,
             container_uid=rec.uid,
@@ -856,7 +860,7 @@ class AgentRuntime:
                 oom_killed=proc.oom_killed,
             )
             if self.metrics is not None:
-                self.metrics.record_exit(proc.exit_code, proc.signal)
+                self.metrics.record_exit(proc.exit_code, proc.signal, proc.oom_killed)
             self._exited_order[puid] = None
             while len(self._exited_order) > self._config.exited_process_limit:
                 old, _ = self._exited_order.popitem(last=False)

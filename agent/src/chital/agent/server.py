@@ -89,6 +89,7 @@ class AgentServer:
         except BaseException:
             raw.close()
             raise
+        self.cgroups = cgroups
         self.metrics = AgentMetrics(version=__version__)
         self.metrics.set_device_kind(kind)
         device: Device = InstrumentedDevice(raw, self.metrics)
@@ -127,13 +128,19 @@ class AgentServer:
         self.metrics_server: MetricsServer | None = None
         self._stopped = threading.Event()
 
+    def _cgroup_dir(self, container_uid: str) -> Path | None:
+        """The cgroup of a container (the device name is the uid), None without cgroups."""
+        if self.cgroups is None or not self.cgroups.exists(container_uid):
+            return None
+        return self.cgroups.path(container_uid)
+
     def start(self) -> int:
         self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise Unavailable(f"cannot listen on {self.config.listen}")
         self._server.start()
         if self.config.metrics_listen:
-            self.metrics.watch_containers(self.device)
+            self.metrics.watch_containers(self.device, cgroup_dir_of=self._cgroup_dir)
             self.metrics_server = start_metrics_server(
                 self.config.metrics_listen, self.metrics.registry, port_file=self.config.metrics_port_file
             )

@@ -213,6 +213,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
         try:
             while context.is_active() and not self._rt.closed:
                 for event in self._rt.wait_events(last, _STREAM_POLL_S):
+                    if last and event.seq > last + 1 and self._metrics is not None:
+                        self._metrics.stream_events_dropped.inc(event.seq - last - 1)
                     yield event_pb(event)
                     last = event.seq
         finally:

@@ -110,7 +110,12 @@ class AgentClient:
 
     def get_info_future(self, timeout: float) -> Any:
         """A GetInfo call in flight (the monitor checks every host at once)."""
-        return self._stub.GetInfo.future(agent_pb2.GetInfoRequest(), timeout=timeout)
+        future = self._stub.GetInfo.future(agent_pb2.GetInfoRequest(), timeout=timeout)
+        if self._metrics is not None:
+            done = self._metrics.time_agent_call(self._host_label, "GetInfo")
+            # The future is also a grpc.Call; its code is OK on success.
+            future.add_done_callback(lambda f: done(getattr(f.code(), "name", "UNKNOWN")))  # type: ignore[attr-defined]
+        return future
 
     def create_container(self, container: ContainerRecord) -> None:
         """Create the container on the host (idempotent by uid)."""

@@ -12,12 +12,25 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    start_http_server,
+)
 from prometheus_client.core import GaugeMetricFamily
 
 from chital.controller.records import ContainerState, HostState, ProcessState
 
 __all__ = ["ControllerMetrics", "StateSource"]
+
+# No ``*_created`` series (FACTS.md: prometheus_client emits them unless disabled); same effect as
+# PROMETHEUS_DISABLE_CREATED_SERIES=True, whatever the environment says.
+prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Returns (hosts, containers by state, processes by state, seconds since last ok per host id).
 StateSource = Callable[[], tuple[list[Any], dict[str, int], dict[str, int], dict[str, float]]]
@@ -89,6 +102,9 @@ class ControllerMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        # process_* (CPU, resident memory, fds of the controller itself) and python_info.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
         self.rpc_started = Counter(
             "chital_controller_grpc_server_started_total",
             "RPCs started.",

@@ -38,6 +38,8 @@ class ServiceProcess:
     proc: subprocess.Popen[bytes]
     address: str
     log_path: Path
+    #: ``127.0.0.1:PORT`` of its /metrics when started with ``metrics=True``.
+    metrics_address: str | None = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""
@@ -74,11 +76,21 @@ def _wait_for_port(proc: subprocess.Popen[bytes], port_file: Path, log_path: Pat
 
 
 def _spawn(
-    name: str, argv: Sequence[str], workdir: Path, env: dict[str, str] | None, timeout: float
+    name: str,
+    argv: Sequence[str],
+    workdir: Path,
+    env: dict[str, str] | None,
+    timeout: float,
+    *,
+    metrics: bool = False,
 ) -> ServiceProcess:
     workdir.mkdir(parents=True, exist_ok=True)
     port_file = workdir / "port"
     port_file.unlink(missing_ok=True)
+    metrics_port_file = workdir / "metrics-port"
+    metrics_port_file.unlink(missing_ok=True)
+    if metrics:
+        argv = [*argv, "--metrics-listen", "127.0.0.1:0", "--metrics-port-file", str(metrics_port_file)]
     log_path = workdir / f"{name}.log"
     full_env = {**os.environ, "GRPC_VERBOSITY": "ERROR", **(env or {})}
     with log_path.open("ab") as log:
@@ -92,12 +104,14 @@ def _spawn(
         )
     try:
         port = _wait_for_port(proc, port_file, log_path, timeout)
+        metrics_port = _wait_for_port(proc, metrics_port_file, log_path, timeout) if metrics else None
     except BaseException:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
         raise
-    return ServiceProcess(name, proc, f"127.0.0.1:{port}", log_path)
+    metrics_address = f"127.0.0.1:{metrics_port}" if metrics_port is not None else None
+    return ServiceProcess(name, proc, f"127.0.0.1:{port}", log_path, metrics_address)
 
 
 def start_agent(
@@ -107,8 +121,11 @@ def start_agent(
     device: str = "fake",
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
+    metrics: bool = False,
 ) -> ServiceProcess:
-    """Start one agent on a free loopback port; its state lives in ``workdir/state``."""
+    """Start one agent on a free loopback port; its state lives in ``workdir/state``.
+
+    With ``metrics``, it also serves /metrics on a free loopback port (``metrics_address``)."""
     argv = [
         str(BIN / "chital-agent"),
         "serve",
@@ -120,7 +137,7 @@ def start_agent(
         device,
         *extra_args,
     ]
-    return _spawn(name, argv, workdir, None, timeout)
+    return _spawn(name, argv, workdir, None, timeout, metrics=metrics)
 
 
 def start_controller(
@@ -129,6 +146,7 @@ def start_controller(
     database_url: str | None = None,
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
+    metrics: bool = False,
 ) -> ServiceProcess:
     """Start a controller on a free loopback port, migrating its database first."""
     argv = [
@@ -142,7 +160,7 @@ def start_controller(
     ]
     if database_url:
         argv += ["--database-url", database_url]
-    return _spawn("controller", [*argv, *extra_args], workdir, None, timeout)
+    return _spawn("controller", [*argv, *extra_args], workdir, None, timeout, metrics=metrics)
 
 
 @dataclass
@@ -154,6 +172,9 @@ class HollowFleet:
     database_url: str | None = None
     register: bool = True
     controller_args: Sequence[str] = ()
+    #: Serve /metrics on free loopback ports (``ServiceProcess.metrics_address``); agents are
+    #: registered with a ``metrics-address`` label, which Prometheus discovery uses.
+    metrics: bool = False
     controller: ServiceProcess | None = field(default=None, init=False)
     agent_procs: list[ServiceProcess] = field(default_factory=list, init=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
@@ -173,6 +194,7 @@ class HollowFleet:
                 self.workdir / "controller",
                 database_url=self.database_url,
                 extra_args=self.controller_args,
+                metrics=self.metrics,
             )
             for i in range(self.agents):
                 self.add_agent(name=f"agent-{i}")
@@ -185,13 +207,16 @@ class HollowFleet:
         """Start one more hollow agent and register it with the controller."""
         assert self.workdir is not None
         name = name or f"agent-{len(self.agent_procs)}"
-        agent = start_agent(self.workdir / name, name=name)
+        agent = start_agent(self.workdir / name, name=name, metrics=self.metrics)
         self.agent_procs.append(agent)
         if self.register:
             from chital.client import Client  # noqa: PLC0415 - the fleet runs without the SDK too
 
+            labels = {"fleet": "hollow", "name": name}
+            if agent.metrics_address:
+                labels["metrics-address"] = agent.metrics_address
             with Client(self.target) as client:
-                client.register_host(agent.address, labels={"fleet": "hollow", "name": name})
+                client.register_host(agent.address, labels=labels)
         return agent
 
     def stop(self) -> None:
