@@ -44,6 +44,16 @@ def postgres_server() -> Iterator[PostgresServer]:
 )
 def database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     """A fresh, empty database for this test module: SQLite in a temp dir, or a new PostgreSQL database."""
+    return _fresh_database(request, tmp_path_factory)
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def fresh_database_url(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Like ``database_url``, but a fresh, empty database for every test."""
+    return _fresh_database(request, tmp_path_factory)
+
+
+def _fresh_database(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> str:
     module = re.sub(r"[^a-z0-9_]", "_", request.module.__name__.rsplit(".", 1)[-1].lower())[:40]
     if request.param == "sqlite":
         path = tmp_path_factory.mktemp(f"db-{module}") / "controller.db"

@@ -10,9 +10,9 @@ from controller_harness import Cluster, running_cluster
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A fresh cluster per test."""
-    with running_cluster(tmp_path) as c:
+def cluster(tmp_path: Path, fresh_database_url: str) -> Iterator[Cluster]:
+    """A fresh cluster per test, once on SQLite and once on PostgreSQL."""
+    with running_cluster(tmp_path, database_url=fresh_database_url) as c:
         yield c
 
 

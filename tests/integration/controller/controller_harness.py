@@ -30,11 +30,12 @@ class Cluster:
 
 
 @contextmanager
-def running_cluster(state_dir: Path, *, metrics: bool = False) -> Iterator[Cluster]:
+def running_cluster(state_dir: Path, *, metrics: bool = False, database_url: str = "") -> Iterator[Cluster]:
     agents = [RunningFakeAgent(f"agent{i}") for i in range(3)]
     config = ControllerConfig(
         listen="127.0.0.1:0",
         state_dir=str(state_dir),
+        database_url=database_url,
         migrate=True,
         port_file=str(state_dir / "port"),
         health=HealthConfig(interval=0.2, not_ready_after=1.0, lost_after=30.0),

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import threading
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta
-from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 
 from chital.controller.db import make_engine
 from chital.controller.placement import choose_host
@@ -33,22 +29,9 @@ def at(seconds: float) -> datetime:
     return T0 + timedelta(seconds=seconds)
 
 
-def _database_url(tmp_path: Path) -> str:
-    """SQLite in tmp_path; with CHITAL_TEST_PG_URL (a PostgreSQL server URL), a fresh database there."""
-    admin_url = os.environ.get("CHITAL_TEST_PG_URL")
-    if not admin_url:
-        return f"sqlite:///{tmp_path / 'c.db'}"
-    name = f"store_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(admin_url, isolation_level="AUTOCOMMIT")
-    with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name}")
-    admin.dispose()
-    return str(sa.make_url(admin_url).set(database=name).render_as_string(hide_password=False))
-
-
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    engine = make_engine(_database_url(tmp_path))
+def store(fresh_database_url: str) -> Iterator[Store]:
+    engine = make_engine(fresh_database_url)
     s = Store(engine)
     s.create_schema()
     yield s

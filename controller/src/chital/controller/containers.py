@@ -14,7 +14,7 @@ Lifecycle and the choices made:
   ALREADY_EXISTS. Exec is idempotent by (container, request_id) with the same rules.
 - **Stop** = the agent's DestroyContainer with the grace period (TERM, then KILL, then the kernel
   container, cgroup and membership are gone): the container becomes STOPPING, then STOPPED. A STOPPED
-  container cannot run processes again. Processes whose exit event has not arrived within a second
+  container cannot run processes again. Processes whose exit event has not arrived within 5 s
   become LOST ("container stopped"); a late exit event still records the real exit.
   Stop of a STOPPED container returns it; of a PENDING/FAILED/LOST/DELETED one is FAILED_PRECONDITION.
   If the agent is unreachable the container stays STOPPING and the RPC is UNAVAILABLE; retry it.
@@ -83,7 +83,10 @@ log = logging.getLogger("chital.controller.containers")
 
 DEFAULT_GRACE_SECONDS = 10.0
 MAX_GRACE_SECONDS = 3600.0
-EXIT_REPORT_WAIT_SECONDS = 1.0
+# How long Stop waits for the exit events of the members its agent just killed. It returns as soon
+# as they have all arrived; the bound matters only on a loaded controller or a slow (emulated) host,
+# where a short one marked processes LOST that were about to be reported EXITED.
+EXIT_REPORT_WAIT_SECONDS = 5.0
 WATCH_BATCH = 500
 
 
