@@ -151,9 +151,9 @@ def _pid_exists(pid: int) -> bool:
     """True if ADD_PROC would find ``pid``: a live thread-group leader, neither exiting (zombies are)
     nor a kernel thread.
 
-    One exception, for hollow agents: an unreaped zombie that is *this* process's child counts as
-    live. It stands for a process the agent spawned and that exited before the agent's late ADD_PROC;
-    with the module, chital-exec joins before exec and the module never sees such a zombie.
+    One exception, for hollow agents: an exiting or unreaped child of *this* process counts as live.
+    It stands for a process the agent spawned and that exited before the agent's late ADD_PROC; with
+    the module, chital-exec joins before exec and the module never sees such a process.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
@@ -166,8 +166,8 @@ def _pid_exists(pid: int) -> bool:
         return False
     if flags & _PF_KTHREAD:
         return False
-    own_zombie = state == b"Z" and ppid == os.getpid()
-    if (state in (b"Z", b"X", b"x") or flags & _PF_EXITING) and not own_zombie:
+    own_child = ppid == os.getpid()
+    if (state in (b"Z", b"X", b"x") or flags & _PF_EXITING) and not own_child:
         return False
     for line in status.splitlines():
         if line.startswith(b"Tgid:"):
