@@ -13,14 +13,13 @@ Every process is started by this module, tracked by pid and stopped by pid.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -241,12 +240,31 @@ class HollowFleet:
         self.stop()
 
 
-@contextlib.contextmanager
-def hollow_fleet(agents: int = 3, **kwargs: object) -> Iterator[HollowFleet]:
-    """``with hollow_fleet(3) as fleet: Client(fleet.target)...``"""
-    fleet = HollowFleet(agents=agents, **kwargs)  # type: ignore[arg-type]
-    with fleet:
-        yield fleet
+class StopSignals:
+    """Turns SIGINT and SIGTERM into a flag, so a foreground fleet stops cleanly (by pid) on Ctrl-C."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        self.requested = True
+
+    def serve(self, target: str, ready_file: Path | None, stopped: Callable[[], str | None]) -> int:
+        """Announce ``target`` in ``ready_file`` (atomically), then wait for a stop signal (0) or
+        for ``stopped()`` to name a service that died (1)."""
+        if ready_file is not None:
+            tmp = ready_file.with_suffix(".tmp")
+            tmp.write_text(target + "\n")
+            tmp.rename(ready_file)
+        while not self.requested:
+            dead = stopped()
+            if dead:
+                print(dead, file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -261,14 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.agents < 1:
         parser.error("--agents must be at least 1")
 
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals()
     fleet = HollowFleet(agents=args.agents, workdir=args.workdir, database_url=args.database_url)
     try:
         fleet.start()
@@ -280,19 +291,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for agent in fleet.agent_procs:
             print(f"{agent.name:<11} {agent.address}  (log {agent.log_path})")
         print(f"\nexport CHITAL_CONTROLLER={fleet.target}\nCtrl-C stops the fleet.", flush=True)
-        if args.ready_file:
-            tmp = args.ready_file.with_suffix(".tmp")
-            tmp.write_text(fleet.target + "\n")
-            tmp.rename(args.ready_file)
-        while not stop:
+
+        def stopped() -> str | None:
             for service in [fleet.controller, *fleet.agent_procs]:
                 if service is not None and service.proc.poll() is not None:
-                    print(f"hollow: {service.name} exited with {service.proc.returncode}", file=sys.stderr)
-                    return 1
-            time.sleep(0.2)
+                    return f"hollow: {service.name} exited with {service.proc.returncode}"
+            return None
+
+        return signals.serve(fleet.target, args.ready_file, stopped)
     finally:
         fleet.stop()
-    return 0
 
 
 if __name__ == "__main__":

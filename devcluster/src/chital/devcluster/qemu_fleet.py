@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import signal
 import sys
 import tempfile
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 from types import TracebackType
 
 from .cluster import ClusterGuest, DevCluster, wait_for_port
-from .hollow import ServiceProcess, start_controller
+from .hollow import ServiceProcess, StopSignals, start_controller
 from .kernel import Kernel, default_kernel, find_kernel, repo_root
 from .vm import CommandHandle, build_module
 
@@ -205,14 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.guests < 1:
         parser.error("--guests must be at least 1")
-    stop = False
-
-    def on_signal(signum: int, frame: object) -> None:
-        nonlocal stop
-        stop = True
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    signals = StopSignals()
     kernel = find_kernel(args.kernel) if args.kernel else default_kernel()
     print(f"booting {args.guests} guest(s) with Linux {kernel.release} and chital.ko ...", flush=True)
     started = time.monotonic()
@@ -228,19 +220,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         for i, guest in enumerate(fleet.hosts):
             print(f"host{i:<7} {guest.address}  (console {guest.vm.console_path})")
         print(f"\nexport CHITAL_CONTROLLER={fleet.target}\nCtrl-C stops the cluster.", flush=True)
-        if args.ready_file:
-            tmp = args.ready_file.with_suffix(".tmp")
-            tmp.write_text(fleet.target + "\n")
-            tmp.rename(args.ready_file)
-        while not stop:
+
+        def stopped() -> str | None:
             for i, guest in enumerate(fleet.hosts):
                 if not guest.vm.alive():
-                    print(f"qemu-fleet: host{i} stopped", file=sys.stderr)
-                    return 1
-            time.sleep(0.5)
+                    return f"qemu-fleet: host{i} stopped"
+            return None
+
+        return signals.serve(fleet.target, args.ready_file, stopped)
     finally:
         fleet.stop()
-    return 0
 
 
 if __name__ == "__main__":
