@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
 import gzip
 import io
 import lzma
@@ -59,8 +58,6 @@ BASE_MODULES = ("virtio_pci", "9pnet_virtio", "9p", "virtio_net")
 
 GUEST_ADDR = "10.0.2.15"  # slirp's usual guest address
 GUEST_GW = "10.0.2.2"
-
-_PR_SET_PDEATHSIG = 1
 
 
 class GuestError(RuntimeError):
@@ -501,12 +498,18 @@ class GuestVM:
         (self.dir / "qemu.cmd").write_text(shlex.join(cmd) + "\n")
         self._t0 = time.monotonic()
         with (self.dir / "qemu.out").open("wb") as qemu_out:
+            # No preexec_fn: Python code between fork and exec runs gRPC's fork handlers in a process
+            # where gRPC is active, which aborted QEMU's child now and then. setpriv (util-linux)
+            # sets the parent-death signal after the exec instead; process_group=0 is done by
+            # _posixsubprocess in C. A ^C at the terminal then reaches the harness, which powers off.
+            if self.die_with_parent:
+                cmd = ["setpriv", "--pdeathsig", "KILL", "--", *cmd]
             self.proc = subprocess.Popen(
                 cmd,
                 stdin=subprocess.DEVNULL,
                 stdout=qemu_out,
                 stderr=subprocess.STDOUT,
-                preexec_fn=self._child_setup,  # noqa: PLW1509 - only prctl/setpgrp, no locks taken
+                process_group=0,
             )
         (self.dir / "qemu.pid").write_text(f"{self.proc.pid}\n")
         with _running_lock:
@@ -520,12 +523,6 @@ class GuestVM:
             self.stop(timeout=2, check=False)
             raise
         self.boot_seconds = time.monotonic() - self._t0
-
-    def _child_setup(self) -> None:
-        os.setpgrp()  # a ^C at the terminal reaches the harness, which then powers guests off
-        if self.die_with_parent:
-            libc = ctypes.CDLL(None, use_errno=True)
-            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
 
     def _wait_ready(self, t0: float) -> None:
         ready = self.dir / "ready"
