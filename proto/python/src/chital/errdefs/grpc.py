@@ -17,7 +17,7 @@ from chital.errdefs import ChitalError
 
 log = logging.getLogger("chital.errdefs")
 
-__all__ = ["ErrorInterceptor", "abort_with"]
+__all__ = ["ErrorInterceptor", "abort_with", "rewrap_handler"]
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
@@ -26,6 +26,29 @@ def abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -
         context.abort(exc.code, exc.message)
     log.error("internal error in %s", method, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
+
+
+def rewrap_handler(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    wrap_unary: Callable[[Callable[..., Any]], Callable[..., Any]],
+    wrap_stream: Callable[[Callable[..., Iterator[Any]]], Callable[..., Any]],
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """The same handler with its behaviour wrapped: ``wrap_unary`` for handlers that return one
+    response, ``wrap_stream`` for those that yield responses. Shared by every server interceptor."""
+    kinds = (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler, wrap_unary),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler, wrap_stream),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler, wrap_unary),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler, wrap_stream),
+    )
+    for behaviour, make, wrap in kinds:
+        if behaviour:
+            return make(
+                wrap(behaviour),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+    return handler
 
 
 def _is_abort(context: grpc.ServicerContext, exc: BaseException) -> bool:
@@ -70,16 +93,4 @@ class ErrorInterceptor(grpc.ServerInterceptor):
 
             return call
 
-        if handler.unary_unary:
-            return grpc.unary_unary_rpc_method_handler(
-                wrap_unary(handler.unary_unary),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        if handler.unary_stream:
-            return grpc.unary_stream_rpc_method_handler(
-                wrap_stream(handler.unary_stream),
-                request_deserializer=handler.request_deserializer,
-                response_serializer=handler.response_serializer,
-            )
-        return handler
+        return rewrap_handler(handler, wrap_unary, wrap_stream)
