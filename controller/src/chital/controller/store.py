@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -99,13 +99,13 @@ class Store:
         self._ro = sessionmaker(engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False)
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
-        # SQLite has one writer at a time. Queueing writers on a lock here hands the database over
-        # as soon as a commit ends; left to SQLite, waiting writers poll with growing sleeps (its
-        # busy handler), which under concurrent creates cost more than the writes themselves.
-        # PostgreSQL locks rows itself and needs no such lock.
-        self._write_lock: AbstractContextManager[object] = (
-            threading.Lock() if engine.dialect.name == "sqlite" else nullcontext()
-        )
+        # One writer at a time, in-process. SQLite has one writer anyway: queueing on a lock here
+        # hands the database over as soon as a commit ends, where SQLite's busy handler would poll
+        # with growing sleeps. On PostgreSQL, the event ingestor (process row, then container row)
+        # and Stop (container, then processes) deadlocked under load; serialising this process's
+        # writers removes that class of bug. Several controllers on one database would need a
+        # fixed lock order instead (not built: the controller is not replicated yet).
+        self._write_lock = threading.Lock()
         # observe(operation, seconds, ok) after every transaction (metrics); None: not timed.
         self.observe: Callable[[str, float, bool], None] | None = None
 
