@@ -118,6 +118,49 @@ class Limits(_message.Message):
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
 
 @_typing.final
+class Sandbox(_message.Message):
+    """Sandbox is how a container is isolated beyond its root and its deny list. The zero value is
+    the most isolated: the host's default deny list, no raw sockets, no capabilities, its own
+    network namespace with only a loopback interface.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_SYSCALLS_FIELD_NUMBER: _builtins.int
+    ALLOW_RAW_SOCKETS_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    HOST_NETWORK_FIELD_NUMBER: _builtins.int
+    allow_raw_sockets: _builtins.bool
+    """Allow AF_PACKET sockets and SOCK_RAW sockets of any family (denied by default)."""
+    host_network: _builtins.bool
+    """Share the host's network namespace instead of an own loopback-only one. For trusted
+    workloads only: members then reach every address the host reaches, the agent's port included.
+    """
+    @_builtins.property
+    def allow_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """System calls removed from the host's default deny list, by name (for example "syslog")."""
+
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities the processes keep, by name (for example "CAP_NET_BIND_SERVICE"); none by default."""
+
+    def __init__(
+        self,
+        *,
+        allow_syscalls: _abc.Iterable[_builtins.str] | None = ...,
+        allow_raw_sockets: _builtins.bool = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        host_network: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_raw_sockets", b"allow_raw_sockets", "allow_syscalls", b"allow_syscalls", "capabilities", b"capabilities", "host_network", b"host_network"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sandbox: _TypeAlias = Sandbox  # noqa: Y015
+
+@_typing.final
 class Container(_message.Message):
     """Container is a container as the host knows it."""
 
@@ -130,6 +173,8 @@ class Container(_message.Message):
     DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
     KERNEL_ID_FIELD_NUMBER: _builtins.int
     MEMBER_PIDS_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     name: _builtins.str
     root: _builtins.str
@@ -143,6 +188,14 @@ class Container(_message.Message):
     def member_pids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Pids of the members."""
 
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
+    @_builtins.property
+    def effective_deny_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The system calls the module denies to members: the host's default list, plus deny_syscalls,
+        minus sandbox.allow_syscalls.
+        """
+
     def __init__(
         self,
         *,
@@ -153,10 +206,12 @@ class Container(_message.Message):
         deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
         kernel_id: _builtins.int = ...,
         member_pids: _abc.Iterable[_builtins.int] | None = ...,
+        sandbox: Global___Sandbox | None = ...,
+        effective_deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "kernel_id", b"kernel_id", "limits", b"limits", "member_pids", b"member_pids", "name", b"name", "root", b"root", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "effective_deny_syscalls", b"effective_deny_syscalls", "kernel_id", b"kernel_id", "limits", b"limits", "member_pids", b"member_pids", "name", b"name", "root", b"root", "sandbox", b"sandbox", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -352,6 +407,7 @@ class CreateContainerRequest(_message.Message):
     ROOT_FIELD_NUMBER: _builtins.int
     LIMITS_FIELD_NUMBER: _builtins.int
     DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     name: _builtins.str
     root: _builtins.str
@@ -359,7 +415,11 @@ class CreateContainerRequest(_message.Message):
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     @_builtins.property
-    def deny_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def deny_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Denied in addition to the host's default list."""
+
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
     def __init__(
         self,
         *,
@@ -368,10 +428,11 @@ class CreateContainerRequest(_message.Message):
         root: _builtins.str = ...,
         limits: Global___Limits | None = ...,
         deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
+        sandbox: Global___Sandbox | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "limits", b"limits", "name", b"name", "root", b"root", "uid", b"uid"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "limits", b"limits", "name", b"name", "root", b"root", "sandbox", b"sandbox", "uid", b"uid"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -478,7 +539,11 @@ class StartProcessRequest(_message.Message):
     process_uid: _builtins.str
     cwd: _builtins.str
     user_id: _builtins.int
+    """Unset: the host's default unprivileged user (65534). 0 runs as root, still without
+    capabilities unless the container's sandbox grants some.
+    """
     group_id: _builtins.int
+    """Unset: the host's default unprivileged group (65534)."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -491,14 +556,21 @@ class StartProcessRequest(_message.Message):
         argv: _abc.Iterable[_builtins.str] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cwd: _builtins.str = ...,
-        user_id: _builtins.int = ...,
-        group_id: _builtins.int = ...,
+        user_id: _builtins.int | None = ...,
+        group_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_group_id", b"_group_id", "_user_id", b"_user_id", "group_id", b"group_id", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "container_uid", b"container_uid", "cwd", b"cwd", "env", b"env", "group_id", b"group_id", "process_uid", b"process_uid", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_group_id", b"_group_id", "_user_id", b"_user_id", "argv", b"argv", "container_uid", b"container_uid", "cwd", b"cwd", "env", b"env", "group_id", b"group_id", "process_uid", b"process_uid", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__group_id: _TypeAlias = _typing.Literal["group_id"]  # noqa: Y015
+    _WhichOneofArgType__group_id: _TypeAlias = _typing.Literal["_group_id", b"_group_id"]  # noqa: Y015
+    _WhichOneofReturnType__user_id: _TypeAlias = _typing.Literal["user_id"]  # noqa: Y015
+    _WhichOneofArgType__user_id: _TypeAlias = _typing.Literal["_user_id", b"_user_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__group_id) -> _WhichOneofReturnType__group_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_id) -> _WhichOneofReturnType__user_id | None: ...
 
 Global___StartProcessRequest: _TypeAlias = StartProcessRequest  # noqa: Y015
 
@@ -789,6 +861,7 @@ class StreamEventsResponse(_message.Message):
     SYSCALL_NUMBER_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    COMPAT_SYSCALL_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     kind: Global___EventKind.ValueType
     container_uid: _builtins.str
@@ -798,7 +871,10 @@ class StreamEventsResponse(_message.Message):
     signal: _builtins.int
     oom_killed: _builtins.bool
     syscall_number: _builtins.int
+    """SYSCALL_DENIED: the system call number (of the compat table when compat_syscall)."""
     count: _builtins.int
+    compat_syscall: _builtins.bool
+    """SYSCALL_DENIED: a 32-bit (int $0x80 or compat mode) system call."""
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -815,10 +891,11 @@ class StreamEventsResponse(_message.Message):
         syscall_number: _builtins.int = ...,
         count: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        compat_syscall: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container_uid", b"container_uid", "count", b"count", "exit_code", b"exit_code", "kind", b"kind", "oom_killed", b"oom_killed", "pid", b"pid", "process_uid", b"process_uid", "seq", b"seq", "signal", b"signal", "syscall_number", b"syscall_number", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compat_syscall", b"compat_syscall", "container_uid", b"container_uid", "count", b"count", "exit_code", b"exit_code", "kind", b"kind", "oom_killed", b"oom_killed", "pid", b"pid", "process_uid", b"process_uid", "seq", b"seq", "signal", b"signal", "syscall_number", b"syscall_number", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -156,6 +156,49 @@ class Limits(_message.Message):
 Global___Limits: _TypeAlias = Limits  # noqa: Y015
 
 @_typing.final
+class Sandbox(_message.Message):
+    """Sandbox is how a container is isolated beyond its root and its deny list. The zero value is
+    the most isolated: the host's default deny list, no raw sockets, no capabilities, its own
+    network namespace with only a loopback interface.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOW_SYSCALLS_FIELD_NUMBER: _builtins.int
+    ALLOW_RAW_SOCKETS_FIELD_NUMBER: _builtins.int
+    CAPABILITIES_FIELD_NUMBER: _builtins.int
+    HOST_NETWORK_FIELD_NUMBER: _builtins.int
+    allow_raw_sockets: _builtins.bool
+    """Allow AF_PACKET sockets and SOCK_RAW sockets of any family (denied by default)."""
+    host_network: _builtins.bool
+    """Share the host's network namespace instead of an own loopback-only one. For trusted
+    workloads only: members then reach every address the host reaches, the the agents' ports included.
+    """
+    @_builtins.property
+    def allow_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """System calls removed from the host's default deny list, by name (for example "syslog")."""
+
+    @_builtins.property
+    def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Capabilities the processes keep, by name (for example "CAP_NET_BIND_SERVICE"); none by default."""
+
+    def __init__(
+        self,
+        *,
+        allow_syscalls: _abc.Iterable[_builtins.str] | None = ...,
+        allow_raw_sockets: _builtins.bool = ...,
+        capabilities: _abc.Iterable[_builtins.str] | None = ...,
+        host_network: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_raw_sockets", b"allow_raw_sockets", "allow_syscalls", b"allow_syscalls", "capabilities", b"capabilities", "host_network", b"host_network"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Sandbox: _TypeAlias = Sandbox  # noqa: Y015
+
+@_typing.final
 class Container(_message.Message):
     """Container is a sandbox on one host."""
 
@@ -194,6 +237,8 @@ class Container(_message.Message):
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     RUNNING_PROCESSES_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     name: _builtins.str
     state: Global___ContainerState.ValueType
@@ -213,12 +258,20 @@ class Container(_message.Message):
     def limits(self) -> Global___Limits: ...
     @_builtins.property
     def deny_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """System calls the kernel module denies to members, by name (for example "mount")."""
+        """System calls denied in addition to the host's default list, by name (for example "mount")."""
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
+    @_builtins.property
+    def effective_deny_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The system calls the module denies to members: the host's default list, plus deny_syscalls,
+        minus sandbox.allow_syscalls (empty until the container is created on a host).
+        """
+
     def __init__(
         self,
         *,
@@ -235,10 +288,12 @@ class Container(_message.Message):
         create_time: _timestamp_pb2.Timestamp | None = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
         running_processes: _builtins.int = ...,
+        sandbox: Global___Sandbox | None = ...,
+        effective_deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits", "sandbox", b"sandbox", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deny_syscalls", b"deny_syscalls", "host_address", b"host_address", "host_id", b"host_id", "labels", b"labels", "limits", b"limits", "message", b"message", "name", b"name", "root", b"root", "running_processes", b"running_processes", "state", b"state", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deny_syscalls", b"deny_syscalls", "effective_deny_syscalls", b"effective_deny_syscalls", "host_address", b"host_address", "host_id", b"host_id", "labels", b"labels", "limits", b"limits", "message", b"message", "name", b"name", "root", b"root", "running_processes", b"running_processes", "sandbox", b"sandbox", "state", b"state", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -368,6 +423,7 @@ class CreateContainerRequest(_message.Message):
     ROOT_FIELD_NUMBER: _builtins.int
     DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
+    SANDBOX_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key, 1-128 characters."""
     name: _builtins.str
@@ -380,7 +436,11 @@ class CreateContainerRequest(_message.Message):
     @_builtins.property
     def limits(self) -> Global___Limits: ...
     @_builtins.property
-    def deny_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def deny_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Denied in addition to the host's default list."""
+
+    @_builtins.property
+    def sandbox(self) -> Global___Sandbox: ...
     def __init__(
         self,
         *,
@@ -391,10 +451,11 @@ class CreateContainerRequest(_message.Message):
         root: _builtins.str = ...,
         deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
         host: _builtins.str = ...,
+        sandbox: Global___Sandbox | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "host", b"host", "labels", b"labels", "limits", b"limits", "name", b"name", "request_id", b"request_id", "root", b"root"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "host", b"host", "labels", b"labels", "limits", b"limits", "name", b"name", "request_id", b"request_id", "root", b"root", "sandbox", b"sandbox"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -664,7 +725,11 @@ class ExecRequest(_message.Message):
     cwd: _builtins.str
     """Working directory inside the container (default "/")."""
     user_id: _builtins.int
+    """Unset: the host's default unprivileged user (65534). 0 runs as root, still without
+    capabilities unless the container's sandbox grants some.
+    """
     group_id: _builtins.int
+    """Unset: the host's default unprivileged group (65534)."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -677,14 +742,21 @@ class ExecRequest(_message.Message):
         argv: _abc.Iterable[_builtins.str] | None = ...,
         env: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         cwd: _builtins.str = ...,
-        user_id: _builtins.int = ...,
-        group_id: _builtins.int = ...,
+        user_id: _builtins.int | None = ...,
+        group_id: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_group_id", b"_group_id", "_user_id", b"_user_id", "group_id", b"group_id", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["argv", b"argv", "container", b"container", "cwd", b"cwd", "env", b"env", "group_id", b"group_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_group_id", b"_group_id", "_user_id", b"_user_id", "argv", b"argv", "container", b"container", "cwd", b"cwd", "env", b"env", "group_id", b"group_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__group_id: _TypeAlias = _typing.Literal["group_id"]  # noqa: Y015
+    _WhichOneofArgType__group_id: _TypeAlias = _typing.Literal["_group_id", b"_group_id"]  # noqa: Y015
+    _WhichOneofReturnType__user_id: _TypeAlias = _typing.Literal["user_id"]  # noqa: Y015
+    _WhichOneofArgType__user_id: _TypeAlias = _typing.Literal["_user_id", b"_user_id"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__group_id) -> _WhichOneofReturnType__group_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__user_id) -> _WhichOneofReturnType__user_id | None: ...
 
 Global___ExecRequest: _TypeAlias = ExecRequest  # noqa: Y015
 
