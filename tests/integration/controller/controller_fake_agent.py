@@ -33,6 +33,8 @@ class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
         self.name = name
         self.cond = threading.Condition()
         self.calls: collections.Counter[str] = collections.Counter()
+        # The last StartProcessRequest, as the controller sent it.
+        self.last_start: Any = None
         self.containers: dict[str, Any] = {}
         self.processes: dict[str, Any] = {}
         self.events: list[Any] = []
@@ -88,8 +90,14 @@ class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
         with self.cond:
             c = self.containers.get(request.uid)
             if c is None:
+                # A stand-in for the host's default policy: "syslog" unless relaxed.
+                deny = sorted(({"syslog"} | set(request.deny_syscalls)) - set(request.sandbox.allow_syscalls))
                 c = agent_pb2.Container(
-                    uid=request.uid, name=request.name, root=request.root or f"/fake/{request.uid}"
+                    uid=request.uid,
+                    name=request.name,
+                    root=request.root or f"/fake/{request.uid}",
+                    sandbox=request.sandbox,
+                    effective_deny_syscalls=deny,
                 )
                 self.containers[request.uid] = c
             return agent_pb2.CreateContainerResponse(container=c)
@@ -107,6 +115,7 @@ class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
     def StartProcess(self, request: Any, context: Any) -> Any:
         self.calls["StartProcess"] += 1
         with self.cond:
+            self.last_start = request
             if request.container_uid not in self.containers:
                 context.abort(grpc.StatusCode.NOT_FOUND, f"container {request.container_uid} not found")
             p = self.processes.get(request.process_uid)

@@ -119,6 +119,24 @@ def test_agent_failure_marks_container_failed(cluster: Cluster) -> None:
 
 BAD_CONTAINER_CALLS: list[tuple[str, str, Any, str]] = [
     (
+        "bad capability",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="x", sandbox=cpb.Sandbox(capabilities=["net_raw"])),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "bad allowed syscall",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="x", name="x", sandbox=cpb.Sandbox(allow_syscalls=["Mount!"])),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "user id out of range",
+        "Exec",
+        cpb.ExecRequest(container="web", request_id="u", argv=["true"], user_id=0xFFFFFFFF),
+        "INVALID_ARGUMENT",
+    ),
+    (
         "empty name",
         "CreateContainer",
         cpb.CreateContainerRequest(request_id="x", name=""),
@@ -322,6 +340,40 @@ def test_bad_host_input(shared_cluster: Cluster, why: str, method: str, request_
     with pytest.raises(grpc.RpcError) as err:
         _invoke(shared_cluster.hosts, method, request_)
     assert err.value.code().name == code, (why, err.value.details())
+
+
+def test_sandbox_reaches_the_agent_and_inspect_shows_the_effective_policy(cluster: Cluster) -> None:
+    register_all(cluster)
+    sandbox = cpb.Sandbox(allow_syscalls=["syslog"], capabilities=["CAP_NET_BIND_SERVICE"], host_network=True)
+    c = create(cluster, "relaxed", deny_syscalls=["ptrace"], sandbox=sandbox)
+    assert c.state == cpb.CONTAINER_STATE_CREATED
+    got = cluster.containers.GetContainer(cpb.GetContainerRequest(container="relaxed"), timeout=T).container
+    assert got.sandbox == sandbox
+    assert list(got.effective_deny_syscalls) == ["ptrace"]  # the agent's default "syslog" was relaxed
+    strict = create(cluster, "strict")
+    assert list(strict.effective_deny_syscalls) == ["syslog"]
+    assert strict.sandbox == cpb.Sandbox()
+    # A retry with another sandbox is another container: refused.
+    with pytest.raises(grpc.RpcError) as err:
+        create(cluster, "relaxed", sandbox=cpb.Sandbox())
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_exec_defaults_to_the_unprivileged_user(cluster: Cluster) -> None:
+    register_all(cluster)
+    c = create(cluster, "users")
+    agent = next(a for a in cluster.agents if a.address == c.host_address)
+    p = cluster.containers.Exec(
+        cpb.ExecRequest(container="users", request_id="default", argv=["id"]), timeout=T
+    ).process
+    assert (p.user_id, p.group_id) == (65534, 65534)
+    assert agent.agent.last_start.HasField("user_id")
+    assert (agent.agent.last_start.user_id, agent.agent.last_start.group_id) == (65534, 65534)
+    root = cluster.containers.Exec(
+        cpb.ExecRequest(container="users", request_id="root", argv=["id"], user_id=0, group_id=0), timeout=T
+    ).process
+    assert (root.user_id, root.group_id) == (0, 0)
+    assert agent.agent.last_start.HasField("user_id") and agent.agent.last_start.user_id == 0
 
 
 def test_exec_exit_arrives_through_events(cluster: Cluster) -> None:

@@ -14,6 +14,7 @@ import grpc
 import pytest
 from fake_chital_controller import FakeController
 
+from chital.api.container.v1 import container_pb2 as cpb
 from chital.cli import _app, main
 from chital.client import RetryPolicy
 
@@ -97,6 +98,34 @@ def test_run_passes_limits_and_options(chital, fake: FakeController) -> None:
     execute = fake.requests["Exec"][0]
     assert list(execute.argv) == ["echo", "-n"] and execute.cwd == "/tmp"
     assert fake.requests["StreamLogs"][0].follow
+    # No sandbox option: the most isolated sandbox; no -u: the user is left to the server's default.
+    assert create.sandbox == cpb.Sandbox()
+    assert not execute.HasField("user_id") and not execute.HasField("group_id")
+
+
+def test_run_sandbox_options(chital, fake: FakeController) -> None:
+    code, _, _ = chital(
+        "run",
+        "--allow",
+        "syslog,acct",
+        "--allow-raw-sockets",
+        "--cap-add",
+        "net_bind_service",
+        "--cap-add",
+        "CAP_CHOWN",
+        "--network",
+        "host",
+        "-u",
+        "0",
+        "--",
+        "true",
+    )
+    assert code == 0
+    sandbox = fake.requests["CreateContainer"][0].sandbox
+    assert list(sandbox.allow_syscalls) == ["syslog", "acct"] and sandbox.allow_raw_sockets
+    assert list(sandbox.capabilities) == ["CAP_NET_BIND_SERVICE", "CAP_CHOWN"] and sandbox.host_network
+    execute = fake.requests["Exec"][0]
+    assert execute.HasField("user_id") and (execute.user_id, execute.group_id) == (0, 0)
 
 
 def test_run_detached_prints_uids(chital) -> None:

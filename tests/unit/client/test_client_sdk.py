@@ -67,6 +67,7 @@ EXPECTED_ALL = {
     "ProcessState",
     "ResourceExhausted",
     "RetryPolicy",
+    "Sandbox",
     "SyscallCount",
     "Unavailable",
     "Unimplemented",

@@ -21,6 +21,7 @@ from chital.client import (
     Process,
     ProcessState,
     RetryPolicy,
+    Sandbox,
     Unavailable,
 )
 
@@ -290,16 +291,35 @@ class _ProcessLostError(Exception):
     """The process we were attached to ended without an exit status (its host was lost)."""
 
 
+def _names(groups: list[str]) -> tuple[str, ...]:
+    """Comma-separated names from a repeatable option."""
+    return tuple(name.strip() for group in groups for name in group.split(",") if name.strip())
+
+
+def _capability(name: str) -> str:
+    """``net_bind_service`` or ``CAP_NET_BIND_SERVICE`` -> ``CAP_NET_BIND_SERVICE``."""
+    name = name.upper()
+    return name if name.startswith("CAP_") else f"CAP_{name}"
+
+
 def _run(client: Client, args: argparse.Namespace) -> int:
     limits = Limits(memory_max_bytes=args.memory, pids_max=args.pids, cpu_max_millicores=args.cpus)
-    deny = [name.strip() for group in args.deny for name in group.split(",") if name.strip()]
+    sandbox = Sandbox(
+        allow_syscalls=_names(args.allow),
+        allow_raw_sockets=args.allow_raw_sockets,
+        capabilities=tuple(
+            c.upper() if c.upper().startswith("CAP_") else f"CAP_{c.upper()}" for c in _names(args.cap_add)
+        ),
+        host_network=args.network == "host",
+    )
     container = client.create_container(
         args.name or f"run-{uuid.uuid4().hex[:8]}",
         labels=dict(args.label),
         limits=limits,
         root=args.root,
-        deny_syscalls=deny,
+        deny_syscalls=_names(args.deny),
         host=args.host,
+        sandbox=sandbox,
     )
     try:
         process = client.exec(
@@ -307,8 +327,8 @@ def _run(client: Client, args: argparse.Namespace) -> int:
             args.command,
             env=dict(args.env),
             cwd=args.cwd,
-            user_id=args.user[0],
-            group_id=args.user[1],
+            user_id=args.user[0] if args.user else None,
+            group_id=args.user[1] if args.user else None,
         )
     except ChitalError:
         if args.rm:
@@ -335,8 +355,8 @@ def _exec(client: Client, args: argparse.Namespace) -> int:
         args.command,
         env=dict(args.env),
         cwd=args.cwd,
-        user_id=args.user[0],
-        group_id=args.user[1],
+        user_id=args.user[0] if args.user else None,
+        group_id=args.user[1] if args.user else None,
     )
     if args.detach:
         _show_row(args, process, _show_processes)
@@ -480,7 +500,36 @@ def _container_create_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cpus", type=_cpus, default=0, metavar="CPUS", help="CPU quota, e.g. 0.5")
     parser.add_argument("--root", default="", metavar="DIR", help="root directory on the host")
     parser.add_argument(
-        "--deny", action="append", default=[], metavar="SYSCALL,...", help="system calls to deny (repeatable)"
+        "--deny",
+        action="append",
+        default=[],
+        metavar="SYSCALL,...",
+        help="system calls to deny in addition to the host's default list (repeatable)",
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="SYSCALL,...",
+        help="system calls to remove from the host's default deny list (repeatable)",
+    )
+    parser.add_argument(
+        "--allow-raw-sockets",
+        action="store_true",
+        help="allow AF_PACKET and SOCK_RAW sockets (denied by default)",
+    )
+    parser.add_argument(
+        "--cap-add",
+        action="append",
+        default=[],
+        metavar="CAP,...",
+        help="capability the processes keep, e.g. NET_BIND_SERVICE (repeatable; none by default)",
+    )
+    parser.add_argument(
+        "--network",
+        choices=("private", "host"),
+        default="private",
+        help="private: own loopback only (default); host: the host's network, for trusted workloads only",
     )
     parser.add_argument("--host", default="", help="place on this host (id or address)")
     parser.add_argument("--rm", action="store_true", help="delete the container when the process exits")
@@ -498,7 +547,12 @@ def _process_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--cwd", default="", metavar="DIR", help="working directory in the container")
     parser.add_argument(
-        "-u", "--user", type=_user, default=(0, 0), metavar="UID[:GID]", help="numeric user (and group) id"
+        "-u",
+        "--user",
+        type=_user,
+        default=None,
+        metavar="UID[:GID]",
+        help="numeric user (and group) id (default 65534:65534; 0 is root without capabilities)",
     )
     parser.add_argument(
         "-d", "--detach", action="store_true", help="print the process and return instead of waiting"

@@ -45,6 +45,7 @@ from ._types import (
     Process,
     ProcessState,
     RetryPolicy,
+    Sandbox,
     SyscallCount,
     WatchEvent,
 )
@@ -76,6 +77,7 @@ __all__ = [
     "ProcessState",
     "ResourceExhausted",
     "RetryPolicy",
+    "Sandbox",
     "SyscallCount",
     "Unavailable",
     "Unimplemented",

@@ -31,6 +31,7 @@ from ._types import (
     Process,
     ProcessState,
     RetryPolicy,
+    Sandbox,
     WatchEvent,
 )
 
@@ -208,12 +209,14 @@ class Client:
         root: str = "",
         deny_syscalls: Sequence[str] = (),
         host: str = "",
+        sandbox: Sandbox | None = None,
     ) -> Container:
         """Create a container named ``name`` and return it.
 
         ``request_id`` is the idempotency key (a fresh uuid4 by default); retries reuse it, so a
         create is never done twice. ``host`` pins the container to a host (id or address).
-        ``deny_syscalls`` names system calls the kernel module refuses to members.
+        ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
+        the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
         """
         request = cpb.CreateContainerRequest(
             request_id=request_id or str(uuid.uuid4()),
@@ -223,6 +226,7 @@ class Client:
             root=root,
             deny_syscalls=list(deny_syscalls),
             host=host,
+            sandbox=conv.sandbox_to_pb(sandbox or Sandbox()),
         )
         response = self._unary(self._containers.CreateContainer, request, _IDEMPOTENT_WRITE)
         return conv.container_from_pb(response.container)
@@ -306,14 +310,16 @@ class Client:
         *,
         env: Mapping[str, str] | None = None,
         cwd: str = "",
-        user_id: int = 0,
-        group_id: int = 0,
+        user_id: int | None = None,
+        group_id: int | None = None,
         request_id: str | None = None,
     ) -> Process:
         """Start ``argv`` in a container and return the process (usually STARTING or RUNNING).
 
         ``request_id`` is the idempotency key (a fresh uuid4 by default), reused across retries, so
         the program is never started twice. ``cwd`` defaults to ``/`` inside the container.
+        ``user_id``/``group_id`` default to the unprivileged 65534 (nobody/nogroup); 0 runs as
+        root, still without capabilities unless the container's sandbox grants some.
         """
         request = cpb.ExecRequest(
             container=container,

@@ -24,6 +24,7 @@ from ._types import (
     LogStream,
     Process,
     ProcessState,
+    Sandbox,
     SyscallCount,
     WatchEvent,
 )
@@ -118,6 +119,23 @@ def container_from_pb(m: cpb.Container) -> Container:
         create_time=time_from_pb(m.create_time, m.HasField("create_time")),
         update_time=time_from_pb(m.update_time, m.HasField("update_time")),
         running_processes=m.running_processes,
+        sandbox=Sandbox(
+            allow_syscalls=tuple(m.sandbox.allow_syscalls),
+            allow_raw_sockets=m.sandbox.allow_raw_sockets,
+            capabilities=tuple(m.sandbox.capabilities),
+            host_network=m.sandbox.host_network,
+        ),
+        effective_deny_syscalls=tuple(m.effective_deny_syscalls),
+    )
+
+
+def sandbox_to_pb(s: Sandbox) -> cpb.Sandbox:
+    """Message from the SDK sandbox."""
+    return cpb.Sandbox(
+        allow_syscalls=list(s.allow_syscalls),
+        allow_raw_sockets=s.allow_raw_sockets,
+        capabilities=list(s.capabilities),
+        host_network=s.host_network,
     )
 
 

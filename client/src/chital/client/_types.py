@@ -76,6 +76,21 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Sandbox:
+    """How a container is isolated beyond its root and deny list. The default isolates most."""
+
+    allow_syscalls: tuple[str, ...] = ()
+    """System calls removed from the host's default deny list (for example ``"syslog"``)."""
+    allow_raw_sockets: bool = False
+    """Allow AF_PACKET and SOCK_RAW sockets (denied by default)."""
+    capabilities: tuple[str, ...] = ()
+    """Capabilities the processes keep (for example ``"CAP_NET_BIND_SERVICE"``); none by default."""
+    host_network: bool = False
+    """Share the host's network namespace: for trusted workloads only (members then reach every
+    address the host reaches, agents included)."""
+
+
+@dataclass(frozen=True)
 class Container:
     """A sandbox on one host, as the controller recorded it."""
 
@@ -92,6 +107,10 @@ class Container:
     create_time: _dt.datetime | None = None
     update_time: _dt.datetime | None = None
     running_processes: int = 0
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    effective_deny_syscalls: tuple[str, ...] = ()
+    """What the host's module denies: its default list, plus ``deny_syscalls``, minus the
+    sandbox's ``allow_syscalls`` (empty until the container exists on its host)."""
 
 
 @dataclass(frozen=True)

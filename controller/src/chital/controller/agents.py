@@ -117,8 +117,8 @@ class AgentClient:
             future.add_done_callback(lambda f: done(getattr(f.code(), "name", "UNKNOWN")))  # type: ignore[attr-defined]
         return future
 
-    def create_container(self, container: ContainerRecord) -> None:
-        """Create the container on the host (idempotent by uid)."""
+    def create_container(self, container: ContainerRecord) -> tuple[str, ...]:
+        """Create the container on the host (idempotent by uid); returns the deny list it enforces."""
         req = agent_pb2.CreateContainerRequest(
             uid=container.uid,
             name=container.name,
@@ -129,8 +129,15 @@ class AgentClient:
                 cpu_max_millicores=container.limits.cpu_max_millicores,
             ),
             deny_syscalls=list(container.deny_syscalls),
+            sandbox=agent_pb2.Sandbox(
+                allow_syscalls=list(container.sandbox.allow_syscalls),
+                allow_raw_sockets=container.sandbox.allow_raw_sockets,
+                capabilities=list(container.sandbox.capabilities),
+                host_network=container.sandbox.host_network,
+            ),
         )
-        self._call(lambda: self._stub.CreateContainer(req, timeout=self.timeout), "CreateContainer")
+        resp = self._call(lambda: self._stub.CreateContainer(req, timeout=self.timeout), "CreateContainer")
+        return tuple(resp.container.effective_deny_syscalls)
 
     def get_container_stats(self, uid: str) -> agent_pb2.GetContainerStatsResponse:
         """The kernel's per-syscall counters and the cgroup usage of a container."""

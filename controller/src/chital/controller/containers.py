@@ -65,12 +65,14 @@ from chital.controller.validation import (
     validate_argv,
     validate_deny_syscalls,
     validate_env,
+    validate_ids,
     validate_labels,
     validate_limit,
     validate_name,
     validate_path,
     validate_ref,
     validate_request_id,
+    validate_sandbox,
     validate_signal,
 )
 from chital.errdefs import AlreadyExists, ChitalError, FailedPrecondition, InvalidArgument, Unavailable
@@ -132,6 +134,7 @@ class Containers:
         validate_limit(spec.limits.cpu_max_millicores, "limits.cpu_max_millicores")
         validate_path(spec.root, "root")
         validate_deny_syscalls(spec.deny_syscalls)
+        validate_sandbox(spec.sandbox)
         if spec.host:
             validate_ref(spec.host, "host")
         return spec
@@ -167,21 +170,21 @@ class Containers:
         """Finish the create of a PENDING container (reconciler). Stays PENDING if its host is
         unreachable; FAILED on any other agent error."""
         try:
-            self._pool.get(record.host_address).create_container(record)
+            enforced = self._pool.get(record.host_address).create_container(record)
         except Unavailable:
             return self._store.get_container(record.uid)
         except ChitalError as exc:
             return self._store.finish_create(record.uid, False, str(exc), self._clock())
-        return self._store.finish_create(record.uid, True, "", self._clock())
+        return self._store.finish_create(record.uid, True, "", self._clock(), enforced)
 
     def _create_on_host(self, record: ContainerRecord) -> ContainerRecord:
         try:
-            self._pool.get(record.host_address).create_container(record)
+            enforced = self._pool.get(record.host_address).create_container(record)
         except ChitalError as exc:
             self._metrics.container_creates.labels("failed").inc()
             return self._store.finish_create(record.uid, False, str(exc), self._clock())
         self._metrics.container_creates.labels("created").inc()
-        return self._store.finish_create(record.uid, True, "", self._clock())
+        return self._store.finish_create(record.uid, True, "", self._clock(), enforced)
 
     def get(self, ref: str) -> ContainerRecord:
         """A container by uid or name."""
@@ -277,12 +280,13 @@ class Containers:
         """Start a process in a container (idempotent by container and request_id)."""
         validate_ref(ref, "container")
         validate_request_id(request_id)
+        user_id, group_id = validate_ids(spec.user_id, spec.group_id)
         spec = ProcessSpec(
             argv=validate_argv(spec.argv),
             env=validate_env(spec.env),
             cwd=validate_path(spec.cwd or "/", "cwd"),
-            user_id=spec.user_id,
-            group_id=spec.group_id,
+            user_id=user_id,
+            group_id=group_id,
         )
         target = self._store.get_container(ref)
         if target.host_id and target.state in (ContainerState.CREATED, ContainerState.RUNNING):

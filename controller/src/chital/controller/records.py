@@ -9,6 +9,8 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "DEFAULT_GROUP_ID",
+    "DEFAULT_USER_ID",
     "AdminState",
     "AgentInfo",
     "ContainerRecord",
@@ -23,7 +25,14 @@ __all__ = [
     "ProcessRecord",
     "ProcessSpec",
     "ProcessState",
+    "Sandbox",
 ]
+
+
+# A process started without a user or group runs as this unprivileged user and group (nobody,
+# nogroup); agents apply the same default to calls that leave them unset.
+DEFAULT_USER_ID = 65534
+DEFAULT_GROUP_ID = 65534
 
 
 class HostHealth(StrEnum):
@@ -150,6 +159,39 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class Sandbox:
+    """How a container is isolated beyond its root and deny list; the zero value isolates most.
+
+    ``allow_syscalls`` relaxes the host's default deny list, ``allow_raw_sockets`` allows AF_PACKET
+    and SOCK_RAW sockets, ``capabilities`` are kept by the processes (none by default), and
+    ``host_network`` shares the host's network namespace (trusted workloads only).
+    """
+
+    allow_syscalls: tuple[str, ...] = ()
+    allow_raw_sockets: bool = False
+    capabilities: tuple[str, ...] = ()
+    host_network: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "allow_syscalls": list(self.allow_syscalls),
+            "allow_raw_sockets": self.allow_raw_sockets,
+            "capabilities": list(self.capabilities),
+            "host_network": self.host_network,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Sandbox:
+        data = data or {}
+        return cls(
+            allow_syscalls=tuple(data.get("allow_syscalls", ())),
+            allow_raw_sockets=bool(data.get("allow_raw_sockets", False)),
+            capabilities=tuple(data.get("capabilities", ())),
+            host_network=bool(data.get("host_network", False)),
+        )
+
+
+@dataclass(frozen=True)
 class ContainerSpec:
     """What a client asked for when creating a container."""
 
@@ -159,6 +201,7 @@ class ContainerSpec:
     root: str = ""
     deny_syscalls: tuple[str, ...] = ()
     host: str = ""
+    sandbox: Sandbox = Sandbox()
 
 
 @dataclass(frozen=True)
@@ -181,6 +224,10 @@ class ContainerRecord:
     updated: datetime
     revision: int
     running_processes: int = 0
+    sandbox: Sandbox = Sandbox()
+    # What the host's module enforces (its default list, plus deny_syscalls, minus the sandbox's
+    # relaxations); empty until the container exists on its host.
+    effective_deny_syscalls: tuple[str, ...] = ()
 
     def matches(self, spec: ContainerSpec) -> bool:
         """Whether a retried create asks for the same container."""
@@ -191,6 +238,7 @@ class ContainerRecord:
             and self.root == spec.root
             and self.deny_syscalls == tuple(spec.deny_syscalls)
             and self.requested_host == spec.host
+            and self.sandbox == spec.sandbox
         )
 
 
@@ -201,8 +249,9 @@ class ProcessSpec:
     argv: tuple[str, ...]
     env: dict[str, str] = field(default_factory=dict)
     cwd: str = "/"
-    user_id: int = 0
-    group_id: int = 0
+    # None: the unprivileged default (DEFAULT_USER_ID / DEFAULT_GROUP_ID), resolved at exec.
+    user_id: int | None = None
+    group_id: int | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +334,8 @@ def to_json(record: ContainerRecord | ProcessRecord) -> dict[str, Any]:
         value = getattr(record, f.name)
         if isinstance(value, Limits):
             out[f.name] = dataclasses.asdict(value)
+        elif isinstance(value, Sandbox):
+            out[f.name] = value.to_json()
         else:
             out[f.name] = _encode(value)
     return out
@@ -313,6 +364,8 @@ def container_from_json(data: dict[str, Any]) -> ContainerRecord:
         updated=datetime.fromisoformat(data["updated"]),
         revision=data["revision"],
         running_processes=data["running_processes"],
+        sandbox=Sandbox.from_json(data.get("sandbox")),
+        effective_deny_syscalls=tuple(data.get("effective_deny_syscalls", ())),
     )
 
 

@@ -29,6 +29,7 @@ from chital.controller.records import (
     Limits,
     ProcessRecord,
     ProcessSpec,
+    Sandbox,
 )
 from chital.errdefs import InvalidArgument
 
@@ -82,6 +83,13 @@ def container_to_pb(c: ContainerRecord) -> container_pb2.Container:
         create_time=_ts(c.created),
         update_time=_ts(c.updated),
         running_processes=c.running_processes,
+        sandbox=container_pb2.Sandbox(
+            allow_syscalls=list(c.sandbox.allow_syscalls),
+            allow_raw_sockets=c.sandbox.allow_raw_sockets,
+            capabilities=list(c.sandbox.capabilities),
+            host_network=c.sandbox.host_network,
+        ),
+        effective_deny_syscalls=list(c.effective_deny_syscalls),
     )
 
 
@@ -159,6 +167,12 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             root=request.root,
             deny_syscalls=tuple(request.deny_syscalls),
             host=request.host,
+            sandbox=Sandbox(
+                allow_syscalls=tuple(request.sandbox.allow_syscalls),
+                allow_raw_sockets=request.sandbox.allow_raw_sockets,
+                capabilities=tuple(request.sandbox.capabilities),
+                host_network=request.sandbox.host_network,
+            ),
         )
         record = self._containers.create(request.request_id, spec)
         return container_pb2.CreateContainerResponse(container=container_to_pb(record))
@@ -212,8 +226,8 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             argv=tuple(request.argv),
             env=dict(request.env),
             cwd=request.cwd,
-            user_id=request.user_id,
-            group_id=request.group_id,
+            user_id=request.user_id if request.HasField("user_id") else None,
+            group_id=request.group_id if request.HasField("group_id") else None,
         )
         process = self._containers.exec(request.container, request.request_id, spec)
         return container_pb2.ExecResponse(process=process_to_pb(process))

@@ -27,6 +27,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from chital.controller.db import READONLY_OPTION
 from chital.controller.models import Base, ContainerRow, EventRow, HostRow, ProcessRow
 from chital.controller.records import (
+    DEFAULT_GROUP_ID,
+    DEFAULT_USER_ID,
     LIVE_PROCESS_STATES,
     PLACED_STATES,
     AdminState,
@@ -43,6 +45,7 @@ from chital.controller.records import (
     ProcessRecord,
     ProcessSpec,
     ProcessState,
+    Sandbox,
     container_from_json,
     process_from_json,
     to_json,
@@ -263,6 +266,8 @@ class Store:
             updated=row.updated,
             revision=row.revision,
             running_processes=running,
+            sandbox=Sandbox.from_json(row.sandbox),
+            effective_deny_syscalls=tuple(row.effective_deny_syscalls),
         )
 
     def _container(self, session: Session, row: ContainerRow) -> ContainerRecord:
@@ -581,6 +586,8 @@ class Store:
                     cpu_max_millicores=spec.limits.cpu_max_millicores,
                     root=spec.root,
                     deny_syscalls=list(spec.deny_syscalls),
+                    sandbox=spec.sandbox.to_json(),
+                    effective_deny_syscalls=[],
                     requested_host=spec.host,
                     state=ContainerState.PENDING.value,
                     host_id=host_id,
@@ -649,11 +656,21 @@ class Store:
                 cursor = (rows[-1].created, rows[-1].uid)
         return out
 
-    def finish_create(self, uid: str, ok: bool, message: str, now: datetime) -> ContainerRecord:
-        """PENDING -> CREATED (``ok``) or FAILED; other states are left alone."""
+    def finish_create(
+        self,
+        uid: str,
+        ok: bool,
+        message: str,
+        now: datetime,
+        effective_deny_syscalls: Sequence[str] = (),
+    ) -> ContainerRecord:
+        """PENDING -> CREATED (``ok``, with the deny list the host enforces) or FAILED; other
+        states are left alone."""
         with self._write() as (session, changes):
             row = self._container_row(session, uid, lock=True)
             if row.state == ContainerState.PENDING.value:
+                if ok:
+                    row.effective_deny_syscalls = list(effective_deny_syscalls)
                 self._set_state(
                     session,
                     changes,
@@ -747,8 +764,8 @@ class Store:
                     argv=list(spec.argv),
                     env=dict(spec.env),
                     cwd=spec.cwd,
-                    user_id=spec.user_id,
-                    group_id=spec.group_id,
+                    user_id=DEFAULT_USER_ID if spec.user_id is None else spec.user_id,
+                    group_id=DEFAULT_GROUP_ID if spec.group_id is None else spec.group_id,
                     state=ProcessState.STARTING.value,
                     pid=0,
                     exit_code=0,

@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
+from chital.controller.records import DEFAULT_GROUP_ID, DEFAULT_USER_ID, Sandbox
 from chital.controller.store import Cursor
 from chital.errdefs import InvalidArgument
 
@@ -20,18 +21,21 @@ __all__ = [
     "parse_label_selector",
     "validate_argv",
     "validate_env",
+    "validate_ids",
     "validate_labels",
     "validate_limit",
     "validate_name",
     "validate_path",
     "validate_ref",
     "validate_request_id",
+    "validate_sandbox",
     "validate_signal",
 ]
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
 SYSCALL_RE = re.compile(r"[a-z0-9_]{1,64}")
+CAPABILITY_RE = re.compile(r"CAP_[A-Z_]{1,32}")
 MAX_NAME = 63
 MAX_REQUEST_ID = 128
 MAX_LABELS = 64
@@ -43,6 +47,8 @@ MAX_ARG = 128 * 1024
 MAX_ENV = 4096
 MAX_REF = 255
 MAX_DENY_SYSCALLS = 512
+MAX_CAPABILITIES = 64
+MAX_ID = 0xFFFFFFFE
 DEFAULT_PAGE_SIZE = 100
 MAX_PAGE_SIZE = 1000
 
@@ -112,14 +118,34 @@ def validate_path(path: str, what: str, *, required: bool = False) -> str:
     return path
 
 
-def validate_deny_syscalls(names: Sequence[str]) -> tuple[str, ...]:
+def validate_deny_syscalls(names: Sequence[str], what: str = "deny_syscalls") -> tuple[str, ...]:
     """System call names: lower-case identifiers, bounded in number."""
     if len(names) > MAX_DENY_SYSCALLS:
-        raise InvalidArgument(f"deny_syscalls: at most {MAX_DENY_SYSCALLS} entries")
+        raise InvalidArgument(f"{what}: at most {MAX_DENY_SYSCALLS} entries")
     for name in names:
         if not SYSCALL_RE.fullmatch(name):
-            raise InvalidArgument(f"deny_syscalls: bad system call name {name[:80]!r}")
+            raise InvalidArgument(f"{what}: bad system call name {name[:80]!r}")
     return tuple(names)
+
+
+def validate_sandbox(sandbox: Sandbox) -> Sandbox:
+    """Relaxations by system call name, capabilities by their kernel names (CAP_...)."""
+    validate_deny_syscalls(sandbox.allow_syscalls, "sandbox.allow_syscalls")
+    if len(sandbox.capabilities) > MAX_CAPABILITIES:
+        raise InvalidArgument(f"sandbox.capabilities: at most {MAX_CAPABILITIES} entries")
+    for cap in sandbox.capabilities:
+        if not CAPABILITY_RE.fullmatch(cap):
+            raise InvalidArgument(f"sandbox.capabilities: bad capability name {cap[:80]!r} (want CAP_...)")
+    return sandbox
+
+
+def validate_ids(user_id: int | None, group_id: int | None) -> tuple[int, int]:
+    """A process's user and group; unset ones become the unprivileged defaults."""
+    uid = DEFAULT_USER_ID if user_id is None else user_id
+    gid = DEFAULT_GROUP_ID if group_id is None else group_id
+    if not (0 <= uid <= MAX_ID and 0 <= gid <= MAX_ID):
+        raise InvalidArgument(f"user_id/group_id must be within 0..{MAX_ID}")
+    return uid, gid
 
 
 def validate_argv(argv: Sequence[str]) -> tuple[str, ...]:
