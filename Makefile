@@ -15,6 +15,10 @@ help: ## List the targets
 bootstrap: ## Install Debian packages, the venv and the tools (idempotent)
 	scripts/bootstrap.sh
 
+.PHONY: launcher
+launcher: ## Build agent/launcher/chital-launch (the agent's compiled process launcher)
+	$(MAKE) -s -C agent/launcher
+
 .PHONY: protos
 protos: ## Regenerate the Python code and stubs from proto/
 	scripts/genproto.sh
@@ -46,12 +50,13 @@ fmt: ## Format the Python code
 	$(VENV_BIN)/ruff check --fix .
 
 .PHONY: test
-test: ## Unit, integration and conformance (FakeDevice) tests on the host
+test: launcher ## Unit, integration and conformance (FakeDevice) tests on the host
 	$(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 .PHONY: test-vm
 test-vm: ## The kernel module's tests in real Linux kernels under QEMU (Debian 6.1, then 6.12)
 	CHITAL_VM=1 scripts/bootstrap.sh
+	$(MAKE) launcher
 	scripts/kmod-check.sh
 	$(PY) -m chital.devcluster.vmtest tests/vm tests/conformance
 	$(PY) -m chital.devcluster.vmtest --kernel 6.12 tests/vm tests/conformance
@@ -92,4 +97,5 @@ migrate: ## Apply the database migrations (CHITAL_DATABASE_URL or the default SQ
 .PHONY: clean
 clean: ## Remove build output and caches
 	-$(MAKE) -C kmod clean
+	-$(MAKE) -C agent/launcher clean
 	rm -rf .state .pytest_cache .mypy_cache .ruff_cache

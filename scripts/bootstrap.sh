@@ -12,7 +12,8 @@ log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
 
 # PostgreSQL and Prometheus are real peers in the integration tests; docker-compose 1.29 validates
 # docker-compose.yml (no Docker engine is needed for that).
-apt_packages=(python3 python3-venv python3-dev gcc make git ca-certificates postgresql prometheus
+# gcc, make and libc6-dev (static libc) build the agent's launcher.
+apt_packages=(python3 python3-venv python3-dev gcc make libc6-dev git ca-certificates postgresql prometheus
     docker-compose)
 if [ "${CHITAL_VM:-0}" = 1 ]; then
     # QEMU, a Debian kernel with its build tree, busybox for the initramfs, static libc for the
@@ -61,4 +62,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     fi
     echo "$want" > "$stamp"
 fi
+# The agent's process launcher (a small static C program; never committed).
+log "building agent/launcher/chital-launch"
+make -s -C agent/launcher
 log "bootstrap complete"

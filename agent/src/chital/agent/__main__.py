@@ -36,6 +36,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--cgroup-root", type=Path, help="cgroup2 mount point (default: from mountinfo)")
     s.add_argument("--cgroup-parent", default="chital", help="group under the root that holds containers")
+    s.add_argument(
+        "--launcher",
+        help="the chital-launch binary (default: $CHITAL_LAUNCHER, the checkout's agent/launcher/, "
+        "PATH, /usr/libexec/chital/chital-launch)",
+    )
     s.add_argument("--port-file", type=Path, help="write the bound port here (atomically) once serving")
     s.add_argument("--max-containers", type=int, default=0, help="0: unlimited")
     s.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default: none)")
@@ -67,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         cgroups=args.cgroups,
         cgroup_root=args.cgroup_root,
         cgroup_parent=args.cgroup_parent,
+        launcher=args.launcher,
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

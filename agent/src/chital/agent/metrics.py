@@ -129,6 +129,15 @@ class AgentMetrics:
             "Events the agent dropped because a StreamEvents subscriber fell behind.",
             registry=r,
         )
+        self.event_conversion_failures = Counter(
+            "chital_agent_event_conversion_failures",
+            "Events skipped because a value did not convert (device: a kernel record; stream: a "
+            "StreamEvents message); the stream carries on.",
+            ["stage"],
+            registry=r,
+        )
+        for stage in ("device", "stream"):
+            self.event_conversion_failures.labels(stage)
         self.processes_started = Counter(
             "chital_agent_processes_started", "Processes started in containers.", registry=r
         )
@@ -219,8 +228,16 @@ class InstrumentedDevice:
     def stats(self, container_id: int) -> Mapping[int, tuple[int, int]]:
         return self._call("STATS", lambda: self.inner.stats(container_id))
 
-    def set_policy(self, container_id: int, deny_syscalls: frozenset[int]) -> None:
-        self._call("SET_POLICY", lambda: self.inner.set_policy(container_id, deny_syscalls))
+    def set_policy(
+        self, container_id: int, deny_syscalls: frozenset[int], *, deny_raw_sockets: bool = False
+    ) -> None:
+        inner: Any = self.inner  # TODO(ABI 2): a plain call once the port's keyword is committed
+        if deny_raw_sockets:
+            self._call(
+                "SET_POLICY", lambda: inner.set_policy(container_id, deny_syscalls, deny_raw_sockets=True)
+            )
+        else:
+            self._call("SET_POLICY", lambda: inner.set_policy(container_id, deny_syscalls))
 
     def read_events(self, max_events: int = 256, timeout: float | None = 0.0) -> EventBatch:
         # Not timed: a read waits for events by design, its latency would be idle time.

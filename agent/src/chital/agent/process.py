@@ -1,26 +1,51 @@
-"""The process runner: starts programs through the exec helper and reaps them.
+"""The process runner: starts programs through the launcher and reaps the ones that are our children.
 
-Never ``fork()`` without ``exec`` here (gRPC threads run in this process): programs are started with
-``subprocess`` (fork+exec) of :mod:`chital.agent.exec_helper`, which applies the spec and execs. One
-reaper thread waits on pidfds (``os.pidfd_open`` + epoll) and calls ``waitpid`` for our children.
+Never ``fork()`` without ``exec`` here (gRPC threads run in this process): every process is started
+by ``chital-launch`` (``agent/launcher/chital-launch.c``, a small static C program started fresh each
+time), with ``subprocess`` (fork+exec). The spec goes to the launcher's stdin as NUL-terminated
+``key=value`` records (never argv: the environment may hold secrets, and argv is world-readable in
+``/proc/<pid>/cmdline``); reports come back on a status pipe, one line each (``pid N``, ``ready``,
+``err <stage> <errno> <message>``). Three modes:
+
+- **holder** (:meth:`ProcessRunner.start_holder`, real device only): one per container. New mount, pid,
+  UTS, IPC and (unless ``host_network``) network namespaces, a fresh /proc and a minimal /dev, the
+  hostname, ``lo`` up, ``pivot_root`` with the old root detached; then pid 1 of the container drops
+  every privilege and reaps orphans until the agent kills it (its death kills the whole pid
+  namespace). Not a module member.
+- **exec** (:meth:`ProcessRunner.start` with ``LaunchSpec.holder``): joins the cgroup and the holder's
+  namespaces and root, forks the child into the pid namespace, and reports its pid. The child waits
+  on the "go" pipe while ``attach(pid)`` (the agent: ADD_PROC through its own device handle, since the
+  control device has a single owner) runs; on "g" it drops the capability bounding set,
+  ambient/inheritable, groups/gid/uid, sets ``no_new_privs``, rlimits, closes inherited fds, resets
+  every signal disposition and the mask, installs the seccomp filter and execs. The launcher exits at
+  once; the program is reparented to the holder, which reaps it; its exit with the real status comes
+  from the module's EXIT event; signals go through a pidfd of the program's pid.
+- **plain** (no ``holder``): hollow agents with the fake device, on a host, no isolation: cgroup, cwd
+  (a host path inside the root dir), uid/gid when asked, fds and signals reset, exec in place. The
+  launcher *becomes* the program, our child, reaped here by a thread waiting on pidfds (epoll).
+
+Where the launcher is: ``--launcher`` of ``chital-agent serve``, else ``$CHITAL_LAUNCHER``, else the
+checkout's ``agent/launcher/chital-launch`` (built there by ``make launcher`` or scripts/bootstrap.sh;
+rebuilt on first use when its source is newer and a compiler is at hand), else ``chital-launch`` on
+PATH or ``/usr/libexec/chital/chital-launch``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import logging
 import os
 import select
 import selectors
+import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from chital.errdefs import (
     ChitalError,
@@ -28,15 +53,46 @@ from chital.errdefs import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
+    Unavailable,
     from_errno,
 )
 
-__all__ = ["ExitStatus", "LaunchSpec", "ProcessRunner", "decode_wait_status"]
+__all__ = ["ExitStatus", "HolderSpec", "LaunchSpec", "ProcessRunner", "decode_wait_status", "find_launcher"]
 
 log = logging.getLogger("chital.agent.process")
 
-#: How long the exec helper may take to exec the program (Python start-up is ~30 ms here).
+#: How long the launcher may take to report (it is a static C program: milliseconds, even under TCG).
 _EXEC_DEADLINE_S = 30.0
+_CHECKOUT_DIR = Path(__file__).resolve().parents[3] / "launcher"
+_INSTALLED = "/usr/libexec/chital/chital-launch"
+
+
+def find_launcher(explicit: str | None = None) -> str:
+    """The launcher binary (see the module docstring for the search order); Unavailable if none."""
+    if explicit:
+        if not os.access(explicit, os.X_OK):
+            raise Unavailable(f"launcher {explicit} is not an executable file")
+        return explicit
+    env = os.environ.get("CHITAL_LAUNCHER")
+    if env:
+        return find_launcher(env)
+    source = _CHECKOUT_DIR / "chital-launch.c"
+    binary = _CHECKOUT_DIR / "chital-launch"
+    if source.exists():
+        stale = not binary.exists() or binary.stat().st_mtime < source.stat().st_mtime
+        if stale and shutil.which("make") and os.access(_CHECKOUT_DIR, os.W_OK):
+            proc = subprocess.run(
+                ["make", "-s", "-C", str(_CHECKOUT_DIR)], capture_output=True, text=True, check=False
+            )
+            if proc.returncode != 0:
+                log.warning("cannot build the launcher: %s", proc.stderr.strip()[-500:])
+        if binary.exists():
+            return str(binary)
+    found = shutil.which("chital-launch") or (_INSTALLED if os.access(_INSTALLED, os.X_OK) else None)
+    if found is None:
+        raise Unavailable("chital-launch is not built: run `make launcher` (or scripts/bootstrap.sh)")
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,13 +101,22 @@ class LaunchSpec:
     env: Mapping[str, str]
     cwd: str  # absolute, inside the container root
     root: str  # host path of the container root
-    uid: int | None
+    uid: int | None  # None: unchanged (plain mode only)
     gid: int | None
     stdout_path: str
     stderr_path: str
-    container_id: int  # kernel id
-    device_path: str | None  # None: fake device, no chroot, no self-attach
     cgroup: str | None = None  # the container's cgroup v2 group; None: no limits
+    holder: int | None = None  # the container's holder pid: a sandboxed launch (exec mode)
+    capabilities: int = 0  # bit mask of the capabilities the program keeps
+    seccomp_deny: Sequence[int] = ()  # system call numbers the seccomp filter answers with EPERM
+    deny_raw_sockets: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class HolderSpec:
+    root: str
+    hostname: str
+    network: bool  # an own network namespace (False: the host's, for host_network)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,15 +134,59 @@ def decode_wait_status(status: int) -> ExitStatus:
     return ExitStatus(exit_code=-1, signal=0, wait_status=status)
 
 
+def encode_spec(fields: Sequence[tuple[str, str]]) -> bytes:
+    """The launcher's spec: ``key=value`` records, each NUL-terminated (values never hold a NUL)."""
+    out = bytearray()
+    for key, value in fields:
+        raw = value.encode("utf-8", "surrogateescape")
+        if b"\0" in raw:
+            raise InvalidArgument(f"{key} holds a NUL byte")
+        out += key.encode() + b"=" + raw + b"\0"
+    return bytes(out)
+
+
 OnExit = Callable[[int, ExitStatus], None]
 
 
-class ProcessRunner:
-    """Starts processes via the exec helper; reports every exit once through ``on_exit(pid, status)``."""
+class _StatusPipe:
+    """The read end of the launcher's status pipe: lines with a deadline, then EOF."""
 
-    def __init__(self, on_exit: OnExit, *, helper_cmd: Sequence[str] | None = None) -> None:
+    def __init__(self, fd: int, deadline_s: float = _EXEC_DEADLINE_S) -> None:
+        self._fd = fd
+        self._buf = b""
+        self._eof = False
+        self._end = time.monotonic() + deadline_s
+
+    def line(self) -> bytes | None:
+        """The next line without its newline; None at EOF."""
+        while b"\n" not in self._buf and not self._eof:
+            left = self._end - time.monotonic()
+            if left <= 0 or not select.select([self._fd], [], [], left)[0]:
+                raise DeadlineExceeded("the launcher did not report in time")
+            data = os.read(self._fd, 4096)
+            if data:
+                self._buf += data
+            else:
+                self._eof = True
+        if b"\n" in self._buf:
+            line, self._buf = self._buf.split(b"\n", 1)
+            return line
+        if self._buf:
+            line, self._buf = self._buf, b""
+            return line
+        return None
+
+    def close(self) -> None:
+        os.close(self._fd)
+
+
+class ProcessRunner:
+    """Starts holders and processes via the launcher; reports the exits of its children once
+    through ``on_exit(pid, status)`` (plain mode, and pids given to :meth:`watch`)."""
+
+    def __init__(self, on_exit: OnExit, *, launcher: str | None = None) -> None:
         self._on_exit = on_exit
-        self._helper_cmd = list(helper_cmd or [sys.executable, "-I", "-m", "chital.agent.exec_helper"])
+        self._launcher = launcher or find_launcher()
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
         self._pidfds: dict[int, int] = {}  # pid -> pidfd
@@ -90,48 +199,130 @@ class ProcessRunner:
         self._thread = threading.Thread(target=self._reap_loop, name="chital-reaper", daemon=True)
         self._thread.start()
 
-    def start(self, spec: LaunchSpec) -> int:
-        """Start a program; returns its pid once it has exec'd. Errors of the helper are mapped to errdefs."""
-        payload = json.dumps(
-            {
-                "argv": list(spec.argv),
-                "env": dict(spec.env),
-                "cwd": spec.cwd,
-                "root": spec.root,
-                "uid": spec.uid,
-                "gid": spec.gid,
-                "container_id": spec.container_id,
-                "device": spec.device_path,
-                "cgroup": spec.cgroup,
-            }
-        ).encode()
-        status_r, status_w = os.pipe()
+    @property
+    def launcher(self) -> str:
+        return self._launcher
+
+    def _spawn(
+        self, spec: bytes, stdout: int, stderr: int, *, go: bool
+    ) -> tuple[subprocess.Popen[bytes], _StatusPipe, int | None]:
+        status_r, status_w = os.pipe2(os.O_CLOEXEC)
+        go_r = go_w = None
+        args = [self._launcher, "--status-fd", str(status_w)]
+        fds = [status_w]
+        if go:
+            go_r, go_w = os.pipe2(os.O_CLOEXEC)
+            args += ["--go-fd", str(go_r)]
+            fds.append(go_r)
         try:
-            with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
-                proc = subprocess.Popen(
-                    [*self._helper_cmd, "--status-fd", str(status_w)],
-                    stdin=subprocess.PIPE,
-                    stdout=out,
-                    stderr=err,
-                    pass_fds=(status_w,),
-                    start_new_session=True,  # our signals (Ctrl-C, agent stop) never reach it
-                    env={"PATH": os.environ.get("PATH", ""), "GRPC_VERBOSITY": "ERROR"},
-                )
+            proc = subprocess.Popen(
+                args,
+                stdin=subprocess.PIPE,
+                stdout=stdout,
+                stderr=stderr,
+                pass_fds=fds,
+                start_new_session=True,  # our signals (Ctrl-C, agent stop) never reach it
+                env={},
+            )
         except OSError as exc:
-            os.close(status_r)
-            os.close(status_w)
-            raise from_errno(exc.errno or errno.EIO, "cannot start the exec helper") from exc
-        os.close(status_w)
+            for fd in (status_r, status_w, go_r, go_w):
+                if fd is not None:
+                    os.close(fd)
+            raise from_errno(exc.errno or errno.EIO, "cannot start the launcher") from exc
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(status_w)
+            if go_r is not None:
+                with contextlib.suppress(OSError):
+                    os.close(go_r)
+        assert proc.stdin is not None
+        try:
+            proc.stdin.write(spec)
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        return proc, _StatusPipe(status_r), go_w
+
+    def start_holder(self, spec: HolderSpec, log_path: str) -> int:
+        """Start a container's namespace holder; returns its pid once its namespaces are ready."""
+        fields = [
+            ("mode", "holder"),
+            ("root", spec.root),
+            ("hostname", spec.hostname),
+            ("netns", "1" if spec.network else "0"),
+        ]
+        with open(log_path, "ab") as out:
+            proc, status, _ = self._spawn(encode_spec(fields), out.fileno(), out.fileno(), go=False)
+        pid = 0
+        ready = False
+        try:
+            while (line := status.line()) is not None:
+                if line.startswith(b"pid "):
+                    pid = int(line[4:])
+                elif line == b"ready":
+                    ready = True
+                elif line.startswith(b"err "):
+                    raise _start_error(line, "the namespace holder")
+        except DeadlineExceeded:
+            proc.kill()
+            if pid:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            raise
+        finally:
+            status.close()
+            proc.wait()
+        if not (pid and ready):
+            raise from_errno(errno.EIO, f"the namespace holder did not start (launcher rc {proc.returncode})")
+        return pid
+
+    def start(self, spec: LaunchSpec, attach: Callable[[int], None] | None = None) -> int:
+        """Start a program; returns its pid once it has exec'd. Errors of the launcher are mapped to
+        errdefs. With ``spec.holder``, ``attach(pid)`` runs while the child waits, before any of the
+        program runs (exceptions abort the start); the program is then not our child."""
+        fields: list[tuple[str, str]] = []
+        if spec.holder is not None:
+            fields += [
+                ("mode", "exec"),
+                ("holder", str(spec.holder)),
+                ("cwd", spec.cwd),
+                ("uid", str(65534 if spec.uid is None else spec.uid)),
+                ("gid", str(65534 if spec.gid is None else spec.gid)),
+                ("caps", str(spec.capabilities)),
+                ("raw", "1" if spec.deny_raw_sockets else "0"),
+            ]
+            fields += [("deny", str(nr)) for nr in spec.seccomp_deny]
+        else:
+            fields += [
+                ("mode", "plain"),
+                ("cwd", os.path.join(spec.root, spec.cwd.lstrip("/"))),
+                ("uid", "none" if spec.uid is None else str(spec.uid)),
+                ("gid", "none" if spec.gid is None else str(spec.gid)),
+            ]
+        if spec.cgroup:
+            fields.append(("cgroup", spec.cgroup))
+        fields += [("arg", a) for a in spec.argv]
+        fields += [("env", f"{k}={v}") for k, v in spec.env.items()]
+        payload = encode_spec(fields)
+        with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
+            proc, status, go_w = self._spawn(payload, out.fileno(), err.fileno(), go=spec.holder is not None)
+        if spec.holder is None:
+            return self._finish_plain(proc, status, spec)
+        assert go_w is not None
+        try:
+            return self._finish_exec(proc, status, go_w, spec, attach)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(go_w)
+            status.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=_EXEC_DEADLINE_S)
+
+    def _finish_plain(self, proc: subprocess.Popen[bytes], status: _StatusPipe, spec: LaunchSpec) -> int:
         with self._lock:
             self._children[proc.pid] = proc  # keep Popen alive so it never reaps behind our back
         try:
-            assert proc.stdin is not None
-            try:
-                proc.stdin.write(payload)
-                proc.stdin.close()
-            except BrokenPipeError:
-                pass
-            report = _read_all(status_r)
+            report = status.line()
         except DeadlineExceeded:
             proc.kill()
             proc.wait()
@@ -139,13 +330,41 @@ class ProcessRunner:
                 self._children.pop(proc.pid, None)
             raise
         finally:
-            os.close(status_r)
-        if report:
+            status.close()
+        if report is not None:
             proc.wait()
             with self._lock:
                 self._children.pop(proc.pid, None)
             raise _start_error(report, spec.argv[0])
         return proc.pid
+
+    def _finish_exec(
+        self,
+        proc: subprocess.Popen[bytes],
+        status: _StatusPipe,
+        go_w: int,
+        spec: LaunchSpec,
+        attach: Callable[[int], None] | None,
+    ) -> int:
+        try:
+            first = status.line()
+        except DeadlineExceeded:
+            proc.kill()
+            raise
+        if first is None or not first.startswith(b"pid "):
+            raise _start_error(first or b"", spec.argv[0])
+        pid = int(first[4:])
+        try:
+            if attach is not None:
+                attach(pid)
+        except BaseException:
+            os.close(go_w)  # the child sees EOF and exits without running anything
+            raise
+        os.write(go_w, b"g")
+        report = status.line()  # None (EOF): the status fd was closed by the exec
+        if report is not None:
+            raise _start_error(report, spec.argv[0])
+        return pid
 
     def watch(self, pid: int) -> None:
         """Start reporting the exit of ``pid``: call it after recording the process, so no exit is lost.
@@ -275,30 +494,42 @@ class ProcessRunner:
             log.exception("exit callback failed for pid %d", pid)
 
 
-def _read_all(fd: int, deadline_s: float = _EXEC_DEADLINE_S) -> bytes:
-    """Read until EOF; raises DeadlineExceeded if the helper neither execs nor fails in time."""
-    chunks: list[bytes] = []
-    end = time.monotonic() + deadline_s
-    while True:
-        left = end - time.monotonic()
-        if left <= 0 or not select.select([fd], [], [], left)[0]:
-            raise DeadlineExceeded(f"the exec helper did not exec within {deadline_s:g} s")
-        data = os.read(fd, 65536)
-        if not data:
-            return b"".join(chunks)
-        chunks.append(data)
+#: Failed exec errnos that are the caller's mistake (never Internal).
+_EXEC_ERRORS: dict[int, type[ChitalError]] = {
+    errno.EACCES: PermissionDenied,  # not executable, or a directory on the way is not searchable
+    errno.ENOEXEC: InvalidArgument,  # not a format the kernel runs (no #! line, wrong architecture)
+    errno.ELOOP: InvalidArgument,
+    errno.ENOTDIR: InvalidArgument,
+    errno.EISDIR: InvalidArgument,
+    errno.E2BIG: InvalidArgument,
+    errno.ETXTBSY: FailedPrecondition,
+}
+#: (stage, errno) -> class; errno 0: any errno of that stage.
+_STAGE_ERRORS: dict[tuple[str, int], type[ChitalError]] = {
+    ("chdir", 0): InvalidArgument,
+    ("spec", 0): InvalidArgument,
+    ("namespaces", errno.ESRCH): FailedPrecondition,  # the container's namespace holder is gone
+}
 
 
 def _start_error(report: bytes, program: str) -> ChitalError:
+    """Map a launcher report (``err <stage> <errno> <message>``) to errdefs; never Internal for the
+    usual mistakes (a missing program, not executable, a bad format, a symlink loop)."""
+    parts = report.decode(errors="replace").strip().split(" ", 3)
     try:
-        info = json.loads(report.decode(errors="replace").strip().splitlines()[0])
-        stage, err, message = str(info["stage"]), int(info["errno"]), str(info["message"])
-    except (ValueError, KeyError, IndexError, TypeError):
-        return from_errno(errno.EIO, f"exec helper failed: {report[:200]!r}")
+        if parts[0] != "err" or len(parts) < 3:
+            raise ValueError(report)
+        stage, err = parts[1], int(parts[2])
+        message = parts[3] if len(parts) > 3 else os.strerror(err)
+    except (ValueError, IndexError):
+        return from_errno(errno.EIO, f"launcher failed: {report[:200]!r}")
     if stage == "exec" and err == errno.ENOENT:
         return NotFound(f"executable {program!r} not found")
-    if stage == "chdir":
-        return InvalidArgument(f"working directory: {message}")
-    if stage == "spec":
-        return InvalidArgument(message)
+    cls = (
+        _EXEC_ERRORS.get(err)
+        if stage == "exec"
+        else _STAGE_ERRORS.get((stage, err), _STAGE_ERRORS.get((stage, 0)))
+    )
+    if cls is not None:
+        return cls(f"{stage}: cannot start {program!r}: {message}")
     return from_errno(err, f"{stage} failed for {program!r} ({message})")

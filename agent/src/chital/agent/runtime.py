@@ -8,11 +8,20 @@ keeps under the state directory, drains the kernel's event queue (exits that hap
 ran) and follows the members that still run (see :meth:`AgentRuntime._recover`).
 
 Resource limits live in one cgroup v2 group per container (:mod:`chital.agent.cgroup`), joined by the
-exec helper before the program runs. An exit by SIGKILL while the container's ``memory.events``
-``oom_kill`` count is above its value at the process's start is reported as ``oom_killed`` (the
-kernel raises that count before it sends the SIGKILL, so reading it when the exit is seen suffices;
-as with containerd's OOMKilled, a SIGKILL from elsewhere after another member's OOM kill in the same
-container is reported as an OOM kill too).
+launcher before the program runs.
+
+With the real module each container has a **namespace holder** (see :mod:`chital.agent.process`): pid 1
+of the container's pid namespace, holding its mount, UTS, IPC and network namespaces and its pivoted
+root. The kernel container is created with the root ``/proc/<holder>/root``: the module resolves that
+path once, at CREATE, to the holder's root mount, which is the root every member sees (members enter
+it through the holder; they can neither chroot, nor mount, nor setns), so the module's path checks
+and the mount namespace agree on one root. The holder's pid and start time are kept in
+``container.json``: a restarted agent finds it again, and a reused pid is never mistaken for it.
+
+An exit by SIGKILL while the container's ``memory.events`` ``oom_kill`` count is above its value at
+the process's start is reported as ``oom_killed`` (the kernel raises that count before it sends the
+SIGKILL, so reading it when the exit is seen suffices; as with containerd's OOMKilled, a SIGKILL from
+elsewhere after another member's OOM kill in the same container is reported as an OOM kill too).
 """
 
 from __future__ import annotations
@@ -35,6 +44,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from chital.errdefs import (
     AlreadyExists,
@@ -46,12 +56,13 @@ from chital.errdefs import (
     Unavailable,
 )
 
-from . import __version__, syscalls
+from . import __version__, policy, syscalls
 from .cgroup import CgroupManager
 from .device.base import ROOT_MAX, ContainerLimits, ContainerSpec, Device, DeviceEvent, EventKind
 from .device.fake import FakeDevice
 from .metrics import AgentMetrics
-from .process import ExitStatus, LaunchSpec, ProcessRunner, decode_wait_status
+from .policy import Sandbox
+from .process import ExitStatus, HolderSpec, LaunchSpec, ProcessRunner, decode_wait_status
 
 _UNKNOWN_EXIT = ExitStatus(exit_code=-1, signal=0, wait_status=None)
 
@@ -67,6 +78,7 @@ __all__ = [
     "ProcessState",
     "ProcessView",
     "RuntimeConfig",
+    "Sandbox",
     "SyncState",
     "SyscallStat",
 ]
@@ -79,6 +91,12 @@ _MAX_ARGV_BYTES = 256 * 1024
 _MAX_ENV_BYTES = 256 * 1024
 _MAX_GRACE_S = 3600.0
 _POLL_S = 0.05
+#: The user and group of processes that do not name one (proto: unset user_id/group_id).
+DEFAULT_USER_ID = 65534
+DEFAULT_GROUP_ID = 65534
+_U32 = 0xFFFFFFFF
+_I32_MAX = 0x7FFFFFFF
+_COMPAT_BIT = 0x80000000
 
 
 class ProcessState(enum.Enum):
@@ -110,6 +128,8 @@ class ContainerView:
     deny_syscalls: tuple[str, ...]
     kernel_id: int
     member_pids: tuple[int, ...]
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    effective_deny_syscalls: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +159,7 @@ class AgentEvent:
     oom_killed: bool = False
     syscall_number: int = 0
     count: int = 0
+    compat_syscall: bool = False  # SYSCALL_DENIED: a 32-bit call (int $0x80); the number is i386's
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +221,7 @@ class RuntimeConfig:
     max_containers: int = 0  # 0: unlimited
     event_log_capacity: int = 100_000
     exited_process_limit: int = 10_000
-    helper_cmd: tuple[str, ...] | None = None
+    launcher: str | None = None  # chital-launch; None: found as chital.agent.process.find_launcher does
 
 
 # -- the event log -------------------------------------------------------------------------------
@@ -267,6 +288,10 @@ class _Container:
     deny_syscalls: tuple[str, ...]
     kernel_id: int
     stopping: bool = False
+    sandbox: Sandbox = field(default_factory=Sandbox)
+    effective_deny: tuple[str, ...] = ()
+    holder_pid: int | None = None  # the namespace holder (real device only)
+    holder_start: int = 0  # its start time in clock ticks since boot (/proc/<pid>/stat field 22)
 
 
 @dataclass(slots=True)
@@ -318,6 +343,58 @@ def _check_abs_path(value: str, what: str) -> str:
     return os.path.normpath(value)
 
 
+def _clamp(value: int, low: int, high: int) -> int:
+    return max(low, min(high, int(value)))
+
+
+def denied_syscall(raw: int) -> tuple[int, bool]:
+    """A DENIED record's system call (u32 from the kernel) as ``(number, compat)``: bit 31 marks a
+    32-bit call (``int $0x80``) and is moved into the flag, so the number fits its int32 field."""
+    raw = _clamp(raw, 0, _U32)
+    return raw & ~_COMPAT_BIT, bool(raw & _COMPAT_BIT)
+
+
+def _device_spec(
+    name: str, root: str, deny: frozenset[int], max_members: int, deny_raw: bool
+) -> ContainerSpec:
+    fields: dict[str, Any] = {
+        "name": name,
+        "root": root,
+        "deny_syscalls": deny,
+        "limits": ContainerLimits(max_members=max_members),
+    }
+    # TODO(ABI 2): pass deny_raw_sockets unconditionally once the device port's field is committed.
+    if "deny_raw_sockets" in ContainerSpec.__dataclass_fields__:
+        fields["deny_raw_sockets"] = deny_raw
+    return ContainerSpec(**fields)
+
+
+def _start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (field 22 of /proc/<pid>/stat); None if gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return int(stat[stat.rindex(b")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _kill_holder(pid: int, start_time: int) -> None:
+    """SIGKILL a namespace holder (and so its pid namespace), through a pidfd checked against the
+    recorded start time: a reused pid is left alone."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except OSError:
+        return
+    try:
+        if _start_time(pid) == start_time:
+            _signal.pidfd_send_signal(pidfd, _signal.SIGKILL)
+    except OSError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
 def _write_json(path: Path, data: Mapping[str, object]) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data))
@@ -362,7 +439,8 @@ class AgentRuntime:
         self._generation = 0
         self._events = EventLog(config.event_log_capacity)
         self._closed = threading.Event()
-        self._runner = ProcessRunner(self._on_reaped, helper_cmd=config.helper_cmd)
+        self._launching: dict[int, ExitStatus | None] = {}  # pids between ADD_PROC and their record
+        self._runner = ProcessRunner(self._on_reaped, launcher=config.launcher)
         self._recover()
         self._pump = threading.Thread(target=self._pump_loop, name="chital-event-pump", daemon=True)
         self._pump.start()
@@ -398,9 +476,12 @@ class AgentRuntime:
         root: str = "",
         limits: Limits | None = None,
         deny_syscalls: Sequence[str] = (),
+        *,
+        sandbox: Sandbox | None = None,
     ) -> ContainerView:
         _check_uid(uid, "container uid")
         limits = limits or Limits()
+        sandbox = policy.validate_sandbox(sandbox or Sandbox())
         with self._lock:
             self._check_open()
             existing = self._containers.get(uid)
@@ -416,7 +497,9 @@ class AgentRuntime:
             if limits.pids_max > 0xFFFFFFFF:
                 raise InvalidArgument("pids_max out of range")
             deny_names = tuple(sorted(set(deny_syscalls)))
-            deny = syscalls.numbers_of(deny_names)
+            syscalls.numbers_of(deny_names)  # InvalidArgument for an unknown name
+            effective = policy.effective_deny(deny_names, sandbox)
+            deny = syscalls.numbers_of(effective)
             if self._config.max_containers and len(self._containers) >= self._config.max_containers:
                 raise ResourceExhausted(f"this host runs at most {self._config.max_containers} containers")
             cdir = self._container_dir(uid)
@@ -433,16 +516,22 @@ class AgentRuntime:
             (cdir / "processes").mkdir(exist_ok=True)
             if owns_root:
                 Path(root).mkdir(exist_ok=True)
-            spec = ContainerSpec(
-                name=uid, root=root, deny_syscalls=deny, limits=ContainerLimits(max_members=limits.pids_max)
+            kernel_id, holder_pid, holder_start = self._create_in_kernel(
+                uid, name, root, limits=limits, deny=deny, sandbox=sandbox
             )
-            self._create_cgroup(uid, limits)
-            try:
-                kernel_id = self._device.create(spec)
-            except ChitalError:
-                self._remove_cgroup(uid)
-                raise
-            rec = _Container(uid, name, root, owns_root, limits, deny_names, kernel_id)
+            rec = _Container(
+                uid,
+                name,
+                root,
+                owns_root,
+                limits,
+                deny_names,
+                kernel_id,
+                sandbox=sandbox,
+                effective_deny=effective,
+                holder_pid=holder_pid,
+                holder_start=holder_start,
+            )
             _write_json(
                 cdir / "container.json",
                 {
@@ -452,6 +541,14 @@ class AgentRuntime:
                     "owns_root": owns_root,
                     "limits": [limits.memory_max_bytes, limits.pids_max, limits.cpu_max_millicores],
                     "deny_syscalls": list(deny_names),
+                    "sandbox": {
+                        "allow_syscalls": list(sandbox.allow_syscalls),
+                        "allow_raw_sockets": sandbox.allow_raw_sockets,
+                        "capabilities": list(sandbox.capabilities),
+                        "host_network": sandbox.host_network,
+                    },
+                    "effective_deny_syscalls": list(effective),
+                    "holder": {"pid": holder_pid, "start_time": holder_start} if holder_pid else None,
                 },
             )
             self._containers[uid] = rec
@@ -459,6 +556,30 @@ class AgentRuntime:
             self._generation += 1
             log.info("created container %s (kernel id %d, root %s)", uid, kernel_id, root)
             return self._container_view(rec)
+
+    def _create_in_kernel(
+        self, uid: str, name: str, root: str, *, limits: Limits, deny: frozenset[int], sandbox: Sandbox
+    ) -> tuple[int, int | None, int]:
+        """cgroup, namespace holder (real device), kernel container: (kernel id, holder pid, start)."""
+        self._create_cgroup(uid, limits)
+        holder_pid, holder_start = None, 0
+        module_root = root
+        try:
+            if self.sandboxed:
+                holder_pid = self._runner.start_holder(
+                    HolderSpec(root=root, hostname=name, network=not sandbox.host_network),
+                    str(self._container_dir(uid) / "holder.log"),
+                )
+                holder_start = _start_time(holder_pid) or 0
+                # The module resolves this once, at CREATE: the holder's pivoted root mount.
+                module_root = f"/proc/{holder_pid}/root"
+            spec = _device_spec(uid, module_root, deny, limits.pids_max, not sandbox.allow_raw_sockets)
+            return self._device.create(spec), holder_pid, holder_start
+        except ChitalError:
+            if holder_pid is not None:
+                _kill_holder(holder_pid, holder_start)
+            self._remove_cgroup(uid)
+            raise
 
     def destroy_container(self, uid: str, grace_period_seconds: float = 10.0) -> None:
         if not math.isfinite(grace_period_seconds) or not 0 <= grace_period_seconds <= _MAX_GRACE_S:
@@ -484,6 +605,8 @@ class AgentRuntime:
         with contextlib.suppress(NotFound):
             self._device.destroy(kernel_id, kill_members=True)
         self._remove_cgroup(uid)  # kills what is left (untracked children with the fake device)
+        if rec.holder_pid is not None:
+            _kill_holder(rec.holder_pid, rec.holder_start)  # and with it the whole pid namespace
         with self._lock:
             self._containers.pop(uid, None)
             self._by_kernel_id.pop(kernel_id, None)
@@ -550,6 +673,16 @@ class AgentRuntime:
         with contextlib.suppress(ChitalError):
             self._runner.send_signal(pid, sig)
 
+    def _live_holder(self, rec: _Container) -> int:
+        """The pid of the container's namespace holder; FailedPrecondition when it is gone."""
+        pid = rec.holder_pid
+        if pid is None or _start_time(pid) != rec.holder_start:
+            raise FailedPrecondition(
+                f"container {rec.uid} lost its namespace holder (its processes were killed with it); "
+                "destroy and create it again"
+            )
+        return pid
+
     def _get_container(self, uid: str) -> _Container:
         rec = self._containers.get(uid)
         if rec is None:
@@ -565,6 +698,8 @@ class AgentRuntime:
             deny_syscalls=rec.deny_syscalls,
             kernel_id=rec.kernel_id,
             member_pids=self._members(rec.kernel_id),
+            sandbox=rec.sandbox,
+            effective_deny_syscalls=rec.effective_deny,
         )
 
     def get_container_stats(self, uid: str) -> ContainerStats:
@@ -600,13 +735,16 @@ class AgentRuntime:
         *,
         env: Mapping[str, str] | None = None,
         cwd: str = "",
-        user_id: int = 0,
-        group_id: int = 0,
+        user_id: int | None = None,
+        group_id: int | None = None,
     ) -> ProcessView:
+        """Start ``argv`` in a container. ``user_id``/``group_id`` None: the unprivileged default
+        (65534) in a sandbox; a hollow agent (fake device) then keeps its own credentials."""
         _check_uid(process_uid, "process uid")
         argv, env, cwd = self._check_process_args(argv, env or {}, cwd)
-        if not (0 <= user_id <= 0xFFFFFFFE and 0 <= group_id <= 0xFFFFFFFE):
-            raise InvalidArgument("user_id/group_id out of range")
+        for value in (user_id, group_id):
+            if value is not None and not 0 <= value <= 0xFFFFFFFE:
+                raise InvalidArgument("user_id/group_id out of range")
         while True:
             with self._lock:
                 self._check_open()
@@ -663,31 +801,41 @@ class AgentRuntime:
         *,
         env: dict[str, str],
         cwd: str,
-        user_id: int,
-        group_id: int,
+        user_id: int | None,
+        group_id: int | None,
     ) -> ProcessView:
         logs = self._container_dir(rec.uid) / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         stdout_path = str(logs / f"{process_uid}.stdout")
         stderr_path = str(logs / f"{process_uid}.stderr")
-        # 0 is the proto default: "keep the agent's own credentials".
-        uid = None if user_id in (0, os.getuid()) else user_id
-        gid = None if group_id in (0, os.getgid()) else group_id
-        spec = LaunchSpec(
-            argv=argv,
-            env=env,
-            cwd=cwd,
-            root=rec.root,
-            uid=uid,
-            gid=gid,
-            stdout_path=stdout_path,
-            stderr_path=stderr_path,
-            container_id=rec.kernel_id,
-            device_path=self._config.device_path if self.sandboxed else None,
-            cgroup=self._cgroup_path(rec.uid),
+        spec = self._launch_spec(
+            rec, argv=argv, env=env, cwd=cwd, ids=(user_id, group_id), logs=(stdout_path, stderr_path)
         )
+        holder = spec.holder
         oom_base = self._oom_kills(rec.uid)  # before the start: an OOM kill right after it counts
-        pid = self._runner.start(spec)
+
+        launched: list[int] = []
+
+        def attach(pid: int) -> None:
+            # The child waits for this: it becomes a member before any of the program runs. Its
+            # EXIT may come before its record exists: _process_exited keeps it in _launching.
+            with self._lock:
+                self._launching[pid] = None
+            launched.append(pid)
+            try:
+                self._device.add_proc(rec.kernel_id, pid)
+            except BaseException:
+                with self._lock:
+                    self._launching.pop(pid, None)
+                raise
+
+        try:
+            pid = self._runner.start(spec, attach=attach)
+        except BaseException:
+            with self._lock:
+                for p in launched:
+                    self._launching.pop(p, None)
+            raise
         if self._fake:
             # The real helper joins the container itself before exec; the fake has no such hook.
             try:
@@ -718,10 +866,52 @@ class AgentRuntime:
             self._events.append(
                 AgentEventKind.PROCESS_STARTED, container_uid=rec.uid, process_uid=process_uid, pid=pid
             )
+            early_exit = self._launching.pop(pid, None)
         self._persist_process(proc)
-        self._runner.watch(pid)
+        if holder is None:
+            self._runner.watch(pid)  # our child: the reaper reports its exit
+        elif early_exit is not None:
+            self._process_exited(pid, early_exit, rec.uid)
+        else:
+            self._runner.hold(pid)  # for signals; the module's EXIT event reports the exit
         log.info("started process %s (pid %d) in %s: %s", process_uid, pid, rec.uid, argv[0])
         return proc.view()
+
+    def _launch_spec(
+        self,
+        rec: _Container,
+        *,
+        argv: tuple[str, ...],
+        env: dict[str, str],
+        cwd: str,
+        ids: tuple[int | None, int | None],
+        logs: tuple[str, str],
+    ) -> LaunchSpec:
+        user_id, group_id = ids
+        holder: int | None = None
+        if self.sandboxed:
+            holder = self._live_holder(rec)
+            uid: int | None = DEFAULT_USER_ID if user_id is None else user_id
+            gid: int | None = DEFAULT_GROUP_ID if group_id is None else group_id
+        else:
+            # Hollow agent: no sandbox; the agent's own credentials unless another user is asked.
+            uid = None if user_id is None or user_id == os.getuid() else user_id
+            gid = None if group_id is None or group_id == os.getgid() else group_id
+        return LaunchSpec(
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            root=rec.root,
+            uid=uid,
+            gid=gid,
+            stdout_path=logs[0],
+            stderr_path=logs[1],
+            cgroup=self._cgroup_path(rec.uid),
+            holder=holder,
+            capabilities=rec.sandbox.capability_mask,
+            seccomp_deny=policy.seccomp_deny(rec.effective_deny, rec.sandbox),
+            deny_raw_sockets=not rec.sandbox.allow_raw_sockets,
+        )
 
     def adopt_process(self, container_uid: str, process_uid: str, pid: int) -> ProcessView:
         _check_uid(process_uid, "process uid")
@@ -822,6 +1012,9 @@ class AgentRuntime:
         are left alone (a late record of a pid that the reaper already reported and that was reused)."""
         with self._lock:
             puids = self._running_by_pid.pop(pid, [])
+            if not puids and pid in self._launching:
+                self._launching[pid] = status  # recorded by _start once the record exists
+                return
             procs = [self._processes[u] for u in puids if u in self._processes]
             if container_uid is not None:
                 others = [p.uid for p in procs if p.container_uid != container_uid]
@@ -921,10 +1114,16 @@ class AgentRuntime:
             if batch.dropped:
                 self._events.append(AgentEventKind.EVENTS_DROPPED, count=batch.dropped)
             for event in batch.events:
-                try:
-                    self._handle_device_event(event)
-                except Exception:
-                    log.exception("cannot handle device event %s", event)
+                self._handle_device_event_safely(event)
+
+    def _handle_device_event_safely(self, event: DeviceEvent) -> None:
+        """One event that cannot be handled is logged and counted; the pump carries on."""
+        try:
+            self._handle_device_event(event)
+        except Exception:
+            log.exception("cannot handle device event %s", event)
+            if self.metrics is not None:
+                self.metrics.event_conversion_failures.labels("device").inc()
 
     def _handle_device_event(self, event: DeviceEvent) -> None:
         with self._lock:
@@ -938,13 +1137,15 @@ class AgentRuntime:
         elif event.kind is EventKind.DENIED:
             with self._lock:
                 puid = next(iter(self._running_by_pid.get(event.pid, [])), "")
+            nr, compat = denied_syscall(event.syscall_nr)
             self._events.append(
                 AgentEventKind.SYSCALL_DENIED,
                 container_uid=cuid,
                 process_uid=puid,
-                pid=event.pid,
-                syscall_number=event.syscall_nr,
-                count=event.count,
+                pid=_clamp(event.pid, 0, _I32_MAX),
+                syscall_number=nr,
+                compat_syscall=compat,
+                count=_clamp(event.count, 0, 2**64 - 1),
             )
         elif event.kind is EventKind.EMPTY:
             with self._lock:
@@ -1038,16 +1239,23 @@ class AgentRuntime:
             )
             limits = Limits(*lim) if lim else Limits(pids_max=info.limits.max_members)
             deny = meta.get("deny_syscalls")
+            sandbox, effective, holder_pid, holder_start = _sandbox_from_meta(meta, info.deny_syscalls)
+            if holder_pid is not None and _start_time(holder_pid) != holder_start:
+                log.warning("container %s: its namespace holder (pid %d) is gone", uid, holder_pid)
             rec = _Container(
                 uid=uid,
                 name=str(meta.get("name") or uid),
-                root=info.root,
+                root=str(meta.get("root") or info.root),
                 owns_root=bool(meta.get("owns_root", False)),
                 limits=limits,
                 deny_syscalls=tuple(str(d) for d in deny)
                 if isinstance(deny, list)
                 else tuple(sorted(syscalls.name_of(n) for n in info.deny_syscalls)),
                 kernel_id=kernel_id,
+                sandbox=sandbox,
+                effective_deny=effective,
+                holder_pid=holder_pid,
+                holder_start=holder_start,
             )
             self._containers[uid] = rec
             self._by_kernel_id[kernel_id] = uid
@@ -1110,10 +1318,7 @@ class AgentRuntime:
             if not batch.events:
                 return handled
             for event in batch.events:
-                try:
-                    self._handle_device_event(event)
-                except Exception:
-                    log.exception("cannot handle device event %s", event)
+                self._handle_device_event_safely(event)
                 handled += 1
 
     def _recover_processes(self, rec: _Container, members: set[int]) -> list[int]:
@@ -1154,6 +1359,31 @@ class AgentRuntime:
                 self._exited_order[puid] = None
             self._processes[puid] = proc
         return unresolved
+
+
+def _sandbox_from_meta(
+    meta: Mapping[str, object], kernel_deny: frozenset[int]
+) -> tuple[Sandbox, tuple[str, ...], int | None, int]:
+    """Sandbox, effective deny list and holder (pid, start time) from a container.json."""
+    raw = meta.get("sandbox")
+    sandbox = Sandbox()
+    if isinstance(raw, dict):
+        sandbox = Sandbox(
+            allow_syscalls=tuple(str(x) for x in raw.get("allow_syscalls", [])),
+            allow_raw_sockets=bool(raw.get("allow_raw_sockets", False)),
+            capabilities=tuple(str(x) for x in raw.get("capabilities", [])),
+            host_network=bool(raw.get("host_network", False)),
+        )
+    eff = meta.get("effective_deny_syscalls")
+    effective = (
+        tuple(str(x) for x in eff)
+        if isinstance(eff, list)
+        else tuple(sorted(syscalls.name_of(n) for n in kernel_deny))
+    )
+    holder = meta.get("holder")
+    if isinstance(holder, dict) and isinstance(holder.get("pid"), int):
+        return sandbox, effective, int(holder["pid"]), int(holder.get("start_time") or 0)
+    return sandbox, effective, None, 0
 
 
 def _cmdline(pid: int) -> tuple[str, ...]:

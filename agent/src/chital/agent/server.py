@@ -48,6 +48,7 @@ class ServerConfig:
     cgroups: str = "auto"
     cgroup_root: Path | None = None  # the cgroup2 mount (None: found in /proc/self/mountinfo)
     cgroup_parent: str = "chital"
+    launcher: str | None = None  # chital-launch (None: found as chital.agent.process.find_launcher does)
 
 
 def open_cgroups(config: ServerConfig, device_kind: str) -> cgroup.CgroupManager | None:
@@ -104,6 +105,7 @@ class AgentServer:
                 device_kind=kind,
                 device_path=config.device_path if kind == "linux" else None,
                 max_containers=config.max_containers,
+                launcher=config.launcher,
             ),
         )
         if not self.runtime.sandboxed:

@@ -7,6 +7,7 @@ are ``chital.errdefs`` exceptions, mapped to status codes by ``ErrorInterceptor`
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 
 import grpc
@@ -24,9 +25,12 @@ from .runtime import (
     Limits,
     ProcessState,
     ProcessView,
+    Sandbox,
 )
 
 __all__ = ["AgentService"]
+
+log = logging.getLogger("chital.agent.service")
 
 _EVENT_KINDS = {
     AgentEventKind.PROCESS_STARTED: pb.EVENT_KIND_PROCESS_STARTED,
@@ -65,6 +69,13 @@ def container_pb(view: ContainerView) -> pb.Container:
         deny_syscalls=view.deny_syscalls,
         kernel_id=view.kernel_id,
         member_pids=view.member_pids,
+        sandbox=pb.Sandbox(
+            allow_syscalls=view.sandbox.allow_syscalls,
+            allow_raw_sockets=view.sandbox.allow_raw_sockets,
+            capabilities=view.sandbox.capabilities,
+            host_network=view.sandbox.host_network,
+        ),
+        effective_deny_syscalls=view.effective_deny_syscalls,
     )
 
 
@@ -83,19 +94,31 @@ def process_pb(view: ProcessView) -> pb.Process:
     )
 
 
+_I32 = (-(2**31), 2**31 - 1)
+_U64 = (0, 2**64 - 1)
+
+
+def _fit(value: int, bounds: tuple[int, int]) -> int:
+    """A kernel value clamped into its proto field: no value may break the event stream."""
+    return max(bounds[0], min(bounds[1], int(value)))
+
+
 def event_pb(event: AgentEvent) -> pb.StreamEventsResponse:
+    """One event as a message; values outside their field are clamped (the runtime already moved
+    the compat bit of a denied system call into ``compat_syscall``)."""
     return pb.StreamEventsResponse(
-        seq=event.seq,
+        seq=_fit(event.seq, _U64),
         kind=_EVENT_KINDS[event.kind],
         container_uid=event.container_uid,
         process_uid=event.process_uid,
-        pid=event.pid,
-        exit_code=event.exit_code,
-        signal=event.signal,
+        pid=_fit(event.pid, _I32),
+        exit_code=_fit(event.exit_code, _I32),
+        signal=_fit(event.signal, _I32),
         oom_killed=event.oom_killed,
-        syscall_number=event.syscall_number,
-        count=event.count,
+        syscall_number=_fit(event.syscall_number, _I32),
+        count=_fit(event.count, _U64),
         time=_timestamp(event.time),
+        compat_syscall=event.compat_syscall,
     )
 
 
@@ -145,6 +168,12 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 cpu_max_millicores=request.limits.cpu_max_millicores,
             ),
             deny_syscalls=list(request.deny_syscalls),
+            sandbox=Sandbox(
+                allow_syscalls=tuple(request.sandbox.allow_syscalls),
+                allow_raw_sockets=request.sandbox.allow_raw_sockets,
+                capabilities=tuple(request.sandbox.capabilities),
+                host_network=request.sandbox.host_network,
+            ),
         )
         return pb.CreateContainerResponse(container=container_pb(view))
 
@@ -163,8 +192,8 @@ class AgentService(pb_grpc.AgentServiceServicer):
             argv=list(request.argv),
             env=dict(request.env),
             cwd=request.cwd,
-            user_id=request.user_id,
-            group_id=request.group_id,
+            user_id=request.user_id if request.HasField("user_id") else None,
+            group_id=request.group_id if request.HasField("group_id") else None,
         )
         return pb.StartProcessResponse(process=process_pb(view))
 
@@ -215,8 +244,15 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 for event in self._rt.wait_events(last, _STREAM_POLL_S):
                     if last and event.seq > last + 1 and self._metrics is not None:
                         self._metrics.stream_events_dropped.inc(event.seq - last - 1)
-                    yield event_pb(event)
                     last = event.seq
+                    try:
+                        message = event_pb(event)
+                    except Exception:  # one bad event must never end the stream (nor any other)
+                        log.exception("cannot convert event %s; skipped", event)
+                        if self._metrics is not None:
+                            self._metrics.event_conversion_failures.labels("stream").inc()
+                        continue
+                    yield message
         finally:
             if self._metrics is not None:
                 self._metrics.event_streams.dec()

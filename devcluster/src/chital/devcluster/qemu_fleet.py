@@ -26,7 +26,7 @@ from types import TracebackType
 from .cluster import ClusterGuest, DevCluster, wait_for_port
 from .hollow import ServiceProcess, StopSignals, start_controller
 from .kernel import Kernel, default_kernel, find_kernel, repo_root
-from .vm import CommandHandle, build_module
+from .vm import CommandHandle, build_launcher, build_module
 
 __all__ = ["AGENT_PORT", "BUSYBOX_ROOT", "QemuFleet"]
 
@@ -113,6 +113,7 @@ class QemuFleet:
             self.workdir = Path(self._tmp.name)
         try:
             module = build_module(kernel)
+            build_launcher()
             script = agent_script(self.agent_args)
             self.cluster = DevCluster(
                 kernel,

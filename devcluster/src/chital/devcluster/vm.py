@@ -74,6 +74,16 @@ def free_port() -> int:
 # --------------------------------------------------------------------------- module build
 
 
+def build_launcher() -> Path:
+    """Build the agent's launcher (``agent/launcher/chital-launch``) on the host: guests see the
+    checkout read-only and cannot build it themselves. Quick when it is fresh."""
+    src = repo_root() / "agent" / "launcher"
+    proc = subprocess.run(["make", "-s", "-C", str(src)], capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise GuestError(f"cannot build the launcher:\n{proc.stdout}{proc.stderr}")
+    return src / "chital-launch"
+
+
 def build_module(
     kernel: Kernel,
     src: Path | None = None,

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .kernel import Kernel, default_kernel, find_kernel, repo_root
 from .splats import KernelSplatError
-from .vm import GuestError, GuestVM, build_module
+from .vm import GuestError, GuestVM, build_launcher, build_module
 
 __all__ = ["build_helpers", "main", "run_pytest_in_guest"]
 
@@ -76,6 +76,7 @@ def run_pytest_in_guest(
         d.parent / "c" for d in c_dirs if d.is_file() and (d.parent / "c").is_dir()
     ]
     bin_dir = build_helpers(c_dirs, root / ".state" / "vm" / "build" / "bin")
+    build_launcher()  # the agent in the guest starts every process through it
     venv_bin = Path(sys.executable).parent
     env = {
         "CHITAL_DEVICE": "linux",
