@@ -4,8 +4,11 @@ fork+exec in the same guest (DESIGN.md §8).
 Boots one QEMU guest with chital.ko and an agent (``QemuFleet``), then measures, in one run:
 - ``fork+exec``: ``subprocess.Popen`` of busybox ``true`` inside the guest (returns once the exec
   succeeded), the floor for starting any process there;
-- ``agent StartProcess``: the agent's RPC from the host, which returns once the program was
-  exec'd inside its container (cgroup joined, root entered, module membership set);
+- ``agent StartProcess (in guest)``: the agent's RPC from a client in the same guest, which returns
+  once the program was exec'd inside its container: the launcher (a static C program) joined the
+  cgroup and the container's namespaces, forked the child, the agent made it a member (ADD_PROC),
+  and the child dropped its privileges, installed its seccomp filter and exec'd;
+- ``agent StartProcess``: the same RPC from the host (plus QEMU's user-mode network hop);
 - ``controller Exec``: the public API end to end (SDK -> controller -> agent -> container).
 
 Everything runs under QEMU's software emulation (TCG): absolute figures are slow; the ratios are
@@ -26,7 +29,7 @@ import grpc
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.client import Client
-from chital.devcluster.qemu_fleet import BUSYBOX_ROOT, QemuFleet
+from chital.devcluster.qemu_fleet import AGENT_PORT, BUSYBOX_ROOT, QemuFleet
 
 GUEST_FORK_EXEC = f"""
 import subprocess, sys, time
@@ -37,6 +40,21 @@ for _ in range(runs + 2):
     p = subprocess.Popen(["{BUSYBOX_ROOT}/bin/true"])
     out.append(time.perf_counter() - t0)
     p.wait()
+print(" ".join(f"{{x:.6f}}" for x in out[2:]))
+"""
+
+
+GUEST_START_PROCESS = f"""
+import sys, time, uuid, grpc
+from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
+runs, cuid = int(sys.argv[1]), sys.argv[2]
+stub = agent_pb2_grpc.AgentServiceStub(grpc.insecure_channel("127.0.0.1:{AGENT_PORT}"))
+out = []
+for _ in range(runs + 2):
+    req = agent_pb2.StartProcessRequest(container_uid=cuid, process_uid=uuid.uuid4().hex, argv=["true"])
+    t0 = time.perf_counter()
+    stub.StartProcess(req, timeout=60)
+    out.append(time.perf_counter() - t0)
 print(" ".join(f"{{x:.6f}}" for x in out[2:]))
 """
 
@@ -82,16 +100,25 @@ def main() -> int:
                 agent_start.append(time.perf_counter() - t0)
             agent_start = agent_start[2:]
             channel.close()
+            rc, out = guest.vm.run(
+                [sys.executable, "-c", GUEST_START_PROCESS, str(args.runs), container.uid], timeout=600
+            )
+            if rc != 0:
+                print(out, file=sys.stderr)
+                return 1
+            agent_local = [float(x) for x in out.split()[-args.runs :]]
             client.delete_container(container.uid, force=True)
 
     print(f"one guest under TCG (Linux {guest.vm.kernel.release}), busybox `true`, {args.runs} runs each")
     print(f"{'':22}{'p50':>13}{'p95':>13}{'runs':>6}")
     print(summary("fork+exec (in guest)", fork_exec))
+    print(summary("agent StartProcess (g)", agent_local))
     print(summary("agent StartProcess", agent_start))
     print(summary("controller Exec", controller_exec))
     base = statistics.median(fork_exec)
     print(
-        f"ratios to fork+exec (p50): agent {statistics.median(agent_start) / base:.1f} x, "
+        f"ratios to fork+exec (p50): agent in guest {statistics.median(agent_local) / base:.1f} x, "
+        f"agent from host {statistics.median(agent_start) / base:.1f} x, "
         f"controller {statistics.median(controller_exec) / base:.1f} x"
     )
     return 0

@@ -2,195 +2,22 @@
 
 Run by ``python -m chital.devcluster.vmtest tests/vm/agent`` (or ``make test-vm``); skipped on the
 host (``tests/vm/conftest.py``). Each test talks to the agent over gRPC on the guest's loopback, with a
-busybox tree as the container root: the process really is chrooted, a member of the kernel container
-and in its cgroup; the memory limit really OOM-kills; the pids limit really stops a fork bomb; and a
+busybox tree as the container root: the process really runs in the container's namespaces with the
+root pivoted, is a member of the kernel container and in its cgroup; the memory limit really OOM-kills; the pids limit really stops a fork bomb; and a
 ``kill -9`` of the agent really loses nothing.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
 import signal
-import stat
 import subprocess
-import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
-import pytest
-
 from chital.api.agent.v1 import agent_pb2 as pb
-from chital.api.agent.v1 import agent_pb2_grpc as pb_grpc
 
-BASE = Path("/tmp/chital-agent-vm")
-CGROUP_PARENT = "chital-vmtest"
-APPLETS = (
-    "[",
-    "test",
-    "sh",
-    "echo",
-    "tr",
-    "cat",
-    "ls",
-    "sleep",
-    "true",
-    "yes",
-    "head",
-    "kill",
-    "id",
-    "pwd",
-    "grep",
-)
-
-
-class AgentProcess:
-    """``chital-agent serve`` in the guest, restartable, with a stub."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.channel: grpc.Channel | None = None
-        self.stub: pb_grpc.AgentServiceStub
-        self.starts = 0
-
-    def start(self) -> None:
-        self.starts += 1
-        port_file = self.base / "port"
-        port_file.unlink(missing_ok=True)
-        log = open(self.base / f"agent-{self.starts}.log", "wb")  # noqa: SIM115 - the child keeps it
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "chital.agent",
-                "serve",
-                "--device",
-                "linux",
-                "--listen",
-                "127.0.0.1:0",
-                "--port-file",
-                str(port_file),
-                "--state-dir",
-                str(self.base / "state"),
-                "--cgroup-parent",
-                CGROUP_PARENT,
-            ],
-            stdout=log,
-            stderr=log,
-            env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
-        )
-        log.close()
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert self.proc.poll() is None, f"agent exited {self.proc.returncode}:\n{self.log()}"
-            assert time.monotonic() < deadline, f"agent did not start:\n{self.log()}"
-            time.sleep(0.1)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{int(port_file.read_text())}")
-        self.stub = pb_grpc.AgentServiceStub(self.channel)
-
-    def log(self) -> str:
-        return (self.base / f"agent-{self.starts}.log").read_text(errors="replace")
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-        if self.channel is not None:
-            self.channel.close()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.channel is not None:
-            self.channel.close()
-
-    # -- helpers over the stub -------------------------------------------------------------------
-
-    def create(self, uid: str, root: Path, **limits: int) -> pb.Container:
-        return self.stub.CreateContainer(
-            pb.CreateContainerRequest(uid=uid, root=str(root), limits=pb.Limits(**limits)), timeout=60
-        ).container
-
-    def start_process(self, cuid: str, puid: str, argv: list[str], **kw: object) -> pb.Process:
-        req = pb.StartProcessRequest(container_uid=cuid, process_uid=puid, argv=argv, **kw)  # type: ignore[arg-type]
-        return self.stub.StartProcess(req, timeout=120).process
-
-    def processes(self) -> dict[str, pb.Process]:
-        procs = self.stub.Sync(pb.SyncRequest(), timeout=60).processes
-        uids = [p.uid for p in procs]
-        assert len(uids) == len(set(uids)), f"duplicated processes in Sync: {uids}"
-        return {p.uid: p for p in procs}
-
-    def events(
-        self, wanted: int, timeout: float, kind: int = pb.EVENT_KIND_PROCESS_EXITED
-    ) -> list[pb.StreamEventsResponse]:
-        """Events of ``kind`` from the start of this agent's log until ``wanted`` of them (or timeout)."""
-        out: list[pb.StreamEventsResponse] = []
-        stream = self.stub.StreamEvents(pb.StreamEventsRequest(after_seq=0), timeout=timeout)
-        with contextlib.suppress(grpc.RpcError):  # DEADLINE_EXCEEDED ends the wait
-            for ev in stream:
-                if ev.kind == kind:
-                    out.append(ev)
-                    if len(out) >= wanted:
-                        stream.cancel()
-                        break
-        return out
-
-    def wait_exit(self, puid: str, timeout: float = 120) -> pb.Process:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            proc = self.processes()[puid]
-            if proc.state == pb.PROCESS_STATE_EXITED:
-                return proc
-            time.sleep(0.2)
-        raise AssertionError(f"{puid} did not exit within {timeout} s")
-
-    def logs(self, puid: str) -> tuple[bytes, bytes]:
-        out, err = b"", b""
-        for chunk in self.stub.StreamLogs(pb.StreamLogsRequest(process_uid=puid, follow=False), timeout=30):
-            if chunk.stream == pb.LOG_STREAM_STDOUT:
-                out += chunk.data
-            else:
-                err += chunk.data
-        return out, err
-
-
-@pytest.fixture(scope="module")
-def root() -> Iterator[Path]:
-    shutil.rmtree(BASE, ignore_errors=True)
-    root = BASE / "root"
-    for d in ("bin", "dev", "tmp", "etc"):
-        (root / d).mkdir(parents=True)
-    os.mknod(root / "dev" / "null", stat.S_IFCHR | 0o666, os.makedev(1, 3))  # sh's background jobs
-    shutil.copy2(shutil.which("busybox") or "/bin/busybox", root / "bin" / "busybox")
-    for applet in APPLETS:
-        (root / "bin" / applet).symlink_to("busybox")
-    (root / "etc" / "inside").write_text("inside the root\n")
-    yield root
-
-
-@pytest.fixture(scope="module")
-def agent(root: Path) -> Iterator[AgentProcess]:
-    a = AgentProcess(BASE)
-    a.start()
-    try:
-        yield a
-    finally:
-        with contextlib.suppress(grpc.RpcError, AssertionError):
-            if a.proc is not None and a.proc.poll() is None:
-                for c in a.stub.Sync(pb.SyncRequest(), timeout=60).containers:
-                    a.stub.DestroyContainer(pb.DestroyContainerRequest(uid=c.uid), timeout=120)
-        a.stop()
-        print(a.log())
+from .guest_agent import CGROUP_PARENT, AgentProcess
 
 
 def test_agent_serves_the_real_device_with_limits(agent: AgentProcess) -> None:
@@ -213,7 +40,16 @@ def test_a_real_container_runs_a_program(agent: AgentProcess, root: Path) -> Non
     done = agent.wait_exit("p-hello")
     assert (done.exit_code, done.signal, done.oom_killed) == (3, 0, False)
     out, err = agent.logs("p-hello")
-    assert out.decode().splitlines() == ["HELLO", "/tmp", "bin", "dev", "etc", "tmp", "inside the root"], err
+    assert out.decode().splitlines() == [
+        "HELLO",
+        "/tmp",
+        "bin",
+        "dev",
+        "etc",
+        "proc",
+        "tmp",
+        "inside the root",
+    ], err
 
     (ev,) = [e for e in agent.events(10, 5) if e.process_uid == "p-hello"]
     assert (ev.exit_code, ev.signal, ev.oom_killed) == (3, 0, False)
@@ -227,7 +63,10 @@ def test_the_process_is_a_member_in_its_cgroup_before_it_runs(agent: AgentProces
         assert str(p.pid) in procs
         (c,) = [c for c in agent.stub.Sync(pb.SyncRequest(), timeout=30).containers if c.uid == "member"]
         assert p.pid in c.member_pids
-        assert os.readlink(f"/proc/{p.pid}/root") == str(root)
+        # Its root is the container's (pivot_root in its own mount namespace: the path reads "/").
+        assert Path(f"/proc/{p.pid}/root/etc/inside").read_text() == "inside the root\n"
+        assert os.stat(f"/proc/{p.pid}/root").st_ino == os.stat(root).st_ino
+        assert os.readlink(f"/proc/{p.pid}/ns/mnt") != os.readlink("/proc/self/ns/mnt")
         status = Path(f"/proc/{p.pid}/status").read_text()
         assert "NoNewPrivs:\t1" in status
         assert sorted(os.listdir(f"/proc/{p.pid}/fd")) == ["0", "1", "2"]

@@ -2,7 +2,7 @@
 
 Layout: ``<cgroup2 mount>/<parent>/<container uid>`` (parent ``chital`` by default). The parent holds
 no processes (cgroup v2's "no internal processes" rule): the agent itself stays where it was started,
-and every container process is placed in its container's group by the exec helper **before** it
+and every container process is placed in its container's group by the launcher **before** it
 enters the root and execs (``cgroup.procs`` is written by the process itself), so no instruction of the
 user's program runs outside its limits.
 

@@ -837,7 +837,7 @@ class AgentRuntime:
                     self._launching.pop(p, None)
             raise
         if self._fake:
-            # The real helper joins the container itself before exec; the fake has no such hook.
+            # With the module the launcher's child waits for ADD_PROC; plain mode has no such pause.
             try:
                 self._device.add_proc(rec.kernel_id, pid)
             except ChitalError:
