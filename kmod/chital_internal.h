@@ -26,7 +26,9 @@
  *  - chital_containers and the list membership of every container,
  *  - the member hash table chital_members and every container's
  *    member list, nr_tasks and nr_procs,
- *  - the policy bitmap and the limits of every container (writers).
+ *  - the thread group table chital_groups and every group's nr_tasks,
+ *  - the policy bitmap, the policy flags and the limits of every container
+ *    (writers).
  * Readers on the hot paths (the sys_enter probe, the ftrace hooks) do not
  * take it: they look members up under RCU (tracepoint probes and ftrace
  * callbacks run with preemption disabled, which is an RCU read-side
@@ -43,12 +45,14 @@
  * @node: in chital_containers, under chital_lock
  * @members: list of struct chital_member.cnode, under chital_lock
  * @nr_tasks: member tasks (threads included), under chital_lock
- * @nr_procs: member processes (thread group leaders), under chital_lock
+ * @nr_procs: member processes (struct chital_group), under chital_lock
  * @id: never reused while the module is loaded; immutable
  * @name: immutable
  * @root: the resolved root; immutable, reference dropped at free
  * @root_str: the root as given at CREATE; immutable
  * @deny: the policy; written under chital_lock, read locklessly
+ * @policy_flags: CHITAL_POLICY_*; written under chital_lock (WRITE_ONCE),
+ *	read locklessly (READ_ONCE)
  * @limits: under chital_lock
  * @killing: set under chital_lock by DESTROY with CHITAL_DESTROY_KILL: the
  *	members were sent SIGKILL, new children get it too; DESTROY waits on
@@ -69,6 +73,7 @@ struct chital_container {
 	struct path root;
 	char *root_str;
 	DECLARE_BITMAP(deny, CHITAL_NR_SYSCALLS);
+	u64 policy_flags;
 	struct chital_limits limits;
 	bool killing;
 	atomic64_t syscalls_total;
@@ -79,12 +84,34 @@ struct chital_container {
 };
 
 /**
+ * struct chital_group - the member tasks of one thread group (a process)
+ * @hnode: in the chital_groups hash, keyed by @signal, under chital_lock
+ * @signal: the group's signal_struct, shared by all its threads: the key.
+ *	Never dereferenced; the record goes away with the group's last member
+ *	task, before the signal_struct can be freed and its address reused.
+ * @nr_tasks: member tasks of the group, under chital_lock
+ *
+ * "The process exited" is decided here, under chital_lock, when nr_tasks
+ * drops to zero: signal->live is decremented by do_exit() long before the
+ * sched_process_exit tracepoint, so two threads leaving by exit_group() can
+ * both see it at zero and report the exit twice.
+ */
+struct chital_group {
+	struct hlist_node hnode;
+	const struct signal_struct *signal;
+	unsigned int nr_tasks;
+};
+
+/**
  * struct chital_member - one member task
  * @hnode: in the chital_members hash, keyed by @task, under chital_lock
  * @cnode: in container->members, under chital_lock
  * @task: the member; no reference is held: the entry is removed by the
  *	sched_process_exit probe before the task can be freed
  * @container: immutable while the entry is hashed
+ * @group: the task's thread group record, under chital_lock
+ * @denial_counted: a hook already counted a denial in the system call in
+ *	progress; written only by @task itself (reset by the sys_enter probe)
  * @rcu: for freeing after a grace period
  */
 struct chital_member {
@@ -92,6 +119,8 @@ struct chital_member {
 	struct list_head cnode;
 	struct task_struct *task;
 	struct chital_container *container;
+	struct chital_group *group;
+	bool denial_counted;
 	struct rcu_head rcu;
 };
 
@@ -100,12 +129,13 @@ extern atomic_t chital_nr_members;
 extern wait_queue_head_t chital_empty_wait;
 
 /* core.c */
+struct chital_member *chital_member_of(struct task_struct *task);
 struct chital_container *chital_member_container(struct task_struct *task);
 bool chital_is_member(struct task_struct *task);
 struct chital_container *chital_find_container(u32 id);
 struct chital_container *chital_find_container_by_name(const char *name);
 int chital_add_task(struct chital_container *c, struct task_struct *t);
-void chital_unlink_member(struct chital_member *m);
+bool chital_unlink_member(struct chital_member *m);
 struct chital_member *chital_lookup_member(struct task_struct *task);
 void chital_member_forked(struct task_struct *parent,
 			  struct task_struct *child);

@@ -19,6 +19,8 @@ DECLARE_WAIT_QUEUE_HEAD(chital_empty_wait);
 
 /* Member tasks keyed by task pointer; written under chital_lock, read under RCU. */
 static DEFINE_HASHTABLE(chital_members, 10);
+/* Thread groups with member tasks, keyed by signal_struct; under chital_lock only. */
+static DEFINE_HASHTABLE(chital_groups, 10);
 
 struct chital_member *chital_lookup_member(struct task_struct *task)
 {
@@ -32,14 +34,30 @@ struct chital_member *chital_lookup_member(struct task_struct *task)
 }
 
 /* Caller holds rcu_read_lock() (or runs with preemption disabled). */
-struct chital_container *chital_member_container(struct task_struct *task)
+struct chital_member *chital_member_of(struct task_struct *task)
 {
-	struct chital_member *m;
-
 	if (likely(!atomic_read(&chital_nr_members)))
 		return NULL;
-	m = chital_lookup_member(task);
+	return chital_lookup_member(task);
+}
+
+/* Caller holds rcu_read_lock() (or runs with preemption disabled). */
+struct chital_container *chital_member_container(struct task_struct *task)
+{
+	struct chital_member *m = chital_member_of(task);
+
 	return m ? m->container : NULL;
+}
+
+static struct chital_group *chital_lookup_group(const struct signal_struct *sig)
+{
+	struct chital_group *g;
+
+	lockdep_assert_held(&chital_lock);
+	hash_for_each_possible(chital_groups, g, hnode, (unsigned long)sig)
+		if (g->signal == sig)
+			return g;
+	return NULL;
 }
 
 bool chital_is_member(struct task_struct *task)
@@ -82,7 +100,7 @@ struct chital_container *chital_find_container_by_name(const char *name)
 int chital_add_task(struct chital_container *c, struct task_struct *t)
 {
 	struct chital_member *m;
-	bool leader = thread_group_leader(t);
+	struct chital_group *g;
 
 	lockdep_assert_held(&chital_lock);
 	m = chital_lookup_member(t);
@@ -91,35 +109,58 @@ int chital_add_task(struct chital_container *c, struct task_struct *t)
 	/* Ordered against the exit probe by chital_lock, see chital_member_exited(). */
 	if (t->flags & PF_EXITING)
 		return -ESRCH;
-	if (leader && c->limits.max_members &&
+	g = chital_lookup_group(t->signal);
+	if (!g && c->limits.max_members &&
 	    c->nr_procs >= c->limits.max_members)
 		return -ENOSPC;
 	m = kzalloc(sizeof(*m), GFP_ATOMIC);
 	if (!m)
 		return -ENOMEM;
+	if (!g) {
+		g = kzalloc(sizeof(*g), GFP_ATOMIC);
+		if (!g)
+			goto out_free_member;
+		g->signal = t->signal;
+		hash_add(chital_groups, &g->hnode, (unsigned long)g->signal);
+		c->nr_procs++;
+	}
+	g->nr_tasks++;
 	m->task = t;
 	m->container = c;
+	m->group = g;
 	hash_add_rcu(chital_members, &m->hnode, (unsigned long)t);
 	list_add_tail(&m->cnode, &c->members);
 	c->nr_tasks++;
-	if (leader)
-		c->nr_procs++;
 	atomic_inc(&chital_nr_members);
 	return 0;
+
+out_free_member:
+	kfree(m);
+	return -ENOMEM;
 }
 
-/* Unhash a member; the caller frees it with kfree_rcu(). */
-void chital_unlink_member(struct chital_member *m)
+/*
+ * Unhash a member; the caller frees it with kfree_rcu(). Returns true if it
+ * was the last member task of its thread group (the process is gone from
+ * the container).
+ */
+bool chital_unlink_member(struct chital_member *m)
 {
 	struct chital_container *c = m->container;
+	struct chital_group *g = m->group;
 
 	lockdep_assert_held(&chital_lock);
 	hash_del_rcu(&m->hnode);
 	list_del(&m->cnode);
 	c->nr_tasks--;
-	if (thread_group_leader(m->task))
-		c->nr_procs--;
 	atomic_dec(&chital_nr_members);
+	m->group = NULL;
+	if (--g->nr_tasks)
+		return false;
+	hash_del(&g->hnode);
+	kfree(g);
+	c->nr_procs--;
+	return true;
 }
 
 /*
@@ -166,14 +207,16 @@ static u32 chital_wait_status(struct task_struct *task)
 }
 
 /*
- * sched_process_exit: runs in the exiting task, after PF_EXITING was set and
- * signal->live was decremented. Queues EXIT when the whole thread group is
- * dead, and EMPTY when the container's last member task left.
+ * sched_process_exit: runs in the exiting task, after PF_EXITING was set.
+ * Queues EXIT when the last member task of the thread group left (decided
+ * under chital_lock, see struct chital_group), and EMPTY when the
+ * container's last member task left.
  */
 void chital_member_exited(struct task_struct *task)
 {
 	struct chital_member *m;
 	struct chital_container *c;
+	bool last;
 
 	if (likely(!atomic_read(&chital_nr_members)))
 		return;
@@ -184,8 +227,8 @@ void chital_member_exited(struct task_struct *task)
 		return;
 	}
 	c = m->container;
-	chital_unlink_member(m);
-	if (!atomic_read(&task->signal->live))
+	last = chital_unlink_member(m);
+	if (last)
 		chital_queue_event(CHITAL_EVENT_EXIT, c->id, task_tgid_nr(task),
 				   0, chital_wait_status(task));
 	if (!c->nr_tasks) {

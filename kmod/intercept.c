@@ -7,17 +7,26 @@
  *    raw_syscalls:sys_enter counts and denies members' system calls (a
  *    denied call gets orig_ax = -1, so the kernel skips it, and ax = -EPERM);
  *  - ftrace hooks on security_* functions confine members' file opens and
- *    path operations to the container root and forbid ptrace of
- *    non-members: the hook sends the call to a stub that returns the error.
+ *    path operations to the container root and keep members away from
+ *    other tasks (ptrace, signals, priority, scheduling): the hook sends
+ *    the call to a stub that returns the error;
+ *  - a hook on __f_setown() keeps members from aiming SIGIO/SIGURG at
+ *    other tasks.
+ * Every denial, by the probe or by a hook, is counted for the container and
+ * the system call in progress and queued as a DENIED event.
  *
  * Non-members pay one atomic read in each probe while no container has
  * members, and a hash lookup otherwise.
  */
+#include <linux/fcntl.h>
 #include <linux/ftrace.h>
+#include <linux/ioprio.h>
 #include <linux/namei.h>
+#include <linux/net.h>
 #include <linux/ptrace.h>
 #include <linux/sched.h>
 #include <linux/sched/signal.h>
+#include <linux/socket.h>
 #include <linux/syscalls.h>
 #include <linux/tracepoint.h>
 #include <linux/umh.h>
@@ -81,6 +90,185 @@ static void chital_deny(struct pt_regs *regs, long err)
 	regs->ax = err;
 }
 
+/*
+ * Whether task @p counts as inside container @c for a member of @c.
+ * A task that has exited is no longer in the member table, yet Linux lets
+ * a process signal (and wait for) its own exited, unreaped children, and
+ * subprocess libraries rely on it; a thread group whose leader exited
+ * first is still a live process. So an exited task is inside if its parent
+ * or a thread of its group is a member of @c.
+ * Caller holds rcu_read_lock() (or runs with preemption disabled).
+ */
+static bool chital_task_inside(struct chital_container *c,
+			       struct task_struct *p)
+{
+	struct task_struct *t;
+
+	if (chital_member_container(p) == c)
+		return true;
+	if (!READ_ONCE(p->exit_state))
+		return false;
+	if (chital_member_container(rcu_dereference(p->real_parent)) == c)
+		return true;
+	for_each_thread(p, t)
+		if (chital_member_container(t) == c)
+			return true;
+	return false;
+}
+
+/*
+ * Whether every task that @pid names as @type is inside @c (a pid without
+ * tasks names nobody, which is harmless).
+ */
+static bool chital_pid_inside(struct chital_container *c, struct pid *pid,
+			      enum pid_type type)
+{
+	struct task_struct *p;
+	bool inside = true;
+
+	rcu_read_lock();
+	if (type <= PIDTYPE_TGID) {
+		p = pid_task(pid, PIDTYPE_PID);
+		inside = !p || chital_task_inside(c, p);
+		goto out_unlock;
+	}
+	do_each_pid_task(pid, type, p) {
+		if (!chital_task_inside(c, p)) {
+			inside = false;
+			goto out_unlock;
+		}
+	} while_each_pid_task(pid, type, p);
+out_unlock:
+	rcu_read_unlock();
+	return inside;
+}
+
+/*
+ * Whether the number @nr (a process, a thread, or with @type PIDTYPE_PGID a
+ * process group, in the caller's pid namespace) names only tasks inside @c.
+ * A number that names nothing is left to the system call to refuse.
+ */
+static bool chital_vpid_inside(struct chital_container *c, pid_t nr,
+			       enum pid_type type)
+{
+	struct pid *pid;
+	bool inside;
+
+	rcu_read_lock();
+	pid = find_vpid(nr);
+	inside = !pid || chital_pid_inside(c, pid, type);
+	rcu_read_unlock();
+	return inside;
+}
+
+/*
+ * fcntl(fd, F_SETOWN, who): the owner receives SIGIO (any signal, with
+ * F_SETSIG) and SIGURG from the file, sent by the kernel and so never
+ * through security_task_kill. who is in a register, so it is checked here
+ * without a race: a process outside answers -ESRCH (as if it did not
+ * exist), a process group with a task outside -EPERM. The other ways to
+ * choose an owner (F_SETOWN_EX, and the FIOSETOWN and SIOCSPGRP ioctls) pass
+ * it through user memory; they are caught, with the pid already resolved,
+ * by the __f_setown() hook, which this check also backs.
+ */
+static long chital_setown_verdict(struct chital_container *c, int who)
+{
+	if (who > 0 && !chital_vpid_inside(c, who, PIDTYPE_TGID))
+		return -ESRCH;
+	if (who < 0 && who != INT_MIN && !chital_vpid_inside(c, -who, PIDTYPE_PGID))
+		return -EPERM;
+	return 0;
+}
+
+/*
+ * Checks of system call arguments that live in registers (so no race with
+ * user space), for calls whose kernel hooks cannot tell the error apart or
+ * see too little:
+ *  - kill(pid > 0), tkill(tid), tgkill(tgid, tid), rt_sigqueueinfo(pid),
+ *    rt_tgsigqueueinfo(tgid, tid): a task outside answers -ESRCH, as if it
+ *    did not exist. The security_task_kill hook cannot say so: kill_pid_info()
+ *    retries for ever while the permission check answers -ESRCH (it takes it
+ *    for a race with exec), so the hook answers -EPERM, for the signals it
+ *    alone sees (pidfd_send_signal, process groups, kill(-1)) and in case a
+ *    pid is reused between this check and the call;
+ *  - the calls on another task by pid (priority, scheduling, ioprio, session
+ *    and group, page migration, pidfd_open): a task outside answers -ESRCH
+ *    here, before the kernel's own permission checks, which answer -EPERM
+ *    for a task of another user and so would tell that it exists (their
+ *    security hooks, below, run after those checks); prlimit64's hook gets
+ *    only credentials, getpriority has none;
+ *  - fcntl(F_SETOWN): see chital_setown_verdict();
+ *  - socket()/socketpair() under CHITAL_POLICY_DENY_RAW_SOCKETS: AF_PACKET,
+ *    SOCK_RAW in any family, and SOCK_PACKET (which AF_INET turns into a
+ *    packet socket) see and forge traffic of the whole host.
+ */
+static long chital_argument_verdict(struct pt_regs *regs, long nr,
+				    struct chital_container *c)
+{
+	int type;
+
+	switch (nr) {
+	case __NR_kill:
+	case __NR_rt_sigqueueinfo:
+	case __NR_tkill:
+		if ((pid_t)regs->di > 0 &&
+		    !chital_vpid_inside(c, (pid_t)regs->di, PIDTYPE_PID))
+			return -ESRCH;
+		return 0;
+	case __NR_tgkill:
+	case __NR_rt_tgsigqueueinfo:
+		if ((pid_t)regs->si > 0 &&
+		    !chital_vpid_inside(c, (pid_t)regs->si, PIDTYPE_PID))
+			return -ESRCH;
+		return 0;
+	case __NR_prlimit64:
+	case __NR_sched_setaffinity:
+	case __NR_sched_getaffinity:
+	case __NR_sched_setscheduler:
+	case __NR_sched_getscheduler:
+	case __NR_sched_setparam:
+	case __NR_sched_getparam:
+	case __NR_sched_setattr:
+	case __NR_sched_getattr:
+	case __NR_sched_rr_get_interval:
+	case __NR_getsid:
+	case __NR_getpgid:
+	case __NR_migrate_pages:
+	case __NR_move_pages:
+	case __NR_pidfd_open:
+		if ((pid_t)regs->di > 0 &&
+		    !chital_vpid_inside(c, (pid_t)regs->di, PIDTYPE_PID))
+			return -ESRCH;
+		return 0;
+	case __NR_getpriority:
+	case __NR_setpriority:
+		if ((int)regs->di == PRIO_PROCESS && (int)regs->si > 0 &&
+		    !chital_vpid_inside(c, (int)regs->si, PIDTYPE_PID))
+			return -ESRCH;
+		return 0;
+	case __NR_ioprio_get:
+	case __NR_ioprio_set:
+		if ((int)regs->di == IOPRIO_WHO_PROCESS && (int)regs->si > 0 &&
+		    !chital_vpid_inside(c, (int)regs->si, PIDTYPE_PID))
+			return -ESRCH;
+		return 0;
+	case __NR_fcntl:
+		if ((unsigned int)regs->si == F_SETOWN)
+			return chital_setown_verdict(c, (int)regs->dx);
+		return 0;
+	case __NR_socket:
+	case __NR_socketpair:
+		if (!(READ_ONCE(c->policy_flags) & CHITAL_POLICY_DENY_RAW_SOCKETS))
+			return 0;
+		type = (int)regs->si & SOCK_TYPE_MASK;
+		if ((int)regs->di == AF_PACKET || type == SOCK_RAW ||
+		    type == SOCK_PACKET)
+			return -EPERM;
+		return 0;
+	}
+	return 0;
+}
+
 /* Self-test of the orig_ax = -1 denial, see chital_selftest(). */
 enum { SELFTEST_IDLE, SELFTEST_ARMED, SELFTEST_DENIED, SELFTEST_RAN };
 static struct task_struct *chital_selftest_task;
@@ -90,6 +278,7 @@ static int chital_selftest_state;
 static void chital_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 {
 	struct chital_container *c;
+	struct chital_member *m;
 	long err;
 	u32 nr;
 
@@ -100,9 +289,11 @@ static void chital_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 		}
 		return;
 	}
-	c = chital_member_container(current);
-	if (likely(!c))
+	m = chital_member_of(current);
+	if (likely(!m))
 		return;
+	c = m->container;
+	m->denial_counted = false;
 	atomic64_inc(&c->syscalls_total);
 	if (unlikely(in_ia32_syscall())) {
 		nr = (u32)id | CHITAL_COMPAT_SYSCALL;
@@ -116,6 +307,8 @@ static void chital_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 		err = chital_containment_verdict(regs, id);
 		if (!err && test_bit(nr, c->deny))
 			err = -EPERM;
+		if (!err)
+			err = chital_argument_verdict(regs, id, c);
 		if (err == -ENOSYS) {
 			chital_deny(regs, err);
 			return;
@@ -275,27 +468,46 @@ static int chital_stub_eperm(void)
 	return -EPERM;
 }
 
-static bool chital_path_outside(const struct path *path)
+static int chital_stub_esrch(void)
 {
-	struct chital_container *c = chital_member_container(current);
-
-	return c && path && !path_is_under((struct path *)path, &c->root);
+	return -ESRCH;
 }
 
-/* Returns the error the hooked call must fail with, or 0 to let it run. */
-typedef int (*chital_check_t)(struct pt_regs *regs);
+/* A check that rewrote the hooked function's arguments instead of failing it. */
+#define CHITAL_ARGS_CHANGED	1
 
-static int chital_check_file_open(struct pt_regs *regs)
+static bool chital_path_outside(struct chital_member *m, const struct path *path)
+{
+	return path && !path_is_under((struct path *)path, &m->container->root);
+}
+
+/*
+ * Returns the error the hooked call must fail with, CHITAL_ARGS_CHANGED, or
+ * 0 to let it run. @m is the member making the call.
+ */
+typedef int (*chital_check_t)(struct pt_regs *regs, struct chital_member *m);
+
+static int chital_check_file_open(struct pt_regs *regs, struct chital_member *m)
 {
 	struct file *file = (struct file *)regs->di;
 
-	return chital_path_outside(&file->f_path) ? -EACCES : 0;
+	return chital_path_outside(m, &file->f_path) ? -EACCES : 0;
+}
+
+/*
+ * security_file_truncate(file) (since 6.2 ftruncate calls it, not
+ * security_path_truncate): the file may have been opened before the task
+ * became a member, or passed in; confined like an open.
+ */
+static int chital_check_file_truncate(struct pt_regs *regs, struct chital_member *m)
+{
+	return chital_check_file_open(regs, m);
 }
 
 /* security_path_{mknod,mkdir,rmdir,unlink,symlink,truncate,chmod,chown} */
-static int chital_check_path_arg0(struct pt_regs *regs)
+static int chital_check_path_arg0(struct pt_regs *regs, struct chital_member *m)
 {
-	return chital_path_outside((const struct path *)regs->di) ? -EACCES : 0;
+	return chital_path_outside(m, (const struct path *)regs->di) ? -EACCES : 0;
 }
 
 /*
@@ -303,7 +515,7 @@ static int chital_check_path_arg0(struct pt_regs *regs)
  * inside, or a member could link an outside file into its root. A link never
  * crosses mounts, so the old dentry lives on new_dir's mount.
  */
-static int chital_check_path_link(struct pt_regs *regs)
+static int chital_check_path_link(struct pt_regs *regs, struct chital_member *m)
 {
 	const struct path *new_dir = (const struct path *)regs->si;
 	struct path old = {
@@ -311,37 +523,120 @@ static int chital_check_path_link(struct pt_regs *regs)
 		.dentry = (struct dentry *)regs->di,
 	};
 
-	if (chital_path_outside(new_dir) || chital_path_outside(&old))
+	if (chital_path_outside(m, new_dir) || chital_path_outside(m, &old))
 		return -EACCES;
 	return 0;
 }
 
-static int chital_check_path_rename(struct pt_regs *regs)
+static int chital_check_path_rename(struct pt_regs *regs, struct chital_member *m)
 {
-	if (chital_path_outside((const struct path *)regs->di) ||
-	    chital_path_outside((const struct path *)regs->dx))
+	if (chital_path_outside(m, (const struct path *)regs->di) ||
+	    chital_path_outside(m, (const struct path *)regs->dx))
 		return -EACCES;
 	return 0;
 }
 
 /*
- * security_ptrace_access_check(child, mode), security_ptrace_traceme(parent),
- * security_task_kill(target, info, sig, cred): a member may only reach tasks
- * of its own container.
+ * security_ptrace_access_check(child, mode), security_ptrace_traceme(parent):
+ * a member may only trace tasks of its own container.
  */
-static int chital_check_other_task(struct pt_regs *regs)
+static int chital_check_ptrace(struct pt_regs *regs, struct chital_member *m)
 {
-	struct chital_container *c = chital_member_container(current);
 	struct task_struct *other = (struct task_struct *)regs->di;
 
-	if (!c)
-		return 0;
-	return chital_member_container(other) == c ? 0 : -EPERM;
+	return chital_member_container(other) == m->container ? 0 : -EPERM;
 }
 
+static bool chital_target_inside(struct pt_regs *regs, struct chital_member *m)
+{
+	struct task_struct *p = (struct task_struct *)regs->di;
+	bool inside;
+
+	rcu_read_lock();
+	inside = chital_task_inside(m->container, p);
+	rcu_read_unlock();
+	return inside;
+}
+
+/*
+ * security_task_{setnice,setioprio,setscheduler,getscheduler,getioprio,
+ * getsid,getpgid,movememory}(p, ...): a member may only reach tasks of its
+ * own container (its own exited children included, see
+ * chital_task_inside()). Anything else answers -ESRCH, as if the task did
+ * not exist: with -EPERM a member could tell which pids exist on the host.
+ */
+static int chital_check_task(struct pt_regs *regs, struct chital_member *m)
+{
+	return chital_target_inside(regs, m) ? 0 : -ESRCH;
+}
+
+/*
+ * security_task_kill(p, info, sig, cred): the same rule, but -EPERM: see
+ * chital_argument_verdict() for why, and for where -ESRCH comes from.
+ */
+static int chital_check_kill(struct pt_regs *regs, struct chital_member *m)
+{
+	return chital_target_inside(regs, m) ? 0 : -EPERM;
+}
+
+/*
+ * __f_setown(filp, pid, type, force): every way of choosing who receives a
+ * file's SIGIO and SIGURG ends here (F_SETOWN, F_SETOWN_EX, the FIOSETOWN
+ * and SIOCSPGRP ioctls, tty fasync), in the caller's context and with the
+ * target already resolved to a struct pid, so the check races neither with
+ * user memory nor with pid reuse. The signal itself is sent later by the
+ * kernel, from whatever task causes the I/O, and
+ * security_file_send_sigiotask cannot tell whether a member chose the
+ * owner (fown_struct records only uids, and it is embedded in struct file
+ * on 6.1 but allocated apart since 6.12), so the owner is checked when it is
+ * set. __f_setown() returns void: a refused owner becomes no owner (pid
+ * NULL), and the file signals nobody.
+ */
+static int chital_check_f_setown(struct pt_regs *regs, struct chital_member *m)
+{
+	struct pid *pid = (struct pid *)regs->si;
+
+	if (!pid || chital_pid_inside(m->container, pid, (enum pid_type)regs->dx))
+		return 0;
+	regs->si = 0;
+	return CHITAL_ARGS_CHANGED;
+}
+
+/*
+ * Count a denial made by a hook, once per system call: for the container,
+ * for the system call in progress, and as a DENIED event, like the denials
+ * of the sys_enter probe.
+ */
+static void chital_count_hook_denial(struct chital_member *m)
+{
+	struct chital_container *c = m->container;
+	long nr;
+	u32 reported;
+
+	if (m->denial_counted)
+		return;
+	m->denial_counted = true;
+	nr = syscall_get_nr(current, task_pt_regs(current));
+	atomic64_inc(&c->denied_total);
+	if (in_ia32_syscall()) {
+		reported = (u32)nr | CHITAL_COMPAT_SYSCALL;
+	} else {
+		reported = (u32)nr;
+		if (nr >= 0 && nr < CHITAL_NR_SYSCALLS)
+			atomic64_inc(&c->denied[nr]);
+	}
+	chital_queue_denied(c->id, task_tgid_nr(current), reported);
+}
+
+/*
+ * @optional: the function does not exist on every supported kernel
+ * (security_file_truncate is new in 6.2); a kernel without it does not need
+ * the hook.
+ */
 struct chital_hook {
 	const char *name;
 	chital_check_t check;
+	bool optional;
 	struct ftrace_ops ops;
 	bool registered;
 };
@@ -352,18 +647,28 @@ static void notrace chital_ftrace_cb(unsigned long ip, unsigned long parent_ip,
 {
 	struct chital_hook *hook = container_of(ops, struct chital_hook, ops);
 	struct pt_regs *regs = ftrace_get_regs(fregs);
+	struct chital_member *m;
 	int err;
 
-	if (likely(!atomic_read(&chital_nr_members)) || !regs)
+	if (likely(!atomic_read(&chital_nr_members)) || !regs || !in_task())
 		return;
-	err = hook->check(regs);
+	m = chital_member_of(current);
+	if (!m)
+		return;
+	err = hook->check(regs, m);
+	if (!err)
+		return;
+	chital_count_hook_denial(m);
 	if (err == -EACCES)
 		regs->ip = (unsigned long)chital_stub_eacces;
-	else if (err)
+	else if (err == -ESRCH)
+		regs->ip = (unsigned long)chital_stub_esrch;
+	else if (err < 0)
 		regs->ip = (unsigned long)chital_stub_eperm;
 }
 
 #define CHITAL_HOOK(fn, chk) { .name = fn, .check = chk }
+#define CHITAL_OPTIONAL_HOOK(fn, chk) { .name = fn, .check = chk, .optional = true }
 
 static struct chital_hook chital_hooks[] = {
 	CHITAL_HOOK("security_file_open", chital_check_file_open),
@@ -377,9 +682,22 @@ static struct chital_hook chital_hooks[] = {
 	CHITAL_HOOK("security_path_chown", chital_check_path_arg0),
 	CHITAL_HOOK("security_path_link", chital_check_path_link),
 	CHITAL_HOOK("security_path_rename", chital_check_path_rename),
-	CHITAL_HOOK("security_ptrace_access_check", chital_check_other_task),
-	CHITAL_HOOK("security_ptrace_traceme", chital_check_other_task),
-	CHITAL_HOOK("security_task_kill", chital_check_other_task),
+	CHITAL_OPTIONAL_HOOK("security_file_truncate", chital_check_file_truncate),
+	CHITAL_HOOK("security_ptrace_access_check", chital_check_ptrace),
+	CHITAL_HOOK("security_ptrace_traceme", chital_check_ptrace),
+	CHITAL_HOOK("security_task_kill", chital_check_kill),
+	CHITAL_HOOK("security_task_setnice", chital_check_task),
+	CHITAL_HOOK("security_task_setioprio", chital_check_task),
+	CHITAL_HOOK("security_task_getioprio", chital_check_task),
+	/* sched_setaffinity, sched_setscheduler, sched_setparam, sched_setattr */
+	CHITAL_HOOK("security_task_setscheduler", chital_check_task),
+	/* sched_get{affinity,scheduler,param,attr}, sched_rr_get_interval */
+	CHITAL_HOOK("security_task_getscheduler", chital_check_task),
+	CHITAL_HOOK("security_task_getsid", chital_check_task),
+	CHITAL_HOOK("security_task_getpgid", chital_check_task),
+	/* migrate_pages, move_pages */
+	CHITAL_HOOK("security_task_movememory", chital_check_task),
+	CHITAL_HOOK("__f_setown", chital_check_f_setown),
 };
 
 static void chital_hooks_unregister(void)
@@ -408,6 +726,11 @@ static int chital_hooks_register(void)
 			       FTRACE_OPS_FL_RECURSION;
 		err = ftrace_set_filter(&h->ops, (unsigned char *)h->name,
 					strlen(h->name), 0);
+		if (err && h->optional) {
+			pr_info("chital: no %s in this kernel, not hooked\n", h->name);
+			ftrace_free_filter(&h->ops);
+			continue;
+		}
 		if (err) {
 			pr_err("chital: cannot hook %s: %d\n", h->name, err);
 			goto out_unregister;

@@ -25,17 +25,17 @@ static unsigned int chital_nr_containers;	/* under chital_lock */
 
 static void chital_check_abi(void)
 {
-	BUILD_BUG_ON(sizeof(struct chital_policy) != 64);
+	BUILD_BUG_ON(sizeof(struct chital_policy) != 80);
 	BUILD_BUG_ON(sizeof(struct chital_limits) != 16);
 	BUILD_BUG_ON(sizeof(struct chital_version) != 136);
-	BUILD_BUG_ON(sizeof(struct chital_create) != 168);
+	BUILD_BUG_ON(sizeof(struct chital_create) != 184);
 	BUILD_BUG_ON(sizeof(struct chital_destroy) != 8);
 	BUILD_BUG_ON(sizeof(struct chital_proc) != 16);
 	BUILD_BUG_ON(sizeof(struct chital_list) != 16);
-	BUILD_BUG_ON(sizeof(struct chital_info) != 200);
+	BUILD_BUG_ON(sizeof(struct chital_info) != 216);
 	BUILD_BUG_ON(sizeof(struct chital_syscall_stat) != 16);
 	BUILD_BUG_ON(sizeof(struct chital_stats) != 24);
-	BUILD_BUG_ON(sizeof(struct chital_set_policy) != 72);
+	BUILD_BUG_ON(sizeof(struct chital_set_policy) != 88);
 	BUILD_BUG_ON(sizeof(struct chital_event) != 48);
 }
 
@@ -58,6 +58,11 @@ static bool chital_name_valid(const char *name)
 static bool chital_limits_valid(const struct chital_limits *l)
 {
 	return !memchr_inv(l->reserved, 0, sizeof(l->reserved));
+}
+
+static bool chital_policy_valid(const struct chital_policy *p)
+{
+	return !(p->flags & ~CHITAL_POLICY_FLAGS) && !p->reserved;
 }
 
 static long chital_ioc_version(void __user *arg)
@@ -91,6 +96,7 @@ static struct chital_container *chital_container_alloc(const struct chital_creat
 	INIT_LIST_HEAD(&c->members);
 	memcpy(c->name, cr->name, sizeof(c->name));
 	bitmap_from_arr64(c->deny, cr->policy.deny, CHITAL_NR_SYSCALLS);
+	c->policy_flags = cr->policy.flags;
 	c->limits = cr->limits;
 	return c;
 }
@@ -130,7 +136,7 @@ static long chital_ioc_create(void __user *arg)
 		return -EFAULT;
 	if (cr.flags || cr.id || cr.reserved || !chital_name_valid(cr.name) ||
 	    !cr.root_len || cr.root_len > CHITAL_ROOT_MAX ||
-	    !chital_limits_valid(&cr.limits))
+	    !chital_policy_valid(&cr.policy) || !chital_limits_valid(&cr.limits))
 		return -EINVAL;
 	if (!try_module_get(THIS_MODULE))
 		return -ENODEV;
@@ -439,6 +445,7 @@ static u32 chital_info_fill(struct chital_container *c, struct chital_info *info
 	info->syscalls_total = atomic64_read(&c->syscalls_total);
 	info->denied_total = atomic64_read(&c->denied_total);
 	bitmap_to_arr64(info->policy.deny, c->deny, CHITAL_NR_SYSCALLS);
+	info->policy.flags = c->policy_flags;
 	info->limits = c->limits;
 	list_for_each_entry(m, &c->members, cnode) {
 		if (!thread_group_leader(m->task))
@@ -545,7 +552,7 @@ static long chital_ioc_set_policy(void __user *arg)
 
 	if (copy_from_user(&sp, arg, sizeof(sp)))
 		return -EFAULT;
-	if (sp.flags)
+	if (sp.flags || !chital_policy_valid(&sp.policy))
 		return -EINVAL;
 	bitmap_from_arr64(deny, sp.policy.deny, CHITAL_NR_SYSCALLS);
 
@@ -557,6 +564,7 @@ static long chital_ioc_set_policy(void __user *arg)
 	}
 	/* Word by word: lockless readers see each bit either old or new. */
 	bitmap_copy(c->deny, deny, CHITAL_NR_SYSCALLS);
+	WRITE_ONCE(c->policy_flags, sp.policy.flags);
 	spin_unlock(&chital_lock);
 	return 0;
 }
@@ -590,11 +598,40 @@ static long chital_ioctl(struct file *file, unsigned int cmd, unsigned long arg)
 	return -ENOTTY;
 }
 
+/*
+ * The device has one owner, the agent: the event queue is a single stream
+ * that a second reader would steal records from, and every ioctl acts on
+ * all containers. So open needs CAP_SYS_ADMIN in the initial user
+ * namespace (not only the 0600 mode of the node: a root process without
+ * capabilities must not get in), members are refused whatever their
+ * capabilities, and while one open file exists every other open fails with
+ * -EBUSY. The slot is freed when that file is released (its last
+ * descriptor closed).
+ */
+static atomic_t chital_device_taken = ATOMIC_INIT(0);
+
 static int chital_open(struct inode *inode, struct file *file)
 {
-	if (chital_is_member(current))
+	int err;
+
+	if (chital_is_member(current) || !capable(CAP_SYS_ADMIN))
 		return -EPERM;
-	return nonseekable_open(inode, file);
+	if (atomic_cmpxchg(&chital_device_taken, 0, 1))
+		return -EBUSY;
+	err = nonseekable_open(inode, file);
+	if (err)
+		goto out_release_slot;
+	return 0;
+
+out_release_slot:
+	atomic_set(&chital_device_taken, 0);
+	return err;
+}
+
+static int chital_release(struct inode *inode, struct file *file)
+{
+	atomic_set(&chital_device_taken, 0);
+	return 0;
 }
 
 static ssize_t chital_read(struct file *file, char __user *buf, size_t len,
@@ -615,6 +652,7 @@ static __poll_t chital_poll(struct file *file, poll_table *wait)
 static const struct file_operations chital_fops = {
 	.owner = THIS_MODULE,
 	.open = chital_open,
+	.release = chital_release,
 	.read = chital_read,
 	.poll = chital_poll,
 	.unlocked_ioctl = chital_ioctl,

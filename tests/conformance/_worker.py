@@ -101,7 +101,11 @@ def main() -> None:
             except OSError as exc:
                 reply(str(exc.errno))
         elif cmd == "selfadd":  # DEVICE IOC_ADD_PROC CONTAINER_ID: join a container by itself
-            fd = os.open(args[0], os.O_RDWR)
+            try:
+                fd = os.open(args[0], os.O_RDWR)
+            except OSError as exc:
+                reply(str(exc.errno))
+                continue
             try:
                 fcntl.ioctl(fd, int(args[1]), struct.pack("<4I", int(args[2]), os.getpid(), 0, 0))
                 reply("0")

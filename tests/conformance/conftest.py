@@ -214,9 +214,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         items[:] = [item for item in items if item.get_closest_marker(other) is None]
 
 
-def _make_device() -> Device:
+#: The node the fake stands for: like the module's device, it has one owner at a time.
+FAKE_NODE = "/dev/chital (conformance)"
+
+
+def make_device() -> Device:
+    """Open the device under test (a second open while one is open fails, as with the module)."""
     if KIND == "fake":
-        return FakeDevice()
+        return FakeDevice(node=FAKE_NODE)
     path = os.environ.get("CHITAL_DEVICE_PATH", "/dev/chital")
     if not os.path.exists(path):
         pytest.fail(
@@ -227,14 +232,14 @@ def _make_device() -> Device:
 
 @pytest.fixture
 def device() -> Iterator[Device]:
-    dev = _make_device()
+    dev = make_device()
     yield dev
     dev.close()
 
 
 @pytest.fixture
 def driver() -> Iterator[Driver]:
-    dev = _make_device()
+    dev = make_device()
     drv = FakeDriver(dev) if KIND == "fake" else Driver(dev)
     yield drv
     drv.close()

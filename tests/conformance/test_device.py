@@ -21,7 +21,7 @@ from chital.errdefs import (
     ResourceExhausted,
 )
 
-from .conftest import Driver, linux_only
+from .conftest import Driver, linux_only, make_device
 
 NR_GETPPID = 110
 NR_GETPID = 39
@@ -37,6 +37,25 @@ NR_OPEN_BY_HANDLE_AT = 304
 NR_IO_URING_SETUP = 425
 NR_CLONE3 = 435
 NR_OUT_OF_RANGE = 600
+NR_SOCKET = 41
+NR_FCNTL = 72
+NR_PRLIMIT64 = 302
+NR_GETPRIORITY = 140
+NR_SETPRIORITY = 141
+NR_SCHED_GETSCHEDULER = 145
+NR_IOPRIO_GET = 252
+NR_GETSID = 124
+NR_GETPGID = 121
+AF_INET = 2
+AF_PACKET = 17
+SOCK_DGRAM = 2
+SOCK_RAW = 3
+ETH_P_ALL_BE = 0x0300  # htons(ETH_P_ALL)
+IPPROTO_ICMP = 1
+F_SETOWN = 8
+RLIMIT_NOFILE = 7
+PRIO_PROCESS = 0
+IOPRIO_WHO_PROCESS = 1
 I386_GETPID = 20
 COMPAT_SYSCALL = 0x80000000
 PTRACE_ATTACH = 16
@@ -65,8 +84,47 @@ def _readable(dev: Device) -> bool:
 
 def test_version(device: Device) -> None:
     v = device.version()
-    assert (v.abi_major, v.abi_minor) >= (1, 0)
+    assert (v.abi_major, v.abi_minor) >= (2, 0)
     assert v.kernel_release
+
+
+def test_device_has_one_owner(device: Device) -> None:
+    """While the device is open, a second open fails (EBUSY); closing frees it."""
+    with pytest.raises(FailedPrecondition):
+        make_device()
+    device.version()  # the owner is not disturbed
+    device.close()
+    again = make_device()
+    again.close()
+
+
+def test_policy_flags_round_trip(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create(deny_raw_sockets=True)
+    assert dev.info(cid).deny_raw_sockets
+    assert not dev.info(driver.create()).deny_raw_sockets
+    dev.set_policy(cid, frozenset({NR_MOUNT}))  # the whole policy: the flag goes
+    info = dev.info(cid)
+    assert (info.deny_syscalls, info.deny_raw_sockets) == ({NR_MOUNT}, False)
+    dev.set_policy(cid, frozenset(), deny_raw_sockets=True)
+    assert dev.info(cid).deny_raw_sockets
+
+
+def test_raw_sockets_denied_with_the_flag(driver: Driver) -> None:
+    dev = driver.device
+    cid = driver.create(deny_raw_sockets=True)
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    driver.drain()
+    assert driver.syscall(w, NR_SOCKET, AF_PACKET, SOCK_RAW, ETH_P_ALL_BE) == errno.EPERM
+    assert driver.syscall(w, NR_SOCKET, AF_INET, SOCK_RAW, IPPROTO_ICMP) == errno.EPERM
+    assert driver.syscall(w, NR_SOCKET, AF_INET, SOCK_DGRAM, 0) == 0
+    assert dev.stats(cid)[NR_SOCKET] == (3, 2)
+    assert dev.info(cid).denied_total == 2
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.DENIED)
+    assert (ev.pid, ev.syscall_nr, ev.count) == (w.pid, NR_SOCKET, 2)
+    dev.set_policy(cid, frozenset())
+    assert driver.syscall(w, NR_SOCKET, AF_PACKET, SOCK_RAW, ETH_P_ALL_BE) == 0  # root: allowed without
 
 
 def test_create_list_info_destroy(driver: Driver) -> None:
@@ -560,9 +618,11 @@ def test_no_ptrace_of_non_members(driver: Driver) -> None:
     driver.device.add_proc(cid, peer.pid)
     driver.drain()
     assert driver.syscall(w, NR_PTRACE, PTRACE_ATTACH, outsider.pid, 0, 0) == errno.EPERM
-    assert driver.device.stats(cid)[NR_PTRACE] == (1, 0)  # refused by a hook: not a policy denial
+    assert driver.device.stats(cid)[NR_PTRACE] == (1, 1)  # refused by a hook: counted all the same
+    assert driver.device.info(cid).denied_total == 1
     assert driver.syscall(w, NR_PTRACE, PTRACE_ATTACH, peer.pid, 0, 0) == 0  # same container
-    assert [e for e in driver.events_of(cid, timeout=1.0) if e.kind is EventKind.DENIED] == []
+    denied = [e for e in driver.events_of(cid, timeout=1.0) if e.kind is EventKind.DENIED]
+    assert [(e.pid, e.syscall_nr, e.count) for e in denied] == [(w.pid, NR_PTRACE, 1)]
 
 
 @linux_only
@@ -574,11 +634,70 @@ def test_no_ptrace_access_to_non_members_by_proc(driver: Driver) -> None:
 
 
 def test_no_signals_to_non_members(driver: Driver) -> None:
+    """Outside processes answer ESRCH, as if they did not exist: kill(pid, 0) probes nothing."""
     cid = driver.create()
     w, outsider, peer = driver.worker(), driver.worker(), driver.worker()
     driver.device.add_proc(cid, w.pid)
     driver.device.add_proc(cid, peer.pid)
-    assert driver.syscall(w, NR_KILL, outsider.pid, signal.SIGTERM) == errno.EPERM
+    driver.drain()
+    assert driver.syscall(w, NR_KILL, outsider.pid, signal.SIGTERM) == errno.ESRCH
+    assert driver.syscall(w, NR_KILL, outsider.pid, 0) == errno.ESRCH
     assert outsider.proc.poll() is None
     assert driver.syscall(w, NR_KILL, peer.pid, 0) == 0
     assert driver.syscall(outsider, NR_KILL, w.pid, 0) == 0  # the agent's side may signal members
+    assert driver.device.stats(cid)[NR_KILL] == (3, 2)
+    assert driver.device.info(cid).denied_total == 2
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.DENIED)
+    assert (ev.pid, ev.syscall_nr, ev.count) == (w.pid, NR_KILL, 2)
+
+
+def _wait_zombie(pid: int) -> None:
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline, f"{pid} did not become a zombie"
+        time.sleep(0.01)
+
+
+def test_member_may_signal_its_own_exited_child(driver: Driver) -> None:
+    """As on Linux: a parent may signal its exited but unreaped child (subprocess libraries do)."""
+    cid = driver.create()
+    w = driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    child = driver.fork(w)
+    w.ask(f"release {child} 0")
+    _wait_zombie(child)
+    assert driver.syscall(w, NR_KILL, child, 0) == 0
+    assert driver.syscall(w, NR_KILL, child, signal.SIGTERM) == 0
+    assert os.WIFEXITED(int(w.ask(f"wait {child}")))
+    assert driver.device.stats(cid)[NR_KILL] == (2, 0)
+
+
+#: Calls that reach another process, with their arguments for a target pid. Each must answer ESRCH
+#: for a process outside the container (as if it did not exist) and work for one inside.
+OTHER_TASK_CALLS = {
+    "prlimit64": (NR_PRLIMIT64, lambda pid: (pid, RLIMIT_NOFILE, 0, 0)),
+    "getpriority": (NR_GETPRIORITY, lambda pid: (PRIO_PROCESS, pid)),
+    "setpriority": (NR_SETPRIORITY, lambda pid: (PRIO_PROCESS, pid, 0)),
+    "sched_getscheduler": (NR_SCHED_GETSCHEDULER, lambda pid: (pid,)),
+    "ioprio_get": (NR_IOPRIO_GET, lambda pid: (IOPRIO_WHO_PROCESS, pid)),
+    "getsid": (NR_GETSID, lambda pid: (pid,)),
+    "getpgid": (NR_GETPGID, lambda pid: (pid,)),
+    "fcntl_setown": (NR_FCNTL, lambda pid: (0, F_SETOWN, pid)),  # SIGIO to pid from the stdin pipe
+}
+
+
+@pytest.mark.parametrize("call", list(OTHER_TASK_CALLS))
+def test_other_processes_are_out_of_reach(driver: Driver, call: str) -> None:
+    nr, args = OTHER_TASK_CALLS[call]
+    cid = driver.create()
+    w, outsider, peer = driver.worker(), driver.worker(), driver.worker()
+    driver.device.add_proc(cid, w.pid)
+    driver.device.add_proc(cid, peer.pid)
+    driver.drain()
+    assert driver.syscall(outsider, nr, *args(w.pid)) == 0  # control: the call itself works
+    assert driver.syscall(w, nr, *args(outsider.pid)) == errno.ESRCH
+    assert driver.syscall(w, nr, *args(peer.pid)) == 0
+    assert driver.device.stats(cid)[nr] == (2, 1)
+    assert driver.device.info(cid).denied_total == 1
+    ev = driver.wait_event(lambda e: e.container_id == cid and e.kind is EventKind.DENIED)
+    assert (ev.pid, ev.syscall_nr, ev.count) == (w.pid, nr, 1)

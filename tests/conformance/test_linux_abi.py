@@ -10,6 +10,7 @@ import fcntl
 import os
 import random
 import subprocess
+import sys
 
 import pytest
 
@@ -49,11 +50,17 @@ def test_unknown_commands(fd: int) -> None:
     assert _ioctl_errno(fd, wrong_size, 0) == errno.ENOTTY
 
 
-@pytest.mark.parametrize("field", ["flags", "id", "reserved", "limits", "name_padding"])
+@pytest.mark.parametrize(
+    "field", ["flags", "id", "reserved", "limits", "name_padding", "policy_flags", "policy_reserved"]
+)
 def test_create_rejects_nonzero_reserved(driver: Driver, fd: int, field: str) -> None:
     cr, _buf = _create(driver.name().encode(), b"/")
     if field == "limits":
         cr.limits.reserved[1] = 1
+    elif field == "policy_flags":
+        cr.policy.flags = abi.POLICY_FLAGS << 1  # the first unknown flag
+    elif field == "policy_reserved":
+        cr.policy.reserved = 1
     elif field == "name_padding":
         cr.name[60] = ord("x")
     else:
@@ -69,6 +76,14 @@ def test_unknown_flags(driver: Driver, fd: int) -> None:
     assert _ioctl_errno(fd, abi.IOC_ADD_PROC, abi.Proc(id=cid, pid=w.pid, reserved=1)) == errno.EINVAL
     assert _ioctl_errno(fd, abi.IOC_REMOVE_PROC, abi.Proc(id=cid, pid=w.pid, flags=1)) == errno.EINVAL
     assert _ioctl_errno(fd, abi.IOC_SET_POLICY, abi.SetPolicy(id=cid, flags=1)) == errno.EINVAL
+    for flags, reserved in ((abi.POLICY_FLAGS << 1, 0), (1 << 63, 0), (0, 1)):
+        sp = abi.SetPolicy(id=cid)
+        sp.policy.flags, sp.policy.reserved = flags, reserved
+        assert _ioctl_errno(fd, abi.IOC_SET_POLICY, sp) == errno.EINVAL
+    sp = abi.SetPolicy(id=cid)
+    sp.policy.flags = abi.POLICY_DENY_RAW_SOCKETS
+    assert _ioctl_errno(fd, abi.IOC_SET_POLICY, sp) == 0
+    assert driver.device.info(cid).deny_raw_sockets
     assert _ioctl_errno(fd, abi.IOC_STATS, abi.Stats(id=cid, flags=1)) == errno.EINVAL
     assert _ioctl_errno(fd, abi.IOC_INFO, abi.Info(id=cid, flags=1)) == errno.EINVAL
 
@@ -91,13 +106,25 @@ def test_bad_pointers(driver: Driver, fd: int) -> None:
     assert exc.value.errno == errno.EINVAL
 
 
-def test_self_add_then_device_is_closed_to_it(driver: Driver) -> None:
-    """chital-exec's pattern: open the device, join the container itself, exec."""
+def test_second_opener_cannot_use_the_device(driver: Driver) -> None:
+    """While the owner has the device open, nobody else gets in (not even root with every capability)."""
     cid = driver.create()
     w = driver.worker()
-    assert w.ask(f"selfadd /dev/chital {abi.IOC_ADD_PROC} {cid}") == "0"
-    assert driver.device.info(cid).members == (w.pid,)
-    assert w.ask("open /dev/chital") == str(errno.EPERM)
+    assert w.ask(f"selfadd /dev/chital {abi.IOC_ADD_PROC} {cid}") == str(errno.EBUSY)
+    assert driver.device.info(cid).members == ()
+    driver.device.add_proc(cid, w.pid)
+    assert w.ask("open /dev/chital") == str(errno.EPERM)  # a member: refused before anything else
+
+
+def test_open_needs_cap_sys_admin(driver: Driver) -> None:
+    """Root without CAP_SYS_ADMIN may not open the device, even when it is free."""
+    driver.device.close()
+    cmd = "import os\ntry:\n os.open('/dev/chital', os.O_RDWR)\nexcept OSError as e:\n print(e.errno)"
+    drop = ["setpriv", "--bounding-set=-sys_admin", "--"]
+    out = subprocess.check_output([*drop, sys.executable, "-I", "-c", cmd], text=True)
+    assert out.strip() == str(errno.EPERM)
+    out = subprocess.check_output([sys.executable, "-I", "-c", cmd], text=True)
+    assert out.strip() == ""  # the control: with the capability it opens
 
 
 def test_module_busy_while_containers_exist(driver: Driver) -> None:

@@ -269,14 +269,67 @@ def test_containment_is_policy_independent(dev: FakeDevice, tmp_path: Path) -> N
     info = dev.info(a)
     assert info.denied_total == len(ALWAYS_DENIED) + 2
     assert info.syscalls_total == len(ALWAYS_DENIED) + 5
-    # The hooks: other processes must be members of the same container (counted, not denials).
+    # The hooks: other processes must be members of the same container; refusals are denials too.
     assert dev.syscall_errno(1000, NUMBERS["kill"], 1001, 0) == 0
-    assert dev.syscall_errno(1000, NUMBERS["kill"], 1050, 0) == errno.EPERM
-    assert dev.syscall_errno(1000, NUMBERS["kill"], -1, 9) == errno.EPERM
+    assert dev.syscall_errno(1000, NUMBERS["kill"], 1050, 0) == errno.ESRCH  # as if it did not exist
+    assert dev.syscall_errno(1000, NUMBERS["kill"], -1, 9) == errno.EPERM  # a group: stricter
     assert dev.syscall_errno(1000, NUMBERS["ptrace"], 16, 1050) == errno.EPERM
     assert dev.syscall_errno(1000, NUMBERS["ptrace"], 16, 1001) == 0
-    assert dev.stats(a)[NUMBERS["kill"]] == (3, 0)
+    assert dev.stats(a)[NUMBERS["kill"]] == (3, 2)
+    assert dev.stats(a)[NUMBERS["ptrace"]] == (2, 1)
     assert dev.syscall_errno(1050, NUMBERS["mount"]) == 0  # not a member: not the module's business
+
+
+def test_other_tasks_answer_esrch_and_count(dev: FakeDevice, tmp_path: Path) -> None:
+    a = dev.create(spec(tmp_path, "a"))
+    dev.add_proc(a, 1000)
+    dev.add_proc(a, 1001)
+    dev.read_events()
+    for name, args in [
+        ("prlimit64", (1050, 7, 0, 0)),
+        ("getpriority", (0, 1050)),
+        ("setpriority", (0, 1050, 5)),
+        ("sched_setaffinity", (1050, 8, 0)),
+        ("sched_setscheduler", (1050, 0, 0)),
+        ("ioprio_set", (1, 1050, 0)),
+        ("getsid", (1050,)),
+        ("fcntl", (3, 8, 1050)),  # F_SETOWN
+    ]:
+        assert dev.syscall_errno(1000, NUMBERS[name], *args) == errno.ESRCH, name
+        assert dev.stats(a)[NUMBERS[name]][1] >= 1, name
+    assert dev.syscall_errno(1000, NUMBERS["prlimit64"], 1001, 7, 0, 0) == 0
+    assert dev.syscall_errno(1000, NUMBERS["prlimit64"], 0, 7, 0, 0) == 0
+    assert dev.syscall_errno(1000, NUMBERS["fcntl"], 3, 8, 1001) == 0
+    assert dev.syscall_errno(1000, NUMBERS["fcntl"], 3, 8, -1001) == errno.EPERM  # a process group
+    kinds = {e.syscall_nr for e in dev.read_events().events if e.kind is EventKind.DENIED}
+    assert {NUMBERS["prlimit64"], NUMBERS["fcntl"], NUMBERS["getsid"]} <= kinds
+
+
+def test_raw_sockets_flag(dev: FakeDevice, tmp_path: Path) -> None:
+    a = dev.create(ContainerSpec(name="raw", root=str(tmp_path), deny_raw_sockets=True))
+    assert dev.info(a).deny_raw_sockets
+    dev.add_proc(a, 1000)
+    socket_nr = NUMBERS["socket"]
+    assert dev.syscall_errno(1000, socket_nr, 17, 3, 0) == errno.EPERM  # AF_PACKET
+    assert dev.syscall_errno(1000, socket_nr, 2, 3 | 0o2000000, 1) == errno.EPERM  # SOCK_RAW|CLOEXEC
+    assert dev.syscall_errno(1000, socket_nr, 2, 10, 0) == errno.EPERM  # SOCK_PACKET
+    assert dev.syscall_errno(1000, NUMBERS["socketpair"], 1, 3, 0, 0) == errno.EPERM
+    assert dev.syscall_errno(1000, socket_nr, 2, 1, 0) == 0  # TCP
+    assert dev.stats(a)[socket_nr] == (4, 3)
+    dev.set_policy(a, frozenset())
+    assert not dev.info(a).deny_raw_sockets
+    assert dev.syscall_errno(1000, socket_nr, 17, 3, 0) == 0
+
+
+def test_one_open_per_node(tmp_path: Path) -> None:
+    first = FakeDevice(node="unit-node")
+    with pytest.raises(FailedPrecondition):
+        FakeDevice(node="unit-node")
+    other = FakeDevice(node="another-node")
+    FakeDevice().close()  # no node: a device of its own
+    first.close()
+    FakeDevice(node="unit-node").close()
+    other.close()
 
 
 def test_compat_and_out_of_range_calls(tmp_path: Path) -> None:

@@ -24,11 +24,44 @@
  *   init_module, finit_module, delete_module, kexec_load, kexec_file_load,
  *   reboot, io_uring_setup, open_by_handle_at, bpf, perf_event_open,
  *   and every compat (int $0x80, 32-bit) system call.
- * In addition a member may not ptrace (or otherwise ptrace-access, e.g.
- * /proc/<pid>/mem, process_vm_readv) or signal (kill, tgkill, sigqueue,
- * pidfd_send_signal: -EPERM) a task outside its container, may not
- * open or create files outside the container root (-EACCES from the file
- * open and path hooks), and may not use /dev/chital (-EPERM).
+ * In addition, for a member:
+ *  - tasks outside its container do not exist: kill (kill(pid, 0)
+ *    included), tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
+ *    setpriority, getpriority, prlimit64,
+ *    sched_{set,get}{affinity,scheduler,param,attr}, sched_rr_get_interval,
+ *    ioprio_set, ioprio_get, getsid, getpgid, migrate_pages and move_pages
+ *    aimed at one fail with -ESRCH, as if the pid were free, so that a
+ *    member cannot tell which pids exist. Signals that name no single task
+ *    by number (pidfd_send_signal, kill of a process group or of -1) never
+ *    reach a task outside either: pidfd_send_signal fails with -EPERM, a
+ *    group signal skips the tasks outside. One exception, as on Linux: a
+ *    member may signal its own exited but unreaped children (and a process
+ *    whose leader thread exited first);
+ *  - ptrace (and ptrace access: /proc/<pid>/mem, process_vm_readv, ...) of a
+ *    task outside fails (-EPERM from ptrace, -EACCES from /proc);
+ *  - SIGIO/SIGURG by proxy: fcntl(F_SETOWN) naming a process outside fails
+ *    with -ESRCH, naming a process group with a task outside with -EPERM.
+ *    F_SETOWN_EX and the FIOSETOWN/SIOCSPGRP ioctls pass the owner through
+ *    user memory; for them the module checks the owner the kernel resolved
+ *    (in __f_setown()) and, if it is outside, sets no owner at all: the
+ *    call succeeds, F_GETOWN reads 0 and the file signals nobody;
+ *  - files outside the container root cannot be opened, created, linked,
+ *    renamed, truncated (ftruncate of an inherited descriptor too), chmod-ed
+ *    or chown-ed (-EACCES from the file and path hooks);
+ *  - /dev/chital cannot be opened or used (-EPERM).
+ * Each of these refusals is counted as a denial of the system call in
+ * progress (denied_total, STATS) and queued as a DENIED event, like the
+ * policy's.
+ *
+ * The policy (struct chital_policy) adds, per container, the system calls
+ * of its deny bitmap (-EPERM) and, with CHITAL_POLICY_DENY_RAW_SOCKETS,
+ * socket() and socketpair() of family AF_PACKET or of type SOCK_RAW (in any
+ * family, netlink included: use SOCK_DGRAM there) or SOCK_PACKET (-EPERM).
+ *
+ * The device has one owner: open needs CAP_SYS_ADMIN in the initial user
+ * namespace (-EPERM), and while it is open every other open fails with
+ * -EBUSY until the owner's file is released. Events (read) and commands
+ * (ioctl) are the owner's alone.
  *
  * Process ids: ADD_PROC, REMOVE_PROC and INFO use the caller's pid
  * namespace; event records carry ids of the initial pid namespace (run the
@@ -40,7 +73,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define CHITAL_ABI_MAJOR	1
+#define CHITAL_ABI_MAJOR	2
 #define CHITAL_ABI_MINOR	0
 
 #define CHITAL_DEVICE_NAME	"chital"
@@ -52,12 +85,24 @@
 #define CHITAL_NR_SYSCALLS	512
 #define CHITAL_POLICY_WORDS	(CHITAL_NR_SYSCALLS / 64)
 
+/* Flags of struct chital_policy. */
+/*
+ * socket()/socketpair() of AF_PACKET, or of type SOCK_RAW or SOCK_PACKET in
+ * any family: -EPERM (decided from the registers at system call entry)
+ */
+#define CHITAL_POLICY_DENY_RAW_SOCKETS	(1ULL << 0)
+#define CHITAL_POLICY_FLAGS		CHITAL_POLICY_DENY_RAW_SOCKETS
+
 /**
  * struct chital_policy - what members of a container may not do
  * @deny: bit n of deny[n / 64] set: system call n fails with -EPERM
+ * @flags: CHITAL_POLICY_*; unknown flags are rejected with -EINVAL
+ * @reserved: must be zero
  */
 struct chital_policy {
 	__u64 deny[CHITAL_POLICY_WORDS];
+	__u64 flags;
+	__u64 reserved;
 };
 
 /**

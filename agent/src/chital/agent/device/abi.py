@@ -33,6 +33,8 @@ __all__ = [
     "IOC_VERSION",
     "NAME_MAX",
     "NR_SYSCALLS",
+    "POLICY_DENY_RAW_SOCKETS",
+    "POLICY_FLAGS",
     "POLICY_WORDS",
     "PROC_DESCENDANTS",
     "ROOT_MAX",
@@ -51,12 +53,14 @@ __all__ = [
     "Version",
 ]
 
-ABI_MAJOR = 1
+ABI_MAJOR = 2
 ABI_MINOR = 0
 NAME_MAX = 63
 ROOT_MAX = 4095
 NR_SYSCALLS = 512
 POLICY_WORDS = NR_SYSCALLS // 64
+POLICY_DENY_RAW_SOCKETS = 1 << 0
+POLICY_FLAGS = POLICY_DENY_RAW_SOCKETS
 
 DESTROY_KILL = 1 << 0
 DESTROY_FLAGS = DESTROY_KILL
@@ -74,7 +78,7 @@ u64 = ctypes.c_uint64
 
 
 class Policy(ctypes.Structure):
-    _fields_ = [("deny", u64 * POLICY_WORDS)]
+    _fields_ = [("deny", u64 * POLICY_WORDS), ("flags", u64), ("reserved", u64)]
 
 
 class Limits(ctypes.Structure):

@@ -12,10 +12,15 @@ errdefs at this one seam, with ``chital.errdefs.from_errno`` (``EINVAL``/``EFAUL
 ``ENOSPC``/``ENOMEM``/``EMFILE`` -> ResourceExhausted, ``ENODEV``/``ENXIO``/``EAGAIN`` ->
 Unavailable, ``ENOTTY``/``EOPNOTSUPP`` -> Unimplemented, anything else -> Internal).
 
+Opening: the device has one owner. Only a CAP_SYS_ADMIN process (initial user namespace) may open
+it, a member never (both EPERM -> PermissionDenied), and while it is open every other open fails
+with EBUSY (FailedPrecondition) until the owner closes it.
+
 What the module answers: an unknown container id is ENOENT; a pid that does not exist (or is not a
 member, for REMOVE_PROC) ESRCH; a missing root ENOENT, a root that is not a directory ENOTDIR; a
 process that is a member of another container EBUSY; over ``max_members`` ENOSPC; a member using
-the device EPERM; non-zero reserved fields or unknown flags EINVAL; an unknown command ENOTTY.
+the device EPERM; non-zero reserved fields or unknown flags (policy flags included) EINVAL; an
+unknown command ENOTTY.
 ADD_PROC checks, in this order: pid 0 or above ``PID_MAX`` EINVAL; no such process, one that is
 exiting, a kernel thread or a thread id that is not a thread-group leader ESRCH; pid 1 (init) EPERM;
 unknown container ENOENT; a container whose DESTROY with ``kill_members`` is running EBUSY (so is a
@@ -60,10 +65,14 @@ class ContainerLimits:
 
 @dataclass(frozen=True, slots=True)
 class ContainerSpec:
+    """What CREATE takes. ``deny_raw_sockets``: socket()/socketpair() of AF_PACKET, or of type
+    SOCK_RAW (or the obsolete SOCK_PACKET) in any family, fail with EPERM for members."""
+
     name: str
     root: str
     deny_syscalls: frozenset[int] = frozenset()
     limits: ContainerLimits = field(default_factory=ContainerLimits)
+    deny_raw_sockets: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +91,7 @@ class ContainerInfo:
     denied_total: int
     deny_syscalls: frozenset[int]
     limits: ContainerLimits
+    deny_raw_sockets: bool = False
 
 
 class EventKind(enum.IntEnum):
@@ -141,7 +151,11 @@ class Device(Protocol):
         """Per-syscall counters: ``{nr: (calls, denied)}`` for every nr with a non-zero count."""
         ...
 
-    def set_policy(self, container_id: int, deny_syscalls: frozenset[int]) -> None: ...
+    def set_policy(
+        self, container_id: int, deny_syscalls: frozenset[int], *, deny_raw_sockets: bool = False
+    ) -> None:
+        """Replace the container's whole policy (the deny list and the flags)."""
+        ...
 
     def read_events(self, max_events: int = 256, timeout: float | None = 0.0) -> EventBatch:
         """Read queued events; waits up to ``timeout`` seconds (None: forever) for the first one.

@@ -27,11 +27,15 @@ and where the module's behaviour is not known it is stricter, never more permiss
 - ``read_events``: at most :data:`READ_BATCH` records per call; ``fileno()`` polls readable exactly
   while records are queued; drops are reported with the records that follow them.
 - After ``close()`` every call is Unavailable (ENODEV).
+- Opening: the module's device has one owner; a FakeDevice made with ``node=NAME`` stands for the
+  device node NAME, and a second one on the same node while the first is open fails with
+  FailedPrecondition (EBUSY), until the first is closed. Without ``node`` every FakeDevice is a
+  device of its own (a host of its own, as for hollow agents).
 
 Test hooks stand in for the kernel's tracepoints: :meth:`notify_fork`, :meth:`notify_exit`,
 :meth:`record_syscall` / :meth:`syscall_errno` (the latter model the containment rules of the module's
-``sys_enter`` probe and of its ``security_ptrace_*``/``security_task_kill`` hooks; the file and path hooks
-are not modelled: the fake knows no paths).
+``sys_enter`` probe and of its task hooks (``security_ptrace_*``, ``security_task_*``); the file and
+path hooks are not modelled: the fake knows no paths).
 """
 
 from __future__ import annotations
@@ -131,20 +135,63 @@ _NR_UNSHARE = NUMBERS["unshare"]
 _NR_CLONE3 = NUMBERS["clone3"]
 _NR_PTRACE = NUMBERS["ptrace"]
 _PTRACE_TRACEME = 0
-#: Calls whose target process (argument index) must be a member of the caller's container (the
-#: module's ptrace and task_kill hooks: -EPERM, counted as a call but not as a denial).
-_TARGET_ARG = {
+#: ptrace-like calls whose target process (argument index) must be in the caller's container (the
+#: module's ptrace hooks: EPERM, counted as denied, DENIED event).
+_PTRACE_TARGET_ARG = {
     NUMBERS["ptrace"]: 1,
     NUMBERS["process_vm_readv"]: 0,
     NUMBERS["process_vm_writev"]: 0,
+}
+#: Signals: the target (argument index) must be in the caller's container, else ESRCH, as if it did not
+#: exist (the module checks the pid at ``sys_enter``). Group and broadcast kills (pid <= 0) are refused
+#: with EPERM: stricter than the module, whose ``security_task_kill`` hook refuses each outside task of
+#: the group (EPERM) and lets the call reach the members.
+_KILL_TARGET_ARG = {
     NUMBERS["kill"]: 0,
     NUMBERS["tkill"]: 0,
     NUMBERS["tgkill"]: 0,
     NUMBERS["rt_sigqueueinfo"]: 0,
     NUMBERS["rt_tgsigqueueinfo"]: 0,
 }
+#: Calls on another task (argument index; 0 there means the caller itself) that the module confines to
+#: the caller's container (at ``sys_enter``, backed by its ``security_task_*`` hooks): ESRCH, counted as
+#: denied, DENIED event.
+_TASK_TARGET_ARG = {
+    NUMBERS["sched_setaffinity"]: 0,
+    NUMBERS["sched_getaffinity"]: 0,
+    NUMBERS["sched_setscheduler"]: 0,
+    NUMBERS["sched_getscheduler"]: 0,
+    NUMBERS["sched_setparam"]: 0,
+    NUMBERS["sched_getparam"]: 0,
+    NUMBERS["sched_setattr"]: 0,
+    NUMBERS["sched_getattr"]: 0,
+    NUMBERS["sched_rr_get_interval"]: 0,
+    NUMBERS["getsid"]: 0,
+    NUMBERS["getpgid"]: 0,
+    NUMBERS["migrate_pages"]: 0,
+    NUMBERS["move_pages"]: 0,
+    NUMBERS["pidfd_open"]: 0,
+}
+#: (which, who) calls: with ``which`` PRIO_PROCESS (0) / IOPRIO_WHO_PROCESS (1), ``who`` is a process.
+_NR_SETPRIORITY = NUMBERS["setpriority"]
+_NR_GETPRIORITY = NUMBERS["getpriority"]
+_NR_IOPRIO_SET = NUMBERS["ioprio_set"]
+_NR_IOPRIO_GET = NUMBERS["ioprio_get"]
+_PRIO_PROCESS = 0
+_IOPRIO_WHO_PROCESS = 1
+_NR_PRLIMIT64 = NUMBERS["prlimit64"]
+_NR_FCNTL = NUMBERS["fcntl"]
+_F_SETOWN = 8
+_NR_SOCKET = NUMBERS["socket"]
+_NR_SOCKETPAIR = NUMBERS["socketpair"]
+_AF_PACKET = 17
+_SOCK_TYPE_MASK = 0xF
+_RAW_SOCK_TYPES = (3, 10)  # SOCK_RAW, SOCK_PACKET
 #: Reaches another process through a pidfd the fake cannot resolve: refused (stricter than the module).
 _NR_PIDFD_SEND_SIGNAL = NUMBERS["pidfd_send_signal"]
+#: Device nodes held open by a FakeDevice (``node=``): the module's device has one owner.
+_OPEN_NODES: set[str] = set()
+_OPEN_NODES_LOCK = threading.Lock()
 
 
 def _pid_exists(pid: int) -> bool:
@@ -183,6 +230,14 @@ def _parent_of(pid: int) -> int | None:
         return None
 
 
+def _is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _kill(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, sig)
@@ -200,6 +255,7 @@ class _Container:
     root: str
     deny: frozenset[int]
     limits: ContainerLimits
+    deny_raw_sockets: bool
     members: list[int] = field(default_factory=list)  # member processes, in order of joining
     counters: dict[int, list[int]] = field(default_factory=dict)  # nr -> [calls, denied]
     syscalls_total: int = 0
@@ -225,9 +281,16 @@ class FakeDevice:
         max_containers: int = 0,
         pid_exists: Callable[[int], bool] = _pid_exists,
         kill: Callable[[int, int], None] = _kill,
+        node: str | None = None,
     ) -> None:
         if queue_len < 1:
             raise ValueError("queue_len must be at least 1")
+        if node is not None:
+            with _OPEN_NODES_LOCK:
+                if node in _OPEN_NODES:
+                    raise FailedPrecondition(f"fake device {node!r} is open already (EBUSY)")
+                _OPEN_NODES.add(node)
+        self._node = node
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._queue_len = queue_len
@@ -305,7 +368,7 @@ class FakeDevice:
         with self._lock:
             self._check_open()
         return DeviceVersion(
-            abi_major=1, abi_minor=0, module_version="fake", kernel_release=os.uname().release
+            abi_major=2, abi_minor=0, module_version="fake", kernel_release=os.uname().release
         )
 
     def create(self, spec: ContainerSpec) -> int:
@@ -331,7 +394,9 @@ class FakeDevice:
                 raise ResourceExhausted(f"at most {self._max_containers} containers")
             cid = self._next_id
             self._next_id += 1
-            self._containers[cid] = _Container(cid, spec.name, spec.root, deny, spec.limits)
+            self._containers[cid] = _Container(
+                cid, spec.name, spec.root, deny, spec.limits, bool(spec.deny_raw_sockets)
+            )
             return cid
 
     def destroy(self, container_id: int, *, kill_members: bool = False) -> None:
@@ -418,6 +483,7 @@ class FakeDevice:
                 denied_total=c.denied_total,
                 deny_syscalls=c.deny,
                 limits=c.limits,
+                deny_raw_sockets=c.deny_raw_sockets,
             )
 
     def stats(self, container_id: int) -> Mapping[int, tuple[int, int]]:
@@ -426,11 +492,15 @@ class FakeDevice:
             c = self._get(container_id)
             return {nr: (v[0], v[1]) for nr, v in sorted(c.counters.items()) if v[0] or v[1]}
 
-    def set_policy(self, container_id: int, deny_syscalls: frozenset[int]) -> None:
+    def set_policy(
+        self, container_id: int, deny_syscalls: frozenset[int], *, deny_raw_sockets: bool = False
+    ) -> None:
         deny = _check_deny(deny_syscalls)
         with self._lock:
             self._check_open()
-            self._get(container_id).deny = deny
+            c = self._get(container_id)
+            c.deny = deny
+            c.deny_raw_sockets = bool(deny_raw_sockets)
 
     def read_events(self, max_events: int = 256, timeout: float | None = 0.0) -> EventBatch:
         if max_events < 1:
@@ -463,6 +533,9 @@ class FakeDevice:
             self._closed = True
             self._cond.notify_all()
         os.close(self._efd)
+        if self._node is not None:
+            with _OPEN_NODES_LOCK:
+                _OPEN_NODES.discard(self._node)
 
     # -- test hooks: what the kernel's tracepoints would report ----------------------------------
 
@@ -534,9 +607,16 @@ class FakeDevice:
         as the module reports it (u32, compat ones ``| 0x80000000``). A number in range counts in its
         counter; :data:`ALWAYS_DENIED` (and unshare/clone with CLONE_NEW* flags in ``args[0]``) or a
         number in the policy fails with EPERM, counted as denied, DENIED queued; clone3 fails with
-        ENOSYS, counted as a call only, no event. Then the hooks: ptrace, process_vm_readv/writev and
-        the kill family aimed at a process outside the caller's container fail with EPERM (counted as a
-        call only, no event); pidfd_send_signal is refused so (the fake cannot resolve a pidfd).
+        ENOSYS, counted as a call only, no event. Then the checks of register arguments: prlimit64 and
+        getpriority(PRIO_PROCESS) of a process outside the container ESRCH, fcntl F_SETOWN of one ESRCH
+        (of any process group EPERM: stricter, the fake cannot tell who is in a group), socket/
+        socketpair of AF_PACKET, SOCK_RAW or SOCK_PACKET with ``deny_raw_sockets`` EPERM. Then the hooks:
+        ptrace and process_vm_readv/writev of a process outside EPERM (group kills and
+        pidfd_send_signal too); the kill family, setpriority,
+        ioprio_set/get, the sched_* calls, getsid, getpgid, migrate_pages and move_pages ESRCH (as if
+        it did not exist), except that a member's own exited, unreaped child (a zombie) counts as
+        inside; pidfd_send_signal is refused (the fake cannot resolve a pidfd). Every one of these
+        refusals is counted as denied and queues DENIED, like the policy's.
         Non-members are not counted and never denied (0).
         """
         with self._lock:
@@ -560,25 +640,73 @@ class FakeDevice:
                 or (nr in (_NR_CLONE, _NR_UNSHARE) and flags & CLONE_NS_FLAGS)
                 or nr in c.deny
             ):
+                err = errno.EPERM
+            else:
+                err = self._argument_errno(c, nr, args) or self._hook_errno(c, pid, nr, args)
+            if err:
                 counter[1] += 1
                 c.denied_total += 1
                 self._queue(EventKind.DENIED, cid, pid=pid, syscall_nr=nr, count=1)
-                return errno.EPERM
-            return self._hook_errno(cid, pid, nr, args)
+            return err
 
-    def _hook_errno(self, cid: int, pid: int, nr: int, args: tuple[int, ...]) -> int:
-        """The module's ptrace and task_kill hooks: another process must be in the same container."""
+    def _inside(self, c: _Container, target: int) -> bool:
+        """A member of ``c``, or an exited, unreaped child of one (Linux lets a parent signal it)."""
+        if self._member_of.get(target) == c.id:
+            return True
+        parent = _parent_of(target)
+        return parent is not None and self._member_of.get(parent) == c.id and _is_zombie(target)
+
+    def _argument_errno(self, c: _Container, nr: int, args: tuple[int, ...]) -> int:
+        """The module's checks of register arguments at ``sys_enter``."""
+
+        def arg(i: int) -> int:
+            return args[i] if len(args) > i else 0
+
+        if nr == _NR_PRLIMIT64 and arg(0) > 0 and not self._inside(c, arg(0)):
+            return errno.ESRCH
+        if nr == _NR_GETPRIORITY and arg(0) == _PRIO_PROCESS and arg(1) > 0 and not self._inside(c, arg(1)):
+            return errno.ESRCH
+        if nr == _NR_FCNTL and arg(1) == _F_SETOWN:
+            if arg(2) > 0 and not self._inside(c, arg(2)):
+                return errno.ESRCH
+            if arg(2) < 0:
+                return errno.EPERM
+        raw = arg(0) == _AF_PACKET or arg(1) & _SOCK_TYPE_MASK in _RAW_SOCK_TYPES
+        if nr in (_NR_SOCKET, _NR_SOCKETPAIR) and c.deny_raw_sockets and raw:
+            return errno.EPERM
+        return 0
+
+    def _hook_errno(self, c: _Container, pid: int, nr: int, args: tuple[int, ...]) -> int:
+        """The module's ptrace and task hooks: another process must be in the same container."""
+
+        def arg(i: int) -> int | None:
+            return args[i] if len(args) > i else None
+
         if nr == _NR_PIDFD_SEND_SIGNAL:
             return errno.EPERM
-        if nr not in _TARGET_ARG:
-            return 0
-        i = _TARGET_ARG[nr]
+        if nr in _PTRACE_TARGET_ARG:
+            return self._ptrace_errno(c, pid, nr, args)
+        if nr in _KILL_TARGET_ARG:
+            target = arg(_KILL_TARGET_ARG[nr]) or 0
+            return 0 if target > 0 and self._inside(c, target) else errno.ESRCH if target > 0 else errno.EPERM
+        if nr in (_NR_SETPRIORITY, _NR_IOPRIO_SET, _NR_IOPRIO_GET):
+            process = _PRIO_PROCESS if nr == _NR_SETPRIORITY else _IOPRIO_WHO_PROCESS
+            who = arg(1) or 0
+            # Groups and users are refused: stricter than the module, which checks each task.
+            inside = (arg(0) or 0) == process and (who == 0 or self._inside(c, who))
+            return 0 if inside else errno.ESRCH
+        if nr in _TASK_TARGET_ARG:
+            target = arg(_TASK_TARGET_ARG[nr]) or 0
+            return 0 if target == 0 or self._inside(c, target) else errno.ESRCH
+        return 0
+
+    def _ptrace_errno(self, c: _Container, pid: int, nr: int, args: tuple[int, ...]) -> int:
         if nr == _NR_PTRACE and (args[0] if args else 0) == _PTRACE_TRACEME:
             target = _parent_of(pid)
         else:
+            i = _PTRACE_TARGET_ARG[nr]
             target = args[i] if len(args) > i else None
-        # Group and broadcast kills (pid <= 0) are refused too: stricter than the module.
-        return 0 if target is not None and self._member_of.get(target) == cid else errno.EPERM
+        return 0 if target is not None and self._member_of.get(target) == c.id else errno.EPERM
 
 
 def _descendants(pid: int) -> list[int]:

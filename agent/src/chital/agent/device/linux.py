@@ -43,8 +43,8 @@ def errno_to_error(err: int, what: str) -> ChitalError:
     return from_errno(err, what)
 
 
-def _policy(deny: frozenset[int]) -> abi.Policy:
-    policy = abi.Policy()
+def _policy(deny: frozenset[int], deny_raw_sockets: bool) -> abi.Policy:
+    policy = abi.Policy(flags=abi.POLICY_DENY_RAW_SOCKETS if deny_raw_sockets else 0)
     for nr in deny:
         if not 0 <= nr < abi.NR_SYSCALLS:
             raise InvalidArgument(f"system call number {nr} outside 0..{abi.NR_SYSCALLS - 1}")
@@ -147,7 +147,7 @@ class LinuxDevice:
         ctypes.memmove(cr.name, name, len(name))
         cr.root_ptr = ctypes.addressof(root_buf)
         cr.root_len = len(root)
-        cr.policy = _policy(spec.deny_syscalls)
+        cr.policy = _policy(spec.deny_syscalls, spec.deny_raw_sockets)
         cr.limits.max_members = _u32(spec.limits.max_members, "max_members")
         self._ioctl(abi.IOC_CREATE, cr, f"create {spec.name!r}")
         return int(cr.id)
@@ -204,6 +204,7 @@ class LinuxDevice:
             denied_total=int(info.denied_total),
             deny_syscalls=_deny_set(info.policy),
             limits=ContainerLimits(max_members=int(info.limits.max_members)),
+            deny_raw_sockets=bool(info.policy.flags & abi.POLICY_DENY_RAW_SOCKETS),
         )
 
     def stats(self, container_id: int) -> Mapping[int, tuple[int, int]]:
@@ -220,8 +221,12 @@ class LinuxDevice:
             if e.calls or e.denied
         }
 
-    def set_policy(self, container_id: int, deny_syscalls: frozenset[int]) -> None:
-        sp = abi.SetPolicy(id=_u32(container_id, "container id"), policy=_policy(deny_syscalls))
+    def set_policy(
+        self, container_id: int, deny_syscalls: frozenset[int], *, deny_raw_sockets: bool = False
+    ) -> None:
+        sp = abi.SetPolicy(
+            id=_u32(container_id, "container id"), policy=_policy(deny_syscalls, deny_raw_sockets)
+        )
         self._ioctl(abi.IOC_SET_POLICY, sp, f"set policy of {container_id}")
 
     def read_events(self, max_events: int = 256, timeout: float | None = 0.0) -> EventBatch:
