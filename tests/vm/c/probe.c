@@ -9,19 +9,32 @@
  *                                 is $CHITAL_FD0 (see ctr_exec -k), @PPID@ the parent's pid
  *   probe create SPEC...          as open, with O_CREAT|O_WRONLY
  *   probe link SPEC NEWPATH       linkat(SPEC, NEWPATH), then open NEWPATH
+ *   probe tasks PID               every call that reaches another process, aimed at PID
+ *   probe zombie                  signal an own child after it exited, before reaping it
+ *   probe sigio HOW PID           make the kernel send SIGKILL to PID as SIGIO of a pipe or socket
+ *                                 whose owner is set with HOW: setown, setown_ex or fiosetown
+ *   probe ftruncate SPEC          ftruncate(fd, 0) of the descriptor number SPEC expands to
+ *   probe sockets                 raw and packet sockets (and an ordinary one as the control)
+ *   probe device                  open /dev/chital
  */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/if_ether.h>
+#include <linux/ioprio.h>
 #include <linux/reboot.h>
+#include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/ptrace.h>
+#include <sys/resource.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
@@ -159,10 +172,117 @@ static void probe_syscalls(pid_t outsider)
 	TRY("getppid", getppid());
 }
 
+/* Each call reaches another process; a member must get ESRCH for one outside its container. */
+static void probe_tasks(pid_t pid)
+{
+	struct rlimit rl;
+	struct sched_param sp = { 0 };
+	cpu_set_t set;
+
+	CPU_ZERO(&set);
+	CPU_SET(0, &set);
+	TRY("kill_sig0", kill(pid, 0));
+	TRY("prlimit_get", prlimit(pid, RLIMIT_NOFILE, NULL, &rl));
+	TRY("getpriority", (errno = 0, getpriority(PRIO_PROCESS, pid) == -1 && errno ? -1 : 0));
+	TRY("setpriority", setpriority(PRIO_PROCESS, pid, 0));
+	TRY("sched_getaffinity", sched_getaffinity(pid, sizeof(set), &set));
+	TRY("sched_setaffinity", sched_setaffinity(pid, sizeof(set), &set));
+	TRY("sched_getscheduler", sched_getscheduler(pid));
+	TRY("sched_setscheduler", sched_setscheduler(pid, SCHED_OTHER, &sp));
+	TRY("ioprio_get", syscall(SYS_ioprio_get, IOPRIO_WHO_PROCESS, pid));
+	TRY("ioprio_set", syscall(SYS_ioprio_set, IOPRIO_WHO_PROCESS, pid,
+				  IOPRIO_PRIO_VALUE(IOPRIO_CLASS_BE, 4)));
+	TRY("getsid", getsid(pid));
+	TRY("getpgid", getpgid(pid));
+}
+
+/* Linux lets a parent signal its exited, unreaped child; so must the sandbox. */
+static void probe_zombie(void)
+{
+	siginfo_t si;
+	pid_t child = fork();
+
+	if (child == 0)
+		_exit(7);
+	/* Wait until it has exited, without reaping it (WNOWAIT). */
+	TRY("waitid_nowait", waitid(P_PID, child, &si, WEXITED | WNOWAIT));
+	TRY("kill_zombie_sig0", kill(child, 0));
+	TRY("kill_zombie_term", kill(child, SIGTERM));
+	TRY("reap", waitpid(child, NULL, 0));
+}
+
+/*
+ * The owner of a file gets SIGIO (here SIGKILL, by F_SETSIG) when I/O becomes possible; the kernel
+ * sends it, so no kill() check applies. Reports whether setting the owner worked, what F_GETOWN
+ * says afterwards, and then triggers the signal.
+ */
+static void probe_sigio(const char *how, pid_t pid)
+{
+	int fds[2], r = -1, rfd;
+	char byte = 'x';
+
+	if (!strcmp(how, "fiosetown"))
+		r = socketpair(AF_UNIX, SOCK_STREAM, 0, fds);
+	else
+		r = pipe(fds);
+	if (r < 0) {
+		report("setup", -1, errno, -1);
+		return;
+	}
+	rfd = fds[0];
+	errno = 0;
+	if (!strcmp(how, "setown")) {
+		r = fcntl(rfd, F_SETOWN, pid);
+	} else if (!strcmp(how, "setown_ex")) {
+		struct f_owner_ex owner = { .type = F_OWNER_PID, .pid = pid };
+
+		r = fcntl(rfd, F_SETOWN_EX, &owner);
+	} else {
+		int who = pid;
+
+		r = ioctl(rfd, FIOSETOWN, &who);
+	}
+	report("set_owner", r, errno, -1);
+	TRY("getown", fcntl(rfd, F_GETOWN));
+	TRY("setsig", fcntl(rfd, F_SETSIG, SIGKILL));
+	TRY("async", fcntl(rfd, F_SETFL, fcntl(rfd, F_GETFL) | O_ASYNC));
+	TRY("trigger", write(fds[1], &byte, 1));
+	usleep(100000);
+}
+
+static void probe_ftruncate(const char *spec)
+{
+	TRY("ftruncate", ftruncate(atoi(expand(spec)), 0));
+}
+
+static void probe_sockets(void)
+{
+	int sv[2];
+
+	TRY("af_packet_raw", socket(AF_PACKET, SOCK_RAW, htons(ETH_P_ALL)));
+	TRY("af_packet_dgram", socket(AF_PACKET, SOCK_DGRAM, htons(ETH_P_ALL)));
+	TRY("inet_raw_icmp", socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP));
+	TRY("inet_sock_packet", socket(AF_INET, SOCK_PACKET, htons(ETH_P_ALL)));
+	TRY("unix_raw_pair", socketpair(AF_UNIX, SOCK_RAW, 0, sv));
+	TRY("inet_dgram", socket(AF_INET, SOCK_DGRAM, 0));
+}
+
 int main(int argc, char **argv)
 {
 	if (argc >= 3 && !strcmp(argv[1], "syscalls"))
 		probe_syscalls(atoi(argv[2]));
+	else if (argc == 3 && !strcmp(argv[1], "tasks"))
+		probe_tasks(atoi(argv[2]));
+	else if (argc == 2 && !strcmp(argv[1], "zombie"))
+		probe_zombie();
+	else if (argc == 4 && !strcmp(argv[1], "sigio"))
+		probe_sigio(argv[2], atoi(argv[3]));
+	else if (argc == 3 && !strcmp(argv[1], "ftruncate"))
+		probe_ftruncate(argv[2]);
+	else if (argc == 2 && !strcmp(argv[1], "sockets"))
+		probe_sockets();
+	else if (argc == 2 && !strcmp(argv[1], "device"))
+		TRY("device", open("/dev/chital", O_RDWR));
 	else if (argc >= 2 && !strcmp(argv[1], "open"))
 		probe_open(argc - 2, argv + 2, O_RDONLY);
 	else if (argc >= 2 && !strcmp(argv[1], "create"))
@@ -177,7 +297,8 @@ int main(int argc, char **argv)
 		report("linkat", r, errno, -1);
 		probe_open(1, argv + 3, O_RDONLY);
 	} else {
-		fprintf(stderr, "usage: probe syscalls PID | open SPEC... | create SPEC... | link SPEC NEW\n");
+		fprintf(stderr, "usage: probe syscalls PID | open SPEC... | create SPEC... | link SPEC NEW"
+			" | tasks PID | zombie | sigio HOW PID | ftruncate SPEC | sockets | device\n");
 		return 2;
 	}
 	return 0;
