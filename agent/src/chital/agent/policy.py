@@ -5,11 +5,12 @@ Two layers enforce it (defense in depth; either one alone stops the call):
 - the kernel module denies the **effective deny list** (``DEFAULT_DENY`` plus the container's own
   ``deny_syscalls``, minus ``Sandbox.allow_syscalls``) and, unless ``allow_raw_sockets``, raw sockets. It
   counts every denial (``chital stats``);
-- the launcher's seccomp filter denies the effective list plus ``SECCOMP_DENY`` (what no container
-  needs, as in the default profiles of Docker and containerd: kernel modules, kexec, mounts,
-  namespaces, performance counters, BPF, handles, swap, quotas, ...) minus ``allow_syscalls``, kills
-  any non-x86_64 call (``int $0x80``, x32), and answers ``clone3`` with ENOSYS and ``clone`` with
-  namespace flags with EPERM.
+- the launcher's seccomp filter kills any non-x86_64 call (``int $0x80``, x32), answers ``clone3``
+  with ENOSYS, and denies ``SECCOMP_DENY`` (what no container needs, as in the default profiles of
+  Docker and containerd: kernel modules, kexec, mounts, namespaces, handles, quotas, obsolete calls,
+  ...) minus what the module denies itself (``MODULE_CONTAINMENT`` and the effective list) and minus
+  ``allow_syscalls``. Seccomp runs before the module's tracepoint, so a call it refused would never
+  be counted: the module keeps the calls it denies, so that every denial shows in ``chital stats``.
 
 Capabilities are the third wall: a container's processes start with an empty bounding set unless
 the sandbox names capabilities (``CAPABILITIES`` maps the names). Root without capabilities cannot
@@ -29,6 +30,7 @@ from . import syscalls
 __all__ = [
     "CAPABILITIES",
     "DEFAULT_DENY",
+    "MODULE_CONTAINMENT",
     "SECCOMP_DENY",
     "Sandbox",
     "effective_deny",
@@ -61,8 +63,37 @@ DEFAULT_DENY: frozenset[str] = frozenset(
     }
 )
 
-#: Denied by the launcher's seccomp filter in addition to the effective list (the module refuses
-#: most of them to members too; here they fail even before the module sees them).
+#: What the module refuses every member whatever its policy (kmod/intercept.c, the containment
+#: verdict; unshare and clone only with namespace flags).
+MODULE_CONTAINMENT: frozenset[str] = frozenset(
+    {
+        "bpf",
+        "chroot",
+        "clone3",
+        "delete_module",
+        "finit_module",
+        "fsconfig",
+        "fsmount",
+        "fsopen",
+        "fspick",
+        "init_module",
+        "io_uring_setup",
+        "kexec_file_load",
+        "kexec_load",
+        "mount",
+        "mount_setattr",
+        "move_mount",
+        "open_by_handle_at",
+        "open_tree",
+        "perf_event_open",
+        "pivot_root",
+        "reboot",
+        "setns",
+        "umount2",
+    }
+)
+
+#: Denied by the launcher's seccomp filter (those the module does not deny itself; see above).
 SECCOMP_DENY: frozenset[str] = frozenset(
     {
         "bpf",
@@ -100,7 +131,6 @@ SECCOMP_DENY: frozenset[str] = frozenset(
         "_sysctl",
         "sysfs",
         "umount2",
-        "unshare",
         "uselib",
         "ustat",
         "vhangup",
@@ -207,6 +237,7 @@ def effective_deny(deny_syscalls: Iterable[str], sandbox: Sandbox) -> tuple[str,
 
 
 def seccomp_deny(effective: Iterable[str], sandbox: Sandbox) -> tuple[int, ...]:
-    """System call numbers the launcher's seccomp filter answers with EPERM."""
-    names = (set(effective) | SECCOMP_DENY) - set(sandbox.allow_syscalls)
+    """System call numbers the launcher's seccomp filter answers with EPERM: the default profile
+    minus what the module denies (and counts) itself, minus the container's allowances."""
+    names = SECCOMP_DENY - MODULE_CONTAINMENT - set(effective) - set(sandbox.allow_syscalls)
     return tuple(sorted(syscalls.NUMBERS[n] for n in names if n in syscalls.NUMBERS))
