@@ -231,13 +231,10 @@ class InstrumentedDevice:
     def set_policy(
         self, container_id: int, deny_syscalls: frozenset[int], *, deny_raw_sockets: bool = False
     ) -> None:
-        inner: Any = self.inner  # TODO(ABI 2): a plain call once the port's keyword is committed
-        if deny_raw_sockets:
-            self._call(
-                "SET_POLICY", lambda: inner.set_policy(container_id, deny_syscalls, deny_raw_sockets=True)
-            )
-        else:
-            self._call("SET_POLICY", lambda: inner.set_policy(container_id, deny_syscalls))
+        self._call(
+            "SET_POLICY",
+            lambda: self.inner.set_policy(container_id, deny_syscalls, deny_raw_sockets=deny_raw_sockets),
+        )
 
     def read_events(self, max_events: int = 256, timeout: float | None = 0.0) -> EventBatch:
         # Not timed: a read waits for events by design, its latency would be idle time.

@@ -44,7 +44,6 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from chital.errdefs import (
     AlreadyExists,
@@ -357,16 +356,13 @@ def denied_syscall(raw: int) -> tuple[int, bool]:
 def _device_spec(
     name: str, root: str, deny: frozenset[int], max_members: int, deny_raw: bool
 ) -> ContainerSpec:
-    fields: dict[str, Any] = {
-        "name": name,
-        "root": root,
-        "deny_syscalls": deny,
-        "limits": ContainerLimits(max_members=max_members),
-    }
-    # TODO(ABI 2): pass deny_raw_sockets unconditionally once the device port's field is committed.
-    if "deny_raw_sockets" in ContainerSpec.__dataclass_fields__:
-        fields["deny_raw_sockets"] = deny_raw
-    return ContainerSpec(**fields)
+    return ContainerSpec(
+        name=name,
+        root=root,
+        deny_syscalls=deny,
+        limits=ContainerLimits(max_members=max_members),
+        deny_raw_sockets=deny_raw,
+    )
 
 
 def _start_time(pid: int) -> int | None:
