@@ -191,8 +191,9 @@ static long chital_setown_verdict(struct chital_container *c, int who)
  *    for a race with exec), so the hook answers -EPERM, for the signals it
  *    alone sees (pidfd_send_signal, process groups, kill(-1)) and in case a
  *    pid is reused between this check and the call;
- *  - the calls on another task by pid (priority, scheduling, ioprio, session
- *    and group, page migration, pidfd_open): a task outside answers -ESRCH
+ *  - the calls on another task by pid (ptrace, process_vm_readv/writev,
+ *    kcmp, priority, scheduling, ioprio, session and group, page migration,
+ *    pidfd_open): a task outside answers -ESRCH
  *    here, before the kernel's own permission checks, which answer -EPERM
  *    for a task of another user and so would tell that it exists (their
  *    security hooks, below, run after those checks); prlimit64's hook gets
@@ -236,8 +237,23 @@ static long chital_argument_verdict(struct pt_regs *regs, long nr,
 	case __NR_migrate_pages:
 	case __NR_move_pages:
 	case __NR_pidfd_open:
+	case __NR_process_vm_readv:
+	case __NR_process_vm_writev:
 		if ((pid_t)regs->di > 0 &&
 		    !chital_vpid_inside(c, (pid_t)regs->di, PIDTYPE_PID))
+			return -ESRCH;
+		return 0;
+	case __NR_ptrace:
+		/* PTRACE_TRACEME names no task: the traceme hook checks the parent. */
+		if (regs->di != PTRACE_TRACEME && (pid_t)regs->si > 0 &&
+		    !chital_vpid_inside(c, (pid_t)regs->si, PIDTYPE_PID))
+			return -ESRCH;
+		return 0;
+	case __NR_kcmp:
+		if (((pid_t)regs->di > 0 &&
+		     !chital_vpid_inside(c, (pid_t)regs->di, PIDTYPE_PID)) ||
+		    ((pid_t)regs->si > 0 &&
+		     !chital_vpid_inside(c, (pid_t)regs->si, PIDTYPE_PID)))
 			return -ESRCH;
 		return 0;
 	case __NR_getpriority:

@@ -31,8 +31,9 @@ MUST_FAIL = {
     "unshare_newpid": errno.EPERM,
     "setns": errno.EPERM,
     "clone3": errno.ENOSYS,
-    "ptrace_attach": errno.EPERM,
-    "ptrace_seize": errno.EPERM,
+    "ptrace_attach": errno.ESRCH,  # outside tasks do not exist for a member
+    "ptrace_seize": errno.ESRCH,
+    "kill_outsider_sig0": errno.ESRCH,
     "init_module": errno.EPERM,
     "finit_module": errno.EPERM,
     "delete_module": errno.EPERM,

@@ -273,7 +273,7 @@ def test_containment_is_policy_independent(dev: FakeDevice, tmp_path: Path) -> N
     assert dev.syscall_errno(1000, NUMBERS["kill"], 1001, 0) == 0
     assert dev.syscall_errno(1000, NUMBERS["kill"], 1050, 0) == errno.ESRCH  # as if it did not exist
     assert dev.syscall_errno(1000, NUMBERS["kill"], -1, 9) == errno.EPERM  # a group: stricter
-    assert dev.syscall_errno(1000, NUMBERS["ptrace"], 16, 1050) == errno.EPERM
+    assert dev.syscall_errno(1000, NUMBERS["ptrace"], 16, 1050) == errno.ESRCH
     assert dev.syscall_errno(1000, NUMBERS["ptrace"], 16, 1001) == 0
     assert dev.stats(a)[NUMBERS["kill"]] == (3, 2)
     assert dev.stats(a)[NUMBERS["ptrace"]] == (2, 1)

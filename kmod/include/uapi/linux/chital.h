@@ -26,8 +26,9 @@
  *   and every compat (int $0x80, 32-bit) system call.
  * In addition, for a member:
  *  - tasks outside its container do not exist: kill (kill(pid, 0)
- *    included), tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo,
- *    setpriority, getpriority, prlimit64,
+ *    included), tkill, tgkill, rt_sigqueueinfo, rt_tgsigqueueinfo, ptrace,
+ *    process_vm_readv, process_vm_writev, kcmp, setpriority, getpriority,
+ *    prlimit64,
  *    sched_{set,get}{affinity,scheduler,param,attr}, sched_rr_get_interval,
  *    ioprio_set, ioprio_get, getsid, getpgid, migrate_pages and move_pages
  *    aimed at one fail with -ESRCH, as if the pid were free, so that a
@@ -37,8 +38,9 @@
  *    group signal skips the tasks outside. One exception, as on Linux: a
  *    member may signal its own exited but unreaped children (and a process
  *    whose leader thread exited first);
- *  - ptrace (and ptrace access: /proc/<pid>/mem, process_vm_readv, ...) of a
- *    task outside fails (-EPERM from ptrace, -EACCES from /proc);
+ *  - ptrace access to a task outside that names it otherwise than by a pid
+ *    number fails too (PTRACE_TRACEME under an outside parent: -EPERM;
+ *    /proc/<pid>/mem and the like: -EACCES);
  *  - SIGIO/SIGURG by proxy: fcntl(F_SETOWN) naming a process outside fails
  *    with -ESRCH, naming a process group with a task outside with -EPERM.
  *    F_SETOWN_EX and the FIOSETOWN/SIOCSPGRP ioctls pass the owner through

@@ -135,8 +135,9 @@ _NR_UNSHARE = NUMBERS["unshare"]
 _NR_CLONE3 = NUMBERS["clone3"]
 _NR_PTRACE = NUMBERS["ptrace"]
 _PTRACE_TRACEME = 0
-#: ptrace-like calls whose target process (argument index) must be in the caller's container (the
-#: module's ptrace hooks: EPERM, counted as denied, DENIED event).
+#: ptrace-like calls whose target process (argument index) must be in the caller's container: ESRCH
+#: (checked at ``sys_enter``), PTRACE_TRACEME under an outside parent EPERM (the module's ptrace hooks);
+#: counted as denied, DENIED event.
 _PTRACE_TARGET_ARG = {
     NUMBERS["ptrace"]: 1,
     NUMBERS["process_vm_readv"]: 0,
@@ -611,8 +612,8 @@ class FakeDevice:
         getpriority(PRIO_PROCESS) of a process outside the container ESRCH, fcntl F_SETOWN of one ESRCH
         (of any process group EPERM: stricter, the fake cannot tell who is in a group), socket/
         socketpair of AF_PACKET, SOCK_RAW or SOCK_PACKET with ``deny_raw_sockets`` EPERM. Then the hooks:
-        ptrace and process_vm_readv/writev of a process outside EPERM (group kills and
-        pidfd_send_signal too); the kill family, setpriority,
+        PTRACE_TRACEME under a parent outside EPERM (group kills and pidfd_send_signal too);
+        ptrace, process_vm_readv/writev, the kill family, setpriority,
         ioprio_set/get, the sched_* calls, getsid, getpgid, migrate_pages and move_pages ESRCH (as if
         it did not exist), except that a member's own exited, unreaped child (a zombie) counts as
         inside; pidfd_send_signal is refused (the fake cannot resolve a pidfd). Every one of these
@@ -702,11 +703,11 @@ class FakeDevice:
 
     def _ptrace_errno(self, c: _Container, pid: int, nr: int, args: tuple[int, ...]) -> int:
         if nr == _NR_PTRACE and (args[0] if args else 0) == _PTRACE_TRACEME:
-            target = _parent_of(pid)
-        else:
-            i = _PTRACE_TARGET_ARG[nr]
-            target = args[i] if len(args) > i else None
-        return 0 if target is not None and self._member_of.get(target) == c.id else errno.EPERM
+            parent = _parent_of(pid)
+            return 0 if parent is not None and self._member_of.get(parent) == c.id else errno.EPERM
+        i = _PTRACE_TARGET_ARG[nr]
+        target = args[i] if len(args) > i else 0
+        return 0 if target > 0 and self._member_of.get(target) == c.id else errno.ESRCH
 
 
 def _descendants(pid: int) -> list[int]:
