@@ -14,7 +14,8 @@
  * contain '='). Keys: mode (holder | exec | plain), root, cwd, hostname, netns (0/1), holder
  * (host pid), cgroup (host path of the group), uid, gid ("none": unchanged, plain mode only),
  * caps (capability bit mask to keep, decimal), deny (system call number, repeated), raw (1: deny
- * raw sockets in the seccomp filter), arg (repeated, argv in order), env ("K=V", repeated).
+ * raw sockets in the seccomp filter), stdout and stderr (log files, opened for appending),
+ * arg (repeated, argv in order), env ("K=V", repeated).
  *
  * Reports on the status fd, one line each (atomic: shorter than PIPE_BUF):
  *   "pid <host pid>"                  the holder / the process, as the agent's pid namespace sees it
@@ -35,10 +36,10 @@
  *   (setns on the /proc/<holder>/ns files, and its root through /proc/<holder>/root), chdir to cwd, fork
  *   the child into the pid namespace and report its pid. The child waits on the go fd while the
  *   agent makes it a member (ADD_PROC through the agent's own handle of the control device:
- *   that device has one owner), and on "g" drops everything: capability bounding set (all but
- *   the kept ones), ambient/inheritable, groups/gid/uid, no_new_privs, rlimits, inherited fds,
- *   signal dispositions and mask, the seccomp filter last, then execve. The program's first
- *   instruction runs as a member, fully dropped. The launcher exits once the pid is reported;
+ *   that device has one owner); meanwhile it drops everything: capability bounding set (all
+ *   but the kept ones), ambient/inheritable, groups/gid/uid, no_new_privs, rlimits, inherited
+ *   fds, signal dispositions and mask, the seccomp filter last. On "g" it execs. The program's
+ *   first instruction runs as a member, fully dropped. The launcher exits once the pid is reported;
  *   the program is reparented to the holder, which reaps it; the module reports its exit.
  * - plain: no isolation (hollow agents with the fake device, on a host): cgroup, chdir to cwd
  *   (a host path), uid/gid if asked, signals and fds reset, execve in place.
@@ -51,6 +52,7 @@
 #include <linux/audit.h>
 #include <linux/capability.h>
 #include <linux/filter.h>
+#include <linux/sched.h>
 #include <linux/seccomp.h>
 #include <net/if.h>
 #include <sched.h>
@@ -89,7 +91,7 @@
 #endif
 
 struct spec {
-	const char *mode, *root, *cwd, *hostname, *cgroup;
+	const char *mode, *root, *cwd, *hostname, *cgroup, *stdout_path, *stderr_path;
 	int netns, raw;
 	long holder;
 	long uid, gid;		/* -1: unchanged */
@@ -176,6 +178,10 @@ static void parse_spec(char *buf, size_t len, struct spec *sp)
 			sp->hostname = val;
 		} else if (!strcmp(rec, "cgroup")) {
 			sp->cgroup = val;
+		} else if (!strcmp(rec, "stdout")) {
+			sp->stdout_path = val;
+		} else if (!strcmp(rec, "stderr")) {
+			sp->stderr_path = val;
 		} else if (!strcmp(rec, "netns")) {
 			sp->netns = parse_long(val, 0, 1, "netns");
 		} else if (!strcmp(rec, "raw")) {
@@ -249,6 +255,25 @@ static char *read_spec(size_t *len)
 	return buf;
 }
 
+/* The program's stdout/stderr: the log files the agent named (opened before entering the root). */
+static void open_logs(const struct spec *sp)
+{
+	const char *paths[2] = { sp->stdout_path, sp->stderr_path };
+
+	for (int i = 0; i < 2; i++) {
+		int fd;
+
+		if (!paths[i])
+			continue;
+		fd = open(paths[i], O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+		if (fd < 0)
+			fail("logs", errno, paths[i]);
+		if (dup2(fd, i + 1) < 0)
+			fail("logs", errno, paths[i]);
+		close(fd);
+	}
+}
+
 static void null_stdin(void)
 {
 	int fd = open("/dev/null", O_RDONLY | O_CLOEXEC);
@@ -258,6 +283,35 @@ static void null_stdin(void)
 	if (dup2(fd, 0) < 0)
 		fail("spec", errno, "dup2 stdin");
 	close(fd);
+}
+
+/*
+ * fork(), the child born in the cgroup `cgroup_fd` (clone3 CLONE_INTO_CGROUP: no migration of a
+ * running task, which costs a synchronize_rcu() in the kernel); kernels without it: join, then fork.
+ */
+static pid_t fork_into_cgroup(int cgroup_fd, const char *group)
+{
+	struct clone_args args;
+	char self[32];
+	int fd, n;
+	long pid;
+
+	if (cgroup_fd < 0)
+		return fork();
+	memset(&args, 0, sizeof(args));
+	args.flags = CLONE_INTO_CGROUP;
+	args.exit_signal = SIGCHLD;
+	args.cgroup = cgroup_fd;
+	pid = syscall(SYS_clone3, &args, sizeof(args));
+	if (pid >= 0 || (errno != ENOSYS && errno != E2BIG && errno != EINVAL))
+		return pid;
+	/* The cgroupfs is out of sight here (we are in the container's mount namespace): the fd. */
+	fd = openat(cgroup_fd, "cgroup.procs", O_WRONLY | O_CLOEXEC);
+	n = snprintf(self, sizeof(self), "%d", getpid());
+	if (fd < 0 || write(fd, self, n) != n)
+		fail("cgroup", errno, group);
+	close(fd);
+	return fork();
 }
 
 static void join_cgroup(const char *group)
@@ -283,14 +337,42 @@ static void join_cgroup(const char *group)
  * program (`yes | head -n1` must die of SIGPIPE). */
 static void reset_signals(void)
 {
-	struct sigaction sa;
+	unsigned long long ignored = ~0ULL;	/* unknown: reset them all */
+	struct {
+		void (*handler)(int);
+		unsigned long flags;
+		void (*restorer)(void);
+		uint64_t mask;
+	} ksa;
 	sigset_t none;
-	int sig;
+	char buf[4096];
+	ssize_t n;
+	int fd;
 
-	memset(&sa, 0, sizeof(sa));
-	sa.sa_handler = SIG_DFL;
-	for (sig = 1; sig < _NSIG; sig++)
-		sigaction(sig, &sa, NULL);	/* EINVAL for SIGKILL, SIGSTOP and glibc's own: fine */
+	/* exec resets caught signals by itself; only ignored ones survive it: find them in one read. */
+	fd = open("/proc/self/status", O_RDONLY | O_CLOEXEC);
+	if (fd >= 0) {
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+		if (n > 0) {
+			char *line;
+
+			buf[n] = '\0';
+			line = strstr(buf, "\nSigIgn:");
+			if (line)
+				ignored = strtoull(line + 8, NULL, 16);
+		}
+	}
+	/*
+	 * The raw system call: glibc's sigaction() refuses its own signals (32, 33), which a
+	 * posix_spawn()ing parent leaves ignored. SIG_DFL needs no restorer. EINVAL for SIGKILL and
+	 * SIGSTOP: fine.
+	 */
+	memset(&ksa, 0, sizeof(ksa));
+	ksa.handler = SIG_DFL;
+	for (int sig = 1; sig < _NSIG && sig <= 64; sig++)
+		if (ignored & (1ULL << (sig - 1)))
+			syscall(SYS_rt_sigaction, sig, &ksa, NULL, sizeof(ksa.mask));
 	sigemptyset(&none);
 	if (sigprocmask(SIG_SETMASK, &none, NULL))
 		fail("signals", errno, "sigprocmask");
@@ -330,8 +412,11 @@ static void drop_bounding_set(uint64_t keep)
 	for (int cap = 0; cap < 64; cap++) {
 		if (keep & (1ULL << cap))
 			continue;
-		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) && errno != EINVAL)
-			fail("capabilities", errno, "PR_CAPBSET_DROP");	/* EINVAL: past CAP_LAST_CAP */
+		if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0)) {
+			if (errno == EINVAL)
+				break;	/* past CAP_LAST_CAP */
+			fail("capabilities", errno, "PR_CAPBSET_DROP");
+		}
 	}
 }
 
@@ -697,7 +782,7 @@ static void wait_for_go(int go_fd)
 static int run_exec(struct spec *sp, int go_fd)
 {
 	static const char *const names[] = { "ns/ipc", "ns/uts", "ns/net", "ns/pid", "ns/mnt" };
-	int fds[5], root_fd;
+	int fds[5], root_fd, cgroup_fd = -1;
 	pid_t pid;
 
 	if (sp->holder < 0 || go_fd < 0 || !sp->cwd)
@@ -707,8 +792,11 @@ static int run_exec(struct spec *sp, int go_fd)
 	for (int i = 0; i < 5; i++)
 		fds[i] = open_ns(sp->holder, names[i]);
 	root_fd = open_ns(sp->holder, "root");
-	if (sp->cgroup)	/* first: the cgroupfs is not visible from inside */
-		join_cgroup(sp->cgroup);
+	if (sp->cgroup) {	/* first: the cgroupfs is not visible from inside */
+		cgroup_fd = open(sp->cgroup, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+		if (cgroup_fd < 0)
+			fail("cgroup", errno, sp->cgroup);
+	}
 	for (int i = 0; i < 5; i++) {
 		if (setns(fds[i], 0))
 			fail("namespaces", errno, names[i]);
@@ -720,7 +808,7 @@ static int run_exec(struct spec *sp, int go_fd)
 	close(root_fd);
 	if (chdir(sp->cwd))
 		fail("chdir", errno, sp->cwd);
-	pid = fork();	/* born in the pid namespace and in the cgroup */
+	pid = fork_into_cgroup(cgroup_fd, sp->cgroup);	/* born in the pid namespace and the cgroup */
 	if (pid < 0)
 		fail("fork", errno, "fork");
 	if (pid > 0) {
@@ -729,12 +817,19 @@ static int run_exec(struct spec *sp, int go_fd)
 	}
 	if (setsid() < 0)
 		fail("setsid", errno, "setsid");
-	wait_for_go(go_fd);	/* the agent makes us a member meanwhile */
+	/*
+	 * Everything is dropped while the agent makes us a member (in parallel, and none of this is
+	 * counted as the container's system calls); after "go" only read, close and execve remain,
+	 * all allowed by the filter. A non-root child is not dumpable from here on (the kernel's rule
+	 * for a changed uid), and members cannot touch a non-member: nothing in the container can
+	 * reach it while it waits.
+	 */
 	drop_privileges(sp->uid, sp->gid, sp->caps);
 	set_rlimits();
 	cloexec_fds();
 	reset_signals();
 	install_seccomp(sp);
+	wait_for_go(go_fd);
 	exec_program(sp);
 }
 
@@ -782,6 +877,7 @@ int main(int argc, char **argv)
 	buf = read_spec(&len);
 	parse_spec(buf, len, sp);
 	null_stdin();		/* the spec came on stdin; the program gets /dev/null */
+	open_logs(sp);
 	if (!strcmp(sp->mode, "holder"))
 		return run_holder(sp);
 	if (sp->nargs == 0 || !sp->args[0][0])

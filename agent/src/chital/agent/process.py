@@ -2,10 +2,10 @@
 
 Never ``fork()`` without ``exec`` here (gRPC threads run in this process): every process is started
 by ``chital-launch`` (``agent/launcher/chital-launch.c``, a small static C program started fresh each
-time), with ``subprocess`` (fork+exec). The spec goes to the launcher's stdin as NUL-terminated
-``key=value`` records (never argv: the environment may hold secrets, and argv is world-readable in
-``/proc/<pid>/cmdline``); reports come back on a status pipe, one line each (``pid N``, ``ready``,
-``err <stage> <errno> <message>``). Three modes:
+time), with ``os.posix_spawn`` (vfork+exec: no Python between the two). The spec goes to the
+launcher's stdin as NUL-terminated ``key=value`` records (never argv: the environment may hold
+secrets, and argv is world-readable in ``/proc/<pid>/cmdline``); reports come back on a status
+pipe, one line each (``pid N``, ``ready``, ``err <stage> <errno> <message>``). Three modes:
 
 - **holder** (:meth:`ProcessRunner.start_holder`, real device only): one per container. New mount, pid,
   UTS, IPC and (unless ``host_network``) network namespaces, a fresh /proc and a minimal /dev, the
@@ -13,13 +13,14 @@ time), with ``subprocess`` (fork+exec). The spec goes to the launcher's stdin as
   every privilege and reaps orphans until the agent kills it (its death kills the whole pid
   namespace). Not a module member.
 - **exec** (:meth:`ProcessRunner.start` with ``LaunchSpec.holder``): joins the cgroup and the holder's
-  namespaces and root, forks the child into the pid namespace, and reports its pid. The child waits
-  on the "go" pipe while ``attach(pid)`` (the agent: ADD_PROC through its own device handle, since the
-  control device has a single owner) runs; on "g" it drops the capability bounding set,
+  namespaces and root, forks the child into the pid namespace (clone3 into the cgroup), and reports
+  its pid. While ``attach(pid)`` runs (the agent: ADD_PROC through its own device handle, since the
+  control device has a single owner) the child drops the capability bounding set,
   ambient/inheritable, groups/gid/uid, sets ``no_new_privs``, rlimits, closes inherited fds, resets
-  every signal disposition and the mask, installs the seccomp filter and execs. The launcher exits at
-  once; the program is reparented to the holder, which reaps it; its exit with the real status comes
-  from the module's EXIT event; signals go through a pidfd of the program's pid.
+  every signal disposition and the mask and installs the seccomp filter; then it waits on the "go"
+  pipe and, on "g", execs: the program's first instruction runs as a member, fully dropped. The
+  launcher exits at once; the program is reparented to the holder, which reaps it; its exit with
+  the real status comes from the module's EXIT event; signals go through a pidfd of its pid.
 - **plain** (no ``holder``): hollow agents with the fake device, on a host, no isolation: cgroup, cwd
   (a host path inside the root dir), uid/gid when asked, fds and signals reset, exec in place. The
   launcher *becomes* the program, our child, reaped here by a thread waiting on pidfds (epoll).
@@ -34,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import logging
 import os
 import select
@@ -148,6 +150,44 @@ def encode_spec(fields: Sequence[tuple[str, str]]) -> bytes:
 OnExit = Callable[[int, ExitStatus], None]
 
 
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class _Child:
+    """A launcher we spawned (our child until reaped): kill and wait by pid."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.returncode: int | None = None
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout: float | None = None) -> int | None:
+        """Its exit status as Popen reports it (None if still running after ``timeout``)."""
+        end = None if timeout is None else time.monotonic() + timeout
+        delay = 0.0005
+        while self.returncode is None:
+            try:
+                pid, raw = os.waitpid(self.pid, 0 if end is None else os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                break
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(raw)
+                break
+            if end is not None and time.monotonic() >= end:
+                return None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+        return self.returncode
+
+
 class _StatusPipe:
     """The read end of the launcher's status pipe: lines with a deadline, then EOF."""
 
@@ -190,8 +230,9 @@ class ProcessRunner:
         self._lock = threading.Lock()
         self._sel = selectors.DefaultSelector()
         self._pidfds: dict[int, int] = {}  # pid -> pidfd
-        self._children: dict[int, subprocess.Popen[bytes]] = {}
+        self._children: dict[int, _Child] = {}
         self._held: dict[int, int] = {}  # pid -> pidfd held for signals only (exits come from the kernel)
+        self._devnull = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
@@ -204,44 +245,44 @@ class ProcessRunner:
         return self._launcher
 
     def _spawn(
-        self, spec: bytes, stdout: int, stderr: int, *, go: bool
-    ) -> tuple[subprocess.Popen[bytes], _StatusPipe, int | None]:
+        self, spec: bytes, stdout: int | None, stderr: int | None, *, go: bool
+    ) -> tuple[_Child, _StatusPipe, int | None]:
+        """Spawn the launcher: spec on its stdin, the status pipe on fd 3, the go pipe on fd 4;
+        stdout/stderr None: /dev/null until the launcher opens the spec's log files."""
+        stdin_r, stdin_w = os.pipe2(os.O_CLOEXEC)
         status_r, status_w = os.pipe2(os.O_CLOEXEC)
         go_r = go_w = None
-        args = [self._launcher, "--status-fd", str(status_w)]
-        fds = [status_w]
         if go:
             go_r, go_w = os.pipe2(os.O_CLOEXEC)
-            args += ["--go-fd", str(go_r)]
-            fds.append(go_r)
+        null = self._devnull
+        # Sources above the targets (0..4), so that no dup2 overwrites a source still to be copied.
+        sources = [stdin_r, null if stdout is None else stdout, null if stderr is None else stderr, status_w]
+        sources += [go_r] if go_r is not None else []
+        high = [fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 10) for fd in sources]
+        args = [self._launcher, "--status-fd", "3"] + (["--go-fd", "4"] if go else [])
         try:
-            proc = subprocess.Popen(
+            pid = os.posix_spawn(
+                self._launcher,
                 args,
-                stdin=subprocess.PIPE,
-                stdout=stdout,
-                stderr=stderr,
-                pass_fds=fds,
-                start_new_session=True,  # our signals (Ctrl-C, agent stop) never reach it
-                env={},
+                {},
+                file_actions=[(os.POSIX_SPAWN_DUP2, fd, target) for target, fd in enumerate(high)],
+                setsid=True,  # our signals (Ctrl-C, agent stop) never reach it
             )
         except OSError as exc:
-            for fd in (status_r, status_w, go_r, go_w):
+            for fd in (status_r, stdin_w, go_w):
                 if fd is not None:
                     os.close(fd)
             raise from_errno(exc.errno or errno.EIO, "cannot start the launcher") from exc
         finally:
-            with contextlib.suppress(OSError):
-                os.close(status_w)
-            if go_r is not None:
-                with contextlib.suppress(OSError):
-                    os.close(go_r)
-        assert proc.stdin is not None
+            for fd in [*high, stdin_r, status_w] + ([go_r] if go_r is not None else []):
+                os.close(fd)
         try:
-            proc.stdin.write(spec)
-            proc.stdin.close()
+            _write_all(stdin_w, spec)
         except BrokenPipeError:
-            pass
-        return proc, _StatusPipe(status_r), go_w
+            pass  # it failed early; its report says why
+        finally:
+            os.close(stdin_w)
+        return _Child(pid), _StatusPipe(status_r), go_w
 
     def start_holder(self, spec: HolderSpec, log_path: str) -> int:
         """Start a container's namespace holder; returns its pid once its namespaces are ready."""
@@ -303,9 +344,10 @@ class ProcessRunner:
             fields.append(("cgroup", spec.cgroup))
         fields += [("arg", a) for a in spec.argv]
         fields += [("env", f"{k}={v}") for k, v in spec.env.items()]
+        # The launcher opens the log files itself (before it enters the container): two fewer opens here.
+        fields += [("stdout", spec.stdout_path), ("stderr", spec.stderr_path)]
         payload = encode_spec(fields)
-        with open(spec.stdout_path, "ab") as out, open(spec.stderr_path, "ab") as err:
-            proc, status, go_w = self._spawn(payload, out.fileno(), err.fileno(), go=spec.holder is not None)
+        proc, status, go_w = self._spawn(payload, None, None, go=spec.holder is not None)
         if spec.holder is None:
             return self._finish_plain(proc, status, spec)
         assert go_w is not None
@@ -315,12 +357,11 @@ class ProcessRunner:
             with contextlib.suppress(OSError):
                 os.close(go_w)
             status.close()
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=_EXEC_DEADLINE_S)
+            proc.wait(timeout=_EXEC_DEADLINE_S)
 
-    def _finish_plain(self, proc: subprocess.Popen[bytes], status: _StatusPipe, spec: LaunchSpec) -> int:
+    def _finish_plain(self, proc: _Child, status: _StatusPipe, spec: LaunchSpec) -> int:
         with self._lock:
-            self._children[proc.pid] = proc  # keep Popen alive so it never reaps behind our back
+            self._children[proc.pid] = proc  # the program is our child: the reaper waits for it
         try:
             report = status.line()
         except DeadlineExceeded:
@@ -340,7 +381,7 @@ class ProcessRunner:
 
     def _finish_exec(
         self,
-        proc: subprocess.Popen[bytes],
+        proc: _Child,
         status: _StatusPipe,
         go_w: int,
         spec: LaunchSpec,
@@ -429,10 +470,9 @@ class ProcessRunner:
                 os.close(fd)
             self._pidfds.clear()
             self._held.clear()
-            for proc in self._children.values():
-                proc.returncode = 0  # stop Popen.__del__ from tracking it; we leave it running
-            self._children.clear()
+            self._children.clear()  # left running
         self._sel.close()
+        os.close(self._devnull)
         os.close(self._wake_r)
         os.close(self._wake_w)
 

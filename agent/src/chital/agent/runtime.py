@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import enum
+import functools
 import hashlib
 import itertools
 import json
@@ -292,6 +293,10 @@ class _Container:
     holder_pid: int | None = None  # the namespace holder (real device only)
     holder_start: int = 0  # its start time in clock ticks since boot (/proc/<pid>/stat field 22)
 
+    @property
+    def seccomp_deny(self) -> tuple[int, ...]:
+        return _seccomp_deny(self.effective_deny, self.sandbox)
+
 
 @dataclass(slots=True)
 class _Process:
@@ -340,6 +345,11 @@ def _check_abs_path(value: str, what: str) -> str:
     if ".." in value.split("/"):
         raise InvalidArgument(f"{what} must not contain '..'")
     return os.path.normpath(value)
+
+
+@functools.lru_cache(maxsize=256)
+def _seccomp_deny(effective: tuple[str, ...], sandbox: Sandbox) -> tuple[int, ...]:
+    return policy.seccomp_deny(effective, sandbox)
 
 
 def _clamp(value: int, low: int, high: int) -> int:
@@ -392,9 +402,15 @@ def _kill_holder(pid: int, start_time: int) -> None:
 
 
 def _write_json(path: Path, data: Mapping[str, object]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data))
-    os.replace(tmp, path)
+    """Replace ``path`` atomically (plain os calls: this runs on every process start)."""
+    target = str(path)
+    tmp = target + ".tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        os.write(fd, json.dumps(data).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, target)
 
 
 class AgentRuntime:
@@ -801,7 +817,8 @@ class AgentRuntime:
         group_id: int | None,
     ) -> ProcessView:
         logs = self._container_dir(rec.uid) / "logs"
-        logs.mkdir(parents=True, exist_ok=True)
+        if not os.path.isdir(logs):  # made at create
+            logs.mkdir(parents=True, exist_ok=True)
         stdout_path = str(logs / f"{process_uid}.stdout")
         stderr_path = str(logs / f"{process_uid}.stderr")
         spec = self._launch_spec(
@@ -905,7 +922,7 @@ class AgentRuntime:
             cgroup=self._cgroup_path(rec.uid),
             holder=holder,
             capabilities=rec.sandbox.capability_mask,
-            seccomp_deny=policy.seccomp_deny(rec.effective_deny, rec.sandbox),
+            seccomp_deny=rec.seccomp_deny,
             deny_raw_sockets=not rec.sandbox.allow_raw_sockets,
         )
 
@@ -1062,11 +1079,12 @@ class AgentRuntime:
         can come before StartProcess has written its record): the snapshot and the write happen
         under one lock, so the last write always holds the latest state."""
         path = self._container_dir(proc.container_uid) / "processes" / f"{proc.uid}.json"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError:
-            log.warning("cannot write %s", path, exc_info=True)
-            return
+        if not os.path.isdir(path.parent):  # made at create; a missing one is recreated
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError:
+                log.warning("cannot write %s", path, exc_info=True)
+                return
         with self._persist_lock:
             self._write_process_record(path, proc)
 
