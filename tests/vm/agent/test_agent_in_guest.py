@@ -3,8 +3,9 @@
 Run by ``python -m chital.devcluster.vmtest tests/vm/agent`` (or ``make test-vm``); skipped on the
 host (``tests/vm/conftest.py``). Each test talks to the agent over gRPC on the guest's loopback, with a
 busybox tree as the container root: the process really runs in the container's namespaces with the
-root pivoted, is a member of the kernel container and in its cgroup; the memory limit really OOM-kills; the pids limit really stops a fork bomb; and a
-``kill -9`` of the agent really loses nothing.
+root pivoted, is a member of the kernel container and in its cgroup; the memory limit really
+OOM-kills; the pids limit really stops a fork bomb; and a ``kill -9`` of the agent really loses
+nothing (processes and namespace holders keep running; the new agent finds both).
 """
 
 from __future__ import annotations
@@ -150,6 +151,12 @@ def test_kill9_of_the_agent_loses_and_duplicates_nothing(agent: AgentProcess, ro
     assert (done.exit_code, done.signal) == (-1, signal.SIGTERM)
     exits = [e.process_uid for e in agent.events(10, 5)]
     assert sorted(exits) == ["during", "killed", "long"], exits
+    # The container's namespace holder survived the agent and was found again: new processes start
+    # in the same namespaces (the sibling "forks" is visible in the container's /proc).
+    agent.start_process("restart", "after", ["/bin/sh", "-c", "ls /proc | grep -c '^[0-9]'"])
+    assert agent.wait_exit("after").exit_code == 0
+    out, _ = agent.logs("after")
+    assert int(out) >= 5, out  # the holder, "forks" and its two sleeps, and this shell at least
     agent.stub.DestroyContainer(
         pb.DestroyContainerRequest(uid="restart", grace_period_seconds=1), timeout=120
     )
