@@ -203,25 +203,33 @@ static long chital_setown_verdict(struct chital_container *c, int who)
  *    SOCK_RAW in any family, and SOCK_PACKET (which AF_INET turns into a
  *    packet socket) see and forge traffic of the whole host.
  */
+/* A pid argument (a register value, truncated to pid_t as the kernel does). */
+static long chital_pid_verdict(struct chital_container *c, unsigned long reg)
+{
+	pid_t pid = (pid_t)reg;
+
+	return pid > 0 && !chital_vpid_inside(c, pid, PIDTYPE_PID) ? -ESRCH : 0;
+}
+
+static long chital_raw_socket_verdict(struct pt_regs *regs,
+				      struct chital_container *c)
+{
+	int type = (int)regs->si & SOCK_TYPE_MASK;
+
+	if (!(READ_ONCE(c->policy_flags) & CHITAL_POLICY_DENY_RAW_SOCKETS))
+		return 0;
+	if ((int)regs->di == AF_PACKET || type == SOCK_RAW || type == SOCK_PACKET)
+		return -EPERM;
+	return 0;
+}
+
 static long chital_argument_verdict(struct pt_regs *regs, long nr,
 				    struct chital_container *c)
 {
-	int type;
-
 	switch (nr) {
 	case __NR_kill:
 	case __NR_rt_sigqueueinfo:
 	case __NR_tkill:
-		if ((pid_t)regs->di > 0 &&
-		    !chital_vpid_inside(c, (pid_t)regs->di, PIDTYPE_PID))
-			return -ESRCH;
-		return 0;
-	case __NR_tgkill:
-	case __NR_rt_tgsigqueueinfo:
-		if ((pid_t)regs->si > 0 &&
-		    !chital_vpid_inside(c, (pid_t)regs->si, PIDTYPE_PID))
-			return -ESRCH;
-		return 0;
 	case __NR_prlimit64:
 	case __NR_sched_setaffinity:
 	case __NR_sched_getaffinity:
@@ -239,48 +247,28 @@ static long chital_argument_verdict(struct pt_regs *regs, long nr,
 	case __NR_pidfd_open:
 	case __NR_process_vm_readv:
 	case __NR_process_vm_writev:
-		if ((pid_t)regs->di > 0 &&
-		    !chital_vpid_inside(c, (pid_t)regs->di, PIDTYPE_PID))
-			return -ESRCH;
-		return 0;
+		return chital_pid_verdict(c, regs->di);
+	case __NR_tgkill:
+	case __NR_rt_tgsigqueueinfo:
+		return chital_pid_verdict(c, regs->si);	/* the thread */
+	case __NR_kcmp:
+		return chital_pid_verdict(c, regs->di) ?: chital_pid_verdict(c, regs->si);
 	case __NR_ptrace:
 		/* PTRACE_TRACEME names no task: the traceme hook checks the parent. */
-		if (regs->di != PTRACE_TRACEME && (pid_t)regs->si > 0 &&
-		    !chital_vpid_inside(c, (pid_t)regs->si, PIDTYPE_PID))
-			return -ESRCH;
-		return 0;
-	case __NR_kcmp:
-		if (((pid_t)regs->di > 0 &&
-		     !chital_vpid_inside(c, (pid_t)regs->di, PIDTYPE_PID)) ||
-		    ((pid_t)regs->si > 0 &&
-		     !chital_vpid_inside(c, (pid_t)regs->si, PIDTYPE_PID)))
-			return -ESRCH;
-		return 0;
+		return regs->di == PTRACE_TRACEME ? 0 : chital_pid_verdict(c, regs->si);
 	case __NR_getpriority:
 	case __NR_setpriority:
-		if ((int)regs->di == PRIO_PROCESS && (int)regs->si > 0 &&
-		    !chital_vpid_inside(c, (int)regs->si, PIDTYPE_PID))
-			return -ESRCH;
-		return 0;
+		return (int)regs->di == PRIO_PROCESS ? chital_pid_verdict(c, regs->si) : 0;
 	case __NR_ioprio_get:
 	case __NR_ioprio_set:
-		if ((int)regs->di == IOPRIO_WHO_PROCESS && (int)regs->si > 0 &&
-		    !chital_vpid_inside(c, (int)regs->si, PIDTYPE_PID))
-			return -ESRCH;
-		return 0;
+		return (int)regs->di == IOPRIO_WHO_PROCESS ? chital_pid_verdict(c, regs->si) : 0;
 	case __NR_fcntl:
 		if ((unsigned int)regs->si == F_SETOWN)
 			return chital_setown_verdict(c, (int)regs->dx);
 		return 0;
 	case __NR_socket:
 	case __NR_socketpair:
-		if (!(READ_ONCE(c->policy_flags) & CHITAL_POLICY_DENY_RAW_SOCKETS))
-			return 0;
-		type = (int)regs->si & SOCK_TYPE_MASK;
-		if ((int)regs->di == AF_PACKET || type == SOCK_RAW ||
-		    type == SOCK_PACKET)
-			return -EPERM;
-		return 0;
+		return chital_raw_socket_verdict(regs, c);
 	}
 	return 0;
 }
