@@ -132,6 +132,7 @@ extern wait_queue_head_t chital_empty_wait;
 struct chital_member *chital_member_of(struct task_struct *task);
 struct chital_container *chital_member_container(struct task_struct *task);
 bool chital_is_member(struct task_struct *task);
+void chital_syscall_work_enter(struct task_struct *task);
 struct chital_container *chital_find_container(u32 id);
 struct chital_container *chital_find_container_by_name(const char *name);
 int chital_add_task(struct chital_container *c, struct task_struct *t);

@@ -132,6 +132,8 @@ int chital_add_task(struct chital_container *c, struct task_struct *t)
 	list_add_tail(&m->cnode, &c->members);
 	c->nr_tasks++;
 	atomic_inc(&chital_nr_members);
+	/* After the hash insert: the next system call enters the probe as a member. */
+	chital_syscall_work_enter(t);
 	return 0;
 
 out_free_member:

@@ -753,8 +753,45 @@ out_unregister:
 	return err;
 }
 
+/*
+ * Only members need the sys_enter probe, but registering it puts every task
+ * of the host on the slow system call path: the kernel sets
+ * SYSCALL_WORK_SYSCALL_TRACEPOINT on all tasks (syscall_regfunc()), and
+ * children copy it at fork. Non-members would pay about a fifth more per
+ * cheap system call for nothing. So once the probe is in place (and before
+ * any container exists), the flag is taken off every task, and put back on
+ * each task that becomes a member (chital_add_task(); a member's children
+ * copy it at fork). Nothing else clears it while the probe is registered:
+ * the kernel clears it everywhere only when the last sys_enter probe goes.
+ *
+ * If the flag was already on the loading task, another tracer (perf trace,
+ * ftrace syscall events) follows every task's system calls: then nothing is
+ * trimmed. A tracer that starts after the module loaded sees members only;
+ * load with trim_syscall_work=0 to keep every task on the traced path.
+ */
+static bool trim_syscall_work = true;
+module_param(trim_syscall_work, bool, 0444);
+MODULE_PARM_DESC(trim_syscall_work,
+		 "Keep non-members off the traced system call path (default: yes)");
+
+void chital_syscall_work_enter(struct task_struct *task)
+{
+	set_task_syscall_work(task, SYSCALL_TRACEPOINT);
+}
+
+static void chital_syscall_work_trim(void)
+{
+	struct task_struct *p, *t;
+
+	rcu_read_lock();
+	for_each_process_thread(p, t)
+		clear_task_syscall_work(t, SYSCALL_TRACEPOINT);
+	rcu_read_unlock();
+}
+
 int chital_intercept_init(void)
 {
+	bool traced = test_task_syscall_work(current, SYSCALL_TRACEPOINT);
 	int err;
 
 	err = chital_tracepoints_register();
@@ -768,6 +805,10 @@ int chital_intercept_init(void)
 	err = chital_hooks_register();
 	if (err)
 		goto out_tracepoints;
+	if (trim_syscall_work && !traced)
+		chital_syscall_work_trim();
+	else
+		pr_info("chital: every task stays on the traced system call path\n");
 	return 0;
 
 out_tracepoints:
