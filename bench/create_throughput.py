@@ -1,4 +1,4 @@
-"""Control-plane create throughput beside a bare gRPC echo round trip (DESIGN.md §8).
+"""Control-plane create throughput beside a bare gRPC echo round trip.
 
 Starts, on this machine and in this run:
 - a bare gRPC echo server (threaded ``grpc.server``, the same server type the controller uses) in

@@ -1,5 +1,5 @@
 """Exec latency on a real kernel: RPC to the process running in its container, beside a plain
-fork+exec in the same guest (DESIGN.md §8).
+fork+exec in the same guest.
 
 Boots one QEMU guest with chital.ko and an agent (``QemuFleet``), then measures, in one run:
 - ``fork+exec``: ``subprocess.Popen`` of busybox ``true`` inside the guest (returns once the exec

@@ -1,4 +1,4 @@
-"""Escapes from a busybox container root, as a member (DESIGN.md §9).
+"""Escapes from a busybox container root, as a member.
 
 The member is set up the way the agent does it: a child chroots into the container root, waits
 while its parent adds it with ADD_PROC, then execs (``c/ctr_exec.c``). The attempts run in a static

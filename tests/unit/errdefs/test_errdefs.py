@@ -1,4 +1,4 @@
-"""The three error translations (DESIGN.md §4.3) map exactly as documented."""
+"""The three error translations map exactly as documented."""
 
 from __future__ import annotations
 

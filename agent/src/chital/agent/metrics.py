@@ -1,6 +1,6 @@
 """The agent's Prometheus metrics: every one is declared here, once.
 
-Conventions (DESIGN.md §10): the ``chital_agent_`` prefix, base units, ``_total`` on counters, no
+Prometheus conventions: the ``chital_agent_`` prefix, base units, ``_total`` on counters, no
 unbounded labels. Label values come from closed sets (ioctl command names, errdefs class names, exit
 reasons, event kinds, x86_64 system call names: at most 512) except ``container``, the container's
 name on this host's device: its cardinality is bounded by the containers alive on the host (the
@@ -65,7 +65,7 @@ __all__ = [
 
 log = logging.getLogger("chital.agent.metrics")
 
-# No ``*_created`` series (FACTS.md); same effect as PROMETHEUS_DISABLE_CREATED_SERIES=True.
+# No ``*_created`` series; same effect as PROMETHEUS_DISABLE_CREATED_SERIES=True.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 
 IOCTL_BUCKETS = (0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.01, 0.1, 1.0)

@@ -40,7 +40,7 @@ _Resp = TypeVar("_Resp")
 _T = TypeVar("_T")
 
 # Which failures a retry may cure. Reads may be repeated on anything transient. Writes that carry a
-# request_id (or only name their resource) are idempotent on the server (DESIGN.md §4.1), so a retry
+# request_id (or only name their resource) are idempotent on the server, so a retry
 # after UNAVAILABLE is safe; a DEADLINE_EXCEEDED write may still be running there and a retry would
 # wait on the same slow work, so it goes to the caller (who may retry with the same request_id).
 _READ = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})

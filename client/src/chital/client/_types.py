@@ -12,7 +12,7 @@ _T = TypeVar("_T")
 
 
 class ContainerState(enum.Enum):
-    """Lifecycle state of a container (DESIGN.md §4.4). ``UNSPECIFIED`` stands for a value this SDK
+    """Lifecycle state of a container. ``UNSPECIFIED`` stands for a value this SDK
     does not know (a newer server)."""
 
     UNSPECIFIED = "UNSPECIFIED"

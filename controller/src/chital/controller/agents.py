@@ -255,7 +255,7 @@ class AgentPool:
                 raise Unavailable("controller is shutting down")
             channel = self._channels.get(address)
             if channel is None:
-                # mTLS between controller and agents is future work (DESIGN.md §9).
+                # mTLS between controller and agents is future work.
                 channel = grpc.insecure_channel(
                     address,
                     options=[

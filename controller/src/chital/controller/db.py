@@ -2,7 +2,7 @@
 
 SQLite (the default, ``<state dir>/controller.db``) runs in WAL mode with ``synchronous=NORMAL``.
 SQLite ignores ``SELECT ... FOR UPDATE`` and a deferred transaction that later writes fails at once
-with "database is locked" (FACTS.md), so every read-write transaction starts with ``BEGIN IMMEDIATE``:
+with "database is locked", so every read-write transaction starts with ``BEGIN IMMEDIATE``:
 writers queue on the lock (up to the busy timeout) instead of failing. Read-only sessions (an engine
 with the ``chital_readonly`` execution option) start a plain deferred ``BEGIN`` and so run beside a
 writer under WAL.

@@ -28,7 +28,7 @@ from chital.controller.records import ContainerState, HostState, ProcessState
 
 __all__ = ["ControllerMetrics", "StateSource"]
 
-# No ``*_created`` series (FACTS.md: prometheus_client emits them unless disabled); same effect as
+# No ``*_created`` series (prometheus_client emits them unless disabled); same effect as
 # PROMETHEUS_DISABLE_CREATED_SERIES=True, whatever the environment says.
 prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
 

@@ -62,7 +62,7 @@ class HostState(StrEnum):
 
 
 class ContainerState(StrEnum):
-    """Lifecycle of a container (DESIGN.md §4.4)."""
+    """Lifecycle of a container."""
 
     PENDING = "PENDING"
     CREATED = "CREATED"

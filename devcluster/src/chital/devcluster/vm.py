@@ -457,7 +457,7 @@ class GuestVM:
     die_with_parent: bool = True
     cmdline_extra: str = ""
     #: ``-accel`` value. KVM hangs on these machines; single-threaded TCG is also the only mode in
-    #: which ftrace text patching under load is reliable (FACTS.md). ``$CHITAL_QEMU_ACCEL`` overrides.
+    #: which ftrace text patching under load is reliable. ``$CHITAL_QEMU_ACCEL`` overrides.
     accel: str = field(default_factory=lambda: os.environ.get("CHITAL_QEMU_ACCEL", "tcg,thread=single"))
 
     host_ports: dict[int, int] = field(default_factory=dict, init=False)

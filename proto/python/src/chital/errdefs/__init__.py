@@ -1,6 +1,6 @@
 """The closed set of chital error classes, and their translations.
 
-Errors are translated at three seams only (DESIGN.md §4.3):
+Errors are translated at three seams only:
 
 - errno -> errdefs in the agent's device layer: :func:`from_errno`;
 - errdefs -> gRPC status in one server interceptor: :mod:`chital.errdefs.grpc`;
