@@ -33,8 +33,9 @@
  *   and reaps orphans until the agent kills it. It never becomes a module member. Its death
  *   kills every process of the pid namespace.
  * - exec: one per process. Join the container's cgroup, enter the holder's namespaces
- *   (setns on the /proc/<holder>/ns files, and its root through /proc/<holder>/root), chdir to cwd, fork
- *   the child into the pid namespace and report its pid. The child waits on the go fd while the
+ *   (setns on the /proc/<holder>/ns files, and its root through /proc/<holder>/root), chdir to cwd,
+ *   fork the child into the pid namespace (twice, so that the holder becomes its parent) and report
+ *   its pid. The child waits on the go fd while the
  *   agent makes it a member (ADD_PROC through the agent's own handle of the control device:
  *   that device has one owner); meanwhile it drops everything: capability bounding set (all
  *   but the kept ones), ambient/inheritable, groups/gid/uid, no_new_privs, rlimits, inherited
@@ -779,6 +780,87 @@ static void wait_for_go(int go_fd)
 	close(go_fd);
 }
 
+/*
+ * The program's host pid, sent by the program itself: with SO_PASSCRED on our end the kernel
+ * attaches the sender's credentials, its pid translated into our (the host's) pid namespace.
+ * Returns -1 when the sender died without a word (its error, if any, is on the status fd).
+ */
+static pid_t receive_pid(int sock)
+{
+	union {
+		struct cmsghdr hdr;
+		char buf[CMSG_SPACE(sizeof(struct ucred))];
+	} control;
+	struct msghdr msg;
+	struct iovec iov;
+	struct cmsghdr *cmsg;
+	struct ucred cred;
+	char byte;
+	ssize_t n;
+
+	memset(&msg, 0, sizeof(msg));
+	iov.iov_base = &byte;
+	iov.iov_len = 1;
+	msg.msg_iov = &iov;
+	msg.msg_iovlen = 1;
+	msg.msg_control = control.buf;
+	msg.msg_controllen = sizeof(control.buf);
+	do
+		n = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+	while (n < 0 && errno == EINTR);
+	if (n != 1)
+		return -1;
+	for (cmsg = CMSG_FIRSTHDR(&msg); cmsg; cmsg = CMSG_NXTHDR(&msg, cmsg))
+		if (cmsg->cmsg_level == SOL_SOCKET && cmsg->cmsg_type == SCM_CREDENTIALS) {
+			memcpy(&cred, CMSG_DATA(cmsg), sizeof(cred));
+			return cred.pid;
+		}
+	return -1;
+}
+
+/*
+ * Fork twice inside the pid namespace, so that the program's parent is a process of the
+ * namespace that exits at once: the program is then reparented to the namespace's init (the
+ * holder), which reaps it, and sees its parent as pid 1, as in any container. A child of ours
+ * would be reparented to the host's init instead (we live in the host's pid namespace; orphans go
+ * to the reaper of their dead parent's namespace). Returns the program's host pid in the launcher
+ * and 0 in the program.
+ */
+static pid_t fork_program(int cgroup_fd, const char *group)
+{
+	static const int one = 1;
+	pid_t mid, pid;
+	int sv[2], status;
+
+	if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, sv))
+		fail("fork", errno, "socketpair");
+	if (setsockopt(sv[0], SOL_SOCKET, SO_PASSCRED, &one, sizeof(one)))
+		fail("fork", errno, "SO_PASSCRED");
+	mid = fork_into_cgroup(cgroup_fd, group);	/* born in the pid namespace and the cgroup */
+	if (mid < 0)
+		fail("fork", errno, "fork");
+	if (mid > 0) {
+		close(sv[1]);
+		pid = receive_pid(sv[0]);
+		close(sv[0]);
+		while (waitpid(mid, &status, 0) < 0 && errno == EINTR)
+			;
+		if (pid <= 0)
+			fail("fork", ECHILD, "the process died before it started");
+		return pid;
+	}
+	close(sv[0]);
+	pid = fork();
+	if (pid < 0)
+		fail("fork", errno, "fork");
+	if (pid > 0)
+		_exit(0);
+	if (send(sv[1], "p", 1, MSG_NOSIGNAL) != 1)
+		fail("fork", errno, "reporting the pid");
+	close(sv[1]);
+	return 0;
+}
+
 static int run_exec(struct spec *sp, int go_fd)
 {
 	static const char *const names[] = { "ns/ipc", "ns/uts", "ns/net", "ns/pid", "ns/mnt" };
@@ -808,9 +890,7 @@ static int run_exec(struct spec *sp, int go_fd)
 	close(root_fd);
 	if (chdir(sp->cwd))
 		fail("chdir", errno, sp->cwd);
-	pid = fork_into_cgroup(cgroup_fd, sp->cgroup);	/* born in the pid namespace and the cgroup */
-	if (pid < 0)
-		fail("fork", errno, "fork");
+	pid = fork_program(cgroup_fd, sp->cgroup);
 	if (pid > 0) {
 		report("pid %d", pid);
 		return 0;	/* the child reports its own errors; the holder reaps it */

@@ -101,6 +101,19 @@ def test_no_capabilities_and_no_host_pids(agent: AgentProcess, box: str, user: s
     assert agent.proc is not None
 
 
+def test_the_holder_is_the_parent_and_reaps(agent: AgentProcess, box: str) -> None:
+    """A process's parent is the container's init (the holder), which reaps it: nothing of it is
+    left on the host once it exited, and nothing points outside its pid namespace."""
+    out, done = run_inside(agent, box, "parent-1", ["/bin/sh", "-c", "echo ppid=$PPID"])
+    assert out.strip() == "ppid=1", out
+    assert done.pid > 1
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{done.pid}").exists() and time.monotonic() < deadline:
+        # Still there: a zombie nobody reaps would stay for good (its parent gone to the host's init).
+        time.sleep(0.1)
+    assert not Path(f"/proc/{done.pid}").exists(), Path(f"/proc/{done.pid}/status").read_text()
+
+
 class _Listener:
     """A TCP server on all the guest's addresses, answering "hi" (a host service a member must not reach)."""
 
