@@ -19,7 +19,7 @@ pipe, one line each (``pid N``, ``ready``, ``err <stage> <errno> <message>``). T
   ambient/inheritable, groups/gid/uid, sets ``no_new_privs``, rlimits, closes inherited fds, resets
   every signal disposition and the mask and installs the seccomp filter; then it waits on the "go"
   pipe and, on "g", execs: the program's first instruction runs as a member, fully dropped. The
-  launcher exits at once; the program is reparented to the holder, which reaps it; its exit with
+  launcher exits at once; the program's parent is the holder, which reaps it; its exit with
   the real status comes from the module's EXIT event; signals go through a pidfd of its pid.
 - **plain** (no ``holder``): hollow agents with the fake device, on a host, no isolation: cgroup, cwd
   (a host path inside the root dir), uid/gid when asked, fds and signals reset, exec in place. The
