@@ -101,6 +101,22 @@ def test_no_capabilities_and_no_host_pids(agent: AgentProcess, box: str, user: s
     assert agent.proc is not None
 
 
+@pytest.mark.parametrize("user", USERS)
+def test_kernel_tunables_are_read_only(agent: AgentProcess, box: str, user: str) -> None:
+    """core_pattern and modprobe name programs the kernel runs as host root (the classic escape of
+    a container root): /proc/sys is read-only inside, whatever the user. The control shows that root
+    in the guest can write them (the same value back)."""
+    tunables = ("/proc/sys/kernel/core_pattern", "/proc/sys/kernel/modprobe")
+    before = {t: Path(t).read_text() for t in tunables}
+    attempt = "if echo '|/bin/sh -c id' 2>/dev/null > {}; then echo written; else echo refused; fi"
+    script = "; ".join(attempt.format(t) for t in tunables)
+    out, _ = run_inside(agent, box, f"sysctl-{user}", ["/bin/sh", "-c", script], **USERS[user])
+    assert out.split() == ["refused", "refused"], out
+    for t in tunables:
+        assert Path(t).read_text() == before[t]
+        Path(t).write_text(before[t])  # the control: the route is real outside
+
+
 def test_the_holder_is_the_parent_and_reaps(agent: AgentProcess, box: str) -> None:
     """A process's parent is the container's init (the holder), which reaps it: nothing of it is
     left on the host once it exited, and nothing points outside its pid namespace."""
