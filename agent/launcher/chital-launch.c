@@ -673,12 +673,37 @@ static void loopback_up(void)
 	close(fd);
 }
 
+/* mount_setattr(2) (5.12+); glibc's <sys/mount.h> and <linux/mount.h> do not mix. */
+struct launch_mount_attr {
+	uint64_t attr_set, attr_clr, propagation, userns_fd;
+};
+#define LAUNCH_MOUNT_ATTR_NOSUID 0x00000002
+#define LAUNCH_MOUNT_ATTR_NODEV 0x00000004
+#ifndef AT_RECURSIVE
+#define AT_RECURSIVE 0x8000
+#endif
+#ifndef SYS_mount_setattr
+#define SYS_mount_setattr 442
+#endif
+
 static void setup_root(const struct spec *sp)
 {
+	/*
+	 * Device nodes and setuid bits anywhere in the root tree (a root directory may hold nodes:
+	 * an unpacked image, or a careless root such as the host's /dev) are inert: root in the
+	 * container passes the permission checks of root-owned nodes without any capability. The
+	 * container's /dev is a tmpfs of its own, mounted afterwards with the nodes it needs.
+	 */
+	struct launch_mount_attr inert = {
+		.attr_set = LAUNCH_MOUNT_ATTR_NODEV | LAUNCH_MOUNT_ATTR_NOSUID,
+	};
+
 	if (!sp->root || sp->root[0] != '/')
 		fail("spec", EINVAL, "holder needs an absolute root");
 	must_mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL);
 	must_mount(sp->root, sp->root, NULL, MS_BIND | MS_REC, NULL);
+	if (syscall(SYS_mount_setattr, AT_FDCWD, sp->root, AT_RECURSIVE, &inert, sizeof(inert)))
+		fail("mounts", errno, "nodev,nosuid on the root");
 	if (chdir(sp->root))
 		fail("mounts", errno, sp->root);
 	ensure_dir("proc", 0555);

@@ -11,7 +11,9 @@ namespaces: loopback only, no host pids), the seccomp filter, and the module's d
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
+import stat
 import subprocess
 import threading
 import time
@@ -115,6 +117,22 @@ def test_kernel_tunables_are_read_only(agent: AgentProcess, box: str, user: str)
     for t in tunables:
         assert Path(t).read_text() == before[t]
         Path(t).write_text(before[t])  # the control: the route is real outside
+
+
+@pytest.mark.parametrize("user", USERS)
+def test_device_nodes_in_the_root_are_inert(agent: AgentProcess, root: Path, box: str, user: str) -> None:
+    """A device node that lies in the root directory (an unpacked image, a careless root) cannot be
+    opened from inside, even by root, who passes the permission check of a root-owned node without
+    any capability: the root is mounted nodev. The control opens it outside."""
+    node = root / "etc" / f"node-{user}"
+    os.mknod(node, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # /dev/null's numbers: harmless outside
+    try:
+        node.write_text("x")  # the control
+        attempt = f"if echo x 2>/dev/null > /etc/{node.name}; then echo opened; else echo refused; fi"
+        out, _ = run_inside(agent, box, f"node-{user}", ["/bin/sh", "-c", attempt], **USERS[user])
+        assert out.split() == ["refused"], out
+    finally:
+        node.unlink()
 
 
 def test_the_holder_is_the_parent_and_reaps(agent: AgentProcess, box: str) -> None:
