@@ -36,8 +36,9 @@ def root() -> Iterator[Path]:
         (root / "bin" / applet).symlink_to("busybox")
     (root / "etc" / "inside").write_text("inside the root\n")
     sbx = Path(os.environ.get("CHITAL_VM_BIN", "/nonexistent")) / "sbx"
-    if sbx.exists():
-        shutil.copy2(sbx, root / "bin" / "sbx")
+    if not sbx.exists():
+        pytest.fail(f"probe {sbx} was not built: run the suite with chital.devcluster.vmtest")
+    shutil.copy2(sbx, root / "bin" / "sbx")
     yield root
 
 

@@ -33,6 +33,17 @@ __all__ = ["build_helpers", "main", "run_pytest_in_guest"]
 EXIT_KERNEL_TROUBLE = 3
 
 
+def helper_dirs(root: Path, paths: Sequence[str]) -> list[Path]:
+    """Every ``c/`` directory at or below the named test paths (a file: below its own directory), so
+    that a fresh checkout builds every probe its tests use, nested packages (tests/vm/agent/c) too."""
+    dirs: set[Path] = set()
+    for p in paths:
+        path = Path(p) if os.path.isabs(p) else root / p
+        base = path if path.is_dir() else path.parent
+        dirs.update(d for d in base.rglob("c") if d.is_dir() and ".state" not in d.parts)
+    return sorted(dirs)
+
+
 def build_helpers(src_dirs: Sequence[Path], out_dir: Path) -> Path:
     """Compile every ``*.c`` in ``src_dirs`` to a static binary in ``out_dir`` (only when stale)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -71,11 +82,7 @@ def run_pytest_in_guest(
     t0 = time.monotonic()
     ko = build_module(kernel) if module else None
     t_build = time.monotonic() - t0
-    c_dirs = sorted({(root / p if not os.path.isabs(p) else Path(p)) for p in paths})
-    c_dirs = [d / "c" for d in c_dirs if (d / "c").is_dir()] + [
-        d.parent / "c" for d in c_dirs if d.is_file() and (d.parent / "c").is_dir()
-    ]
-    bin_dir = build_helpers(c_dirs, root / ".state" / "vm" / "build" / "bin")
+    bin_dir = build_helpers(helper_dirs(root, paths), root / ".state" / "vm" / "build" / "bin")
     build_launcher()  # the agent in the guest starts every process through it
     venv_bin = Path(sys.executable).parent
     env = {
