@@ -201,7 +201,7 @@ def _pid_exists(pid: int) -> bool:
 
     One exception, for hollow agents: an exiting or unreaped child of *this* process counts as live.
     It stands for a process the agent spawned and that exited before the agent's late ADD_PROC; with
-    the module, chital-exec joins before exec and the module never sees such a process.
+    the module, the launcher's child joins before exec and the module never sees such a process.
     """
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
