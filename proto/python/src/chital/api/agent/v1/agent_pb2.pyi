@@ -130,11 +130,16 @@ class Sandbox(_message.Message):
     ALLOW_RAW_SOCKETS_FIELD_NUMBER: _builtins.int
     CAPABILITIES_FIELD_NUMBER: _builtins.int
     HOST_NETWORK_FIELD_NUMBER: _builtins.int
+    ALLOW_HOST_ROOT_FIELD_NUMBER: _builtins.int
     allow_raw_sockets: _builtins.bool
     """Allow AF_PACKET sockets and SOCK_RAW sockets of any family (denied by default)."""
     host_network: _builtins.bool
     """Share the host's network namespace instead of an own loopback-only one. For trusted
     workloads only: members then reach every address the host reaches, the agent's port included.
+    """
+    allow_host_root: _builtins.bool
+    """Allow a root outside the agent's allowed roots: the host's root "/" or a system directory
+    (/etc, /usr, ...). The controller sets it only for an admin's request.
     """
     @_builtins.property
     def allow_syscalls(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -151,10 +156,11 @@ class Sandbox(_message.Message):
         allow_raw_sockets: _builtins.bool = ...,
         capabilities: _abc.Iterable[_builtins.str] | None = ...,
         host_network: _builtins.bool = ...,
+        allow_host_root: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_raw_sockets", b"allow_raw_sockets", "allow_syscalls", b"allow_syscalls", "capabilities", b"capabilities", "host_network", b"host_network"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allow_host_root", b"allow_host_root", "allow_raw_sockets", b"allow_raw_sockets", "allow_syscalls", b"allow_syscalls", "capabilities", b"capabilities", "host_network", b"host_network"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
