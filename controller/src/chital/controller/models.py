@@ -13,6 +13,7 @@ Uniqueness rules that the database enforces (so that concurrent controllers cann
   so a name is unique among non-deleted containers (NULLs never collide, on both databases) and is
   free again after a delete.
 - ``processes (container_uid, request_id)`` is unique.
+- ``tokens.id`` (the public part of a token string) is the primary key.
 
 Changes of these tables are migrations under the repository's ``migrations/`` (Alembic).
 """
@@ -25,7 +26,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["Base", "ContainerRow", "EventRow", "HostRow", "ProcessRow"]
+__all__ = ["AuditRow", "Base", "ContainerRow", "EventRow", "HostRow", "ProcessRow", "TokenRow"]
 
 # Explicit constraint names, so that migrations can name what they alter on every database.
 NAMING_CONVENTION = {
@@ -165,3 +166,47 @@ class EventRow(Base):
     time: Mapped[datetime]
 
     __table_args__ = (sa.Index(None, "container_uid", "revision"),)
+
+
+class TokenRow(Base):
+    """An API bearer token. Only the SHA-256 of its secret is stored (see chital.controller.tokens)."""
+
+    __tablename__ = "tokens"
+
+    # 12 hex digits: the public part of "chital_<id>_<secret>".
+    id: Mapped[str] = mapped_column(sa.String(12), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(63))
+    # admin | operator | viewer
+    role: Mapped[str] = mapped_column(sa.String(16))
+    # Hex SHA-256 of the secret part.
+    secret_sha256: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+    # The principal that created it ("token:...", "cert:...", or "local:<user>" for the CLI).
+    created_by: Mapped[str] = mapped_column(sa.String(255))
+    # Updated at most once a minute per controller.
+    last_used_at: Mapped[datetime | None]
+
+    __table_args__ = (sa.Index(None, "created_at", "id"),)
+
+
+class AuditRow(Base):
+    """One audited call (every mutating RPC, allowed or denied), newest last."""
+
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    at: Mapped[datetime]
+    # "token:<name>/<id>" or "cert:<common name>".
+    principal: Mapped[str] = mapped_column(sa.String(255))
+    role: Mapped[str] = mapped_column(sa.String(16))
+    # The full gRPC method name.
+    method: Mapped[str] = mapped_column(sa.String(255))
+    request_id: Mapped[str] = mapped_column(sa.String(128))
+    target: Mapped[str] = mapped_column(sa.String(255))
+    # gRPC status code name of the outcome.
+    code: Mapped[str] = mapped_column(sa.String(32))
+    detail: Mapped[str] = mapped_column(sa.Text)
+
+    __table_args__ = (sa.Index(None, "principal", "id"), sa.Index(None, "at"))
