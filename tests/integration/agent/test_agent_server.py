@@ -1,11 +1,8 @@
-"""A real ``chital-agent serve`` subprocess (FakeDevice) on 127.0.0.1, exercised through gRPC stubs."""
+"""A real ``chital-agent serve`` subprocess (FakeDevice, mutual TLS) on 127.0.0.1, exercised through
+gRPC stubs that present the controller's certificate."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -15,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from agent_harness import AgentProc, Bundles, secure_channel, start_agent
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -26,66 +24,30 @@ BAD_CODES = {grpc.StatusCode.UNKNOWN, grpc.StatusCode.INTERNAL}
 
 @dataclass
 class Agent:
-    proc: subprocess.Popen[bytes]
-    port: int
+    proc: AgentProc
     channel: grpc.Channel
     stub: pb_grpc.AgentServiceStub
-    state_dir: Path
     metrics_port: int
+
+    @property
+    def state_dir(self) -> Path:
+        return self.proc.state_dir
 
 
 @pytest.fixture(scope="module")
-def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
+def agent(tmp_path_factory: pytest.TempPathFactory, bundles: Bundles) -> Iterator[Agent]:
+    """An agent with its bundle (mutual TLS), called with the controller's certificate."""
     tmp = tmp_path_factory.mktemp("agent")
-    port_file = tmp / "port"
-    stderr = open(tmp / "agent.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "chital.agent",
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--state-dir",
-            str(tmp / "state"),
-            "--device",
-            "fake",
-            "--port-file",
-            str(port_file),
-            "--metrics-listen",
-            "127.0.0.1:0",
-            "--metrics-port-file",
-            str(tmp / "metrics-port"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=stderr,
-        env={**os.environ, "GRPC_VERBOSITY": "ERROR"},
-    )
+    proc = start_agent(tmp, ["--tls-dir", str(bundles.agent)], metrics=True)
     try:
-        deadline = time.monotonic() + 30
-        while not port_file.exists():
-            assert proc.poll() is None, (tmp / "agent.log").read_text()
-            assert time.monotonic() < deadline, "agent did not start"
-            time.sleep(0.05)
-        port = int(port_file.read_text())
-        assert proc.stdout is not None
-        assert proc.stdout.readline().decode().strip() == f"chital-agent listening on 127.0.0.1:{port}"
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
-        metrics_port = int((tmp / "metrics-port").read_text())
-        yield Agent(proc, port, channel, pb_grpc.AgentServiceStub(channel), tmp / "state", metrics_port)
+        assert proc.stdout_first_line == f"chital-agent listening on 127.0.0.1:{proc.port}"
+        channel = secure_channel(proc.port, bundles.controller)
+        yield Agent(proc, channel, pb_grpc.AgentServiceStub(channel), proc.metrics_port)
         channel.close()
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            raise
-        stderr.close()
-    assert rc == 0, (tmp / "agent.log").read_text()
-    log = (tmp / "agent.log").read_text()
+        rc = proc.stop()
+    assert rc == 0, proc.log()
+    log = proc.log()
     assert "NOT sandboxed" in log
     assert "Traceback" not in log, log
 

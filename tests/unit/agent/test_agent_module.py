@@ -97,7 +97,7 @@ def test_serve_exits_2_on_an_incompatible_module(tmp_path: Path, monkeypatch: py
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(server, "open_device", incompatible)
-    rc = agent_main.main(["serve", "--device", "linux", "--state-dir", str(tmp_path)])
+    rc = agent_main.main(["serve", "--insecure", "--device", "linux", "--state-dir", str(tmp_path)])
     assert rc == module.EXIT_INCOMPATIBLE_MODULE == 2
 
 
@@ -105,6 +105,7 @@ def test_serve_fails_when_the_module_cannot_load(tmp_path: Path) -> None:
     rc = agent_main.main(
         [
             "serve",
+            "--insecure",
             "--device",
             "linux",
             "--device-path",

@@ -24,6 +24,25 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("serve", help="serve AgentService")
     s.add_argument("--listen", default="127.0.0.1:0", help="host:port (port 0: any free port)")
+    s.add_argument(
+        "--tls-dir",
+        type=Path,
+        help="mutual TLS: the agent's bundle from the fleet PKI (ca.crt, tls.crt, tls.key; "
+        "<pki>/agents/<host>); callers must present the controller's certificate",
+    )
+    s.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext without authentication, on a loopback --listen only (development)",
+    )
+    s.add_argument(
+        "--allowed-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="accept client-chosen container roots only at or below DIR (repeatable); default: any "
+        "directory but / and the host's system directories",
+    )
     s.add_argument("--state-dir", type=Path, required=True, help="logs, roots and metadata live here")
     s.add_argument("--device", choices=("fake", "linux", "auto"), default="auto")
     s.add_argument("--device-path", default=DEVICE_PATH)
@@ -73,6 +92,9 @@ def main(argv: list[str] | None = None) -> int:
         cgroup_root=args.cgroup_root,
         cgroup_parent=args.cgroup_parent,
         launcher=args.launcher,
+        tls_dir=args.tls_dir,
+        insecure=args.insecure,
+        allowed_roots=tuple(args.allowed_root),
     )
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

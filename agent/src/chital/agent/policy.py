@@ -196,6 +196,8 @@ class Sandbox:
     allow_raw_sockets: bool = False
     capabilities: tuple[str, ...] = ()
     host_network: bool = False
+    #: The container may use the host's "/" as its root (admin-only at the controller).
+    allow_host_root: bool = False
 
     @property
     def capability_mask(self) -> int:
@@ -228,6 +230,7 @@ def validate_sandbox(sandbox: Sandbox) -> Sandbox:
         allow_raw_sockets=sandbox.allow_raw_sockets,
         capabilities=tuple(sorted(set(caps), key=CAPABILITIES.__getitem__)),
         host_network=sandbox.host_network,
+        allow_host_root=sandbox.allow_host_root,
     )
 
 

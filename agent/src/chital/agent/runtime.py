@@ -63,6 +63,7 @@ from .device.fake import FakeDevice
 from .metrics import AgentMetrics
 from .policy import Sandbox
 from .process import ExitStatus, HolderSpec, LaunchSpec, ProcessRunner, decode_wait_status
+from .roots import RootPolicy
 
 _UNKNOWN_EXIT = ExitStatus(exit_code=-1, signal=0, wait_status=None)
 
@@ -222,6 +223,8 @@ class RuntimeConfig:
     event_log_capacity: int = 100_000
     exited_process_limit: int = 10_000
     launcher: str | None = None  # chital-launch; None: found as chital.agent.process.find_launcher does
+    #: --allowed-root prefixes for client-chosen roots (empty: any but the host's system dirs; see roots.py)
+    allowed_roots: tuple[str, ...] = ()
 
 
 # -- the event log -------------------------------------------------------------------------------
@@ -438,6 +441,7 @@ class AgentRuntime:
         self.metrics = metrics
         self._state_dir = config.state_dir.resolve()
         (self._state_dir / "containers").mkdir(parents=True, exist_ok=True)
+        self._roots = RootPolicy(config.allowed_roots, self._state_dir)
         self.boot_id = str(uuid.uuid4())
         self._version = device.version()
         self._lock = threading.RLock()
@@ -516,9 +520,9 @@ class AgentRuntime:
                 raise ResourceExhausted(f"this host runs at most {self._config.max_containers} containers")
             cdir = self._container_dir(uid)
             if root:
-                root = _check_abs_path(root, "root")
-                if not os.path.isdir(root):
-                    raise InvalidArgument(f"root {root!r} is not an existing directory")
+                root = self._roots.check(
+                    _check_abs_path(root, "root"), allow_host_root=sandbox.allow_host_root
+                )
                 owns_root = False
             else:
                 root = str(cdir / "rootfs")
@@ -558,6 +562,7 @@ class AgentRuntime:
                         "allow_raw_sockets": sandbox.allow_raw_sockets,
                         "capabilities": list(sandbox.capabilities),
                         "host_network": sandbox.host_network,
+                        "allow_host_root": sandbox.allow_host_root,
                     },
                     "effective_deny_syscalls": list(effective),
                     "holder": {"pid": holder_pid, "start_time": holder_start} if holder_pid else None,
@@ -1387,6 +1392,7 @@ def _sandbox_from_meta(
             allow_raw_sockets=bool(raw.get("allow_raw_sockets", False)),
             capabilities=tuple(str(x) for x in raw.get("capabilities", [])),
             host_network=bool(raw.get("host_network", False)),
+            allow_host_root=bool(raw.get("allow_host_root", False)),
         )
     eff = meta.get("effective_deny_syscalls")
     effective = (

@@ -1,4 +1,9 @@
-"""Wiring: device + runtime + gRPC server (AgentService, health, reflection, error interceptor)."""
+"""Wiring: device + runtime + gRPC server (AgentService, health, reflection, interceptors).
+
+The port is either mutual TLS (``tls_dir``: the agent's bundle; a client certificate from the fleet
+CA is required and only the controller's role is let through) or, with ``insecure``, plaintext on a
+loopback address. Neither, or plaintext on any other address, refuses to start.
+"""
 
 from __future__ import annotations
 
@@ -14,17 +19,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from chital.errdefs import Unavailable
+from chital.errdefs import FailedPrecondition, Unavailable
 from chital.errdefs.grpc import ErrorInterceptor
+from chital.security.tls import TLSFiles, check_listen, server_credentials
 
 from . import __version__, cgroup
+from .auth import ControllerOnlyInterceptor
 from .device.base import Device
 from .device.fake import FakeDevice
 from .metrics import AgentMetrics, InstrumentedDevice, MetricsServer, start_metrics_server
 from .runtime import AgentRuntime, RuntimeConfig
 from .service import AgentService
 
-__all__ = ["AgentServer", "ServerConfig", "open_device"]
+__all__ = ["AgentServer", "ServerConfig", "open_device", "transport"]
 
 log = logging.getLogger("chital.agent")
 
@@ -49,6 +56,27 @@ class ServerConfig:
     cgroup_root: Path | None = None  # the cgroup2 mount (None: found in /proc/self/mountinfo)
     cgroup_parent: str = "chital"
     launcher: str | None = None  # chital-launch (None: found as chital.agent.process.find_launcher does)
+    #: The agent's bundle (ca.crt, tls.crt, tls.key, as in <pki>/agents/<host>): mutual TLS.
+    tls_dir: Path | None = None
+    #: Plaintext, allowed on a loopback listen address only (any local user can then call the agent).
+    insecure: bool = False
+    #: Prefixes for client-chosen container roots (see chital.agent.roots); empty: the default rule.
+    allowed_roots: tuple[str, ...] = ()
+
+
+def transport(config: ServerConfig) -> TLSFiles | None:
+    """The agent's TLS files, or None for plaintext; FailedPrecondition when the combination of
+    ``tls_dir``, ``insecure`` and ``listen`` is not allowed (checked before anything else starts)."""
+    if config.tls_dir is not None and config.insecure:
+        raise FailedPrecondition("--tls-dir and --insecure exclude each other: choose one")
+    if config.tls_dir is None and not config.insecure:
+        raise FailedPrecondition(
+            "no transport security: pass --tls-dir DIR (the agent's bundle from the fleet PKI: "
+            "ca.crt, tls.crt, tls.key) or, for development on loopback only, --insecure"
+        )
+    tls = TLSFiles.from_dir(config.tls_dir) if config.tls_dir is not None else None
+    check_listen(config.listen, insecure=config.insecure, tls=tls)
+    return tls
 
 
 def open_cgroups(config: ServerConfig, device_kind: str) -> cgroup.CgroupManager | None:
@@ -84,6 +112,8 @@ class AgentServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
+        self._tls = transport(config)
+        credentials = server_credentials(self._tls, require_client_cert=True) if self._tls else None
         raw, kind = open_device(config.device, config.device_path, config.module_path)
         try:
             cgroups = open_cgroups(config, kind)
@@ -106,6 +136,7 @@ class AgentServer:
                 device_path=config.device_path if kind == "linux" else None,
                 max_containers=config.max_containers,
                 launcher=config.launcher,
+                allowed_roots=config.allowed_roots,
             ),
         )
         if not self.runtime.sandboxed:
@@ -113,10 +144,20 @@ class AgentServer:
                 "device=fake: processes are NOT sandboxed; they run on this host as the agent's user "
                 "(cwd inside the container root dir, no chroot, no kernel policy)"
             )
+        if self._tls is None:
+            log.warning(
+                "--insecure: AgentService is served in plaintext on %s without authentication; "
+                "any local user can drive this agent",
+                config.listen,
+            )
+        self._credentials = credentials
         self._health = health.HealthServicer()
+        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        if credentials is not None:
+            interceptors.insert(0, ControllerOnlyInterceptor())
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="chital-rpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=interceptors,
             options=[("grpc.so_reuseport", 0)],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
@@ -137,7 +178,10 @@ class AgentServer:
         return self.cgroups.path(container_uid)
 
     def start(self) -> int:
-        self.port = self._server.add_insecure_port(self.config.listen)
+        if self._credentials is not None:
+            self.port = self._server.add_secure_port(self.config.listen, self._credentials)
+        else:
+            self.port = self._server.add_insecure_port(self.config.listen)
         if self.port == 0:
             raise Unavailable(f"cannot listen on {self.config.listen}")
         self._server.start()
@@ -149,7 +193,13 @@ class AgentServer:
         for name in ("", _SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
         host = self.config.listen.rsplit(":", 1)[0]
-        log.info("chital-agent listening on %s:%d (device=%s)", host, self.port, self.runtime.info().device)
+        log.info(
+            "chital-agent listening on %s:%d (device=%s, %s)",
+            host,
+            self.port,
+            self.runtime.info().device,
+            "mutual TLS, controller only" if self._credentials is not None else "plaintext, loopback",
+        )
         if self.config.port_file is not None:
             tmp = self.config.port_file.with_name(self.config.port_file.name + ".tmp")
             tmp.write_text(f"{self.port}\n")

@@ -74,6 +74,7 @@ def container_pb(view: ContainerView) -> pb.Container:
             allow_raw_sockets=view.sandbox.allow_raw_sockets,
             capabilities=view.sandbox.capabilities,
             host_network=view.sandbox.host_network,
+            allow_host_root=view.sandbox.allow_host_root,
         ),
         effective_deny_syscalls=view.effective_deny_syscalls,
     )
@@ -173,6 +174,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 allow_raw_sockets=request.sandbox.allow_raw_sockets,
                 capabilities=tuple(request.sandbox.capabilities),
                 host_network=request.sandbox.host_network,
+                allow_host_root=request.sandbox.allow_host_root,
             ),
         )
         return pb.CreateContainerResponse(container=container_pb(view))
