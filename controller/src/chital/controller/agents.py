@@ -3,6 +3,12 @@ place where an agent's gRPC status becomes an errdefs exception.
 
 UNAVAILABLE, DEADLINE_EXCEEDED and CANCELLED become :class:`~chital.errdefs.Unavailable` naming the
 host; other codes keep their class (an agent's InvalidArgument is the client's InvalidArgument).
+
+Transport: with channel credentials (the controller's bundle: the fleet CA and the controller's
+client certificate) every agent is dialled over mutual TLS, and gRPC checks the agent's certificate
+against the host part of its registered address (an IP SAN for an IP, a DNS SAN for a name), so a
+host that presents another host's certificate fails the handshake. Without credentials (the
+controller's ``--insecure``) agents are dialled in plaintext, and only on loopback addresses.
 """
 
 from __future__ import annotations
@@ -19,7 +25,8 @@ from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import AgentInfo, ContainerRecord, ProcessRecord
 from chital.controller.store import AgentEvent
-from chital.errdefs import ChitalError, Unavailable, from_grpc_code
+from chital.errdefs import ChitalError, FailedPrecondition, Unavailable, from_grpc_code
+from chital.security.tls import is_loopback
 
 __all__ = ["AgentClient", "AgentPool", "LogChunk", "map_agent_error"]
 
@@ -237,36 +244,62 @@ def event_from_pb(msg: Any) -> AgentEvent:
     )
 
 
-class AgentPool:
-    """One channel per agent address, opened on first use and kept."""
+_CHANNEL_OPTIONS = [
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # Fail fast instead of waiting for the reconnect backoff (up to 120 s)
+    ("grpc.initial_reconnect_backoff_ms", 200),
+    ("grpc.max_reconnect_backoff_ms", 1_000),
+]
 
-    def __init__(self, timeout: float = DEFAULT_TIMEOUT, metrics: ControllerMetrics | None = None) -> None:
+
+class AgentPool:
+    """One channel per agent address, opened on first use and kept (one TLS handshake per
+    connection, not per call).
+
+    ``credentials``: the controller's channel credentials (mutual TLS); None dials in plaintext and
+    refuses every address that is not loopback with FailedPrecondition."""
+
+    def __init__(
+        self,
+        timeout: float = DEFAULT_TIMEOUT,
+        metrics: ControllerMetrics | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
         self.timeout = timeout
         self._metrics = metrics
+        self._credentials = credentials
         self._host_ids: dict[str, str] = {}
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
         self._closed = False
 
+    @property
+    def secure(self) -> bool:
+        """Agents are dialled over mutual TLS."""
+        return self._credentials is not None
+
+    def check_address(self, address: str) -> None:
+        """FailedPrecondition when ``address`` cannot be dialled: plaintext beyond loopback."""
+        if self._credentials is None and not is_loopback(address):
+            raise FailedPrecondition(
+                f"agent {address}: the controller runs with --insecure, which dials agents in plaintext "
+                "and only on loopback; give the controller --tls-dir to reach agents on other addresses"
+            )
+
     def get(self, address: str) -> AgentClient:
         """The client for the agent at ``address``."""
+        self.check_address(address)
         with self._lock:
             if self._closed:
                 raise Unavailable("controller is shutting down")
             channel = self._channels.get(address)
             if channel is None:
-                # mTLS between controller and agents is future work.
-                channel = grpc.insecure_channel(
-                    address,
-                    options=[
-                        ("grpc.keepalive_time_ms", 10_000),
-                        ("grpc.keepalive_timeout_ms", 5_000),
-                        ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                        # Fail fast instead of waiting for the reconnect backoff (up to 120 s)
-                        ("grpc.initial_reconnect_backoff_ms", 200),
-                        ("grpc.max_reconnect_backoff_ms", 1_000),
-                    ],
-                )
+                if self._credentials is not None:
+                    channel = grpc.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
+                else:
+                    channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
                 self._channels[address] = channel
         return AgentClient(address, channel, self.timeout, self._metrics, self._host_ids.get(address, ""))
 
