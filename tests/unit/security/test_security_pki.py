@@ -193,8 +193,8 @@ def test_rotating_the_ca_keeps_the_old_one_trusted_until_dropped(pki: PKI) -> No
 
     with pytest.raises(errdefs.FailedPrecondition, match="still signed by an old CA"):
         pki.drop_old_cas()
-    _cert(pki.issue_agent("node1") / "tls.crt").verify_directly_issued_by(pki.ca_cert)
-    pki.issue_user("alice", "admin")
+    _cert(pki.renew(agent) / "tls.crt").verify_directly_issued_by(pki.ca_cert)
+    pki.renew(pki.directory / "users" / "alice")
     assert pki.drop_old_cas() == [old]
     for path in (pki.directory / "ca" / "ca.crt", agent / "ca.crt"):
         assert x509.load_pem_x509_certificates(path.read_bytes()) == [pki.ca_cert]
@@ -209,3 +209,26 @@ def test_default_name_of_a_rotated_ca_differs(pki: PKI) -> None:
     pki.rotate_ca()
     names = {a.value for c in pki.trusted for a in c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)}
     assert len(names) == 2
+
+
+def test_renew_keeps_name_role_and_sans(pki: PKI) -> None:
+    before = {
+        b.path: b
+        for b in (
+            pki.issue_controller("ctl", sans=("10.0.0.1", "ctl.example.org"), days=2),
+            pki.issue_agent("node1", sans=("10.0.0.2",), days=2),
+            pki.issue_user("alice", "operator", days=2),
+        )
+        for b in [next(i for i in pki.bundles() if i.path == b)]
+    }
+    for path, old in before.items():
+        assert pki.renew(path) == path
+        new = next(i for i in pki.bundles() if i.path == path)
+        assert (new.kind, new.name, new.role, new.sans) == (old.kind, old.name, old.role, old.sans)
+        assert new.serial != old.serial
+        assert new.not_after - old.not_after > dt.timedelta(days=300)
+
+
+def test_renew_of_an_unknown_bundle(pki: PKI) -> None:
+    with pytest.raises(errdefs.NotFound, match="no bundle at"):
+        pki.renew(pki.directory / "users" / "nobody")

@@ -9,7 +9,7 @@ import sys
 import threading
 from types import FrameType
 
-from chital.controller import db
+from chital.controller import db, pki_cli
 from chital.controller.health import HealthConfig
 from chital.controller.server import ControllerConfig, ControllerServer, default_state_dir
 from chital.errdefs import ChitalError
@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     upgrade.add_argument("--state-dir", default=default_state_dir(), help="where the SQLite database lives")
     upgrade.add_argument("--revision", default="head", help="target revision")
+    pki_cli.add_parser(sub)
     return parser
 
 
@@ -95,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command == "pki":
+            return pki_cli.run(args)
         if args.command == "serve":
             return _serve(args)
         url = args.database_url or db.default_database_url(args.state_dir)

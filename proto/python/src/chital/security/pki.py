@@ -35,7 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from chital.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument
+from chital.errdefs import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 __all__ = [
     "CA_CERT",
@@ -281,6 +281,20 @@ class PKI:
         _write(bundle / TLS_CERT, _certs_pem([cert]), 0o644)
         _write(bundle / CA_CERT, _certs_pem(self.trusted), 0o644)
         return bundle
+
+    def renew(self, bundle: str | Path, days: int = 365) -> Path:
+        """Re-issue a bundle with the name, role and SANs its certificate has now, signed by the
+        current CA, valid ``days`` from now (after a CA rotation, or before an expiry)."""
+        bundle = Path(bundle)
+        for info in self.bundles():
+            if info.kind == "ca" or info.path.resolve() != bundle.resolve():
+                continue
+            if info.kind == "controller":
+                return self.issue_controller(info.name, sans=info.sans, days=days)
+            if info.kind == "agent":
+                return self.issue_agent(info.path.name, sans=info.sans, days=days)
+            return self.issue_user(info.name, info.role, days=days)
+        raise NotFound(f"no bundle at {bundle} in the PKI {self.directory}")
 
     # -- inspection ---------------------------------------------------------------------------
 
