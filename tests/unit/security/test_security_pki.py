@@ -61,6 +61,20 @@ def test_init_refuses_to_overwrite_a_ca(pki: PKI) -> None:
         PKI.init(pki.directory)
 
 
+def test_init_over_an_empty_ca_directory(tmp_path: Path) -> None:
+    (tmp_path / "ca").mkdir()
+    PKI.init(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ca"]
+
+
+def test_init_over_a_non_empty_ca_directory_leaves_it_alone(tmp_path: Path) -> None:
+    (tmp_path / "ca").mkdir()
+    (tmp_path / "ca" / "notes").write_text("mine")
+    with pytest.raises(errdefs.AlreadyExists):
+        PKI.init(tmp_path)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["ca", "notes"]
+
+
 def test_opening_a_missing_pki_says_how_to_make_one(tmp_path: Path) -> None:
     with pytest.raises(errdefs.FailedPrecondition, match="pki init"):
         PKI(tmp_path)

@@ -13,6 +13,9 @@ The subject of every certificate is ``O=chital, OU=<role>, CN=<name>``: the role
 are EC P-256, signed with ECDSA-SHA256. Keys are written 0600 and directories 0700; every file is
 replaced atomically (written beside, then renamed).
 
+Every ``issue_*`` method takes the validity in ``days`` and, for tests, ``not_before``: the
+certificate is valid from then instead of from now (a past ``not_before`` issues an expired one).
+
 ``ca/ca.crt`` may hold several CA certificates while the CA is rotated: the one that matches
 ``ca/ca.key`` signs, the others stay trusted until :meth:`PKI.drop_old_cas`. Each bundle's
 ``ca.crt`` is a copy of ``ca/ca.crt``.
@@ -21,9 +24,11 @@ replaced atomically (written beside, then renamed).
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import ipaddress
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -117,13 +122,26 @@ class PKI:
         """Create a PKI directory with a new CA. Refuses to overwrite an existing CA."""
         directory = Path(directory)
         ca_dir = directory / "ca"
+        exists = AlreadyExists(f"a CA exists already in {ca_dir}; refusing to overwrite it")
         if (ca_dir / CA_KEY).exists() or (ca_dir / CA_CERT).exists():
-            raise AlreadyExists(f"a CA exists already in {ca_dir}; refusing to overwrite it")
+            raise exists
         key, cert = _new_ca(common_name, days)
         _make_dir(directory)
-        _make_dir(ca_dir)
-        _write(ca_dir / CA_KEY, _key_pem(key), 0o600)
-        _write(ca_dir / CA_CERT, _certs_pem([cert]), 0o644)
+        # Both files are made in a directory of their own that is then renamed to ca/: a CA is
+        # whole or absent, and of two concurrent inits one fails.
+        staging = Path(tempfile.mkdtemp(prefix=".ca.", dir=directory))  # created 0700
+        try:
+            _write(staging / CA_KEY, _key_pem(key), 0o600)
+            _write(staging / CA_CERT, _certs_pem([cert]), 0o644)
+            try:
+                staging.rename(ca_dir)  # replaces an empty ca/ only
+            except OSError as exc:
+                if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                    raise exists from None
+                raise
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
         return cls(directory)
 
     def rotate_ca(self, *, common_name: str | None = None, days: int = 3650) -> Path:
@@ -176,7 +194,7 @@ class PKI:
         not_before: dt.datetime | None = None,
     ) -> Path:
         """The controller's bundle, ``<pki>/controller``: it serves the API (``sans`` are the
-        addresses clients and Prometheus dial) and is the client certificate agents accept."""
+        addresses clients dial) and is the client certificate agents accept."""
         _check_name(name, "controller name")
         return self._issue(
             self.directory / "controller",
