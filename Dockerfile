@@ -16,7 +16,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /opt/chital
 
-# The generated API and errdefs first (they change less often than the controller).
+# The generated API, errdefs and the PKI first (they change less often than the controller).
 COPY proto/python/ /opt/chital/src/proto-python/
 RUN pip install /opt/chital/src/proto-python/
 

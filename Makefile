@@ -5,7 +5,7 @@ PY := .venv/bin/python
 VENV_BIN := .venv/bin
 PYTEST_ARGS ?=
 
-HAND_WRITTEN := proto/python/src/chital/errdefs agent/src controller/src client/src devcluster/src
+HAND_WRITTEN := proto/python/src/chital/errdefs proto/python/src/chital/security agent/src controller/src client/src devcluster/src
 
 .PHONY: help
 help: ## List the targets
