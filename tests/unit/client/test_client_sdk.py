@@ -12,6 +12,7 @@ from fake_chital_controller import FakeController
 
 import chital.client
 import chital.errdefs
+from chital.api.admin.v1 import admin_pb2
 from chital.api.container.v1 import container_pb2
 from chital.api.host.v1 import host_pb2
 from chital.client import (
@@ -34,7 +35,7 @@ FAST = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)
 
 @pytest.fixture
 def client(target: str):
-    with Client(target, timeout=5, retries=FAST) as c:
+    with Client(target, insecure=True, timeout=5, retries=FAST) as c:
         yield c
 
 
@@ -44,6 +45,7 @@ EXPECTED_ALL = {
     "NO_RETRY",
     "AgentInfo",
     "AlreadyExists",
+    "AuditEntry",
     "ChitalError",
     "Client",
     "Container",
@@ -55,11 +57,13 @@ EXPECTED_ALL = {
     "FailedPrecondition",
     "Host",
     "HostState",
+    "Identity",
     "Internal",
     "InvalidArgument",
     "Limits",
     "LogChunk",
     "LogStream",
+    "NewToken",
     "NotFound",
     "Page",
     "PermissionDenied",
@@ -69,6 +73,9 @@ EXPECTED_ALL = {
     "RetryPolicy",
     "Sandbox",
     "SyscallCount",
+    "TLSFiles",
+    "Token",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "WatchEvent",
@@ -120,9 +127,15 @@ def test_every_rpc_has_a_method() -> None:
         "UncordonHost": "uncordon_host",
         "DrainHost": "drain_host",
         "RemoveHost": "remove_host",
+        "CreateToken": "create_token",
+        "ListTokens": "list_tokens",
+        "RevokeToken": "revoke_token",
+        "ListAuditLog": "list_audit_log_page",
+        "WhoAmI": "whoami",
     }
     rpcs = [m.name for m in container_pb2.DESCRIPTOR.services_by_name["ContainerService"].methods]
     rpcs += [m.name for m in host_pb2.DESCRIPTOR.services_by_name["HostService"].methods]
+    rpcs += [m.name for m in admin_pb2.DESCRIPTOR.services_by_name["AdminService"].methods]
     assert sorted(rpcs) == sorted(names)
     for method in names.values():
         assert callable(getattr(Client, method))
@@ -279,7 +292,7 @@ def test_signal_is_never_retried(client: Client, fake: FakeController) -> None:
 
 def test_no_retry_policy(target: str, fake: FakeController) -> None:
     fake.fail("ListHosts", 1, grpc.StatusCode.UNAVAILABLE)
-    with Client(target, retries=NO_RETRY) as c, pytest.raises(chital.client.Unavailable):
+    with Client(target, insecure=True, retries=NO_RETRY) as c, pytest.raises(chital.client.Unavailable):
         c.list_hosts_page()
     assert fake.calls["ListHosts"] == 1
 
@@ -301,7 +314,10 @@ def test_backoff_grows_and_is_jittered() -> None:
 
 
 def test_unreachable_controller_is_unavailable() -> None:
-    with Client("127.0.0.1:1", timeout=2, retries=FAST) as c, pytest.raises(chital.client.Unavailable):
+    with (
+        Client("127.0.0.1:1", insecure=True, timeout=2, retries=FAST) as c,
+        pytest.raises(chital.client.Unavailable),
+    ):
         c.get_container("x")
 
 
@@ -322,7 +338,7 @@ CODES = [
     (grpc.StatusCode.CANCELLED, chital.client.Unavailable),
     (grpc.StatusCode.ABORTED, chital.client.FailedPrecondition),
     (grpc.StatusCode.OUT_OF_RANGE, chital.client.InvalidArgument),
-    (grpc.StatusCode.UNAUTHENTICATED, chital.client.PermissionDenied),
+    (grpc.StatusCode.UNAUTHENTICATED, chital.client.Unauthenticated),
     (grpc.StatusCode.DATA_LOSS, chital.client.Internal),
 ]
 
@@ -334,7 +350,7 @@ def test_mapping_covers_every_status_code() -> None:
 @pytest.mark.parametrize(("code", "cls"), CODES, ids=[c.name for c, _ in CODES])
 def test_every_code_maps_to_its_class(target: str, fake: FakeController, code, cls) -> None:
     fake.fail("SignalProcess", 1, code, f"boom {code.name}")
-    with Client(target, retries=NO_RETRY) as c, pytest.raises(cls) as info:
+    with Client(target, insecure=True, retries=NO_RETRY) as c, pytest.raises(cls) as info:
         c.signal_process("p", 9)
     assert isinstance(info.value, ChitalError)
     assert str(info.value) == f"boom {code.name}"
@@ -352,9 +368,9 @@ def test_stream_errors_are_mapped(client: Client) -> None:
 
 
 def test_closed_client(target: str) -> None:
-    c = Client(target)
+    c = Client(target, insecure=True)
     c.close()
     c.close()  # idempotent
     assert "closed" in repr(c)
     with pytest.raises(ValueError, match="timeout"):
-        Client(target, timeout=0)
+        Client(target, insecure=True, timeout=0)

@@ -4,15 +4,22 @@
 
     from chital.client import Client, Limits
 
-    with Client("127.0.0.1:7443") as client:
+    # The controller, TLS files and token from the flags' environment variables (CHITAL_CONTROLLER,
+    # CHITAL_TLS_DIR or CHITAL_CACERT, CHITAL_TOKEN) or the current context of the config file.
+    with Client.from_config() as client:
         c = client.create_container("web", limits=Limits(memory_max_bytes=256 << 20))
         p = client.exec(c.uid, ["echo", "hello"])
         for chunk in client.stream_logs(p.uid, follow=True):
             print(chunk.data.decode(), end="")
         print(client.wait_process(p.uid).exit_code)
 
+Or explicitly: ``Client("10.0.0.1:7443", tls=TLSFiles(ca=Path("ca.crt")), token=token)``; see
+:mod:`chital.client.config` for the config file and its contexts.
+
 Values are frozen dataclasses and enums; errors are subclasses of :class:`ChitalError`.
 """
+
+from chital.security.tls import TLSFiles
 
 from ._client import Client
 from ._errors import (
@@ -25,12 +32,14 @@ from ._errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
     Unimplemented,
 )
 from ._types import (
     NO_RETRY,
     AgentInfo,
+    AuditEntry,
     Container,
     ContainerState,
     ContainerStats,
@@ -38,15 +47,18 @@ from ._types import (
     EventType,
     Host,
     HostState,
+    Identity,
     Limits,
     LogChunk,
     LogStream,
+    NewToken,
     Page,
     Process,
     ProcessState,
     RetryPolicy,
     Sandbox,
     SyscallCount,
+    Token,
     WatchEvent,
 )
 
@@ -54,6 +66,7 @@ __all__ = [
     "NO_RETRY",
     "AgentInfo",
     "AlreadyExists",
+    "AuditEntry",
     "ChitalError",
     "Client",
     "Container",
@@ -65,11 +78,13 @@ __all__ = [
     "FailedPrecondition",
     "Host",
     "HostState",
+    "Identity",
     "Internal",
     "InvalidArgument",
     "Limits",
     "LogChunk",
     "LogStream",
+    "NewToken",
     "NotFound",
     "Page",
     "PermissionDenied",
@@ -79,6 +94,9 @@ __all__ = [
     "RetryPolicy",
     "Sandbox",
     "SyscallCount",
+    "TLSFiles",
+    "Token",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "WatchEvent",

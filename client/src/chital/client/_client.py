@@ -2,36 +2,48 @@
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, NoReturn, Self, TypeVar
 
 import grpc
 
+from chital.api.admin.v1 import admin_pb2 as apb
+from chital.api.admin.v1 import admin_pb2_grpc as apb_grpc
 from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2 as hpb
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
+from chital.security.tls import TLSFiles, channel_credentials, is_loopback
 
 from . import _convert as conv
-from ._errors import error_from_rpc, status_code
+from . import config as _config
+from ._auth import BearerToken
+from ._errors import error_from_rpc, is_tls_failure, status_code
 from ._types import (
+    AuditEntry,
     Container,
     ContainerState,
     ContainerStats,
     DrainResult,
     Host,
     HostState,
+    Identity,
     Limits,
     LogChunk,
+    NewToken,
     Page,
     Process,
     ProcessState,
     RetryPolicy,
     Sandbox,
+    Token,
     WatchEvent,
 )
 
@@ -78,38 +90,126 @@ class Client:
 
     Use it as a context manager, or call :meth:`close`::
 
-        with Client("127.0.0.1:7443") as client:
+        tls = TLSFiles(ca=Path("/etc/chital/ca.crt"))
+        with Client("10.0.0.1:7443", tls=tls, token=os.environ["CHITAL_TOKEN"]) as client:
             for c in client.list_containers(label_selector={"team": "a"}):
                 print(c.name, c.state)
     """
 
     def __init__(
         self,
-        target: str,
+        target: str | None = None,
         *,
+        tls: TLSFiles | None = None,
+        token: str | None = None,
+        insecure: bool = False,
         timeout: float = 10.0,
         retries: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so a shared default is safe.
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        """Open a channel to ``target`` (``host:port``); TLS when ``credentials`` are given.
+        """Open a channel to ``target`` (``host:port``; default ``$CHITAL_CONTROLLER``, else
+        ``127.0.0.1:7443``).
+
+        The channel is TLS, verified with ``tls.ca`` (and presenting ``tls.cert``/``tls.key`` when
+        given), or with ready-made ``credentials``. ``insecure=True`` dials in plaintext instead, to
+        a loopback address only. One of the three is required. ``token`` is sent as
+        ``authorization: Bearer <token>`` with every call. :meth:`from_config` takes all of these
+        from flags, the environment and the config file.
 
         The channel connects lazily: an unreachable controller surfaces as :class:`Unavailable` on
-        the first call, after the retries.
+        the first call, after the retries; a failed TLS handshake too, at once, with a message that
+        says what failed.
         """
         if timeout <= 0:
             raise ValueError("timeout must be positive")
+        if target is None:
+            target = os.environ.get(_config.ENV_CONTROLLER) or _config.DEFAULT_CONTROLLER
+        if tls is not None and credentials is not None:
+            raise ValueError("pass tls or credentials, not both")
+        secure = tls is not None or credentials is not None
+        if insecure and secure:
+            raise ValueError("insecure=True dials in plaintext: it takes no tls or credentials")
+        if not insecure and not secure:
+            raise ValueError(
+                f"no TLS material for controller {target}: pass tls=TLSFiles(ca=...) (or credentials=), "
+                "insecure=True for a plaintext controller on loopback, or use Client.from_config() to "
+                "read CHITAL_* variables and the config file"
+            )
+        if insecure and not is_loopback(target):
+            raise ValueError(
+                f"insecure=True is only for a controller on loopback, not {target}: "
+                "a token would cross the network in plaintext"
+            )
         self.target = target
         self.timeout = timeout
         self.retries = retries
+        self.insecure = insecure
         options = [("grpc.primary_user_agent", _USER_AGENT)]
+        if tls is not None:
+            credentials = channel_credentials(tls)
         if credentials is None:
-            self._channel = grpc.insecure_channel(target, options=options)
+            channel = grpc.insecure_channel(target, options=options)
         else:
-            self._channel = grpc.secure_channel(target, credentials, options=options)
+            channel = grpc.secure_channel(target, credentials, options=options)
+        self._raw_channel = channel
+        self._channel = channel if token is None else grpc.intercept_channel(channel, BearerToken(token))
         self._containers = cpb_grpc.ContainerServiceStub(self._channel)
         self._hosts = hpb_grpc.HostServiceStub(self._channel)
+        self._admin = apb_grpc.AdminServiceStub(self._channel)
         self._random = random.Random()  # noqa: S311 - jitter, not security.
         self._closed = False
+
+    @classmethod
+    def from_config(
+        cls,
+        context: str | None = None,
+        *,
+        target: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        tls_dir: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        insecure: bool | None = None,
+        config_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = 10.0,
+        retries: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so a shared default is safe.
+    ) -> Client:
+        """A client set up like the ``chital`` command: each setting from the arguments given here,
+        else the environment (``CHITAL_CONTROLLER``, ``CHITAL_TOKEN``, ``CHITAL_TLS_DIR``,
+        ``CHITAL_CACERT``, ...), else the context (``context``, else ``$CHITAL_CONTEXT``, else the
+        file's ``current_context``) of the config file (``config_path``, else ``$CHITAL_CONFIG``,
+        else ``~/.config/chital/config.toml``), else the defaults.
+
+        Raises :class:`chital.client.config.ConfigError` (a ValueError) naming the missing or
+        broken setting and where it came from. ``env`` replaces ``os.environ`` (for tests).
+        """
+        environ = os.environ if env is None else env
+        connection = _config.resolve(
+            _config.Overrides(
+                target=target,
+                context=context,
+                token=token,
+                token_file=token_file,
+                tls_dir=tls_dir,
+                ca=ca,
+                cert=cert,
+                key=key,
+                insecure=insecure,
+            ),
+            env=environ,
+            config=_config.Config.load(config_path, env=environ),
+        )
+        return cls(
+            connection.target,
+            tls=connection.tls,
+            token=connection.token,
+            insecure=connection.insecure,
+            timeout=timeout,
+            retries=retries,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -117,7 +217,7 @@ class Client:
         """Close the channel. Calls in flight are cancelled; the client cannot be used again."""
         if not self._closed:
             self._closed = True
-            self._channel.close()
+            self._raw_channel.close()
 
     def __enter__(self) -> Self:
         """Return the client itself."""
@@ -134,9 +234,16 @@ class Client:
 
     def __repr__(self) -> str:
         """Show the target and whether the client is closed."""
-        return f"Client({self.target!r}, timeout={self.timeout}{', closed' if self._closed else ''})"
+        flags = (", insecure" if self.insecure else "") + (", closed" if self._closed else "")
+        return f"Client({self.target!r}, timeout={self.timeout}{flags})"
 
     # -- call machinery ----------------------------------------------------------------------
+
+    def _retryable(self, exc: grpc.RpcError, retry_on: frozenset[grpc.StatusCode], attempt: int) -> bool:
+        # A failed TLS handshake fails the same way again: report it at once.
+        return (
+            status_code(exc) in retry_on and attempt < self.retries.max_attempts and not is_tls_failure(exc)
+        )
 
     def _sleep_before_retry(self, attempt: int) -> None:
         time.sleep(self.retries.backoff(attempt, self._random.random()))
@@ -154,7 +261,7 @@ class Client:
             try:
                 return method(request, timeout=timeout if timeout is not None else self.timeout)
             except grpc.RpcError as exc:
-                if status_code(exc) in retry_on and attempt < self.retries.max_attempts:
+                if self._retryable(exc, retry_on, attempt):
                     self._sleep_before_retry(attempt)
                     continue
                 _raise_chital_error(exc)
@@ -179,7 +286,7 @@ class Client:
                     yield item
                 return
             except grpc.RpcError as exc:
-                if not received and status_code(exc) in retry_on and attempt < self.retries.max_attempts:
+                if not received and self._retryable(exc, retry_on, attempt):
                     self._sleep_before_retry(attempt)
                     continue
                 _raise_chital_error(exc)
@@ -495,3 +602,56 @@ class Client:
         """Forget a host that has no live containers (any host with ``force``)."""
         request = hpb.RemoveHostRequest(host=host, force=force)
         self._unary(self._hosts.RemoveHost, request, _IDEMPOTENT_WRITE)
+
+    # -- identity, tokens and the audit log ---------------------------------------------------
+
+    def whoami(self) -> Identity:
+        """Return the caller as the controller sees it: name, role and how it authenticated."""
+        response = self._unary(self._admin.WhoAmI, apb.WhoAmIRequest(), _READ)
+        return conv.identity_from_pb(response)
+
+    def create_token(self, name: str, role: str, *, ttl: float | _dt.timedelta | None = None) -> NewToken:
+        """Create a bearer token for ``role`` (``admin``, ``operator`` or ``viewer``) that expires
+        after ``ttl`` (seconds or a timedelta; None: never). Needs the admin role.
+
+        The token string is in the answer only: the controller keeps a hash. Never retried, so
+        that a lost answer does not leave two tokens behind.
+        """
+        seconds = ttl.total_seconds() if isinstance(ttl, _dt.timedelta) else ttl
+        if seconds is not None and seconds < 1:
+            raise ValueError("ttl must be at least one second (None: no expiry)")
+        request = apb.CreateTokenRequest(name=name, role=role, ttl_seconds=round(seconds or 0))
+        response = self._unary(self._admin.CreateToken, request, _NEVER)
+        return NewToken(bearer_token=response.bearer_token, token=conv.token_from_pb(response.token))
+
+    def list_tokens(self) -> list[Token]:
+        """Return every token, oldest first, revoked and expired ones included. Needs the admin role."""
+        response = self._unary(self._admin.ListTokens, apb.ListTokensRequest(), _READ)
+        return [conv.token_from_pb(t) for t in response.tokens]
+
+    def revoke_token(self, token_id: str) -> Token:
+        """Revoke a token by id (revoking it again changes nothing) and return it. Needs the admin
+        role."""
+        request = apb.RevokeTokenRequest(id=token_id)
+        response = self._unary(self._admin.RevokeToken, request, _IDEMPOTENT_WRITE)
+        return conv.token_from_pb(response.token)
+
+    def list_audit_log_page(
+        self, *, page_size: int = 0, page_token: str = "", principal: str = ""
+    ) -> Page[AuditEntry]:
+        """Return one page of the audit log, newest first, optionally of one ``principal``
+        (``cert:alice``, ``token:ci/0123456789ab``; ``token:ci`` matches every token named ci).
+        ``page_size`` 0 is the server's default (100). Needs the admin role."""
+        request = apb.ListAuditLogRequest(page_size=page_size, page_token=page_token, principal=principal)
+        response = self._unary(self._admin.ListAuditLog, request, _READ)
+        return Page(
+            items=tuple(conv.audit_entry_from_pb(e) for e in response.entries),
+            next_page_token=response.next_page_token,
+        )
+
+    def list_audit_log(self, *, principal: str = "", page_size: int = 0) -> Iterator[AuditEntry]:
+        """Iterate over the audit log, newest first, fetching pages as needed (filter as in
+        :meth:`list_audit_log_page`)."""
+        return self._pages(
+            lambda token: self.list_audit_log_page(page_size=page_size, page_token=token, principal=principal)
+        )

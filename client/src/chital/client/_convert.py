@@ -8,17 +8,20 @@ from typing import TypeVar
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from chital.api.admin.v1 import admin_pb2 as apb
 from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.host.v1 import host_pb2 as hpb
 
 from ._types import (
     AgentInfo,
+    AuditEntry,
     Container,
     ContainerState,
     ContainerStats,
     EventType,
     Host,
     HostState,
+    Identity,
     Limits,
     LogChunk,
     LogStream,
@@ -26,6 +29,7 @@ from ._types import (
     ProcessState,
     Sandbox,
     SyscallCount,
+    Token,
     WatchEvent,
 )
 
@@ -217,4 +221,40 @@ def watch_event_from_pb(m: cpb.WatchResponse) -> WatchEvent:
         container=container_from_pb(m.container) if m.HasField("container") else None,
         process=process_from_pb(m.process) if m.HasField("process") else None,
         time=time_from_pb(m.time, m.HasField("time")),
+    )
+
+
+def token_from_pb(m: apb.Token) -> Token:
+    """SDK token description from the message."""
+    return Token(
+        id=m.id,
+        name=m.name,
+        role=m.role,
+        create_time=time_from_pb(m.create_time, m.HasField("create_time")),
+        expire_time=time_from_pb(m.expire_time, m.HasField("expire_time")),
+        revoke_time=time_from_pb(m.revoke_time, m.HasField("revoke_time")),
+        created_by=m.created_by,
+        last_used_time=time_from_pb(m.last_used_time, m.HasField("last_used_time")),
+    )
+
+
+def audit_entry_from_pb(m: apb.AuditEntry) -> AuditEntry:
+    """SDK audit entry from the message."""
+    return AuditEntry(
+        id=m.id,
+        time=time_from_pb(m.time, m.HasField("time")),
+        principal=m.principal,
+        role=m.role,
+        method=m.method,
+        request_id=m.request_id,
+        target=m.target,
+        code=m.code,
+        detail=m.detail,
+    )
+
+
+def identity_from_pb(m: apb.WhoAmIResponse) -> Identity:
+    """SDK identity from the WhoAmI answer."""
+    return Identity(
+        name=m.name, role=m.role, auth_method=m.auth_method, principal=m.principal, token_id=m.token_id
     )

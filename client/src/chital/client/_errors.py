@@ -3,6 +3,8 @@ gRPC status becomes one of them."""
 
 from __future__ import annotations
 
+import re
+
 import grpc
 
 from chital.errdefs import (
@@ -30,11 +32,21 @@ __all__ = [
     "NotFound",
     "PermissionDenied",
     "ResourceExhausted",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "error_from_rpc",
     "status_code",
+    "tls_failure",
 ]
+
+
+class Unauthenticated(PermissionDenied):
+    """The controller does not know who is calling: no token or client certificate, or one it does
+    not accept (the message says which, e.g. "token expired"). A :class:`PermissionDenied`, so code
+    that catches that keeps working."""
+
+    code = grpc.StatusCode.UNAUTHENTICATED
 
 
 def status_code(exc: grpc.RpcError) -> grpc.StatusCode:
@@ -47,10 +59,62 @@ def status_code(exc: grpc.RpcError) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN
 
 
-def error_from_rpc(exc: grpc.RpcError) -> ChitalError:
-    """The typed exception for a failed call; the caller raises it ``from exc``."""
+def _details(exc: grpc.RpcError) -> str:
     details = getattr(exc, "details", None)
     message = details() if callable(details) else ""
     # Transport errors carry multi-line details; keep one line so CLIs print one line.
-    message = " ".join(str(message or "").split())
-    return from_grpc_code(status_code(exc), message)
+    return " ".join(str(message or "").split())
+
+
+_VERIFY_FAILED = re.compile(r"CERTIFICATE_VERIFY_FAILED: ?([^:]*)")
+_UNKNOWN_AUTHORITY = "check the CA (certificate signed by an unknown authority?)"
+
+
+_HOSTNAME_MISMATCH = (
+    "TLS handshake failed: the controller's certificate does not name the address dialled "
+    "(check the address, or the certificate's SANs)"
+)
+_PLAINTEXT_SERVER = "TLS handshake failed: the controller does not speak TLS (is it serving plaintext?)"
+_CLIENT_CERT_REFUSED = (
+    "TLS handshake failed: the controller refused the client certificate "
+    "(missing, expired, or issued by another CA)"
+)
+# (substrings of gRPC's details, what they mean), first match wins.
+_TLS_FAILURES = (
+    (("Hostname Verification Check failed", "not in peer certificate"), _HOSTNAME_MISMATCH),
+    (("WRONG_VERSION_NUMBER",), _PLAINTEXT_SERVER),
+    (("ALERT_UNKNOWN_CA", "ALERT_BAD_CERTIFICATE", "CERTIFICATE_REQUIRED"), _CLIENT_CERT_REFUSED),
+)
+
+
+def tls_failure(details: str) -> str | None:
+    """What went wrong in a failed TLS handshake, from the details of an UNAVAILABLE status (gRPC
+    reports the handshake inside them); ``None`` when the failure was not a TLS one."""
+    for needles, meaning in _TLS_FAILURES:
+        if any(needle in details for needle in needles):
+            return meaning
+    match = _VERIFY_FAILED.search(details)
+    if match:
+        reason = match.group(1).strip()
+        if "expired" in reason or "not yet valid" in reason:
+            return f"TLS handshake failed: the controller's certificate is not valid now ({reason})"
+        return f"TLS handshake failed: {_UNKNOWN_AUTHORITY}" + (f": {reason}" if reason else "")
+    if "Tls handshake failed" in details or "SSL_ERROR" in details or "handshake" in details.lower():
+        return f"TLS handshake failed: {details}"
+    return None
+
+
+def is_tls_failure(exc: grpc.RpcError) -> bool:
+    """Whether a call failed in the TLS handshake (which no retry cures)."""
+    return status_code(exc) is grpc.StatusCode.UNAVAILABLE and tls_failure(_details(exc)) is not None
+
+
+def error_from_rpc(exc: grpc.RpcError) -> ChitalError:
+    """The typed exception for a failed call; the caller raises it ``from exc``."""
+    message = _details(exc)
+    code = status_code(exc)
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        return Unauthenticated(message or "unauthenticated")
+    if code is grpc.StatusCode.UNAVAILABLE:
+        message = tls_failure(message) or message
+    return from_grpc_code(code, message)

@@ -236,6 +236,81 @@ class WatchEvent:
 
 
 @dataclass(frozen=True)
+class Token:
+    """An API token as the controller describes it; its secret is never part of it."""
+
+    id: str
+    """12 hex digits; the token string is ``chital_<id>_<secret>``."""
+    name: str
+    role: str
+    """``admin``, ``operator`` or ``viewer``."""
+    create_time: _dt.datetime | None = None
+    expire_time: _dt.datetime | None = None
+    """None: the token does not expire."""
+    revoke_time: _dt.datetime | None = None
+    """None: not revoked."""
+    created_by: str = ""
+    """The principal that created it (``token:<name>/<id>`` or ``cert:<name>``)."""
+    last_used_time: _dt.datetime | None = None
+    """Approximate (updated at most once a minute); None: never used."""
+
+    @property
+    def revoked(self) -> bool:
+        """True once the token has been revoked."""
+        return self.revoke_time is not None
+
+    def expired(self, now: _dt.datetime | None = None) -> bool:
+        """True when the token has an expiry and it has passed (at ``now``, default: now)."""
+        if self.expire_time is None:
+            return False
+        return self.expire_time <= (now or _dt.datetime.now(_dt.UTC))
+
+
+@dataclass(frozen=True)
+class NewToken:
+    """What :meth:`Client.create_token` returns: the token string, shown only this once, and its
+    description. The string is left out of ``repr()`` so that it does not end up in logs."""
+
+    bearer_token: str = field(repr=False)
+    token: Token
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One audited call: who, what, when, and the outcome."""
+
+    id: int
+    time: _dt.datetime | None
+    principal: str
+    """``token:<name>/<id>`` or ``cert:<common name>``."""
+    role: str
+    method: str
+    """The full gRPC method, e.g. ``/chital.api.container.v1.ContainerService/CreateContainer``."""
+    request_id: str = ""
+    target: str = ""
+    """The container, process, host or token the call named, when it names one."""
+    code: str = "OK"
+    """The outcome's gRPC status code name (``OK``, ``PERMISSION_DENIED``, ...)."""
+    detail: str = ""
+    """The status message of a failed call."""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The caller as the controller sees it (:meth:`Client.whoami`)."""
+
+    name: str
+    """The token's name or the certificate's common name."""
+    role: str
+    auth_method: str
+    """``token`` or ``certificate``."""
+    principal: str = ""
+    """The principal as the audit log records it."""
+    token_id: str = ""
+    """The token's id (empty for a certificate)."""
+
+
+@dataclass(frozen=True)
 class Page(Generic[_T]):
     """One page of a list call. Pass ``next_page_token`` back to get the next; empty means last."""
 
