@@ -30,7 +30,7 @@ def chital(target: str, capsys: pytest.CaptureFixture[str]):
     """Run the CLI against the fake; returns (exit status, stdout, stderr)."""
 
     def run(*argv: str) -> tuple[int, str, str]:
-        code = main(["--controller", target, *argv])
+        code = main(["--controller", target, "--insecure", *argv])
         captured = capsys.readouterr()
         return code, captured.out, captured.err
 
@@ -262,6 +262,7 @@ def test_server_errors_of_every_kind_are_one_line(chital, fake: FakeController) 
 
 def test_unreachable_controller(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CHITAL_CONTROLLER", "127.0.0.1:1")
+    monkeypatch.setenv("CHITAL_INSECURE", "1")
     assert main(["ps"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("chital: error: unavailable:") and err.count("\n") == 1
@@ -269,7 +270,8 @@ def test_unreachable_controller(capsys: pytest.CaptureFixture[str], monkeypatch:
 
 
 def test_global_options_after_the_command(chital, target: str, capsys) -> None:
-    assert main(["hosts", "ls", "--controller", target, "--output", "json", "--timeout", "3"]) == 0
+    argv = ["hosts", "ls", "--controller", target, "--insecure", "--output", "json", "--timeout", "3"]
+    assert main(argv) == 0
     assert json.loads(capsys.readouterr().out) == []
 
 
@@ -287,11 +289,13 @@ CHITAL = str(Path(sys.executable).with_name("chital"))
 
 def test_console_script_entry_point(target: str) -> None:
     result = subprocess.run(
-        [CHITAL, "--controller", target, "hosts", "ls", "-o", "json"], check=False, capture_output=True
+        [CHITAL, "--controller", target, "--insecure", "hosts", "ls", "-o", "json"],
+        check=False,
+        capture_output=True,
     )
     assert (result.returncode, result.stdout, result.stderr) == (0, b"[]\n", b"")
     result = subprocess.run(
-        [sys.executable, "-m", "chital.cli", "--controller", target, "inspect", "nope"],
+        [sys.executable, "-m", "chital.cli", "--controller", target, "--insecure", "inspect", "nope"],
         check=False,
         capture_output=True,
         text=True,
@@ -301,7 +305,7 @@ def test_console_script_entry_point(target: str) -> None:
 
 def test_ctrl_c_while_attached_is_clean(target: str, chital, fake: FakeController) -> None:
     chital("run", "-d", "--name", "box", "--", "sleep")
-    env = {**os.environ, "CHITAL_CONTROLLER": target, "GRPC_VERBOSITY": "ERROR"}
+    env = {**os.environ, "CHITAL_CONTROLLER": target, "CHITAL_INSECURE": "1", "GRPC_VERBOSITY": "ERROR"}
     proc = subprocess.Popen([CHITAL, "exec", "box", "--", "hang"], env=env, stderr=subprocess.PIPE, text=True)
     try:
         # Interrupt once the CLI is attached to the (never ending) log stream.

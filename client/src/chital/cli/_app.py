@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import signal as _signal
 import sys
 import uuid
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from chital.client import (
@@ -18,16 +20,19 @@ from chital.client import (
     HostState,
     Limits,
     LogStream,
+    PermissionDenied,
     Process,
     ProcessState,
     RetryPolicy,
     Sandbox,
+    Unauthenticated,
     Unavailable,
 )
+from chital.client import config as cfg
 
 from . import _output as out
 
-DEFAULT_CONTROLLER = "127.0.0.1:7443"
+DEFAULT_CONTROLLER = cfg.DEFAULT_CONTROLLER
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -44,14 +49,23 @@ exit status:
   124   wait: --wait-timeout expired before the process exited
   130   interrupted (Ctrl-C)
 
-environment:
-  CHITAL_CONTROLLER   controller address (host:port) when --controller is not given
+settings come from the flags, else the environment, else the context of the config file:
+  CHITAL_CONTROLLER   controller address (host:port): --controller
+  CHITAL_CONTEXT      context of the config file: --context (default: its current_context)
+  CHITAL_CONFIG       config file (default: ~/.config/chital/config.toml): --config
+  CHITAL_TLS_DIR      directory with ca.crt (and tls.crt, tls.key): --tls-dir
+  CHITAL_CACERT       CA certificate that signed the controller's: --ca
+  CHITAL_CLIENT_CERT  client certificate and its key: --cert, --key
+  CHITAL_CLIENT_KEY
+  CHITAL_TOKEN        bearer token: --token (CHITAL_TOKEN_FILE, --token-file: read from a file)
+  CHITAL_INSECURE     1: plaintext, to a controller on loopback only: --insecure
 """
 
 # Retries for the CLI: a few quick ones, so an unreachable controller is reported in about a second.
 CLI_RETRIES = RetryPolicy(max_attempts=4, initial_backoff=0.1, max_backoff=1.0)
 
 _Handler = Callable[[Client, argparse.Namespace], int]
+_LocalHandler = Callable[[argparse.Namespace], int]
 
 
 class _UsageError(Exception):
@@ -452,22 +466,166 @@ def _rm(client: Client, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+# -- commands: identity, tokens, audit log -------------------------------------------------------
+
+
+def _whoami(client: Client, args: argparse.Namespace) -> int:
+    identity = client.whoami()
+    if _json(args):
+        out.print_json(identity)
+    else:
+        out.print_fields(identity)
+    return EXIT_OK
+
+
+def _token_create(client: Client, args: argparse.Namespace) -> int:
+    created = client.create_token(args.name, args.role, ttl=args.ttl)
+    if _json(args):
+        out.print_json({"bearer_token": created.bearer_token, "token": created.token})
+        return EXIT_OK
+    # The token alone on stdout, so that `TOKEN=$(chital token create ...)` works; the rest on stderr.
+    print(created.bearer_token, flush=True)
+    token = created.token
+    expires = out.time_text(token.expire_time) if token.expire_time else "never"
+    print(
+        f"chital: token {token.id} ({token.name}, role {token.role}, expires {expires}): "
+        "shown only this once, store it now",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _token_ls(client: Client, args: argparse.Namespace) -> int:
+    tokens = client.list_tokens()
+    if not args.all:
+        tokens = [t for t in tokens if not t.revoked and not t.expired()]
+    if _json(args):
+        out.print_json(tokens)
+    else:
+        out.print_table(out.TOKEN_HEADERS, [out.token_row(t) for t in tokens])
+    return EXIT_OK
+
+
+def _token_revoke(client: Client, args: argparse.Namespace) -> int:
+    for token_id in args.ids:
+        token = client.revoke_token(token_id)
+        if _json(args):
+            out.print_json(token)
+        else:
+            print(f"revoked token {token.id} ({token.name})")
+    return EXIT_OK
+
+
+def _audit_ls(client: Client, args: argparse.Namespace) -> int:
+    entries = []
+    page_size = min(args.limit, 1000) if args.limit else 0
+    for entry in client.list_audit_log(principal=args.principal or "", page_size=page_size):
+        entries.append(entry)
+        if args.limit and len(entries) >= args.limit:
+            break
+    if _json(args):
+        out.print_json(entries)
+    else:
+        out.print_table(out.AUDIT_HEADERS, [out.audit_row(e) for e in entries])
+    return EXIT_OK
+
+
+# -- commands: contexts (the config file only; no controller is called) -------------------------
+
+
+def _load_config(args: argparse.Namespace) -> cfg.Config:
+    return cfg.Config.load(args.config)
+
+
+def _context_ls(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    if _json(args):
+        out.print_json(
+            [
+                {"name": name, "current": name == config.current_context, **out.context_json(context)}
+                for name, context in config.contexts.items()
+            ]
+        )
+        return EXIT_OK
+    rows = [
+        ["*" if name == config.current_context else "", name, *out.context_row(context)]
+        for name, context in config.contexts.items()
+    ]
+    out.print_table(out.CONTEXT_HEADERS, rows)
+    return EXIT_OK
+
+
+def _context_use(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    config.use_context(args.name)
+    config.save()
+    print(f'switched to context "{args.name}"', file=sys.stderr)
+    return EXIT_OK
+
+
+def _absolute_path(text: str) -> str | None:
+    """An option's path made absolute (the file is read later, from another directory); "" unsets."""
+    if text == "":
+        return None
+    return str(Path(text).expanduser().absolute())
+
+
+def _context_set(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    existed = args.name in config.contexts
+    old = config.contexts.get(args.name, cfg.Context())
+    changes: dict[str, Any] = {}
+    if args.set_controllers is not None:
+        changes["controllers"] = tuple(c for c in args.set_controllers if c)
+    for key in ("tls_dir", "ca", "cert", "key", "token_file"):
+        value = getattr(args, f"set_{key}")
+        if value is not None:
+            changes[key] = _absolute_path(value)
+    if args.set_token is not None:
+        changes["token"] = args.set_token.strip() or None
+    # A token and a token file exclude each other: setting one replaces the other.
+    if changes.get("token"):
+        changes["token_file"] = None
+    if changes.get("token_file"):
+        changes["token"] = None
+    if args.set_insecure is not None:
+        changes["insecure"] = args.set_insecure
+    context = dataclasses.replace(old, **changes)
+    for key in ("tls_dir", "ca", "cert", "key", "token_file"):
+        path = getattr(context, key)
+        if key in changes and path is not None and not Path(path).exists():
+            print(f"chital: warning: {key} {path} does not exist (yet)", file=sys.stderr)
+    config.set_context(args.name, context)
+    if args.use or config.current_context is None:
+        config.current_context = args.name
+    config.save()
+    verb = "updated" if existed else "added"
+    current = " (current)" if config.current_context == args.name else ""
+    print(f'{verb} context "{args.name}"{current} in {config.path}', file=sys.stderr)
+    return EXIT_OK
+
+
+def _context_rm(args: argparse.Namespace) -> int:
+    config = _load_config(args)
+    for name in args.names:
+        config.remove_context(name)
+    config.save()
+    for name in args.names:
+        print(f'removed context "{name}"', file=sys.stderr)
+    return EXIT_OK
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
-def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool, connection: bool = True) -> None:
     """The options every command takes. Sub-commands get them too (with no defaults of their own),
-    so ``chital ps -o json`` works as well as ``chital -o json ps``."""
+    so ``chital ps -o json`` works as well as ``chital -o json ps``. The ``context`` commands take
+    only the output options: their ``--ca``, ``--token``, ... are what they store."""
 
     def default(value: Any) -> Any:
         return argparse.SUPPRESS if suppress else value
 
-    parser.add_argument(
-        "--controller",
-        metavar="HOST:PORT",
-        default=default(os.environ.get("CHITAL_CONTROLLER") or DEFAULT_CONTROLLER),
-        help=f"controller address (env CHITAL_CONTROLLER, default {DEFAULT_CONTROLLER})",
-    )
     parser.add_argument(
         "-o",
         "--output",
@@ -476,11 +634,73 @@ def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         help="output format (default: table)",
     )
     parser.add_argument(
+        "--config",
+        metavar="FILE",
+        default=default(None),
+        help=f"config file (env {cfg.ENV_CONFIG}, default ~/.config/chital/config.toml)",
+    )
+    if not connection:
+        return
+    parser.add_argument(
         "--timeout",
         type=_positive_seconds,
         metavar="SECONDS",
         default=default(10.0),
         help="deadline of each call to the controller (default: 10)",
+    )
+    group = parser.add_argument_group("connection (flags > CHITAL_* environment > context > defaults)")
+    group.add_argument(
+        "--controller",
+        metavar="HOST:PORT",
+        default=default(None),
+        help=f"controller address (env {cfg.ENV_CONTROLLER}, default {DEFAULT_CONTROLLER})",
+    )
+    group.add_argument(
+        "--context",
+        metavar="NAME",
+        default=default(None),
+        help=f"context of the config file (env {cfg.ENV_CONTEXT}, default: its current_context)",
+    )
+    group.add_argument(
+        "--tls-dir",
+        metavar="DIR",
+        default=default(None),
+        help=f"directory with ca.crt, and tls.crt + tls.key for a client certificate (env {cfg.ENV_TLS_DIR})",
+    )
+    group.add_argument(
+        "--ca",
+        metavar="FILE",
+        default=default(None),
+        help=f"CA certificate that signed the controller's (env {cfg.ENV_CACERT})",
+    )
+    group.add_argument(
+        "--cert",
+        metavar="FILE",
+        default=default(None),
+        help=f"client certificate (env {cfg.ENV_CLIENT_CERT})",
+    )
+    group.add_argument(
+        "--key", metavar="FILE", default=default(None), help=f"its private key (env {cfg.ENV_CLIENT_KEY})"
+    )
+    tokens = group.add_mutually_exclusive_group()
+    tokens.add_argument(
+        "--token",
+        metavar="TOKEN",
+        default=default(None),
+        help=f"bearer token (env {cfg.ENV_TOKEN}; visible to other local users in ps: prefer --token-file)",
+    )
+    tokens.add_argument(
+        "--token-file",
+        metavar="FILE",
+        default=default(None),
+        help=f"file holding the bearer token (env {cfg.ENV_TOKEN_FILE})",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_const",
+        const=True,
+        default=default(None),
+        help=f"plaintext, to a controller on loopback only (env {cfg.ENV_INSECURE}=1)",
     )
 
 
@@ -571,6 +791,8 @@ def build_parser() -> argparse.ArgumentParser:
     _global_options(parser, suppress=False)
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
+    local = argparse.ArgumentParser(add_help=False)
+    _global_options(local, suppress=True, connection=False)
     commands = parser.add_subparsers(dest="command_name", metavar="COMMAND", required=True)
 
     def add(
@@ -582,8 +804,19 @@ def build_parser() -> argparse.ArgumentParser:
         sub.set_defaults(handler=handler)
         return sub
 
+    def add_local(
+        group: Any, name: str, handler: _LocalHandler, help_text: str, aliases: Sequence[str] = ()
+    ) -> argparse.ArgumentParser:
+        sub: argparse.ArgumentParser = group.add_parser(
+            name, help=help_text, description=help_text, parents=[local], aliases=list(aliases)
+        )
+        sub.set_defaults(local_handler=handler)
+        return sub
+
     _add_host_commands(commands, add)
     _add_container_commands(commands, add)
+    _add_auth_commands(commands, add)
+    _add_context_commands(commands, add_local)
     return parser
 
 
@@ -677,6 +910,99 @@ def _add_container_commands(commands: Any, add: _Add) -> None:
     sub.add_argument("-f", "--force", action="store_true", help="kill its processes first")
 
 
+def _ttl(text: str) -> float:
+    """``3600``, ``90s``, ``30m``, ``12h``, ``7d`` or ``2w`` -> seconds."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw]?)\s*", text.lower())
+    if not match:
+        raise argparse.ArgumentTypeError(f"expected a duration like 3600, 12h or 30d, got {text!r}")
+    seconds = float(match.group(1)) * _TTL_UNITS[match.group(2)]
+    if seconds < 1:
+        raise argparse.ArgumentTypeError("must be at least one second")
+    return seconds
+
+
+_TTL_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+ROLES = ("admin", "operator", "viewer")
+
+
+def _add_auth_commands(commands: Any, add: _Add) -> None:
+    add(commands, "whoami", _whoami, "show who the controller takes you for (name, role, how)")
+
+    tokens = commands.add_parser(
+        "token", help="manage API tokens (admin)", description="Manage API tokens (needs the admin role)."
+    )
+    token_commands = tokens.add_subparsers(dest="token_command", metavar="COMMAND", required=True)
+    sub = add(token_commands, "create", _token_create, "create a token; it is printed only this once")
+    sub.add_argument("--name", required=True, help="a name to recognise it by ([A-Za-z0-9._@-], 1-63)")
+    sub.add_argument("--role", required=True, choices=ROLES, help="what it may do")
+    sub.add_argument("--ttl", type=_ttl, metavar="DURATION", help="lifetime, e.g. 12h or 30d (default: none)")
+    sub = add(token_commands, "ls", _token_ls, "list tokens (never their secrets)", aliases=["list"])
+    sub.add_argument("-a", "--all", action="store_true", help="include revoked and expired tokens")
+    sub = add(token_commands, "revoke", _token_revoke, "revoke tokens by id")
+    sub.add_argument("ids", nargs="+", metavar="ID", help="token id (12 hex digits)")
+
+    audit = commands.add_parser(
+        "audit", help="read the audit log (admin)", description="Read the audit log (needs the admin role)."
+    )
+    audit_commands = audit.add_subparsers(dest="audit_command", metavar="COMMAND", required=True)
+    sub = add(audit_commands, "ls", _audit_ls, "list audited calls, newest first", aliases=["list"])
+    sub.add_argument(
+        "--principal", metavar="WHO", help="only this principal: cert:NAME, token:NAME or token:NAME/ID"
+    )
+    sub.add_argument(
+        "--limit", type=_non_negative_int, default=100, metavar="N", help="at most N entries (100; 0: all)"
+    )
+
+
+def _add_context_commands(commands: Any, add_local: Callable[..., argparse.ArgumentParser]) -> None:
+    contexts = commands.add_parser(
+        "context",
+        help="manage contexts of the config file",
+        description=(
+            "Manage the contexts of the config file (~/.config/chital/config.toml, or $CHITAL_CONFIG): "
+            "named sets of controller address, TLS files and token. Flags and CHITAL_* variables "
+            "override the context's settings."
+        ),
+    )
+    context_commands = contexts.add_subparsers(dest="context_command", metavar="COMMAND", required=True)
+    add_local(context_commands, "ls", _context_ls, "list contexts (* marks the current)", aliases=["list"])
+    sub = add_local(context_commands, "use", _context_use, "make a context the current one")
+    sub.add_argument("name", metavar="NAME")
+    sub = add_local(
+        context_commands,
+        "set",
+        _context_set,
+        "create or update a context (an empty value removes a setting; the first context becomes current)",
+    )
+    sub.add_argument("name", metavar="NAME")
+    sub.add_argument(
+        "--controller",
+        dest="set_controllers",
+        action="append",
+        metavar="HOST:PORT",
+        help="controller address (repeatable: the first is dialled)",
+    )
+    sub.add_argument(
+        "--tls-dir", dest="set_tls_dir", metavar="DIR", help="directory with ca.crt (tls.crt, tls.key)"
+    )
+    sub.add_argument("--ca", dest="set_ca", metavar="FILE", help="CA certificate")
+    sub.add_argument("--cert", dest="set_cert", metavar="FILE", help="client certificate")
+    sub.add_argument("--key", dest="set_key", metavar="FILE", help="client key")
+    tokens = sub.add_mutually_exclusive_group()
+    tokens.add_argument("--token", dest="set_token", metavar="TOKEN", help="bearer token, stored in the file")
+    tokens.add_argument("--token-file", dest="set_token_file", metavar="FILE", help="file holding the token")
+    sub.add_argument(
+        "--insecure",
+        dest="set_insecure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="plaintext, to a controller on loopback only",
+    )
+    sub.add_argument("--use", action="store_true", help="make it the current context")
+    sub = add_local(context_commands, "rm", _context_rm, "remove contexts", aliases=["remove"])
+    sub.add_argument("names", nargs="+", metavar="NAME")
+
+
 # -- main ----------------------------------------------------------------------------------------
 
 
@@ -685,12 +1011,31 @@ def _error_kind(exc: ChitalError) -> str:
     return re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__).lower()
 
 
-def _error_line(exc: Exception, controller: str) -> str:
+def _error_line(exc: Exception, connection: cfg.Connection | None) -> str:
+    if connection is None or not isinstance(exc, ChitalError):
+        return f"{_error_kind(exc)}: {exc}" if isinstance(exc, ChitalError) else str(exc)
+    sources = connection.sources
+    if isinstance(exc, Unauthenticated):
+        if connection.token is None:
+            where = f"in context {connection.context!r}" if connection.context else "in a context"
+            hint = (
+                f"no token was given: pass --token or --token-file, set {cfg.ENV_TOKEN}, "
+                f"or set token or token_file {where}"
+            )
+        else:
+            hint = f"the token from {sources['token']}"
+        return f"unauthenticated: {exc} ({hint})"
+    if isinstance(exc, PermissionDenied):
+        who = f"; the token from {sources['token']}" if connection.token is not None else ""
+        return f"permission denied: {exc}{who}"
     if isinstance(exc, Unavailable):
-        return f"unavailable: {exc} (controller {controller})"
-    if isinstance(exc, ChitalError):
-        return f"{_error_kind(exc)}: {exc}"
-    return str(exc)
+        where = f"controller {connection.target}"
+        if str(exc).startswith("TLS handshake failed") and connection.tls is not None:
+            where += f", CA {connection.tls.ca} from {sources['ca']}"
+        elif connection.insecure and "Socket closed" in str(exc):
+            where += f"; plaintext from {sources['insecure']}: does the controller expect TLS? (--ca)"
+        return f"unavailable: {exc} ({where})"
+    return f"{_error_kind(exc)}: {exc}"
 
 
 def _fail(message: str) -> int:
@@ -698,22 +1043,40 @@ def _fail(message: str) -> int:
     return EXIT_ERROR
 
 
+def _connection(args: argparse.Namespace) -> cfg.Connection:
+    """Where and how to connect: the flags, else the environment, else the context."""
+    overrides = cfg.Overrides(
+        target=args.controller,
+        context=args.context,
+        token=args.token,
+        token_file=args.token_file,
+        tls_dir=args.tls_dir,
+        ca=args.ca,
+        cert=args.cert,
+        key=args.key,
+        insecure=args.insecure,
+    )
+    return cfg.resolve(overrides, config=cfg.Config.load(args.config))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``chital`` command with ``argv`` (default: ``sys.argv[1:]``); return the exit status."""
     parser = build_parser()
     try:
-        try:
-            args = parser.parse_args(argv)
-        except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed.
-            return exc.code if isinstance(exc.code, int) else EXIT_USAGE
-        handler: _Handler = args.handler
-        with Client(args.controller, timeout=args.timeout, retries=CLI_RETRIES) as client:
-            return handler(client, args)
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2), already printed.
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    try:
+        local: _LocalHandler | None = getattr(args, "local_handler", None)
+        if local is not None:
+            try:
+                return local(args)
+            except (cfg.ConfigError, OSError) as exc:
+                return _fail(str(exc))
+        return _call(args)
     except KeyboardInterrupt:
         print("chital: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (ChitalError, _ProcessLostError) as exc:
-        return _fail(_error_line(exc, args.controller))
     except BrokenPipeError:
         # The reader went away (``chital ps | head``): stop quietly, as other Unix tools do.
         try:
@@ -722,3 +1085,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError):
             pass
         return 128 + int(_signal.SIGPIPE)
+
+
+def _call(args: argparse.Namespace) -> int:
+    """Run a command that calls the controller."""
+    handler: _Handler = args.handler
+    try:
+        connection = _connection(args)
+        client = Client(
+            connection.target,
+            tls=connection.tls,
+            token=connection.token,
+            insecure=connection.insecure,
+            timeout=args.timeout,
+            retries=CLI_RETRIES,
+        )
+    except ValueError as exc:  # cfg.ConfigError, and the client's checks of its settings.
+        return _fail(str(exc))
+    except ChitalError as exc:  # the TLS files cannot be read
+        return _fail(_error_line(exc, None))
+    try:
+        with client:
+            return handler(client, args)
+    except (ChitalError, _ProcessLostError) as exc:
+        return _fail(_error_line(exc, connection))

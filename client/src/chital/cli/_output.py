@@ -12,7 +12,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from typing import Any, TextIO
 
-from chital.client import Container, Host, Process, ProcessState
+from chital.client import AuditEntry, Container, Host, Process, ProcessState, Token
+from chital.client.config import Context
 
 
 def jsonable(value: Any) -> Any:
@@ -145,3 +146,69 @@ def host_row(h: Host) -> list[str]:
         age(h.last_seen_time),
         labels_text(h.labels),
     ]
+
+
+def time_text(when: _dt.datetime | None) -> str:
+    """A time as ``2026-11-30 06:41:07Z`` (UTC, to the second), ``-`` when unknown."""
+    if when is None:
+        return "-"
+    return when.astimezone(_dt.UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+TOKEN_HEADERS = ("ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED", "CREATED BY")
+
+
+def token_row(t: Token) -> list[str]:
+    """One ``token ls`` row."""
+    state = "revoked" if t.revoked else "expired" if t.expired() else "active"
+    return [
+        t.id,
+        t.name,
+        t.role,
+        state,
+        age(t.create_time),
+        time_text(t.expire_time) if t.expire_time else "never",
+        age(t.last_used_time),
+        t.created_by or "-",
+    ]
+
+
+AUDIT_HEADERS = ("TIME", "PRINCIPAL", "ROLE", "METHOD", "TARGET", "CODE", "REQUEST ID", "DETAIL")
+
+
+def audit_row(e: AuditEntry) -> list[str]:
+    """One ``audit ls`` row: the method without its package (``ContainerService/CreateContainer``)."""
+    method = e.method.rsplit(".", 1)[-1] if "." in e.method else e.method.lstrip("/")
+    return [
+        time_text(e.time),
+        e.principal,
+        e.role or "-",
+        method,
+        e.target or "-",
+        e.code,
+        e.request_id or "-",
+        " ".join(e.detail.split()) or "-",
+    ]
+
+
+CONTEXT_HEADERS = ("CURRENT", "NAME", "CONTROLLER", "TLS", "TOKEN")
+
+
+def context_row(c: Context) -> list[str]:
+    """A context's settings for ``context ls`` (after its CURRENT and NAME cells); never the token."""
+    if c.insecure:
+        tls = "insecure"
+    elif c.tls_dir:
+        tls = c.tls_dir
+    else:
+        tls = c.ca or "-"
+    token = "inline" if c.token else c.token_file or "-"
+    return [", ".join(c.controllers) or "-", tls, token]
+
+
+def context_json(c: Context) -> dict[str, Any]:
+    """A context for ``context ls -o json``: the token itself is shown as ``"<hidden>"``."""
+    data: dict[str, Any] = jsonable(c)
+    if c.token:
+        data["token"] = "<hidden>"  # noqa: S105 - a placeholder, not a secret
+    return data
