@@ -1,18 +1,24 @@
 """End to end on the host: SDK and CLI -> controller -> hollow agents (real agent code, FakeDevice).
 
-Everything runs as real processes on 127.0.0.1 with free ports and stops at the end.
+Everything runs as real processes on 127.0.0.1 with free ports and stops at the end, secured as a
+deployment is: the fleet's own PKI, mutual TLS between the controller and the agents, TLS and a
+bootstrap admin token for clients (the CLI reads them from the fleet's config file).
 """
 
 from __future__ import annotations
 
 import json
 import signal
+import stat
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
+import grpc
 import pytest
 
+from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.cli import main as cli_main
 from chital.client import (
     AlreadyExists,
@@ -23,8 +29,14 @@ from chital.client import (
     Limits,
     NotFound,
     ProcessState,
+    RetryPolicy,
+    Unauthenticated,
+    Unavailable,
 )
 from chital.devcluster.hollow import HollowFleet
+from chital.security.tls import TLSFiles, channel_credentials
+
+NO_RETRY = RetryPolicy(max_attempts=1)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -37,8 +49,13 @@ def fleet() -> Iterator[HollowFleet]:
 
 @pytest.fixture
 def client(fleet: HollowFleet) -> Iterator[Client]:
-    with Client(fleet.target, timeout=20.0) as c:
+    with fleet.client(timeout=20.0) as c:
         yield c
+
+
+def chital(fleet: HollowFleet, *args: str) -> int:
+    """The CLI with the fleet's config file (its context: the controller, the CA, the token)."""
+    return cli_main(["--config", str(fleet.config_path), *args])
 
 
 def unique(prefix: str) -> str:
@@ -141,21 +158,18 @@ def test_cli_run_prints_output_and_exits_with_the_process_code(
     fleet: HollowFleet, capfd: pytest.CaptureFixture[str]
 ) -> None:
     name = unique("cli")
-    rc = cli_main(
-        ["--controller", fleet.target, "run", "--name", name, "-e", "WHO=cli", "--", "sh", "-c",
-         'echo "hi $WHO"; exit 5']
-    )  # fmt: skip
+    rc = chital(fleet, "run", "--name", name, "-e", "WHO=cli", "--", "sh", "-c", 'echo "hi $WHO"; exit 5')
     out = capfd.readouterr().out
     assert rc == 5
     assert "hi cli" in out
-    rc = cli_main(["--controller", fleet.target, "ps", name, "-a", "-o", "json"])
+    rc = chital(fleet, "ps", name, "-a", "-o", "json")
     procs = json.loads(capfd.readouterr().out)
     assert rc == 0
     assert [p["exit_code"] for p in procs] == [5]
 
 
 def test_cli_errors_are_one_line(fleet: HollowFleet, capfd: pytest.CaptureFixture[str]) -> None:
-    rc = cli_main(["--controller", fleet.target, "stop", "no-such-container"])
+    rc = chital(fleet, "stop", "no-such-container")
     err = capfd.readouterr().err
     assert rc == 1
     assert len(err.strip().splitlines()) == 1
@@ -183,7 +197,7 @@ def test_stats_on_a_hollow_host_say_nothing_is_counted(
     assert stats.container_uid == container.uid
     assert stats.sandboxed is False
     assert stats.syscalls_total == 0
-    rc = cli_main(["--controller", fleet.target, "stats", container.name])
+    rc = chital(fleet, "stats", container.name)
     captured = capfd.readouterr()
     assert rc == 0
     assert "without the kernel module" in captured.err
@@ -191,3 +205,49 @@ def test_stats_on_a_hollow_host_say_nothing_is_counted(
     client.delete_container(container.uid)
     with pytest.raises(FailedPrecondition):
         client.get_container_stats(container.uid)
+
+
+def test_the_fleet_runs_secure_by_default(fleet: HollowFleet) -> None:
+    assert fleet.pki is not None and fleet.token is not None
+    # Every agent and the controller run with their bundle; keys and the client config are private.
+    for service in [fleet.controller, *fleet.agent_procs]:
+        assert service is not None
+        argv = service.proc.args
+        assert isinstance(argv, list) and "--tls-dir" in argv and "--insecure" not in argv
+        key = Path(argv[argv.index("--tls-dir") + 1]) / "tls.key"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert stat.S_IMODE(fleet.config_path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((fleet.pki.directory / "ca" / "ca.key").stat().st_mode) == 0o600
+
+    # The controller: TLS (a plaintext client fails), and a token is required.
+    plain = Client(fleet.target, insecure=True, token=fleet.token, retries=NO_RETRY)
+    with plain, pytest.raises(Unavailable):
+        list(plain.list_hosts())
+    with fleet.client(token=None, retries=NO_RETRY) as anonymous, pytest.raises(Unauthenticated):
+        list(anonymous.list_hosts())
+
+    # An agent: only the controller's certificate passes, so a client of the fleet CA cannot call it.
+    agent = fleet.agent_procs[0].address
+    ca_only = channel_credentials(TLSFiles(ca=fleet.pki.ca))
+    for channel in (grpc.insecure_channel(agent), grpc.secure_channel(agent, ca_only)):
+        with channel, pytest.raises(grpc.RpcError) as info:
+            agent_pb2_grpc.AgentServiceStub(channel).Sync(agent_pb2.SyncRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    admin = TLSFiles.from_dir(fleet.pki.user("someone", "admin"))
+    with (
+        grpc.secure_channel(agent, channel_credentials(admin)) as channel,
+        pytest.raises(grpc.RpcError) as info,
+    ):
+        agent_pb2_grpc.AgentServiceStub(channel).Sync(agent_pb2.SyncRequest(), timeout=10)
+    assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_an_insecure_fleet_is_an_explicit_choice(tmp_path: Path) -> None:
+    with HollowFleet(agents=1, workdir=tmp_path, insecure=True) as fleet:
+        assert fleet.pki is None
+        argv = fleet.agent_procs[0].proc.args
+        assert isinstance(argv, list) and "--insecure" in argv
+        with fleet.client() as client:
+            (host,) = client.list_hosts()
+            assert host.state.name == "READY"
+        assert fleet.client_config.env()["CHITAL_INSECURE"] == "1"

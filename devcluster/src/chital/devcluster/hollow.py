@@ -4,8 +4,13 @@ Hollow agents run the real agent code (gRPC service, runtime, process runner) ov
 ``FakeDevice``, so a whole control plane fits on one machine for tests, benchmarks and
 development. Processes they start are real, but NOT sandboxed (there is no kernel module).
 
+The fleet runs as a deployment does (see :mod:`chital.devcluster.security`): its own PKI under the
+work directory, agents with ``--tls-dir`` (mutual TLS, only the controller's certificate passes),
+the controller with ``--tls-dir`` and a bootstrap admin token. ``--insecure`` runs it in plaintext
+on loopback instead (a token is still required).
+
     python -m chital.devcluster.hollow --agents 3
-    # prints the controller address; Ctrl-C stops everything
+    # prints the controller address and the client config; Ctrl-C stops everything
 
 Every process is started by this module, tracked by pid and stopped by pid.
 """
@@ -23,8 +28,16 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
 
-__all__ = ["HollowFleet", "ServiceProcess", "start_agent", "start_controller"]
+from chital.security.tls import TLSFiles
+
+from .security import ClientConfig, FleetPKI, create_token
+
+if TYPE_CHECKING:
+    from chital.client import Client
+
+__all__ = ["HollowFleet", "ServiceProcess", "start_agent", "start_controller", "transport_args"]
 
 BIN = Path(sys.executable).parent
 
@@ -113,17 +126,27 @@ def _spawn(
     return ServiceProcess(name, proc, f"127.0.0.1:{port}", log_path, metrics_address)
 
 
+def transport_args(tls_dir: Path | None, insecure: bool) -> list[str]:
+    """``--tls-dir DIR`` or ``--insecure``: a server is started with exactly one of them."""
+    if (tls_dir is None) == (not insecure):
+        raise ValueError("give a server either tls_dir (its bundle) or insecure=True")
+    return ["--insecure"] if insecure else ["--tls-dir", str(tls_dir)]
+
+
 def start_agent(
     workdir: Path,
     *,
     name: str = "agent",
     device: str = "fake",
+    tls_dir: Path | None = None,
+    insecure: bool = False,
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
     metrics: bool = False,
 ) -> ServiceProcess:
     """Start one agent on a free loopback port; its state lives in ``workdir/state``.
 
+    ``tls_dir``: its bundle (mutual TLS, only the controller's certificate passes); or ``insecure``.
     With ``metrics``, it also serves /metrics on a free loopback port (``metrics_address``)."""
     argv = [
         str(BIN / "chital-agent"),
@@ -134,6 +157,7 @@ def start_agent(
         str(workdir / "state"),
         "--device",
         device,
+        *transport_args(tls_dir, insecure),
         *extra_args,
     ]
     return _spawn(name, argv, workdir, None, timeout, metrics=metrics)
@@ -143,11 +167,16 @@ def start_controller(
     workdir: Path,
     *,
     database_url: str | None = None,
+    tls_dir: Path | None = None,
+    insecure: bool = False,
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
     metrics: bool = False,
 ) -> ServiceProcess:
-    """Start a controller on a free loopback port, migrating its database first."""
+    """Start a controller on a free loopback port, migrating its database first.
+
+    ``tls_dir``: its bundle (the API's server certificate and the client certificate it dials
+    agents with); or ``insecure``."""
     argv = [
         str(BIN / "chital-controller"),
         "serve",
@@ -156,10 +185,18 @@ def start_controller(
         "--state-dir",
         str(workdir / "state"),
         "--migrate",
+        *transport_args(tls_dir, insecure),
     ]
     if database_url:
         argv += ["--database-url", database_url]
     return _spawn("controller", [*argv, *extra_args], workdir, None, timeout, metrics=metrics)
+
+
+def bootstrap_token(controller_workdir: Path, database_url: str | None, name: str) -> str:
+    """An admin token for the fleet, written into the controller's database."""
+    return create_token(
+        name=name, role="admin", state_dir=controller_workdir / "state", database_url=database_url
+    )
 
 
 @dataclass
@@ -174,8 +211,15 @@ class HollowFleet:
     #: Serve /metrics on free loopback ports (``ServiceProcess.metrics_address``); agents are
     #: registered with a ``metrics-address`` label, which Prometheus discovery uses.
     metrics: bool = False
+    #: Plaintext on loopback, no PKI (the controller still requires a token). Off by default: the
+    #: fleet runs with mutual TLS to agents and TLS plus a token to the controller.
+    insecure: bool = False
     controller: ServiceProcess | None = field(default=None, init=False)
     agent_procs: list[ServiceProcess] = field(default_factory=list, init=False)
+    #: The fleet's PKI (``<workdir>/pki``); None with ``insecure``.
+    pki: FleetPKI | None = field(default=None, init=False)
+    #: The bootstrap admin token (``chital-controller token create``).
+    token: str | None = field(default=None, init=False, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
     @property
@@ -184,17 +228,42 @@ class HollowFleet:
         assert self.controller is not None, "fleet not started"
         return self.controller.address
 
+    @property
+    def client_config(self) -> ClientConfig:
+        """The controller's address, the CA to verify it with and the admin token."""
+        assert self.token is not None, "fleet not started"
+        tls = None if self.pki is None else TLSFiles(ca=self.pki.ca)
+        return ClientConfig(self.target, self.token, tls=tls, insecure=self.insecure)
+
+    @property
+    def config_path(self) -> Path:
+        """A ``chital`` config file for this fleet (context "hollow"): ``CHITAL_CONFIG=<it>``."""
+        assert self.workdir is not None, "fleet not started"
+        return self.workdir / "client" / "config.toml"
+
+    def client(self, **kw: Any) -> Client:
+        """A ``chital.client.Client`` of the fleet's admin (``kw``: ``timeout=``, ``token=``...)."""
+        return self.client_config.client(**kw)
+
     def start(self) -> HollowFleet:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="chital-hollow-")
             self.workdir = Path(self._tmp.name)
         try:
+            controller_tls = None
+            if not self.insecure:
+                self.pki = FleetPKI(self.workdir / "pki")
+                controller_tls = self.pki.controller()
             self.controller = start_controller(
                 self.workdir / "controller",
                 database_url=self.database_url,
+                tls_dir=controller_tls,
+                insecure=self.insecure,
                 extra_args=self.controller_args,
                 metrics=self.metrics,
             )
+            self.token = bootstrap_token(self.workdir / "controller", self.database_url, "hollow-admin")
+            self.client_config.write(self.config_path, context="hollow")
             for i in range(self.agents):
                 self.add_agent(name=f"agent-{i}")
         except BaseException:
@@ -206,15 +275,16 @@ class HollowFleet:
         """Start one more hollow agent and register it with the controller."""
         assert self.workdir is not None
         name = name or f"agent-{len(self.agent_procs)}"
-        agent = start_agent(self.workdir / name, name=name, metrics=self.metrics)
+        tls_dir = None if self.pki is None else self.pki.agent(name, "127.0.0.1")
+        agent = start_agent(
+            self.workdir / name, name=name, tls_dir=tls_dir, insecure=self.insecure, metrics=self.metrics
+        )
         self.agent_procs.append(agent)
         if self.register:
-            from chital.client import Client  # noqa: PLC0415 - the fleet runs without the SDK too
-
             labels = {"fleet": "hollow", "name": name}
             if agent.metrics_address:
                 labels["metrics-address"] = agent.metrics_address
-            with Client(self.target) as client:
+            with self.client() as client:
                 client.register_host(agent.address, labels=labels)
         return agent
 
@@ -238,6 +308,21 @@ class HollowFleet:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+
+def describe_access(config: ClientConfig, config_path: Path, pki: FleetPKI | None) -> str:
+    """What a person needs to use the fleet from a shell: the config file to export."""
+    lines = [""]
+    if pki is not None:
+        lines.append(f"fleet PKI    {pki.directory} (CA {pki.ca}; keep it private)")
+    else:
+        lines.append("transport    plaintext on loopback (--insecure); the controller still wants the token")
+    lines += [
+        f"client       {config_path} (context with the CA and an admin token, mode 0600)",
+        "",
+        f"export CHITAL_CONFIG={config_path}",
+    ]
+    return "\n".join(lines)
 
 
 class StopSignals:
@@ -273,14 +358,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workdir", type=Path, help="state and logs (default: a temporary directory)")
     parser.add_argument("--database-url", help="controller database (default: SQLite in the workdir)")
     parser.add_argument(
-        "--ready-file", type=Path, help="write the controller address here once everything serves"
+        "--ready-file",
+        type=Path,
+        help="write the controller address here once everything serves (the client config file, "
+        "<workdir>/client/config.toml, exists by then)",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext on loopback, no PKI (default: mutual TLS to agents, TLS + token to the controller)",
     )
     args = parser.parse_args(argv)
     if args.agents < 1:
         parser.error("--agents must be at least 1")
 
     signals = StopSignals()
-    fleet = HollowFleet(agents=args.agents, workdir=args.workdir, database_url=args.database_url)
+    fleet = HollowFleet(
+        agents=args.agents, workdir=args.workdir, database_url=args.database_url, insecure=args.insecure
+    )
     try:
         fleet.start()
     except (RuntimeError, TimeoutError) as exc:
@@ -290,7 +385,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"controller  {fleet.target}  (log {fleet.controller.log_path})")  # type: ignore[union-attr]
         for agent in fleet.agent_procs:
             print(f"{agent.name:<11} {agent.address}  (log {agent.log_path})")
-        print(f"\nexport CHITAL_CONTROLLER={fleet.target}\nCtrl-C stops the fleet.", flush=True)
+        print(describe_access(fleet.client_config, fleet.config_path, fleet.pki), flush=True)
+        print("Ctrl-C stops the fleet.", flush=True)
 
         def stopped() -> str | None:
             for service in [fleet.controller, *fleet.agent_procs]:
