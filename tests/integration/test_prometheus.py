@@ -296,7 +296,7 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
         controller_args=["--prometheus-sd-file", str(sd_file), "--health-interval", "0.5"],
     )
     with fleet:
-        client = Client(fleet.target, timeout=20.0)
+        client = fleet.client(timeout=20.0)
         try:
             _workload(client)
             # The controller writes the discovery file from its host table.
@@ -392,7 +392,7 @@ def test_healthy_hosts_do_not_alert(live: Live) -> None:
 
 def test_discovery_file_labels_agents_with_host_ids(live: Live) -> None:
     groups = json.loads(live.sd_file.read_text())
-    with Client(live.fleet.target) as client:
+    with live.fleet.client() as client:
         hosts = {h.id: h for h in client.list_hosts()}
     assert {g["labels"]["host"] for g in groups} == set(hosts)
     by_metrics = {a.metrics_address: a for a in live.fleet.agent_procs}
