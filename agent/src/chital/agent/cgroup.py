@@ -90,8 +90,10 @@ def cpu_max_value(millicores: int) -> str:
 
 
 def _read(path: Path) -> str:
+    # Unbuffered binary: one open, one read, one close (this runs on every process start).
     try:
-        return path.read_text()
+        with open(path, "rb", buffering=0) as f:
+            return f.read().decode()
     except FileNotFoundError:
         return ""
 

@@ -404,7 +404,7 @@ def _kill_holder(pid: int, start_time: int) -> None:
         os.close(pidfd)
 
 
-def _write_json(path: Path, data: Mapping[str, object]) -> None:
+def _write_json(path: str | Path, data: Mapping[str, object]) -> None:
     """Replace ``path`` atomically (plain os calls: this runs on every process start)."""
     target = str(path)
     tmp = target + ".tmp"
@@ -441,6 +441,8 @@ class AgentRuntime:
         self.metrics = metrics
         self._state_dir = config.state_dir.resolve()
         (self._state_dir / "containers").mkdir(parents=True, exist_ok=True)
+        # As a string: the start of a process joins paths under it, and pathlib costs there.
+        self._containers_root = str(self._state_dir / "containers")
         self._roots = RootPolicy(config.allowed_roots, self._state_dir)
         self.boot_id = str(uuid.uuid4())
         self._version = device.version()
@@ -821,11 +823,11 @@ class AgentRuntime:
         user_id: int | None,
         group_id: int | None,
     ) -> ProcessView:
-        logs = self._container_dir(rec.uid) / "logs"
+        logs = os.path.join(self._containers_root, rec.uid, "logs")
         if not os.path.isdir(logs):  # made at create
-            logs.mkdir(parents=True, exist_ok=True)
-        stdout_path = str(logs / f"{process_uid}.stdout")
-        stderr_path = str(logs / f"{process_uid}.stderr")
+            os.makedirs(logs, exist_ok=True)
+        stdout_path = os.path.join(logs, f"{process_uid}.stdout")
+        stderr_path = os.path.join(logs, f"{process_uid}.stderr")
         spec = self._launch_spec(
             rec, argv=argv, env=env, cwd=cwd, ids=(user_id, group_id), logs=(stdout_path, stderr_path)
         )
@@ -1083,36 +1085,37 @@ class AgentRuntime:
         The start and the exit of a process persist from different threads (the kernel's EXIT event
         can come before StartProcess has written its record): the snapshot and the write happen
         under one lock, so the last write always holds the latest state."""
-        path = self._container_dir(proc.container_uid) / "processes" / f"{proc.uid}.json"
-        if not os.path.isdir(path.parent):  # made at create; a missing one is recreated
+        directory = os.path.join(self._containers_root, proc.container_uid, "processes")
+        path = os.path.join(directory, f"{proc.uid}.json")
+        with self._persist_lock:
             try:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                self._write_process_record(path, proc)
+            except FileNotFoundError:  # made at create; a missing one is recreated
+                try:
+                    os.makedirs(directory, exist_ok=True)
+                    self._write_process_record(path, proc)
+                except OSError:
+                    log.warning("cannot write %s", path, exc_info=True)
             except OSError:
                 log.warning("cannot write %s", path, exc_info=True)
-                return
-        with self._persist_lock:
-            self._write_process_record(path, proc)
 
-    def _write_process_record(self, path: Path, proc: _Process) -> None:
-        try:
-            _write_json(
-                path,
-                {
-                    "uid": proc.uid,
-                    "pid": proc.pid,
-                    "argv": list(proc.argv),
-                    "start_time": proc.start_time,
-                    "state": proc.state.value,
-                    "exit_code": proc.exit_code,
-                    "signal": proc.signal,
-                    "exit_time": proc.exit_time,
-                    "oom_killed": proc.oom_killed,
-                    "oom_base": proc.oom_base,
-                    "started": proc.started,
-                },
-            )
-        except OSError:
-            log.warning("cannot write %s", path, exc_info=True)
+    def _write_process_record(self, path: str, proc: _Process) -> None:
+        _write_json(
+            path,
+            {
+                "uid": proc.uid,
+                "pid": proc.pid,
+                "argv": list(proc.argv),
+                "start_time": proc.start_time,
+                "state": proc.state.value,
+                "exit_code": proc.exit_code,
+                "signal": proc.signal,
+                "exit_time": proc.exit_time,
+                "oom_killed": proc.oom_killed,
+                "oom_base": proc.oom_base,
+                "started": proc.started,
+            },
+        )
 
     # -- the device event pump -------------------------------------------------------------------
 
