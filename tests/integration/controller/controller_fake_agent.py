@@ -14,12 +14,14 @@ import collections
 import threading
 import uuid
 from concurrent import futures
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf import timestamp_pb2
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from chital.security.tls import TLSFiles, server_credentials
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -175,13 +177,19 @@ class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
 
 
 class RunningFakeAgent:
-    """A FakeAgent served on 127.0.0.1 at a free port."""
+    """A FakeAgent served on 127.0.0.1 at a free port: with ``tls_dir`` (an agent bundle) over
+    mutual TLS that requires a client certificate of the fleet CA, like the real agent; without it
+    in plaintext."""
 
-    def __init__(self, name: str = "fake") -> None:
+    def __init__(self, name: str = "fake", tls_dir: Path | None = None) -> None:
         self.agent = FakeAgent(name)
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
         agent_pb2_grpc.add_AgentServiceServicer_to_server(self.agent, self.server)
-        self.port = self.server.add_insecure_port("127.0.0.1:0")
+        if tls_dir is None:
+            self.port = self.server.add_insecure_port("127.0.0.1:0")
+        else:
+            creds = server_credentials(TLSFiles.from_dir(tls_dir), require_client_cert=True)
+            self.port = self.server.add_secure_port("127.0.0.1:0", creds)
         self.address = f"127.0.0.1:{self.port}"
         self.server.start()
 

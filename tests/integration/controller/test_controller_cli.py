@@ -1,4 +1,5 @@
-"""The chital-controller command: migrations, and serve as a process (port file, SIGTERM)."""
+"""The chital-controller command: migrations, tokens, and serve as a process (TLS, refusals,
+port file, SIGTERM)."""
 
 from __future__ import annotations
 
@@ -13,12 +14,16 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from chital.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from chital.controller.models import Base
+from chital.security.pki import PKI
+from chital.security.tls import TLSFiles, channel_credentials
 
 ENV = {**os.environ, "GRPC_VERBOSITY": "ERROR"}
 
@@ -48,12 +53,68 @@ def test_upgrade_gives_the_models_schema(tmp_path: Path) -> None:
 
 
 def test_serve_without_schema_fails_clearly(tmp_path: Path) -> None:
-    result = run_cli("serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path))
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path), "--insecure")
     assert result.returncode == 2
     assert "db upgrade" in result.stderr
 
 
+def test_serve_refuses_plaintext_unless_asked_and_on_loopback(tmp_path: Path) -> None:
+    state = ("--state-dir", str(tmp_path), "--migrate")
+    neither = run_cli("serve", "--listen", "127.0.0.1:0", *state)
+    assert neither.returncode == 2
+    assert "no TLS files: pass --tls-dir" in neither.stderr
+    for listen in ("0.0.0.0:0", ":0", "10.0.0.1:0"):
+        exposed = run_cli("serve", "--listen", listen, "--insecure", *state)
+        assert exposed.returncode == 2, listen
+        assert "plaintext is only allowed on loopback" in exposed.stderr
+    # The mTLS port needs the TLS files, and "/" is never an allowed root.
+    no_tls = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--mtls-listen", "127.0.0.1:0", *state)
+    assert no_tls.returncode == 2
+    assert "--mtls-listen needs" in no_tls.stderr
+    root = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--allowed-root", "/", *state)
+    assert root.returncode == 2
+    assert "allowed root '/'" in root.stderr
+    # Nothing was served, and nothing was created either.
+    assert not (tmp_path / "controller.db").exists()
+
+
+def test_token_create_ls_revoke(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 't.db'}"
+    assert run_cli("token", "ls", "--database-url", url).returncode == 2  # no schema yet
+    assert run_cli("db", "upgrade", "--database-url", url).returncode == 0
+    made = run_cli(
+        "token", "create", "--name", "ops", "--role", "admin", "--ttl", "2h", "--database-url", url
+    )
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    assert token.startswith("chital_") and len(token.splitlines()) == 1
+    token_id = token.split("_")[1]
+    assert f"token {token_id} (admin, ops, expires " in made.stderr
+    assert "shown only this once" in made.stderr
+    # Stored hashed: the secret is nowhere in the database.
+    assert token.rsplit("_", 1)[-1].encode() not in (tmp_path / "t.db").read_bytes()
+    listed = run_cli("token", "ls", "--database-url", url)
+    assert listed.returncode == 0, listed.stderr
+    header, row = listed.stdout.splitlines()
+    assert header.split()[:4] == ["ID", "NAME", "ROLE", "STATE"]
+    assert row.split()[:4] == [token_id, "ops", "admin", "active"]
+    assert token not in listed.stdout
+    revoked = run_cli("token", "revoke", token_id, "--database-url", url)
+    assert revoked.returncode == 0, revoked.stderr
+    assert run_cli("token", "ls", "--database-url", url).stdout.splitlines()[1].split()[3] == "revoked"
+    unknown = run_cli("token", "revoke", "0123456789ab", "--database-url", url)
+    assert unknown.returncode == 2
+    assert "not found" in unknown.stderr
+    bad = run_cli("token", "create", "--name", "x", "--role", "admin", "--ttl", "soon", "--database-url", url)
+    assert bad.returncode == 2
+    assert "--ttl" in bad.stderr
+
+
 def test_serve_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
+    """The secure path as users run it: TLS on the API, a token made with the CLI, an mTLS port."""
+    pki = PKI.init(tmp_path / "pki")
+    bundle = pki.issue_controller()
+    alice = pki.issue_user("alice", "viewer")
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [
@@ -63,6 +124,12 @@ def test_serve_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
             "serve",
             "--listen",
             "127.0.0.1:0",
+            "--tls-dir",
+            str(bundle),
+            "--mtls-listen",
+            "127.0.0.1:0",
+            "--mtls-port-file",
+            str(tmp_path / "mtls-port"),
             "--state-dir",
             str(tmp_path / "new" / "state"),  # created by the controller
             "--migrate",
@@ -86,12 +153,37 @@ def test_serve_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
             time.sleep(0.05)
         assert port_file.exists(), proc.stderr.read() if proc.stderr else ""
         port = int(port_file.read_text())
-        assert (tmp_path / "new" / "state" / "controller.db").exists()
-        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        state = tmp_path / "new" / "state"
+        assert (state / "controller.db").exists()
+        creds = channel_credentials(TLSFiles(ca=pki.directory / "ca" / "ca.crt"))
+        with grpc.secure_channel(f"127.0.0.1:{port}", creds) as channel:
+            # Health is open; everything else needs a token.
             status = (
                 health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10).status
             )
-        assert status == health_pb2.HealthCheckResponse.SERVING
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            admin = admin_pb2_grpc.AdminServiceStub(channel)
+            with pytest.raises(grpc.RpcError) as err:
+                admin.WhoAmI(admin_pb2.WhoAmIRequest(), timeout=10)
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            made = run_cli("token", "create", "--name", "ci", "--role", "operator", "--state-dir", str(state))
+            assert made.returncode == 0, made.stderr
+            token = made.stdout.strip()
+            me = admin.WhoAmI(
+                admin_pb2.WhoAmIRequest(), metadata=[("authorization", f"Bearer {token}")], timeout=10
+            )
+            assert (me.name, me.role, me.auth_method) == ("ci", "operator", "token")
+        mtls_port = int((tmp_path / "mtls-port").read_text())
+        with grpc.secure_channel(
+            f"127.0.0.1:{mtls_port}", channel_credentials(TLSFiles.from_dir(alice))
+        ) as ch:
+            me = admin_pb2_grpc.AdminServiceStub(ch).WhoAmI(admin_pb2.WhoAmIRequest(), timeout=10)
+            assert (me.name, me.role, me.auth_method, me.principal) == (
+                "alice",
+                "viewer",
+                "certificate",
+                "cert:alice",
+            )
         metrics_port = int((tmp_path / "metrics-port").read_text())
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
             body = resp.read()

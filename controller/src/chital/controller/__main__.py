@@ -1,4 +1,4 @@
-"""``chital-controller``: ``serve`` the API, or ``db upgrade`` the schema."""
+"""``chital-controller``: ``serve`` the API, ``db upgrade`` the schema, make ``token`` entries."""
 
 from __future__ import annotations
 
@@ -7,12 +7,15 @@ import logging
 import signal
 import sys
 import threading
+from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 from chital.controller import db, pki_cli
 from chital.controller.health import HealthConfig
 from chital.controller.server import ControllerConfig, ControllerServer, default_state_dir
-from chital.errdefs import ChitalError
+from chital.controller.tokens import ROLES, Tokens, create_token, open_database
+from chital.errdefs import ChitalError, InvalidArgument
 
 __all__ = ["main"]
 
@@ -42,6 +45,28 @@ def _parser() -> argparse.ArgumentParser:
         "--prometheus-sd-file", default="", help="keep a Prometheus file_sd file of the agents"
     )
     serve.add_argument("--max-workers", type=int, default=64, help="RPC worker threads")
+    serve.add_argument(
+        "--tls-dir",
+        default="",
+        help="the controller's bundle (ca.crt, tls.crt, tls.key): TLS for the API, mTLS to the agents",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="plaintext API and agent channels; refused unless every address is loopback",
+    )
+    serve.add_argument(
+        "--mtls-listen", default="", help="host:port of a second API port that requires client certificates"
+    )
+    serve.add_argument("--mtls-port-file", default="", help="write the bound --mtls-listen port to this file")
+    serve.add_argument(
+        "--allowed-root",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="container roots must lie under DIR (repeatable; default: anywhere but system directories)",
+    )
+    _add_token_parser(sub)
 
     dbp = sub.add_parser("db", help="database schema")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
@@ -53,6 +78,87 @@ def _parser() -> argparse.ArgumentParser:
     upgrade.add_argument("--revision", default="head", help="target revision")
     pki_cli.add_parser(sub)
     return parser
+
+
+def _add_token_parser(sub: Any) -> None:
+    token = sub.add_parser("token", help="API tokens, read and written directly in the database")
+    tsub = token.add_subparsers(dest="token_action", required=True)
+    create = tsub.add_parser("create", help="create a token and print it (only this once)")
+    create.add_argument("--name", required=True, help="who or what the token is for")
+    create.add_argument("--role", required=True, choices=ROLES, help="the token's role")
+    create.add_argument(
+        "--ttl", default="", help="lifetime: seconds, or a number with s, m, h or d (default: no expiry)"
+    )
+    ls = tsub.add_parser("ls", help="list the tokens (never their secrets)")
+    revoke = tsub.add_parser("revoke", help="revoke a token by id")
+    revoke.add_argument("id", help="the token's id (12 hex digits)")
+    for p in (create, ls, revoke):
+        p.add_argument("--database-url", default="", help="SQLAlchemy URL (default: SQLite in the state dir)")
+        p.add_argument("--state-dir", default=default_state_dir(), help="where the SQLite database lives")
+
+
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(text: str) -> float | None:
+    """``""`` -> None (no expiry); ``"3600"``, ``"90m"``, ``"12h"``, ``"30d"`` -> seconds."""
+    text = text.strip().lower()
+    if not text:
+        return None
+    number, unit = (text[:-1], text[-1]) if text[-1] in _TTL_UNITS else (text, "s")
+    try:
+        seconds = float(number) * _TTL_UNITS[unit]
+    except ValueError:
+        raise InvalidArgument(f"--ttl {text!r}: want seconds, or a number with s, m, h or d") from None
+    if not seconds > 0:
+        raise InvalidArgument("--ttl must be positive")
+    return seconds
+
+
+def _when(value: datetime | None) -> str:
+    return "-" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _token(args: argparse.Namespace) -> int:
+    url = args.database_url or db.default_database_url(args.state_dir)
+    command: str = args.token_action
+    if command == "create":
+        bearer, record = create_token(url, name=args.name, role=args.role, ttl_seconds=parse_ttl(args.ttl))
+        print(bearer, flush=True)
+        print(
+            f"token {record.id} ({record.role}, {record.name}, expires {_when(record.expires_at)}): "
+            "shown only this once, store it now",
+            file=sys.stderr,
+        )
+        return 0
+    engine = open_database(url)
+    try:
+        tokens = Tokens(engine)
+        if command == "revoke":
+            record = tokens.revoke(args.id)
+            print(f"token {record.id} ({record.name}) revoked at {_when(record.revoked_at)}")
+            return 0
+        now = datetime.now(UTC).replace(tzinfo=None)
+        rows = [("ID", "NAME", "ROLE", "STATE", "CREATED", "EXPIRES", "LAST USED", "CREATED BY")]
+        rows += [
+            (
+                t.id,
+                t.name,
+                t.role,
+                t.state(now),
+                _when(t.created_at),
+                _when(t.expires_at),
+                _when(t.last_used_at),
+                t.created_by,
+            )
+            for t in tokens.list()
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+        return 0
+    finally:
+        engine.dispose()
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -70,6 +176,11 @@ def _serve(args: argparse.Namespace) -> int:
         metrics_listen=args.metrics_listen,
         metrics_port_file=args.metrics_port_file,
         prometheus_sd_file=args.prometheus_sd_file,
+        tls_dir=args.tls_dir,
+        insecure=args.insecure,
+        mtls_listen=args.mtls_listen,
+        mtls_port_file=args.mtls_port_file,
+        allowed_roots=tuple(args.allowed_root),
     )
     stop = threading.Event()
 
@@ -100,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
             return pki_cli.run(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command == "token":
+            return _token(args)
         url = args.database_url or db.default_database_url(args.state_dir)
         db.upgrade(url, args.revision)
         print(f"database at {args.revision}", flush=True)

@@ -58,6 +58,7 @@ from chital.controller.records import (
 )
 from chital.controller.store import Candidate, Store
 from chital.controller.validation import (
+    check_root,
     decode_page_token,
     encode_page_token,
     page_size,
@@ -75,7 +76,14 @@ from chital.controller.validation import (
     validate_sandbox,
     validate_signal,
 )
-from chital.errdefs import AlreadyExists, ChitalError, FailedPrecondition, InvalidArgument, Unavailable
+from chital.errdefs import (
+    AlreadyExists,
+    ChitalError,
+    FailedPrecondition,
+    InvalidArgument,
+    PermissionDenied,
+    Unavailable,
+)
 
 __all__ = ["Containers", "Page"]
 
@@ -113,7 +121,9 @@ class Containers:
         *,
         poll_interval: float = 0.5,
         metrics: ControllerMetrics | None = None,
+        allowed_roots: tuple[str, ...] = (),
     ) -> None:
+        self._allowed_roots = allowed_roots
         self._store = store
         self._pool = pool
         self._notifier = notifier
@@ -139,10 +149,14 @@ class Containers:
             validate_ref(spec.host, "host")
         return spec
 
-    def create(self, request_id: str, spec: ContainerSpec) -> ContainerRecord:
-        """Create a container (idempotent by request_id)."""
+    def create(self, request_id: str, spec: ContainerSpec, *, admin: bool = False) -> ContainerRecord:
+        """Create a container (idempotent by request_id). ``admin``: the caller has the admin role,
+        so ``sandbox.allow_host_root`` may lift the root policy (see validation.check_root)."""
         validate_request_id(request_id)
         self.validate_spec(spec)
+        if spec.sandbox.allow_host_root and not admin:
+            raise PermissionDenied("only an admin may set sandbox.allow_host_root")
+        check_root(spec.root, self._allowed_roots, allow_host_root=spec.sandbox.allow_host_root)
         pinned = bool(spec.host)
 
         def choose(candidates: list[Candidate]) -> str:

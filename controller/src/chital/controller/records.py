@@ -164,13 +164,15 @@ class Sandbox:
 
     ``allow_syscalls`` relaxes the host's default deny list, ``allow_raw_sockets`` allows AF_PACKET
     and SOCK_RAW sockets, ``capabilities`` are kept by the processes (none by default), and
-    ``host_network`` shares the host's network namespace (trusted workloads only).
+    ``host_network`` shares the host's network namespace (trusted workloads only), and
+    ``allow_host_root`` lets the root be outside the allowed roots, "/" included (admins only).
     """
 
     allow_syscalls: tuple[str, ...] = ()
     allow_raw_sockets: bool = False
     capabilities: tuple[str, ...] = ()
     host_network: bool = False
+    allow_host_root: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -178,6 +180,7 @@ class Sandbox:
             "allow_raw_sockets": self.allow_raw_sockets,
             "capabilities": list(self.capabilities),
             "host_network": self.host_network,
+            "allow_host_root": self.allow_host_root,
         }
 
     @classmethod
@@ -188,6 +191,7 @@ class Sandbox:
             allow_raw_sockets=bool(data.get("allow_raw_sockets", False)),
             capabilities=tuple(data.get("capabilities", ())),
             host_network=bool(data.get("host_network", False)),
+            allow_host_root=bool(data.get("allow_host_root", False)),
         )
 
 

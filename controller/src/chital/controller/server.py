@@ -1,4 +1,15 @@
-"""Wiring: the store, the agent pool, the monitor and the gRPC server, started and stopped together."""
+"""Wiring: the store, the agent pool, the monitor and the gRPC server, started and stopped together.
+
+Transport security (see docs/auth.md):
+
+- ``listen`` serves the API over TLS with the controller's certificate (``tls_dir``); clients are
+  not asked for certificates there and authenticate with bearer tokens.
+- ``mtls_listen`` (optional) serves the same API and requires a client certificate of the fleet
+  CA; the certificate's CN and OU (role) are the caller.
+- ``insecure`` serves plaintext, only on a loopback address, and dials agents in plaintext (only
+  loopback agents then). Tokens are required all the same.
+- The same bundle is the controller's client certificate towards the agents (mutual TLS).
+"""
 
 from __future__ import annotations
 
@@ -17,10 +28,12 @@ import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from chital.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from chital.api.container.v1 import container_pb2, container_pb2_grpc
 from chital.api.host.v1 import host_pb2, host_pb2_grpc
 from chital.controller import db
 from chital.controller.agents import AgentPool
+from chital.controller.auth import AuthInterceptor
 from chital.controller.containers import Containers
 from chital.controller.events import ChangeNotifier, EventIngestor
 from chital.controller.health import HealthConfig, HostMonitor
@@ -29,10 +42,13 @@ from chital.controller.metrics import ControllerMetrics
 from chital.controller.reconcile import Reconciler
 from chital.controller.rpc_metrics import RpcMetricsInterceptor
 from chital.controller.sd import DiscoveryFileUpdater
-from chital.controller.service import ContainerServicer, HostServicer
+from chital.controller.service import AdminServicer, ContainerServicer, HostServicer
 from chital.controller.store import Store
-from chital.errdefs import FailedPrecondition
+from chital.controller.tokens import AuditLog, Tokens
+from chital.controller.validation import validate_allowed_roots
+from chital.errdefs import FailedPrecondition, InvalidArgument
 from chital.errdefs.grpc import ErrorInterceptor
+from chital.security.tls import TLSFiles, channel_credentials, check_listen, server_credentials
 
 __all__ = ["ControllerConfig", "ControllerServer", "utc_now"]
 
@@ -75,10 +91,38 @@ class ControllerConfig:
     # Seconds between reconciler rounds, and how old unfinished work must be to be resumed.
     reconcile_interval: float = 10.0
     reconcile_min_age: float = 10.0
+    # The controller's bundle (ca.crt, tls.crt, tls.key from `chital-controller pki`): serves the
+    # API over TLS and is the client certificate towards the agents. Required unless insecure.
+    tls_dir: str = ""
+    # Plaintext API and plaintext agent channels, loopback addresses only.
+    insecure: bool = False
+    # host:port of a second API port that requires client certificates (empty: none).
+    mtls_listen: str = ""
+    # Write the bound mTLS port here (like port_file).
+    mtls_port_file: str = ""
+    # Container roots must lie under one of these (empty: anywhere but the system directories).
+    allowed_roots: tuple[str, ...] = ()
 
     def resolved_database_url(self) -> str:
         """The configured URL, else SQLite in the state directory."""
         return self.database_url or db.default_database_url(self.state_dir)
+
+    def tls_files(self) -> TLSFiles | None:
+        """The controller's bundle, None without ``tls_dir``."""
+        return TLSFiles.from_dir(self.tls_dir) if self.tls_dir else None
+
+    def check_security(self) -> None:
+        """FailedPrecondition (or InvalidArgument) unless the transport settings are safe and whole."""
+        tls = self.tls_files()
+        check_listen(self.listen, insecure=self.insecure, tls=tls)
+        if self.mtls_listen:
+            if tls is None:
+                raise FailedPrecondition("--mtls-listen needs the controller's TLS files (--tls-dir)")
+            check_listen(self.mtls_listen, insecure=False, tls=tls)
+        try:
+            validate_allowed_roots(self.allowed_roots)
+        except ValueError as exc:
+            raise InvalidArgument(str(exc)) from None
 
 
 class ControllerServer:
@@ -90,7 +134,9 @@ class ControllerServer:
         clock: Callable[[], datetime] = utc_now,
         new_id: Callable[[], str] = new_uid,
     ) -> None:
+        config.check_security()
         self.config = config
+        tls = config.tls_files()
         url = config.resolved_database_url()
         if config.migrate:
             db.upgrade(url)
@@ -105,7 +151,13 @@ class ControllerServer:
         self.store.add_listener(self.notifier)
         self.metrics = ControllerMetrics()
         self.store.observe = self.metrics.observe_db
-        self.pool = AgentPool(timeout=config.agent_timeout, metrics=self.metrics)
+        self.pool = AgentPool(
+            timeout=config.agent_timeout,
+            metrics=self.metrics,
+            credentials=None if tls is None else channel_credentials(tls),
+        )
+        self.tokens = Tokens(self.engine, clock)
+        self.audit = AuditLog(self.engine, clock)
         self.ingestor = EventIngestor(self.store, self.pool, clock, metrics=self.metrics)
         self.monitor = HostMonitor(
             self.store, self.pool, self.ingestor, clock, config=config.health, metrics=self.metrics
@@ -117,7 +169,13 @@ class ControllerServer:
 
         self.metrics.add_state_source(state_source, self.ingestor.active_streams)
         self.containers = Containers(
-            self.store, self.pool, self.notifier, clock, new_id, metrics=self.metrics
+            self.store,
+            self.pool,
+            self.notifier,
+            clock,
+            new_id,
+            metrics=self.metrics,
+            allowed_roots=validate_allowed_roots(config.allowed_roots),
         )
         self.reconciler = Reconciler(
             self.store,
@@ -132,31 +190,49 @@ class ControllerServer:
         self.health = health.HealthServicer()
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
-            # Metrics first: it must see the status the error interceptor settles on.
-            interceptors=[RpcMetricsInterceptor(self.metrics), ErrorInterceptor()],
+            # Metrics first: it must see the final status, the auth interceptor's denials included.
+            # Auth before errors: the audit log records the status an exception is mapped to.
+            interceptors=[
+                RpcMetricsInterceptor(self.metrics),
+                AuthInterceptor(self.tokens, self.audit),
+                ErrorInterceptor(),
+            ],
             options=[("grpc.so_reuseport", 0)],
         )
         container_pb2_grpc.add_ContainerServiceServicer_to_server(
             ContainerServicer(self.containers), self.server
         )
         host_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(self.hosts), self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.tokens, self.audit), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
             container_pb2.DESCRIPTOR.services_by_name["ContainerService"].full_name,
             host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
+            admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
         self.port = 0
+        self.mtls_port = 0
         self.metrics_port = 0
         self.discovery: DiscoveryFileUpdater | None = None
 
     def start(self) -> int:
         """Bind, start serving and start the monitor; returns the bound port."""
-        self.port = self.server.add_insecure_port(self.config.listen)
+        tls = self.config.tls_files()
+        if tls is None:
+            self.port = self.server.add_insecure_port(self.config.listen)
+        else:
+            creds = server_credentials(tls, require_client_cert=False)
+            self.port = self.server.add_secure_port(self.config.listen, creds)
         if not self.port:
             raise FailedPrecondition(f"cannot listen on {self.config.listen}")
+        if self.config.mtls_listen and tls is not None:
+            creds = server_credentials(tls, require_client_cert=True)
+            self.mtls_port = self.server.add_secure_port(self.config.mtls_listen, creds)
+            if not self.mtls_port:
+                raise FailedPrecondition(f"cannot listen on {self.config.mtls_listen}")
         self.server.start()
         if self.config.metrics_listen:
             self.metrics_port = self.metrics.serve(self.config.metrics_listen)
@@ -167,11 +243,29 @@ class ControllerServer:
             self.discovery.start()
         self.monitor.start()
         self.reconciler.start()
-        for name in ("", "chital.api.container.v1.ContainerService", "chital.api.host.v1.HostService"):
+        for name in (
+            "",
+            "chital.api.container.v1.ContainerService",
+            "chital.api.host.v1.HostService",
+            "chital.api.admin.v1.AdminService",
+        ):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if self.config.mtls_port_file and self.mtls_port:
+            _write_atomically(Path(self.config.mtls_port_file), f"{self.mtls_port}\n")
         if self.config.port_file:
             _write_atomically(Path(self.config.port_file), f"{self.port}\n")
-        log.info("controller listening on %s (port %d)", self.config.listen, self.port)
+        log.info(
+            "controller listening on %s (port %d, %s)",
+            self.config.listen,
+            self.port,
+            "plaintext: --insecure" if tls is None else "TLS, bearer tokens",
+        )
+        if self.mtls_port:
+            log.info(
+                "controller listening on %s (port %d, TLS, client certificates)",
+                self.config.mtls_listen,
+                self.mtls_port,
+            )
         return self.port
 
     def stop(self, grace: float = 5.0) -> None:

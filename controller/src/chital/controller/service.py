@@ -1,4 +1,4 @@
-"""gRPC adapters: ContainerService and HostService over the use cases.
+"""gRPC adapters: ContainerService, HostService and AdminService over the use cases.
 
 Protobuf types stop here: requests become plain values, records become messages. Errors are raised
 as errdefs exceptions and mapped to status codes by :class:`chital.errdefs.grpc.ErrorInterceptor`.
@@ -14,8 +14,10 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from chital.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from chital.api.container.v1 import container_pb2, container_pb2_grpc
 from chital.api.host.v1 import host_pb2, host_pb2_grpc
+from chital.controller.auth import Principal, current_principal
 from chital.controller.containers import Containers
 from chital.controller.hosts import Hosts
 from chital.controller.records import (
@@ -31,9 +33,10 @@ from chital.controller.records import (
     ProcessSpec,
     Sandbox,
 )
-from chital.errdefs import InvalidArgument
+from chital.controller.tokens import AuditLog, AuditRecord, TokenRecord, Tokens
+from chital.errdefs import InvalidArgument, PermissionDenied
 
-__all__ = ["ContainerServicer", "HostServicer"]
+__all__ = ["AdminServicer", "ContainerServicer", "HostServicer"]
 
 
 def _ts(value: datetime | None) -> timestamp_pb2.Timestamp | None:
@@ -88,6 +91,7 @@ def container_to_pb(c: ContainerRecord) -> container_pb2.Container:
             allow_raw_sockets=c.sandbox.allow_raw_sockets,
             capabilities=list(c.sandbox.capabilities),
             host_network=c.sandbox.host_network,
+            allow_host_root=c.sandbox.allow_host_root,
         ),
         effective_deny_syscalls=list(c.effective_deny_syscalls),
     )
@@ -172,9 +176,12 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
                 allow_raw_sockets=request.sandbox.allow_raw_sockets,
                 capabilities=tuple(request.sandbox.capabilities),
                 host_network=request.sandbox.host_network,
+                allow_host_root=request.sandbox.allow_host_root,
             ),
         )
-        record = self._containers.create(request.request_id, spec)
+        principal = current_principal()
+        admin = principal is not None and principal.role == "admin"
+        record = self._containers.create(request.request_id, spec, admin=admin)
         return container_pb2.CreateContainerResponse(container=container_to_pb(record))
 
     def GetContainer(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -307,3 +314,78 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
     def RemoveHost(self, request: Any, context: grpc.ServicerContext) -> Any:
         self._hosts.remove(request.host, request.force)
         return host_pb2.RemoveHostResponse()
+
+
+def token_to_pb(t: TokenRecord) -> admin_pb2.Token:
+    """A record as a message."""
+    return admin_pb2.Token(
+        id=t.id,
+        name=t.name,
+        role=t.role,
+        create_time=_ts(t.created_at),
+        expire_time=_ts(t.expires_at),
+        revoke_time=_ts(t.revoked_at),
+        created_by=t.created_by,
+        last_used_time=_ts(t.last_used_at),
+    )
+
+
+def audit_to_pb(a: AuditRecord) -> admin_pb2.AuditEntry:
+    """A record as a message."""
+    return admin_pb2.AuditEntry(
+        id=a.id,
+        time=_ts(a.at),
+        principal=a.principal,
+        role=a.role,
+        method=a.method,
+        request_id=a.request_id,
+        target=a.target,
+        code=a.code,
+        detail=a.detail,
+    )
+
+
+def _caller() -> Principal:
+    principal = current_principal()
+    if principal is None:  # only without the auth interceptor, which the server always installs
+        raise PermissionDenied("no authenticated caller")
+    return principal
+
+
+class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
+    """chital.api.admin.v1.AdminService."""
+
+    def __init__(self, tokens: Tokens, audit: AuditLog) -> None:
+        self._tokens = tokens
+        self._audit = audit
+
+    def CreateToken(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if request.ttl_seconds < 0:
+            raise InvalidArgument("ttl_seconds must not be negative (0: no expiry)")
+        ttl = float(request.ttl_seconds) if request.ttl_seconds else None
+        bearer, record = self._tokens.create(request.name, request.role, ttl, _caller().id)
+        return admin_pb2.CreateTokenResponse(bearer_token=bearer, token=token_to_pb(record))
+
+    def ListTokens(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return admin_pb2.ListTokensResponse(tokens=[token_to_pb(t) for t in self._tokens.list()])
+
+    def RevokeToken(self, request: Any, context: grpc.ServicerContext) -> Any:
+        return admin_pb2.RevokeTokenResponse(token=token_to_pb(self._tokens.revoke(request.id)))
+
+    def ListAuditLog(self, request: Any, context: grpc.ServicerContext) -> Any:
+        if len(request.principal) > 255:
+            raise InvalidArgument("principal is longer than 255 characters")
+        page = self._audit.list(request.page_size, request.page_token, request.principal)
+        return admin_pb2.ListAuditLogResponse(
+            entries=[audit_to_pb(a) for a in page.items], next_page_token=page.next_page_token
+        )
+
+    def WhoAmI(self, request: Any, context: grpc.ServicerContext) -> Any:
+        caller = _caller()
+        return admin_pb2.WhoAmIResponse(
+            name=caller.name,
+            role=caller.role,
+            auth_method=caller.auth_method,
+            principal=caller.id,
+            token_id=caller.token_id,
+        )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -11,14 +12,17 @@ from datetime import datetime
 
 from chital.controller.records import DEFAULT_GROUP_ID, DEFAULT_USER_ID, Sandbox
 from chital.controller.store import Cursor
-from chital.errdefs import InvalidArgument
+from chital.errdefs import InvalidArgument, PermissionDenied
 
 __all__ = [
     "MAX_PAGE_SIZE",
+    "SYSTEM_DIRS",
+    "check_root",
     "decode_page_token",
     "encode_page_token",
     "page_size",
     "parse_label_selector",
+    "validate_allowed_roots",
     "validate_argv",
     "validate_env",
     "validate_ids",
@@ -116,6 +120,86 @@ def validate_path(path: str, what: str, *, required: bool = False) -> str:
     if ".." in path.split("/"):
         raise InvalidArgument(f"{what} must not contain '..'")
     return path
+
+
+#: Never a container root, nor below one, nor above one (a root of /var would hold /var/lib/chital),
+#: when the controller has no allowed roots configured. One glob per path component: /lib* is /lib,
+#: /lib32, /lib64, /libx32; /var/lib/chital* is the state of chital's daemons. "/" is refused always.
+SYSTEM_DIRS: tuple[str, ...] = (
+    "/etc",
+    "/usr",
+    "/bin",
+    "/sbin",
+    "/lib*",
+    "/boot",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/root",
+    "/run",
+    "/var/run",
+    "/var/lib/chital*",
+)
+
+
+def _components(path: str) -> list[str]:
+    """The lexical components of an absolute path ('//' and '.' dropped)."""
+    return [part for part in path.split("/") if part and part != "."]
+
+
+def _overlaps(path: list[str], pattern: str) -> bool:
+    """``path`` is the directory ``pattern`` names, lies below it, or holds it."""
+    want = _components(pattern)
+    return all(fnmatch.fnmatchcase(have, glob) for have, glob in zip(path, want, strict=False))
+
+
+def _under(path: list[str], prefix: list[str]) -> bool:
+    return path[: len(prefix)] == prefix
+
+
+def validate_allowed_roots(roots: Sequence[str]) -> tuple[str, ...]:
+    """Configured root prefixes: absolute, no '..', never "/" (the host's root is a per-container,
+    admin-only choice); returned normalized. ValueError names the bad one."""
+    out = []
+    for root in roots:
+        if not root.startswith("/") or ".." in root.split("/") or "\x00" in root:
+            raise ValueError(f"allowed root {root!r} must be an absolute path without '..'")
+        parts = _components(root)
+        if not parts:
+            raise ValueError(
+                "allowed root '/' would allow every path: the host's root is allowed per container, "
+                "by an admin, with sandbox.allow_host_root"
+            )
+        out.append("/" + "/".join(parts))
+    return tuple(out)
+
+
+def check_root(root: str, allowed_roots: Sequence[str], *, allow_host_root: bool) -> None:
+    """The controller's root policy (the agent checks again, on the resolved path).
+
+    An empty root (the agent makes one) always passes, and so does any root when the sandbox sets
+    ``allow_host_root`` (the caller checked that an admin asked). Otherwise "/" is refused; with
+    ``allowed_roots`` the root must be one of them or lie below one; without them it must not be,
+    lie below or hold one of :data:`SYSTEM_DIRS`. The check is lexical: this host cannot see the
+    agent's file system, so symbolic links are the agent's check. Raises PermissionDenied.
+    """
+    if not root or allow_host_root:
+        return
+    parts = _components(validate_path(root, "root"))
+    hint = "only an admin may allow it, with sandbox.allow_host_root"
+    if not parts:
+        raise PermissionDenied(f"root {root!r} is the host's root: {hint}")
+    if allowed_roots:
+        if not any(_under(parts, _components(prefix)) for prefix in allowed_roots):
+            raise PermissionDenied(
+                f"root {root!r} is not under an allowed root ({', '.join(allowed_roots)}): {hint}"
+            )
+        return
+    for pattern in SYSTEM_DIRS:
+        if _overlaps(parts, pattern):
+            raise PermissionDenied(
+                f"root {root!r} is or holds a system directory of the host ({pattern}): {hint}"
+            )
 
 
 def validate_deny_syscalls(names: Sequence[str], what: str = "deny_syscalls") -> tuple[str, ...]:

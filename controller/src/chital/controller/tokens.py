@@ -1,0 +1,392 @@
+"""API tokens and the audit log, in SQL.
+
+A token string is ``chital_<id>_<secret>``: ``id`` is 12 hex digits (the primary key, shown in
+listings and the audit log), ``secret`` is 32 random bytes in unpadded URL-safe base64. Only the
+SHA-256 of the secret is stored; a salted slow hash buys nothing for a 256-bit random secret. The
+string is returned once, at creation.
+
+:meth:`Tokens.verify` tells "token expired" and "token revoked" apart only once the secret matched,
+so a caller without the secret learns nothing about a token id.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import getpass
+import hashlib
+import hmac
+import json
+import re
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session
+
+from chital.controller import db
+from chital.controller.models import AuditRow, TokenRow
+from chital.controller.validation import page_size
+from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound
+
+__all__ = [
+    "ROLES",
+    "AuditLog",
+    "AuditPage",
+    "AuditRecord",
+    "InvalidToken",
+    "TokenRecord",
+    "Tokens",
+    "create_token",
+    "local_principal",
+    "open_database",
+]
+
+#: Client roles, strongest first (the OU of a user certificate, the role of a token).
+ROLES: tuple[str, ...] = ("admin", "operator", "viewer")
+PREFIX = "chital_"
+ID_HEX = 12
+NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._@-]{0,61}[A-Za-z0-9])?")
+# Unpadded URL-safe base64 of 32 bytes.
+SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+ID_RE = re.compile(rf"[0-9a-f]{{{ID_HEX}}}")
+# last_used_at is written at most this often per token and controller (seconds).
+LAST_USED_INTERVAL = 60.0
+MAX_DETAIL = 1024
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+def _sha256(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def local_principal() -> str:
+    """The principal of a token made on this machine with ``chital-controller token create``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"local:{user}"
+
+
+class InvalidToken(Exception):  # noqa: N818 - a reason, shown to the caller as UNAUTHENTICATED
+    """The bearer token is malformed, unknown, wrong, expired or revoked (the message says which)."""
+
+
+@dataclass(frozen=True)
+class TokenRecord:
+    """A token without its secret."""
+
+    id: str
+    name: str
+    role: str
+    created_at: datetime
+    expires_at: datetime | None
+    revoked_at: datetime | None
+    created_by: str
+    last_used_at: datetime | None
+
+    @property
+    def principal(self) -> str:
+        """How the audit log names a caller with this token."""
+        return f"token:{self.name}/{self.id}"
+
+    def state(self, now: datetime) -> str:
+        """``active``, ``expired`` or ``revoked``."""
+        if self.revoked_at is not None:
+            return "revoked"
+        if self.expires_at is not None and self.expires_at <= now:
+            return "expired"
+        return "active"
+
+
+def _record(row: TokenRow) -> TokenRecord:
+    return TokenRecord(
+        id=row.id,
+        name=row.name,
+        role=row.role,
+        created_at=row.created_at,
+        expires_at=row.expires_at,
+        revoked_at=row.revoked_at,
+        created_by=row.created_by,
+        last_used_at=row.last_used_at,
+    )
+
+
+def validate_token_request(name: str, role: str, ttl_seconds: float | None) -> None:
+    """InvalidArgument naming the bad field of a new token."""
+    if not NAME_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"token name {name[:80]!r} must be 1-63 characters of [A-Za-z0-9._@-], "
+            "starting and ending with a letter or digit"
+        )
+    if role not in ROLES:
+        raise InvalidArgument(f"token role {role[:20]!r} must be one of {', '.join(ROLES)}")
+    if ttl_seconds is not None and not 0 < ttl_seconds <= 100 * 365 * 86400:
+        raise InvalidArgument("ttl_seconds must be positive and at most 100 years (0: no expiry)")
+
+
+class Tokens:
+    """Create, list, revoke and verify tokens. Thread-safe."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = _utc_now,
+        *,
+        last_used_interval: float = LAST_USED_INTERVAL,
+    ) -> None:
+        self._engine = engine
+        self._read = engine.execution_options(**{db.READONLY_OPTION: True})
+        self._clock = clock
+        self._last_used_interval = last_used_interval
+        self._last_used: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def create(
+        self, name: str, role: str, ttl_seconds: float | None, created_by: str
+    ) -> tuple[str, TokenRecord]:
+        """A new token: the token string (to show once) and its record."""
+        validate_token_request(name, role, ttl_seconds)
+        now = self._clock()
+        secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        row = TokenRow(
+            id=secrets.token_hex(ID_HEX // 2),
+            name=name,
+            role=role,
+            secret_sha256=_sha256(secret),
+            created_at=now,
+            expires_at=None if ttl_seconds is None else now + timedelta(seconds=ttl_seconds),
+            revoked_at=None,
+            created_by=created_by[:255],
+            last_used_at=None,
+        )
+        with Session(self._engine) as session, session.begin():
+            session.add(row)
+            session.flush()
+            record = _record(row)
+        return f"{PREFIX}{record.id}_{secret}", record
+
+    def list(self) -> list[TokenRecord]:
+        """Every token, oldest first."""
+        with Session(self._read) as session:
+            rows = session.scalars(sa.select(TokenRow).order_by(TokenRow.created_at, TokenRow.id)).all()
+            return [_record(r) for r in rows]
+
+    def get(self, token_id: str) -> TokenRecord:
+        """One token by id; NotFound."""
+        with Session(self._read) as session:
+            row = session.get(TokenRow, token_id)
+            if row is None:
+                raise NotFound(f"token {token_id[:40]!r} not found")
+            return _record(row)
+
+    def revoke(self, token_id: str) -> TokenRecord:
+        """Revoke a token (idempotent: the first revocation time stays); NotFound."""
+        if not ID_RE.fullmatch(token_id):
+            raise InvalidArgument(f"token id {token_id[:40]!r} must be {ID_HEX} hex digits")
+        with Session(self._engine) as session, session.begin():
+            row = session.get(TokenRow, token_id)
+            if row is None:
+                raise NotFound(f"token {token_id} not found")
+            if row.revoked_at is None:
+                row.revoked_at = self._clock()
+            return _record(row)
+
+    def verify(self, token: str) -> TokenRecord:
+        """The record of a usable token; InvalidToken says why not."""
+        token_id, secret = _parse(token)
+        with Session(self._read) as session:
+            row = session.get(TokenRow, token_id)
+            record = None if row is None else _record(row)
+            digest = "" if row is None else row.secret_sha256
+        # Compare even for an unknown id, so that the timing does not tell ids apart.
+        if not hmac.compare_digest(_sha256(secret), digest or "0" * 64) or record is None:
+            raise InvalidToken("invalid token")
+        state = record.state(self._clock())
+        if state != "active":
+            raise InvalidToken(f"token {state}")
+        self._touch(record.id)
+        return record
+
+    def _touch(self, token_id: str) -> None:
+        """Record the use, at most once per interval (a write per call would serialize every call
+        on SQLite's write lock)."""
+        now = time.monotonic()
+        with self._lock:
+            last = self._last_used.get(token_id)
+            if last is not None and now - last < self._last_used_interval:
+                return
+            self._last_used[token_id] = now
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.update(TokenRow).where(TokenRow.id == token_id).values(last_used_at=self._clock())
+            )
+
+
+def _parse(token: str) -> tuple[str, str]:
+    """``chital_<id>_<secret>`` -> (id, secret); InvalidToken if it has another shape."""
+    body = token.removeprefix(PREFIX)
+    token_id, sep, secret = body[:ID_HEX], body[ID_HEX : ID_HEX + 1], body[ID_HEX + 1 :]
+    if (
+        not token.startswith(PREFIX)
+        or sep != "_"
+        or not ID_RE.fullmatch(token_id)
+        or not SECRET_RE.fullmatch(secret)
+    ):
+        raise InvalidToken("invalid token: not a chital token (chital_<id>_<secret>)")
+    return token_id, secret
+
+
+def create_token(
+    database_url: str,
+    *,
+    name: str,
+    role: str = "admin",
+    ttl_seconds: float | None = None,
+    created_by: str = "",
+) -> tuple[str, TokenRecord]:
+    """Make a token directly in the database at ``database_url`` (bootstrap: the CLI's
+    ``token create``, and harnesses that need an admin token before any client can call).
+    The schema must be migrated."""
+    engine = open_database(database_url)
+    try:
+        return Tokens(engine).create(name, role, ttl_seconds, created_by or local_principal())
+    finally:
+        engine.dispose()
+
+
+def open_database(database_url: str) -> Engine:
+    """The controller's engine for ``database_url``; FailedPrecondition if it has no tokens table
+    (not migrated to 0003 yet). The caller disposes of it."""
+    engine = db.make_engine(database_url)
+    try:
+        migrated = sa.inspect(engine).has_table("tokens")
+    except Exception:
+        engine.dispose()
+        raise
+    if not migrated:
+        engine.dispose()
+        raise FailedPrecondition("the database has no tokens table: run `chital-controller db upgrade` first")
+    return engine
+
+
+@dataclass(frozen=True)
+class AuditRecord:
+    """One audited call."""
+
+    id: int
+    at: datetime
+    principal: str
+    role: str
+    method: str
+    request_id: str
+    target: str
+    code: str
+    detail: str
+
+
+@dataclass(frozen=True)
+class AuditPage:
+    """A page of the audit log, newest first."""
+
+    items: list[AuditRecord]
+    next_page_token: str
+
+
+def _encode_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps(["audit", entry_id]).encode()).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> int | None:
+    if not token:
+        return None
+    try:
+        if len(token) > 256:
+            raise ValueError("too long")
+        kind, entry_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if kind != "audit" or not isinstance(entry_id, int) or isinstance(entry_id, bool):
+            raise ValueError("not an audit cursor")
+        return entry_id
+    except (ValueError, TypeError, binascii.Error) as exc:
+        raise InvalidArgument("page_token is not a token this server issued") from exc
+
+
+def _escape_like(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+class AuditLog:
+    """Appends to and pages through the audit_log table."""
+
+    def __init__(self, engine: Engine, clock: Callable[[], datetime] = _utc_now) -> None:
+        self._engine = engine
+        self._read = engine.execution_options(**{db.READONLY_OPTION: True})
+        self._clock = clock
+
+    def append(
+        self,
+        *,
+        principal: str,
+        role: str,
+        method: str,
+        request_id: str,
+        target: str,
+        code: str,
+        detail: str = "",
+    ) -> None:
+        """Write one entry (values are cut to the column sizes)."""
+        with self._engine.begin() as conn:
+            conn.execute(
+                sa.insert(AuditRow).values(
+                    at=self._clock(),
+                    principal=principal[:255],
+                    role=role[:16],
+                    method=method[:255],
+                    request_id=request_id[:128],
+                    target=target[:255],
+                    code=code[:32],
+                    detail=detail[:MAX_DETAIL],
+                )
+            )
+
+    def list(self, size: int = 0, page_token: str = "", principal: str = "") -> AuditPage:
+        """Newest first. ``principal`` matches exactly, or as a prefix up to a '/'
+        ("token:ci" matches "token:ci/0123456789ab")."""
+        limit = page_size(size)
+        before = _decode_cursor(page_token)
+        query = sa.select(AuditRow).order_by(AuditRow.id.desc()).limit(limit + 1)
+        if before is not None:
+            query = query.where(AuditRow.id < before)
+        if principal:
+            query = query.where(
+                sa.or_(
+                    AuditRow.principal == principal,
+                    AuditRow.principal.like(_escape_like(principal) + "/%", escape="\\"),
+                )
+            )
+        with Session(self._read) as session:
+            rows = session.scalars(query).all()
+            items = [
+                AuditRecord(
+                    id=r.id,
+                    at=r.at,
+                    principal=r.principal,
+                    role=r.role,
+                    method=r.method,
+                    request_id=r.request_id,
+                    target=r.target,
+                    code=r.code,
+                    detail=r.detail,
+                )
+                for r in rows[:limit]
+            ]
+        return AuditPage(items, _encode_cursor(items[-1].id) if len(rows) > limit else "")
