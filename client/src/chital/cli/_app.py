@@ -29,6 +29,7 @@ from chital.client import (
     Unavailable,
 )
 from chital.client import config as cfg
+from chital.security.tls import is_loopback
 
 from . import _output as out
 
@@ -1032,8 +1033,14 @@ def _error_line(exc: Exception, connection: cfg.Connection | None) -> str:
         where = f"controller {connection.target}"
         if str(exc).startswith("TLS handshake failed") and connection.tls is not None:
             where += f", CA {connection.tls.ca} from {sources['ca']}"
-        elif connection.insecure and "Socket closed" in str(exc):
+        elif "Socket closed" in str(exc) and connection.insecure:
             where += f"; plaintext from {sources['insecure']}: does the controller expect TLS? (--ca)"
+        elif "Socket closed" in str(exc) and connection.tls is not None:
+            cert = f"certificate {connection.tls.cert}" if connection.tls.cert else "no client certificate"
+            where += (
+                f"; closed during the handshake? a port that requires client certificates refuses {cert}"
+                " unless the fleet CA signed it (--tls-dir, or --cert and --key)"
+            )
         return f"unavailable: {exc} ({where})"
     return f"{_error_kind(exc)}: {exc}"
 
@@ -1092,6 +1099,11 @@ def _call(args: argparse.Namespace) -> int:
     handler: _Handler = args.handler
     try:
         connection = _connection(args)
+        if connection.insecure and not is_loopback(connection.target):
+            return _fail(
+                f"plaintext ({connection.sources['insecure']}) is only for a controller on loopback, "
+                f"not {connection.target}: a token would cross the network unencrypted"
+            )
         client = Client(
             connection.target,
             tls=connection.tls,
