@@ -12,8 +12,11 @@ import grpc
 import pytest
 from fake_chital_controller import FakeController
 
+from chital.api.admin.v1 import admin_pb2_grpc as apb_grpc
 from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
+from chital.security.pki import PKI
+from chital.security.tls import TLSFiles, server_credentials
 
 
 @pytest.fixture(autouse=True)
@@ -32,15 +35,60 @@ def fake() -> Iterator[FakeController]:
     yield FakeController()
 
 
-@pytest.fixture
-def target(fake: FakeController) -> Iterator[str]:
-    """Address of a gRPC server on 127.0.0.1 serving ``fake``."""
+def serve(fake: FakeController, credentials: grpc.ServerCredentials | None = None) -> tuple[grpc.Server, str]:
+    """A started gRPC server on 127.0.0.1 serving ``fake`` (TLS with ``credentials``) and its address."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
     cpb_grpc.add_ContainerServiceServicer_to_server(fake, server)
     hpb_grpc.add_HostServiceServicer_to_server(fake, server)
-    port = server.add_insecure_port("127.0.0.1:0")
+    apb_grpc.add_AdminServiceServicer_to_server(fake, server)
+    if credentials is None:
+        port = server.add_insecure_port("127.0.0.1:0")
+    else:
+        port = server.add_secure_port("127.0.0.1:0", credentials)
     server.start()
+    return server, f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def target(fake: FakeController) -> Iterator[str]:
+    """Address of a plaintext gRPC server on 127.0.0.1 serving ``fake``."""
+    server, address = serve(fake)
     try:
-        yield f"127.0.0.1:{port}"
+        yield address
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> PKI:
+    """A fleet PKI with the controller's bundle (SANs 127.0.0.1, localhost), users alice (admin) and
+    bob (viewer), and a second, unrelated CA under ``other/``."""
+    root = tmp_path_factory.mktemp("pki")
+    pki = PKI.init(root / "fleet")
+    pki.issue_controller()
+    pki.issue_user("alice", "admin")
+    pki.issue_user("bob", "viewer")
+    PKI.init(root / "other").issue_user("mallory", "admin")
+    return pki
+
+
+@pytest.fixture
+def tls_target(fake: FakeController, pki: PKI) -> Iterator[str]:
+    """Address of a TLS server (the controller's bundle; no client certificate asked) serving ``fake``."""
+    files = TLSFiles.from_dir(pki.directory / "controller")
+    server, address = serve(fake, server_credentials(files, require_client_cert=False))
+    try:
+        yield address
+    finally:
+        server.stop(grace=None)
+
+
+@pytest.fixture
+def mtls_target(fake: FakeController, pki: PKI) -> Iterator[str]:
+    """Address of a TLS server that requires a client certificate of the fleet CA."""
+    files = TLSFiles.from_dir(pki.directory / "controller")
+    server, address = serve(fake, server_credentials(files, require_client_cert=True))
+    try:
+        yield address
     finally:
         server.stop(grace=None)

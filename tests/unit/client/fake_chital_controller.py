@@ -1,7 +1,10 @@
-"""An in-process fake controller (ContainerService + HostService) for the SDK and CLI tests.
+"""An in-process fake controller (ContainerService, HostService, AdminService) for the SDK and CLI
+tests.
 
 It keeps state in dicts, answers like the real API's contract (idempotent request_ids, NOT_FOUND
 for unknown names) and can be told to fail the next N calls of a method with a given code.
+Every call's ``authorization`` metadata is recorded (``fake.authorization``); AdminService keeps
+tokens in a dict and answers WhoAmI with ``fake.identity``.
 Processes are scripted by their argv: ``echo ARGS`` prints and exits 0, ``exit N`` exits N,
 ``crash`` dies of SIGKILL, ``stderr TEXT`` writes to stderr, ``sleep`` keeps running.
 """
@@ -15,6 +18,8 @@ from collections import Counter, defaultdict
 import grpc
 from google.protobuf import timestamp_pb2
 
+from chital.api.admin.v1 import admin_pb2 as apb
+from chital.api.admin.v1 import admin_pb2_grpc as apb_grpc
 from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2 as hpb
@@ -27,7 +32,9 @@ def _now() -> timestamp_pb2.Timestamp:
     return ts
 
 
-class FakeController(cpb_grpc.ContainerServiceServicer, hpb_grpc.HostServiceServicer):
+class FakeController(
+    cpb_grpc.ContainerServiceServicer, hpb_grpc.HostServiceServicer, apb_grpc.AdminServiceServicer
+):
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.containers: dict[str, cpb.Container] = {}
@@ -39,6 +46,25 @@ class FakeController(cpb_grpc.ContainerServiceServicer, hpb_grpc.HostServiceServ
         self.requests: dict[str, list[object]] = defaultdict(list)
         self.failures: dict[str, list[tuple[grpc.StatusCode, str]]] = defaultdict(list)
         self.events: list[cpb.WatchResponse] = []
+        self.authorization: dict[str, list[str | None]] = defaultdict(list)
+        self.tokens: dict[str, apb.Token] = {}
+        self.audit = [
+            apb.AuditEntry(
+                id=n,
+                time=_now(),
+                principal="token:ci/0123456789ab",
+                role="operator",
+                method="/chital.api.container.v1.ContainerService/CreateContainer",
+                request_id=f"r-{n}",
+                target=f"box-{n}",
+                code="OK" if n % 2 else "PERMISSION_DENIED",
+                detail="" if n % 2 else "role viewer may not\ncall it",
+            )
+            for n in range(5, 0, -1)
+        ]
+        self.identity = apb.WhoAmIResponse(
+            name="alice", role="admin", auth_method="token", principal="token:alice/0123456789ab"
+        )
 
     # -- test controls -------------------------------------------------------------------------
 
@@ -46,9 +72,11 @@ class FakeController(cpb_grpc.ContainerServiceServicer, hpb_grpc.HostServiceServ
         self.failures[method].extend([(code, message)] * times)
 
     def _enter(self, method: str, request: object, context: grpc.ServicerContext) -> None:
+        metadata = dict(context.invocation_metadata())
         with self.lock:
             self.calls[method] += 1
             self.requests[method].append(request)
+            self.authorization[method].append(metadata.get("authorization"))
             pending = self.failures[method]
             failure = pending.pop(0) if pending else None
         if failure:
@@ -272,3 +300,43 @@ class FakeController(cpb_grpc.ContainerServiceServicer, hpb_grpc.HostServiceServ
         h = self._host(request.host, context)
         del self.hosts[h.id]
         return hpb.RemoveHostResponse()
+
+    # -- AdminService ----------------------------------------------------------------------------
+
+    def CreateToken(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("CreateToken", request, context)
+        token_id = f"{len(self.tokens) + 1:012x}"
+        token = apb.Token(id=token_id, name=request.name, role=request.role, created_by="token:alice/0")
+        token.create_time.CopyFrom(_now())
+        if request.ttl_seconds:
+            token.expire_time.FromSeconds(token.create_time.seconds + request.ttl_seconds)
+        self.tokens[token_id] = token
+        return apb.CreateTokenResponse(bearer_token=f"chital_{token_id}_secret", token=token)
+
+    def ListTokens(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("ListTokens", request, context)
+        return apb.ListTokensResponse(tokens=list(self.tokens.values()))
+
+    def RevokeToken(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("RevokeToken", request, context)
+        if request.id not in self.tokens:
+            context.abort(grpc.StatusCode.NOT_FOUND, f'token "{request.id}"')
+        token = self.tokens[request.id]
+        if not token.HasField("revoke_time"):
+            token.revoke_time.CopyFrom(_now())
+        return apb.RevokeTokenResponse(token=token)
+
+    def ListAuditLog(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("ListAuditLog", request, context)
+        entries = [
+            e for e in self.audit if not request.principal or e.principal.startswith(request.principal)
+        ]
+        start = int(request.page_token or 0)
+        size = request.page_size or 100
+        page = entries[start : start + size]
+        more = start + size < len(entries)
+        return apb.ListAuditLogResponse(entries=page, next_page_token=str(start + size) if more else "")
+
+    def WhoAmI(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("WhoAmI", request, context)
+        return self.identity
