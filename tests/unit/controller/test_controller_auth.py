@@ -1,0 +1,244 @@
+"""The role table, tokens, the root policy and the docs that describe them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from chital.api.admin.v1 import admin_pb2
+from chital.api.container.v1 import container_pb2
+from chital.api.host.v1 import host_pb2
+from chital.controller import db
+from chital.controller.__main__ import parse_ttl
+from chital.controller.auth import METHOD_ROLES, Principal, role_allows, roles_table_markdown
+from chital.controller.tokens import AuditLog, InvalidToken, Tokens, create_token
+from chital.controller.validation import check_root, validate_allowed_roots
+from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+
+DOC = Path(__file__).resolve().parents[3] / "docs" / "auth.md"
+
+
+def _served_methods() -> set[str]:
+    out = set()
+    for module, name in (
+        (container_pb2, "ContainerService"),
+        (host_pb2, "HostService"),
+        (admin_pb2, "AdminService"),
+    ):
+        service = module.DESCRIPTOR.services_by_name[name]
+        out |= {f"/{service.full_name}/{m.name}" for m in service.methods}
+    return out
+
+
+def test_every_served_method_is_in_the_role_table_and_nothing_else() -> None:
+    assert set(METHOD_ROLES) == _served_methods()
+
+
+def test_roles_of_the_table() -> None:
+    for method, rule in METHOD_ROLES.items():
+        assert rule.role in ("admin", "operator", "viewer")
+        if "/chital.api.host.v1.HostService/" in method and rule.mutating:
+            assert rule.role == "admin", method
+        if method.startswith("/chital.api.admin.v1.AdminService/") and not method.endswith("/WhoAmI"):
+            assert rule.role == "admin", method
+        # Reads are open to viewers and not audited; every mutation is audited.
+        read = re.search(r"/(Get|List|Watch|Wait|Stream|WhoAmI)\w*$", method) is not None
+        assert rule.mutating is not read, method
+        if read and "AdminService" not in method:
+            assert rule.role == "viewer", method
+
+
+def test_role_order() -> None:
+    assert role_allows("admin", "viewer") and role_allows("admin", "admin")
+    assert role_allows("operator", "operator") and role_allows("operator", "viewer")
+    assert not role_allows("operator", "admin")
+    assert not role_allows("viewer", "operator")
+    assert not role_allows("agent", "viewer") and not role_allows("controller", "viewer")
+
+
+def test_docs_table_matches_the_code() -> None:
+    text = DOC.read_text()
+    begin, end = "<!-- BEGIN METHOD_ROLES -->\n", "<!-- END METHOD_ROLES -->"
+    table = text[text.index(begin) + len(begin) : text.index(end)]
+    assert table == roles_table_markdown(), (
+        "docs/auth.md is out of date: paste chital.controller.auth.roles_table_markdown() between the markers"
+    )
+
+
+def test_principal_ids() -> None:
+    assert Principal("ci", "operator", "token", "0123456789ab").id == "token:ci/0123456789ab"
+    assert Principal("alice", "admin", "certificate").id == "cert:alice"
+
+
+# -- tokens ---------------------------------------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2026, 1, 1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+@pytest.fixture
+def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    db.upgrade(url)
+    engine = db.make_engine(url)
+    yield engine
+    engine.dispose()
+
+
+def test_token_shape_and_storage(engine: sa.Engine) -> None:
+    tokens = Tokens(engine)
+    bearer, record = tokens.create("ci", "operator", None, "local:root")
+    assert re.fullmatch(r"chital_[0-9a-f]{12}_[A-Za-z0-9_-]{43}", bearer)
+    assert bearer.split("_")[1] == record.id
+    with engine.connect() as conn:
+        row = conn.execute(sa.text("SELECT secret_sha256 FROM tokens")).one()
+    secret = bearer[len("chital_") + 13 :]
+    assert row[0] == hashlib.sha256(secret.encode()).hexdigest()
+    assert tokens.verify(bearer).id == record.id
+
+
+def test_token_expiry_revocation_and_bad_strings(engine: sa.Engine) -> None:
+    clock = Clock()
+    tokens = Tokens(engine, clock)
+    bearer, record = tokens.create("short", "viewer", 60, "t")
+    assert record.expires_at == clock.now + timedelta(seconds=60)
+    assert tokens.verify(bearer).name == "short"
+    clock.now += timedelta(seconds=60)
+    with pytest.raises(InvalidToken, match=r"^token expired$"):
+        tokens.verify(bearer)
+    other, other_record = tokens.create("long", "admin", None, "t")
+    tokens.revoke(other_record.id)
+    with pytest.raises(InvalidToken, match=r"^token revoked$"):
+        tokens.verify(other)
+    # Expired or revoked is only told to a caller with the secret.
+    wrong = other[:-1] + ("A" if other[-1] != "A" else "B")
+    with pytest.raises(InvalidToken, match=r"^invalid token$"):
+        tokens.verify(wrong)
+    for junk in (
+        "",
+        "chital_",
+        "chital_0123456789ab",
+        "x" * 63,
+        other.replace("chital_", "chitaL_"),
+        other + "A",
+    ):
+        with pytest.raises(InvalidToken):
+            tokens.verify(junk)
+    with pytest.raises(NotFound):
+        tokens.revoke("0123456789ab")
+    with pytest.raises(InvalidArgument):
+        tokens.revoke("nope")
+
+
+@pytest.mark.parametrize(
+    ("name", "role", "ttl"),
+    [
+        ("", "admin", None),
+        ("a b", "admin", None),
+        ("x" * 64, "admin", None),
+        ("ok", "root", None),
+        ("ok", "admin", 0),
+    ],
+)
+def test_token_request_validation(engine: sa.Engine, name: str, role: str, ttl: float | None) -> None:
+    with pytest.raises(InvalidArgument):
+        Tokens(engine).create(name, role, ttl, "t")
+
+
+def test_last_used_is_written_at_most_once_an_interval(engine: sa.Engine) -> None:
+    clock = Clock()
+    tokens = Tokens(engine, clock, last_used_interval=3600)
+    bearer, record = tokens.create("ci", "viewer", None, "t")
+    assert record.last_used_at is None
+    tokens.verify(bearer)
+    first = tokens.get(record.id).last_used_at
+    assert first == clock.now
+    clock.now += timedelta(seconds=5)
+    tokens.verify(bearer)
+    assert tokens.get(record.id).last_used_at == first
+
+
+def test_create_token_needs_the_schema(tmp_path: Path) -> None:
+    with pytest.raises(FailedPrecondition, match="db upgrade"):
+        create_token(f"sqlite:///{tmp_path / 'empty.db'}", name="admin")
+    url = f"sqlite:///{tmp_path / 'ok.db'}"
+    db.upgrade(url)
+    bearer, record = create_token(url, name="admin")
+    assert record.role == "admin" and record.created_by.startswith("local:")
+    assert bearer.startswith(f"chital_{record.id}_")
+
+
+def test_audit_paging_and_principal_filter(engine: sa.Engine) -> None:
+    audit = AuditLog(engine)
+    for i, who in enumerate(
+        ["token:ci/0123456789ab", "token:ci2/ba9876543210", "cert:ci", "token:c%/aaaaaaaaaaaa"] * 3
+    ):
+        audit.append(principal=who, role="admin", method=f"/m/{i}", request_id="", target="", code="OK")
+    page = audit.list(5)
+    assert [r.method for r in page.items] == [f"/m/{i}" for i in range(11, 6, -1)]
+    rest = audit.list(100, page.next_page_token)
+    assert [r.method for r in rest.items] == [
+        f"/m/{i}" for i in range(6, -1, -1)
+    ] and not rest.next_page_token
+    assert {r.principal for r in audit.list(principal="token:ci").items} == {"token:ci/0123456789ab"}
+    assert len(audit.list(principal="cert:ci").items) == 3
+    assert audit.list(principal="token:c").items == []  # '%' and '_' are literal, names are whole
+    assert {r.principal for r in audit.list(principal="token:c%").items} == {"token:c%/aaaaaaaaaaaa"}
+    with pytest.raises(InvalidArgument):
+        audit.list(page_token="junk")
+
+
+# -- roots ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "root",
+    ["/", "//", "/.", "/etc", "/etc/", "/usr/local/x", "/lib", "/lib64", "/libx32/a", "/boot", "/proc/1/root",
+     "/sys", "/dev/shm", "/root", "/run", "/var/run/docker.sock", "/var", "/var/lib", "/var/lib/chital",
+     "/var/lib/chital-agent/roots/x", "/bin", "/sbin"],
+)  # fmt: skip
+def test_system_roots_are_refused(root: str) -> None:
+    with pytest.raises(PermissionDenied, match="allow_host_root"):
+        check_root(root, (), allow_host_root=False)
+    check_root(root, (), allow_host_root=True)
+
+
+@pytest.mark.parametrize("root", ["", "/srv/x", "/home/alice/sbx", "/var/tmp/x", "/opt/roots/a", "/usr2"])
+def test_other_roots_pass_without_configuration(root: str) -> None:
+    check_root(root, (), allow_host_root=False)
+
+
+def test_allowed_roots() -> None:
+    allowed = validate_allowed_roots(["/srv/sbx/", "//data//roots"])
+    assert allowed == ("/srv/sbx", "/data/roots")
+    check_root("/srv/sbx", allowed, allow_host_root=False)
+    check_root("/data/roots/a/b", allowed, allow_host_root=False)
+    for root in ("/srv/sbx2", "/srv", "/", "/home/x"):
+        with pytest.raises(PermissionDenied):
+            check_root(root, allowed, allow_host_root=False)
+    check_root("/", allowed, allow_host_root=True)
+    for bad in ("/", "//", "relative", "/a/../b"):
+        with pytest.raises(ValueError, match="allowed root"):
+            validate_allowed_roots([bad])
+
+
+def test_parse_ttl() -> None:
+    assert parse_ttl("") is None
+    assert parse_ttl("90") == 90
+    assert parse_ttl("90m") == 5400
+    assert parse_ttl("12h") == 43200
+    assert parse_ttl("30d") == 30 * 86400
+    for bad in ("soon", "0", "-5", "1w"):
+        with pytest.raises(InvalidArgument):
+            parse_ttl(bad)
