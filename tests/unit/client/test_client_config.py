@@ -348,6 +348,7 @@ def test_token_file_and_relative_paths(tmp_path: Path, files: dict[str, str]) ->
     config.contexts["dev"] = Context(ca="certs/ca.crt", token="chital_inline")
     c = resolve(env={"CHITAL_TOKEN_FILE": files["token"]}, config=config)
     assert c.token == "chital_from_file"
+    assert resolve(Overrides(token=""), env={}, config=config).token is None  # `--token ""`: none
     (home / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):
         resolve(Overrides(token_file=str(home / "empty")), env={}, config=config)

@@ -303,7 +303,8 @@ def _toml_key(name: str) -> str:
 
 @dataclass(frozen=True)
 class Overrides:
-    """Settings given explicitly (the command-line flags); ``None`` is "not given"."""
+    """Settings given explicitly (the command-line flags); ``None`` is "not given", and an empty
+    ``token`` is "no token" (the context's is not used)."""
 
     target: str | None = None
     context: str | None = None
@@ -575,6 +576,8 @@ def _token(layers: list[_Layer], sources: dict[str, str]) -> str | None:
         if has_token and has_file:
             raise ConfigError(f"{layer.where('token')} and {layer.where('token_file')}: choose one")
         if has_token:
+            if not layer.values["token"]:  # `--token ""`: no token, whatever the context says
+                return None
             sources["token"] = layer.where("token")
             return str(layer.values["token"])
         if has_file:
