@@ -13,7 +13,8 @@
 - **Unload**: never. The kernel holds the containers and their members; the module refuses ``rmmod``
   (EBUSY) while a container exists, and the agent does not even try, on shutdown or at any other time:
   a stopped or restarted agent leaves every container running, and the next agent picks them up from
-  the module. Unloading is an operator's decision (the Ansible uninstall playbook, after draining).
+  the module. Unloading is an operator's decision: drain the host, stop the agent, ``rmmod chital``
+  (Ansible playbooks for this are planned; docs/operations.md).
 """
 
 from __future__ import annotations
