@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import stat
 from pathlib import Path
@@ -83,11 +84,19 @@ def test_context_set_ls_use_rm(run, _no_user_settings: Path, tmp_path: Path, mon
     assert run("context", "set", "dev", "--ca", "")[0] == 0
     assert Config.load(config_path).context("dev").ca is None
     code, _, err = run("context", "set", "dev", "--insecure", "--tls-dir", str(tmp_path))
-    assert code == 1 and "insecure = true or TLS files" in err
+    assert code == 1 and err.startswith(
+        'chital: error: context "dev": a context takes insecure = true or TLS'
+    )
 
     assert run("context", "rm", "local") == (0, "", 'removed context "local"\n')
     config = Config.load(config_path)
     assert list(config.contexts) == ["dev"] and config.current_context is None
+
+
+def test_context_set_reads_the_token_from_stdin(run, _no_user_settings: Path, monkeypatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO(TOKEN + "\n"))
+    assert run("context", "set", "dev", "--insecure", "--token", "-")[0] == 0
+    assert Config.load(_no_user_settings).context("dev").token == TOKEN
 
 
 def test_context_set_warns_about_missing_files(run, tmp_path: Path) -> None:

@@ -354,6 +354,12 @@ def test_token_file_and_relative_paths(tmp_path: Path, files: dict[str, str]) ->
         resolve(Overrides(token_file=str(home / "empty")), env={}, config=config)
 
 
+def test_empty_flags_are_not_given(tmp_path: Path, files: dict[str, str]) -> None:
+    config = config_with(tmp_path, dev=Context(controllers=("ctx:1",), ca=files["ctx-ca"]))
+    c = resolve(Overrides(target="", ca="", tls_dir=""), env={}, config=config)
+    assert c.target == "ctx:1" and c.tls is not None and str(c.tls.ca) == files["ctx-ca"]
+
+
 def test_relative_flag_paths_are_from_the_working_directory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

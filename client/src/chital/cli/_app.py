@@ -583,7 +583,10 @@ def _context_set(args: argparse.Namespace) -> int:
         if value is not None:
             changes[key] = _absolute_path(value)
     if args.set_token is not None:
-        changes["token"] = args.set_token.strip() or None
+        # "-": from stdin, so that the token is not in the process list or the shell history.
+        from_stdin = args.set_token == "-"  # noqa: S105 - the stdin marker, not a secret
+        token = sys.stdin.readline() if from_stdin else args.set_token
+        changes["token"] = token.strip() or None
     # A token and a token file exclude each other: setting one replaces the other.
     if changes.get("token"):
         changes["token_file"] = None
@@ -591,7 +594,10 @@ def _context_set(args: argparse.Namespace) -> int:
         changes["token"] = None
     if args.set_insecure is not None:
         changes["insecure"] = args.set_insecure
-    context = dataclasses.replace(old, **changes)
+    try:
+        context = dataclasses.replace(old, **changes)
+    except cfg.ConfigError as exc:
+        raise cfg.ConfigError(f'context "{args.name}": {exc}') from None
     for key in ("tls_dir", "ca", "cert", "key", "token_file"):
         path = getattr(context, key)
         if key in changes and path is not None and not Path(path).exists():
@@ -990,7 +996,12 @@ def _add_context_commands(commands: Any, add_local: Callable[..., argparse.Argum
     sub.add_argument("--cert", dest="set_cert", metavar="FILE", help="client certificate")
     sub.add_argument("--key", dest="set_key", metavar="FILE", help="client key")
     tokens = sub.add_mutually_exclusive_group()
-    tokens.add_argument("--token", dest="set_token", metavar="TOKEN", help="bearer token, stored in the file")
+    tokens.add_argument(
+        "--token",
+        dest="set_token",
+        metavar="TOKEN",
+        help='bearer token, stored in the file ("-": read stdin)',
+    )
     tokens.add_argument("--token-file", dest="set_token_file", metavar="FILE", help="file holding the token")
     sub.add_argument(
         "--insecure",

@@ -322,8 +322,8 @@ class Connection:
     """Where to connect and how, with where each setting came from.
 
     ``sources`` maps ``target``, ``ca``, ``cert``, ``key``, ``token`` and ``insecure`` to a phrase
-    such as ``"flag --ca"``, ``"env CHITAL_TOKEN"``, ``'context "dev" in ~/.config/chital/config.toml'``
-    or ``"default"`` (only the settings that are set appear).
+    such as ``"flag --ca"``, ``"env CHITAL_TOKEN"``, ``"tls_dir in context 'dev' of <file>"`` or
+    ``"default"`` (only the settings that are set appear), for messages.
     """
 
     target: str
@@ -375,7 +375,12 @@ def _absolute(value: str, base: Path | None) -> str:
 
 
 def _flag_layer(overrides: Overrides) -> _Layer:
-    values = {k: v for k, v in dataclasses.asdict(overrides).items() if v is not None and k != "context"}
+    # An empty value is "not given", except for the token, where it is "no token".
+    values = {
+        k: v
+        for k, v in dataclasses.asdict(overrides).items()
+        if k != "context" and v is not None and (v != "" or k == "token")
+    }
     for key in _PATH_KEYS:
         if key in values:
             values[key] = _absolute(values[key], None)
