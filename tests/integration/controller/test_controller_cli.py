@@ -58,6 +58,14 @@ def test_serve_without_schema_fails_clearly(tmp_path: Path) -> None:
     assert "db upgrade" in result.stderr
 
 
+def test_serve_on_an_older_schema_fails_clearly(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    assert run_cli("db", "upgrade", "--database-url", url, "--revision", "0002").returncode == 0
+    result = run_cli("serve", "--listen", "127.0.0.1:0", "--database-url", url, "--insecure")
+    assert result.returncode == 2
+    assert "older than this controller" in result.stderr
+
+
 def test_serve_refuses_plaintext_unless_asked_and_on_loopback(tmp_path: Path) -> None:
     state = ("--state-dir", str(tmp_path), "--migrate")
     neither = run_cli("serve", "--listen", "127.0.0.1:0", *state)

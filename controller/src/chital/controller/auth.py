@@ -268,6 +268,9 @@ class AuthInterceptor(grpc.ServerInterceptor):
                 _abort(
                     context, grpc.StatusCode.UNAVAILABLE, "cannot verify the token now: database unavailable"
                 )
+            except Exception:
+                log.exception("cannot authenticate a call of %s", method)
+                _abort(context, grpc.StatusCode.INTERNAL, "internal error while authenticating the call")
             if rule is None:
                 _abort(
                     context, grpc.StatusCode.PERMISSION_DENIED, f"{_short(method)} is not in the role table"

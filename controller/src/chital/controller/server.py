@@ -141,9 +141,15 @@ class ControllerServer:
         if config.migrate:
             db.upgrade(url)
         self.engine = db.make_engine(url)
-        if not sa.inspect(self.engine).has_table("events"):
+        inspector = sa.inspect(self.engine)
+        if not inspector.has_table("events"):
             raise FailedPrecondition(
                 "the database has no chital schema: "
+                "run `chital-controller db upgrade` or serve with --migrate"
+            )
+        if not inspector.has_table("tokens"):
+            raise FailedPrecondition(
+                "the database schema is older than this controller (no tokens table): "
                 "run `chital-controller db upgrade` or serve with --migrate"
             )
         self.store = Store(self.engine)
