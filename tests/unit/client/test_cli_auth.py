@@ -99,6 +99,20 @@ def test_context_set_reads_the_token_from_stdin(run, _no_user_settings: Path, mo
     assert Config.load(_no_user_settings).context("dev").token == TOKEN
 
 
+def test_a_token_others_may_read_is_warned_about(run, target: str, tmp_path: Path) -> None:
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    token_file.chmod(0o644)
+    code, _, err = run("--controller", target, "--insecure", "--token-file", str(token_file), "whoami")
+    assert (code, err) == (
+        0,
+        f"chital: warning: {token_file} holds a token and others may read it (chmod 600 {token_file})\n",
+    )
+    token_file.chmod(0o600)
+    assert run("--controller", target, "--insecure", "--token-file", str(token_file), "whoami")[2] == ""
+    assert run("--controller", target, "--insecure", "--token", TOKEN, "whoami")[2] == ""
+
+
 def test_context_set_warns_about_missing_files(run, tmp_path: Path) -> None:
     code, _, err = run("context", "set", "dev", "--ca", str(tmp_path / "nope.crt"))
     assert code == 0 and f"chital: warning: ca {tmp_path / 'nope.crt'} does not exist (yet)" in err

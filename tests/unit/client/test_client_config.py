@@ -346,8 +346,10 @@ def test_token_file_and_relative_paths(tmp_path: Path, files: dict[str, str]) ->
     assert c.sources["token"] == f"token_file in context 'dev' of {config.path}"
     # A token file from a higher level beats the context's inline token.
     config.contexts["dev"] = Context(ca="certs/ca.crt", token="chital_inline")
+    assert resolve(env={}, config=config).token_path == config.path
     c = resolve(env={"CHITAL_TOKEN_FILE": files["token"]}, config=config)
-    assert c.token == "chital_from_file"
+    assert c.token == "chital_from_file" and c.token_path == Path(files["token"])
+    assert resolve(env={"CHITAL_TOKEN": "chital_env"}, config=config).token_path is None
     assert resolve(Overrides(token=""), env={}, config=config).token is None  # `--token ""`: none
     (home / "empty").write_text("\n")
     with pytest.raises(ConfigError, match="is empty"):

@@ -1074,7 +1074,22 @@ def _connection(args: argparse.Namespace) -> cfg.Connection:
         key=args.key,
         insecure=args.insecure,
     )
-    return cfg.resolve(overrides, config=cfg.Config.load(args.config))
+    connection = cfg.resolve(overrides, config=cfg.Config.load(args.config))
+    _warn_if_readable(connection.token_path)
+    return connection
+
+
+def _warn_if_readable(path: Path | None) -> None:
+    """Like ssh with a private key: say so when the token sits in a file that others may read."""
+    try:
+        loose = path is not None and path.stat().st_mode & 0o077
+    except OSError:
+        return
+    if loose:
+        print(
+            f"chital: warning: {path} holds a token and others may read it (chmod 600 {path})",
+            file=sys.stderr,
+        )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -333,6 +333,9 @@ class Connection:
     context: str | None = None
     config_path: Path | None = None
     sources: Mapping[str, str] = field(default_factory=dict)
+    token_path: Path | None = None
+    """The file the token was read from: a token file, or the config file for a context's inline
+    token (None for a token given by flag or environment)."""
 
 
 @dataclass(frozen=True)
@@ -530,10 +533,12 @@ def resolve(
     else:
         files = _tls_files(tls, sources, target, context_name)
 
+    token, token_path = _token(layers, sources)
     return Connection(
         target=target,
         tls=files,
-        token=_token(layers, sources),
+        token=token,
+        token_path=token_path,
         insecure=insecure,
         context=context_name,
         config_path=config.path,
@@ -574,18 +579,19 @@ def _tls_files(tls: dict[str, str], sources: dict[str, str], target: str, contex
     )
 
 
-def _token(layers: list[_Layer], sources: dict[str, str]) -> str | None:
-    """The token of the first layer that sets token or token_file (read from the file)."""
+def _token(layers: list[_Layer], sources: dict[str, str]) -> tuple[str | None, Path | None]:
+    """The token of the first layer that sets token or token_file, and the file it was read from."""
     for layer in layers:
         has_token, has_file = "token" in layer.values, "token_file" in layer.values
         if has_token and has_file:
             raise ConfigError(f"{layer.where('token')} and {layer.where('token_file')}: choose one")
         if has_token:
             if not layer.values["token"]:  # `--token ""`: no token, whatever the context says
-                return None
+                return None, None
             sources["token"] = layer.where("token")
-            return str(layer.values["token"])
+            return str(layer.values["token"]), layer.path
         if has_file:
             sources["token"] = layer.where("token_file")
-            return _read_token_file(layer.values["token_file"], sources["token"])
-    return None
+            path = layer.values["token_file"]
+            return _read_token_file(path, sources["token"]), Path(path)
+    return None, None
