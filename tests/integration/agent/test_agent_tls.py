@@ -166,12 +166,15 @@ def test_container_roots_are_policy(agent_factory: AgentFactory, bundles: Bundle
     (tmp_path / "to-root").symlink_to("/")
     refused = {
         "/": "is the host's root",
-        "/etc": "is a system directory",
-        "/usr/lib": "is a system directory",
-        "/lib64" if Path("/lib64").is_dir() else "/lib": "is a system directory",
+        "/etc": "is or holds a system directory",
+        "/usr/lib": "is or holds a system directory",
+        "/lib64" if Path("/lib64").is_dir() else "/lib": "is or holds a system directory",
+        "/var": "is or holds a system directory of the host (/var/lib/chital*)",
         "/proc/1/root": "root '/proc/1/root'",
         str(tmp_path / "to-root"): "resolved to '/'",
-        str(agent.state_dir): "inside the agent's state directory",
+        str(agent.state_dir): "is or holds the agent's state directory",
+        str(agent.state_dir / "containers"): "is or holds the agent's state directory",
+        str(agent.workdir): "is or holds the agent's state directory",
     }
     for root, why in refused.items():
         code, details = _code(lambda r=root: _create(stub, "ct-root", r))  # type: ignore[misc]

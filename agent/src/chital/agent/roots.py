@@ -7,8 +7,9 @@ so that a host's own configuration bounds what any caller can do on it:
   link planted under an allowed prefix cannot point the container at ``/``;
 - ``/`` is refused;
 - with ``--allowed-root`` prefixes, the root must be one of them or lie below one;
-- without them, the host's system directories (and this agent's own state directory) are refused,
-  themselves and everything below them: see :data:`SYSTEM_DIRS`;
+- without them, the host's system directories are refused, themselves, everything below them and
+  every directory that holds one (``/var`` holds ``/var/lib/chital-agent``): see :data:`SYSTEM_DIRS`;
+- this agent's own state directory is refused in the same way, whatever the prefixes;
 - a request whose sandbox sets ``allow_host_root`` (admin-only at the controller) skips these
   checks: it may use ``/`` or any other existing directory.
 
@@ -48,11 +49,12 @@ def _under(path: str, prefix: str) -> bool:
     return path == prefix or path.startswith(prefix.rstrip("/") + "/")
 
 
-def _matches_system_dir(path: str, pattern: str) -> bool:
-    """``path`` is the directory ``pattern`` names (one glob per component) or lies below it."""
+def _overlaps(path: str, pattern: str) -> bool:
+    """``path`` is the directory ``pattern`` names (one glob per component), lies below it, or holds
+    it (is one of its ancestors)."""
     want = pattern.strip("/").split("/")
     have = path.strip("/").split("/")
-    return len(have) >= len(want) and all(fnmatch.fnmatchcase(h, w) for h, w in zip(have, want, strict=False))
+    return all(fnmatch.fnmatchcase(h, w) for h, w in zip(have, want, strict=False))
 
 
 class RootPolicy:
@@ -85,17 +87,19 @@ class RootPolicy:
                 f"root {shown} is the host's root: refused unless the container's sandbox "
                 "sets allow_host_root"
             )
-        if self._state_dir is not None and _under(resolved, self._state_dir):
-            raise PermissionDenied(f"root {shown} is inside the agent's state directory")
+        if self._state_dir is not None and (
+            _under(resolved, self._state_dir) or _under(self._state_dir, resolved)
+        ):
+            raise PermissionDenied(f"root {shown} is or holds the agent's state directory")
         if self.allowed_roots:
             if not any(_under(resolved, prefix) for prefix in self.allowed_roots):
                 allowed = ", ".join(self.allowed_roots)
                 raise PermissionDenied(f"root {shown} is not under an allowed root of this host ({allowed})")
             return resolved
         for pattern in SYSTEM_DIRS:
-            if _matches_system_dir(resolved, pattern):
+            if _overlaps(resolved, pattern):
                 raise PermissionDenied(
-                    f"root {shown} is a system directory of the host ({pattern}); "
+                    f"root {shown} is or holds a system directory of the host ({pattern}); "
                     "configure --allowed-root to choose the roots this host accepts"
                 )
         return resolved
