@@ -140,19 +140,20 @@ class Client:
                 f"insecure=True is only for a controller on loopback, not {target}: "
                 "a token would cross the network in plaintext"
             )
+        bearer = None if token is None else BearerToken(token)  # checks the token before any channel
+        if tls is not None:
+            credentials = channel_credentials(tls)
         self.target = target
         self.timeout = timeout
         self.retries = retries
         self.insecure = insecure
         options = [("grpc.primary_user_agent", _USER_AGENT)]
-        if tls is not None:
-            credentials = channel_credentials(tls)
         if credentials is None:
             channel = grpc.insecure_channel(target, options=options)
         else:
             channel = grpc.secure_channel(target, credentials, options=options)
         self._raw_channel = channel
-        self._channel = channel if token is None else grpc.intercept_channel(channel, BearerToken(token))
+        self._channel = channel if bearer is None else grpc.intercept_channel(channel, bearer)
         self._containers = cpb_grpc.ContainerServiceStub(self._channel)
         self._hosts = hpb_grpc.HostServiceStub(self._channel)
         self._admin = apb_grpc.AdminServiceStub(self._channel)
