@@ -193,7 +193,14 @@ def _serve(args: argparse.Namespace) -> int:
     server = ControllerServer(config)
     port = server.start()
     host = args.listen.rsplit(":", 1)[0]
-    print(f"chital-controller listening on {host}:{port}", flush=True)
+    transport = "plaintext, --insecure" if args.insecure else "TLS, bearer tokens"
+    print(f"chital-controller listening on {host}:{port} ({transport})", flush=True)
+    if server.mtls_port:
+        mtls_host = args.mtls_listen.rsplit(":", 1)[0]
+        print(
+            f"chital-controller listening on {mtls_host}:{server.mtls_port} (TLS, client certificates)",
+            flush=True,
+        )
     stop.wait()
     server.stop()
     return 0
