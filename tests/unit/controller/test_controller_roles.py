@@ -242,3 +242,13 @@ def test_parse_ttl() -> None:
     for bad in ("soon", "0", "-5", "1w"):
         with pytest.raises(InvalidArgument):
             parse_ttl(bad)
+
+
+def test_a_colliding_token_id_is_drawn_again(engine: sa.Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    from chital.controller import tokens as tokens_module  # noqa: PLC0415
+
+    ids = iter(["0123456789ab", "0123456789ab", "ba9876543210"])
+    monkeypatch.setattr(tokens_module.secrets, "token_hex", lambda _n: next(ids))
+    tokens = Tokens(engine)
+    assert tokens.create("a", "viewer", None, "t")[1].id == "0123456789ab"
+    assert tokens.create("b", "viewer", None, "t")[1].id == "ba9876543210"

@@ -27,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from chital.controller import db
@@ -54,6 +55,7 @@ ID_HEX = 12
 NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._@-]{0,61}[A-Za-z0-9])?")
 # Unpadded URL-safe base64 of 32 bytes.
 SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
+ID_ATTEMPTS = 3
 ID_RE = re.compile(rf"[0-9a-f]{{{ID_HEX}}}")
 # last_used_at is written at most this often per token and controller (seconds).
 LAST_USED_INTERVAL = 60.0
@@ -158,22 +160,30 @@ class Tokens:
         validate_token_request(name, role, ttl_seconds)
         now = self._clock()
         secret = base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
-        row = TokenRow(
-            id=secrets.token_hex(ID_HEX // 2),
-            name=name,
-            role=role,
-            secret_sha256=_sha256(secret),
-            created_at=now,
-            expires_at=None if ttl_seconds is None else now + timedelta(seconds=ttl_seconds),
-            revoked_at=None,
-            created_by=created_by[:255],
-            last_used_at=None,
-        )
-        with Session(self._engine) as session, session.begin():
-            session.add(row)
-            session.flush()
-            record = _record(row)
-        return f"{PREFIX}{record.id}_{secret}", record
+        for attempt in range(ID_ATTEMPTS):
+            row = TokenRow(
+                id=secrets.token_hex(ID_HEX // 2),
+                name=name,
+                role=role,
+                secret_sha256=_sha256(secret),
+                created_at=now,
+                expires_at=None if ttl_seconds is None else now + timedelta(seconds=ttl_seconds),
+                revoked_at=None,
+                created_by=created_by[:255],
+                last_used_at=None,
+            )
+            try:
+                with Session(self._engine) as session, session.begin():
+                    session.add(row)
+                    session.flush()
+                    record = _record(row)
+            except IntegrityError:
+                # 48 random bits: a collision is rare, but must not fail a create.
+                if attempt == ID_ATTEMPTS - 1:
+                    raise
+                continue
+            return f"{PREFIX}{record.id}_{secret}", record
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def list(self) -> list[TokenRecord]:
         """Every token, oldest first."""
