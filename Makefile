@@ -33,8 +33,16 @@ check-protos: ## Fail when the committed generated code is stale
 		echo "check-protos: generated code is stale; run 'make protos' and commit" >&2; exit 1; \
 	fi
 
+.PHONY: api-docs
+api-docs: ## Regenerate docs/reference/api.md from the generated descriptors and the protos' comments
+	$(PY) scripts/gen-api-docs.py
+
+.PHONY: docs
+docs: ## Build the documentation site (mkdocs.yml, docs/) into site/
+	NO_MKDOCS_2_WARNING=1 $(VENV_BIN)/mkdocs build --strict
+
 .PHONY: lint
-lint: ## ruff, mypy, buf lint, promtool (config, rules, rule tests), docker-compose config
+lint: ## ruff, mypy, buf lint, promtool (config, rules, rule tests), docker-compose config, docs
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy $(HAND_WRITTEN)
@@ -43,6 +51,8 @@ lint: ## ruff, mypy, buf lint, promtool (config, rules, rule tests), docker-comp
 	promtool check rules deploy/prometheus/rules/*.yml
 	promtool test rules deploy/prometheus/tests/*.yml
 	docker-compose -f docker-compose.yml config -q
+	$(PY) scripts/gen-api-docs.py --check
+	NO_MKDOCS_2_WARNING=1 $(VENV_BIN)/mkdocs build --strict --quiet
 
 .PHONY: fmt
 fmt: ## Format the Python code
@@ -98,4 +108,4 @@ migrate: ## Apply the database migrations (CHITAL_DATABASE_URL or the default SQ
 clean: ## Remove build output and caches
 	-$(MAKE) -C kmod clean
 	-$(MAKE) -C agent/launcher clean
-	rm -rf .state .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .state .pytest_cache .mypy_cache .ruff_cache site
