@@ -757,8 +757,8 @@ out_unregister:
  * Only members need the sys_enter probe, but registering it puts every task
  * of the host on the slow system call path: the kernel sets
  * SYSCALL_WORK_SYSCALL_TRACEPOINT on all tasks (syscall_regfunc()), and
- * children copy it at fork. Non-members would pay about a fifth more per
- * cheap system call for nothing. So once the probe is in place (and before
+ * children copy it at fork. Non-members would pay its cost for nothing
+ * (docs/benchmarks.md). So once the probe is in place (and before
  * any container exists), the flag is taken off every task, and put back on
  * each task that becomes a member (chital_add_task(); a member's children
  * copy it at fork). Nothing else clears it while the probe is registered:

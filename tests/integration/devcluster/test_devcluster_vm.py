@@ -1,7 +1,8 @@
 """The VM harness against a real QEMU guest (no chital module needed): command channel, port
 forwarding with ``restrict=on``, background commands, splat detection, teardown without strays.
 
-Each test boots a guest (about 6-8 s under TCG); skipped where QEMU or a Debian kernel is missing.
+Each test boots a guest (boot times: docs/benchmarks.md); skipped where QEMU or a Debian kernel is
+missing.
 """
 
 from __future__ import annotations

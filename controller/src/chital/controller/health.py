@@ -4,8 +4,8 @@ Every ``interval`` (0.5 s) the monitor calls GetInfo on every host at once (futu
 ``0.8 x interval`` each; checks are dated when sent). A host becomes NOT_READY when the failure must
 be reported within ``not_ready_after`` (3 s) of the last success: once a failed check finds
 ``silent + interval >= not_ready_after`` (waiting for the next check would be too late). With the
-defaults that is 5 failed checks in a row (one slow answer is no false alarm), and detection about
-2-2.7 s after an agent dies (measured with a hollow agent and kill -9). LOST follows after
+defaults that is 5 failed checks in a row (one slow answer is no false alarm); the measured detection
+time is in docs/benchmarks.md. LOST follows after
 ``lost_after`` (60 s; its containers become LOST); READY again on the next success.
 
 Successes are written to the database only when something changed or every
