@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -79,6 +80,9 @@ def test_serve_refuses_plaintext_unless_asked_and_on_loopback(tmp_path: Path) ->
     no_tls = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--mtls-listen", "127.0.0.1:0", *state)
     assert no_tls.returncode == 2
     assert "--mtls-listen needs" in no_tls.stderr
+    metrics = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--metrics-tls", *state)
+    assert metrics.returncode == 2
+    assert "--metrics-tls needs" in metrics.stderr
     root = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--allowed-root", "/", *state)
     assert root.returncode == 2
     assert "allowed root '/'" in root.stderr
@@ -147,6 +151,7 @@ def test_serve_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
             "127.0.0.1:0",
             "--metrics-port-file",
             str(tmp_path / "metrics-port"),
+            "--metrics-tls",
             "--prometheus-sd-file",
             str(tmp_path / "sd" / "agents.json"),
         ],
@@ -193,7 +198,13 @@ def test_serve_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:
                 "cert:alice",
             )
         metrics_port = int((tmp_path / "metrics-port").read_text())
-        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        # /metrics over HTTPS with the controller's certificate (--metrics-tls); plain HTTP fails.
+        trust = ssl.create_default_context(cafile=str(pki.directory / "ca" / "ca.crt"))
+        with pytest.raises(OSError):
+            urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).read()
+        with urllib.request.urlopen(
+            f"https://127.0.0.1:{metrics_port}/metrics", timeout=10, context=trust
+        ) as resp:
             body = resp.read()
         assert b"chital_controller_grpc_server_handled_total" in body
         if shutil.which("promtool"):

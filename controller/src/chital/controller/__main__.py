@@ -42,6 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--metrics-port-file", default="", help="write the bound /metrics port to this file")
     serve.add_argument(
+        "--metrics-tls",
+        action="store_true",
+        help="serve /metrics over HTTPS with the --tls-dir certificate",
+    )
+    serve.add_argument(
         "--prometheus-sd-file", default="", help="keep a Prometheus file_sd file of the agents"
     )
     serve.add_argument("--max-workers", type=int, default=64, help="RPC worker threads")
@@ -175,6 +180,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_workers=args.max_workers,
         metrics_listen=args.metrics_listen,
         metrics_port_file=args.metrics_port_file,
+        metrics_tls=args.metrics_tls,
         prometheus_sd_file=args.prometheus_sd_file,
         tls_dir=args.tls_dir,
         insecure=args.insecure,

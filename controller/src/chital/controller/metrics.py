@@ -239,11 +239,16 @@ class ControllerMetrics:
 
         return done
 
-    def serve(self, listen: str) -> int:
-        """Serve /metrics on ``host:port`` (port 0: any); returns the port."""
+    def serve(self, listen: str, *, certfile: str | None = None, keyfile: str | None = None) -> int:
+        """Serve /metrics on ``host:port`` (port 0: any), over HTTPS with ``certfile`` and
+        ``keyfile`` (no client certificate asked for); returns the port."""
         host, _, port = listen.rpartition(":")
         self._httpd, _thread = start_http_server(
-            int(port), addr=host.strip("[]") or "127.0.0.1", registry=self.registry
+            int(port),
+            addr=host.strip("[]") or "127.0.0.1",
+            registry=self.registry,
+            certfile=certfile,
+            keyfile=keyfile,
         )
         return int(self._httpd.server_port)
 

@@ -48,7 +48,13 @@ from chital.controller.tokens import AuditLog, Tokens
 from chital.controller.validation import validate_allowed_roots
 from chital.errdefs import FailedPrecondition, InvalidArgument
 from chital.errdefs.grpc import ErrorInterceptor
-from chital.security.tls import TLSFiles, channel_credentials, check_listen, server_credentials
+from chital.security.tls import (
+    TLSFiles,
+    channel_credentials,
+    check_listen,
+    is_loopback,
+    server_credentials,
+)
 
 __all__ = ["ControllerConfig", "ControllerServer", "utc_now"]
 
@@ -84,6 +90,8 @@ class ControllerConfig:
     port_file: str = ""
     # host:port for /metrics (empty: not served).
     metrics_listen: str = ""
+    # Serve /metrics over HTTPS with the controller's certificate (needs tls_dir).
+    metrics_tls: bool = False
     # Write the bound /metrics port here (for harnesses, like port_file).
     metrics_port_file: str = ""
     # Keep a Prometheus file_sd file of the agents here (see sd.py; empty: off).
@@ -119,6 +127,8 @@ class ControllerConfig:
             if tls is None:
                 raise FailedPrecondition("--mtls-listen needs the controller's TLS files (--tls-dir)")
             check_listen(self.mtls_listen, insecure=False, tls=tls)
+        if self.metrics_tls and tls is None:
+            raise FailedPrecondition("--metrics-tls needs the controller's TLS files (--tls-dir)")
         try:
             validate_allowed_roots(self.allowed_roots)
         except ValueError as exc:
@@ -227,23 +237,10 @@ class ControllerServer:
     def start(self) -> int:
         """Bind, start serving and start the monitor; returns the bound port."""
         tls = self.config.tls_files()
-        if tls is None:
-            self.port = self.server.add_insecure_port(self.config.listen)
-        else:
-            creds = server_credentials(tls, require_client_cert=False)
-            self.port = self.server.add_secure_port(self.config.listen, creds)
-        if not self.port:
-            raise FailedPrecondition(f"cannot listen on {self.config.listen}")
-        if self.config.mtls_listen and tls is not None:
-            creds = server_credentials(tls, require_client_cert=True)
-            self.mtls_port = self.server.add_secure_port(self.config.mtls_listen, creds)
-            if not self.mtls_port:
-                raise FailedPrecondition(f"cannot listen on {self.config.mtls_listen}")
+        self._bind(tls)
         self.server.start()
         if self.config.metrics_listen:
-            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
-            if self.config.metrics_port_file:
-                _write_atomically(Path(self.config.metrics_port_file), f"{self.metrics_port}\n")
+            self._serve_metrics(tls)
         if self.config.prometheus_sd_file:
             self.discovery = DiscoveryFileUpdater(Path(self.config.prometheus_sd_file), self.store.all_hosts)
             self.discovery.start()
@@ -273,6 +270,35 @@ class ControllerServer:
                 self.mtls_port,
             )
         return self.port
+
+    def _bind(self, tls: TLSFiles | None) -> None:
+        """The API port (TLS, or plaintext with --insecure) and the optional mTLS port."""
+        if tls is None:
+            self.port = self.server.add_insecure_port(self.config.listen)
+        else:
+            creds = server_credentials(tls, require_client_cert=False)
+            self.port = self.server.add_secure_port(self.config.listen, creds)
+        if not self.port:
+            raise FailedPrecondition(f"cannot listen on {self.config.listen}")
+        if self.config.mtls_listen and tls is not None:
+            creds = server_credentials(tls, require_client_cert=True)
+            self.mtls_port = self.server.add_secure_port(self.config.mtls_listen, creds)
+            if not self.mtls_port:
+                raise FailedPrecondition(f"cannot listen on {self.config.mtls_listen}")
+
+    def _serve_metrics(self, tls: TLSFiles | None) -> None:
+        """/metrics over HTTPS with --metrics-tls, else plain HTTP (a warning beyond loopback)."""
+        listen = self.config.metrics_listen
+        if self.config.metrics_tls and tls is not None and tls.cert and tls.key:
+            self.metrics_port = self.metrics.serve(listen, certfile=str(tls.cert), keyfile=str(tls.key))
+        else:
+            if not is_loopback(listen):
+                log.warning(
+                    "/metrics is served in plaintext on %s, beyond loopback: use --metrics-tls", listen
+                )
+            self.metrics_port = self.metrics.serve(listen)
+        if self.config.metrics_port_file:
+            _write_atomically(Path(self.config.metrics_port_file), f"{self.metrics_port}\n")
 
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, finish running ones (up to ``grace`` s), stop the background threads."""
