@@ -207,12 +207,12 @@ class Renderer:
             out += [f"### {svc.name} {{#{anchor(full)}}}", ""]
             if c := doc.get((FILE_SERVICE, si)):
                 out += [text(c), ""]
-            out += ["| RPC | request | response | description |", "|---|---|---|---|"]
+            out += ["| RPC | request → response, and what it does |", "|---|---|"]
             for mi, m in enumerate(svc.method):
                 req = ("stream " if m.client_streaming else "") + self.type_ref(m.input_type)
                 resp = ("stream " if m.server_streaming else "") + self.type_ref(m.output_type)
                 desc = text(doc.get((FILE_SERVICE, si, SERVICE_METHOD, mi), ""))
-                out.append(f"| `{m.name}` | {req} | {resp} | {desc} |")
+                out.append(f"| **{m.name}** | {req} → {resp}<br>{desc} |")
             out.append("")
         for ei, enum in enumerate(f.enum_type):
             out += self.render_enum(enum, f".{f.package}", (FILE_ENUM, ei), doc)
