@@ -35,9 +35,10 @@ STATE_TABLES = ("hosts", "containers", "processes", "events", "tokens", "audit_l
 
 
 @pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    """A cluster with its hosts registered (so that a refused create is refused, not unplaceable)."""
-    with running_cluster(tmp_path) as c:
+def cluster(tmp_path: Path, fresh_database_url: str) -> Iterator[Cluster]:
+    """A cluster with its hosts registered (so that a refused create is refused, not unplaceable),
+    once on SQLite and once on PostgreSQL."""
+    with running_cluster(tmp_path, database_url=fresh_database_url) as c:
         for agent in c.agents:
             c.hosts.RegisterHost(hpb.RegisterHostRequest(address=agent.address), timeout=T)
         yield c
