@@ -1,4 +1,9 @@
-"""The real agent in a guest, as the guest tests drive it (imported by conftest.py and the tests)."""
+"""The real agent in a guest, as the guest tests drive it (imported by conftest.py and the tests).
+
+It runs as deployed: a fleet PKI made in the guest (``BASE/pki``, on tmpfs), the agent with its
+bundle (``--tls-dir``: mutual TLS, only the controller's certificate passes), and the tests call it
+with the controller's bundle, as the controller does.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +19,8 @@ import grpc
 
 from chital.api.agent.v1 import agent_pb2 as pb
 from chital.api.agent.v1 import agent_pb2_grpc as pb_grpc
+from chital.security.pki import PKI
+from chital.security.tls import TLSFiles, channel_credentials
 
 BASE = Path("/tmp/chital-agent-vm")
 CGROUP_PARENT = "chital-vmtest"
@@ -51,6 +58,12 @@ class AgentProcess:
         self.channel: grpc.Channel | None = None
         self.stub: pb_grpc.AgentServiceStub
         self.starts = 0
+        self.port = 0
+        pki_dir = base / "pki"
+        self.pki = PKI(pki_dir) if (pki_dir / "ca" / "ca.key").exists() else PKI.init(pki_dir)
+        #: The agent's bundle (SAN 127.0.0.1, the address the tests dial) and the controller's.
+        self.tls_dir = self.pki.issue_agent("127.0.0.1")
+        self.controller_tls = self.pki.issue_controller()
 
     def start(self) -> None:
         self.starts += 1
@@ -73,6 +86,8 @@ class AgentProcess:
                 str(self.base / "state"),
                 "--cgroup-parent",
                 CGROUP_PARENT,
+                "--tls-dir",
+                str(self.tls_dir),
             ],
             stdout=log,
             stderr=log,
@@ -84,7 +99,9 @@ class AgentProcess:
             assert self.proc.poll() is None, f"agent exited {self.proc.returncode}:\n{self.log()}"
             assert time.monotonic() < deadline, f"agent did not start:\n{self.log()}"
             time.sleep(0.1)
-        self.channel = grpc.insecure_channel(f"127.0.0.1:{int(port_file.read_text())}")
+        self.port = int(port_file.read_text())
+        credentials = channel_credentials(TLSFiles.from_dir(self.controller_tls))
+        self.channel = grpc.secure_channel(f"127.0.0.1:{self.port}", credentials)
         self.stub = pb_grpc.AgentServiceStub(self.channel)
 
     def log(self) -> str:

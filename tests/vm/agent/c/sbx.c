@@ -76,8 +76,12 @@ static int tcp_connect(const char *ip, int port)
 	rc = connect(fd, (struct sockaddr *)&sa, sizeof(sa));
 	if (rc == 0) {
 		char buf[8] = { 0 };
+		ssize_t n;
 
-		rc = read(fd, buf, sizeof(buf) - 1) > 0 ? 0 : -1;
+		/* Reached: the server spoke, or waits for the client to speak first (TLS) */
+		setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+		n = read(fd, buf, sizeof(buf) - 1);
+		rc = n > 0 || (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) ? 0 : -1;
 	}
 	close(fd);
 	return rc;
