@@ -20,6 +20,7 @@ from chital.errdefs import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     ResourceExhausted,
 )
 
@@ -65,9 +66,13 @@ def test_create_is_idempotent_and_makes_a_root(rt: AgentRuntime, tmp_path: Path)
     assert a.kernel_id > 0
     with pytest.raises(AlreadyExists):
         rt.create_container("c2", name="web")
-    given = rt.create_container("c3", root=str(tmp_path))
-    assert given.root == str(tmp_path)
+    (tmp_path / "root").mkdir()
+    given = rt.create_container("c3", root=str(tmp_path / "root"))
+    assert given.root == str(tmp_path / "root")
     assert rt.info().container_count == 2
+    # A root that holds the agent's own state is refused (the second check; see chital.agent.roots).
+    with pytest.raises(PermissionDenied, match="agent's state directory"):
+        rt.create_container("c4", root=str(tmp_path))
 
 
 @pytest.mark.parametrize(
