@@ -45,6 +45,12 @@ class BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterc
         return continuation(self._details(client_call_details), request)
 
 
+def dial(address: str, ca: Path, token: str | None) -> grpc.Channel:
+    """A TLS channel that trusts ``ca`` and sends ``token`` (None: no credentials)."""
+    channel = grpc.secure_channel(address, channel_credentials(TLSFiles(ca=ca)))
+    return channel if token is None else grpc.intercept_channel(channel, BearerToken(token))
+
+
 @dataclass
 class Cluster:
     controller: ControllerServer
@@ -83,10 +89,7 @@ class Cluster:
                 files = TLSFiles(ca=ca, cert=files.cert, key=files.key)
             channel = grpc.secure_channel(self.mtls_address, channel_credentials(files))
         else:
-            trust = TLSFiles(ca=ca or self.pki.directory / "ca" / "ca.crt")
-            channel = grpc.secure_channel(self.address, channel_credentials(trust))
-            if token is not None:
-                channel = grpc.intercept_channel(channel, BearerToken(token))
+            channel = dial(self.address, ca or self.pki.directory / "ca" / "ca.crt", token)
         self._channels.append(channel)
         return channel
 
@@ -137,11 +140,19 @@ def running_cluster(
     port = controller.start()
     assert (state_dir / "port").read_text().strip() == str(port)
     admin_token, _ = controller.tokens.create("harness-admin", "admin", None, "harness")
-    cluster = Cluster(controller, agents, pki, admin_token, None, None, None, None)  # type: ignore[arg-type]
+    channel = dial(f"127.0.0.1:{port}", pki.directory / "ca" / "ca.crt", admin_token)
+    cluster = Cluster(
+        controller,
+        agents,
+        pki,
+        admin_token,
+        channel,
+        container_pb2_grpc.ContainerServiceStub(channel),
+        host_pb2_grpc.HostServiceStub(channel),
+        admin_pb2_grpc.AdminServiceStub(channel),
+        [channel],
+    )
     try:
-        channel = cluster.channel_with(admin_token)
-        cluster.channel = channel
-        cluster.containers, cluster.hosts, cluster.admin = cluster.stubs(channel)
         yield cluster
     finally:
         cluster.close()
