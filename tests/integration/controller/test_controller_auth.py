@@ -396,6 +396,9 @@ def test_only_an_admin_lifts_the_root_policy(cluster: Cluster) -> None:
     ).container
     assert made.state == cpb.CONTAINER_STATE_CREATED
     assert made.root == "/" and made.sandbox.allow_host_root
+    # ... and the agent is told, so that its own check of the root lets "/" through too.
+    sent = [a.agent.containers[made.uid] for a in cluster.agents if made.uid in a.agent.containers]
+    assert len(sent) == 1 and sent[0].sandbox.allow_host_root
     # An ordinary directory is fine for an operator.
     containers, _, _ = cluster.stubs(cluster.channel_with(cluster.token("operator")))
     assert (

@@ -141,6 +141,7 @@ class AgentClient:
                 allow_raw_sockets=container.sandbox.allow_raw_sockets,
                 capabilities=list(container.sandbox.capabilities),
                 host_network=container.sandbox.host_network,
+                allow_host_root=container.sandbox.allow_host_root,
             ),
         )
         resp = self._call(lambda: self._stub.CreateContainer(req, timeout=self.timeout), "CreateContainer")
