@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The README's main command: installs what is needed, starts a local multi-host cluster and runs a
 # scripted scenario through the `chital` CLI. Everything it starts is stopped at the end, by pid.
+# The cluster is secured as a deployment is: its own PKI, mutual TLS between the controller and the
+# agents, TLS and an admin token for the CLI (read from the cluster's config file, CHITAL_CONFIG).
 #
 #   scripts/demo.sh                  # 2 QEMU guests, each with chital.ko and an agent (real sandbox)
 #   CHITAL_DEMO=hollow scripts/demo.sh   # a controller and 3 hollow agents (no kernel module; fast)
@@ -30,7 +32,7 @@ fail() { echo "demo: $*" >&2; exit 1; }
 
 if [ "$mode" = qemu ]; then
     say "Booting 2 QEMU guests with chital.ko and an agent each, and a controller on this host (~1 min)"
-    python -m chital.devcluster.qemu_fleet --guests 2 --ready-file "$work/ready" &
+    python -m chital.devcluster.qemu_fleet --guests 2 --workdir "$work/fleet" --ready-file "$work/ready" &
     root_args=(--root /tmp/roots/busybox)
     hosts_wanted=2
 else
@@ -46,8 +48,17 @@ for _ in $(seq 3000); do
     sleep 0.1
 done
 [ -s "$work/ready" ] || fail "the cluster did not start in 5 minutes"
-CHITAL_CONTROLLER=$(cat "$work/ready")
-export CHITAL_CONTROLLER
+# The cluster's client config: a context with its controller, its CA and an admin token (mode 0600).
+export CHITAL_CONFIG="$work/fleet/client/config.toml"
+
+say "Who the CLI is: the cluster's bootstrap admin token, over TLS checked against the cluster's CA"
+show chital whoami
+say "A made-up token is refused by the controller (exit code 1 is expected)"
+set +e
+show chital --token chital_000000000000_this-token-was-never-issued-by-this-cluster hosts ls
+rc=$?
+set -e
+[ "$rc" = 1 ] || fail "expected the controller to refuse an unknown token (exit 1), got $rc"
 
 say "The hosts the controller knows"
 show chital hosts ls

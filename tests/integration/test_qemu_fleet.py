@@ -1,5 +1,8 @@
 """End to end on real kernels: the controller on the host, two QEMU guests each running chital.ko
-and an agent from this checkout, driven through the SDK.
+and an agent from this checkout, driven through the SDK. The fleet is secured as deployed: agents
+serve mutual TLS with their own bundle (only the controller's certificate passes; the controller
+checks each agent's certificate against the forwarded address it dials), the controller TLS with a
+bootstrap admin token.
 
 Needs qemu-system-x86 and a Debian kernel with its build tree (``CHITAL_VM=1 scripts/bootstrap.sh``;
 the README's test command installs them). The guests are booted once for the module (~1 min).
@@ -14,8 +17,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from chital.client import Client, ContainerState, HostState, Limits, ProcessState
-from chital.devcluster.qemu_fleet import BUSYBOX_ROOT, QemuFleet
+from chital.client import Client, ContainerState, HostState, Limits, PermissionDenied, ProcessState
+from chital.devcluster.qemu_fleet import AGENT_TLS, BUSYBOX_ROOT, QemuFleet
 
 pytestmark = [
     pytest.mark.slow,
@@ -57,7 +60,7 @@ def fleet() -> Iterator[QemuFleet]:
 
 @pytest.fixture(scope="module")
 def client(fleet: QemuFleet) -> Iterator[Client]:
-    with Client(fleet.target, timeout=60.0) as c:
+    with fleet.client(timeout=60.0) as c:
         yield c
 
 
@@ -89,6 +92,31 @@ def test_hosts_run_the_real_module(client: Client) -> None:
         assert host.agent.device == "linux"
         assert host.agent.sandboxed is True
         assert host.agent.abi_version
+
+
+def test_agents_serve_mutual_tls_with_private_keys(fleet: QemuFleet) -> None:
+    script = (
+        f"stat -c '%a %U %n' {AGENT_TLS} {AGENT_TLS}/tls.key; "
+        "tr '\\0' ' ' < /proc/$(cat /tmp/chital-agent.pid)/cmdline"
+    )
+    for i in range(len(fleet.hosts)):
+        rc, out = fleet.run(i, script)
+        assert rc == 0, out
+        lines = out.splitlines()
+        assert lines[0] == f"700 root {AGENT_TLS}"
+        assert lines[1] == f"600 root {AGENT_TLS}/tls.key"
+        assert f"--tls-dir {AGENT_TLS}" in lines[2] and "--insecure" not in lines[2]
+
+
+def test_container_roots_are_policy_on_both_sides(client: Client, fleet: QemuFleet) -> None:
+    # The controller refuses the host's root outright (only an admin's allow_host_root lifts it).
+    with pytest.raises(PermissionDenied):
+        client.create_container(unique("hostroot"), root="/")
+    # /var/tmp passes the controller's default rule; the agent's --allowed-root (/tmp/roots) refuses it.
+    c = client.create_container(unique("outside"), root="/var/tmp", host=fleet.hosts[0].address)
+    assert c.state is ContainerState.FAILED, c
+    assert "not under an allowed root" in c.message
+    client.delete_container(c.uid, force=True)
 
 
 def test_lifecycle_on_both_hosts(client: Client) -> None:

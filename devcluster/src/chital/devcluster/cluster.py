@@ -63,6 +63,8 @@ class DevCluster:
     size: int
     guest_port: int
     command: Callable[[int], Sequence[str]] | None = None
+    #: Called with each booted guest before its command starts (to stage files in ``vm.dir``).
+    prepare: Callable[[int, GuestVM], None] | None = None
     module: Path | None = None
     memory: int = 768
     env: dict[str, str] = field(default_factory=dict)
@@ -90,6 +92,8 @@ class DevCluster:
                 self.guests.append(ClusterGuest(vm, self.guest_port))
             for i, g in enumerate(self.guests):
                 g.vm.wait_ready()
+                if self.prepare is not None:
+                    self.prepare(i, g.vm)
                 if self.command is not None:
                     g.command = g.vm.spawn(list(self.command(i)), env=self.env)
             if self.command is not None:

@@ -6,6 +6,13 @@ forwards its agent port to a free port on the host's 127.0.0.1 (``restrict=on``:
 nothing else). A busybox tree is prepared in every guest at :data:`BUSYBOX_ROOT` as a container
 root. The controller runs on the host and every guest is registered with it.
 
+Security is what a deployment runs (see :mod:`chital.devcluster.security`): the fleet's PKI lives
+in the work directory; each guest's agent gets its own bundle (SAN 127.0.0.1, the address the
+controller dials through the port forward), installed in the guest at :data:`AGENT_TLS` (0700
+directory, 0600 key, on tmpfs) and serves mutual TLS; it accepts client-chosen container roots only
+under :data:`ROOTS_DIR`. The controller serves TLS with a bootstrap admin token. There is no plaintext
+mode: a guest's agent listens on its network interface, which is not loopback.
+
     python -m chital.devcluster.qemu_fleet --guests 2     # prints addresses; Ctrl-C stops it
 
 Every QEMU process and the controller are started here, tracked by pid and stopped by pid.
@@ -15,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -22,20 +30,33 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+from chital.security.tls import TLSFiles
 
 from .cluster import ClusterGuest, DevCluster, wait_for_port
-from .hollow import ServiceProcess, StopSignals, start_controller
+from .hollow import ServiceProcess, StopSignals, bootstrap_token, describe_access, start_controller
 from .kernel import Kernel, default_kernel, find_kernel, repo_root
-from .vm import CommandHandle, build_launcher, build_module
+from .security import ClientConfig, FleetPKI
+from .vm import CommandHandle, GuestVM, build_launcher, build_module
 
-__all__ = ["AGENT_PORT", "BUSYBOX_ROOT", "QemuFleet"]
+if TYPE_CHECKING:
+    from chital.client import Client
+
+__all__ = ["AGENT_PORT", "AGENT_TLS", "BUSYBOX_ROOT", "ROOTS_DIR", "QemuFleet"]
 
 #: The agent's port inside every guest (forwarded to a free host port).
 AGENT_PORT = 7700
+#: Client-chosen container roots a guest's agent accepts (``--allowed-root``).
+ROOTS_DIR = "/tmp/roots"
 #: A container root made of busybox, prepared in every guest.
-BUSYBOX_ROOT = "/tmp/roots/busybox"
+BUSYBOX_ROOT = f"{ROOTS_DIR}/busybox"
 #: The agent's state directory inside a guest (tmpfs; gone with the guest).
 AGENT_STATE = "/tmp/chital-agent"
+#: The agent's bundle inside a guest (tmpfs): ca.crt, tls.crt, tls.key (0600), directory 0700.
+AGENT_TLS = "/run/chital-agent/tls"
+#: Where the host stages a bundle in a guest's shared run directory (removed by the guest).
+_STAGED_TLS = "staged-tls"
 
 
 def _prepare_root_script(root: str) -> str:
@@ -57,8 +78,50 @@ echo 'nobody:x:65534:65534:nobody:/home:/bin/sh' >> {q}/etc/passwd
 """
 
 
-def agent_script(extra_args: Sequence[str] = ()) -> str:
-    """What a guest runs: prepare the container root, then exec the agent from this checkout."""
+def wait_ready(client: Client, addresses: Sequence[str], timeout: float) -> None:
+    """Wait until the controller reports every host in ``addresses`` READY."""
+    deadline = time.monotonic() + timeout
+    while True:
+        states = {h.address: h.state.name for h in client.list_hosts()}
+        waiting = {a: states.get(a, "missing") for a in addresses if states.get(a) != "READY"}
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"hosts not READY after {timeout:.0f} s: {waiting}")
+        time.sleep(0.2)
+
+
+def stage_bundle(vm: GuestVM, bundle: Path) -> str:
+    """Copy ``bundle`` into the guest's shared run directory (0700, key 0600) for
+    :func:`install_bundle_script`; returns its path, which is the same in the guest."""
+    staged = vm.dir / _STAGED_TLS
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(mode=0o700)
+    for name, mode in (("ca.crt", 0o644), ("tls.crt", 0o644), ("tls.key", 0o600)):
+        target = staged / name
+        target.touch(mode=mode)
+        target.write_bytes((bundle / name).read_bytes())
+    return str(staged)
+
+
+def install_bundle_script(staged: str, dest: str) -> str:
+    """Shell that moves a staged bundle to ``dest`` in the guest (root-only modes), once."""
+    s, d = shlex.quote(staged), shlex.quote(dest)
+    return f"""
+if [ -d {s} ]; then
+    rm -rf {d}
+    install -d -m 0700 {d}
+    install -m 0644 {s}/ca.crt {s}/tls.crt {d}/
+    install -m 0600 {s}/tls.key {d}/
+    rm -rf {s}
+fi
+[ -f {d}/tls.key ] || {{ echo "no agent bundle in {d}" >&2; exit 1; }}
+"""
+
+
+def agent_script(extra_args: Sequence[str] = (), staged_tls: str | None = None) -> str:
+    """What a guest runs: prepare the container root, install the staged bundle, then exec the
+    agent from this checkout with mutual TLS."""
     agent = Path(sys.executable).parent / "chital-agent"
     argv = [
         str(agent),
@@ -69,11 +132,16 @@ def agent_script(extra_args: Sequence[str] = ()) -> str:
         f"0.0.0.0:{AGENT_PORT}",
         "--state-dir",
         AGENT_STATE,
+        "--tls-dir",
+        AGENT_TLS,
+        "--allowed-root",
+        ROOTS_DIR,
         *extra_args,
     ]
     return (
         "set -e\n"
         + _prepare_root_script(BUSYBOX_ROOT)
+        + (install_bundle_script(staged_tls, AGENT_TLS) if staged_tls else "")
         + f"mkdir -p {AGENT_STATE}\n"
         + f"echo $$ > {AGENT_STATE}.pid\n"
         + f"exec {shlex.join(argv)} >>{AGENT_STATE}.log 2>&1\n"
@@ -93,6 +161,10 @@ class QemuFleet:
     register: bool = True
     cluster: DevCluster | None = field(default=None, init=False)
     controller: ServiceProcess | None = field(default=None, init=False)
+    #: The fleet's PKI (``<workdir>/pki``): the controller's bundle and one per guest (``host<i>``).
+    pki: FleetPKI | None = field(default=None, init=False)
+    #: The bootstrap admin token (``chital-controller token create``).
+    token: str | None = field(default=None, init=False, repr=False)
     _tmp: tempfile.TemporaryDirectory[str] | None = field(default=None, init=False)
 
     @property
@@ -100,6 +172,35 @@ class QemuFleet:
         """The controller's address."""
         assert self.controller is not None, "fleet not started"
         return self.controller.address
+
+    @property
+    def client_config(self) -> ClientConfig:
+        """The controller's address, the CA to verify it with and the admin token."""
+        assert self.token is not None and self.pki is not None, "fleet not started"
+        return ClientConfig(self.target, self.token, tls=TLSFiles(ca=self.pki.ca))
+
+    @property
+    def config_path(self) -> Path:
+        """A ``chital`` config file for this fleet (context "qemu"): ``CHITAL_CONFIG=<it>``."""
+        assert self.workdir is not None, "fleet not started"
+        return self.workdir / "client" / "config.toml"
+
+    def client(self, **kw: Any) -> Client:
+        """A ``chital.client.Client`` of the fleet's admin (``kw``: ``timeout=``, ``token=``...)."""
+        return self.client_config.client(**kw)
+
+    def agent_bundle(self, index: int) -> Path:
+        """Guest ``index``'s agent bundle on the host (SAN 127.0.0.1: the controller dials the
+        forwarded port)."""
+        assert self.pki is not None, "fleet not started"
+        bundle = self.pki.directory / "agents" / f"host{index}"
+        if not (bundle / "tls.key").exists():
+            bundle = self.pki.agent(f"host{index}", "127.0.0.1")
+        return bundle
+
+    def _agent_command(self, index: int, vm: GuestVM) -> list[str]:
+        staged = stage_bundle(vm, self.agent_bundle(index))
+        return ["sh", "-c", agent_script(self.agent_args, staged_tls=staged)]
 
     @property
     def hosts(self) -> list[ClusterGuest]:
@@ -114,26 +215,35 @@ class QemuFleet:
         try:
             module = build_module(kernel)
             build_launcher()
-            script = agent_script(self.agent_args)
+            pki = self.pki = FleetPKI(self.workdir / "pki")
+            commands: dict[int, list[str]] = {}
+
+            def prepare(index: int, vm: GuestVM) -> None:
+                commands[index] = self._agent_command(index, vm)
+
             self.cluster = DevCluster(
                 kernel,
                 self.guests,
                 AGENT_PORT,
-                command=lambda _i: ["sh", "-c", script],
+                command=lambda i: commands[i],
+                prepare=prepare,
                 module=module,
                 memory=self.memory,
                 ready_timeout=180.0,
             )
             self.cluster.start()
             self.controller = start_controller(
-                self.workdir / "controller", extra_args=list(self.controller_args)
+                self.workdir / "controller", tls_dir=pki.controller(), extra_args=list(self.controller_args)
             )
+            self.token = bootstrap_token(self.workdir / "controller", None, "qemu-admin")
+            self.client_config.write(self.config_path, context="qemu")
             if self.register:
-                from chital.client import Client  # noqa: PLC0415 - optional at import time
-
-                with Client(self.target, timeout=30.0) as client:
+                with self.client(timeout=30.0) as client:
                     for i, guest in enumerate(self.hosts):
                         client.register_host(guest.address, labels={"fleet": "qemu", "guest": f"host{i}"})
+                    # The first call to a guest opens its channel (a TLS handshake under emulation):
+                    # the registration's own check may time out; the health rounds then catch up.
+                    wait_ready(client, [g.address for g in self.hosts], timeout=120.0)
         except BaseException:
             self.stop()
             raise
@@ -158,8 +268,7 @@ class QemuFleet:
     def restart_agent(self, index: int) -> CommandHandle:
         """Start the agent in guest ``index`` again (after :meth:`kill_agent`)."""
         guest = self.hosts[index]
-        argv = ["sh", "-c", agent_script(self.agent_args)]
-        guest.command = guest.vm.spawn(argv)
+        guest.command = guest.vm.spawn(self._agent_command(index, guest.vm))
         wait_for_port(guest.host_port, timeout=120)
         return guest.command
 
@@ -201,7 +310,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--guests", type=int, default=2, help="number of QEMU hosts (default 2)")
     parser.add_argument("--kernel", help="kernel release or '6.12' (default: the installed Debian one)")
     parser.add_argument("--memory", type=int, default=768, help="MiB per guest (default 768)")
-    parser.add_argument("--ready-file", type=Path, help="write the controller address here once ready")
+    parser.add_argument(
+        "--ready-file",
+        type=Path,
+        help="write the controller address here once ready (the client config file, "
+        "<workdir>/client/config.toml, exists by then)",
+    )
+    parser.add_argument("--workdir", type=Path, help="PKI, controller state, logs (default: a temp dir)")
     args = parser.parse_args(argv)
     if args.guests < 1:
         parser.error("--guests must be at least 1")
@@ -209,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kernel = find_kernel(args.kernel) if args.kernel else default_kernel()
     print(f"booting {args.guests} guest(s) with Linux {kernel.release} and chital.ko ...", flush=True)
     started = time.monotonic()
-    fleet = QemuFleet(guests=args.guests, kernel=kernel, memory=args.memory)
+    fleet = QemuFleet(guests=args.guests, kernel=kernel, memory=args.memory, workdir=args.workdir)
     try:
         fleet.start()
     except Exception as exc:  # noqa: BLE001 - one line for the operator; details are in the logs
@@ -220,7 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"controller  {fleet.target}")
         for i, guest in enumerate(fleet.hosts):
             print(f"host{i:<7} {guest.address}  (console {guest.vm.console_path})")
-        print(f"\nexport CHITAL_CONTROLLER={fleet.target}\nCtrl-C stops the cluster.", flush=True)
+        print(describe_access(fleet.client_config, fleet.config_path, fleet.pki), flush=True)
+        print("Ctrl-C stops the cluster.", flush=True)
 
         def stopped() -> str | None:
             for i, guest in enumerate(fleet.hosts):
