@@ -2,7 +2,8 @@
 
 Debian's ``prometheus`` server runs on 127.0.0.1 (free port, temporary storage, 1 s scrape interval)
 with the repository's alert rules, scraping the controller (static target) and the agents through the
-file_sd file that the controller itself keeps up to date (``--prometheus-sd-file``). The test drives
+file_sd file that the controller itself keeps up to date (``--prometheus-sd-file``); the agents serve
+/metrics over HTTPS with their certificates, verified with the fleet's CA. The test drives
 a workload through the SDK (containers, processes that exit in every way, errors), kills one agent,
 and then:
 
@@ -20,6 +21,7 @@ import re
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -63,8 +65,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _get(url: str, timeout: float = 10.0) -> bytes:
-    with urllib.request.urlopen(url, timeout=timeout) as resp:
+def _get(url: str, timeout: float = 10.0, ca: Path | None = None) -> bytes:
+    context = ssl.create_default_context(cafile=str(ca)) if ca is not None else None
+    with urllib.request.urlopen(url, timeout=timeout, context=context) as resp:
         body: bytes = resp.read()
         return body
 
@@ -240,7 +243,10 @@ def _workload(client: Client) -> None:
         client.create_container(_unique("pin"), host="no-such-host")
 
 
-def _start_prometheus(workdir: Path, controller_metrics: str, sd_file: Path) -> PrometheusServer:
+def _start_prometheus(
+    workdir: Path, controller_metrics: str, sd_file: Path, agent_ca: Path
+) -> PrometheusServer:
+    """Prometheus scraping the controller, and the agents over HTTPS (verified with the fleet CA)."""
     assert PROMETHEUS is not None
     port = _free_port()
     config = {
@@ -250,6 +256,8 @@ def _start_prometheus(workdir: Path, controller_metrics: str, sd_file: Path) -> 
             {"job_name": "chital-controller", "static_configs": [{"targets": [controller_metrics]}]},
             {
                 "job_name": "chital-agent",
+                "scheme": "https",
+                "tls_config": {"ca_file": str(agent_ca)},
                 "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}],
             },
         ],
@@ -305,7 +313,8 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                 lambda: sd_file.exists() and len(json.loads(sd_file.read_text())) == 3,
             )
             assert fleet.controller is not None and fleet.controller.metrics_address
-            prom = _start_prometheus(workdir, fleet.controller.metrics_address, sd_file)
+            assert fleet.pki is not None
+            prom = _start_prometheus(workdir, fleet.controller.metrics_address, sd_file, fleet.pki.ca)
             try:
                 _wait(
                     "4 healthy targets",
@@ -405,7 +414,11 @@ def test_promtool_check_metrics_on_live_scrape(live: Live, service: str) -> None
     assert PROMTOOL is not None
     proc = live.fleet.controller if service == "controller" else live.fleet.agent_procs[0]
     assert proc is not None and proc.metrics_address
-    body = _get(f"http://{proc.metrics_address}/metrics")
+    if service == "agent":  # HTTPS with the agent's certificate
+        assert live.fleet.pki is not None
+        body = _get(f"https://{proc.metrics_address}/metrics", ca=live.fleet.pki.ca)
+    else:
+        body = _get(f"http://{proc.metrics_address}/metrics")
     assert b"_created" not in body
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, check=False)
     assert check.returncode == 0, (check.stdout + check.stderr).decode()

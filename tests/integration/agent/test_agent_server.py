@@ -3,8 +3,10 @@ gRPC stubs that present the controller's certificate."""
 
 from __future__ import annotations
 
+import ssl
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +30,7 @@ class Agent:
     channel: grpc.Channel
     stub: pb_grpc.AgentServiceStub
     metrics_port: int
+    ca: Path
 
     @property
     def state_dir(self) -> Path:
@@ -42,7 +45,9 @@ def agent(tmp_path_factory: pytest.TempPathFactory, bundles: Bundles) -> Iterato
     try:
         assert proc.stdout_first_line == f"chital-agent listening on 127.0.0.1:{proc.port}"
         channel = secure_channel(proc.port, bundles.controller)
-        yield Agent(proc, channel, pb_grpc.AgentServiceStub(channel), proc.metrics_port)
+        yield Agent(
+            proc, channel, pb_grpc.AgentServiceStub(channel), proc.metrics_port, bundles.agent / "ca.crt"
+        )
         channel.close()
     finally:
         rc = proc.stop()
@@ -261,9 +266,12 @@ def test_metrics_endpoint(agent: Agent) -> None:
     s.StartProcess(
         pb.StartProcessRequest(container_uid="ct-metrics", process_uid="pr-m", argv=["true"]), timeout=10
     )
-    body = (
-        urllib.request.urlopen(f"http://127.0.0.1:{agent.metrics_port}/metrics", timeout=10).read().decode()
-    )
+    # HTTPS with the agent's certificate, verified with the fleet CA; plaintext gets nothing.
+    tls = ssl.create_default_context(cafile=str(agent.ca))
+    url = f"127.0.0.1:{agent.metrics_port}/metrics"
+    body = urllib.request.urlopen(f"https://{url}", timeout=10, context=tls).read().decode()
+    with pytest.raises((urllib.error.URLError, ConnectionError)):
+        urllib.request.urlopen(f"http://{url}", timeout=10)
     assert "chital_agent_processes_started_total" in body
     assert 'chital_agent_device_ioctl_duration_seconds_count{command="CREATE"}' in body
     assert 'device="fake"' in body

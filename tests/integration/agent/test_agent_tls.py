@@ -55,6 +55,7 @@ def _calls(channel: grpc.Channel) -> list[Callable[[], object]]:
         ([], "no transport security: pass --tls-dir"),
         (["--insecure", "--listen", "0.0.0.0:0"], "plaintext is only allowed on loopback"),
         (["--insecure", "--listen", ":0"], "plaintext is only allowed on loopback"),
+        (["--insecure", "--metrics-listen", "0.0.0.0:0"], "plaintext is only allowed on loopback"),
         (["--insecure", "--tls-dir", "{agent}"], "exclude each other"),
         (["--tls-dir", "{missing}"], "missing"),
     ],

@@ -62,7 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--port-file", type=Path, help="write the bound port here (atomically) once serving")
     s.add_argument("--max-containers", type=int, default=0, help="0: unlimited")
-    s.add_argument("--metrics-listen", help="HOST:PORT for Prometheus /metrics (default: none)")
+    s.add_argument(
+        "--metrics-listen",
+        help="HOST:PORT for Prometheus /metrics (default: none); HTTPS with the agent's certificate "
+        "under --tls-dir, plaintext (loopback only) under --insecure",
+    )
     s.add_argument("--metrics-port-file", type=Path, help="write the bound /metrics port here")
     s.add_argument("--max-workers", type=int, default=64, help="gRPC worker threads (streams hold one each)")
     s.add_argument("--log-level", default=os.environ.get("CHITAL_LOG_LEVEL", "INFO"))

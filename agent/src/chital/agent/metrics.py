@@ -468,15 +468,28 @@ class MetricsServer:
 
 
 def start_metrics_server(
-    listen: str, registry: CollectorRegistry, *, port_file: Path | None = None
+    listen: str,
+    registry: CollectorRegistry,
+    *,
+    port_file: Path | None = None,
+    certfile: Path | None = None,
+    keyfile: Path | None = None,
 ) -> MetricsServer:
-    """Serve ``registry`` at ``http://listen/metrics`` (daemon thread); bound port -> ``port_file``."""
+    """Serve ``registry`` at ``http://listen/metrics`` (daemon thread), or ``https://`` with
+    ``certfile`` and ``keyfile`` (no client certificate asked for); bound port -> ``port_file``."""
     host, port = parse_listen(listen)
-    server, thread = prometheus_client.start_http_server(port, addr=host, registry=registry)
+    tls = certfile is not None and keyfile is not None
+    server, thread = prometheus_client.start_http_server(
+        port,
+        addr=host,
+        registry=registry,
+        certfile=str(certfile) if tls else None,
+        keyfile=str(keyfile) if tls else None,
+    )
     bound = int(server.server_port)
     if port_file is not None:
         tmp = port_file.with_name(port_file.name + ".tmp")
         tmp.write_text(f"{bound}\n")
         tmp.replace(port_file)
-    log.info("serving /metrics on %s:%d", host, bound)
+    log.info("serving /metrics on %s://%s:%d", "https" if tls else "http", host, bound)
     return MetricsServer(host, bound, server, thread)

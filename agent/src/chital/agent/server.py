@@ -2,7 +2,9 @@
 
 The port is either mutual TLS (``tls_dir``: the agent's bundle; a client certificate from the fleet
 CA is required and only the controller's role is let through) or, with ``insecure``, plaintext on a
-loopback address. Neither, or plaintext on any other address, refuses to start.
+loopback address. Neither, or plaintext on any other address, refuses to start. ``/metrics`` follows:
+HTTPS with the agent's certificate (Prometheus verifies it with the fleet CA; no client certificate:
+the counters are read-only), or plaintext on loopback.
 """
 
 from __future__ import annotations
@@ -48,7 +50,8 @@ class ServerConfig:
     max_containers: int = 0
     max_workers: int = 64
     port_file: Path | None = None
-    metrics_listen: str | None = None  # HOST:PORT of /metrics; None: no metrics endpoint
+    # HOST:PORT of /metrics (HTTPS with the agent's certificate under tls_dir); None: no endpoint
+    metrics_listen: str | None = None
     metrics_port_file: Path | None = None
     module_path: str | None = None  # insmod this chital.ko when the device is missing (else modprobe)
     # cgroup v2 limits: "auto" (required with the real device; best effort with the fake) | "off"
@@ -76,6 +79,9 @@ def transport(config: ServerConfig) -> TLSFiles | None:
         )
     tls = TLSFiles.from_dir(config.tls_dir) if config.tls_dir is not None else None
     check_listen(config.listen, insecure=config.insecure, tls=tls)
+    if config.metrics_listen:
+        # /metrics is HTTPS with the agent's certificate, or plaintext on loopback.
+        check_listen(config.metrics_listen, insecure=config.insecure, tls=tls)
     return tls
 
 
@@ -188,7 +194,11 @@ class AgentServer:
         if self.config.metrics_listen:
             self.metrics.watch_containers(self.device, cgroup_dir_of=self._cgroup_dir)
             self.metrics_server = start_metrics_server(
-                self.config.metrics_listen, self.metrics.registry, port_file=self.config.metrics_port_file
+                self.config.metrics_listen,
+                self.metrics.registry,
+                port_file=self.config.metrics_port_file,
+                certfile=self._tls.cert if self._tls is not None else None,
+                keyfile=self._tls.key if self._tls is not None else None,
             )
         for name in ("", _SERVICE_NAME):
             self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
