@@ -4,7 +4,8 @@ fork+exec in the same guest.
 Boots one QEMU guest with chital.ko and an agent (``QemuFleet``), then measures, in one run:
 - ``fork+exec``: ``subprocess.Popen`` of busybox ``true`` inside the guest (returns once the exec
   succeeded), the floor for starting any process there;
-- ``agent StartProcess (in guest)``: the agent's RPC from a client in the same guest, which returns
+- ``agent StartProcess (in guest)``: the agent's RPC (mutual TLS, with the controller's certificate,
+  as the controller calls it) from a client in the same guest, which returns
   once the program was exec'd inside its container: the launcher (a static C program) joined the
   cgroup and the container's namespaces, forked the child, the agent made it a member (ADD_PROC),
   and the child dropped its privileges, installed its seccomp filter and exec'd;
@@ -28,8 +29,17 @@ import uuid
 import grpc
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
-from chital.client import Client
-from chital.devcluster.qemu_fleet import AGENT_PORT, BUSYBOX_ROOT, QemuFleet
+from chital.devcluster.qemu_fleet import (
+    AGENT_PORT,
+    BUSYBOX_ROOT,
+    QemuFleet,
+    install_bundle_script,
+    stage_bundle,
+)
+from chital.security.tls import TLSFiles, channel_credentials
+
+#: The controller's bundle inside the guest, for the in-guest client (root-only, on tmpfs).
+GUEST_CONTROLLER_TLS = "/run/chital-bench/controller"
 
 GUEST_FORK_EXEC = f"""
 import subprocess, sys, time
@@ -47,8 +57,10 @@ print(" ".join(f"{{x:.6f}}" for x in out[2:]))
 GUEST_START_PROCESS = f"""
 import sys, time, uuid, grpc
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from chital.security.tls import TLSFiles, channel_credentials
 runs, cuid = int(sys.argv[1]), sys.argv[2]
-stub = agent_pb2_grpc.AgentServiceStub(grpc.insecure_channel("127.0.0.1:{AGENT_PORT}"))
+credentials = channel_credentials(TLSFiles.from_dir("{GUEST_CONTROLLER_TLS}"))
+stub = agent_pb2_grpc.AgentServiceStub(grpc.secure_channel("127.0.0.1:{AGENT_PORT}", credentials))
 out = []
 for _ in range(runs + 2):
     req = agent_pb2.StartProcessRequest(container_uid=cuid, process_uid=uuid.uuid4().hex, argv=["true"])
@@ -79,7 +91,14 @@ def main() -> int:
             return 1
         fork_exec = [float(x) for x in out.split()[-args.runs :]]
 
-        with Client(fleet.target, timeout=60.0) as client:
+        assert fleet.pki is not None
+        controller_bundle = fleet.pki.directory / "controller"
+        staged = stage_bundle(guest.vm, controller_bundle)
+        rc, out = guest.vm.run(["sh", "-c", install_bundle_script(staged, GUEST_CONTROLLER_TLS)], timeout=60)
+        if rc != 0:
+            print(out, file=sys.stderr)
+            return 1
+        with fleet.client(timeout=60.0) as client:
             container = client.create_container(f"bench-{uuid.uuid4().hex[:6]}", root=BUSYBOX_ROOT)
             controller_exec = []
             for _ in range(args.runs + 2):
@@ -88,7 +107,9 @@ def main() -> int:
                 controller_exec.append(time.perf_counter() - t0)
             controller_exec = controller_exec[2:]
 
-            channel = grpc.insecure_channel(guest.address)
+            # The agent's certificate names 127.0.0.1, the address dialled through the port forward.
+            controller = channel_credentials(TLSFiles.from_dir(controller_bundle))
+            channel = grpc.secure_channel(guest.address, controller)
             stub = agent_pb2_grpc.AgentServiceStub(channel)
             agent_start = []
             for _ in range(args.runs + 2):
