@@ -33,6 +33,10 @@ check-protos: ## Fail when the committed generated code is stale
 		echo "check-protos: generated code is stale; run 'make protos' and commit" >&2; exit 1; \
 	fi
 
+.PHONY: version
+version: ## Write VERSION into the pyproject files, the _version.py modules and the kernel module
+	$(PY) scripts/version.py
+
 .PHONY: api-docs
 api-docs: ## Regenerate docs/reference/api.md from the generated descriptors and the protos' comments
 	$(PY) scripts/gen-api-docs.py
@@ -42,7 +46,7 @@ docs: ## Build the documentation site (mkdocs.yml, docs/) into site/
 	NO_MKDOCS_2_WARNING=1 $(VENV_BIN)/mkdocs build --strict
 
 .PHONY: lint
-lint: ## ruff, mypy, buf lint, promtool (config, rules, rule tests), docker-compose config, docs
+lint: ## ruff, mypy, buf lint, promtool, docker-compose config, docs, generated files fresh
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy $(HAND_WRITTEN)
@@ -52,6 +56,7 @@ lint: ## ruff, mypy, buf lint, promtool (config, rules, rule tests), docker-comp
 	promtool test rules deploy/prometheus/tests/*.yml
 	docker-compose -f docker-compose.yml config -q
 	$(PY) scripts/gen-api-docs.py --check
+	$(PY) scripts/version.py --check
 	NO_MKDOCS_2_WARNING=1 $(VENV_BIN)/mkdocs build --strict --quiet
 
 .PHONY: fmt

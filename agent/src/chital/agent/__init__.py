@@ -5,4 +5,6 @@ Layers (ports and adapters): :mod:`chital.agent.service` (gRPC adapter; protobuf
 (``LinuxDevice`` / ``FakeDevice``) and :mod:`chital.agent.process` (the process runner).
 """
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__"]

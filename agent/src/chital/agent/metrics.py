@@ -47,6 +47,7 @@ from prometheus_client.registry import Collector
 
 from chital.errdefs import ChitalError
 
+from ._version import __version__
 from .device.base import ContainerInfo, ContainerSpec, Device, DeviceVersion, EventBatch
 from .syscalls import name_of
 
@@ -88,7 +89,7 @@ def exit_reason(exit_code: int, signal: int, oom_killed: bool = False) -> str:
 class AgentMetrics:
     """Every metric the agent's code updates, in its own registry."""
 
-    def __init__(self, *, version: str = "0.1.0", registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, *, version: str = __version__, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         r = self.registry
         # process_* (CPU, resident memory, open fds of the agent itself) and python_info.

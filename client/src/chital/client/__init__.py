@@ -61,6 +61,7 @@ from ._types import (
     Token,
     WatchEvent,
 )
+from ._version import __version__
 
 __all__ = [
     "NO_RETRY",
@@ -100,4 +101,5 @@ __all__ = [
     "Unavailable",
     "Unimplemented",
     "WatchEvent",
+    "__version__",
 ]

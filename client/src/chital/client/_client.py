@@ -46,6 +46,7 @@ from ._types import (
     Token,
     WatchEvent,
 )
+from ._version import __version__
 
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
@@ -63,7 +64,7 @@ _NEVER: frozenset[grpc.StatusCode] = frozenset()
 # load balancer's idle timeout and a lost connection costs at most one chunk.
 _WAIT_CHUNK_SECONDS = 60.0
 
-_USER_AGENT = "chital-python/0.1.0"
+_USER_AGENT = f"chital-python/{__version__}"
 
 
 def _raise_chital_error(exc: grpc.RpcError) -> NoReturn:

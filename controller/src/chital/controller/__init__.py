@@ -4,4 +4,6 @@ Layers: ``service`` (gRPC adapters) -> ``containers``/``hosts`` (use cases) -> `
 ``agents`` (calls to agents); ``health`` and ``events`` run in background threads.
 """
 
-__all__: list[str] = []
+from ._version import __version__
+
+__all__ = ["__version__"]

@@ -4,6 +4,7 @@
 channel; ``vmtest`` runs pytest inside such a guest; ``kernel`` finds (or fetches) the kernels.
 """
 
+from ._version import __version__
 from .kernel import (
     Kernel,
     KernelNotFoundError,
@@ -23,6 +24,7 @@ __all__ = [
     "KernelNotFoundError",
     "KernelSplatError",
     "Splat",
+    "__version__",
     "build_module",
     "default_kernel",
     "ensure_kernel_612",
