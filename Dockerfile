@@ -11,8 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     GRPC_VERBOSITY=ERROR \
-    PROMETHEUS_DISABLE_CREATED_SERIES=True \
-    CHITAL_MIGRATIONS_DIR=/opt/chital/migrations
+    PROMETHEUS_DISABLE_CREATED_SERIES=True
 
 WORKDIR /opt/chital
 
@@ -20,12 +19,10 @@ WORKDIR /opt/chital
 COPY proto/python/ /opt/chital/src/proto-python/
 RUN pip install /opt/chital/src/proto-python/
 
-# The controller with the PostgreSQL driver (psycopg 3, binary wheel: no libpq build needed).
+# The controller with the PostgreSQL driver (psycopg 3, binary wheel: no libpq build needed) and
+# its Alembic migrations (inside the package): `serve --migrate` applies them at start.
 COPY controller/ /opt/chital/src/controller/
 RUN pip install "/opt/chital/src/controller/[postgres]"
-
-# Alembic migrations: `serve --migrate` applies them at start.
-COPY migrations/ /opt/chital/migrations/
 
 RUN useradd --system --home-dir /var/lib/chital --create-home chital \
     && mkdir -p /var/lib/chital/prometheus-targets \

@@ -111,7 +111,7 @@ def test_docker_compose_wiring() -> None:
                 assert (ROOT / source).exists(), source
     assert (ROOT / services["controller"]["build"]["dockerfile"]).is_file()
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for path in ("proto/python/", "controller/", "migrations/"):
+    for path in ("proto/python/", "controller/"):
         assert f"COPY {path}" in dockerfile
 
 

@@ -22,6 +22,7 @@ from sqlalchemy.engine import Engine
 from chital.errdefs import FailedPrecondition
 
 __all__ = [
+    "MIGRATIONS_DIR",
     "READONLY_OPTION",
     "default_database_url",
     "find_migrations_dir",
@@ -82,19 +83,19 @@ def make_engine(database_url: str) -> Engine:
     return engine
 
 
+#: The Alembic scripts ship inside the package (``chital.controller.migrations``), so an installed
+#: wheel migrates its database without the source tree.
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
 def find_migrations_dir() -> Path:
-    """The Alembic directory: ``$CHITAL_MIGRATIONS_DIR``, else the nearest ``migrations/env.py`` above."""
+    """The Alembic directory: ``$CHITAL_MIGRATIONS_DIR`` when set, else the package's own."""
     configured = os.environ.get("CHITAL_MIGRATIONS_DIR")
-    if configured:
-        path = Path(configured)
-        if not (path / "env.py").is_file():
-            raise FailedPrecondition(f"CHITAL_MIGRATIONS_DIR={configured} has no env.py")
-        return path
-    for parent in Path(__file__).resolve().parents:
-        candidate = parent / "migrations"
-        if (candidate / "env.py").is_file():
-            return candidate
-    raise FailedPrecondition("no migrations directory found; set CHITAL_MIGRATIONS_DIR")
+    path = Path(configured) if configured else MIGRATIONS_DIR
+    if not (path / "env.py").is_file():
+        where = f"CHITAL_MIGRATIONS_DIR={configured}" if configured else str(path)
+        raise FailedPrecondition(f"{where} has no env.py: the migrations are missing from this install")
+    return path
 
 
 def alembic_config(database_url: str) -> Any:

@@ -15,7 +15,7 @@ Uniqueness rules that the database enforces (so that concurrent controllers cann
 - ``processes (container_uid, request_id)`` is unique.
 - ``tokens.id`` (the public part of a token string) is the primary key.
 
-Changes of these tables are migrations under the repository's ``migrations/`` (Alembic).
+Changes of these tables are Alembic migrations in :mod:`chital.controller.migrations` (``versions/``).
 """
 
 from __future__ import annotations
