@@ -2,8 +2,8 @@
 
 Debian's ``prometheus`` server runs on 127.0.0.1 (free port, temporary storage, 1 s scrape interval)
 with the repository's alert rules, scraping the controller (static target) and the agents through the
-file_sd file that the controller itself keeps up to date (``--prometheus-sd-file``); the agents serve
-/metrics over HTTPS with their certificates, verified with the fleet's CA. The test drives
+file_sd file that the controller itself keeps up to date (``--prometheus-sd-file``); every /metrics
+is HTTPS with its server's certificate, verified with the fleet's CA. The test drives
 a workload through the SDK (containers, processes that exit in every way, errors), kills one agent,
 and then:
 
@@ -243,21 +243,24 @@ def _workload(client: Client) -> None:
         client.create_container(_unique("pin"), host="no-such-host")
 
 
-def _start_prometheus(
-    workdir: Path, controller_metrics: str, sd_file: Path, agent_ca: Path
-) -> PrometheusServer:
-    """Prometheus scraping the controller, and the agents over HTTPS (verified with the fleet CA)."""
+def _start_prometheus(workdir: Path, controller_metrics: str, sd_file: Path, ca: Path) -> PrometheusServer:
+    """Prometheus scraping the controller and the agents over HTTPS (verified with the fleet CA)."""
     assert PROMETHEUS is not None
     port = _free_port()
     config = {
         "global": {"scrape_interval": "1s", "scrape_timeout": "900ms", "evaluation_interval": "1s"},
         "rule_files": [str(p) for p in RULE_FILES],
         "scrape_configs": [
-            {"job_name": "chital-controller", "static_configs": [{"targets": [controller_metrics]}]},
+            {
+                "job_name": "chital-controller",
+                "scheme": "https",
+                "tls_config": {"ca_file": str(ca)},
+                "static_configs": [{"targets": [controller_metrics]}],
+            },
             {
                 "job_name": "chital-agent",
                 "scheme": "https",
-                "tls_config": {"ca_file": str(agent_ca)},
+                "tls_config": {"ca_file": str(ca)},
                 "file_sd_configs": [{"files": [str(sd_file)], "refresh_interval": "1s"}],
             },
         ],
@@ -414,11 +417,9 @@ def test_promtool_check_metrics_on_live_scrape(live: Live, service: str) -> None
     assert PROMTOOL is not None
     proc = live.fleet.controller if service == "controller" else live.fleet.agent_procs[0]
     assert proc is not None and proc.metrics_address
-    if service == "agent":  # HTTPS with the agent's certificate
-        assert live.fleet.pki is not None
-        body = _get(f"https://{proc.metrics_address}/metrics", ca=live.fleet.pki.ca)
-    else:
-        body = _get(f"http://{proc.metrics_address}/metrics")
+    assert live.fleet.pki is not None and proc.metrics_url is not None
+    assert proc.metrics_url.startswith("https://")  # with the server's certificate
+    body = _get(proc.metrics_url, ca=live.fleet.pki.ca)
     assert b"_created" not in body
     check = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, check=False)
     assert check.returncode == 0, (check.stdout + check.stderr).decode()

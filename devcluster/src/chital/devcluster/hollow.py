@@ -52,6 +52,13 @@ class ServiceProcess:
     log_path: Path
     #: ``127.0.0.1:PORT`` of its /metrics when started with ``metrics=True``.
     metrics_address: str | None = None
+    #: ``https`` when /metrics is served with the server's certificate (a TLS server), else ``http``.
+    metrics_scheme: str = "http"
+
+    @property
+    def metrics_url(self) -> str | None:
+        """``<scheme>://127.0.0.1:PORT/metrics``, or None without metrics."""
+        return f"{self.metrics_scheme}://{self.metrics_address}/metrics" if self.metrics_address else None
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM, then SIGKILL after ``timeout``; always reaps the process."""
@@ -147,7 +154,8 @@ def start_agent(
     """Start one agent on a free loopback port; its state lives in ``workdir/state``.
 
     ``tls_dir``: its bundle (mutual TLS, only the controller's certificate passes); or ``insecure``.
-    With ``metrics``, it also serves /metrics on a free loopback port (``metrics_address``)."""
+    With ``metrics``, it also serves /metrics on a free loopback port (``metrics_url``: HTTPS with
+    its certificate under ``tls_dir``)."""
     argv = [
         str(BIN / "chital-agent"),
         "serve",
@@ -160,7 +168,9 @@ def start_agent(
         *transport_args(tls_dir, insecure),
         *extra_args,
     ]
-    return _spawn(name, argv, workdir, None, timeout, metrics=metrics)
+    agent = _spawn(name, argv, workdir, None, timeout, metrics=metrics)
+    agent.metrics_scheme = "https" if tls_dir is not None else "http"  # the agent's certificate
+    return agent
 
 
 def start_controller(
@@ -176,7 +186,7 @@ def start_controller(
     """Start a controller on a free loopback port, migrating its database first.
 
     ``tls_dir``: its bundle (the API's server certificate and the client certificate it dials
-    agents with); or ``insecure``."""
+    agents with; /metrics is HTTPS with it too); or ``insecure``."""
     argv = [
         str(BIN / "chital-controller"),
         "serve",
@@ -189,7 +199,11 @@ def start_controller(
     ]
     if database_url:
         argv += ["--database-url", database_url]
-    return _spawn("controller", [*argv, *extra_args], workdir, None, timeout, metrics=metrics)
+    if metrics and tls_dir is not None:
+        argv.append("--metrics-tls")  # /metrics over HTTPS with the controller's certificate
+    controller = _spawn("controller", [*argv, *extra_args], workdir, None, timeout, metrics=metrics)
+    controller.metrics_scheme = "https" if metrics and tls_dir is not None else "http"
+    return controller
 
 
 def bootstrap_token(controller_workdir: Path, database_url: str | None, name: str) -> str:
