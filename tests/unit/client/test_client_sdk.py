@@ -79,6 +79,7 @@ EXPECTED_ALL = {
     "Unavailable",
     "Unimplemented",
     "WatchEvent",
+    "__version__",
 }
 
 

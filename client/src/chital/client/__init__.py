@@ -4,19 +4,22 @@
 
     from chital.client import Client, Limits
 
-    # The controller, TLS files and token from the flags' environment variables (CHITAL_CONTROLLER,
-    # CHITAL_TLS_DIR or CHITAL_CACERT, CHITAL_TOKEN) or the current context of the config file.
-    with Client.from_config() as client:
+    # No address: the controller, TLS files and token from the environment (CHITAL_CONTROLLER,
+    # CHITAL_TLS_DIR or CHITAL_CACERT, CHITAL_TOKEN), else the config file's current context.
+    with Client() as client:
         c = client.create_container("web", limits=Limits(memory_max_bytes=256 << 20))
         p = client.exec(c.uid, ["echo", "hello"])
         for chunk in client.stream_logs(p.uid, follow=True):
             print(chunk.data.decode(), end="")
         print(client.wait_process(p.uid).exit_code)
 
-Or explicitly: ``Client("10.0.0.1:7443", tls=TLSFiles(ca=Path("ca.crt")), token=token)``; see
-:mod:`chital.client.config` for the config file and its contexts.
+Or explicitly: ``Client("10.0.0.1:7443", tls=TLSFiles(ca=Path("ca.crt")), token=token)``;
+:meth:`Client.from_config` picks a context or overrides single settings (see
+:mod:`chital.client.config` for the config file). :class:`chital.client.aio.AsyncClient` is the same
+client for asyncio.
 
-Values are frozen dataclasses and enums; errors are subclasses of :class:`ChitalError`.
+Values are frozen dataclasses and enums; errors are subclasses of :class:`ChitalError`. Retries are
+gRPC's, configured per method from one :class:`RetryPolicy`; every method takes ``timeout=``.
 """
 
 from chital.security.tls import TLSFiles

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-import os
 import random
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -14,18 +12,14 @@ from typing import Any, NoReturn, Self, TypeVar
 
 import grpc
 
-from chital.api.admin.v1 import admin_pb2 as apb
 from chital.api.admin.v1 import admin_pb2_grpc as apb_grpc
-from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
-from chital.api.host.v1 import host_pb2 as hpb
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
-from chital.security.tls import TLSFiles, channel_credentials, is_loopback
+from chital.security.tls import TLSFiles
 
-from . import _convert as conv
-from . import config as _config
-from ._auth import BearerToken
-from ._errors import error_from_rpc, is_tls_failure, status_code
+from . import _base
+from . import _ops as ops
+from ._errors import DeadlineExceeded, error_from_rpc, is_tls_failure, status_code
 from ._types import (
     AuditEntry,
     Container,
@@ -40,31 +34,15 @@ from ._types import (
     NewToken,
     Page,
     Process,
-    ProcessState,
     RetryPolicy,
     Sandbox,
     Token,
     WatchEvent,
 )
-from ._version import __version__
 
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
 _T = TypeVar("_T")
 
-# Which failures a retry may cure. Reads may be repeated on anything transient. Writes that carry a
-# request_id (or only name their resource) are idempotent on the server, so a retry
-# after UNAVAILABLE is safe; a DEADLINE_EXCEEDED write may still be running there and a retry would
-# wait on the same slow work, so it goes to the caller (who may retry with the same request_id).
-_READ = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
-_IDEMPOTENT_WRITE = frozenset({grpc.StatusCode.UNAVAILABLE})
-_NEVER: frozenset[grpc.StatusCode] = frozenset()
-
-# A wait is split into server-side waits of at most this long, so no single call outlives a
-# load balancer's idle timeout and a lost connection costs at most one chunk.
-_WAIT_CHUNK_SECONDS = 60.0
-
-_USER_AGENT = f"chital-python/{__version__}"
+_DEFAULT_RETRIES = RetryPolicy()
 
 
 def _raise_chital_error(exc: grpc.RpcError) -> NoReturn:
@@ -72,28 +50,28 @@ def _raise_chital_error(exc: grpc.RpcError) -> NoReturn:
     raise error_from_rpc(exc) from exc
 
 
-def _label_selector(selector: str | Mapping[str, str] | None) -> str:
-    if selector is None:
-        return ""
-    if isinstance(selector, str):
-        return selector
-    return ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
+def _resumable(exc: grpc.RpcError) -> bool:
+    """Whether a broken watch may be opened again: the controller or the network went away."""
+    return status_code(exc) is grpc.StatusCode.UNAVAILABLE and not is_tls_failure(exc)
 
 
 class Client:
     """A connection to a chital controller.
 
-    Every call has a deadline (``timeout`` seconds unless the method says otherwise). Idempotent calls
-    are retried on transient failures according to ``retries``: reads on UNAVAILABLE and
-    DEADLINE_EXCEEDED; creates and exec (they carry a ``request_id``, reused across retries) and the
-    calls that only name their resource (stop, delete, host administration) on UNAVAILABLE.
-    :meth:`signal_process` is never retried. Failures raise subclasses of :class:`ChitalError`.
+    Every call has a deadline: the method's ``timeout=`` (seconds) when given, else the client's
+    ``timeout``. gRPC retries transient failures inside that deadline, as the channel's service
+    config says (generated from ``retries``, see :class:`RetryPolicy`): reads on UNAVAILABLE and
+    DEADLINE_EXCEEDED; creates and exec (they carry a ``request_id``, the same on every attempt) and
+    the calls that only name their resource (stop, delete, host administration) on UNAVAILABLE;
+    :meth:`signal_process` and :meth:`create_token` never. Streams are retried until their first
+    message. Failures raise subclasses of :class:`ChitalError`.
+
+    :class:`chital.client.aio.AsyncClient` has the same methods, arguments and types, for asyncio.
 
     Use it as a context manager, or call :meth:`close`::
 
-        tls = TLSFiles(ca=Path("/etc/chital/ca.crt"))
-        with Client("10.0.0.1:7443", tls=tls, token=os.environ["CHITAL_TOKEN"]) as client:
-            for c in client.list_containers(label_selector={"team": "a"}):
+        with Client() as client:  # CHITAL_CONTROLLER etc., else the config file's current context
+            for c in client.iter_containers(label_selector={"team": "a"}):
                 print(c.name, c.state)
     """
 
@@ -104,62 +82,70 @@ class Client:
         tls: TLSFiles | None = None,
         token: str | None = None,
         insecure: bool = False,
-        timeout: float = 10.0,
-        retries: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so a shared default is safe.
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        retries: RetryPolicy = _DEFAULT_RETRIES,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        """Open a channel to ``target`` (``host:port``; default ``$CHITAL_CONTROLLER``, else
-        ``127.0.0.1:7443``).
+        """Open a channel to ``target`` (``host:port``).
 
         The channel is TLS, verified with ``tls.ca`` (and presenting ``tls.cert``/``tls.key`` when
         given), or with ready-made ``credentials``. ``insecure=True`` dials in plaintext instead, to
-        a loopback address only. One of the three is required. ``token`` is sent as
-        ``authorization: Bearer <token>`` with every call. :meth:`from_config` takes all of these
-        from flags, the environment and the config file.
+        a loopback address only. ``token`` is sent as ``authorization: Bearer <token>`` with every
+        call.
+
+        With none of ``target``, ``tls``, ``credentials`` and ``insecure``, the client is set up as
+        the ``chital`` command is: ``CHITAL_CONTROLLER``, ``CHITAL_CACERT``, ``CHITAL_TOKEN``... else
+        the config file's current context (see :mod:`chital.client.config`). With ``tls`` or
+        ``insecure`` but no ``target``, the target is ``$CHITAL_CONTROLLER``, else the current
+        context's controller, else ``127.0.0.1:7443``. :meth:`from_config` gives full control.
 
         The channel connects lazily: an unreachable controller surfaces as :class:`Unavailable` on
-        the first call, after the retries; a failed TLS handshake too, at once, with a message that
-        says what failed.
+        the first call, after the retries; a failed TLS handshake too, with a message that says
+        what failed. Raises ValueError (:class:`~chital.client.config.ConfigError` for the config
+        file) when the settings cannot work.
         """
-        if timeout <= 0:
-            raise ValueError("timeout must be positive")
-        if target is None:
-            target = os.environ.get(_config.ENV_CONTROLLER) or _config.DEFAULT_CONTROLLER
-        if tls is not None and credentials is not None:
-            raise ValueError("pass tls or credentials, not both")
-        secure = tls is not None or credentials is not None
-        if insecure and secure:
-            raise ValueError("insecure=True dials in plaintext: it takes no tls or credentials")
-        if not insecure and not secure:
-            raise ValueError(
-                f"no TLS material for controller {target}: pass tls=TLSFiles(ca=...) (or credentials=), "
-                "insecure=True for a plaintext controller on loopback, or use Client.from_config() to "
-                "read CHITAL_* variables and the config file"
-            )
-        if insecure and not is_loopback(target):
-            raise ValueError(
-                f"insecure=True is only for a controller on loopback, not {target}: "
-                "a token would cross the network in plaintext"
-            )
-        bearer = None if token is None else BearerToken(token)  # checks the token before any channel
-        if tls is not None:
-            credentials = channel_credentials(tls)
-        self.target = target
-        self.timeout = timeout
-        self.retries = retries
-        self.insecure = insecure
-        options = [("grpc.primary_user_agent", _USER_AGENT)]
-        if credentials is None:
-            channel = grpc.insecure_channel(target, options=options)
+        self._settings = _base.settings(
+            target,
+            tls=tls,
+            token=token,
+            insecure=insecure,
+            timeout=timeout,
+            retries=retries,
+            credentials=credentials,
+        )
+        s = self._settings
+        if s.credentials is None:
+            channel = grpc.insecure_channel(s.target, options=s.options)
         else:
-            channel = grpc.secure_channel(target, credentials, options=options)
-        self._raw_channel = channel
-        self._channel = channel if bearer is None else grpc.intercept_channel(channel, bearer)
-        self._containers = cpb_grpc.ContainerServiceStub(self._channel)
-        self._hosts = hpb_grpc.HostServiceStub(self._channel)
-        self._admin = apb_grpc.AdminServiceStub(self._channel)
+            channel = grpc.secure_channel(s.target, s.credentials, options=s.options)
+        self._channel = channel
+        self._stubs: dict[str, Any] = {
+            ops.CONTAINERS: cpb_grpc.ContainerServiceStub(channel),
+            ops.HOSTS: hpb_grpc.HostServiceStub(channel),
+            ops.ADMIN: apb_grpc.AdminServiceStub(channel),
+        }
         self._random = random.Random()  # noqa: S311 - jitter, not security.
         self._closed = False
+
+    @property
+    def target(self) -> str:
+        """The controller's address."""
+        return self._settings.target
+
+    @property
+    def timeout(self) -> float:
+        """The default deadline of a call, in seconds."""
+        return self._settings.timeout
+
+    @property
+    def retries(self) -> RetryPolicy:
+        """The retry policy the channel's service config was made from."""
+        return self._settings.retries
+
+    @property
+    def insecure(self) -> bool:
+        """Whether the channel is plaintext (loopback only)."""
+        return self._settings.insecure
 
     @classmethod
     def from_config(
@@ -176,9 +162,9 @@ class Client:
         insecure: bool | None = None,
         config_path: str | Path | None = None,
         env: Mapping[str, str] | None = None,
-        timeout: float = 10.0,
-        retries: RetryPolicy = RetryPolicy(),  # noqa: B008 - frozen, so a shared default is safe.
-    ) -> Client:
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        retries: RetryPolicy = _DEFAULT_RETRIES,
+    ) -> Self:
         """A client set up like the ``chital`` command: each setting from the arguments given here,
         else the environment (``CHITAL_CONTROLLER``, ``CHITAL_TOKEN``, ``CHITAL_TLS_DIR``,
         ``CHITAL_CACERT``, ...), else the context (``context``, else ``$CHITAL_CONTEXT``, else the
@@ -188,21 +174,18 @@ class Client:
         Raises :class:`chital.client.config.ConfigError` (a ValueError) naming the missing or
         broken setting and where it came from. ``env`` replaces ``os.environ`` (for tests).
         """
-        environ = os.environ if env is None else env
-        connection = _config.resolve(
-            _config.Overrides(
-                target=target,
-                context=context,
-                token=token,
-                token_file=token_file,
-                tls_dir=tls_dir,
-                ca=ca,
-                cert=cert,
-                key=key,
-                insecure=insecure,
-            ),
-            env=environ,
-            config=_config.Config.load(config_path, env=environ),
+        connection = _base.from_config_settings(
+            context=context,
+            target=target,
+            token=token,
+            token_file=token_file,
+            tls_dir=tls_dir,
+            ca=ca,
+            cert=cert,
+            key=key,
+            insecure=insecure,
+            config_path=config_path,
+            env=env,
         )
         return cls(
             connection.target,
@@ -219,7 +202,7 @@ class Client:
         """Close the channel. Calls in flight are cancelled; the client cannot be used again."""
         if not self._closed:
             self._closed = True
-            self._raw_channel.close()
+            self._channel.close()
 
     def __enter__(self) -> Self:
         """Return the client itself."""
@@ -237,64 +220,30 @@ class Client:
     def __repr__(self) -> str:
         """Show the target and whether the client is closed."""
         flags = (", insecure" if self.insecure else "") + (", closed" if self._closed else "")
-        return f"Client({self.target!r}, timeout={self.timeout}{flags})"
+        return f"{type(self).__name__}({self.target!r}, timeout={self.timeout}{flags})"
 
     # -- call machinery ----------------------------------------------------------------------
 
-    def _retryable(self, exc: grpc.RpcError, retry_on: frozenset[grpc.StatusCode], attempt: int) -> bool:
-        # A failed TLS handshake fails the same way again: report it at once.
-        return (
-            status_code(exc) in retry_on and attempt < self.retries.max_attempts and not is_tls_failure(exc)
-        )
+    def _call(self, call: ops.Call[_T], timeout: float | None) -> _T:
+        method = getattr(self._stubs[call.service], call.method)
+        seconds = _base.deadline(self._settings, timeout, call.extra_timeout)
+        try:
+            response = method(call.request, timeout=seconds, metadata=self._settings.metadata)
+        except grpc.RpcError as exc:
+            _raise_chital_error(exc)
+        return call.convert(response)
 
-    def _sleep_before_retry(self, attempt: int) -> None:
-        time.sleep(self.retries.backoff(attempt, self._random.random()))
-
-    def _unary(
-        self,
-        method: grpc.UnaryUnaryMultiCallable[_Req, _Resp],
-        request: _Req,
-        retry_on: frozenset[grpc.StatusCode],
-        timeout: float | None = None,
-    ) -> _Resp:
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                return method(request, timeout=timeout if timeout is not None else self.timeout)
-            except grpc.RpcError as exc:
-                if self._retryable(exc, retry_on, attempt):
-                    self._sleep_before_retry(attempt)
-                    continue
-                _raise_chital_error(exc)
-
-    def _stream(
-        self,
-        method: grpc.UnaryStreamMultiCallable[_Req, _Resp],
-        request: _Req,
-        retry_on: frozenset[grpc.StatusCode],
-        timeout: float | None,
-    ) -> Iterator[_Resp]:
-        # A stream is retried only until its first message: after that, a restart would repeat
-        # output the caller has already seen.
-        attempt = 0
-        while True:
-            attempt += 1
-            received = False
-            call: Any = method(request, timeout=timeout)
-            try:
-                for item in call:
-                    received = True
-                    yield item
-                return
-            except grpc.RpcError as exc:
-                if not received and self._retryable(exc, retry_on, attempt):
-                    self._sleep_before_retry(attempt)
-                    continue
-                _raise_chital_error(exc)
-            finally:
-                # Stops the server side when the caller abandons the iterator early.
-                call.cancel()
+    def _stream(self, call: ops.StreamCall[_T], timeout: float | None) -> Iterator[_T]:
+        method = getattr(self._stubs[call.service], call.method)
+        stream: Any = method(call.request, timeout=timeout, metadata=self._settings.metadata)
+        try:
+            for message in stream:
+                yield call.convert(message)
+        except grpc.RpcError as exc:
+            _raise_chital_error(exc)
+        finally:
+            # Stops the server side when the caller abandons the iterator early.
+            stream.cancel()
 
     @staticmethod
     def _pages(fetch: Callable[[str], Page[_T]]) -> Iterator[_T]:
@@ -319,6 +268,7 @@ class Client:
         deny_syscalls: Sequence[str] = (),
         host: str = "",
         sandbox: Sandbox | None = None,
+        timeout: float | None = None,
     ) -> Container:
         """Create a container named ``name`` and return it.
 
@@ -327,24 +277,21 @@ class Client:
         ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
         the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
         """
-        request = cpb.CreateContainerRequest(
-            request_id=request_id or str(uuid.uuid4()),
-            name=name,
-            labels=dict(labels or {}),
-            limits=conv.limits_to_pb(limits or Limits()),
+        call = ops.create_container(
+            name,
+            request_id=request_id,
+            labels=labels,
+            limits=limits,
             root=root,
-            deny_syscalls=list(deny_syscalls),
+            deny_syscalls=deny_syscalls,
             host=host,
-            sandbox=conv.sandbox_to_pb(sandbox or Sandbox()),
+            sandbox=sandbox,
         )
-        response = self._unary(self._containers.CreateContainer, request, _IDEMPOTENT_WRITE)
-        return conv.container_from_pb(response.container)
+        return self._call(call, timeout)
 
-    def get_container(self, container: str) -> Container:
+    def get_container(self, container: str, *, timeout: float | None = None) -> Container:
         """Return a container by uid or name; raises :class:`NotFound`."""
-        request = cpb.GetContainerRequest(container=container)
-        response = self._unary(self._containers.GetContainer, request, _READ)
-        return conv.container_from_pb(response.container)
+        return self._call(ops.get_container(container), timeout)
 
     def list_containers_page(
         self,
@@ -354,35 +301,33 @@ class Client:
         label_selector: str | Mapping[str, str] | None = None,
         state: ContainerState | None = None,
         host: str = "",
+        timeout: float | None = None,
     ) -> Page[Container]:
         """Return one page of containers, oldest first.
 
         ``label_selector`` is ``"k=v,k2=v2"`` or a mapping (all terms must match). Without ``state``
         every container but DELETED ones is listed. ``page_size`` 0 is the server's default (100).
         """
-        request = cpb.ListContainersRequest(
+        call = ops.list_containers(
             page_size=page_size,
             page_token=page_token,
-            label_selector=_label_selector(label_selector),
-            state=conv.container_state_to_pb(state),  # type: ignore[arg-type]
+            label_selector=label_selector,
+            state=state,
             host=host,
         )
-        response = self._unary(self._containers.ListContainers, request, _READ)
-        return Page(
-            items=tuple(conv.container_from_pb(c) for c in response.containers),
-            next_page_token=response.next_page_token,
-        )
+        return self._call(call, timeout)
 
-    def list_containers(
+    def iter_containers(
         self,
         *,
         label_selector: str | Mapping[str, str] | None = None,
         state: ContainerState | None = None,
         host: str = "",
         page_size: int = 0,
+        timeout: float | None = None,
     ) -> Iterator[Container]:
         """Iterate over every matching container, fetching pages as needed (filters as in
-        :meth:`list_containers_page`)."""
+        :meth:`list_containers_page`; ``timeout`` applies to each page)."""
         return self._pages(
             lambda token: self.list_containers_page(
                 page_size=page_size,
@@ -390,25 +335,26 @@ class Client:
                 label_selector=label_selector,
                 state=state,
                 host=host,
+                timeout=timeout,
             )
         )
 
-    def stop_container(self, container: str, *, grace: float | None = None) -> Container:
-        """Stop a container: SIGTERM to every member, SIGKILL after ``grace`` seconds (server
-        default 10 s). The call's deadline is extended by the grace period."""
-        request = cpb.StopContainerRequest(container=container)
-        if grace is not None:
-            request.grace_period.CopyFrom(conv.duration_to_pb(grace))
-        timeout = self.timeout + (grace if grace is not None else 10.0)
-        response = self._unary(self._containers.StopContainer, request, _IDEMPOTENT_WRITE, timeout)
-        return conv.container_from_pb(response.container)
+    list_containers = iter_containers
+    """Same as :meth:`iter_containers` (the older name)."""
 
-    def delete_container(self, container: str, *, force: bool = False) -> Container:
+    def stop_container(
+        self, container: str, *, grace: float | None = None, timeout: float | None = None
+    ) -> Container:
+        """Stop a container: SIGTERM to every member, SIGKILL after ``grace`` seconds (server
+        default 10 s). The default deadline is the client's timeout plus the grace period."""
+        return self._call(ops.stop_container(container, grace=grace), timeout)
+
+    def delete_container(
+        self, container: str, *, force: bool = False, timeout: float | None = None
+    ) -> Container:
         """Delete a stopped container (any container with ``force``, killing its processes) and
         return its final record."""
-        request = cpb.DeleteContainerRequest(container=container, force=force)
-        response = self._unary(self._containers.DeleteContainer, request, _IDEMPOTENT_WRITE)
-        return conv.container_from_pb(response.container)
+        return self._call(ops.delete_container(container, force=force), timeout)
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -422,6 +368,7 @@ class Client:
         user_id: int | None = None,
         group_id: int | None = None,
         request_id: str | None = None,
+        timeout: float | None = None,
     ) -> Process:
         """Start ``argv`` in a container and return the process (usually STARTING or RUNNING).
 
@@ -430,74 +377,74 @@ class Client:
         ``user_id``/``group_id`` default to the unprivileged 65534 (nobody/nogroup); 0 runs as
         root, still without capabilities unless the container's sandbox grants some.
         """
-        request = cpb.ExecRequest(
-            container=container,
-            request_id=request_id or str(uuid.uuid4()),
-            argv=list(argv),
-            env=dict(env or {}),
+        call = ops.exec_(
+            container,
+            argv,
+            env=env,
             cwd=cwd,
             user_id=user_id,
             group_id=group_id,
+            request_id=request_id,
         )
-        response = self._unary(self._containers.Exec, request, _IDEMPOTENT_WRITE)
-        return conv.process_from_pb(response.process)
+        return self._call(call, timeout)
 
-    def get_process(self, process_uid: str) -> Process:
+    def get_process(self, process_uid: str, *, timeout: float | None = None) -> Process:
         """Return a process by uid; raises :class:`NotFound`."""
-        request = cpb.GetProcessRequest(process_uid=process_uid)
-        response = self._unary(self._containers.GetProcess, request, _READ)
-        return conv.process_from_pb(response.process)
+        return self._call(ops.get_process(process_uid), timeout)
 
     def list_processes_page(
-        self, container: str = "", *, page_size: int = 0, page_token: str = ""
+        self,
+        container: str = "",
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
     ) -> Page[Process]:
         """Return one page of the processes of ``container`` (uid or name), or of all containers."""
-        request = cpb.ListProcessesRequest(container=container, page_size=page_size, page_token=page_token)
-        response = self._unary(self._containers.ListProcesses, request, _READ)
-        return Page(
-            items=tuple(conv.process_from_pb(p) for p in response.processes),
-            next_page_token=response.next_page_token,
+        call = ops.list_processes(container, page_size=page_size, page_token=page_token)
+        return self._call(call, timeout)
+
+    def iter_processes(
+        self, container: str = "", *, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[Process]:
+        """Iterate over the processes of ``container`` (uid or name), or of all containers, fetching
+        pages as needed (``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_processes_page(
+                container, page_size=page_size, page_token=token, timeout=timeout
+            )
         )
 
-    def list_processes(self, container: str = "", *, page_size: int = 0) -> Iterator[Process]:
-        """Iterate over the processes of ``container`` (uid or name), or of all containers."""
-        return self._pages(
-            lambda token: self.list_processes_page(container, page_size=page_size, page_token=token)
-        )
+    list_processes = iter_processes
+    """Same as :meth:`iter_processes` (the older name)."""
 
     def wait_process(self, process_uid: str, timeout: float | None = None) -> Process:
         """Wait until a process has exited (or is LOST) and return it.
 
         With ``timeout`` (seconds), give up after that long and return the process as it is then:
-        check ``process.exited``. Without, wait as long as it takes.
+        check ``process.exited``. Without, wait as long as it takes (in server-side waits of at most
+        a minute, so a broken connection costs one of them, retried).
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            remaining = _WAIT_CHUNK_SECONDS if deadline is None else deadline - time.monotonic()
+            remaining = ops.WAIT_CHUNK_SECONDS if deadline is None else deadline - time.monotonic()
             if remaining <= 0:
                 return self.get_process(process_uid)
-            chunk = min(remaining, _WAIT_CHUNK_SECONDS)
-            request = cpb.WaitProcessRequest(process_uid=process_uid, timeout=conv.duration_to_pb(chunk))
-            response = self._unary(self._containers.WaitProcess, request, _READ, chunk + self.timeout)
-            process = conv.process_from_pb(response.process)
-            if process.state in (ProcessState.EXITED, ProcessState.LOST):
-                return process
-            if deadline is not None and time.monotonic() >= deadline:
+            process = self._call(
+                ops.wait_process_chunk(process_uid, min(remaining, ops.WAIT_CHUNK_SECONDS)), None
+            )
+            if ops.wait_is_over(process) or (deadline is not None and time.monotonic() >= deadline):
                 return process
 
-    def get_container_stats(self, container: str) -> ContainerStats:
+    def get_container_stats(self, container: str, *, timeout: float | None = None) -> ContainerStats:
         """Return the kernel's per-syscall counters and the cgroup usage of ``container`` (uid or
         name), read live from its host; raises :class:`FailedPrecondition` when it is not on one."""
-        request = cpb.GetContainerStatsRequest(container=container)
-        response = self._unary(self._containers.GetContainerStats, request, _READ)
-        return conv.stats_from_pb(response)
+        return self._call(ops.get_container_stats(container), timeout)
 
-    def signal_process(self, process_uid: str, signal: int) -> Process:
+    def signal_process(self, process_uid: str, signal: int, *, timeout: float | None = None) -> Process:
         """Send ``signal`` (a number, 1-64) to a running process. Never retried: a repeated signal is
         not harmless."""
-        request = cpb.SignalProcessRequest(process_uid=process_uid, signal=int(signal))
-        response = self._unary(self._containers.SignalProcess, request, _NEVER)
-        return conv.process_from_pb(response.process)
+        return self._call(ops.signal_process(process_uid, signal), timeout)
 
     def stream_logs(
         self,
@@ -514,23 +461,53 @@ class Client:
         default the client's timeout without ``follow`` and none with it. Breaking out of the loop
         cancels the stream.
         """
-        request = cpb.StreamLogsRequest(process_uid=process_uid, follow=follow, tail_lines=tail)
         if timeout is None and not follow:
             timeout = self.timeout
-        for message in self._stream(self._containers.StreamLogs, request, _READ, timeout):
-            yield conv.log_chunk_from_pb(message)
+        return self._stream(ops.stream_logs(process_uid, follow=follow, tail=tail), timeout)
 
     def watch(
-        self, *, since_revision: int = 0, container: str = "", timeout: float | None = None
+        self,
+        *,
+        since_revision: int = 0,
+        container: str = "",
+        timeout: float | None = None,
+        resume: bool = True,
     ) -> Iterator[WatchEvent]:
         """Iterate over container and process events with a revision above ``since_revision``, then
-        live ones (0: live only), optionally of one ``container``. No deadline unless ``timeout``.
+        live ones (0: live only), optionally of one ``container`` (uid or name).
 
-        To resume after an error, call again with the last event's revision.
+        When the stream breaks (the controller restarts, the connection drops: UNAVAILABLE), the
+        watch opens a new one from the last revision it delivered, so no event is missed or
+        repeated; it gives up after ``retries.max_attempts`` failed attempts in a row, and does not
+        resume with ``resume=False`` or ``NO_RETRY``. ``timeout`` bounds the whole watch (none by
+        default). Breaking out of the loop cancels the stream.
+
+        With ``since_revision=0``, events between a break before the first event and the new
+        stream are not replayed (the controller does not say where a live-only watch started):
+        pass a revision to be gap-free from a known point.
         """
-        request = cpb.WatchRequest(since_revision=since_revision, container=container)
-        for message in self._stream(self._containers.Watch, request, _READ, timeout):
-            yield conv.watch_event_from_pb(message)
+        state = ops.WatchResume(since_revision, self.retries, enabled=resume)
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if end is None else end - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"watch: its timeout of {timeout} s has passed")
+            call = ops.watch(state.revision, container)
+            method = self._stubs[call.service].Watch
+            stream: Any = method(call.request, timeout=remaining, metadata=self._settings.metadata)
+            try:
+                for message in stream:
+                    event = call.convert(message)
+                    if state.accept(event):
+                        yield event
+                return  # the server ended the stream (it does so only when shutting down)
+            except grpc.RpcError as exc:
+                pause = state.backoff_after(_resumable(exc), self._random.random())
+                if pause is None:
+                    _raise_chital_error(exc)
+            finally:
+                stream.cancel()
+            time.sleep(pause if remaining is None else min(pause, remaining))
 
     # -- hosts -------------------------------------------------------------------------------
 
@@ -540,120 +517,116 @@ class Client:
         *,
         labels: Mapping[str, str] | None = None,
         max_containers: int = 0,
+        timeout: float | None = None,
     ) -> Host:
         """Register the agent at ``address`` (``host:port``). Registering an address again updates its
         labels and capacity and returns the same host. ``max_containers`` 0 is unlimited."""
-        request = hpb.RegisterHostRequest(
-            address=address,
-            labels=dict(labels or {}),
-            capacity=hpb.Capacity(max_containers=max_containers),
-        )
-        response = self._unary(self._hosts.RegisterHost, request, _IDEMPOTENT_WRITE)
-        return conv.host_from_pb(response.host)
+        call = ops.register_host(address, labels=labels, max_containers=max_containers)
+        return self._call(call, timeout)
 
     def list_hosts_page(
-        self, *, page_size: int = 0, page_token: str = "", state: HostState | None = None
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: HostState | None = None,
+        timeout: float | None = None,
     ) -> Page[Host]:
         """Return one page of hosts, optionally only those in ``state``."""
-        request = hpb.ListHostsRequest(
-            page_size=page_size,
-            page_token=page_token,
-            state=conv.host_state_to_pb(state),  # type: ignore[arg-type]
-        )
-        response = self._unary(self._hosts.ListHosts, request, _READ)
-        return Page(
-            items=tuple(conv.host_from_pb(h) for h in response.hosts),
-            next_page_token=response.next_page_token,
-        )
+        return self._call(ops.list_hosts(page_size=page_size, page_token=page_token, state=state), timeout)
 
-    def list_hosts(self, *, state: HostState | None = None, page_size: int = 0) -> Iterator[Host]:
-        """Iterate over every host, optionally only those in ``state``."""
+    def iter_hosts(
+        self, *, state: HostState | None = None, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[Host]:
+        """Iterate over every host, optionally only those in ``state``, fetching pages as needed
+        (``timeout`` applies to each page)."""
         return self._pages(
-            lambda token: self.list_hosts_page(page_size=page_size, page_token=token, state=state)
+            lambda token: self.list_hosts_page(
+                page_size=page_size, page_token=token, state=state, timeout=timeout
+            )
         )
 
-    def get_host(self, host: str) -> Host:
+    list_hosts = iter_hosts
+    """Same as :meth:`iter_hosts` (the older name)."""
+
+    def get_host(self, host: str, *, timeout: float | None = None) -> Host:
         """Return a host by id or address; raises :class:`NotFound`."""
-        response = self._unary(self._hosts.GetHost, hpb.GetHostRequest(host=host), _READ)
-        return conv.host_from_pb(response.host)
+        return self._call(ops.get_host(host), timeout)
 
-    def cordon_host(self, host: str) -> Host:
+    def cordon_host(self, host: str, *, timeout: float | None = None) -> Host:
         """Stop placing new containers on a host; its running containers stay."""
-        response = self._unary(self._hosts.CordonHost, hpb.CordonHostRequest(host=host), _IDEMPOTENT_WRITE)
-        return conv.host_from_pb(response.host)
+        return self._call(ops.cordon_host(host), timeout)
 
-    def uncordon_host(self, host: str) -> Host:
+    def uncordon_host(self, host: str, *, timeout: float | None = None) -> Host:
         """Make a cordoned host eligible for placement again."""
-        request = hpb.UncordonHostRequest(host=host)
-        response = self._unary(self._hosts.UncordonHost, request, _IDEMPOTENT_WRITE)
-        return conv.host_from_pb(response.host)
+        return self._call(ops.uncordon_host(host), timeout)
 
-    def drain_host(self, host: str, *, grace: float | None = None) -> DrainResult:
+    def drain_host(
+        self, host: str, *, grace: float | None = None, timeout: float | None = None
+    ) -> DrainResult:
         """Cordon a host and stop its containers (each with ``grace`` seconds, server default 10 s).
-        The call's deadline is extended by the grace period."""
-        request = hpb.DrainHostRequest(host=host)
-        if grace is not None:
-            request.grace_period.CopyFrom(conv.duration_to_pb(grace))
-        timeout = self.timeout + (grace if grace is not None else 10.0)
-        response = self._unary(self._hosts.DrainHost, request, _IDEMPOTENT_WRITE, timeout)
-        return DrainResult(
-            host=conv.host_from_pb(response.host), stopped_containers=response.stopped_containers
-        )
+        The default deadline is the client's timeout plus the grace period."""
+        return self._call(ops.drain_host(host, grace=grace), timeout)
 
-    def remove_host(self, host: str, *, force: bool = False) -> None:
+    def remove_host(self, host: str, *, force: bool = False, timeout: float | None = None) -> None:
         """Forget a host that has no live containers (any host with ``force``)."""
-        request = hpb.RemoveHostRequest(host=host, force=force)
-        self._unary(self._hosts.RemoveHost, request, _IDEMPOTENT_WRITE)
+        self._call(ops.remove_host(host, force=force), timeout)
 
     # -- identity, tokens and the audit log ---------------------------------------------------
 
-    def whoami(self) -> Identity:
+    def whoami(self, *, timeout: float | None = None) -> Identity:
         """Return the caller as the controller sees it: name, role and how it authenticated."""
-        response = self._unary(self._admin.WhoAmI, apb.WhoAmIRequest(), _READ)
-        return conv.identity_from_pb(response)
+        return self._call(ops.whoami(), timeout)
 
-    def create_token(self, name: str, role: str, *, ttl: float | _dt.timedelta | None = None) -> NewToken:
+    def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        ttl: float | _dt.timedelta | None = None,
+        timeout: float | None = None,
+    ) -> NewToken:
         """Create a bearer token for ``role`` (``admin``, ``operator`` or ``viewer``) that expires
         after ``ttl`` (seconds or a timedelta; None: never). Needs the admin role.
 
         The token string is in the answer only: the controller keeps a hash. Never retried, so
         that a lost answer does not leave two tokens behind.
         """
-        seconds = ttl.total_seconds() if isinstance(ttl, _dt.timedelta) else ttl
-        if seconds is not None and seconds < 1:
-            raise ValueError("ttl must be at least one second (None: no expiry)")
-        request = apb.CreateTokenRequest(name=name, role=role, ttl_seconds=round(seconds or 0))
-        response = self._unary(self._admin.CreateToken, request, _NEVER)
-        return NewToken(bearer_token=response.bearer_token, token=conv.token_from_pb(response.token))
+        return self._call(ops.create_token(name, role, ttl=ttl), timeout)
 
-    def list_tokens(self) -> list[Token]:
+    def list_tokens(self, *, timeout: float | None = None) -> list[Token]:
         """Return every token, oldest first, revoked and expired ones included. Needs the admin role."""
-        response = self._unary(self._admin.ListTokens, apb.ListTokensRequest(), _READ)
-        return [conv.token_from_pb(t) for t in response.tokens]
+        return self._call(ops.list_tokens(), timeout)
 
-    def revoke_token(self, token_id: str) -> Token:
+    def revoke_token(self, token_id: str, *, timeout: float | None = None) -> Token:
         """Revoke a token by id (revoking it again changes nothing) and return it. Needs the admin
         role."""
-        request = apb.RevokeTokenRequest(id=token_id)
-        response = self._unary(self._admin.RevokeToken, request, _IDEMPOTENT_WRITE)
-        return conv.token_from_pb(response.token)
+        return self._call(ops.revoke_token(token_id), timeout)
 
     def list_audit_log_page(
-        self, *, page_size: int = 0, page_token: str = "", principal: str = ""
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        principal: str = "",
+        timeout: float | None = None,
     ) -> Page[AuditEntry]:
         """Return one page of the audit log, newest first, optionally of one ``principal``
         (``cert:alice``, ``token:ci/0123456789ab``; ``token:ci`` matches every token named ci).
         ``page_size`` 0 is the server's default (100). Needs the admin role."""
-        request = apb.ListAuditLogRequest(page_size=page_size, page_token=page_token, principal=principal)
-        response = self._unary(self._admin.ListAuditLog, request, _READ)
-        return Page(
-            items=tuple(conv.audit_entry_from_pb(e) for e in response.entries),
-            next_page_token=response.next_page_token,
+        call = ops.list_audit_log(page_size=page_size, page_token=page_token, principal=principal)
+        return self._call(call, timeout)
+
+    def iter_audit_log(
+        self, *, principal: str = "", page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[AuditEntry]:
+        """Iterate over the audit log, newest first, fetching pages as needed (filter as in
+        :meth:`list_audit_log_page`; ``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_audit_log_page(
+                page_size=page_size, page_token=token, principal=principal, timeout=timeout
+            )
         )
 
-    def list_audit_log(self, *, principal: str = "", page_size: int = 0) -> Iterator[AuditEntry]:
-        """Iterate over the audit log, newest first, fetching pages as needed (filter as in
-        :meth:`list_audit_log_page`)."""
-        return self._pages(
-            lambda token: self.list_audit_log_page(page_size=page_size, page_token=token, principal=principal)
-        )
+    list_audit_log = iter_audit_log
+    """Same as :meth:`iter_audit_log` (the older name)."""

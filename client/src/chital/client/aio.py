@@ -1,0 +1,635 @@
+"""The asyncio client: :class:`AsyncClient`, with the methods, arguments, types and errors of
+:class:`chital.client.Client`, as coroutines and async iterators.
+
+::
+
+    import asyncio
+    from chital.client.aio import AsyncClient
+
+    async def main() -> None:
+        async with AsyncClient() as client:  # CHITAL_* variables, else the current context
+            c = await client.create_container("web")
+            p = await client.exec(c.uid, ["echo", "hello"])
+            async for chunk in client.stream_logs(p.uid, follow=True):
+                print(chunk.data.decode(), end="")
+            print((await client.wait_process(p.uid)).exit_code)
+
+    asyncio.run(main())
+
+Create and use a client inside one event loop (``async with`` in the coroutine that uses it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as _dt
+import random
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any, NoReturn, Self, TypeVar
+
+import grpc
+import grpc.aio
+
+from chital.api.admin.v1 import admin_pb2_grpc as apb_grpc
+from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
+from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
+from chital.security.tls import TLSFiles
+
+from . import _base
+from . import _ops as ops
+from ._errors import DeadlineExceeded, error_from_rpc, is_tls_failure, status_code
+from ._types import (
+    AuditEntry,
+    Container,
+    ContainerState,
+    ContainerStats,
+    DrainResult,
+    Host,
+    HostState,
+    Identity,
+    Limits,
+    LogChunk,
+    NewToken,
+    Page,
+    Process,
+    RetryPolicy,
+    Sandbox,
+    Token,
+    WatchEvent,
+)
+
+_T = TypeVar("_T")
+
+_DEFAULT_RETRIES = RetryPolicy()
+
+
+def _raise_chital_error(exc: grpc.RpcError) -> NoReturn:
+    """The one place where a gRPC error becomes a chital exception."""
+    raise error_from_rpc(exc) from exc
+
+
+def _resumable(exc: grpc.RpcError) -> bool:
+    """Whether a broken watch may be opened again: the controller or the network went away."""
+    return status_code(exc) is grpc.StatusCode.UNAVAILABLE and not is_tls_failure(exc)
+
+
+class AsyncClient:
+    """A connection to a chital controller, for asyncio: :class:`chital.client.Client`'s methods,
+    arguments, types and errors, as coroutines; what the sync client returns as an iterator is an
+    async iterator here (``async for``). Deadlines, retries (the same service config) and watch
+    resumption work as there.
+
+    Use it as an async context manager, or ``await`` :meth:`close`::
+
+        async with AsyncClient() as client:
+            async for c in client.iter_containers(label_selector={"team": "a"}):
+                print(c.name, c.state)
+    """
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        tls: TLSFiles | None = None,
+        token: str | None = None,
+        insecure: bool = False,
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        retries: RetryPolicy = _DEFAULT_RETRIES,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Open a channel to ``target`` (``host:port``).
+
+        The channel is TLS, verified with ``tls.ca`` (and presenting ``tls.cert``/``tls.key`` when
+        given), or with ready-made ``credentials``. ``insecure=True`` dials in plaintext instead, to
+        a loopback address only. ``token`` is sent as ``authorization: Bearer <token>`` with every
+        call.
+
+        With none of ``target``, ``tls``, ``credentials`` and ``insecure``, the client is set up as
+        the ``chital`` command is: ``CHITAL_CONTROLLER``, ``CHITAL_CACERT``, ``CHITAL_TOKEN``... else
+        the config file's current context (see :mod:`chital.client.config`). With ``tls`` or
+        ``insecure`` but no ``target``, the target is ``$CHITAL_CONTROLLER``, else the current
+        context's controller, else ``127.0.0.1:7443``. :meth:`from_config` gives full control.
+
+        The channel connects lazily: an unreachable controller surfaces as :class:`Unavailable` on
+        the first call, after the retries; a failed TLS handshake too, with a message that says
+        what failed. Raises ValueError (:class:`~chital.client.config.ConfigError` for the config
+        file) when the settings cannot work.
+        """
+        self._settings = _base.settings(
+            target,
+            tls=tls,
+            token=token,
+            insecure=insecure,
+            timeout=timeout,
+            retries=retries,
+            credentials=credentials,
+        )
+        s = self._settings
+        if s.credentials is None:
+            channel = grpc.aio.insecure_channel(s.target, options=s.options)
+        else:
+            channel = grpc.aio.secure_channel(s.target, s.credentials, options=s.options)
+        self._channel = channel
+        self._stubs: dict[str, Any] = {
+            ops.CONTAINERS: cpb_grpc.ContainerServiceStub(channel),
+            ops.HOSTS: hpb_grpc.HostServiceStub(channel),
+            ops.ADMIN: apb_grpc.AdminServiceStub(channel),
+        }
+        self._random = random.Random()  # noqa: S311 - jitter, not security.
+        self._closed = False
+
+    @property
+    def target(self) -> str:
+        """The controller's address."""
+        return self._settings.target
+
+    @property
+    def timeout(self) -> float:
+        """The default deadline of a call, in seconds."""
+        return self._settings.timeout
+
+    @property
+    def retries(self) -> RetryPolicy:
+        """The retry policy the channel's service config was made from."""
+        return self._settings.retries
+
+    @property
+    def insecure(self) -> bool:
+        """Whether the channel is plaintext (loopback only)."""
+        return self._settings.insecure
+
+    @classmethod
+    def from_config(
+        cls,
+        context: str | None = None,
+        *,
+        target: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        tls_dir: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        insecure: bool | None = None,
+        config_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = _base.DEFAULT_TIMEOUT,
+        retries: RetryPolicy = _DEFAULT_RETRIES,
+    ) -> Self:
+        """A client set up like the ``chital`` command: each setting from the arguments given here,
+        else the environment (``CHITAL_CONTROLLER``, ``CHITAL_TOKEN``, ``CHITAL_TLS_DIR``,
+        ``CHITAL_CACERT``, ...), else the context (``context``, else ``$CHITAL_CONTEXT``, else the
+        file's ``current_context``) of the config file (``config_path``, else ``$CHITAL_CONFIG``,
+        else ``~/.config/chital/config.toml``), else the defaults.
+
+        Raises :class:`chital.client.config.ConfigError` (a ValueError) naming the missing or
+        broken setting and where it came from. ``env`` replaces ``os.environ`` (for tests).
+        """
+        connection = _base.from_config_settings(
+            context=context,
+            target=target,
+            token=token,
+            token_file=token_file,
+            tls_dir=tls_dir,
+            ca=ca,
+            cert=cert,
+            key=key,
+            insecure=insecure,
+            config_path=config_path,
+            env=env,
+        )
+        return cls(
+            connection.target,
+            tls=connection.tls,
+            token=connection.token,
+            insecure=connection.insecure,
+            timeout=timeout,
+            retries=retries,
+        )
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def close(self) -> None:
+        """Close the channel. Calls in flight are cancelled; the client cannot be used again."""
+        if not self._closed:
+            self._closed = True
+            await self._channel.close()
+
+    async def __aenter__(self) -> Self:
+        """Return the client itself."""
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Close the client."""
+        await self.close()
+
+    def __repr__(self) -> str:
+        """Show the target and whether the client is closed."""
+        flags = (", insecure" if self.insecure else "") + (", closed" if self._closed else "")
+        return f"{type(self).__name__}({self.target!r}, timeout={self.timeout}{flags})"
+
+    # -- call machinery ----------------------------------------------------------------------
+
+    async def _call(self, call: ops.Call[_T], timeout: float | None) -> _T:
+        method = getattr(self._stubs[call.service], call.method)
+        seconds = _base.deadline(self._settings, timeout, call.extra_timeout)
+        try:
+            response = await method(call.request, timeout=seconds, metadata=self._settings.metadata)
+        except grpc.RpcError as exc:
+            _raise_chital_error(exc)
+        return call.convert(response)
+
+    async def _stream(self, call: ops.StreamCall[_T], timeout: float | None) -> AsyncIterator[_T]:
+        method = getattr(self._stubs[call.service], call.method)
+        stream: Any = method(call.request, timeout=timeout, metadata=self._settings.metadata)
+        try:
+            async for message in stream:
+                yield call.convert(message)
+        except grpc.RpcError as exc:
+            _raise_chital_error(exc)
+        finally:
+            # Stops the server side when the caller abandons the iterator early.
+            stream.cancel()
+
+    @staticmethod
+    async def _pages(fetch: Callable[[str], Awaitable[Page[_T]]]) -> AsyncIterator[_T]:
+        token = ""
+        while True:
+            page = await fetch(token)
+            for item in page.items:
+                yield item
+            if not page.next_page_token:
+                return
+            token = page.next_page_token
+
+    # -- containers --------------------------------------------------------------------------
+
+    async def create_container(
+        self,
+        name: str,
+        *,
+        request_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+        limits: Limits | None = None,
+        root: str = "",
+        deny_syscalls: Sequence[str] = (),
+        host: str = "",
+        sandbox: Sandbox | None = None,
+        timeout: float | None = None,
+    ) -> Container:
+        """Create a container named ``name`` and return it.
+
+        ``request_id`` is the idempotency key (a fresh uuid4 by default); retries reuse it, so a
+        create is never done twice. ``host`` pins the container to a host (id or address).
+        ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
+        the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
+        """
+        call = ops.create_container(
+            name,
+            request_id=request_id,
+            labels=labels,
+            limits=limits,
+            root=root,
+            deny_syscalls=deny_syscalls,
+            host=host,
+            sandbox=sandbox,
+        )
+        return await self._call(call, timeout)
+
+    async def get_container(self, container: str, *, timeout: float | None = None) -> Container:
+        """Return a container by uid or name; raises :class:`NotFound`."""
+        return await self._call(ops.get_container(container), timeout)
+
+    async def list_containers_page(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        label_selector: str | Mapping[str, str] | None = None,
+        state: ContainerState | None = None,
+        host: str = "",
+        timeout: float | None = None,
+    ) -> Page[Container]:
+        """Return one page of containers, oldest first.
+
+        ``label_selector`` is ``"k=v,k2=v2"`` or a mapping (all terms must match). Without ``state``
+        every container but DELETED ones is listed. ``page_size`` 0 is the server's default (100).
+        """
+        call = ops.list_containers(
+            page_size=page_size,
+            page_token=page_token,
+            label_selector=label_selector,
+            state=state,
+            host=host,
+        )
+        return await self._call(call, timeout)
+
+    def iter_containers(
+        self,
+        *,
+        label_selector: str | Mapping[str, str] | None = None,
+        state: ContainerState | None = None,
+        host: str = "",
+        page_size: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[Container]:
+        """Iterate over every matching container, fetching pages as needed (filters as in
+        :meth:`list_containers_page`; ``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_containers_page(
+                page_size=page_size,
+                page_token=token,
+                label_selector=label_selector,
+                state=state,
+                host=host,
+                timeout=timeout,
+            )
+        )
+
+    list_containers = iter_containers
+    """Same as :meth:`iter_containers` (the older name)."""
+
+    async def stop_container(
+        self, container: str, *, grace: float | None = None, timeout: float | None = None
+    ) -> Container:
+        """Stop a container: SIGTERM to every member, SIGKILL after ``grace`` seconds (server
+        default 10 s). The default deadline is the client's timeout plus the grace period."""
+        return await self._call(ops.stop_container(container, grace=grace), timeout)
+
+    async def delete_container(
+        self, container: str, *, force: bool = False, timeout: float | None = None
+    ) -> Container:
+        """Delete a stopped container (any container with ``force``, killing its processes) and
+        return its final record."""
+        return await self._call(ops.delete_container(container, force=force), timeout)
+
+    # -- processes ---------------------------------------------------------------------------
+
+    async def exec(
+        self,
+        container: str,
+        argv: Sequence[str],
+        *,
+        env: Mapping[str, str] | None = None,
+        cwd: str = "",
+        user_id: int | None = None,
+        group_id: int | None = None,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Process:
+        """Start ``argv`` in a container and return the process (usually STARTING or RUNNING).
+
+        ``request_id`` is the idempotency key (a fresh uuid4 by default), reused across retries, so
+        the program is never started twice. ``cwd`` defaults to ``/`` inside the container.
+        ``user_id``/``group_id`` default to the unprivileged 65534 (nobody/nogroup); 0 runs as
+        root, still without capabilities unless the container's sandbox grants some.
+        """
+        call = ops.exec_(
+            container,
+            argv,
+            env=env,
+            cwd=cwd,
+            user_id=user_id,
+            group_id=group_id,
+            request_id=request_id,
+        )
+        return await self._call(call, timeout)
+
+    async def get_process(self, process_uid: str, *, timeout: float | None = None) -> Process:
+        """Return a process by uid; raises :class:`NotFound`."""
+        return await self._call(ops.get_process(process_uid), timeout)
+
+    async def list_processes_page(
+        self,
+        container: str = "",
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        timeout: float | None = None,
+    ) -> Page[Process]:
+        """Return one page of the processes of ``container`` (uid or name), or of all containers."""
+        call = ops.list_processes(container, page_size=page_size, page_token=page_token)
+        return await self._call(call, timeout)
+
+    def iter_processes(
+        self, container: str = "", *, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[Process]:
+        """Iterate over the processes of ``container`` (uid or name), or of all containers, fetching
+        pages as needed (``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_processes_page(
+                container, page_size=page_size, page_token=token, timeout=timeout
+            )
+        )
+
+    list_processes = iter_processes
+    """Same as :meth:`iter_processes` (the older name)."""
+
+    async def wait_process(self, process_uid: str, timeout: float | None = None) -> Process:
+        """Wait until a process has exited (or is LOST) and return it; ``timeout`` as in
+        :meth:`chital.client.Client.wait_process`."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            remaining = ops.WAIT_CHUNK_SECONDS if deadline is None else deadline - loop.time()
+            if remaining <= 0:
+                return await self.get_process(process_uid)
+            process = await self._call(
+                ops.wait_process_chunk(process_uid, min(remaining, ops.WAIT_CHUNK_SECONDS)), None
+            )
+            if ops.wait_is_over(process) or (deadline is not None and loop.time() >= deadline):
+                return process
+
+    async def get_container_stats(self, container: str, *, timeout: float | None = None) -> ContainerStats:
+        """Return the kernel's per-syscall counters and the cgroup usage of ``container`` (uid or
+        name), read live from its host; raises :class:`FailedPrecondition` when it is not on one."""
+        return await self._call(ops.get_container_stats(container), timeout)
+
+    async def signal_process(self, process_uid: str, signal: int, *, timeout: float | None = None) -> Process:
+        """Send ``signal`` (a number, 1-64) to a running process. Never retried: a repeated signal is
+        not harmless."""
+        return await self._call(ops.signal_process(process_uid, signal), timeout)
+
+    def stream_logs(
+        self,
+        process_uid: str,
+        *,
+        follow: bool = False,
+        tail: int = 0,
+        timeout: float | None = None,
+    ) -> AsyncIterator[LogChunk]:
+        """Iterate over a process's captured stdout and stderr.
+
+        ``tail`` starts with at most that many last lines per stream (0: all). With ``follow``, keep
+        streaming until the process exits. The deadline for the whole stream is ``timeout``; by
+        default the client's timeout without ``follow`` and none with it. Breaking out of the loop
+        cancels the stream.
+        """
+        if timeout is None and not follow:
+            timeout = self.timeout
+        return self._stream(ops.stream_logs(process_uid, follow=follow, tail=tail), timeout)
+
+    async def watch(
+        self,
+        *,
+        since_revision: int = 0,
+        container: str = "",
+        timeout: float | None = None,
+        resume: bool = True,
+    ) -> AsyncIterator[WatchEvent]:
+        """Iterate over container and process events, resuming after a broken stream from the last
+        revision delivered; as :meth:`chital.client.Client.watch`."""
+        state = ops.WatchResume(since_revision, self.retries, enabled=resume)
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        while True:
+            remaining = None if end is None else end - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise DeadlineExceeded(f"watch: its timeout of {timeout} s has passed")
+            call = ops.watch(state.revision, container)
+            method = self._stubs[call.service].Watch
+            stream: Any = method(call.request, timeout=remaining, metadata=self._settings.metadata)
+            try:
+                async for message in stream:
+                    event = call.convert(message)
+                    if state.accept(event):
+                        yield event
+                return  # the server ended the stream (it does so only when shutting down)
+            except grpc.RpcError as exc:
+                pause = state.backoff_after(_resumable(exc), self._random.random())
+                if pause is None:
+                    _raise_chital_error(exc)
+            finally:
+                stream.cancel()
+            await asyncio.sleep(pause if remaining is None else min(pause, remaining))
+
+    # -- hosts -------------------------------------------------------------------------------
+
+    async def register_host(
+        self,
+        address: str,
+        *,
+        labels: Mapping[str, str] | None = None,
+        max_containers: int = 0,
+        timeout: float | None = None,
+    ) -> Host:
+        """Register the agent at ``address`` (``host:port``). Registering an address again updates its
+        labels and capacity and returns the same host. ``max_containers`` 0 is unlimited."""
+        call = ops.register_host(address, labels=labels, max_containers=max_containers)
+        return await self._call(call, timeout)
+
+    async def list_hosts_page(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: HostState | None = None,
+        timeout: float | None = None,
+    ) -> Page[Host]:
+        """Return one page of hosts, optionally only those in ``state``."""
+        return await self._call(
+            ops.list_hosts(page_size=page_size, page_token=page_token, state=state), timeout
+        )
+
+    def iter_hosts(
+        self, *, state: HostState | None = None, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[Host]:
+        """Iterate over every host, optionally only those in ``state``, fetching pages as needed
+        (``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_hosts_page(
+                page_size=page_size, page_token=token, state=state, timeout=timeout
+            )
+        )
+
+    list_hosts = iter_hosts
+    """Same as :meth:`iter_hosts` (the older name)."""
+
+    async def get_host(self, host: str, *, timeout: float | None = None) -> Host:
+        """Return a host by id or address; raises :class:`NotFound`."""
+        return await self._call(ops.get_host(host), timeout)
+
+    async def cordon_host(self, host: str, *, timeout: float | None = None) -> Host:
+        """Stop placing new containers on a host; its running containers stay."""
+        return await self._call(ops.cordon_host(host), timeout)
+
+    async def uncordon_host(self, host: str, *, timeout: float | None = None) -> Host:
+        """Make a cordoned host eligible for placement again."""
+        return await self._call(ops.uncordon_host(host), timeout)
+
+    async def drain_host(
+        self, host: str, *, grace: float | None = None, timeout: float | None = None
+    ) -> DrainResult:
+        """Cordon a host and stop its containers (each with ``grace`` seconds, server default 10 s).
+        The default deadline is the client's timeout plus the grace period."""
+        return await self._call(ops.drain_host(host, grace=grace), timeout)
+
+    async def remove_host(self, host: str, *, force: bool = False, timeout: float | None = None) -> None:
+        """Forget a host that has no live containers (any host with ``force``)."""
+        await self._call(ops.remove_host(host, force=force), timeout)
+
+    # -- identity, tokens and the audit log ---------------------------------------------------
+
+    async def whoami(self, *, timeout: float | None = None) -> Identity:
+        """Return the caller as the controller sees it: name, role and how it authenticated."""
+        return await self._call(ops.whoami(), timeout)
+
+    async def create_token(
+        self,
+        name: str,
+        role: str,
+        *,
+        ttl: float | _dt.timedelta | None = None,
+        timeout: float | None = None,
+    ) -> NewToken:
+        """Create a bearer token for ``role`` (``admin``, ``operator`` or ``viewer``) that expires
+        after ``ttl`` (seconds or a timedelta; None: never). Needs the admin role.
+
+        The token string is in the answer only: the controller keeps a hash. Never retried, so
+        that a lost answer does not leave two tokens behind.
+        """
+        return await self._call(ops.create_token(name, role, ttl=ttl), timeout)
+
+    async def list_tokens(self, *, timeout: float | None = None) -> list[Token]:
+        """Return every token, oldest first, revoked and expired ones included. Needs the admin role."""
+        return await self._call(ops.list_tokens(), timeout)
+
+    async def revoke_token(self, token_id: str, *, timeout: float | None = None) -> Token:
+        """Revoke a token by id (revoking it again changes nothing) and return it. Needs the admin
+        role."""
+        return await self._call(ops.revoke_token(token_id), timeout)
+
+    async def list_audit_log_page(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        principal: str = "",
+        timeout: float | None = None,
+    ) -> Page[AuditEntry]:
+        """Return one page of the audit log, newest first, optionally of one ``principal``
+        (``cert:alice``, ``token:ci/0123456789ab``; ``token:ci`` matches every token named ci).
+        ``page_size`` 0 is the server's default (100). Needs the admin role."""
+        call = ops.list_audit_log(page_size=page_size, page_token=page_token, principal=principal)
+        return await self._call(call, timeout)
+
+    def iter_audit_log(
+        self, *, principal: str = "", page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[AuditEntry]:
+        """Iterate over the audit log, newest first, fetching pages as needed (filter as in
+        :meth:`list_audit_log_page`; ``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_audit_log_page(
+                page_size=page_size, page_token=token, principal=principal, timeout=timeout
+            )
+        )
+
+    list_audit_log = iter_audit_log
+    """Same as :meth:`iter_audit_log` (the older name)."""
