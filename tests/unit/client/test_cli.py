@@ -160,7 +160,8 @@ def test_ps_table_and_all(chital) -> None:
     lines = out.splitlines()
     assert code == 0 and len(lines) == 2
     assert lines[0].split() == ["UID", "CONTAINER", "PID", "STATE", "EXIT", "COMMAND"]
-    assert lines[1].split() == ["p-1", "c-1", "1000", "RUNNING", "-", "sleep"]
+    # The container by name; -o wide adds its uid.
+    assert lines[1].split() == ["p-1", "box", "1000", "RUNNING", "-", "sleep"]
     # Columns are aligned: every header starts where its values start.
     assert lines[0].index("STATE") == lines[1].index("RUNNING")
     code, out, _ = chital("ps", "-a", "box")
@@ -279,7 +280,6 @@ def test_interrupt_exits_130(chital, monkeypatch: pytest.MonkeyPatch) -> None:
     def interrupted(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(_app, "_ps", interrupted)
     monkeypatch.setattr(_app.Client, "list_processes", interrupted)
     assert chital("ps") == (130, "", "chital: interrupted\n")
 

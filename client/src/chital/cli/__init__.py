@@ -1,4 +1,5 @@
-"""The ``chital`` command-line tool. ``main(argv)`` runs it in-process and returns the exit status."""
+"""The ``chital`` command-line tool. ``main(argv)`` runs it in-process and returns the exit status;
+``cli`` is its click command group."""
 
 import os
 
@@ -12,8 +13,8 @@ from ._app import (
     EXIT_OK,
     EXIT_TIMEOUT,
     EXIT_USAGE,
-    build_parser,
+    cli,
     main,
 )
 
-__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["EXIT_ERROR", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_TIMEOUT", "EXIT_USAGE", "cli", "main"]

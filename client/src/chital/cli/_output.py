@@ -1,19 +1,107 @@
-"""Rendering of SDK values for the terminal: aligned tables, key/value views and JSON."""
+"""Rendering of SDK values: tables, key/value views, JSON and YAML, colour and progress.
+
+On a terminal, tables are drawn by rich with bold headers and coloured states, and long waits show
+a spinner on stderr. Anywhere else (a pipe, a file, a test) the output is plain text: tables aligned
+like ``docker ps`` with two spaces between columns, no colour and no progress. ``NO_COLOR`` (any
+value) turns colour off on a terminal too; ``TERM=dumb`` counts as no terminal.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import enum
+import importlib
 import json
+import os
 import shlex
 import signal as _signal
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TextIO
+
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
 
 from chital.client import AuditEntry, Container, Host, Process, ProcessState, Token
 from chital.client.config import Context
+
+# PyYAML ships no type hints (and its stubs are not a dependency): used through Any.
+yaml: Any = importlib.import_module("yaml")
+
+# Colours of states on a terminal; other values are left plain.
+STATE_STYLES = {
+    "RUNNING": "green",
+    "READY": "green",
+    "CREATED": "cyan",
+    "STARTING": "cyan",
+    "PENDING": "cyan",
+    "STOPPING": "yellow",
+    "CORDONED": "yellow",
+    "DRAINING": "yellow",
+    "STOPPED": "dim",
+    "EXITED": "dim",
+    "DELETED": "dim",
+    "FAILED": "red",
+    "LOST": "red",
+    "NOT_READY": "red",
+    "UNREACHABLE": "red",
+}
+
+
+def _dumb_terminal() -> bool:
+    return os.environ.get("TERM") == "dumb"
+
+
+def console(stream: TextIO | None = None) -> Console:
+    """A rich console on ``stream`` (default: the current ``sys.stdout``). Not a terminal: plain
+    text, no colour, no markup of ours, no line wrapping; rich itself honours ``NO_COLOR``."""
+    file = stream or sys.stdout
+    is_tty = bool(getattr(file, "isatty", lambda: False)()) and not _dumb_terminal()
+    return Console(
+        file=file,
+        force_terminal=is_tty,
+        no_color=bool(os.environ.get("NO_COLOR")) or None,
+        highlight=False,
+        soft_wrap=not is_tty,
+    )
+
+
+def is_tty(stream: TextIO | None = None) -> bool:
+    """Whether ``stream`` (default ``sys.stdout``) is a terminal we may draw on."""
+    file = stream or sys.stdout
+    return bool(getattr(file, "isatty", lambda: False)()) and not _dumb_terminal()
+
+
+def styled(text: str) -> Text:
+    """``text`` coloured as a state when it is one."""
+    return Text(text, style=STATE_STYLES.get(text, ""))
+
+
+@contextlib.contextmanager
+def progress(message: str) -> Iterator[Any]:
+    """A spinner with ``message`` on stderr while the block runs, on a terminal only. Yields an
+    object with ``update(message)`` (a no-op off a terminal)."""
+    if not is_tty(sys.stderr):
+        yield _NoProgress()
+        return
+    with console(sys.stderr).status(message) as status:
+        yield _Progress(status)
+
+
+class _NoProgress:
+    def update(self, message: str) -> None:
+        """Nothing to show off a terminal."""
+
+
+class _Progress:
+    def __init__(self, status: Any) -> None:
+        self._status = status
+
+    def update(self, message: str) -> None:
+        self._status.update(message)
 
 
 def jsonable(value: Any) -> Any:
@@ -36,8 +124,36 @@ def print_json(value: Any, out: TextIO | None = None) -> None:
     print(json.dumps(jsonable(value), indent=2), file=out or sys.stdout)
 
 
+def print_yaml(value: Any, out: TextIO | None = None) -> None:
+    """Print ``value`` as YAML (the same data as the JSON, in block style, keys in field order)."""
+    text = yaml.safe_dump(jsonable(value), sort_keys=False, default_flow_style=False, allow_unicode=True)
+    (out or sys.stdout).write(text)
+
+
+def print_data(value: Any, fmt: str, out: TextIO | None = None) -> None:
+    """Print ``value`` as ``json`` or ``yaml``."""
+    if fmt == "yaml":
+        print_yaml(value, out)
+    else:
+        print_json(value, out)
+
+
+def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
+    """A rich table of ``rows``: bold headers, coloured states, no borders (for a terminal)."""
+    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False, padding=(0, 2, 0, 0))
+    for index, header in enumerate(headers):
+        table.add_column(header, no_wrap=index < len(headers) - 1, overflow="fold")
+    for row in rows:
+        table.add_row(*(styled(cell) for cell in row))
+    return table
+
+
 def print_table(headers: Sequence[str], rows: Sequence[Sequence[str]], out: TextIO | None = None) -> None:
-    """Print rows under headers in columns aligned like ``docker ps`` (two spaces between)."""
+    """Print rows under headers: a rich table on a terminal, else columns aligned like
+    ``docker ps`` (two spaces between, no colour)."""
+    if is_tty(out):
+        console(out).print(render_table(headers, rows))
+        return
     widths = [len(h) for h in headers]
     for row in rows:
         widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
@@ -101,11 +217,12 @@ def exit_text(process: Process) -> str:
 
 
 CONTAINER_HEADERS = ("NAME", "UID", "STATE", "HOST", "PROCS", "AGE")
+CONTAINER_WIDE_HEADERS = (*CONTAINER_HEADERS, "HOST ID", "LABELS", "MESSAGE")
 
 
-def container_row(c: Container) -> list[str]:
-    """One ``containers ls`` row."""
-    return [
+def container_row(c: Container, *, wide: bool = False) -> list[str]:
+    """One ``containers ls`` row (``wide``: with the host id, labels and message)."""
+    row = [
         c.name,
         c.uid,
         c.state.value,
@@ -113,31 +230,42 @@ def container_row(c: Container) -> list[str]:
         str(c.running_processes),
         age(c.create_time),
     ]
+    if wide:
+        row += [c.host_id or "-", labels_text(c.labels), " ".join(c.message.split()) or "-"]
+    return row
 
 
 PROCESS_HEADERS = ("UID", "CONTAINER", "PID", "STATE", "EXIT", "COMMAND")
+PROCESS_WIDE_HEADERS = ("UID", "CONTAINER", "CONTAINER UID", "PID", "STATE", "EXIT", "AGE", "COMMAND")
 
 
-def process_row(p: Process) -> list[str]:
-    """One ``ps`` row."""
-    return [
-        p.uid,
-        p.container_uid,
-        str(p.pid) if p.pid else "-",
-        p.state.value,
-        exit_text(p),
-        shlex.join(p.argv),
-    ]
+def process_row(p: Process, container_name: str = "", *, wide: bool = False) -> list[str]:
+    """One ``ps`` row: the container by name (its uid when the name is unknown)."""
+    name = container_name or p.container_uid
+    pid = str(p.pid) if p.pid else "-"
+    if wide:
+        return [
+            p.uid,
+            name,
+            p.container_uid,
+            pid,
+            p.state.value,
+            exit_text(p),
+            age(p.start_time),
+            shlex.join(p.argv),
+        ]
+    return [p.uid, name, pid, p.state.value, exit_text(p), shlex.join(p.argv)]
 
 
 HOST_HEADERS = ("ID", "ADDRESS", "STATE", "CONTAINERS", "DEVICE", "LAST SEEN", "LABELS")
+HOST_WIDE_HEADERS = (*HOST_HEADERS, "AGENT", "KERNEL", "MODULE", "ABI")
 
 
-def host_row(h: Host) -> list[str]:
-    """One ``hosts ls`` row."""
+def host_row(h: Host, *, wide: bool = False) -> list[str]:
+    """One ``hosts ls`` row (``wide``: with the agent's versions and kernel)."""
     capacity = f"{h.container_count}/{h.max_containers}" if h.max_containers else str(h.container_count)
     device = h.agent.device if h.agent and h.agent.device else "-"
-    return [
+    row = [
         h.id,
         h.address,
         h.state.value,
@@ -146,6 +274,15 @@ def host_row(h: Host) -> list[str]:
         age(h.last_seen_time),
         labels_text(h.labels),
     ]
+    if wide:
+        agent = h.agent
+        row += [
+            (agent.agent_version if agent else "") or "-",
+            (agent.kernel_release if agent else "") or "-",
+            (agent.module_version if agent else "") or "-",
+            (agent.abi_version if agent else "") or "-",
+        ]
+    return row
 
 
 def time_text(when: _dt.datetime | None) -> str:
