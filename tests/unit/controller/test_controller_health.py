@@ -84,3 +84,16 @@ def test_never_seen_host_counts_from_registration(setup: tuple[Store, HostMonito
     assert monitor.check_one(store.get_host("h1")).health is HostHealth.NOT_READY
     clock.at(61)
     assert monitor.check_one(store.get_host("h1")).health is HostHealth.LOST
+
+
+def test_a_host_the_pool_refuses_fails_alone(setup: tuple[Store, HostMonitor, Clock]) -> None:
+    """An insecure controller cannot dial a non-loopback agent: that host's check fails with the
+    reason, and the round goes on to check the others."""
+    store, monitor, clock = setup
+    store.register_host("remote", "192.0.2.10:7000", {}, 0, T0)  # first: the round meets it first
+    store.register_host("local", refused_address(), {}, 0, T0)
+    clock.at(10)
+    monitor.check_all()
+    remote, local = store.get_host("remote"), store.get_host("local")
+    assert remote.health is HostHealth.NOT_READY and "--insecure" in remote.message
+    assert local.health is HostHealth.NOT_READY and "unavailable" in local.message

@@ -108,10 +108,14 @@ class HostMonitor:
         timeout = max(0.1, self.config.interval * 0.8)
         calls: list[tuple[HostRecord, Any]] = []
         for host in hosts:
+            if self._stop.is_set():
+                return
             try:
                 calls.append((host, self._pool.get(host.address).get_info_future(timeout)))
-            except ChitalError:
-                return  # shutting down
+            except ChitalError as exc:
+                # The pool refuses this host (e.g. a non-loopback address with --insecure): a
+                # failed check of this host only, never the end of the round for the others.
+                self._failed(host, str(exc), sent)
         for host, future in calls:
             try:
                 info = info_from_pb(future.result())
@@ -124,7 +128,9 @@ class HostMonitor:
         """Check one host now (used by RegisterHost)."""
         sent = self._clock()
         try:
-            info = self._pool.get(host.address).get_info(timeout=max(0.5, self.config.interval))
+            # The first call to a new host opens its channel: a TLS handshake, slow on a slow host.
+            timeout = max(self._pool.timeout, self.config.interval)
+            info = self._pool.get(host.address).get_info(timeout=timeout)
         except ChitalError as exc:
             return self._failed(host, str(exc), sent)
         return self._succeeded(host, info, sent)

@@ -71,6 +71,7 @@ class Hosts:
         validate_labels(labels)
         if max_containers < 0:
             raise InvalidArgument("capacity.max_containers must not be negative")
+        self._pool.check_address(address)  # an insecure controller reaches loopback agents only
         host, _ = self._store.register_host(self._new_id(), address, labels, max_containers, self._clock())
         self._monitor.check_one(host)
         return self._store.get_host(host.id)
