@@ -529,8 +529,8 @@ def top_command(container: str, limit: int, interval: float, once: bool) -> int:
 
     def frame(previous: ContainerStats | None, current: ContainerStats, elapsed: float) -> Any:
         summary, headers, rows = top_view(record, current, previous, elapsed, limit)
-        lines = [Text(summary[0], style="bold"), *(Text(line) for line in summary[1:]), Text("")]
-        footer = Text(f"every {interval:g} s; Ctrl-C to quit", style="dim")
+        lines = [Text(summary[0], style=out.style("bold")), *(Text(line) for line in summary[1:]), Text("")]
+        footer = Text(f"every {interval:g} s; Ctrl-C to quit", style=out.style("dim"))
         return RichGroup(*lines, out.render_table(headers, rows), footer)
 
     previous, taken = stats, time.monotonic()

@@ -63,7 +63,7 @@ def console(stream: TextIO | None = None) -> Console:
     return Console(
         file=file,
         force_terminal=is_tty,
-        no_color=bool(os.environ.get("NO_COLOR")) or None,
+        no_color=no_color() or None,
         highlight=False,
         soft_wrap=not is_tty,
     )
@@ -75,9 +75,19 @@ def is_tty(stream: TextIO | None = None) -> bool:
     return bool(getattr(file, "isatty", lambda: False)()) and not _dumb_terminal()
 
 
+def no_color() -> bool:
+    """``NO_COLOR`` set (to anything but ""): no colour, and no bold or dim either."""
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def style(name: str) -> str:
+    """``name`` (a rich style), or none under ``NO_COLOR``."""
+    return "" if no_color() else name
+
+
 def styled(text: str) -> Text:
     """``text`` coloured as a state when it is one."""
-    return Text(text, style=STATE_STYLES.get(text, ""))
+    return Text(text, style=style(STATE_STYLES.get(text, "")))
 
 
 @contextlib.contextmanager
@@ -140,7 +150,7 @@ def print_data(value: Any, fmt: str, out: TextIO | None = None) -> None:
 
 def render_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> Table:
     """A rich table of ``rows``: bold headers, coloured states, no borders (for a terminal)."""
-    table = Table(box=None, pad_edge=False, header_style="bold", show_edge=False, padding=(0, 2, 0, 0))
+    table = Table(box=None, pad_edge=False, header_style=style("bold"), show_edge=False, padding=(0, 2, 0, 0))
     for index, header in enumerate(headers):
         table.add_column(header, no_wrap=index < len(headers) - 1, overflow="fold")
     for row in rows:
