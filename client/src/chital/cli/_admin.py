@@ -274,7 +274,10 @@ def context_use(name: str) -> int:
 
 @context_group.command("current", cls=LocalCommand)
 def context_current() -> int:
-    """Print the name of the context in use (--context, $CHITAL_CONTEXT, else the file's current)."""
+    """Print the name of the context in use.
+
+    --context, else $CHITAL_CONTEXT, else the file's current_context.
+    """
     name = state().context or os.environ.get(cfg.ENV_CONTEXT) or state().load_config().current_context
     if not name:
         _note("no context in use")
@@ -403,7 +406,7 @@ COMPLETE_VAR = "_CHITAL_COMPLETE"
 @cli.command("completion", cls=LocalCommand)
 @click.argument("shell", type=click.Choice(SHELLS))
 def completion_command(shell: str) -> int:
-    """Print the shell completion script for SHELL.
+    """Print the shell completion script.
 
     \b
     bash:  eval "$(chital completion bash)"     (in ~/.bashrc)

@@ -162,7 +162,7 @@ _NOT_OPTIONS = {"allow_interspersed_args": False}
 
 
 @cli.command("run", context_settings=_NOT_OPTIONS)
-@click.option("--name", help="container name (default: run-<random>)")
+@click.option("--name", metavar="NAME", help="container name (default: run-<random>)")
 @click.option("-l", "--label", "labels", type=params.KEY_VALUE, multiple=True, help="label (repeatable)")
 @click.option("--memory", type=params.SIZE, default=0, help="memory limit, e.g. 256M")
 @click.option("--pids", type=params.COUNT, default=0, help="most processes")
@@ -196,7 +196,11 @@ _NOT_OPTIONS = {"allow_interspersed_args": False}
     help="private: own loopback only (default); host: the host's network, for trusted workloads only",
 )
 @click.option(
-    "--host", default="", help="place on this host (id, id prefix or address)", shell_complete=complete.hosts
+    "--host",
+    default="",
+    metavar="HOST",
+    help="place on this host (id, id prefix or address)",
+    shell_complete=complete.hosts,
 )
 @click.option("--rm", is_flag=True, help="delete the container when the process exits (and on Ctrl-C)")
 @click.option(
@@ -322,7 +326,9 @@ def exec_command(
     container: str,
     command: tuple[str, ...],
 ) -> int:
-    """Run a command in an existing CONTAINER (name, uid or uid prefix).
+    """Run a command in an existing container.
+
+    CONTAINER is a name, a uid or a unique uid prefix.
 
     Without -d, the output is copied to ours and the exit status is the command's. Ctrl-C
     detaches; the process keeps running.
@@ -349,7 +355,10 @@ def exec_command(
 @click.argument("container", required=False, shell_complete=complete.containers)
 @click.option("-a", "--all", "show_all", is_flag=True, help="include exited processes")
 def ps_command(container: str | None, show_all: bool) -> int:
-    """List processes (running ones unless -a), of all containers or of CONTAINER."""
+    """List processes (running ones unless -a).
+
+    All containers' processes, or CONTAINER's; with the container's name.
+    """
     client = state().client()
     if container:
         target = resolve.container(client, container)
@@ -370,7 +379,8 @@ def _ls_options(func: Any) -> Any:
     func = click.option(
         "--host",
         default="",
-        help="only containers on this host (id or address)",
+        metavar="HOST",
+        help="only containers on this host (id, id prefix or address)",
         shell_complete=complete.hosts,
     )(func)
     func = click.option(
@@ -398,13 +408,19 @@ def _containers_ls(labels: tuple[tuple[str, str], ...], state_: ContainerState |
 @cli.command("ls")
 @_ls_options
 def ls_command(labels: tuple[tuple[str, str], ...], state_: ContainerState | None, host: str) -> int:
-    """List containers (not the deleted ones, unless --state deleted)."""
+    """List containers.
+
+    All but the deleted ones, unless --state deleted.
+    """
     return _containers_ls(labels, state_, host)
 
 
 @cli.group("containers", cls=Group)
 def containers_group() -> None:
-    """Manage containers (ls; the other container commands are at the top level)."""
+    """List containers (containers ls).
+
+    The other container commands are at the top level: run, exec, inspect, stop, rm, ...
+    """
 
 
 @containers_group.command("ls")
@@ -412,14 +428,17 @@ def containers_group() -> None:
 def containers_ls_command(
     labels: tuple[tuple[str, str], ...], state_: ContainerState | None, host: str
 ) -> int:
-    """List containers (not the deleted ones, unless --state deleted)."""
+    """List containers.
+
+    All but the deleted ones, unless --state deleted.
+    """
     return _containers_ls(labels, state_, host)
 
 
 @cli.command("inspect")
 @click.argument("container", shell_complete=complete.containers)
 def inspect_command(container: str) -> int:
-    """Show one container (name, uid or uid prefix)."""
+    """Show one container (every field)."""
     client = state().client()
     show(client.get_container(resolve.container(client, container)))
     return EXIT_OK
@@ -429,7 +448,10 @@ def inspect_command(container: str) -> int:
 @click.argument("container", shell_complete=complete.containers)
 @click.option("--top", "top_n", type=params.COUNT, default=20, help="most called N (20)")
 def stats_command(container: str, top_n: int) -> int:
-    """Show a container's system call counters (kernel module) and resource use."""
+    """Show a container's system call counters.
+
+    The counters come from the kernel module; also the resource use.
+    """
     client = state().client()
     stats = client.get_container_stats(resolve.container(client, container))
     if state().structured:
@@ -507,7 +529,7 @@ def top_view(
 @click.option("--interval", type=params.POSITIVE_SECONDS, default=2.0, help="seconds between refreshes (2)")
 @click.option("--once", is_flag=True, help="print one snapshot and exit (the default off a terminal)")
 def top_command(container: str, limit: int, interval: float, once: bool) -> int:
-    """Live view of a container's system calls and resource use (from its stats).
+    """Live view of a container's system calls and resources.
 
     On a terminal, refreshes every --interval seconds until Ctrl-C, ranking system calls by their
     rate; elsewhere (or with --once, or -o json|yaml) prints one snapshot.
@@ -609,9 +631,9 @@ def _follow_all(
     help="a container's exited processes too (default: only when none runs)",
 )
 def logs_command(target: str, follow: bool, tail: int, show_all: bool) -> int:
-    """Print the output of a process, or of a container's processes.
+    """Print the output of a process or a container.
 
-    TARGET is a process uid, a container name or uid, or a unique prefix of either uid. A container
+    PROCESS|CONTAINER is a process uid, a container name or uid, or a unique prefix of either uid. A container
     with one process prints its output as it is; with several, every line is prefixed with its
     process (short uid and command). The container's running processes are shown (all of them, if
     none runs, or with -a).
@@ -691,12 +713,14 @@ def _event_row(event: WatchEvent, names: dict[str, str], hosts: dict[str, str]) 
 @click.option(
     "--container",
     default="",
+    metavar="CONTAINER",
     help="only this container's events (name, uid or uid prefix)",
     shell_complete=complete.containers,
 )
 @click.option(
     "--host",
     default="",
+    metavar="HOST",
     help="only events of containers on this host (id, id prefix or address)",
     shell_complete=complete.hosts,
 )
@@ -709,10 +733,11 @@ def _event_row(event: WatchEvent, names: dict[str, str], hosts: dict[str, str]) 
 )
 @click.option("-n", "--count", type=params.COUNT, default=0, help="exit after N events (0: run until Ctrl-C)")
 def events_command(*, kinds: tuple[str, ...], container: str, host: str, since: int, count: int) -> int:
-    """Print container and process events as they happen (the controller's Watch stream).
+    """Print container and process events as they happen.
 
-    One line per event; with -o json or -o yaml, one JSON object per line or one YAML document per
-    event. Ctrl-C ends it (exit status 130), as does reaching --count.
+    The controller's Watch stream, one line per event; with -o json or -o yaml, one JSON object
+    per line or one YAML document per event. Ctrl-C ends it (exit status 130), as does reaching
+    --count.
     """
     client = state().client()
     ref = resolve.container(client, container) if container else ""
@@ -792,7 +817,7 @@ def _event_line(cells: list[str]) -> str:
     "--wait-timeout", type=params.SECONDS, default=None, help="give up after this long (exit status 124)"
 )
 def wait_command(process: str, wait_timeout: float | None) -> int:
-    """Wait for a process (uid or uid prefix) to exit and print its exit status."""
+    """Wait for a process to exit; print its exit status."""
     client = state().client()
     uid = resolve.process(client, process)
     with out.progress(f"waiting for process {uid}"):
@@ -817,7 +842,7 @@ def wait_command(process: str, wait_timeout: float | None) -> int:
     "-s", "--signal", "signal_", type=params.SIGNAL, default=int(_signal.SIGTERM), help="default TERM"
 )
 def kill_command(process: str, signal_: int) -> int:
-    """Send a signal to a process (uid or uid prefix)."""
+    """Send a signal to a process (default TERM)."""
     client = state().client()
     result = client.signal_process(resolve.process(client, process), signal_)
     if state().structured:
@@ -831,7 +856,10 @@ def kill_command(process: str, signal_: int) -> int:
 @click.argument("container", shell_complete=complete.containers)
 @click.option("--grace", type=params.SECONDS, default=None, help="seconds before SIGKILL (server default 10)")
 def stop_command(container: str, grace: float | None) -> int:
-    """Stop a container's processes: SIGTERM, then SIGKILL after the grace period."""
+    """Stop a container's processes.
+
+    SIGTERM to each, then SIGKILL after the grace period.
+    """
     client = state().client()
     target = resolve.container(client, container)
     after = "the grace period" if grace is None else f"{grace:g} s"
@@ -851,7 +879,7 @@ def stop_command(container: str, grace: float | None) -> int:
 @click.option("-f", "--force", is_flag=True, help="kill its processes first")
 @click.option("--wait", "wait_", is_flag=True, help="wait until the controller lists it as deleted")
 def rm_command(containers: tuple[str, ...], force: bool, wait_: bool) -> int:
-    """Delete containers (name, uid or uid prefix; stopped ones unless -f)."""
+    """Delete containers (stopped ones unless -f)."""
     client = state().client()
     for container in containers:
         target = resolve.container(client, container)

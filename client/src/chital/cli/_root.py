@@ -149,39 +149,44 @@ def _option(*decls: str, **kw: Any) -> click.Option:
     return click.Option(list(decls), expose_value=False, callback=_store, default=None, **kw)
 
 
-def output_options() -> list[click.Parameter]:
+def output_options(*, hidden: bool = False) -> list[click.Parameter]:
     return [
         _option(
             "-o",
             "--output",
             type=click.Choice(OUTPUT_FORMATS),
             help="output format: table (default), wide (more columns), json, yaml",
+            hidden=hidden,
         ),
         _option(
             "--config",
             metavar="FILE",
             help=f"config file (env {cfg.ENV_CONFIG}, default ~/.config/chital/config.toml)",
+            hidden=hidden,
         ),
     ]
 
 
-def connection_options() -> list[click.Parameter]:
+def connection_options(*, hidden: bool = False) -> list[click.Parameter]:
     return [
         _option(
             "--timeout",
             type=POSITIVE_SECONDS,
             help="deadline of each call to the controller (default: 10)",
+            hidden=hidden,
         ),
         _option(
             "--controller",
             metavar="HOST:PORT",
             help=f"controller address (env {cfg.ENV_CONTROLLER}, default {cfg.DEFAULT_CONTROLLER})",
+            hidden=hidden,
         ),
         _option(
             "--context",
             metavar="NAME",
             help=f"context of the config file (env {cfg.ENV_CONTEXT}, default: its current_context)",
             shell_complete=_complete_contexts,
+            hidden=hidden,
         ),
         _option(
             "--tls-dir",
@@ -191,24 +196,28 @@ def connection_options() -> list[click.Parameter]:
                 "directory with ca.crt, and tls.crt + tls.key for a client certificate "
                 f"(env {cfg.ENV_TLS_DIR})"
             ),
+            hidden=hidden,
         ),
         _option(
             "--ca",
             metavar="FILE",
             type=click.Path(dir_okay=False),
             help=f"CA certificate that signed the controller's (env {cfg.ENV_CACERT})",
+            hidden=hidden,
         ),
         _option(
             "--cert",
             metavar="FILE",
             type=click.Path(dir_okay=False),
             help=f"client certificate (env {cfg.ENV_CLIENT_CERT})",
+            hidden=hidden,
         ),
         _option(
             "--key",
             metavar="FILE",
             type=click.Path(dir_okay=False),
             help=f"its private key (env {cfg.ENV_CLIENT_KEY})",
+            hidden=hidden,
         ),
         _option(
             "--token",
@@ -216,18 +225,21 @@ def connection_options() -> list[click.Parameter]:
             help=(
                 f"bearer token (env {cfg.ENV_TOKEN}; visible to other local users in ps: prefer --token-file)"
             ),
+            hidden=hidden,
         ),
         _option(
             "--token-file",
             metavar="FILE",
             type=click.Path(dir_okay=False),
             help=f"file holding the bearer token (env {cfg.ENV_TOKEN_FILE})",
+            hidden=hidden,
         ),
         _option(
             "--insecure",
             is_flag=True,
             flag_value=True,
             help=f"plaintext, to a controller on loopback only (env {cfg.ENV_INSECURE}=1)",
+            hidden=hidden,
         ),
     ]
 
@@ -240,16 +252,22 @@ def _complete_contexts(ctx: click.Context, param: click.Parameter, incomplete: s
     return [name for name in config.contexts if name.startswith(incomplete)]
 
 
+GLOBAL_NOTE = "The global options (chital --help: -o, --context, --controller, ...) go here too."
+LOCAL_NOTE = "Of the global options, -o and --config apply (the others are what context set stores)."
+
+
 class Command(click.Command):
     """A command with the global options after its own."""
 
     local = False  # the ``context`` commands: output options only
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("epilog", GLOBAL_NOTE if not self.local else LOCAL_NOTE)
         super().__init__(*args, **kwargs)
-        self.params.extend(output_options())
+        # Accepted here too, but listed once, in chital --help.
+        self.params.extend(output_options(hidden=True))
         if not self.local:
-            self.params.extend(connection_options())
+            self.params.extend(connection_options(hidden=True))
 
 
 class LocalCommand(Command):
@@ -268,8 +286,8 @@ class Group(click.Group):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.params.extend(output_options())
-        self.params.extend(connection_options())
+        self.params.extend(output_options(hidden=self.name != "chital"))
+        self.params.extend(connection_options(hidden=self.name != "chital"))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
@@ -340,6 +358,7 @@ Shell completion: chital completion bash|zsh|fish --help.
     cls=Group,
     epilog=EPILOG,
     invoke_without_command=True,
+    no_args_is_help=True,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 @click.option(
