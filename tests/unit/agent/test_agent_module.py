@@ -91,14 +91,14 @@ def test_abi_check() -> None:
         module.check_abi(DeviceVersion(abi.ABI_MAJOR + 1, 0, "2.0", "6.1"))
 
 
-def test_serve_exits_2_on_an_incompatible_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serve_exits_3_on_an_incompatible_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def incompatible(kind: str, path: str, module_path: str | None = None) -> object:
         module.check_abi(DeviceVersion(abi.ABI_MAJOR + 1, 0, "9.9", "6.1"))
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(server, "open_device", incompatible)
     rc = agent_main.main(["serve", "--insecure", "--device", "linux", "--state-dir", str(tmp_path)])
-    assert rc == module.EXIT_INCOMPATIBLE_MODULE == 2
+    assert rc == module.EXIT_INCOMPATIBLE_MODULE == 3
 
 
 def test_serve_fails_when_the_module_cannot_load(tmp_path: Path) -> None:

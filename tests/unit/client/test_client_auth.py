@@ -279,6 +279,28 @@ def test_from_config_reads_the_environment(
     assert fake.authorization["WhoAmI"] == [f"Bearer {TOKEN}"]
 
 
+def test_without_an_address_the_environment_and_the_context_decide(
+    target: str, fake: FakeController, monkeypatch: pytest.MonkeyPatch, _no_user_settings: Path
+) -> None:
+    with pytest.raises(ConfigError, match=r"no CA certificate to verify controller 127\.0\.0\.1:7443"):
+        Client()
+    config = Config(path=_no_user_settings)
+    config.set_context("dev", Context(controllers=(target,), insecure=True, token=TOKEN))
+    config.use_context("dev")
+    config.save()
+    with Client() as client:  # everything from the current context
+        assert client.target == target and client.insecure
+        client.whoami()
+    assert fake.authorization["WhoAmI"] == [f"Bearer {TOKEN}"]
+    with Client(insecure=True) as client:  # only the address from it
+        assert client.target == target
+        client.whoami()
+    assert fake.authorization["WhoAmI"][-1] is None
+    monkeypatch.setenv("CHITAL_CONTROLLER", "127.0.0.1:9")
+    with Client(insecure=True) as client:  # the environment before the context
+        assert client.target == "127.0.0.1:9"
+
+
 # -- AdminService ---------------------------------------------------------------------------------
 
 

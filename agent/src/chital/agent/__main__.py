@@ -1,4 +1,10 @@
-"""``chital-agent serve``: run the agent."""
+"""``chital-agent serve``: run the agent.
+
+Settings come from flags, ``CHITAL_AGENT_*`` variables and the TOML file (``--config``, default
+/etc/chital/agent.toml when it exists), in that order (:mod:`chital.agent.config`). Options go after
+the command, every one of them (``chital-agent serve --log-level debug``). Exit statuses are those
+of :mod:`chital.daemon.exitcodes`: 0 stopped, 1 failed, 2 usage, 3 incompatible module, 4 config.
+"""
 
 from __future__ import annotations
 
@@ -8,80 +14,45 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 
+from chital.daemon.config import ConfigError
+from chital.daemon.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_INCOMPATIBLE_MODULE, EXIT_OK
+from chital.daemon.logs import configure_logging
 from chital.errdefs import ChitalError
 
+from . import __version__
+from .config import SERVE_KEYS, SETTINGS
 from .device.linux import IncompatibleModule
-from .module import EXIT_INCOMPATIBLE_MODULE
-from .server import DEVICE_PATH, AgentServer, ServerConfig
+from .server import AgentServer, ServerConfig, transport
 
 __all__ = ["main"]
 
+log = logging.getLogger("chital.agent")
+
+_EPILOG = (
+    "exit status: 0 stopped, 1 runtime failure, 2 usage error, 3 incompatible kernel module, "
+    "4 configuration error"
+)
+
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="chital-agent", description="chital's per-host agent")
+    p = argparse.ArgumentParser(prog="chital-agent", description="chital's per-host agent", epilog=_EPILOG)
+    p.add_argument("--version", action="version", version=f"chital-agent {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("serve", help="serve AgentService")
-    s.add_argument("--listen", default="127.0.0.1:0", help="host:port (port 0: any free port)")
-    s.add_argument(
-        "--tls-dir",
-        type=Path,
-        help="mutual TLS: the agent's bundle from the fleet PKI (ca.crt, tls.crt, tls.key; "
-        "<pki>/agents/<host>); callers must present the controller's certificate",
+    s = sub.add_parser(
+        "serve",
+        help="serve AgentService",
+        description="Serve AgentService. Each option is also a key of the config file and a "
+        "CHITAL_AGENT_<KEY> variable; the flag wins, then the variable, then the file.",
+        epilog=_EPILOG,
     )
-    s.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plaintext without authentication, on a loopback --listen only (development)",
-    )
-    s.add_argument(
-        "--allowed-root",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="accept client-chosen container roots only at or below DIR (repeatable); default: any "
-        "directory but / and the host's system directories",
-    )
-    s.add_argument("--state-dir", type=Path, required=True, help="logs, roots and metadata live here")
-    s.add_argument("--device", choices=("fake", "linux", "auto"), default="auto")
-    s.add_argument("--device-path", default=DEVICE_PATH)
-    s.add_argument("--module-path", help="chital.ko to insmod when the device is missing (default: modprobe)")
-    s.add_argument(
-        "--cgroups",
-        choices=("auto", "required", "off"),
-        default="auto",
-        help="cgroup v2 limits; auto: required with the real device, best effort with the fake",
-    )
-    s.add_argument("--cgroup-root", type=Path, help="cgroup2 mount point (default: from mountinfo)")
-    s.add_argument("--cgroup-parent", default="chital", help="group under the root that holds containers")
-    s.add_argument(
-        "--launcher",
-        help="the chital-launch binary (default: $CHITAL_LAUNCHER, the checkout's agent/launcher/, "
-        "PATH, /usr/libexec/chital/chital-launch)",
-    )
-    s.add_argument("--port-file", type=Path, help="write the bound port here (atomically) once serving")
-    s.add_argument("--max-containers", type=int, default=0, help="0: unlimited")
-    s.add_argument(
-        "--metrics-listen",
-        help="HOST:PORT for Prometheus /metrics (default: none); HTTPS with the agent's certificate "
-        "under --tls-dir, plaintext (loopback only) under --insecure",
-    )
-    s.add_argument("--metrics-port-file", type=Path, help="write the bound /metrics port here")
-    s.add_argument("--max-workers", type=int, default=64, help="gRPC worker threads (streams hold one each)")
-    s.add_argument("--log-level", default=os.environ.get("CHITAL_LOG_LEVEL", "INFO"))
+    SETTINGS.add_config_flag(s)
+    SETTINGS.add_flags(s, SERVE_KEYS)
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
-    config = ServerConfig(
+def _server_config(args: argparse.Namespace) -> ServerConfig:
+    return ServerConfig(
         listen=args.listen,
         state_dir=args.state_dir,
         device=args.device,
@@ -91,15 +62,35 @@ def main(argv: list[str] | None = None) -> int:
         port_file=args.port_file,
         metrics_listen=args.metrics_listen,
         metrics_port_file=args.metrics_port_file,
-        module_path=args.module_path,
+        module_path=str(args.module_path) if args.module_path else None,
         cgroups=args.cgroups,
         cgroup_root=args.cgroup_root,
         cgroup_parent=args.cgroup_parent,
         launcher=args.launcher,
         tls_dir=args.tls_dir,
         insecure=args.insecure,
-        allowed_roots=tuple(args.allowed_root),
+        allowed_roots=tuple(args.allowed_roots),
     )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parsed = _parser().parse_args(argv)
+    try:
+        args = SETTINGS.resolve(parsed, SERVE_KEYS)
+        config = _server_config(args)
+        configure_logging(args.log_level, args.log_format)
+        # The transport rules (TLS or loopback plaintext) are settings too: refused as such.
+        transport(config)
+    except (ConfigError, ChitalError) as exc:
+        print(f"chital-agent: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    log.info(
+        "chital-agent %s, config file %s",
+        __version__,
+        args.config_file or f"none ({SETTINGS.default_config} absent)",
+    )
+    log.debug("settings from: %s", ", ".join(f"{k}={v}" for k, v in args.sources.items()))
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -107,18 +98,18 @@ def main(argv: list[str] | None = None) -> int:
         server = AgentServer(config)
         port = server.start()
     except IncompatibleModule as exc:
-        logging.getLogger("chital.agent").error("refusing to serve: %s", exc)
+        log.error("refusing to serve: %s", exc)
         return EXIT_INCOMPATIBLE_MODULE
     except (ChitalError, OSError, ValueError) as exc:
-        logging.getLogger("chital.agent").error("cannot start: %s", exc)
-        return 1
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
     host = args.listen.rsplit(":", 1)[0]
     print(f"chital-agent listening on {host}:{port}", flush=True)
     while not stop.wait(3600):
         pass
-    logging.getLogger("chital.agent").info("stopping (processes keep running)")
+    log.info("stopping (processes keep running)")
     server.stop()
-    return 0
+    return EXIT_OK
 
 
 if __name__ == "__main__":

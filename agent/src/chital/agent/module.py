@@ -7,7 +7,7 @@
   gets anything loaded into its kernel by accident.
 - **ABI**: the agent's ctypes mirror (:mod:`chital.agent.device.abi`) was built for one ABI version. A
   module of another major version (or other struct sizes) is refused with :class:`IncompatibleModule`
-  and ``chital-agent serve`` exits with :data:`EXIT_INCOMPATIBLE_MODULE` (2), before serving anything.
+  and ``chital-agent serve`` exits with :data:`EXIT_INCOMPATIBLE_MODULE` (3), before serving anything.
   An older minor version is served with a warning (newer features may be missing); a newer minor is
   compatible by definition.
 - **Unload**: never. The kernel holds the containers and their members; the module refuses ``rmmod``
@@ -26,6 +26,7 @@ import subprocess
 import time
 from collections.abc import Callable, Sequence
 
+from chital.daemon.exitcodes import EXIT_INCOMPATIBLE_MODULE
 from chital.errdefs import Unavailable
 
 from .device import abi
@@ -42,8 +43,6 @@ __all__ = [
 
 log = logging.getLogger("chital.agent.module")
 
-#: ``chital-agent serve`` exit status when the loaded module speaks an incompatible ABI.
-EXIT_INCOMPATIBLE_MODULE = 2
 MODULE_NAME = "chital"
 _DEVICE_WAIT_S = 5.0
 

@@ -21,6 +21,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
+from chital.daemon.logs import LogContextInterceptor
 from chital.errdefs import FailedPrecondition, Unavailable
 from chital.errdefs.grpc import ErrorInterceptor
 from chital.security.tls import TLSFiles, check_listen, server_credentials
@@ -161,6 +162,8 @@ class AgentServer:
         interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
         if credentials is not None:
             interceptors.insert(0, ControllerOnlyInterceptor())
+        # First: every record logged while serving an RPC carries its request id and container.
+        interceptors.insert(0, LogContextInterceptor())
         self._server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="chital-rpc"),
             interceptors=interceptors,

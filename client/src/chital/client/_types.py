@@ -320,11 +320,15 @@ class Page(Generic[_T]):
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    """How the client retries idempotent calls that failed with a transient error.
+    """How a client retries calls that failed with a transient error.
 
-    The n-th retry (n >= 1) sleeps ``min(max_backoff, initial_backoff * multiplier ** (n - 1))`` scaled
-    by a random factor in ``[1 - jitter, 1]``, so that many clients do not retry in lockstep.
-    ``max_attempts`` counts the first try; 1 disables retries.
+    The client turns it into the ``retryPolicy`` of its channel's gRPC service config, one per
+    class of RPC (see ``chital.client._retry``): gRPC makes at most ``max_attempts`` attempts (the
+    first included; gRPC caps it at 5; 1 disables retries) within the call's deadline, sleeping a
+    random time between 0 and ``min(max_backoff, initial_backoff * multiplier ** (n - 1))`` before
+    retry ``n`` (backoffs under 10 ms count as 10 ms). gRPC draws its own jitter: ``jitter`` applies
+    to the pauses of a watch that resumes after a broken stream (:meth:`backoff`), which also gives
+    up after ``max_attempts`` failed attempts in a row.
     """
 
     max_attempts: int = 5

@@ -1,4 +1,10 @@
-"""``chital-controller``: ``serve`` the API, ``db upgrade`` the schema, make ``token`` entries."""
+"""``chital-controller``: ``serve`` the API, ``db upgrade`` the schema, make ``token`` entries.
+
+Settings come from flags, ``CHITAL_CONTROLLER_*`` variables and the TOML file (``--config``,
+default /etc/chital/controller.toml when it exists), in that order (:mod:`chital.controller.config`).
+Options go after the command, every one of them (``chital-controller serve --log-level debug``).
+Exit statuses are those of :mod:`chital.daemon.exitcodes`: 0 success, 1 failed, 2 usage, 4 config.
+"""
 
 from __future__ import annotations
 
@@ -11,75 +17,54 @@ from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
 
-from chital.controller import db, pki_cli
+from chital.controller import __version__, db, pki_cli
+from chital.controller.config import DATABASE_KEYS, SERVE_KEYS, SETTINGS
 from chital.controller.health import HealthConfig
-from chital.controller.server import ControllerConfig, ControllerServer, default_state_dir
+from chital.controller.server import ControllerConfig, ControllerServer
 from chital.controller.tokens import ROLES, Tokens, create_token, open_database
-from chital.errdefs import ChitalError, InvalidArgument
+from chital.daemon.config import ConfigError
+from chital.daemon.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from chital.daemon.logs import configure_logging
+from chital.errdefs import ChitalError, InvalidArgument, Unavailable
 
 __all__ = ["main"]
 
+log = logging.getLogger("chital.controller")
+
+
+_EPILOG = (
+    "exit status: 0 success, 1 runtime failure, 2 usage error, 4 configuration error; options go "
+    "after the command (chital-controller serve --log-level debug)"
+)
+
+
+def _leaf(sub: Any, name: str, keys: tuple[str, ...], **kw: Any) -> argparse.ArgumentParser:
+    """A command that reads the settings ``keys`` (flags, CHITAL_CONTROLLER_*, the config file)."""
+    parser: argparse.ArgumentParser = sub.add_parser(name, epilog=_EPILOG, **kw)
+    SETTINGS.add_config_flag(parser)
+    SETTINGS.add_flags(parser, keys)
+    return parser
+
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="chital-controller", description="chital's control plane")
-    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    parser = argparse.ArgumentParser(
+        prog="chital-controller", description="chital's control plane", epilog=_EPILOG
+    )
+    parser.add_argument("--version", action="version", version=f"chital-controller {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    serve = sub.add_parser("serve", help="serve ContainerService and HostService")
-    serve.add_argument("--listen", default="127.0.0.1:7443", help="host:port (port 0: any free port)")
-    serve.add_argument("--database-url", default="", help="SQLAlchemy URL (default: SQLite in the state dir)")
-    serve.add_argument("--state-dir", default=default_state_dir(), help="where the SQLite database lives")
-    serve.add_argument("--migrate", action="store_true", help="apply database migrations before serving")
-    serve.add_argument("--port-file", default="", help="write the bound port to this file once serving")
-    serve.add_argument("--health-interval", type=float, default=0.5, help="seconds between health checks")
-    serve.add_argument(
-        "--not-ready-after", type=float, default=3.0, help="seconds without success: NOT_READY"
-    )
-    serve.add_argument("--lost-after", type=float, default=60.0, help="seconds without success: LOST")
-    serve.add_argument("--agent-timeout", type=float, default=5.0, help="deadline of agent calls, seconds")
-    serve.add_argument(
-        "--metrics-listen", default="", help="host:port for Prometheus /metrics (default: off)"
-    )
-    serve.add_argument("--metrics-port-file", default="", help="write the bound /metrics port to this file")
-    serve.add_argument(
-        "--metrics-tls",
-        action="store_true",
-        help="serve /metrics over HTTPS with the --tls-dir certificate",
-    )
-    serve.add_argument(
-        "--prometheus-sd-file", default="", help="keep a Prometheus file_sd file of the agents"
-    )
-    serve.add_argument("--max-workers", type=int, default=64, help="RPC worker threads")
-    serve.add_argument(
-        "--tls-dir",
-        default="",
-        help="the controller's bundle (ca.crt, tls.crt, tls.key): TLS for the API, mTLS to the agents",
-    )
-    serve.add_argument(
-        "--insecure",
-        action="store_true",
-        help="plaintext API and agent channels; refused unless every address is loopback",
-    )
-    serve.add_argument(
-        "--mtls-listen", default="", help="host:port of a second API port that requires client certificates"
-    )
-    serve.add_argument("--mtls-port-file", default="", help="write the bound --mtls-listen port to this file")
-    serve.add_argument(
-        "--allowed-root",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="container roots must lie under DIR (repeatable; default: anywhere but system directories)",
+    _leaf(
+        sub,
+        "serve",
+        SERVE_KEYS,
+        help="serve ContainerService and HostService",
+        description="Serve the API. Each option is also a key of the config file and a "
+        "CHITAL_CONTROLLER_<KEY> variable; the flag wins, then the variable, then the file.",
     )
     _add_token_parser(sub)
 
     dbp = sub.add_parser("db", help="database schema")
     dbsub = dbp.add_subparsers(dest="db_command", required=True)
-    upgrade = dbsub.add_parser("upgrade", help="apply the migrations")
-    upgrade.add_argument(
-        "--database-url", default="", help="SQLAlchemy URL (default: SQLite in the state dir)"
-    )
-    upgrade.add_argument("--state-dir", default=default_state_dir(), help="where the SQLite database lives")
+    upgrade = _leaf(dbsub, "upgrade", DATABASE_KEYS, help="apply the migrations")
     upgrade.add_argument("--revision", default="head", help="target revision")
     pki_cli.add_parser(sub)
     return parser
@@ -88,18 +73,15 @@ def _parser() -> argparse.ArgumentParser:
 def _add_token_parser(sub: Any) -> None:
     token = sub.add_parser("token", help="API tokens, read and written directly in the database")
     tsub = token.add_subparsers(dest="token_action", required=True)
-    create = tsub.add_parser("create", help="create a token and print it (only this once)")
+    create = _leaf(tsub, "create", DATABASE_KEYS, help="create a token and print it (only this once)")
     create.add_argument("--name", required=True, help="who or what the token is for")
     create.add_argument("--role", required=True, choices=ROLES, help="the token's role")
     create.add_argument(
         "--ttl", default="", help="lifetime: seconds, or a number with s, m, h or d (default: no expiry)"
     )
-    ls = tsub.add_parser("ls", help="list the tokens (never their secrets)")
-    revoke = tsub.add_parser("revoke", help="revoke a token by id")
+    _leaf(tsub, "ls", DATABASE_KEYS, help="list the tokens (never their secrets)")
+    revoke = _leaf(tsub, "revoke", DATABASE_KEYS, help="revoke a token by id")
     revoke.add_argument("id", help="the token's id (12 hex digits)")
-    for p in (create, ls, revoke):
-        p.add_argument("--database-url", default="", help="SQLAlchemy URL (default: SQLite in the state dir)")
-        p.add_argument("--state-dir", default=default_state_dir(), help="where the SQLite database lives")
 
 
 _TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -186,8 +168,20 @@ def _serve(args: argparse.Namespace) -> int:
         insecure=args.insecure,
         mtls_listen=args.mtls_listen,
         mtls_port_file=args.mtls_port_file,
-        allowed_roots=tuple(args.allowed_root),
+        allowed_roots=tuple(args.allowed_roots),
     )
+    try:
+        # The transport and root rules are settings: refused as a configuration error.
+        config.check_security()
+    except ChitalError as exc:
+        print(f"chital-controller: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    log.info(
+        "chital-controller %s, config file %s",
+        __version__,
+        args.config_file or f"none ({SETTINGS.default_config} absent)",
+    )
+    log.debug("settings from: %s", ", ".join(f"{k}={v}" for k, v in args.sources.items()))
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -196,8 +190,11 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
-    server = ControllerServer(config)
-    port = server.start()
+    try:
+        server = ControllerServer(config)
+        port = server.start()
+    except OSError as exc:
+        raise Unavailable(f"cannot start: {exc}") from exc
     host = args.listen.rsplit(":", 1)[0]
     transport = "plaintext, --insecure" if args.insecure else "TLS, bearer tokens"
     print(f"chital-controller listening on {host}:{port} ({transport})", flush=True)
@@ -209,30 +206,49 @@ def _serve(args: argparse.Namespace) -> int:
         )
     stop.wait()
     server.stop()
-    return 0
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "serve":
+        return _serve(args)
+    if args.command == "token":
+        return _token(args)
+    url = args.database_url or db.default_database_url(args.state_dir)
+    db.upgrade(url, args.revision)
+    print(f"database at {args.revision}", flush=True)
+    return EXIT_OK
+
+
+def _failed(exc: ChitalError) -> int:
+    """A command's error: a refused argument value is a usage error, anything else a failure."""
+    print(f"chital-controller: {exc}", file=sys.stderr)
+    return EXIT_USAGE if isinstance(exc, InvalidArgument) else EXIT_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point."""
-    args = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=getattr(logging, str(args.log_level).upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    """Entry point. Exit statuses: :mod:`chital.daemon.exitcodes`."""
+    parsed = _parser().parse_args(argv)
+    if parsed.command == "pki":
+        configure_logging()
+        try:
+            return pki_cli.run(parsed)
+        except ChitalError as exc:
+            return _failed(exc)
+    keys = SERVE_KEYS if parsed.command == "serve" else DATABASE_KEYS
     try:
-        if args.command == "pki":
-            return pki_cli.run(args)
-        if args.command == "serve":
-            return _serve(args)
-        if args.command == "token":
-            return _token(args)
-        url = args.database_url or db.default_database_url(args.state_dir)
-        db.upgrade(url, args.revision)
-        print(f"database at {args.revision}", flush=True)
-        return 0
-    except ChitalError as exc:
+        args = SETTINGS.resolve(parsed, keys)
+        configure_logging(args.log_level, args.log_format)
+    except ConfigError as exc:
         print(f"chital-controller: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_CONFIG
+    for name, value in vars(parsed).items():  # the command's own arguments (--revision, --name, ...)
+        if not hasattr(args, name):
+            setattr(args, name, value)
+    try:
+        return _run(args)
+    except ChitalError as exc:
+        return _failed(exc)
 
 
 if __name__ == "__main__":

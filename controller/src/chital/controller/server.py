@@ -46,6 +46,7 @@ from chital.controller.service import AdminServicer, ContainerServicer, HostServ
 from chital.controller.store import Store
 from chital.controller.tokens import AuditLog, Tokens
 from chital.controller.validation import validate_allowed_roots
+from chital.daemon.logs import LogContextInterceptor
 from chital.errdefs import FailedPrecondition, InvalidArgument
 from chital.errdefs.grpc import ErrorInterceptor
 from chital.security.tls import (
@@ -209,6 +210,8 @@ class ControllerServer:
             # Metrics first: it must see the final status, the auth interceptor's denials included.
             # Auth before errors: the audit log records the status an exception is mapped to.
             interceptors=[
+                # First: every record logged while serving an RPC carries its request id and container.
+                LogContextInterceptor(),
                 RpcMetricsInterceptor(self.metrics),
                 AuthInterceptor(self.tokens, self.audit),
                 ErrorInterceptor(),
