@@ -55,7 +55,7 @@ def test_upgrade_gives_the_models_schema(tmp_path: Path) -> None:
 
 def test_serve_without_schema_fails_clearly(tmp_path: Path) -> None:
     result = run_cli("serve", "--listen", "127.0.0.1:0", "--state-dir", str(tmp_path), "--insecure")
-    assert result.returncode == 2
+    assert result.returncode == 1  # a runtime failure (the settings are fine)
     assert "db upgrade" in result.stderr
 
 
@@ -63,28 +63,28 @@ def test_serve_on_an_older_schema_fails_clearly(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     assert run_cli("db", "upgrade", "--database-url", url, "--revision", "0002").returncode == 0
     result = run_cli("serve", "--listen", "127.0.0.1:0", "--database-url", url, "--insecure")
-    assert result.returncode == 2
+    assert result.returncode == 1
     assert "older than this controller" in result.stderr
 
 
 def test_serve_refuses_plaintext_unless_asked_and_on_loopback(tmp_path: Path) -> None:
     state = ("--state-dir", str(tmp_path), "--migrate")
     neither = run_cli("serve", "--listen", "127.0.0.1:0", *state)
-    assert neither.returncode == 2
+    assert neither.returncode == 4  # configuration error
     assert "no TLS files: pass --tls-dir" in neither.stderr
     for listen in ("0.0.0.0:0", ":0", "10.0.0.1:0"):
         exposed = run_cli("serve", "--listen", listen, "--insecure", *state)
-        assert exposed.returncode == 2, listen
+        assert exposed.returncode == 4, listen
         assert "plaintext is only allowed on loopback" in exposed.stderr
     # The mTLS port needs the TLS files, and "/" is never an allowed root.
     no_tls = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--mtls-listen", "127.0.0.1:0", *state)
-    assert no_tls.returncode == 2
+    assert no_tls.returncode == 4  # configuration error
     assert "--mtls-listen needs" in no_tls.stderr
     metrics = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--metrics-tls", *state)
-    assert metrics.returncode == 2
+    assert metrics.returncode == 4  # configuration error
     assert "--metrics-tls needs" in metrics.stderr
     root = run_cli("serve", "--listen", "127.0.0.1:0", "--insecure", "--allowed-root", "/", *state)
-    assert root.returncode == 2
+    assert root.returncode == 4  # configuration error
     assert "allowed root '/'" in root.stderr
     # Nothing was served, and nothing was created either.
     assert not (tmp_path / "controller.db").exists()
@@ -92,7 +92,7 @@ def test_serve_refuses_plaintext_unless_asked_and_on_loopback(tmp_path: Path) ->
 
 def test_token_create_ls_revoke(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 't.db'}"
-    assert run_cli("token", "ls", "--database-url", url).returncode == 2  # no schema yet
+    assert run_cli("token", "ls", "--database-url", url).returncode == 1  # no schema yet
     assert run_cli("db", "upgrade", "--database-url", url).returncode == 0
     made = run_cli(
         "token", "create", "--name", "ops", "--role", "admin", "--ttl", "2h", "--database-url", url
@@ -115,10 +115,10 @@ def test_token_create_ls_revoke(tmp_path: Path) -> None:
     assert revoked.returncode == 0, revoked.stderr
     assert run_cli("token", "ls", "--database-url", url).stdout.splitlines()[1].split()[3] == "revoked"
     unknown = run_cli("token", "revoke", "0123456789ab", "--database-url", url)
-    assert unknown.returncode == 2
+    assert unknown.returncode == 1
     assert "not found" in unknown.stderr
     bad = run_cli("token", "create", "--name", "x", "--role", "admin", "--ttl", "soon", "--database-url", url)
-    assert bad.returncode == 2
+    assert bad.returncode == 2  # a refused argument value: usage
     assert "--ttl" in bad.stderr
 
 
