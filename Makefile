@@ -5,7 +5,7 @@ PY := .venv/bin/python
 VENV_BIN := .venv/bin
 PYTEST_ARGS ?=
 
-HAND_WRITTEN := proto/python/src/chital/errdefs proto/python/src/chital/security agent/src controller/src client/src devcluster/src
+HAND_WRITTEN := proto/python/src/chital/errdefs proto/python/src/chital/security proto/python/src/chital/daemon proto/python/src/chital/version.py agent/src controller/src client/src devcluster/src
 
 .PHONY: help
 help: ## List the targets
@@ -105,6 +105,14 @@ bench: ## Benchmarks (figures printed, nothing enforced)
 	$(PY) bench/syscall_overhead.py
 	$(PY) bench/exec_latency.py
 
+.PHONY: dist
+dist: ## A wheel and an sdist of each distribution into dist/ (version from VERSION)
+	$(PY) scripts/dist.py
+
+.PHONY: wheelhouse
+wheelhouse: ## dist/ plus dist/wheelhouse: our wheels and every dependency, for hosts without an index
+	$(PY) scripts/dist.py --wheelhouse dist/wheelhouse
+
 .PHONY: migrate
 migrate: ## Apply the database migrations (CHITAL_DATABASE_URL or the default SQLite)
 	$(VENV_BIN)/chital-controller db upgrade
@@ -113,4 +121,4 @@ migrate: ## Apply the database migrations (CHITAL_DATABASE_URL or the default SQ
 clean: ## Remove build output and caches
 	-$(MAKE) -C kmod clean
 	-$(MAKE) -C agent/launcher clean
-	rm -rf .state .pytest_cache .mypy_cache .ruff_cache site
+	rm -rf .state .pytest_cache .mypy_cache .ruff_cache site dist
