@@ -46,6 +46,7 @@ def cluster(tmp_path: Path, fresh_database_url: str) -> Iterator[Cluster]:
 
 def snapshot(cluster: Cluster) -> dict[str, Any]:
     """Row counts of every table the API writes, and the acting calls every agent received."""
+    assert cluster.controller.audit.flush()  # the audit log is written in batches
     with cluster.controller.engine.connect() as conn:
         counts = {t: conn.execute(sa.text(f"SELECT count(*) FROM {t}")).scalar_one() for t in STATE_TABLES}
     calls = [{k: v for k, v in a.agent.calls.items() if k not in PASSIVE_AGENT_CALLS} for a in cluster.agents]

@@ -313,6 +313,7 @@ class ControllerServer:
             self.discovery.stop()
         self.ingestor.stop()
         done.wait(grace + 1)
+        self.audit.close()  # after the last call: every audited call is written
         self.metrics.stop()
         self.pool.close()
         self.engine.dispose()

@@ -17,6 +17,7 @@ import getpass
 import hashlib
 import hmac
 import json
+import logging
 import re
 import secrets
 import threading
@@ -33,7 +34,7 @@ from sqlalchemy.orm import Session
 from chital.controller import db
 from chital.controller.models import AuditRow, TokenRow
 from chital.controller.validation import page_size
-from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound
+from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 __all__ = [
     "ROLES",
@@ -57,6 +58,8 @@ NAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._@-]{0,61}[A-Za-z0-9])?")
 SECRET_RE = re.compile(r"[A-Za-z0-9_-]{43}")
 ID_ATTEMPTS = 3
 ID_RE = re.compile(rf"[0-9a-f]{{{ID_HEX}}}")
+log = logging.getLogger("chital.controller.audit")
+
 # last_used_at is written at most this often per token and controller (seconds).
 LAST_USED_INTERVAL = 60.0
 MAX_DETAIL = 1024
@@ -335,12 +338,43 @@ def _escape_like(text: str) -> str:
 
 
 class AuditLog:
-    """Appends to and pages through the audit_log table."""
+    """Appends to and pages through the audit_log table.
 
-    def __init__(self, engine: Engine, clock: Callable[[], datetime] = _utc_now) -> None:
+    Entries are written by one background thread in batches (every ``batch_interval`` seconds, or
+    sooner when ``max_batch`` are waiting), so that auditing adds no durable commit of its own to
+    each call: on SQLite every commit takes the one write lock, and a commit per audited call cut
+    the create rate by a fifth. The price is a window of ``batch_interval``: entries of calls made
+    just before the controller is killed (not stopped) can be lost. A stopped controller writes
+    everything (:meth:`close`). When the database cannot be written, entries wait and are retried;
+    once ``max_pending`` wait, :meth:`append` blocks up to ``append_timeout`` s and then raises
+    Unavailable, so mutations are not made faster than they can be audited. :meth:`list` writes the
+    waiting entries first: a reader sees every call that returned before it asked.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        clock: Callable[[], datetime] = _utc_now,
+        *,
+        batch_interval: float = 0.05,
+        max_batch: int = 512,
+        max_pending: int = 10_000,
+        append_timeout: float = 5.0,
+    ) -> None:
         self._engine = engine
         self._read = engine.execution_options(**{db.READONLY_OPTION: True})
         self._clock = clock
+        self._batch_interval = batch_interval
+        self._max_batch = max_batch
+        self._max_pending = max_pending
+        self._append_timeout = append_timeout
+        self._cond = threading.Condition()
+        self._pending: list[dict[str, object]] = []
+        self._queued = 0  # entries appended, ever
+        self._written = 0  # entries committed, ever (the first _written of those _queued)
+        self._closed = False
+        self._flushing = 0  # callers of flush() waiting: write at once
+        self._thread: threading.Thread | None = None
 
     def append(
         self,
@@ -353,24 +387,94 @@ class AuditLog:
         code: str,
         detail: str = "",
     ) -> None:
-        """Write one entry (values are cut to the column sizes)."""
-        with self._engine.begin() as conn:
-            conn.execute(
-                sa.insert(AuditRow).values(
-                    at=self._clock(),
-                    principal=principal[:255],
-                    role=role[:16],
-                    method=method[:255],
-                    request_id=request_id[:128],
-                    target=target[:255],
-                    code=code[:32],
-                    detail=detail[:MAX_DETAIL],
+        """Queue one entry (values are cut to the column sizes); it is committed within
+        ``batch_interval`` seconds."""
+        row: dict[str, object] = {
+            "at": self._clock(),
+            "principal": principal[:255],
+            "role": role[:16],
+            "method": method[:255],
+            "request_id": request_id[:128],
+            "target": target[:255],
+            "code": code[:32],
+            "detail": detail[:MAX_DETAIL],
+        }
+        with self._cond:
+            if self._closed:
+                raise Unavailable("the audit log is closed")
+            if not self._cond.wait_for(
+                lambda: len(self._pending) < self._max_pending or self._closed, self._append_timeout
+            ):
+                raise Unavailable(f"the audit log is {len(self._pending)} entries behind the database")
+            self._pending.append(row)
+            self._queued += 1
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float = 10.0) -> bool:
+        """Wait until every entry appended so far is committed; False on timeout."""
+        with self._cond:
+            target = self._queued
+            self._flushing += 1
+            self._cond.notify_all()
+            try:
+                return self._cond.wait_for(lambda: self._written >= target, timeout)
+            finally:
+                self._flushing -= 1
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Commit what waits, then stop the writer."""
+        self.flush(timeout)
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            thread = self._thread
+        if thread is not None:
+            thread.join(timeout)
+
+    def _run(self) -> None:
+        failures = 0
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: bool(self._pending) or self._closed)
+                if not self._pending:
+                    return  # closed, nothing left
+                if failures == 0:
+                    # Let the calls of the next few milliseconds join this commit.
+                    self._cond.wait_for(
+                        lambda: len(self._pending) >= self._max_batch or self._closed or self._flushing > 0,
+                        self._batch_interval,
+                    )
+                batch = self._pending[: self._max_batch]
+            try:
+                with self._engine.begin() as conn:
+                    conn.execute(sa.insert(AuditRow), batch)
+            except Exception:
+                failures += 1
+                log.exception(
+                    "audit log: cannot write %d entries (attempt %d); retrying", len(batch), failures
                 )
-            )
+                with self._cond:
+                    if self._closed and failures >= 3:
+                        log.error("audit log: %d entries lost at shutdown", len(self._pending))
+                        self._written = self._queued
+                        self._pending.clear()
+                        self._cond.notify_all()
+                        return
+                    self._cond.wait(min(5.0, 0.1 * 2**failures))
+                continue
+            failures = 0
+            with self._cond:
+                del self._pending[: len(batch)]
+                self._written += len(batch)
+                self._cond.notify_all()
 
     def list(self, size: int = 0, page_token: str = "", principal: str = "") -> AuditPage:
         """Newest first. ``principal`` matches exactly, or as a prefix up to a '/'
-        ("token:ci" matches "token:ci/0123456789ab")."""
+        ("token:ci" matches "token:ci/0123456789ab"). Entries still queued are committed first."""
+        self.flush()
         limit = page_size(size)
         before = _decode_cursor(page_token)
         query = sa.select(AuditRow).order_by(AuditRow.id.desc()).limit(limit + 1)
