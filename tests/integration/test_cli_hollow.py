@@ -4,11 +4,14 @@ prefix, ``logs <container>``, ``events``, ``top``, completion and ``--version``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from chital.cli import main
-from chital.client import Client, ProcessState, __version__
+from chital.client import Client, ContainerState, NotFound, ProcessState, __version__
 from chital.devcluster.hollow import HollowFleet
 
 pytestmark = pytest.mark.timeout(180)
@@ -234,3 +237,43 @@ def test_version(chital) -> None:
     assert code == 0 and lines[0] == f"client:     chital {__version__}"
     assert "reachable as hollow-admin (admin)" in lines[1] and "version unknown" in lines[1]
     assert lines[2] == f"agents:     {__version__} (2 hosts)"
+
+
+def test_run_rm_interrupted_stops_the_process_and_deletes_the_container(config: Path, client: Client) -> None:
+    name = unique("rm")
+    env = {**os.environ, "CHITAL_CONFIG": str(config), "GRPC_VERBOSITY": "ERROR"}
+    proc = subprocess.Popen(
+        [CHITAL, "run", "--rm", "--grace", "5", "--name", name, "--", "sleep", "300"],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        running = []
+        while not running and time.monotonic() < deadline:
+            time.sleep(0.1)
+            running = [
+                p
+                for p in client.list_processes()
+                if p.argv == ("sleep", "300") and p.state is ProcessState.RUNNING
+            ]
+            running = [p for p in running if client.get_container(p.container_uid).name == name]
+        assert running, "the process never ran"
+        time.sleep(0.3)  # attached to its output by now
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    uid = running[0].uid
+    assert proc.returncode == 130 and "Traceback" not in err and "keeps running" not in err
+    lines = err.splitlines()
+    assert lines[0] == f"chital: interrupted: stopping process {uid} (SIGTERM, then SIGKILL after 5 s)"
+    assert lines[1].startswith(f"chital: process {uid} ended (SIGTERM); deleted container {name}")
+    assert lines[-1] == "chital: interrupted"
+    final = client.get_process(uid)
+    assert final.state is ProcessState.EXITED and final.signal == signal.SIGTERM
+    with contextlib.suppress(NotFound):  # deleted, or gone altogether
+        assert client.get_container(running[0].container_uid).state is ContainerState.DELETED

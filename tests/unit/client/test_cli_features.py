@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
@@ -187,3 +189,44 @@ def test_version(chital, capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     assert main(["--version"]) == 0
     out = capsys.readouterr().out
     assert out.startswith(f"client:     chital {__version__}\n") and "not reachable" in out
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:
+    """Run the console script with stdout and stderr on a pseudo-terminal; return what it drew."""
+    parent, child = pty.openpty()
+    proc = subprocess.Popen([CHITAL, *argv], env=env, stdout=child, stderr=child, stdin=subprocess.DEVNULL)
+    os.close(child)
+    data = b""
+    try:
+        while True:
+            ready, _, _ = select.select([parent], [], [], 10)
+            if not ready:
+                break
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:  # the terminal's other side closed
+                break
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        os.close(parent)
+        proc.wait(timeout=10)
+    assert proc.returncode == 0, data
+    return data.decode("utf-8", "replace")
+
+
+def test_terminal_output_has_colour_and_progress(target: str, chital) -> None:
+    chital("run", "-d", "--name", "box", "--", "sleep")
+    env = {**os.environ, "CHITAL_CONTROLLER": target, "CHITAL_INSECURE": "1", "TERM": "xterm"}
+    env.pop("NO_COLOR", None)
+    drawn = _on_a_terminal(["ps"], env)
+    assert "\x1b[32mRUNNING" in drawn  # a coloured state
+    drawn = _on_a_terminal(["stop", "box", "--grace", "1"], env)
+    assert "stopping box (SIGTERM, SIGKILL after 1 s)" in drawn  # the spinner's text, on stderr
+    # NO_COLOR: no colour (and no bold), still a table.
+    drawn = _on_a_terminal(["ls"], {**env, "NO_COLOR": "1"})
+    assert "\x1b[" not in drawn and "STOPPED" in drawn
+    # TERM=dumb counts as no terminal: plain, as in a pipe.
+    drawn = _on_a_terminal(["ls"], {**env, "TERM": "dumb"})
+    assert "\x1b[" not in drawn and drawn.splitlines()[0].split()[:2] == ["NAME", "UID"]

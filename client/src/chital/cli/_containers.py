@@ -268,6 +268,13 @@ def run_command(
             if rm:
                 client.delete_container(container.uid, force=True)
             raise
+        except KeyboardInterrupt:
+            if rm:  # the process may have started: delete with force, which kills it
+                _note(f"interrupted while starting: deleting container {container.name}")
+                client.delete_container(container.uid, force=True)
+            else:
+                _note(f"interrupted while starting; container {container.name} is left ({container.uid})")
+            raise
     if detach:
         show(
             {"container": container, "process": process},
