@@ -130,6 +130,11 @@ class ControllerConfig:
             check_listen(self.mtls_listen, insecure=False, tls=tls)
         if self.metrics_tls and tls is None:
             raise FailedPrecondition("--metrics-tls needs the controller's TLS files (--tls-dir)")
+        if self.metrics_listen and not self.metrics_tls and not is_loopback(self.metrics_listen):
+            raise FailedPrecondition(
+                f"/metrics on {self.metrics_listen} would be plaintext beyond loopback: "
+                "add --metrics-tls (HTTPS with the --tls-dir bundle) or listen on loopback"
+            )
         try:
             validate_allowed_roots(self.allowed_roots)
         except ValueError as exc:
@@ -290,15 +295,11 @@ class ControllerServer:
                 raise FailedPrecondition(f"cannot listen on {self.config.mtls_listen}")
 
     def _serve_metrics(self, tls: TLSFiles | None) -> None:
-        """/metrics over HTTPS with --metrics-tls, else plain HTTP (a warning beyond loopback)."""
+        """/metrics over HTTPS with --metrics-tls, else plain HTTP on loopback (check_security)."""
         listen = self.config.metrics_listen
         if self.config.metrics_tls and tls is not None and tls.cert and tls.key:
             self.metrics_port = self.metrics.serve(listen, certfile=str(tls.cert), keyfile=str(tls.key))
         else:
-            if not is_loopback(listen):
-                log.warning(
-                    "/metrics is served in plaintext on %s, beyond loopback: use --metrics-tls", listen
-                )
             self.metrics_port = self.metrics.serve(listen)
         if self.config.metrics_port_file:
             _write_atomically(Path(self.config.metrics_port_file), f"{self.metrics_port}\n")
