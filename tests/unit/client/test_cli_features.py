@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 import yaml
 from fake_chital_controller import FakeController
@@ -175,7 +176,9 @@ def test_completion_asks_the_controller(target: str, chital) -> None:
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "", "")
 
 
-def test_version(chital, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_version(
+    chital, fake: FakeController, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     code, out, _ = chital("--version")
     lines = out.splitlines()
     assert code == 0 and lines[0] == f"client:     chital {__version__}"
@@ -183,6 +186,10 @@ def test_version(chital, capsys: pytest.CaptureFixture[str], monkeypatch: pytest
     data = json.loads(chital("--version", "-o", "json")[1])
     assert data["client"] == __version__ and data["controller"]["reachable"] is True
     assert data["controller"]["version"] is None
+    # A controller that answers and refuses: said so, not "unreachable".
+    fake.fail("WhoAmI", 1, grpc.StatusCode.UNAUTHENTICATED, "invalid token")
+    code, out, _ = chital("--version")
+    assert code == 0 and "answered but refused (unauthenticated: invalid token)" in out.splitlines()[1]
     # No controller: the client's version all the same, exit status 0.
     monkeypatch.setenv("CHITAL_CONTROLLER", "127.0.0.1:1")
     monkeypatch.setenv("CHITAL_INSECURE", "1")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
-from chital.client import ChitalError, HostState, RetryPolicy, __version__
+from chital.client import ChitalError, DeadlineExceeded, HostState, RetryPolicy, Unavailable, __version__
 from chital.client import config as cfg
 
 from . import _complete as complete
@@ -426,6 +427,11 @@ def completion_command(shell: str) -> int:
 # -- versions ------------------------------------------------------------------------------------
 
 
+def _kind(exc: ChitalError) -> str:
+    """``PermissionDenied`` -> ``permission denied``."""
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", type(exc).__name__).lower()
+
+
 def version_report() -> dict[str, Any]:
     """The client's version, and what a reachable controller says of itself and its agents."""
     report: dict[str, Any] = {"client": __version__, "controller": None}
@@ -441,8 +447,12 @@ def version_report() -> dict[str, Any]:
         report["controller"] = controller
         try:
             identity = client.whoami()
-        except ChitalError as exc:
+        except (Unavailable, DeadlineExceeded) as exc:
             controller["error"] = f"{exc}"
+            return report
+        except ChitalError as exc:  # it answered, and refused
+            controller["reachable"] = True
+            controller["error"] = f"{_kind(exc)}: {exc}"
             return report
         controller["reachable"] = True
         controller["as"] = f"{identity.name} ({identity.role})"
@@ -466,6 +476,10 @@ def print_version() -> None:
         reason = (controller or {}).get("error", "not configured")
         where = f" {controller['target']}" if controller and controller.get("target") else ""
         print(f"controller:{where} not reachable ({' '.join(str(reason).split())}); its version is unknown")
+        return
+    if "error" in controller:
+        reason = " ".join(str(controller["error"]).split())
+        print(f"controller: {controller['target']} answered but refused ({reason}); its version is unknown")
         return
     print(
         f"controller: {controller['target']}, reachable as {controller['as']}; version unknown "

@@ -616,6 +616,12 @@ def _follow_all(
         except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
             errors.append(exc)
 
+    if not follow:  # one after the other, in order: the output is all there already
+        for process in processes:
+            copy(process)
+            if errors:
+                raise errors[0]
+        return
     threads = [threading.Thread(target=copy, args=(p,), daemon=True) for p in processes]
     for thread in threads:
         thread.start()
