@@ -33,10 +33,6 @@ class Candidate:
         return f"{self.kind} {self.uid}" + (f" ({self.label})" if self.label else "")
 
 
-def is_full_uid(text: str) -> bool:
-    return len(text) == UID_LENGTH and _HEX.fullmatch(text) is not None
-
-
 def could_be_prefix(text: str) -> bool:
     """Hex, shorter than a uid: worth looking up."""
     return 0 < len(text) < UID_LENGTH and _HEX.fullmatch(text) is not None

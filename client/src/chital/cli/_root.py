@@ -8,11 +8,9 @@ which also opens the client. The ``context`` commands take only ``-o`` and ``--c
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
@@ -303,26 +301,6 @@ class Group(click.Group):
 
 
 Group.group_class = Group
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def with_client(func: Callable[..., int]) -> Callable[..., int]:
-    """Pass the client as the first argument (opened on first use, closed by ``main``)."""
-
-    def wrapper(*args: Any, **kwargs: Any) -> int:
-        return func(state().client(), *args, **kwargs)
-
-    wrapper.__name__ = func.__name__
-    wrapper.__doc__ = func.__doc__
-    return wrapper
-
-
-def echo_lines(lines: Sequence[str] | Iterator[str], *, err: bool = False) -> None:
-    stream = sys.stderr if err else sys.stdout
-    for line in lines:
-        print(line, file=stream)
-
 
 EPILOG = f"""\b
 Exit status:
