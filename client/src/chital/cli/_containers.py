@@ -625,9 +625,9 @@ def _follow_all(
     threads = [threading.Thread(target=copy, args=(p,), daemon=True) for p in processes]
     for thread in threads:
         thread.start()
-    for thread in threads:
-        while thread.is_alive():
-            thread.join(0.2)
+    # Until every stream ends; the first error ends the command (the other streams are daemons).
+    while any(thread.is_alive() for thread in threads) and not errors:
+        time.sleep(0.1)
     if errors:
         raise errors[0]
 
