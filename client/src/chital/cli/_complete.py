@@ -2,7 +2,7 @@
 
 Each lookup is one quick call (a short deadline, no retries) with the settings given so far on the
 command line, the environment and the config file; any failure completes nothing rather than
-printing an error into the shell.
+printing an error into the shell, and no warning is printed either.
 """
 
 from __future__ import annotations
@@ -23,7 +23,9 @@ _MOST = 200
 def _ask(ctx: click.Context, lookup: Callable[[Client], Iterable[CompletionItem]]) -> list[CompletionItem]:
     settings = ctx.find_root().ensure_object(State)
     try:
-        with settings.make_client(timeout=_DEADLINE, retries=RetryPolicy(max_attempts=1)) as client:
+        with settings.make_client(
+            timeout=_DEADLINE, retries=RetryPolicy(max_attempts=1), quiet=True
+        ) as client:
             items = []
             for item in lookup(client):
                 items.append(item)

@@ -88,14 +88,17 @@ class State:
             self._client = self.make_client()
         return self._client
 
-    def make_client(self, *, timeout: float | None = None, retries: RetryPolicy | None = None) -> Client:
+    def make_client(
+        self, *, timeout: float | None = None, retries: RetryPolicy | None = None, quiet: bool = False
+    ) -> Client:
         """A new client from these settings (the caller closes it). A bad setting raises
         :class:`SettingsError`; unreadable TLS files, the SDK's :class:`ChitalError`."""
         try:
             connection = self.resolve()
         except ValueError as exc:  # cfg.ConfigError
             raise SettingsError(str(exc)) from exc
-        _warn_if_readable(connection.token_path)
+        if not quiet:
+            _warn_if_readable(connection.token_path)
         try:
             client = Client(
                 connection.target,
