@@ -65,7 +65,7 @@ def test_refuses_to_start_without_a_secure_transport(
 ) -> None:
     flags = [f.format(agent=bundles.agent, missing=tmp_path / "nothing") for f in flags]
     result = run_agent(tmp_path / "agent", flags)
-    assert result.returncode == 1, result.stderr
+    assert result.returncode == 4, result.stderr  # a configuration error (docs/daemons.md)
     assert message in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "agent" / "state").exists() or not any(

@@ -17,6 +17,7 @@ import pytest
 from chital.api.container.v1 import container_pb2 as cpb
 from chital.daemon.logs import (
     LogContextInterceptor,
+    RequestIdClientInterceptor,
     configure_logging,
     container_of,
     current_request_id,
@@ -168,3 +169,70 @@ def test_the_interceptor_labels_records_of_each_rpc(captured: io.StringIO) -> No
     # Nothing leaks out of an RPC into the worker thread's later work.
     assert service.seen == ["field-id", "md-2", ""]
     assert current_request_id() == ""
+
+
+def test_the_request_id_goes_on_to_the_calls_made_while_serving(captured: io.StringIO) -> None:
+    """A front server relays to a back server through an intercepted channel (the controller's calls
+    to agents): the back server's records carry the front request's id."""
+    configure_logging("info", "json", captured)
+    back_service = _Service()
+    kw: dict[str, Any] = {
+        "request_serializer": cpb.ExecRequest.SerializeToString,
+        "response_deserializer": cpb.ExecResponse.FromString,
+    }
+    servers = []
+    try:
+        back = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[LogContextInterceptor()])
+        back.add_generic_rpc_handlers((back_service.handler(),))
+        back_port = back.add_insecure_port("127.0.0.1:0")
+        back.start()
+        servers.append(back)
+        back_channel = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{back_port}"), RequestIdClientInterceptor()
+        )
+        relay_exec = back_channel.unary_unary("/test.Logs/Exec", **kw)
+        relay_stream = back_channel.unary_stream("/test.Logs/Stream", **kw)
+
+        def front_exec(request: cpb.ExecRequest, context: grpc.ServicerContext) -> cpb.ExecResponse:
+            relay_exec(cpb.ExecRequest(container=request.container), timeout=10)
+            list(relay_stream(cpb.ExecRequest(), timeout=10))
+            # A call that sets its own id keeps it.
+            relay_exec(cpb.ExecRequest(), metadata=[("x-request-id", "own")], timeout=10)
+            return cpb.ExecResponse()
+
+        front = grpc.server(futures.ThreadPoolExecutor(max_workers=2), interceptors=[LogContextInterceptor()])
+        front.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "test.Front",
+                    {
+                        "Exec": grpc.unary_unary_rpc_method_handler(
+                            front_exec,
+                            request_deserializer=cpb.ExecRequest.FromString,
+                            response_serializer=cpb.ExecResponse.SerializeToString,
+                        )
+                    },
+                ),
+            )
+        )
+        front_port = front.add_insecure_port("127.0.0.1:0")
+        front.start()
+        servers.append(front)
+        with grpc.insecure_channel(f"127.0.0.1:{front_port}") as channel:
+            channel.unary_unary("/test.Front/Exec", **kw)(
+                cpb.ExecRequest(container="c7", request_id="front-1"), timeout=20
+            )
+        # Outside any RPC, nothing is added.
+        relay_exec(cpb.ExecRequest(), timeout=10)
+        back_channel.close()
+    finally:
+        for server in servers:
+            server.stop(None).wait()
+    labels = [(r["msg"], r.get("request_id"), r.get("container")) for r in map(json.loads, lines(captured))]
+    assert labels == [
+        ("exec", "front-1", "c7"),
+        ("chunk 0", "front-1", None),
+        ("chunk 1", "front-1", None),
+        ("exec", "own", None),
+        ("exec", None, None),
+    ]

@@ -25,6 +25,7 @@ from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import AgentInfo, ContainerRecord, ProcessRecord
 from chital.controller.store import AgentEvent
+from chital.daemon.logs import RequestIdClientInterceptor
 from chital.errdefs import ChitalError, FailedPrecondition, Unavailable, from_grpc_code
 from chital.security.tls import is_loopback
 
@@ -91,7 +92,10 @@ class AgentClient:
         host_label: str = "",
     ) -> None:
         self.address = address
-        self._stub = agent_pb2_grpc.AgentServiceStub(channel)
+        # The request id of the RPC being served goes on to the agent (x-request-id): both logs show it.
+        self._stub = agent_pb2_grpc.AgentServiceStub(
+            grpc.intercept_channel(channel, RequestIdClientInterceptor())
+        )
         self.timeout = timeout
         self._metrics = metrics
         self._host_label = host_label or address

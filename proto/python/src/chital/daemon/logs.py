@@ -28,7 +28,7 @@ import logging
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import IO, Any
+from typing import IO, Any, NamedTuple
 
 import grpc
 
@@ -38,6 +38,7 @@ __all__ = [
     "LOG_FORMATS",
     "LOG_LEVELS",
     "LogContextInterceptor",
+    "RequestIdClientInterceptor",
     "configure_logging",
     "container_of",
     "current_container",
@@ -257,3 +258,46 @@ class LogContextInterceptor(grpc.ServerInterceptor):
             return call
 
         return rewrap_handler(handler, wrap_unary, wrap_stream)
+
+
+class _CallDetails(NamedTuple):
+    method: str
+    timeout: float | None
+    metadata: Any
+    credentials: Any
+    wait_for_ready: bool | None
+    compression: Any
+
+
+class _Details(_CallDetails, grpc.ClientCallDetails):
+    pass
+
+
+class RequestIdClientInterceptor(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+    """Passes the request id being served on to the calls made while serving it (the controller's
+    calls to agents): ``x-request-id`` metadata, unless the call sets one itself.
+
+    ``grpc.intercept_channel(channel, RequestIdClientInterceptor())``: the agent's records of the
+    work a client's request caused then carry that request's id.
+    """
+
+    def _details(self, details: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        request_id = _request_id.get()
+        metadata = list(details.metadata or ())
+        if not request_id or any(key == "x-request-id" for key, _ in metadata):
+            return details
+        metadata.append(("x-request-id", request_id))
+        return _Details(
+            details.method,
+            details.timeout,
+            metadata,
+            details.credentials,
+            getattr(details, "wait_for_ready", None),
+            getattr(details, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation: Any, client_call_details: Any, request: Any) -> Any:
+        return continuation(self._details(client_call_details), request)
