@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from chital.agent.device.base import ContainerSpec, Device, DeviceEvent
+from chital.agent.device.base import Device, DeviceEvent, KernelContainerSpec
 from chital.agent.device.fake import FakeDevice
 from chital.agent.device.linux import LinuxDevice
 from chital.errdefs import NotFound
@@ -91,7 +91,8 @@ class Driver:
         return f"{self._prefix}-{self._n}"
 
     def create(self, root: str = "/", **kw: object) -> int:
-        cid = self.device.create(ContainerSpec(name=kw.pop("name", None) or self.name(), root=root, **kw))  # type: ignore[arg-type]
+        name = kw.pop("name", None) or self.name()
+        cid = self.device.create(KernelContainerSpec(name=name, root=root, **kw))  # type: ignore[arg-type]
         self.created.append(cid)
         return cid
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from chital.agent.device.base import PID_MAX, READ_BATCH, ContainerLimits, ContainerSpec, Device, EventKind
+from chital.agent.device.base import PID_MAX, READ_BATCH, Device, EventKind, KernelContainerSpec, KernelLimits
 from chital.errdefs import (
     AlreadyExists,
     FailedPrecondition,
@@ -137,7 +137,7 @@ def test_create_list_info_destroy(driver: Driver) -> None:
     info = dev.info(cid)
     assert (info.id, info.name, info.root, info.members) == (cid, name, "/tmp", ())
     assert info.deny_syscalls == {NR_MOUNT, 500}
-    assert info.limits == ContainerLimits()
+    assert info.limits == KernelLimits()
     assert dict(dev.stats(cid)) == {}
     dev.destroy(cid)
     assert cid not in dev.list()
@@ -159,7 +159,7 @@ def test_duplicate_name(driver: Driver) -> None:
 @pytest.mark.parametrize("name", ["", "x" * 64, "has space", "a/b", "dot\0nul", "é"])
 def test_bad_names(driver: Driver, name: str) -> None:
     with pytest.raises(InvalidArgument):
-        driver.device.create(ContainerSpec(name=name, root="/"))
+        driver.device.create(KernelContainerSpec(name=name, root="/"))
 
 
 def test_longest_name(driver: Driver) -> None:
@@ -170,23 +170,23 @@ def test_longest_name(driver: Driver) -> None:
 @pytest.mark.parametrize("root", ["", "relative/path", "/" + "a" * 4095, "/tmp\0x"])
 def test_bad_roots(driver: Driver, root: str) -> None:
     with pytest.raises(InvalidArgument):
-        driver.device.create(ContainerSpec(name=driver.name(), root=root))
+        driver.device.create(KernelContainerSpec(name=driver.name(), root=root))
 
 
 def test_root_missing_or_not_a_directory(driver: Driver, tmp_path: os.PathLike[str]) -> None:
     with pytest.raises(NotFound):
-        driver.device.create(ContainerSpec(name=driver.name(), root=f"{tmp_path}/missing"))
+        driver.device.create(KernelContainerSpec(name=driver.name(), root=f"{tmp_path}/missing"))
     afile = f"{tmp_path}/file"
     open(afile, "w").close()
     with pytest.raises(InvalidArgument):
-        driver.device.create(ContainerSpec(name=driver.name(), root=afile))
+        driver.device.create(KernelContainerSpec(name=driver.name(), root=afile))
 
 
 @pytest.mark.parametrize("deny", [{-1}, {512}, {1 << 40}])
 def test_bad_policy(driver: Driver, deny: set[int]) -> None:
     cid = driver.create()
     with pytest.raises(InvalidArgument):
-        driver.device.create(ContainerSpec(name=driver.name(), root="/", deny_syscalls=frozenset(deny)))
+        driver.device.create(KernelContainerSpec(name=driver.name(), root="/", deny_syscalls=frozenset(deny)))
     with pytest.raises(InvalidArgument):
         driver.device.set_policy(cid, frozenset(deny))
 
@@ -257,7 +257,7 @@ def test_add_proc_bad_pids(driver: Driver) -> None:
 
 def test_max_members(driver: Driver) -> None:
     dev = driver.device
-    cid = driver.create(limits=ContainerLimits(max_members=1))
+    cid = driver.create(limits=KernelLimits(max_members=1))
     a, b = driver.worker(), driver.worker()
     for _ in range(2):
         a.ask("thread")  # threads are not counted
@@ -271,7 +271,7 @@ def test_max_members(driver: Driver) -> None:
 
 def test_fork_over_max_members_is_killed(driver: Driver) -> None:
     dev = driver.device
-    cid = driver.create(limits=ContainerLimits(max_members=1))
+    cid = driver.create(limits=KernelLimits(max_members=1))
     w = driver.worker()
     dev.add_proc(cid, w.pid)
     driver.drain()

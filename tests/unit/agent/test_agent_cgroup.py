@@ -28,7 +28,7 @@ from chital.agent.cgroup import (
     open_cgroups,
 )
 from chital.agent.device.fake import FakeDevice
-from chital.agent.runtime import AgentEventKind, AgentRuntime, Limits, ProcessState, RuntimeConfig
+from chital.agent.runtime import AgentEventKind, AgentRuntime, LimitsView, ProcessStatus, RuntimeConfig
 from chital.errdefs import FailedPrecondition, InvalidArgument, Unavailable
 
 
@@ -246,7 +246,9 @@ def _wait_for(cond: object, timeout: float = 10.0) -> None:
 
 def test_runtime_makes_and_removes_the_group(rt: AgentRuntime, manager: CgroupManager) -> None:
     assert rt.info().limits_enforced
-    rt.create_container("c1", limits=Limits(memory_max_bytes=64 << 20, pids_max=20, cpu_max_millicores=1500))
+    rt.create_container(
+        "c1", limits=LimitsView(memory_max_bytes=64 << 20, pids_max=20, cpu_max_millicores=1500)
+    )
     group = manager.parent / "c1"
     assert (group / "memory.max").read_text() == str(64 << 20)
     assert (group / "pids.max").read_text() == "20"
@@ -273,7 +275,7 @@ def test_helper_reports_a_cgroup_it_cannot_join(rt: AgentRuntime, manager: Cgrou
 
 
 def test_sigkill_after_an_oom_kill_is_reported_as_oom(rt: AgentRuntime, manager: CgroupManager) -> None:
-    rt.create_container("c1", limits=Limits(memory_max_bytes=32 << 20))
+    rt.create_container("c1", limits=LimitsView(memory_max_bytes=32 << 20))
     events = manager.parent / "c1" / "memory.events"
     events.write_text("oom 0\noom_kill 0\n")
     a = rt.start_process("c1", "plain-kill", ["sleep", "30"])
@@ -283,7 +285,7 @@ def test_sigkill_after_an_oom_kill_is_reported_as_oom(rt: AgentRuntime, manager:
     events.write_text("oom 1\noom_kill 1\n")  # the kernel counts before it sends SIGKILL
     os.kill(b.pid, signal.SIGKILL)
     view = rt.wait_process("oom", 10)
-    assert (view.state, view.signal, view.oom_killed) == (ProcessState.EXITED, signal.SIGKILL, True)
+    assert (view.state, view.signal, view.oom_killed) == (ProcessStatus.EXITED, signal.SIGKILL, True)
     exits = [e for e in rt.wait_events(0, 1) if e.kind is AgentEventKind.PROCESS_EXITED]
     assert [(e.process_uid, e.oom_killed) for e in exits] == [("plain-kill", False), ("oom", True)]
     # A later plain exit is not an OOM kill (the count did not rise during its life).
@@ -322,10 +324,10 @@ def test_restart_delivers_exits_from_the_kernel_queue_once(
         second = AgentRuntime(device, config, cgroups=manager)
         try:
             procs = {p.uid: p for p in second.sync().processes}
-            assert procs["running"].state is ProcessState.RUNNING
-            assert (procs["queued"].state, procs["queued"].exit_code) == (ProcessState.EXITED, 7)
-            assert (procs["lost"].state, procs["lost"].exit_code) == (ProcessState.EXITED, -1)
-            assert (procs["done"].state, procs["done"].exit_code) == (ProcessState.EXITED, 5)
+            assert procs["running"].state is ProcessStatus.RUNNING
+            assert (procs["queued"].state, procs["queued"].exit_code) == (ProcessStatus.EXITED, 7)
+            assert (procs["lost"].state, procs["lost"].exit_code) == (ProcessStatus.EXITED, -1)
+            assert (procs["done"].state, procs["done"].exit_code) == (ProcessStatus.EXITED, 5)
             exits = [
                 e.process_uid for e in second.wait_events(0, 0.5) if e.kind is AgentEventKind.PROCESS_EXITED
             ]
@@ -333,7 +335,7 @@ def test_restart_delivers_exits_from_the_kernel_queue_once(
             # The recovered running process is followed (a pidfd) and can be signalled.
             second.signal_process("running", signal.SIGKILL)
             os.waitpid(running.pid, 0)
-            _wait_for(lambda: second.get_process("running").state is ProcessState.EXITED)
+            _wait_for(lambda: second.get_process("running").state is ProcessStatus.EXITED)
             exits = [
                 e.process_uid for e in second.wait_events(0, 0.5) if e.kind is AgentEventKind.PROCESS_EXITED
             ]

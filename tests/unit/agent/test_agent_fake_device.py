@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from chital.agent.device.base import PID_MAX, READ_BATCH, ContainerLimits, ContainerSpec, Device, EventKind
+from chital.agent.device.base import PID_MAX, READ_BATCH, Device, EventKind, KernelContainerSpec, KernelLimits
 from chital.agent.device.fake import ALWAYS_DENIED, COMPAT_SYSCALL, FakeDevice
 from chital.agent.syscalls import NUMBERS
 from chital.errdefs import (
@@ -37,8 +37,8 @@ def dev(kills: list[tuple[int, int]]) -> FakeDevice:
     d.close()
 
 
-def spec(tmp_path: Path, name: str = "c1", **kw: object) -> ContainerSpec:
-    return ContainerSpec(name=name, root=str(tmp_path), **kw)  # type: ignore[arg-type]
+def spec(tmp_path: Path, name: str = "c1", **kw: object) -> KernelContainerSpec:
+    return KernelContainerSpec(name=name, root=str(tmp_path), **kw)  # type: ignore[arg-type]
 
 
 def test_is_a_device(dev: FakeDevice) -> None:
@@ -73,12 +73,12 @@ def test_name_limits_and_duplicates(dev: FakeDevice, tmp_path: Path) -> None:
 def test_root_validation(dev: FakeDevice, tmp_path: Path) -> None:
     for root in ["", "relative", "/" + "a" * 4095, "/tmp/\0x"]:
         with pytest.raises(InvalidArgument):
-            dev.create(ContainerSpec(name="c", root=root))
+            dev.create(KernelContainerSpec(name="c", root=root))
     with pytest.raises(NotFound):
-        dev.create(ContainerSpec(name="c", root=str(tmp_path / "missing")))
+        dev.create(KernelContainerSpec(name="c", root=str(tmp_path / "missing")))
     (tmp_path / "file").write_text("")
     with pytest.raises(InvalidArgument):
-        dev.create(ContainerSpec(name="c", root=str(tmp_path / "file")))
+        dev.create(KernelContainerSpec(name="c", root=str(tmp_path / "file")))
     with pytest.raises(InvalidArgument):
         dev.create(spec(tmp_path, deny_syscalls=frozenset({512})))
 
@@ -93,7 +93,7 @@ def test_max_containers(tmp_path: Path) -> None:
 
 def test_membership(dev: FakeDevice, tmp_path: Path) -> None:
     a = dev.create(spec(tmp_path, "a"))
-    b = dev.create(spec(tmp_path, "b", limits=ContainerLimits(max_members=1)))
+    b = dev.create(spec(tmp_path, "b", limits=KernelLimits(max_members=1)))
     with pytest.raises(NotFound):
         dev.add_proc(a, 5)  # no such process
     with pytest.raises(NotFound):
@@ -306,7 +306,7 @@ def test_other_tasks_answer_esrch_and_count(dev: FakeDevice, tmp_path: Path) -> 
 
 
 def test_raw_sockets_flag(dev: FakeDevice, tmp_path: Path) -> None:
-    a = dev.create(ContainerSpec(name="raw", root=str(tmp_path), deny_raw_sockets=True))
+    a = dev.create(KernelContainerSpec(name="raw", root=str(tmp_path), deny_raw_sockets=True))
     assert dev.info(a).deny_raw_sockets
     dev.add_proc(a, 1000)
     socket_nr = NUMBERS["socket"]

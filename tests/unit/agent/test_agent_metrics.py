@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from chital.agent.device.base import ContainerSpec
+from chital.agent.device.base import KernelContainerSpec
 from chital.agent.device.fake import FakeDevice
 from chital.agent.metrics import (
     AgentMetrics,
@@ -45,7 +45,7 @@ def samples(metrics: AgentMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...
 def test_every_device_call_is_timed_and_errors_counted_by_class(tmp_path: Path) -> None:
     m = AgentMetrics()
     dev = InstrumentedDevice(FakeDevice(), m)
-    cid = dev.create(ContainerSpec(name="c1", root=str(tmp_path)))
+    cid = dev.create(KernelContainerSpec(name="c1", root=str(tmp_path)))
     dev.info(cid)
     with pytest.raises(NotFound):
         dev.info(cid + 100)
@@ -62,7 +62,7 @@ def test_events_are_counted_by_kind_and_drops_summed(
     fake = FakeDevice(queue_len=1)
     dev = InstrumentedDevice(fake, m)
     cid = dev.create(
-        ContainerSpec(name="c1", root=str(tmp_path), deny_syscalls=frozenset({NUMBERS["ptrace"]}))
+        KernelContainerSpec(name="c1", root=str(tmp_path), deny_syscalls=frozenset({NUMBERS["ptrace"]}))
     )
     dev.add_proc(cid, sleeper.pid)
     fake.record_syscall(sleeper.pid, NUMBERS["ptrace"])  # DENIED, queued
@@ -87,7 +87,7 @@ def test_container_collector_reads_members_counters_and_usage(
     fake = FakeDevice()
     m.watch_containers(fake)
     cid = fake.create(
-        ContainerSpec(name="box", root=str(tmp_path), deny_syscalls=frozenset({NUMBERS["ptrace"]}))
+        KernelContainerSpec(name="box", root=str(tmp_path), deny_syscalls=frozenset({NUMBERS["ptrace"]}))
     )
     fake.add_proc(cid, sleeper.pid)
     for _ in range(3):
@@ -113,7 +113,7 @@ def test_destroyed_containers_disappear_from_the_scrape(tmp_path: Path) -> None:
     m = AgentMetrics()
     fake = FakeDevice()
     m.watch_containers(fake)
-    cid = fake.create(ContainerSpec(name="gone", root=str(tmp_path)))
+    cid = fake.create(KernelContainerSpec(name="gone", root=str(tmp_path)))
     assert ("chital_agent_container_processes", (("container", "gone"),)) in samples(m)
     fake.destroy(cid)
     s = samples(m)
@@ -143,7 +143,7 @@ def test_collector_prefers_the_cgroup(tmp_path: Path) -> None:
     m = AgentMetrics()
     fake = FakeDevice()
     m.watch_containers(fake, cgroup_dir_of=lambda name: cg if name == "box" else None)
-    fake.create(ContainerSpec(name="box", root=str(tmp_path)))
+    fake.create(KernelContainerSpec(name="box", root=str(tmp_path)))
     s = samples(m)
     assert s[("chital_agent_container_memory_usage_bytes", (("container", "box"),))] == 4096
     assert ("chital_agent_container_pids", (("container", "box"),)) not in s  # absent file: no series
@@ -181,7 +181,7 @@ def test_no_created_series_and_promtool_clean(sleeper: subprocess.Popen[bytes], 
     fake = FakeDevice()
     dev = InstrumentedDevice(fake, m)
     m.watch_containers(dev)
-    cid = dev.create(ContainerSpec(name="c", root=str(tmp_path)))
+    cid = dev.create(KernelContainerSpec(name="c", root=str(tmp_path)))
     dev.add_proc(cid, sleeper.pid)
     m.record_exit(0, 0)
     server = start_metrics_server("127.0.0.1:0", m.registry, port_file=tmp_path / "port")

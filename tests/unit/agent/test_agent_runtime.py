@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import threading
@@ -14,7 +15,14 @@ import pytest
 
 from chital.agent import syscalls
 from chital.agent.device.fake import FakeDevice
-from chital.agent.runtime import AgentEventKind, AgentRuntime, EventLog, Limits, ProcessState, RuntimeConfig
+from chital.agent.runtime import (
+    AgentEventKind,
+    AgentRuntime,
+    EventLog,
+    LimitsView,
+    ProcessStatus,
+    RuntimeConfig,
+)
 from chital.errdefs import (
     AlreadyExists,
     FailedPrecondition,
@@ -86,7 +94,7 @@ def test_create_is_idempotent_and_makes_a_root(rt: AgentRuntime, tmp_path: Path)
         ({"uid": "c", "root": "/tmp/../etc"}, InvalidArgument),
         ({"uid": "c", "root": "/does/not/exist"}, InvalidArgument),
         ({"uid": "c", "deny_syscalls": ["no_such_call"]}, InvalidArgument),
-        ({"uid": "c", "limits": Limits(pids_max=-1)}, InvalidArgument),
+        ({"uid": "c", "limits": LimitsView(pids_max=-1)}, InvalidArgument),
         ({"uid": "c", "name": "bad name"}, InvalidArgument),
     ],
 )
@@ -110,7 +118,7 @@ def test_start_exit_code_env_logs_and_events(rt: AgentRuntime) -> None:
     )
     assert p.pid > 0
     done = rt.wait_process("p1", timeout=10)
-    assert (done.state, done.exit_code, done.signal) == (ProcessState.EXITED, 3, 0)
+    assert (done.state, done.exit_code, done.signal) == (ProcessStatus.EXITED, 3, 0)
     out = logs(rt, "p1")
     assert out["stdout"] == f"bar\n{c.root}/work\n".encode()
     assert out["stderr"] == b"oops\n"
@@ -293,7 +301,7 @@ def test_adopt_and_remove(rt: AgentRuntime) -> None:
     pid = int(out.stdout)
     try:
         p = rt.adopt_process("c1", "adopted", pid)
-        assert p.state is ProcessState.RUNNING and p.argv == ("sleep", "30")
+        assert p.state is ProcessStatus.RUNNING and p.argv == ("sleep", "30")
         assert rt.adopt_process("c1", "adopted", pid) == p
         with pytest.raises(AlreadyExists):
             rt.adopt_process("c1", "adopted", pid + 1)
@@ -310,7 +318,7 @@ def test_adopt_and_remove(rt: AgentRuntime) -> None:
             rt.remove_process("c1", pid)
         rt.adopt_process("c2", "other", pid)
         rt.signal_process("adopted", 15)
-        assert rt.wait_process("adopted", 10).state is ProcessState.EXITED
+        assert rt.wait_process("adopted", 10).state is ProcessStatus.EXITED
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, 9)
@@ -319,7 +327,7 @@ def test_adopt_and_remove(rt: AgentRuntime) -> None:
 def test_restart_recovers_containers_from_the_device(device: FakeDevice, tmp_path: Path) -> None:
     config = RuntimeConfig(state_dir=tmp_path / "state")
     first = AgentRuntime(device, config)
-    first.create_container("c1", name="web", deny_syscalls=["mount"], limits=Limits(pids_max=7))
+    first.create_container("c1", name="web", deny_syscalls=["mount"], limits=LimitsView(pids_max=7))
     p = first.start_process("c1", "p1", ["sleep", "30"])
     first.close()
     second = AgentRuntime(device, config)
@@ -328,13 +336,43 @@ def test_restart_recovers_containers_from_the_device(device: FakeDevice, tmp_pat
         assert (c.uid, c.name, c.deny_syscalls, c.limits.pids_max) == ("c1", "web", ("mount",), 7)
         assert c.member_pids == (p.pid,)
         (proc,) = second.sync().processes
-        assert (proc.uid, proc.pid, proc.state) == ("p1", p.pid, ProcessState.RUNNING)
+        assert (proc.uid, proc.pid, proc.state) == ("p1", p.pid, ProcessStatus.RUNNING)
         assert second.info().boot_id != first.info().boot_id
         second.destroy_container("c1", 0)
     finally:
         second.close()
         with contextlib.suppress(ChildProcessError):
             os.waitpid(p.pid, 0)  # the first runtime's reaper stopped; reap the child here
+
+
+def test_restart_reads_process_records_of_the_previous_version(device: FakeDevice, tmp_path: Path) -> None:
+    """Records store the uppercase status; those an older agent wrote in lowercase still load."""
+    config = RuntimeConfig(state_dir=tmp_path / "state")
+    first = AgentRuntime(device, config)
+    first.create_container("c1")
+    running = first.start_process("c1", "p1", ["sleep", "30"])
+    first.start_process("c1", "p2", ["sh", "-c", "exit 4"])
+    assert first.wait_process("p2", 10).exit_code == 4
+    first.close()
+    records = tmp_path / "state" / "containers" / "c1" / "processes"
+    for uid, state in (("p1", "RUNNING"), ("p2", "EXITED")):
+        path = records / f"{uid}.json"
+        data = json.loads(path.read_text())
+        assert data["state"] == state
+        data["state"] = state.lower()  # as the previous version wrote it
+        path.write_text(json.dumps(data))
+    second = AgentRuntime(device, config)
+    try:
+        procs = {p.uid: p for p in second.sync().processes}
+        assert (procs["p1"].pid, procs["p1"].state) == (running.pid, ProcessStatus.RUNNING)
+        assert (procs["p2"].state, procs["p2"].exit_code) == (ProcessStatus.EXITED, 4)
+        second.signal_process("p1", 9)
+        assert second.wait_process("p1", 10).state is ProcessStatus.EXITED
+        second.destroy_container("c1", 0)
+    finally:
+        second.close()
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(running.pid, 0)  # the first runtime's reaper stopped; reap the child here
 
 
 def test_process_gets_no_agent_fds(rt: AgentRuntime) -> None:

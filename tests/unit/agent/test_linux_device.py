@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from chital.agent.device import abi
-from chital.agent.device.base import ContainerSpec, EventKind
+from chital.agent.device.base import EventKind, KernelContainerSpec
 from chital.agent.device.linux import LinuxDevice
 from chital.errdefs import InvalidArgument, NotFound, Unimplemented
 
@@ -67,7 +67,7 @@ def test_errno_is_mapped(fifo: tuple[LinuxDevice, int]) -> None:
     with pytest.raises(Unimplemented):  # ioctl on a FIFO: ENOTTY
         dev.list()
     with pytest.raises(InvalidArgument):
-        dev.create(ContainerSpec(name="x" * 64, root="/"))
+        dev.create(KernelContainerSpec(name="x" * 64, root="/"))
     with pytest.raises(InvalidArgument):
         dev.set_policy(1, frozenset({512}))
     with pytest.raises(InvalidArgument):

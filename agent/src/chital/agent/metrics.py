@@ -48,7 +48,7 @@ from prometheus_client.registry import Collector
 from chital.errdefs import ChitalError
 
 from ._version import __version__
-from .device.base import ContainerInfo, ContainerSpec, Device, DeviceVersion, EventBatch
+from .device.base import ContainerInfo, Device, DeviceVersion, EventBatch, KernelContainerSpec
 from .syscalls import name_of
 
 __all__ = [
@@ -208,7 +208,7 @@ class InstrumentedDevice:
     def version(self) -> DeviceVersion:
         return self._call("VERSION", self.inner.version)
 
-    def create(self, spec: ContainerSpec) -> int:
+    def create(self, spec: KernelContainerSpec) -> int:
         return self._call("CREATE", lambda: self.inner.create(spec))
 
     def destroy(self, container_id: int, *, kill_members: bool = False) -> None:

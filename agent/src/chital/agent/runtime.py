@@ -58,7 +58,7 @@ from chital.errdefs import (
 
 from . import __version__, policy, syscalls
 from .cgroup import CgroupManager
-from .device.base import ROOT_MAX, ContainerLimits, ContainerSpec, Device, DeviceEvent, EventKind
+from .device.base import ROOT_MAX, Device, DeviceEvent, EventKind, KernelContainerSpec, KernelLimits
 from .device.fake import FakeDevice
 from .metrics import AgentMetrics
 from .policy import Sandbox
@@ -70,13 +70,13 @@ _UNKNOWN_EXIT = ExitStatus(exit_code=-1, signal=0, wait_status=None)
 __all__ = [
     "AgentEvent",
     "AgentEventKind",
-    "AgentInfo",
+    "AgentInfoView",
     "AgentRuntime",
     "ContainerStats",
     "ContainerView",
-    "Limits",
+    "LimitsView",
     "LogChunk",
-    "ProcessState",
+    "ProcessStatus",
     "ProcessView",
     "RuntimeConfig",
     "Sandbox",
@@ -100,9 +100,23 @@ _I32_MAX = 0x7FFFFFFF
 _COMPAT_BIT = 0x80000000
 
 
-class ProcessState(enum.Enum):
-    RUNNING = "running"
-    EXITED = "exited"
+class ProcessStatus(enum.Enum):
+    """A process as the agent sees it; the value is what process records store."""
+
+    RUNNING = "RUNNING"
+    EXITED = "EXITED"
+
+    @classmethod
+    def from_record(cls, raw: object) -> ProcessStatus | None:
+        """The status a process record stores, or None if it stores none that is known. Agents
+        before the names were unified wrote lowercase values ("running", "exited"); a restarted
+        agent still reads the records they left."""
+        if not isinstance(raw, str):
+            return None
+        try:
+            return cls(raw.upper())
+        except ValueError:
+            return None
 
 
 class AgentEventKind(enum.IntEnum):
@@ -114,7 +128,7 @@ class AgentEventKind(enum.IntEnum):
 
 
 @dataclass(frozen=True, slots=True)
-class Limits:
+class LimitsView:
     memory_max_bytes: int = 0
     pids_max: int = 0
     cpu_max_millicores: int = 0
@@ -125,7 +139,7 @@ class ContainerView:
     uid: str
     name: str
     root: str
-    limits: Limits
+    limits: LimitsView
     deny_syscalls: tuple[str, ...]
     kernel_id: int
     member_pids: tuple[int, ...]
@@ -138,7 +152,7 @@ class ProcessView:
     uid: str
     container_uid: str
     pid: int
-    state: ProcessState
+    state: ProcessStatus
     exit_code: int
     signal: int
     oom_killed: bool
@@ -185,7 +199,7 @@ class ContainerStats:
 
 
 @dataclass(frozen=True, slots=True)
-class AgentInfo:
+class AgentInfoView:
     agent_version: str
     kernel_release: str
     module_version: str
@@ -287,7 +301,7 @@ class _Container:
     name: str
     root: str
     owns_root: bool
-    limits: Limits
+    limits: LimitsView
     deny_syscalls: tuple[str, ...]
     kernel_id: int
     stopping: bool = False
@@ -310,7 +324,7 @@ class _Process:
     start_time: float
     stdout_path: str
     stderr_path: str
-    state: ProcessState = ProcessState.RUNNING
+    state: ProcessStatus = ProcessStatus.RUNNING
     exit_code: int = 0
     signal: int = 0
     exit_time: float | None = None
@@ -368,12 +382,12 @@ def denied_syscall(raw: int) -> tuple[int, bool]:
 
 def _device_spec(
     name: str, root: str, deny: frozenset[int], max_members: int, deny_raw: bool
-) -> ContainerSpec:
-    return ContainerSpec(
+) -> KernelContainerSpec:
+    return KernelContainerSpec(
         name=name,
         root=root,
         deny_syscalls=deny,
-        limits=ContainerLimits(max_members=max_members),
+        limits=KernelLimits(max_members=max_members),
         deny_raw_sockets=deny_raw,
     )
 
@@ -492,13 +506,13 @@ class AgentRuntime:
         uid: str,
         name: str = "",
         root: str = "",
-        limits: Limits | None = None,
+        limits: LimitsView | None = None,
         deny_syscalls: Sequence[str] = (),
         *,
         sandbox: Sandbox | None = None,
     ) -> ContainerView:
         _check_uid(uid, "container uid")
-        limits = limits or Limits()
+        limits = limits or LimitsView()
         sandbox = policy.validate_sandbox(sandbox or Sandbox())
         with self._lock:
             self._check_open()
@@ -577,7 +591,7 @@ class AgentRuntime:
             return self._container_view(rec)
 
     def _create_in_kernel(
-        self, uid: str, name: str, root: str, *, limits: Limits, deny: frozenset[int], sandbox: Sandbox
+        self, uid: str, name: str, root: str, *, limits: LimitsView, deny: frozenset[int], sandbox: Sandbox
     ) -> tuple[int, int | None, int]:
         """cgroup, namespace holder (real device), kernel container: (kernel id, holder pid, start)."""
         self._create_cgroup(uid, limits)
@@ -636,7 +650,7 @@ class AgentRuntime:
             shutil.rmtree(rec.root, ignore_errors=True)
         log.info("destroyed container %s (kernel id %d)", uid, kernel_id)
 
-    def _create_cgroup(self, uid: str, limits: Limits) -> None:
+    def _create_cgroup(self, uid: str, limits: LimitsView) -> None:
         if self._cgroups is not None:
             self._cgroups.create(
                 uid,
@@ -682,7 +696,7 @@ class AgentRuntime:
             pids = [
                 p.pid
                 for p in self._processes.values()
-                if p.container_uid == container_uid and p.state is ProcessState.RUNNING and p.started
+                if p.container_uid == container_uid and p.state is ProcessStatus.RUNNING and p.started
             ]
         for pid in pids:
             with contextlib.suppress(OSError):
@@ -998,7 +1012,7 @@ class AgentRuntime:
             proc = self._processes.get(process_uid)
             if proc is None:
                 raise NotFound(f"process {process_uid[:80]!r} does not exist")
-            if proc.state is ProcessState.EXITED:
+            if proc.state is ProcessStatus.EXITED:
                 raise FailedPrecondition(f"process {process_uid} has exited")
             pid = proc.pid
         self._runner.send_signal(pid, sig)
@@ -1051,9 +1065,9 @@ class AgentRuntime:
             self._persist_process(proc)
 
     def _record_exit(self, proc: _Process, status: ExitStatus) -> None:
-        if proc.state is not ProcessState.EXITED:
+        if proc.state is not ProcessStatus.EXITED:
             puid, pid = proc.uid, proc.pid
-            proc.state = ProcessState.EXITED
+            proc.state = ProcessStatus.EXITED
             proc.exit_code = status.exit_code
             proc.signal = status.signal
             proc.exit_time = time.time()
@@ -1200,11 +1214,11 @@ class AgentRuntime:
             processes = tuple(p.view() for p in self._processes.values())
             return SyncState(containers, processes, self._events.last_seq)
 
-    def info(self) -> AgentInfo:
+    def info(self) -> AgentInfoView:
         with self._lock:
             count = len(self._containers)
             digest = hashlib.sha256(f"{self.boot_id}:{self._generation}".encode()).hexdigest()[:32]
-        return AgentInfo(
+        return AgentInfoView(
             agent_version=__version__,
             kernel_release=self._version.kernel_release or os.uname().release,
             module_version=self._version.module_version,
@@ -1259,7 +1273,7 @@ class AgentRuntime:
             lim = (
                 [int(x) for x in raw_limits] if isinstance(raw_limits, list) and len(raw_limits) == 3 else []
             )
-            limits = Limits(*lim) if lim else Limits(pids_max=info.limits.max_members)
+            limits = LimitsView(*lim) if lim else LimitsView(pids_max=info.limits.max_members)
             deny = meta.get("deny_syscalls")
             sandbox, effective, holder_pid, holder_start = _sandbox_from_meta(meta, info.deny_syscalls)
             if holder_pid is not None and _start_time(holder_pid) != holder_start:
@@ -1365,13 +1379,13 @@ class AgentRuntime:
                 started=bool(data.get("started", False)),
                 oom_base=int(data.get("oom_base", 0)),
             )
-            if data.get("state") == ProcessState.RUNNING.value:
+            if ProcessStatus.from_record(data.get("state")) is ProcessStatus.RUNNING:
                 # Still running, or its exit waits in the kernel's queue (drained next).
                 self._running_by_pid.setdefault(pid, []).append(puid)
                 if pid not in members:
                     unresolved.append(pid)
             else:
-                proc.state = ProcessState.EXITED
+                proc.state = ProcessStatus.EXITED
                 proc.exit_code = int(data.get("exit_code", -1))
                 proc.signal = int(data.get("signal", 0))
                 proc.oom_killed = bool(data.get("oom_killed", False))

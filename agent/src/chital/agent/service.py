@@ -22,8 +22,8 @@ from .runtime import (
     AgentEventKind,
     AgentRuntime,
     ContainerView,
-    Limits,
-    ProcessState,
+    LimitsView,
+    ProcessStatus,
     ProcessView,
     Sandbox,
 )
@@ -40,8 +40,8 @@ _EVENT_KINDS = {
     AgentEventKind.EVENTS_DROPPED: pb.EVENT_KIND_EVENTS_DROPPED,
 }
 _PROCESS_STATES = {
-    ProcessState.RUNNING: pb.PROCESS_STATE_RUNNING,
-    ProcessState.EXITED: pb.PROCESS_STATE_EXITED,
+    ProcessStatus.RUNNING: pb.PROCESS_STATE_RUNNING,
+    ProcessStatus.EXITED: pb.PROCESS_STATE_EXITED,
 }
 _LOG_STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
 #: How long a stream waits for news before it checks that its client is still there.
@@ -163,7 +163,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
             uid=request.uid,
             name=request.name,
             root=request.root,
-            limits=Limits(
+            limits=LimitsView(
                 memory_max_bytes=request.limits.memory_max_bytes,
                 pids_max=request.limits.pids_max,
                 cpu_max_millicores=request.limits.cpu_max_millicores,

@@ -39,11 +39,11 @@ __all__ = [
     "PROC_DESCENDANTS",
     "ROOT_MAX",
     "STRUCTS",
+    "AbiLimits",
     "Create",
     "Destroy",
     "Event",
     "Info",
-    "Limits",
     "List",
     "Policy",
     "Proc",
@@ -81,7 +81,7 @@ class Policy(ctypes.Structure):
     _fields_ = [("deny", u64 * POLICY_WORDS), ("flags", u64), ("reserved", u64)]
 
 
-class Limits(ctypes.Structure):
+class AbiLimits(ctypes.Structure):
     _fields_ = [("max_members", u32), ("reserved", u32 * 3)]
 
 
@@ -110,7 +110,7 @@ class Create(ctypes.Structure):
         ("root_len", u32),
         ("reserved", u32),
         ("policy", Policy),
-        ("limits", Limits),
+        ("limits", AbiLimits),
     ]
 
 
@@ -140,7 +140,7 @@ class Info(ctypes.Structure):
         ("syscalls_total", u64),
         ("denied_total", u64),
         ("policy", Policy),
-        ("limits", Limits),
+        ("limits", AbiLimits),
     ]
 
 
@@ -173,7 +173,7 @@ class Event(ctypes.Structure):
 #: Every struct of the header, by its C name.
 STRUCTS: dict[str, type[ctypes.Structure]] = {
     "chital_policy": Policy,
-    "chital_limits": Limits,
+    "chital_limits": AbiLimits,
     "chital_version": Version,
     "chital_create": Create,
     "chital_destroy": Destroy,

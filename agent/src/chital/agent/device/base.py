@@ -57,21 +57,21 @@ class DeviceVersion:
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerLimits:
+class KernelLimits:
     """Limits the module itself enforces (cgroup limits are the agent's business). 0 = unlimited."""
 
     max_members: int = 0
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerSpec:
+class KernelContainerSpec:
     """What CREATE takes. ``deny_raw_sockets``: socket()/socketpair() of AF_PACKET, or of type
     SOCK_RAW (or the obsolete SOCK_PACKET) in any family, fail with EPERM for members."""
 
     name: str
     root: str
     deny_syscalls: frozenset[int] = frozenset()
-    limits: ContainerLimits = field(default_factory=ContainerLimits)
+    limits: KernelLimits = field(default_factory=KernelLimits)
     deny_raw_sockets: bool = False
 
 
@@ -90,7 +90,7 @@ class ContainerInfo:
     syscalls_total: int
     denied_total: int
     deny_syscalls: frozenset[int]
-    limits: ContainerLimits
+    limits: KernelLimits
     deny_raw_sockets: bool = False
 
 
@@ -125,7 +125,7 @@ class Device(Protocol):
 
     def version(self) -> DeviceVersion: ...
 
-    def create(self, spec: ContainerSpec) -> int:
+    def create(self, spec: KernelContainerSpec) -> int:
         """Create a container; returns its id (never reused while the module is loaded)."""
         ...
 

@@ -71,12 +71,12 @@ from .base import (
     READ_BATCH,
     ROOT_MAX,
     ContainerInfo,
-    ContainerLimits,
-    ContainerSpec,
     DeviceEvent,
     DeviceVersion,
     EventBatch,
     EventKind,
+    KernelContainerSpec,
+    KernelLimits,
 )
 
 __all__ = ["ALWAYS_DENIED", "COMPAT_SYSCALL", "DEFAULT_QUEUE_LEN", "READ_BATCH", "FakeDevice"]
@@ -255,7 +255,7 @@ class _Container:
     name: str
     root: str
     deny: frozenset[int]
-    limits: ContainerLimits
+    limits: KernelLimits
     deny_raw_sockets: bool
     members: list[int] = field(default_factory=list)  # member processes, in order of joining
     counters: dict[int, list[int]] = field(default_factory=dict)  # nr -> [calls, denied]
@@ -372,7 +372,7 @@ class FakeDevice:
             abi_major=2, abi_minor=0, module_version="fake", kernel_release=os.uname().release
         )
 
-    def create(self, spec: ContainerSpec) -> int:
+    def create(self, spec: KernelContainerSpec) -> int:
         name_b = spec.name.encode("utf-8", "surrogateescape")
         if not 1 <= len(name_b) <= NAME_MAX or not _NAME_RE.fullmatch(name_b):
             raise InvalidArgument(f"container name must be 1..{NAME_MAX} bytes of [A-Za-z0-9_.-]")

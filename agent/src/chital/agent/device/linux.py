@@ -21,12 +21,12 @@ from chital.errdefs import ChitalError, FailedPrecondition, InvalidArgument, fro
 from . import abi
 from .base import (
     ContainerInfo,
-    ContainerLimits,
-    ContainerSpec,
     DeviceEvent,
     DeviceVersion,
     EventBatch,
     EventKind,
+    KernelContainerSpec,
+    KernelLimits,
 )
 
 __all__ = ["DEFAULT_PATH", "IncompatibleModule", "LinuxDevice", "errno_to_error"]
@@ -133,7 +133,7 @@ class LinuxDevice:
         """Events the module's queue dropped since it was loaded."""
         return int(self._raw_version().events_dropped)
 
-    def create(self, spec: ContainerSpec) -> int:
+    def create(self, spec: KernelContainerSpec) -> int:
         name = spec.name.encode()
         root = spec.root.encode()
         if not 0 < len(name) <= abi.NAME_MAX or b"\0" in name:
@@ -203,7 +203,7 @@ class LinuxDevice:
             syscalls_total=int(info.syscalls_total),
             denied_total=int(info.denied_total),
             deny_syscalls=_deny_set(info.policy),
-            limits=ContainerLimits(max_members=int(info.limits.max_members)),
+            limits=KernelLimits(max_members=int(info.limits.max_members)),
             deny_raw_sockets=bool(info.policy.flags & abi.POLICY_DENY_RAW_SOCKETS),
         )
 
