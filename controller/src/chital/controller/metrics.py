@@ -18,12 +18,14 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
     PlatformCollector,
     ProcessCollector,
     start_http_server,
 )
 from prometheus_client.core import GaugeMetricFamily
 
+from chital.controller._version import __version__
 from chital.controller.records import ContainerState, HostState, ProcessState
 
 __all__ = ["ControllerMetrics", "StateSource"]
@@ -105,6 +107,9 @@ class ControllerMetrics:
         # process_* (CPU, resident memory, fds of the controller itself) and python_info.
         ProcessCollector(registry=r)
         PlatformCollector(registry=r)
+        # chital_controller_build_info{version="..."} 1: the release every controller replica runs.
+        self.build_info = Info("chital_controller_build", "The controller's version.", registry=r)
+        self.build_info.info({"version": __version__})
         self.rpc_started = Counter(
             "chital_controller_grpc_server_started_total",
             "RPCs started.",
