@@ -14,7 +14,7 @@ from chital.controller.db import make_engine
 from chital.controller.events import EventIngestor
 from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.placement import choose_host
-from chital.controller.records import AgentInfo, ContainerSpec, ContainerState, HostHealth
+from chital.controller.records import AgentInfoRecord, ContainerSpec, ContainerState, HostHealth
 from chital.controller.store import Store
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -57,7 +57,7 @@ def setup(tmp_path: Path) -> Iterator[tuple[Store, HostMonitor, Clock]]:
 def test_ready_host_goes_not_ready_then_lost(setup: tuple[Store, HostMonitor, Clock]) -> None:
     store, monitor, clock = setup
     store.register_host("h1", refused_address(), {}, 0, T0)
-    store.record_health("h1", HostHealth.READY, T0, info=AgentInfo(boot_id="b"), last_seen=T0)
+    store.record_health("h1", HostHealth.READY, T0, info=AgentInfoRecord(boot_id="b"), last_seen=T0)
     store.create_container("c1", "r1", ContainerSpec(name="a"), T0, choose_host)
     store.finish_create("c1", True, "", T0)
 

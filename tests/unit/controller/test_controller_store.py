@@ -11,7 +11,7 @@ import pytest
 from chital.controller.db import make_engine
 from chital.controller.placement import choose_host
 from chital.controller.records import (
-    AgentInfo,
+    AgentInfoRecord,
     ContainerSpec,
     ContainerState,
     EventType,
@@ -41,7 +41,7 @@ def store(fresh_database_url: str) -> Iterator[Store]:
 def ready_host(store: Store, host_id: str = "h1", address: str = "127.0.0.1:1") -> None:
     store.register_host(host_id, address, {}, 0, T0)
     store.record_health(
-        host_id, HostHealth.READY, T0, info=AgentInfo(device="fake", boot_id="b1"), last_seen=T0
+        host_id, HostHealth.READY, T0, info=AgentInfoRecord(device="fake", boot_id="b1"), last_seen=T0
     )
 
 

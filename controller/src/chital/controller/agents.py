@@ -23,7 +23,7 @@ import grpc
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.metrics import ControllerMetrics
-from chital.controller.records import AgentInfo, ContainerRecord, ProcessRecord
+from chital.controller.records import AgentInfoRecord, ContainerRecord, ProcessRecord
 from chital.controller.store import AgentEvent
 from chital.daemon.logs import RequestIdClientInterceptor
 from chital.errdefs import ChitalError, FailedPrecondition, Unavailable, from_grpc_code
@@ -112,7 +112,7 @@ class AgentClient:
             done("OK")
         return result
 
-    def get_info(self, timeout: float | None = None) -> AgentInfo:
+    def get_info(self, timeout: float | None = None) -> AgentInfoRecord:
         """The agent's versions and state (the health check)."""
         resp = self._call(
             lambda: self._stub.GetInfo(agent_pb2.GetInfoRequest(), timeout=timeout or self.timeout), "GetInfo"
@@ -219,10 +219,10 @@ class AgentClient:
         return call, chunks()
 
 
-def info_from_pb(resp: Any) -> AgentInfo:
-    """AgentInfo from a GetInfoResponse."""
+def info_from_pb(resp: Any) -> AgentInfoRecord:
+    """AgentInfoRecord from a GetInfoResponse."""
     abi = f"{resp.abi_major}.{resp.abi_minor}" if resp.abi_major or resp.abi_minor else ""
-    return AgentInfo(
+    return AgentInfoRecord(
         agent_version=resp.agent_version,
         kernel_release=resp.kernel_release,
         module_version=resp.module_version,

@@ -28,7 +28,7 @@ import grpc
 from chital.controller.agents import AgentPool, info_from_pb, map_agent_error
 from chital.controller.events import EventIngestor
 from chital.controller.metrics import ControllerMetrics
-from chital.controller.records import AgentInfo, HostHealth, HostRecord
+from chital.controller.records import AgentInfoRecord, HostHealth, HostRecord
 from chital.controller.store import Store
 from chital.errdefs import ChitalError, NotFound
 
@@ -68,7 +68,7 @@ class HostMonitor:
         self._metrics = metrics or ControllerMetrics()
         self._last_ok: dict[str, datetime] = {}
         self._last_written: dict[str, datetime] = {}
-        self._last_info: dict[str, AgentInfo] = {}
+        self._last_info: dict[str, AgentInfoRecord] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -135,7 +135,7 @@ class HostMonitor:
             return self._failed(host, str(exc), sent)
         return self._succeeded(host, info, sent)
 
-    def _succeeded(self, host: HostRecord, info: AgentInfo, now: datetime) -> HostRecord:
+    def _succeeded(self, host: HostRecord, info: AgentInfoRecord, now: datetime) -> HostRecord:
         self._metrics.health_checks.labels("ok").inc()
         self._last_ok[host.id] = now
         previous_info = self._last_info.get(host.id)
@@ -200,7 +200,7 @@ class HostMonitor:
         self._last_info.pop(host_id, None)
 
 
-def _details(info: AgentInfo) -> tuple[str, ...]:
+def _details(info: AgentInfoRecord) -> tuple[str, ...]:
     return (
         info.agent_version,
         info.kernel_release,

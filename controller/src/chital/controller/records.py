@@ -12,7 +12,7 @@ __all__ = [
     "DEFAULT_GROUP_ID",
     "DEFAULT_USER_ID",
     "AdminState",
-    "AgentInfo",
+    "AgentInfoRecord",
     "ContainerRecord",
     "ContainerSpec",
     "ContainerState",
@@ -21,7 +21,7 @@ __all__ = [
     "HostHealth",
     "HostRecord",
     "HostState",
-    "Limits",
+    "LimitsRecord",
     "ProcessRecord",
     "ProcessSpec",
     "ProcessState",
@@ -104,7 +104,7 @@ class EventType(StrEnum):
 
 
 @dataclass(frozen=True)
-class AgentInfo:
+class AgentInfoRecord:
     """What an agent reported about itself."""
 
     agent_version: str = ""
@@ -128,7 +128,7 @@ class HostRecord:
     labels: dict[str, str]
     max_containers: int
     container_count: int
-    agent: AgentInfo
+    agent: AgentInfoRecord
     message: str
     last_seen: datetime | None
     created: datetime
@@ -150,7 +150,7 @@ class HostRecord:
 
 
 @dataclass(frozen=True)
-class Limits:
+class LimitsRecord:
     """Resource limits; zero means unlimited."""
 
     memory_max_bytes: int = 0
@@ -201,7 +201,7 @@ class ContainerSpec:
 
     name: str
     labels: dict[str, str] = field(default_factory=dict)
-    limits: Limits = Limits()
+    limits: LimitsRecord = LimitsRecord()
     root: str = ""
     deny_syscalls: tuple[str, ...] = ()
     host: str = ""
@@ -217,7 +217,7 @@ class ContainerRecord:
     request_id: str
     state: ContainerState
     labels: dict[str, str]
-    limits: Limits
+    limits: LimitsRecord
     root: str
     deny_syscalls: tuple[str, ...]
     requested_host: str
@@ -336,7 +336,7 @@ def to_json(record: ContainerRecord | ProcessRecord) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in dataclasses.fields(record):
         value = getattr(record, f.name)
-        if isinstance(value, Limits):
+        if isinstance(value, LimitsRecord):
             out[f.name] = dataclasses.asdict(value)
         elif isinstance(value, Sandbox):
             out[f.name] = value.to_json()
@@ -357,7 +357,7 @@ def container_from_json(data: dict[str, Any]) -> ContainerRecord:
         request_id=data["request_id"],
         state=ContainerState(data["state"]),
         labels=dict(data["labels"]),
-        limits=Limits(**data["limits"]),
+        limits=LimitsRecord(**data["limits"]),
         root=data["root"],
         deny_syscalls=tuple(data["deny_syscalls"]),
         requested_host=data["requested_host"],

@@ -28,7 +28,7 @@ from chital.controller.records import (
     EventType,
     HostRecord,
     HostState,
-    Limits,
+    LimitsRecord,
     ProcessRecord,
     ProcessSpec,
     Sandbox,
@@ -163,7 +163,7 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
         spec = ContainerSpec(
             name=request.name,
             labels=dict(request.labels),
-            limits=Limits(
+            limits=LimitsRecord(
                 memory_max_bytes=request.limits.memory_max_bytes,
                 pids_max=request.limits.pids_max,
                 cpu_max_millicores=request.limits.cpu_max_millicores,

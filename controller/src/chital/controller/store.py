@@ -32,7 +32,7 @@ from chital.controller.records import (
     LIVE_PROCESS_STATES,
     PLACED_STATES,
     AdminState,
-    AgentInfo,
+    AgentInfoRecord,
     ContainerRecord,
     ContainerSpec,
     ContainerState,
@@ -41,7 +41,7 @@ from chital.controller.records import (
     HostHealth,
     HostRecord,
     HostState,
-    Limits,
+    LimitsRecord,
     ProcessRecord,
     ProcessSpec,
     ProcessState,
@@ -207,7 +207,7 @@ class Store:
             labels=dict(row.labels),
             max_containers=row.max_containers,
             container_count=container_count,
-            agent=AgentInfo(
+            agent=AgentInfoRecord(
                 agent_version=row.agent_version,
                 kernel_release=row.kernel_release,
                 module_version=row.module_version,
@@ -255,7 +255,7 @@ class Store:
             request_id=row.request_id,
             state=ContainerState(row.state),
             labels=dict(row.labels),
-            limits=Limits(row.memory_max_bytes, row.pids_max, row.cpu_max_millicores),
+            limits=LimitsRecord(row.memory_max_bytes, row.pids_max, row.cpu_max_millicores),
             root=row.root,
             deny_syscalls=tuple(row.deny_syscalls),
             requested_host=row.requested_host,
@@ -415,7 +415,7 @@ class Store:
         now: datetime,
         *,
         message: str = "",
-        info: AgentInfo | None = None,
+        info: AgentInfoRecord | None = None,
         last_seen: datetime | None = None,
     ) -> tuple[HostRecord, HostHealth]:
         """Store what the health monitor decided. Returns the host and its previous health.
