@@ -46,7 +46,7 @@ docs: ## Build the documentation site (mkdocs.yml, docs/) into site/
 	NO_MKDOCS_2_WARNING=1 $(VENV_BIN)/mkdocs build --strict
 
 .PHONY: lint
-lint: ## ruff, mypy, buf lint, promtool, docker-compose config, docs, generated files fresh
+lint: ## ruff, mypy, buf lint, promtool, docker-compose config, ansible-lint, docs, generated files fresh
 	$(VENV_BIN)/ruff check .
 	$(VENV_BIN)/ruff format --check .
 	$(VENV_BIN)/mypy $(HAND_WRITTEN)
@@ -57,6 +57,7 @@ lint: ## ruff, mypy, buf lint, promtool, docker-compose config, docs, generated 
 	docker-compose -f docker-compose.yml config -q
 	$(PY) scripts/gen-api-docs.py --check
 	$(PY) scripts/version.py --check
+	cd playbooks && PATH=$(CURDIR)/$(VENV_BIN):$$PATH ansible-lint --nocolor -q
 	NO_MKDOCS_2_WARNING=1 $(VENV_BIN)/mkdocs build --strict --quiet
 
 .PHONY: fmt
