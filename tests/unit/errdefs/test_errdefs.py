@@ -1,8 +1,10 @@
-"""The three error translations map exactly as documented."""
+"""The three error translations map exactly as documented, and chital.errdefs needs no gRPC."""
 
 from __future__ import annotations
 
 import errno
+import subprocess
+import sys
 from collections.abc import Iterator
 from concurrent import futures
 from typing import Any
@@ -11,7 +13,14 @@ import grpc
 import pytest
 
 from chital import errdefs
-from chital.errdefs.grpc import ErrorInterceptor
+from chital.errdefs import Code
+from chital.errdefs.grpc import (
+    ErrorInterceptor,
+    from_grpc_code,
+    from_grpc_status,
+    to_grpc_code,
+    to_grpc_status,
+)
 
 ERRNO_TABLE = {
     errno.EINVAL: errdefs.InvalidArgument,
@@ -41,17 +50,36 @@ ERRNO_TABLE = {
 }
 
 CLASS_CODES = {
-    errdefs.NotFound: grpc.StatusCode.NOT_FOUND,
-    errdefs.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
-    errdefs.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
-    errdefs.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
-    errdefs.PermissionDenied: grpc.StatusCode.PERMISSION_DENIED,
-    errdefs.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    errdefs.Unavailable: grpc.StatusCode.UNAVAILABLE,
-    errdefs.Unimplemented: grpc.StatusCode.UNIMPLEMENTED,
-    errdefs.DeadlineExceeded: grpc.StatusCode.DEADLINE_EXCEEDED,
-    errdefs.Internal: grpc.StatusCode.INTERNAL,
+    errdefs.NotFound: Code.NOT_FOUND,
+    errdefs.AlreadyExists: Code.ALREADY_EXISTS,
+    errdefs.InvalidArgument: Code.INVALID_ARGUMENT,
+    errdefs.FailedPrecondition: Code.FAILED_PRECONDITION,
+    errdefs.PermissionDenied: Code.PERMISSION_DENIED,
+    errdefs.ResourceExhausted: Code.RESOURCE_EXHAUSTED,
+    errdefs.Unavailable: Code.UNAVAILABLE,
+    errdefs.Unimplemented: Code.UNIMPLEMENTED,
+    errdefs.DeadlineExceeded: Code.DEADLINE_EXCEEDED,
+    errdefs.Internal: Code.INTERNAL,
 }
+
+
+def test_importing_errdefs_does_not_import_grpc() -> None:
+    # A fresh interpreter: this one has imported grpc already.
+    code = (
+        "import sys, chital.errdefs as e\n"
+        "e.from_errno(2, 'x'); e.from_code(e.Code.NOT_FOUND, 'x'); e.code_of(ValueError())\n"
+        "print(sorted(m for m in sys.modules if m == 'grpc' or m.startswith(('grpc.', '_grpc'))))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_codes_are_grpcs_names_and_numbers() -> None:
+    assert [c.name for c in Code] == [s.name for s in grpc.StatusCode]
+    for code in Code:
+        status = to_grpc_status(code)
+        assert (status.name, status.value[0]) == (code.name, code.value)
+        assert from_grpc_status(status) is code
 
 
 @pytest.mark.parametrize(("err", "cls"), sorted(ERRNO_TABLE.items()))
@@ -70,24 +98,55 @@ def test_every_class_has_its_code_and_round_trips() -> None:
     assert set(CLASS_CODES) == set(errdefs.ERROR_CLASSES)
     for cls, code in CLASS_CODES.items():
         assert cls.code is code
-        assert errdefs.to_grpc_code(cls("m")) is code
-        back = errdefs.from_grpc_code(code, "m")
+        assert errdefs.code_of(cls("m")) is code
+        assert to_grpc_code(cls("m")) is grpc.StatusCode[code.name]
+        back = from_grpc_code(grpc.StatusCode[code.name], "m")
         assert type(back) is cls
         assert back.message == "m"
+        assert type(errdefs.from_code(code, "m")) is cls
 
 
 @pytest.mark.parametrize("code", list(grpc.StatusCode))
 def test_every_status_code_gives_a_typed_exception(code: grpc.StatusCode) -> None:
     if code is grpc.StatusCode.OK:
         return
-    exc = errdefs.from_grpc_code(code, "")
+    exc = from_grpc_code(code, "")
     assert isinstance(exc, errdefs.ChitalError)
     assert exc.message  # never an empty message
+    assert type(exc) is type(errdefs.from_code(from_grpc_status(code), ""))
+
+
+@pytest.mark.parametrize(
+    ("status", "cls"),
+    [
+        (grpc.StatusCode.CANCELLED, errdefs.Unavailable),
+        (grpc.StatusCode.ABORTED, errdefs.FailedPrecondition),
+        (grpc.StatusCode.OUT_OF_RANGE, errdefs.InvalidArgument),
+        (grpc.StatusCode.UNAUTHENTICATED, errdefs.PermissionDenied),
+        (grpc.StatusCode.DATA_LOSS, errdefs.Internal),
+        (grpc.StatusCode.UNKNOWN, errdefs.Internal),
+    ],
+)
+def test_transport_codes_map_to_nearest_class(
+    status: grpc.StatusCode, cls: type[errdefs.ChitalError]
+) -> None:
+    assert type(from_grpc_code(status, "m")) is cls
 
 
 def test_foreign_exceptions_are_internal() -> None:
-    assert errdefs.to_grpc_code(ValueError("x")) is grpc.StatusCode.INTERNAL
-    assert errdefs.to_grpc_code(KeyError("x")) is grpc.StatusCode.INTERNAL
+    assert errdefs.code_of(ValueError("x")) is Code.INTERNAL
+    assert to_grpc_code(ValueError("x")) is grpc.StatusCode.INTERNAL
+    assert to_grpc_code(KeyError("x")) is grpc.StatusCode.INTERNAL
+
+
+def test_old_import_paths_still_work_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match=r"chital\.errdefs\.grpc\.to_grpc_code"):
+        from chital.errdefs import to_grpc_code as old_to  # noqa: PLC0415  (the statement is the test)
+    with pytest.warns(DeprecationWarning, match=r"chital\.errdefs\.grpc\.from_grpc_code"):
+        from chital.errdefs import from_grpc_code as old_from  # noqa: PLC0415
+    assert (old_to, old_from) == (to_grpc_code, from_grpc_code)
+    with pytest.raises(AttributeError):
+        errdefs.no_such_name  # noqa: B018
 
 
 # -- The interceptor: no handler can leak UNKNOWN ------------------------------------------------
@@ -103,7 +162,7 @@ RAISES: list[BaseException] = [
 
 
 def _expected(exc: BaseException) -> grpc.StatusCode:
-    return exc.code if isinstance(exc, errdefs.ChitalError) else grpc.StatusCode.INTERNAL
+    return to_grpc_status(exc.code) if isinstance(exc, errdefs.ChitalError) else grpc.StatusCode.INTERNAL
 
 
 class _Handlers(grpc.GenericRpcHandler):

@@ -10,6 +10,7 @@ import grpc
 from chital.errdefs import (
     AlreadyExists,
     ChitalError,
+    Code,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -19,8 +20,8 @@ from chital.errdefs import (
     ResourceExhausted,
     Unavailable,
     Unimplemented,
-    from_grpc_code,
 )
+from chital.errdefs.grpc import from_grpc_code
 
 __all__ = [
     "AlreadyExists",
@@ -46,7 +47,7 @@ class Unauthenticated(PermissionDenied):
     not accept (the message says which, e.g. "token expired"). A :class:`PermissionDenied`, so code
     that catches that keeps working."""
 
-    code = grpc.StatusCode.UNAUTHENTICATED
+    code = Code.UNAUTHENTICATED
 
 
 def status_code(exc: grpc.RpcError) -> grpc.StatusCode:

@@ -26,7 +26,8 @@ from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import AgentInfoRecord, ContainerRecord, ProcessRecord
 from chital.controller.store import AgentEvent
 from chital.daemon.logs import RequestIdClientInterceptor
-from chital.errdefs import ChitalError, FailedPrecondition, Unavailable, from_grpc_code
+from chital.errdefs import ChitalError, FailedPrecondition, Unavailable
+from chital.errdefs.grpc import from_grpc_code
 from chital.security.tls import is_loopback
 
 __all__ = ["AgentClient", "AgentPool", "LogChunk", "map_agent_error"]

@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import OperationalError
 
 from chital.controller.tokens import ROLES, AuditLog, InvalidToken, Tokens
-from chital.errdefs import to_grpc_code
+from chital.errdefs import code_of
 from chital.errdefs.grpc import rewrap_handler
 from chital.security.tls import peer_from_context
 
@@ -202,7 +202,7 @@ def _outcome(context: grpc.ServicerContext, exc: BaseException | None) -> tuple[
         return "OK", ""
     if isinstance(exc, GeneratorExit):
         return grpc.StatusCode.CANCELLED.name, "cancelled"
-    return to_grpc_code(exc).name, detail or type(exc).__name__
+    return code_of(exc).name, detail or type(exc).__name__
 
 
 class AuthInterceptor(grpc.ServerInterceptor):

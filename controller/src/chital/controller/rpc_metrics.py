@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 
-from chital.errdefs import to_grpc_code
+from chital.errdefs import code_of
 from chital.errdefs.grpc import rewrap_handler
 
 from .metrics import ControllerMetrics
@@ -43,7 +43,7 @@ def _final_code(context: grpc.ServicerContext, exc: BaseException | None) -> str
     if isinstance(exc, GeneratorExit):
         return grpc.StatusCode.CANCELLED.name  # the client went away mid-stream
     # Not mapped yet: the error interceptor inside will map it exactly like this.
-    return to_grpc_code(exc).name
+    return code_of(exc).name
 
 
 class RpcMetricsInterceptor(grpc.ServerInterceptor):

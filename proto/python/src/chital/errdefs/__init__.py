@@ -1,25 +1,33 @@
 """The closed set of chital error classes, and their translations.
 
-Errors are translated at three seams only:
+This package does not import gRPC: any code (the agent's device layer, the exec helper, a CLI) can
+raise and map errors without it. Each class carries a :class:`Code`, the canonical status code it
+travels as. Errors are translated at three seams only:
 
 - errno -> errdefs in the agent's device layer: :func:`from_errno`;
 - errdefs -> gRPC status in one server interceptor: :mod:`chital.errdefs.grpc`;
-- gRPC status -> typed exception in the SDK: :func:`from_grpc_code`.
+- gRPC status -> typed exception in the SDK: :func:`chital.errdefs.grpc.from_grpc_code`.
 
 Any other exception that reaches a server is reported as ``INTERNAL`` (never ``UNKNOWN``).
 """
 
 from __future__ import annotations
 
+import enum
 import errno as _errno
+import importlib
+import warnings
+from typing import TYPE_CHECKING
 
-# Only the enum: the submodule chital.errdefs.grpc would shadow a plain `import grpc` here.
-from grpc import StatusCode
+if TYPE_CHECKING:  # the old import paths, resolved lazily by __getattr__ below
+    from chital.errdefs.grpc import from_grpc_code as from_grpc_code
+    from chital.errdefs.grpc import to_grpc_code as to_grpc_code
 
 __all__ = [
     "ERROR_CLASSES",
     "AlreadyExists",
     "ChitalError",
+    "Code",
     "DeadlineExceeded",
     "FailedPrecondition",
     "Internal",
@@ -29,16 +37,38 @@ __all__ = [
     "ResourceExhausted",
     "Unavailable",
     "Unimplemented",
+    "code_of",
+    "from_code",
     "from_errno",
-    "from_grpc_code",
-    "to_grpc_code",
 ]
 
 
-class ChitalError(Exception):
-    """Base of every chital error. ``code`` is the gRPC status code it travels as."""
+class Code(enum.Enum):
+    """The canonical status codes (google.rpc.Code: the same names and numbers as gRPC's)."""
 
-    code: StatusCode = StatusCode.INTERNAL
+    OK = 0
+    CANCELLED = 1
+    UNKNOWN = 2
+    INVALID_ARGUMENT = 3
+    DEADLINE_EXCEEDED = 4
+    NOT_FOUND = 5
+    ALREADY_EXISTS = 6
+    PERMISSION_DENIED = 7
+    RESOURCE_EXHAUSTED = 8
+    FAILED_PRECONDITION = 9
+    ABORTED = 10
+    OUT_OF_RANGE = 11
+    UNIMPLEMENTED = 12
+    INTERNAL = 13
+    UNAVAILABLE = 14
+    DATA_LOSS = 15
+    UNAUTHENTICATED = 16
+
+
+class ChitalError(Exception):
+    """Base of every chital error. ``code`` is the status code it travels as."""
+
+    code: Code = Code.INTERNAL
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
@@ -51,61 +81,61 @@ class ChitalError(Exception):
 class NotFound(ChitalError):
     """The named resource does not exist."""
 
-    code = StatusCode.NOT_FOUND
+    code = Code.NOT_FOUND
 
 
 class AlreadyExists(ChitalError):
     """A resource with that name or id exists already."""
 
-    code = StatusCode.ALREADY_EXISTS
+    code = Code.ALREADY_EXISTS
 
 
 class InvalidArgument(ChitalError):
     """The request is malformed, whatever the state of the system."""
 
-    code = StatusCode.INVALID_ARGUMENT
+    code = Code.INVALID_ARGUMENT
 
 
 class FailedPrecondition(ChitalError):
     """The system is not in a state the request needs (for example, a container still runs)."""
 
-    code = StatusCode.FAILED_PRECONDITION
+    code = Code.FAILED_PRECONDITION
 
 
 class PermissionDenied(ChitalError):
     """The caller may not do this."""
 
-    code = StatusCode.PERMISSION_DENIED
+    code = Code.PERMISSION_DENIED
 
 
 class ResourceExhausted(ChitalError):
     """A limit or a capacity is exhausted (no host has room, queue full, out of memory)."""
 
-    code = StatusCode.RESOURCE_EXHAUSTED
+    code = Code.RESOURCE_EXHAUSTED
 
 
 class Unavailable(ChitalError):
     """A dependency cannot be reached now; retrying later may succeed."""
 
-    code = StatusCode.UNAVAILABLE
+    code = Code.UNAVAILABLE
 
 
 class Unimplemented(ChitalError):
     """The operation is not supported here (for example, by this kernel module version)."""
 
-    code = StatusCode.UNIMPLEMENTED
+    code = Code.UNIMPLEMENTED
 
 
 class DeadlineExceeded(ChitalError):
     """The operation did not finish before its deadline."""
 
-    code = StatusCode.DEADLINE_EXCEEDED
+    code = Code.DEADLINE_EXCEEDED
 
 
 class Internal(ChitalError):
     """A bug or an unexpected condition; details are in the server's log."""
 
-    code = StatusCode.INTERNAL
+    code = Code.INTERNAL
 
 
 ERROR_CLASSES: tuple[type[ChitalError], ...] = (
@@ -121,16 +151,16 @@ ERROR_CLASSES: tuple[type[ChitalError], ...] = (
     Internal,
 )
 
-_BY_CODE: dict[StatusCode, type[ChitalError]] = {cls.code: cls for cls in ERROR_CLASSES}
+_BY_CODE: dict[Code, type[ChitalError]] = {cls.code: cls for cls in ERROR_CLASSES}
 # Codes that no chital server sends on purpose but a transport or proxy may produce.
 _BY_CODE.update(
     {
-        StatusCode.CANCELLED: Unavailable,
-        StatusCode.ABORTED: FailedPrecondition,
-        StatusCode.OUT_OF_RANGE: InvalidArgument,
-        StatusCode.UNAUTHENTICATED: PermissionDenied,
-        StatusCode.DATA_LOSS: Internal,
-        StatusCode.UNKNOWN: Internal,
+        Code.CANCELLED: Unavailable,
+        Code.ABORTED: FailedPrecondition,
+        Code.OUT_OF_RANGE: InvalidArgument,
+        Code.UNAUTHENTICATED: PermissionDenied,
+        Code.DATA_LOSS: Internal,
+        Code.UNKNOWN: Internal,
     }
 )
 
@@ -169,14 +199,30 @@ def from_errno(err: int, message: str) -> ChitalError:
     return cls(f"{message}: {name}")
 
 
-def to_grpc_code(exc: BaseException) -> StatusCode:
+def code_of(exc: BaseException) -> Code:
     """The status code an exception travels as: its class's code, or INTERNAL for anything else."""
     if isinstance(exc, ChitalError):
         return exc.code
-    return StatusCode.INTERNAL
+    return Code.INTERNAL
 
 
-def from_grpc_code(code: StatusCode, message: str) -> ChitalError:
-    """The typed exception for a gRPC status received by a client."""
+def from_code(code: Code, message: str) -> ChitalError:
+    """The typed exception for a status code; codes no chital server sends on purpose map to the
+    nearest class (CANCELLED -> Unavailable, UNKNOWN -> Internal, ...). ``OK`` is Internal: it is
+    no error."""
     cls = _BY_CODE.get(code, Internal)
     return cls(message or code.name)
+
+
+_MOVED = {"to_grpc_code", "from_grpc_code"}
+
+
+def __getattr__(name: str) -> object:
+    # chital.errdefs.to_grpc_code/from_grpc_code moved to chital.errdefs.grpc; the old names still
+    # resolve (importing gRPC only then) so existing code keeps working.
+    if name in _MOVED:
+        warnings.warn(
+            f"chital.errdefs.{name} moved to chital.errdefs.grpc.{name}", DeprecationWarning, stacklevel=2
+        )
+        return getattr(importlib.import_module("chital.errdefs.grpc"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,8 +1,9 @@
-"""errdefs -> gRPC status: the one server-side translation, as an interceptor.
+"""errdefs <-> gRPC status: the translations that need gRPC, kept out of :mod:`chital.errdefs`.
 
 Every handler of every chital server runs inside :class:`ErrorInterceptor`: a ``ChitalError``
 becomes its status code and message; any other exception is logged with its traceback and
-becomes ``INTERNAL`` (so nothing ever reaches a client as ``UNKNOWN``).
+becomes ``INTERNAL`` (so nothing ever reaches a client as ``UNKNOWN``). Clients turn a received
+status back into a typed exception with :func:`from_grpc_code`.
 """
 
 from __future__ import annotations
@@ -13,17 +14,48 @@ from typing import Any
 
 import grpc
 
-from chital.errdefs import ChitalError
+from chital.errdefs import ChitalError, Code, code_of, from_code
 
 log = logging.getLogger("chital.errdefs")
 
-__all__ = ["ErrorInterceptor", "abort_with", "rewrap_handler"]
+__all__ = [
+    "ErrorInterceptor",
+    "abort_with",
+    "from_grpc_code",
+    "from_grpc_status",
+    "rewrap_handler",
+    "to_grpc_code",
+    "to_grpc_status",
+]
+
+_TO_GRPC: dict[Code, grpc.StatusCode] = {code: grpc.StatusCode[code.name] for code in Code}
+_FROM_GRPC: dict[grpc.StatusCode, Code] = {status: code for code, status in _TO_GRPC.items()}
+
+
+def to_grpc_status(code: Code) -> grpc.StatusCode:
+    """The gRPC status code of a :class:`~chital.errdefs.Code` (the same name and number)."""
+    return _TO_GRPC[code]
+
+
+def from_grpc_status(status: grpc.StatusCode) -> Code:
+    """The :class:`~chital.errdefs.Code` of a gRPC status code."""
+    return _FROM_GRPC[status]
+
+
+def to_grpc_code(exc: BaseException) -> grpc.StatusCode:
+    """The status code an exception travels as: its class's code, or INTERNAL for anything else."""
+    return _TO_GRPC[code_of(exc)]
+
+
+def from_grpc_code(code: grpc.StatusCode, message: str) -> ChitalError:
+    """The typed exception for a gRPC status received by a client."""
+    return from_code(_FROM_GRPC.get(code, Code.UNKNOWN), message)
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     """Abort the RPC with the status ``exc`` maps to. Never returns normally."""
     if isinstance(exc, ChitalError):
-        context.abort(exc.code, exc.message)
+        context.abort(to_grpc_status(exc.code), exc.message)
     log.error("internal error in %s", method, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
 
