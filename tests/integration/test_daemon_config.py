@@ -168,3 +168,24 @@ def test_controller_config_errors_and_usage(tmp_path: Path) -> None:
     assert before.returncode == 2
     version = run("chital.controller", "--version")
     assert version.returncode == 0 and version.stdout.split()[0] == "chital-controller"
+
+
+def test_controller_warns_of_a_readable_password_and_fails_cleanly_without_its_database(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "controller.toml"
+    # Port 1 on loopback: nothing listens there, the connection is refused at once.
+    config.write_text(
+        'database_url = "postgresql+psycopg://chital:s3cret@127.0.0.1:1/chital"\n'
+        'listen = "127.0.0.1:0"\ninsecure = true\n'
+    )
+    config.chmod(0o644)
+    readable = run("chital.controller", "serve", "--config", str(config))
+    assert readable.returncode == 1  # a runtime failure, not a configuration error
+    assert "holds the database password and every local user can read it" in readable.stderr
+    assert "chital-controller: cannot reach the database: " in readable.stderr
+    assert "Traceback" not in readable.stderr
+    config.chmod(0o640)
+    private = run("chital.controller", "serve", "--config", str(config))
+    assert private.returncode == 1
+    assert "every local user can read it" not in private.stderr

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
+import stat
 import sys
 import threading
 from datetime import UTC, datetime
 from types import FrameType
 from typing import Any
+
+import sqlalchemy as sa
 
 from chital.controller import __version__, db, pki_cli
 from chital.controller.config import DATABASE_KEYS, SERVE_KEYS, SETTINGS
@@ -148,6 +152,23 @@ def _token(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
+def _warn_if_password_readable(args: argparse.Namespace) -> None:
+    """A database password in a config file that every local user can read deserves a warning."""
+    if args.sources.get("database_url") != "file" or args.config_file is None:
+        return
+    try:
+        password = sa.make_url(args.database_url).password
+        mode = os.stat(args.config_file).st_mode
+    except (sa.exc.ArgumentError, OSError):
+        return
+    if password and mode & stat.S_IROTH:
+        log.warning(
+            "%s holds the database password and every local user can read it: chmod 0640 it "
+            "(root:chital) or set CHITAL_CONTROLLER_DATABASE_URL instead",
+            args.config_file,
+        )
+
+
 def _serve(args: argparse.Namespace) -> int:
     config = ControllerConfig(
         listen=args.listen,
@@ -182,6 +203,7 @@ def _serve(args: argparse.Namespace) -> int:
         args.config_file or f"none ({SETTINGS.default_config} absent)",
     )
     log.debug("settings from: %s", ", ".join(f"{k}={v}" for k, v in args.sources.items()))
+    _warn_if_password_readable(args)
     stop = threading.Event()
 
     def _on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -195,6 +217,9 @@ def _serve(args: argparse.Namespace) -> int:
         port = server.start()
     except OSError as exc:
         raise Unavailable(f"cannot start: {exc}") from exc
+    except sa.exc.OperationalError as exc:
+        reason = str(exc.orig or exc).strip().splitlines()[0]
+        raise Unavailable(f"cannot reach the database: {reason}") from None
     host = args.listen.rsplit(":", 1)[0]
     transport = "plaintext, --insecure" if args.insecure else "TLS, bearer tokens"
     print(f"chital-controller listening on {host}:{port} ({transport})", flush=True)
