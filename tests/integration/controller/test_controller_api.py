@@ -17,7 +17,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.host.v1 import host_pb2 as hpb
 from chital.controller.placement import choose_host
-from chital.controller.records import ContainerSpec, ContainerState, ProcessSpec, ProcessState
+from chital.controller.records import ContainerRecordState, ContainerSpec, ProcessRecordState, ProcessSpec
 from chital.controller.server import utc_now
 
 T = 10.0  # deadline of every call in these tests
@@ -618,16 +618,18 @@ def test_reconciler_resumes_interrupted_work(cluster: Cluster) -> None:
     )
     # As if it died mid stop, and mid exec.
     running = create(cluster, "stopping")
-    store.transition_container(running.uid, (ContainerState.CREATED,), ContainerState.STOPPING, now=utc_now())
+    store.transition_container(
+        running.uid, (ContainerRecordState.CREATED,), ContainerRecordState.STOPPING, now=utc_now()
+    )
     target = create(cluster, "execs")
     proc, _, _ = store.create_process("p-starting", target.uid, "e", ProcessSpec(argv=("x",)), utc_now())
     reconciler = cluster.controller.reconciler
     reconciler.min_age = 0.0
     time.sleep(0.01)
     assert reconciler.run_once() == 0
-    assert store.get_container(pending.uid).state is ContainerState.CREATED
-    assert store.get_container(running.uid).state is ContainerState.STOPPED
-    assert store.get_process(proc.uid).state is ProcessState.LOST
+    assert store.get_container(pending.uid).state is ContainerRecordState.CREATED
+    assert store.get_container(running.uid).state is ContainerRecordState.STOPPED
+    assert store.get_process(proc.uid).state is ProcessRecordState.LOST
     assert sum(a.agent.calls["CreateContainer"] for a in cluster.agents) == 3
 
 

@@ -14,7 +14,7 @@ from chital.controller.db import make_engine
 from chital.controller.events import EventIngestor
 from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.placement import choose_host
-from chital.controller.records import AgentInfoRecord, ContainerSpec, ContainerState, HostHealth
+from chital.controller.records import AgentInfoRecord, ContainerRecordState, ContainerSpec, HostHealth
 from chital.controller.store import Store
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -67,14 +67,14 @@ def test_ready_host_goes_not_ready_then_lost(setup: tuple[Store, HostMonitor, Cl
     host = monitor.check_one(store.get_host("h1"))
     assert host.health is HostHealth.NOT_READY
     assert "unavailable" in host.message
-    assert store.get_container("c1").state is ContainerState.CREATED
+    assert store.get_container("c1").state is ContainerRecordState.CREATED
 
     clock.at(59.0)
     assert monitor.check_one(store.get_host("h1")).health is HostHealth.NOT_READY
     clock.at(60.5)
     assert monitor.check_one(store.get_host("h1")).health is HostHealth.LOST
     lost = store.get_container("c1")
-    assert lost.state is ContainerState.LOST and "lost" in lost.message
+    assert lost.state is ContainerRecordState.LOST and "lost" in lost.message
 
 
 def test_never_seen_host_counts_from_registration(setup: tuple[Store, HostMonitor, Clock]) -> None:

@@ -12,12 +12,12 @@ from chital.controller.db import make_engine
 from chital.controller.placement import choose_host
 from chital.controller.records import (
     AgentInfoRecord,
+    ContainerRecordState,
     ContainerSpec,
-    ContainerState,
     EventType,
     HostHealth,
+    ProcessRecordState,
     ProcessSpec,
-    ProcessState,
 )
 from chital.controller.store import AgentEvent, Store
 from chital.errdefs import AlreadyExists, FailedPrecondition, NotFound
@@ -68,11 +68,11 @@ def test_create_is_idempotent_and_names_are_unique_among_live(store: Store) -> N
     with pytest.raises(AlreadyExists):
         new_container(store, "c3", "web", "r3")
     store.finish_create("c1", True, "", at(2))
-    store.transition_container("c1", tuple(ContainerState), ContainerState.DELETED, now=at(3))
+    store.transition_container("c1", tuple(ContainerRecordState), ContainerRecordState.DELETED, now=at(3))
     fresh, created = new_container(store, "c4", "web", "r4")
     assert created and fresh.uid == "c4"  # type: ignore[attr-defined]
     assert store.get_container("web").uid == "c4"
-    assert store.get_container("c1").state is ContainerState.DELETED
+    assert store.get_container("c1").state is ContainerRecordState.DELETED
 
 
 def test_process_lifecycle_through_agent_events(store: Store) -> None:
@@ -82,18 +82,18 @@ def test_process_lifecycle_through_agent_events(store: Store) -> None:
     woken: list[set[str]] = []
     store.add_listener(woken.append)
     p, container, created = store.create_process("p1", "job", "e1", ProcessSpec(argv=("true",)), at(3))
-    assert created and p.state is ProcessState.STARTING and container.uid == "c1"
+    assert created and p.state is ProcessRecordState.STARTING and container.uid == "c1"
     same, _, created = store.create_process("p2", "c1", "e1", ProcessSpec(argv=("true",)), at(3))
     assert not created and same.uid == "p1"
     store.mark_process_running("p1", 4242, at(4), at(4))
-    assert store.get_container("c1").state is ContainerState.RUNNING
+    assert store.get_container("c1").state is ContainerRecordState.RUNNING
     exit_event = AgentEvent(
         seq=7, kind="PROCESS_EXITED", container_uid="c1", process_uid="p1", exit_code=3, time=at(5)
     )
     assert store.apply_agent_events("h1", "b1", [exit_event], at(5)) == 7
     done = store.get_process("p1")
-    assert done.state is ProcessState.EXITED and done.exit_code == 3 and done.pid == 4242
-    assert store.get_container("c1").state is ContainerState.CREATED
+    assert done.state is ProcessRecordState.EXITED and done.exit_code == 3 and done.pid == 4242
+    assert store.get_container("c1").state is ContainerRecordState.CREATED
     assert any("p1" in uids for uids in woken)
     # Replays and events of another agent boot change nothing.
     assert store.apply_agent_events("h1", "b1", [exit_event], at(6)) == 7
@@ -103,7 +103,7 @@ def test_process_lifecycle_through_agent_events(store: Store) -> None:
     events = store.list_events(0, 100, "c1")
     assert [e.revision for e in events] == sorted(e.revision for e in events)
     assert events[-1].type is EventType.CONTAINER and events[-1].container is not None
-    assert events[-1].container.state is ContainerState.CREATED
+    assert events[-1].container.state is ContainerRecordState.CREATED
     assert store.last_revision() == events[-1].revision
 
 
@@ -124,8 +124,8 @@ def test_lost_host_loses_its_containers(store: Store) -> None:
     store.mark_process_running("p1", 10, None, at(3))
     host, previous = store.record_health("h1", HostHealth.LOST, at(100), message="gone")
     assert previous is HostHealth.READY and host.health is HostHealth.LOST
-    assert store.get_container("c1").state is ContainerState.LOST
-    assert store.get_process("p1").state is ProcessState.LOST
+    assert store.get_container("c1").state is ContainerRecordState.LOST
+    assert store.get_process("p1").state is ProcessRecordState.LOST
     assert host.container_count == 0
 
 
@@ -136,7 +136,7 @@ def test_remove_host_needs_force_with_containers(store: Store) -> None:
         store.remove_host("h1", False, at(2))
     store.remove_host("h1", True, at(2))
     c = store.get_container("c1")
-    assert c.state is ContainerState.LOST and c.host_id == ""
+    assert c.state is ContainerRecordState.LOST and c.host_id == ""
 
 
 def test_keyset_pages_with_equal_timestamps(store: Store) -> None:

@@ -46,14 +46,14 @@ from chital.controller.metrics import ControllerMetrics
 from chital.controller.placement import choose_host
 from chital.controller.records import (
     ContainerRecord,
+    ContainerRecordState,
     ContainerSpec,
-    ContainerState,
     ContainerStats,
     EventRecord,
     HostHealth,
     ProcessRecord,
+    ProcessRecordState,
     ProcessSpec,
-    ProcessState,
     SyscallCount,
 )
 from chital.controller.store import Candidate, Store
@@ -174,7 +174,7 @@ class Containers:
                 raise AlreadyExists(
                     f"request_id {request_id!r} was used for a different container ({record.name})"
                 )
-            if record.state is not ContainerState.PENDING:
+            if record.state is not ContainerRecordState.PENDING:
                 return record
         else:
             self._metrics.placements.inc()
@@ -209,7 +209,7 @@ class Containers:
         size: int,
         token: str,
         label_selector: str = "",
-        state: ContainerState | None = None,
+        state: ContainerRecordState | None = None,
         host: str = "",
     ) -> Page[ContainerRecord]:
         """A page of containers, oldest first."""
@@ -225,20 +225,20 @@ class Containers:
         """Stop every member (TERM, KILL after the grace period) and remove it from its host."""
         grace = _grace(grace_seconds)
         record = self.get(ref)
-        if record.state is ContainerState.STOPPED:
+        if record.state is ContainerRecordState.STOPPED:
             return record
         record, _ = self._store.transition_container(
             record.uid,
-            (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.STOPPING),
-            ContainerState.STOPPING,
+            (ContainerRecordState.CREATED, ContainerRecordState.RUNNING, ContainerRecordState.STOPPING),
+            ContainerRecordState.STOPPING,
             now=self._clock(),
         )
         self._pool.get(record.host_address).destroy_container(record.uid, grace)
         self._await_exits(record.uid, EXIT_REPORT_WAIT_SECONDS)
         record, _ = self._store.transition_container(
             record.uid,
-            (ContainerState.STOPPING,),
-            ContainerState.STOPPED,
+            (ContainerRecordState.STOPPING,),
+            ContainerRecordState.STOPPED,
             now=self._clock(),
             finish_processes="container stopped before the exit was reported",
         )
@@ -260,17 +260,17 @@ class Containers:
     def delete(self, ref: str, force: bool = False) -> ContainerRecord:
         """Delete a container (see the module docstring for what needs ``force``)."""
         record = self.get(ref)
-        if record.state is ContainerState.DELETED:
+        if record.state is ContainerRecordState.DELETED:
             return record
-        on_host = (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.STOPPING)
-        if record.state is ContainerState.PENDING and not force:
+        on_host = (ContainerRecordState.CREATED, ContainerRecordState.RUNNING, ContainerRecordState.STOPPING)
+        if record.state is ContainerRecordState.PENDING and not force:
             raise FailedPrecondition(f"container {record.name} is still being created; retry or use force")
         live = self._store.live_processes(record.uid)
         if live and not force and record.state in on_host:
             raise FailedPrecondition(
                 f"container {record.name} has {len(live)} live processes; stop it or use force"
             )
-        if record.state in (*on_host, ContainerState.PENDING) and record.host_address:
+        if record.state in (*on_host, ContainerRecordState.PENDING) and record.host_address:
             try:
                 self._pool.get(record.host_address).destroy_container(record.uid, 0.0)
             except Unavailable:
@@ -281,8 +281,8 @@ class Containers:
                 log.warning("deleting %s without reaching %s", record.uid, record.host_address)
         record, _ = self._store.transition_container(
             record.uid,
-            tuple(s for s in ContainerState if s is not ContainerState.DELETED),
-            ContainerState.DELETED,
+            tuple(s for s in ContainerRecordState if s is not ContainerRecordState.DELETED),
+            ContainerRecordState.DELETED,
             now=self._clock(),
             finish_processes="container deleted",
         )
@@ -303,7 +303,7 @@ class Containers:
             group_id=group_id,
         )
         target = self._store.get_container(ref)
-        if target.host_id and target.state in (ContainerState.CREATED, ContainerState.RUNNING):
+        if target.host_id and target.state in (ContainerRecordState.CREATED, ContainerRecordState.RUNNING):
             host = self._store.get_host(target.host_id)
             if host.health is not HostHealth.READY:
                 raise Unavailable(f"host {host.address} of container {target.name} is {host.health.value}")
@@ -322,7 +322,7 @@ class Containers:
                 raise AlreadyExists(
                     f"request_id {request_id!r} was used for a different process ({process.uid})"
                 )
-            if process.state is not ProcessState.STARTING:
+            if process.state is not ProcessRecordState.STARTING:
                 return process
         try:
             started = self._pool.get(container.host_address).start_process(process)
@@ -373,7 +373,7 @@ class Containers:
         validate_ref(uid, "process_uid")
         validate_signal(signal)
         process = self._store.get_process(uid)
-        if process.state is not ProcessState.RUNNING:
+        if process.state is not ProcessRecordState.RUNNING:
             raise FailedPrecondition(f"process {uid} is {process.state.value}, not RUNNING")
         container = self._store.get_container(process.container_uid)
         self._pool.get(container.host_address).signal_process(uid, signal)
@@ -382,7 +382,11 @@ class Containers:
     def stats(self, ref: str) -> ContainerStats:
         """The container's syscall counters and cgroup usage, read live from its host."""
         container = self.get(ref)
-        if container.state not in (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.STOPPING):
+        if container.state not in (
+            ContainerRecordState.CREATED,
+            ContainerRecordState.RUNNING,
+            ContainerRecordState.STOPPING,
+        ):
             raise FailedPrecondition(
                 f"container {container.name} is {container.state.value}: it has no counters on a host"
             )

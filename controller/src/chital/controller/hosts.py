@@ -18,7 +18,7 @@ from datetime import datetime
 from chital.controller.agents import AgentPool
 from chital.controller.containers import Containers, Page, _page
 from chital.controller.health import HostMonitor
-from chital.controller.records import AdminState, ContainerState, HostRecord, HostState
+from chital.controller.records import AdminState, ContainerRecordState, HostRecord, HostRecordState
 from chital.controller.store import Store
 from chital.controller.validation import (
     decode_page_token,
@@ -80,7 +80,7 @@ class Hosts:
         """A host by id or address."""
         return self._store.get_host(validate_ref(ref, "host"))
 
-    def list_hosts(self, size: int, token: str, state: HostState | None = None) -> Page[HostRecord]:
+    def list_hosts(self, size: int, token: str, state: HostRecordState | None = None) -> Page[HostRecord]:
         """A page of hosts, oldest first."""
         limit = page_size(size)
         after = decode_page_token(token)
@@ -99,7 +99,11 @@ class Hosts:
         """DRAINING, then stop every created or running container on the host."""
         host = self._store.set_admin_state(validate_ref(ref, "host"), AdminState.DRAINING, self._clock())
         stopped = 0
-        for state in (ContainerState.CREATED, ContainerState.RUNNING, ContainerState.STOPPING):
+        for state in (
+            ContainerRecordState.CREATED,
+            ContainerRecordState.RUNNING,
+            ContainerRecordState.STOPPING,
+        ):
             token = ""
             while True:
                 page = self._containers.list_containers(1000, token, state=state, host=host.id)

@@ -26,7 +26,7 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 
 from chital.controller._version import __version__
-from chital.controller.records import ContainerState, HostState, ProcessState
+from chital.controller.records import ContainerRecordState, HostRecordState, ProcessRecordState
 
 __all__ = ["ControllerMetrics", "StateSource"]
 
@@ -71,12 +71,12 @@ class _StateCollector:
         for host in hosts:
             key = (host.state.value, host.admin_state.value)
             counts[key] = counts.get(key, 0) + 1
-            for state in HostState:
+            for state in HostRecordState:
                 per_host.add_metric([host.id, state.value], 1.0 if host.state is state else 0.0)
             placed.add_metric([host.id], host.container_count)
             if host.id in ages:
                 age.add_metric([host.id], ages[host.id])
-        for state in HostState:
+        for state in HostRecordState:
             for admin in ("ACTIVE", "CORDONED", "DRAINING"):
                 by_state.add_metric([state.value, admin], counts.get((state.value, admin), 0))
         yield by_state
@@ -84,11 +84,11 @@ class _StateCollector:
         yield placed
         yield age
         c = GaugeMetricFamily("chital_controller_containers", "Containers by state.", labels=["state"])
-        for cstate in ContainerState:
+        for cstate in ContainerRecordState:
             c.add_metric([cstate.value], containers.get(cstate.value, 0))
         yield c
         p = GaugeMetricFamily("chital_controller_processes", "Processes by state.", labels=["state"])
-        for pstate in ProcessState:
+        for pstate in ProcessRecordState:
             p.add_metric([pstate.value], processes.get(pstate.value, 0))
         yield p
         yield GaugeMetricFamily(

@@ -25,7 +25,7 @@ from datetime import datetime, timedelta
 from chital.controller.agents import AgentPool
 from chital.controller.containers import Containers
 from chital.controller.metrics import ControllerMetrics
-from chital.controller.records import ContainerState, ProcessState
+from chital.controller.records import ContainerRecordState, ProcessRecordState
 from chital.controller.store import Store
 from chital.errdefs import ChitalError, Unavailable
 
@@ -89,10 +89,10 @@ class Reconciler:
         """One round; returns how many records still wait (the backlog)."""
         before = self._clock() - timedelta(seconds=self.min_age)
         waiting = 0
-        for container in self._store.stale_containers((ContainerState.PENDING,), before, BATCH):
-            if self._containers.resume_create(container).state is ContainerState.PENDING:
+        for container in self._store.stale_containers((ContainerRecordState.PENDING,), before, BATCH):
+            if self._containers.resume_create(container).state is ContainerRecordState.PENDING:
                 waiting += 1
-        for container in self._store.stale_containers((ContainerState.STOPPING,), before, BATCH):
+        for container in self._store.stale_containers((ContainerRecordState.STOPPING,), before, BATCH):
             try:
                 self._containers.stop(container.uid, 0.0)
             except Unavailable:
@@ -100,7 +100,7 @@ class Reconciler:
             except ChitalError as exc:
                 log.warning("resuming the stop of %s failed: %s", container.uid, exc)
                 waiting += 1
-        for process in self._store.stale_processes(ProcessState.STARTING, before, BATCH):
+        for process in self._store.stale_processes(ProcessRecordState.STARTING, before, BATCH):
             self._store.mark_process_lost(
                 process.uid, "start was never confirmed by the agent", self._clock()
             )

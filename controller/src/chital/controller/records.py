@@ -14,17 +14,17 @@ __all__ = [
     "AdminState",
     "AgentInfoRecord",
     "ContainerRecord",
+    "ContainerRecordState",
     "ContainerSpec",
-    "ContainerState",
     "EventRecord",
     "EventType",
     "HostHealth",
     "HostRecord",
-    "HostState",
+    "HostRecordState",
     "LimitsRecord",
     "ProcessRecord",
+    "ProcessRecordState",
     "ProcessSpec",
-    "ProcessState",
     "Sandbox",
 ]
 
@@ -51,7 +51,7 @@ class AdminState(StrEnum):
     DRAINING = "DRAINING"
 
 
-class HostState(StrEnum):
+class HostRecordState(StrEnum):
     """The state shown to users: health first, then the administrative state."""
 
     READY = "READY"
@@ -61,7 +61,7 @@ class HostState(StrEnum):
     DRAINING = "DRAINING"
 
 
-class ContainerState(StrEnum):
+class ContainerRecordState(StrEnum):
     """Lifecycle of a container."""
 
     PENDING = "PENDING"
@@ -76,15 +76,15 @@ class ContainerState(StrEnum):
 
 # Containers that occupy a place on their host (counted for placement and capacity).
 PLACED_STATES = (
-    ContainerState.PENDING,
-    ContainerState.CREATED,
-    ContainerState.RUNNING,
-    ContainerState.STOPPING,
-    ContainerState.STOPPED,
+    ContainerRecordState.PENDING,
+    ContainerRecordState.CREATED,
+    ContainerRecordState.RUNNING,
+    ContainerRecordState.STOPPING,
+    ContainerRecordState.STOPPED,
 )
 
 
-class ProcessState(StrEnum):
+class ProcessRecordState(StrEnum):
     """Lifecycle of a process."""
 
     STARTING = "STARTING"
@@ -93,7 +93,7 @@ class ProcessState(StrEnum):
     LOST = "LOST"
 
 
-LIVE_PROCESS_STATES = (ProcessState.STARTING, ProcessState.RUNNING)
+LIVE_PROCESS_STATES = (ProcessRecordState.STARTING, ProcessRecordState.RUNNING)
 
 
 class EventType(StrEnum):
@@ -135,13 +135,13 @@ class HostRecord:
     event_seq: int = 0
 
     @property
-    def state(self) -> HostState:
+    def state(self) -> HostRecordState:
         """The state shown to users."""
         if self.health is not HostHealth.READY:
-            return HostState(self.health.value)
+            return HostRecordState(self.health.value)
         if self.admin_state is not AdminState.ACTIVE:
-            return HostState(self.admin_state.value)
-        return HostState.READY
+            return HostRecordState(self.admin_state.value)
+        return HostRecordState.READY
 
     @property
     def schedulable(self) -> bool:
@@ -215,7 +215,7 @@ class ContainerRecord:
     uid: str
     name: str
     request_id: str
-    state: ContainerState
+    state: ContainerRecordState
     labels: dict[str, str]
     limits: LimitsRecord
     root: str
@@ -270,7 +270,7 @@ class ProcessRecord:
     cwd: str
     user_id: int
     group_id: int
-    state: ProcessState
+    state: ProcessRecordState
     pid: int
     exit_code: int
     signal: int
@@ -283,7 +283,7 @@ class ProcessRecord:
     @property
     def finished(self) -> bool:
         """Whether the process will not change any more."""
-        return self.state in (ProcessState.EXITED, ProcessState.LOST)
+        return self.state in (ProcessRecordState.EXITED, ProcessRecordState.LOST)
 
 
 @dataclass(frozen=True)
@@ -355,7 +355,7 @@ def container_from_json(data: dict[str, Any]) -> ContainerRecord:
         uid=data["uid"],
         name=data["name"],
         request_id=data["request_id"],
-        state=ContainerState(data["state"]),
+        state=ContainerRecordState(data["state"]),
         labels=dict(data["labels"]),
         limits=LimitsRecord(**data["limits"]),
         root=data["root"],
@@ -384,7 +384,7 @@ def process_from_json(data: dict[str, Any]) -> ProcessRecord:
         cwd=data["cwd"],
         user_id=data["user_id"],
         group_id=data["group_id"],
-        state=ProcessState(data["state"]),
+        state=ProcessRecordState(data["state"]),
         pid=data["pid"],
         exit_code=data["exit_code"],
         signal=data["signal"],

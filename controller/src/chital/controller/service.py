@@ -22,12 +22,12 @@ from chital.controller.containers import Containers
 from chital.controller.hosts import Hosts
 from chital.controller.records import (
     ContainerRecord,
+    ContainerRecordState,
     ContainerSpec,
-    ContainerState,
     EventRecord,
     EventType,
     HostRecord,
-    HostState,
+    HostRecordState,
     LimitsRecord,
     ProcessRecord,
     ProcessSpec,
@@ -195,7 +195,7 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             request.page_size,
             request.page_token,
             request.label_selector,
-            None if state is None else ContainerState(state),
+            None if state is None else ContainerRecordState(state),
             request.host,
         )
         return container_pb2.ListContainersResponse(
@@ -292,7 +292,7 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
     def ListHosts(self, request: Any, context: grpc.ServicerContext) -> Any:
         state = _enum_name(host_pb2.HostState, request.state, "state", "HOST_STATE_")
         page = self._hosts.list_hosts(
-            request.page_size, request.page_token, None if state is None else HostState(state)
+            request.page_size, request.page_token, None if state is None else HostRecordState(state)
         )
         return host_pb2.ListHostsResponse(
             hosts=[host_to_pb(h) for h in page.items], next_page_token=page.next_page_token

@@ -34,17 +34,17 @@ from chital.controller.records import (
     AdminState,
     AgentInfoRecord,
     ContainerRecord,
+    ContainerRecordState,
     ContainerSpec,
-    ContainerState,
     EventRecord,
     EventType,
     HostHealth,
     HostRecord,
-    HostState,
+    HostRecordState,
     LimitsRecord,
     ProcessRecord,
+    ProcessRecordState,
     ProcessSpec,
-    ProcessState,
     Sandbox,
     container_from_json,
     process_from_json,
@@ -233,7 +233,7 @@ class Store:
             sa.select(ProcessRow.container_uid, sa.func.count())
             .where(
                 ProcessRow.container_uid.in_(container_uids),
-                ProcessRow.state == ProcessState.RUNNING.value,
+                ProcessRow.state == ProcessRecordState.RUNNING.value,
             )
             .group_by(ProcessRow.container_uid)
         ).all()
@@ -253,7 +253,7 @@ class Store:
             uid=row.uid,
             name=row.name,
             request_id=row.request_id,
-            state=ContainerState(row.state),
+            state=ContainerRecordState(row.state),
             labels=dict(row.labels),
             limits=LimitsRecord(row.memory_max_bytes, row.pids_max, row.cpu_max_millicores),
             root=row.root,
@@ -293,7 +293,7 @@ class Store:
             cwd=row.cwd,
             user_id=row.user_id,
             group_id=row.group_id,
-            state=ProcessState(row.state),
+            state=ProcessRecordState(row.state),
             pid=row.pid,
             exit_code=row.exit_code,
             signal=row.signal,
@@ -365,7 +365,7 @@ class Store:
             return self._host(session, self._host_row(session, ref))
 
     def list_hosts(
-        self, limit: int, after: Cursor | None = None, state: HostState | None = None
+        self, limit: int, after: Cursor | None = None, state: HostRecordState | None = None
     ) -> list[HostRecord]:
         """Hosts oldest first, after ``after``; filtered by the shown state in Python (few hosts)."""
         out: list[HostRecord] = []
@@ -458,7 +458,7 @@ class Store:
         ).all()
         for row in rows:
             self._finish_processes(session, changes, row.uid, message, now)
-            self._set_state(session, changes, row, ContainerState.LOST, message=message, now=now)
+            self._set_state(session, changes, row, ContainerRecordState.LOST, message=message, now=now)
 
     def remove_host(self, ref: str, force: bool, now: datetime) -> None:
         """Forget a host; with live containers only with ``force`` (they become LOST)."""
@@ -506,7 +506,7 @@ class Store:
         session: Session,
         changes: _Changes,
         row: ContainerRow,
-        state: ContainerState,
+        state: ContainerRecordState,
         *,
         message: str,
         now: datetime,
@@ -515,7 +515,7 @@ class Store:
         row.message = message
         row.updated = now
         row.revision += 1
-        if state is ContainerState.DELETED:
+        if state is ContainerRecordState.DELETED:
             row.live_name = None
         session.flush()
         self._event(session, changes, self._container(session, row), now)
@@ -589,7 +589,7 @@ class Store:
                     sandbox=spec.sandbox.to_json(),
                     effective_deny_syscalls=[],
                     requested_host=spec.host,
-                    state=ContainerState.PENDING.value,
+                    state=ContainerRecordState.PENDING.value,
                     host_id=host_id,
                     message="",
                     created=now,
@@ -618,7 +618,7 @@ class Store:
         limit: int,
         after: Cursor | None = None,
         labels: dict[str, str] | None = None,
-        state: ContainerState | None = None,
+        state: ContainerRecordState | None = None,
         host_ref: str = "",
     ) -> list[ContainerRecord]:
         """Containers oldest first after ``after``. Without ``state``: all but DELETED."""
@@ -626,7 +626,7 @@ class Store:
         with self._read() as session:
             base = sa.select(ContainerRow).order_by(ContainerRow.created, ContainerRow.uid)
             if state is None:
-                base = base.where(ContainerRow.state != ContainerState.DELETED.value)
+                base = base.where(ContainerRow.state != ContainerRecordState.DELETED.value)
             else:
                 base = base.where(ContainerRow.state == state.value)
             if host_ref:
@@ -668,14 +668,14 @@ class Store:
         states are left alone."""
         with self._write() as (session, changes):
             row = self._container_row(session, uid, lock=True)
-            if row.state == ContainerState.PENDING.value:
+            if row.state == ContainerRecordState.PENDING.value:
                 if ok:
                     row.effective_deny_syscalls = list(effective_deny_syscalls)
                 self._set_state(
                     session,
                     changes,
                     row,
-                    ContainerState.CREATED if ok else ContainerState.FAILED,
+                    ContainerRecordState.CREATED if ok else ContainerRecordState.FAILED,
                     message=message,
                     now=now,
                 )
@@ -684,13 +684,13 @@ class Store:
     def transition_container(
         self,
         uid: str,
-        allowed_from: Sequence[ContainerState],
-        to: ContainerState,
+        allowed_from: Sequence[ContainerRecordState],
+        to: ContainerRecordState,
         *,
         now: datetime,
         message: str = "",
         finish_processes: str | None = None,
-    ) -> tuple[ContainerRecord, ContainerState]:
+    ) -> tuple[ContainerRecord, ContainerRecordState]:
         """Move a container to ``to`` if it is in ``allowed_from`` (else FailedPrecondition).
 
         With ``finish_processes``, its STARTING/RUNNING processes become LOST with that message (an
@@ -699,7 +699,7 @@ class Store:
         """
         with self._write() as (session, changes):
             row = self._container_row(session, uid, lock=True)
-            previous = ContainerState(row.state)
+            previous = ContainerRecordState(row.state)
             if previous is to:
                 return self._container(session, row), previous
             if previous not in allowed_from:
@@ -718,7 +718,7 @@ class Store:
             )
         ).all()
         for p in rows:
-            p.state = ProcessState.LOST.value
+            p.state = ProcessRecordState.LOST.value
             p.message = message
             p.updated = now
             self._event(session, changes, self._process_record(p), now)
@@ -728,11 +728,14 @@ class Store:
     ) -> None:
         """CREATED <-> RUNNING as processes start and exit."""
         row = session.get(ContainerRow, container_uid)
-        if row is None or row.state not in (ContainerState.CREATED.value, ContainerState.RUNNING.value):
+        if row is None or row.state not in (
+            ContainerRecordState.CREATED.value,
+            ContainerRecordState.RUNNING.value,
+        ):
             return
         session.flush()
         running = self._running_counts(session, [container_uid]).get(container_uid, 0)
-        target = ContainerState.RUNNING if running else ContainerState.CREATED
+        target = ContainerRecordState.RUNNING if running else ContainerRecordState.CREATED
         if row.state != target.value:
             self._set_state(session, changes, row, target, message="", now=now)
 
@@ -755,7 +758,10 @@ class Store:
                 ).first()
                 if existing is not None:
                     return self._process_record(existing), self._container(session, container), False
-                if container.state not in (ContainerState.CREATED.value, ContainerState.RUNNING.value):
+                if container.state not in (
+                    ContainerRecordState.CREATED.value,
+                    ContainerRecordState.RUNNING.value,
+                ):
                     raise FailedPrecondition(f"container {container.name} is {container.state}; cannot exec")
                 row = ProcessRow(
                     uid=uid,
@@ -766,7 +772,7 @@ class Store:
                     cwd=spec.cwd,
                     user_id=DEFAULT_USER_ID if spec.user_id is None else spec.user_id,
                     group_id=DEFAULT_GROUP_ID if spec.group_id is None else spec.group_id,
-                    state=ProcessState.STARTING.value,
+                    state=ProcessRecordState.STARTING.value,
                     pid=0,
                     exit_code=0,
                     signal=0,
@@ -809,8 +815,8 @@ class Store:
             if row.start_time is None:
                 row.start_time = start_time or now
                 changed = True
-            if row.state in (ProcessState.STARTING.value, ProcessState.LOST.value):
-                row.state = ProcessState.RUNNING.value
+            if row.state in (ProcessRecordState.STARTING.value, ProcessRecordState.LOST.value):
+                row.state = ProcessRecordState.RUNNING.value
                 row.message = ""
                 changed = True
             if changed:
@@ -825,8 +831,8 @@ class Store:
             row = session.get(ProcessRow, uid, with_for_update=True)
             if row is None:
                 raise NotFound(f"process {uid!r} not found")
-            if row.state in (ProcessState.STARTING.value, ProcessState.RUNNING.value):
-                row.state = ProcessState.LOST.value
+            if row.state in (ProcessRecordState.STARTING.value, ProcessRecordState.RUNNING.value):
+                row.state = ProcessRecordState.LOST.value
                 row.message = message
                 row.updated = now
                 self._event(session, changes, self._process_record(row), now)
@@ -869,7 +875,7 @@ class Store:
             return [self._process_record(r) for r in rows]
 
     def stale_containers(
-        self, states: Sequence[ContainerState], updated_before: datetime, limit: int
+        self, states: Sequence[ContainerRecordState], updated_before: datetime, limit: int
     ) -> list[ContainerRecord]:
         """Containers in ``states`` unchanged since ``updated_before`` (work the reconciler resumes)."""
         with self._read() as session:
@@ -884,7 +890,7 @@ class Store:
             return self._containers(session, rows)
 
     def stale_processes(
-        self, state: ProcessState, updated_before: datetime, limit: int
+        self, state: ProcessRecordState, updated_before: datetime, limit: int
     ) -> list[ProcessRecord]:
         """Processes in ``state`` unchanged since ``updated_before``."""
         with self._read() as session:
@@ -931,17 +937,17 @@ class Store:
         if container is None or container.host_id != host_id:
             return
         if event.kind == "PROCESS_STARTED":
-            if row.state in (ProcessState.STARTING.value, ProcessState.LOST.value):
-                row.state = ProcessState.RUNNING.value
+            if row.state in (ProcessRecordState.STARTING.value, ProcessRecordState.LOST.value):
+                row.state = ProcessRecordState.RUNNING.value
                 row.pid = row.pid or event.pid
                 row.start_time = row.start_time or event.time or now
                 row.message = ""
                 row.updated = now
                 self._event(session, changes, self._process_record(row), now)
         else:
-            if row.state == ProcessState.EXITED.value:
+            if row.state == ProcessRecordState.EXITED.value:
                 return
-            row.state = ProcessState.EXITED.value
+            row.state = ProcessRecordState.EXITED.value
             row.pid = row.pid or event.pid
             row.exit_code = event.exit_code
             row.signal = event.signal
