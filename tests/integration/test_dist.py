@@ -5,7 +5,9 @@ The venv gets its packages only from a wheelhouse (``pip install --no-index``, n
 chital wheels plus their dependencies fetched by ``pip download`` from the index pip is configured
 with, the one bootstrap installs from. The installed commands then run from a directory outside
 the checkout: ``chital --version``, ``chital-controller db upgrade`` on SQLite, and a hollow fleet
-whose controller and agents are the installed ``chital-controller`` and ``chital-agent``.
+whose controller and agents are the installed ``chital-controller`` and ``chital-agent``. Only the
+agents' process launcher comes from the checkout (``CHITAL_LAUNCHER``): it is a C program that no
+wheel carries (``make test`` builds it).
 """
 
 from __future__ import annotations
