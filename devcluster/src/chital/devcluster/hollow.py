@@ -159,6 +159,9 @@ def start_agent(
     argv = [
         str(BIN / "chital-agent"),
         "serve",
+        # Never the host's /etc/chital/agent.toml: a dev fleet's settings are its flags.
+        "--config",
+        os.devnull,
         "--listen",
         "127.0.0.1:0",
         "--state-dir",
@@ -190,6 +193,9 @@ def start_controller(
     argv = [
         str(BIN / "chital-controller"),
         "serve",
+        # Never the host's /etc/chital/controller.toml: a dev fleet's settings are its flags.
+        "--config",
+        os.devnull,
         "--listen",
         "127.0.0.1:0",
         "--state-dir",
