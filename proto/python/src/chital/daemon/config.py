@@ -139,14 +139,13 @@ class Settings:
 
     # -- resolution --------------------------------------------------------------------------------
 
-    def config_path(self, args: argparse.Namespace, environ: Mapping[str, str]) -> tuple[Path | None, bool]:
-        """(path, explicit): the file to read, and whether it was named (then it must exist)."""
+    def config_path(self, args: argparse.Namespace, environ: Mapping[str, str]) -> Path | None:
+        """The file to read: the one named (``--config``, then the variable; it must exist), else the
+        default path when that file exists, else None."""
         named = getattr(args, "config", None) or environ.get(self.env_name("config"))
         if named:
-            return Path(named), True
-        if self.default_config.is_file():
-            return self.default_config, False
-        return None, False
+            return Path(named)
+        return self.default_config if self.default_config.is_file() else None
 
     def read_file(self, path: Path) -> dict[str, Any]:
         try:
@@ -227,7 +226,7 @@ class Settings:
         ``resolved.config_file`` is the file read (or None).
         """
         environ = os.environ if environ is None else environ
-        path, _explicit = self.config_path(args, environ)
+        path = self.config_path(args, environ)
         from_file = self.read_file(path) if path is not None else {}
         out = argparse.Namespace(config_file=path, sources={})
         for key in keys:
