@@ -42,8 +42,8 @@ __version__ = "{version}"
 '''
 
 
-def read_version() -> str:
-    text = (REPO / "VERSION").read_text().strip()
+def read_version(root: Path = REPO) -> str:
+    text = (root / "VERSION").read_text().strip()
     if not VERSION_RE.match(text):
         raise SystemExit(f"VERSION: {text!r} is not a release version like 1.2.3 or 1.2.3rc1")
     return text
@@ -59,11 +59,11 @@ def _sub(pattern: str, replacement: str, count_expected: int) -> Callable[[str, 
     return apply
 
 
-def expected_files(version: str) -> dict[Path, str]:
+def expected_files(version: str, root: Path = REPO) -> dict[Path, str]:
     """Each file that carries the version, with its content as it should be."""
     out: dict[Path, str] = {}
     for dist in DISTRIBUTIONS:
-        path = REPO / dist / "pyproject.toml"
+        path = root / dist / "pyproject.toml"
         text = path.read_text()
         text = _sub(r'^version = "[^"]*"$', f'version = "{version}"', 1)(text, str(path))
         text = _sub(r'^(\s+)"chital-api(==[^"]*)?",', rf'\1"chital-api=={version}",', 0)(text, str(path))
@@ -72,12 +72,12 @@ def expected_files(version: str) -> dict[Path, str]:
         )(text, str(path))
         out[path] = text
     for module in VERSION_MODULES:
-        out[REPO / module] = MODULE_TEMPLATE.format(version=version)
-    header = REPO / "kmod" / "chital_internal.h"
+        out[root / module] = MODULE_TEMPLATE.format(version=version)
+    header = root / "kmod" / "chital_internal.h"
     out[header] = _sub(r'^#define CHITAL_VERSION\t+"[^"]*"$', f'#define CHITAL_VERSION\t\t"{version}"', 1)(
         header.read_text(), str(header)
     )
-    dkms = REPO / "kmod" / "dkms.conf"
+    dkms = root / "kmod" / "dkms.conf"
     out[dkms] = _sub(r'^PACKAGE_VERSION="[^"]*"$', f'PACKAGE_VERSION="{version}"', 1)(
         dkms.read_text(), str(dkms)
     )
@@ -87,18 +87,20 @@ def expected_files(version: str) -> dict[Path, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--check", action="store_true", help="fail when a place differs from VERSION")
+    parser.add_argument("--root", type=Path, default=REPO, help="the repository (default: this one)")
     args = parser.parse_args(argv)
-    version = read_version()
+    root: Path = args.root
+    version = read_version(root)
     stale = []
-    for path, text in expected_files(version).items():
+    for path, text in expected_files(version, root).items():
         current = path.read_text() if path.exists() else None
         if current == text:
             continue
         if args.check:
-            stale.append(str(path.relative_to(REPO)))
+            stale.append(str(path.relative_to(root)))
         else:
             path.write_text(text)
-            print(f"version: wrote {version} into {path.relative_to(REPO)}")
+            print(f"version: wrote {version} into {path.relative_to(root)}")
     if stale:
         print(
             f"version: stale (VERSION is {version}): {', '.join(stale)}; run 'make version' and commit",
