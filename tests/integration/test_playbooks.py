@@ -29,6 +29,7 @@ import pytest
 from chital.agent.config import SETTINGS as AGENT_SETTINGS
 from chital.agent.device import abi
 from chital.controller.config import SETTINGS as CONTROLLER_SETTINGS
+from chital.devcluster.hollow import HollowFleet
 
 ROOT = Path(__file__).resolve().parents[2]
 PLAYBOOKS = ROOT / "playbooks"
@@ -291,3 +292,115 @@ def test_agent_and_controller_configuration_under_a_root_prefix(tmp_path: Path) 
     # Idempotent: a second run changes nothing.
     second = _recap(run())
     assert second["changed"] == 0 and second["failed"] == 0
+
+
+API_PLAY = """
+- name: The playbooks' controller calls against a hollow fleet
+  hosts: chital_agents
+  connection: local
+  gather_facts: false
+  tasks:
+    - name: Register (site.yml)
+      ansible.builtin.include_tasks: {playbooks}/tasks/register.yml
+      when: step == 'register'
+    - name: Cordon and drain (upgrade.yml)
+      ansible.builtin.include_tasks: {playbooks}/tasks/cordon_drain.yml
+      when: step == 'upgrade'
+    - name: Versions and uncordon (upgrade.yml)
+      ansible.builtin.include_tasks: {playbooks}/tasks/verify_uncordon.yml
+      when: step == 'upgrade'
+"""
+
+
+@pytest.mark.slow
+def test_register_cordon_drain_uncordon_against_a_hollow_fleet(tmp_path: Path) -> None:
+    """site.yml's registration and upgrade.yml's cordon, drain, version check and uncordon, through
+    the real ``chital`` CLI against a hollow fleet (a controller and an agent on 127.0.0.1)."""
+    with HollowFleet(agents=1, register=False) as fleet:
+        assert fleet.pki is not None and fleet.token is not None
+        agent_address = fleet.agent_procs[0].address
+        host, port = agent_address.rsplit(":", 1)
+        token_file = tmp_path / "token"
+        token_file.write_text(fleet.token + "\n")
+        token_file.chmod(0o600)
+        cli = [str(BIN / "chital"), "--controller", fleet.target, "--ca", str(fleet.pki.ca)]
+        cli += ["--token-file", str(token_file), "--timeout", "30", "--output", "json"]
+        inventory = tmp_path / "inventory.yml"
+        inventory.write_text(
+            json.dumps(
+                {
+                    "chital_controllers": {"hosts": {"ctl": {"ansible_connection": "local"}}},
+                    "chital_agents": {
+                        "hosts": {"node": {"chital_agent_address": host, "chital_agent_port": int(port)}}
+                    },
+                }
+            )
+        )
+        play = tmp_path / "api.yml"
+        play.write_text(API_PLAY.format(playbooks=PLAYBOOKS))
+
+        def run(step: str, **extra: object) -> tuple[dict[str, int], str]:
+            extra_vars = {"step": step, "chital_cli": cli, "chital_ready_timeout": 60, **extra}
+            cmd = [str(ANSIBLE_PLAYBOOK), "-i", str(inventory), "-e", f"@{PLAYBOOKS / 'group_vars/all.yml'}"]
+            cmd += ["-e", f"chital_source_dir={ROOT}", "-e", json.dumps(extra_vars), str(play)]
+            result = subprocess.run(cmd, env=_env(tmp_path), capture_output=True, text=True, check=False)
+            out = result.stdout + result.stderr
+            m = re.search(r"node\s*:\s*ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)", out)
+            assert m is not None, out
+            recap = dict(zip(("ok", "changed", "unreachable", "failed"), map(int, m.groups()), strict=True))
+            return recap, out
+
+        # Registration: the host is added and READY; a second run changes nothing.
+        recap, out = run("register")
+        assert recap["failed"] == 0 and recap["changed"] == 1, out
+        with fleet.client() as client:
+            (registered,) = client.list_hosts()
+            assert registered.address == agent_address and registered.state.value == "READY"
+            agent_info = registered.agent
+        assert agent_info is not None
+        recap, out = run("register")
+        assert recap["failed"] == 0 and recap["changed"] == 0, out
+
+        # A container on the host, which the drain must stop.
+        config = ["--config", str(fleet.config_path), "--output", "json"]
+        started = subprocess.run(
+            [str(BIN / "chital"), *config, "run", "-d", "--name", "drained", "--", "sleep", "600"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert started.returncode == 0, started.stderr
+        upgrade_vars = {
+            "chital_upgrade_drain": True,
+            "chital_upgrade_drain_grace": 1,
+            "chital_upgrade_drain_deadline": 60,
+            "chital_upgrade_ready_timeout": 30,
+            "chital_upgrade_device": agent_info.device,
+            "chital_version": agent_info.agent_version,
+            "chital_module_version": agent_info.module_version,
+            "chital_abi_major": int(agent_info.abi_version.split(".")[0] or 0),
+        }
+
+        # A version the host does not run: the check fails and the host stays cordoned, drained.
+        wrong = {**upgrade_vars, "chital_version": "0.0.0-not-this", "chital_upgrade_ready_timeout": 6}
+        recap, out = run("upgrade", **wrong)
+        assert recap["failed"] == 1, out
+        with fleet.client() as client:
+            (cordoned,) = client.list_hosts()
+            assert cordoned.state.value in ("CORDONED", "DRAINING"), out
+            running = [c for c in client.list_containers() if c.state.value in ("RUNNING", "CREATED")]
+            assert running == []
+
+        # The versions it runs: checked, then uncordoned and READY. The host was cordoned by the
+        # failed run, so this run keeps it cordoned, as for a host an operator had cordoned.
+        recap, out = run("upgrade", **upgrade_vars)
+        assert recap["failed"] == 0, out
+        with fleet.client() as client:
+            (kept,) = client.list_hosts()
+            assert kept.state.value in ("CORDONED", "DRAINING")
+            client.uncordon_host(agent_address)
+        recap, out = run("upgrade", **upgrade_vars)
+        assert recap["failed"] == 0, out
+        with fleet.client() as client:
+            (ready,) = client.list_hosts()
+            assert ready.state.value == "READY"
