@@ -22,6 +22,10 @@ from chital.devcluster.postgres import PostgresServer, PostgresUnavailableError
 
 _db_counter = itertools.count(1)
 
+# Daemons started by the tests (and their children) never read a machine's /etc/chital/*.toml.
+os.environ.setdefault("CHITAL_AGENT_CONFIG", "/dev/null")
+os.environ.setdefault("CHITAL_CONTROLLER_CONFIG", "/dev/null")
+
 
 @pytest.fixture(scope="session")
 def postgres_server() -> Iterator[PostgresServer]:

@@ -76,6 +76,8 @@ class AgentProcess:
                 "-m",
                 "chital.agent",
                 "serve",
+                "--config",
+                "/dev/null",  # the guest sees the host's root: never a host's /etc/chital/agent.toml
                 "--device",
                 "linux",
                 "--listen",

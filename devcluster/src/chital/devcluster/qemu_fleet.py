@@ -126,6 +126,8 @@ def agent_script(extra_args: Sequence[str] = (), staged_tls: str | None = None) 
     argv = [
         str(agent),
         "serve",
+        "--config",
+        "/dev/null",  # the guest sees the host's root: never a host's /etc/chital/agent.toml
         "--device",
         "linux",
         "--listen",
