@@ -303,6 +303,9 @@ API_PLAY = """
     - name: Register (site.yml)
       ansible.builtin.include_tasks: {playbooks}/tasks/register.yml
       when: step == 'register'
+    - name: The running-containers check (uninstall.yml)
+      ansible.builtin.include_tasks: {playbooks}/tasks/refuse_running.yml
+      when: step == 'uninstall'
     - name: Cordon and drain (upgrade.yml)
       ansible.builtin.include_tasks: {playbooks}/tasks/cordon_drain.yml
       when: step == 'upgrade'
@@ -314,8 +317,9 @@ API_PLAY = """
 
 @pytest.mark.slow
 def test_register_cordon_drain_uncordon_against_a_hollow_fleet(tmp_path: Path) -> None:
-    """site.yml's registration and upgrade.yml's cordon, drain, version check and uncordon, through
-    the real ``chital`` CLI against a hollow fleet (a controller and an agent on 127.0.0.1)."""
+    """site.yml's registration, uninstall.yml's running-containers check and upgrade.yml's cordon,
+    drain, version check and uncordon, through the real ``chital`` CLI against a hollow fleet (a
+    controller and an agent on 127.0.0.1)."""
     with HollowFleet(agents=1, register=False) as fleet:
         assert fleet.pki is not None and fleet.token is not None
         agent_address = fleet.agent_procs[0].address
@@ -370,6 +374,13 @@ def test_register_cordon_drain_uncordon_against_a_hollow_fleet(tmp_path: Path) -
             check=False,
         )
         assert started.returncode == 0, started.stderr
+
+        # uninstall.yml refuses while it runs, naming it, unless forced.
+        recap, out = run("uninstall", chital_force_uninstall=False)
+        assert recap["failed"] == 1, out
+        assert "Containers still run on " + agent_address in out and "drained" in out, out
+        recap, out = run("uninstall", chital_force_uninstall=True)
+        assert recap["failed"] == 0, out
         upgrade_vars = {
             "chital_upgrade_drain": True,
             "chital_upgrade_drain_grace": 1,
@@ -390,6 +401,10 @@ def test_register_cordon_drain_uncordon_against_a_hollow_fleet(tmp_path: Path) -
             assert cordoned.state.value in ("CORDONED", "DRAINING"), out
             running = [c for c in client.list_containers() if c.state.value in ("RUNNING", "CREATED")]
             assert running == []
+
+        # Drained: uninstall.yml no longer refuses.
+        recap, out = run("uninstall", chital_force_uninstall=False)
+        assert recap["failed"] == 0, out
 
         # The versions it runs: checked, then uncordoned and READY. The host was cordoned by the
         # failed run, so this run keeps it cordoned, as for a host an operator had cordoned.
