@@ -14,12 +14,12 @@ from chital.controller.records import (
     AgentInfoRecord,
     ContainerRecordState,
     ContainerSpec,
-    EventType,
+    EventRecordType,
     HostHealth,
     ProcessRecordState,
     ProcessSpec,
 )
-from chital.controller.store import AgentEvent, Store
+from chital.controller.store import AgentEventRecord, Store
 from chital.errdefs import AlreadyExists, FailedPrecondition, NotFound
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -87,7 +87,7 @@ def test_process_lifecycle_through_agent_events(store: Store) -> None:
     assert not created and same.uid == "p1"
     store.mark_process_running("p1", 4242, at(4), at(4))
     assert store.get_container("c1").state is ContainerRecordState.RUNNING
-    exit_event = AgentEvent(
+    exit_event = AgentEventRecord(
         seq=7, kind="PROCESS_EXITED", container_uid="c1", process_uid="p1", exit_code=3, time=at(5)
     )
     assert store.apply_agent_events("h1", "b1", [exit_event], at(5)) == 7
@@ -98,11 +98,12 @@ def test_process_lifecycle_through_agent_events(store: Store) -> None:
     # Replays and events of another agent boot change nothing.
     assert store.apply_agent_events("h1", "b1", [exit_event], at(6)) == 7
     assert (
-        store.apply_agent_events("h1", "other-boot", [AgentEvent(seq=9, kind="PROCESS_EXITED")], at(6)) == 7
+        store.apply_agent_events("h1", "other-boot", [AgentEventRecord(seq=9, kind="PROCESS_EXITED")], at(6))
+        == 7
     )
     events = store.list_events(0, 100, "c1")
     assert [e.revision for e in events] == sorted(e.revision for e in events)
-    assert events[-1].type is EventType.CONTAINER and events[-1].container is not None
+    assert events[-1].type is EventRecordType.CONTAINER and events[-1].container is not None
     assert events[-1].container.state is ContainerRecordState.CREATED
     assert store.last_revision() == events[-1].revision
 

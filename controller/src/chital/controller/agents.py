@@ -24,13 +24,13 @@ import grpc
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import AgentInfoRecord, ContainerRecord, ProcessRecord
-from chital.controller.store import AgentEvent
+from chital.controller.store import AgentEventRecord
 from chital.daemon.logs import RequestIdClientInterceptor
 from chital.errdefs import ChitalError, FailedPrecondition, Unavailable
 from chital.errdefs.grpc import from_grpc_code
 from chital.security.tls import is_loopback
 
-__all__ = ["AgentClient", "AgentPool", "LogChunk", "map_agent_error"]
+__all__ = ["AgentClient", "AgentPool", "LogChunkRecord", "map_agent_error"]
 
 T = TypeVar("T")
 
@@ -61,7 +61,7 @@ def _time(ts: Any) -> datetime | None:
 
 
 @dataclass(frozen=True)
-class LogChunk:
+class LogChunkRecord:
     """One chunk of a process's output; stream is "stdout" or "stderr"."""
 
     stream: str
@@ -200,18 +200,18 @@ class AgentClient:
 
     def stream_logs(
         self, process_uid: str, follow: bool, tail_lines: int, timeout: float | None
-    ) -> tuple[Any, Iterator[LogChunk]]:
+    ) -> tuple[Any, Iterator[LogChunkRecord]]:
         """The agent's log stream: the call (to cancel) and the chunks."""
         call = self._stub.StreamLogs(
             agent_pb2.StreamLogsRequest(process_uid=process_uid, follow=follow, tail_lines=tail_lines),
             timeout=timeout,
         )
 
-        def chunks() -> Iterator[LogChunk]:
+        def chunks() -> Iterator[LogChunkRecord]:
             try:
                 for msg in call:
                     stream = "stderr" if msg.stream == agent_pb2.LOG_STREAM_STDERR else "stdout"
-                    yield LogChunk(stream, bytes(msg.data))
+                    yield LogChunkRecord(stream, bytes(msg.data))
             except grpc.RpcError as exc:
                 if exc.code() == grpc.StatusCode.CANCELLED:
                     return
@@ -235,9 +235,9 @@ def info_from_pb(resp: Any) -> AgentInfoRecord:
     )
 
 
-def event_from_pb(msg: Any) -> AgentEvent:
-    """AgentEvent from a StreamEventsResponse."""
-    return AgentEvent(
+def event_from_pb(msg: Any) -> AgentEventRecord:
+    """AgentEventRecord from a StreamEventsResponse."""
+    return AgentEventRecord(
         seq=msg.seq,
         kind=_EVENT_KINDS.get(msg.kind, "UNSPECIFIED"),
         container_uid=msg.container_uid,

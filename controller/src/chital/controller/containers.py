@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Generic, TypeVar
 
-from chital.controller.agents import AgentPool, LogChunk
+from chital.controller.agents import AgentPool, LogChunkRecord
 from chital.controller.events import ChangeNotifier
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.placement import choose_host
@@ -48,13 +48,13 @@ from chital.controller.records import (
     ContainerRecord,
     ContainerRecordState,
     ContainerSpec,
-    ContainerStats,
+    ContainerStatsRecord,
     EventRecord,
     HostHealth,
     ProcessRecord,
     ProcessRecordState,
     ProcessSpec,
-    SyscallCount,
+    SyscallCountRecord,
 )
 from chital.controller.store import Candidate, Store
 from chital.controller.validation import (
@@ -379,7 +379,7 @@ class Containers:
         self._pool.get(container.host_address).signal_process(uid, signal)
         return self._store.get_process(uid)
 
-    def stats(self, ref: str) -> ContainerStats:
+    def stats(self, ref: str) -> ContainerStatsRecord:
         """The container's syscall counters and cgroup usage, read live from its host."""
         container = self.get(ref)
         if container.state not in (
@@ -393,10 +393,10 @@ class Containers:
         host = self._store.get_host(container.host_id)
         resp = self._pool.get(container.host_address).get_container_stats(container.uid)
         syscalls = sorted(
-            (SyscallCount(s.name, s.number, s.calls, s.denied) for s in resp.syscalls),
+            (SyscallCountRecord(s.name, s.number, s.calls, s.denied) for s in resp.syscalls),
             key=lambda s: (-s.calls, s.number),
         )
-        return ContainerStats(
+        return ContainerStatsRecord(
             container_uid=container.uid,
             syscalls=tuple(syscalls),
             syscalls_total=resp.syscalls_total,
@@ -411,7 +411,7 @@ class Containers:
 
     def stream_logs(
         self, uid: str, follow: bool, tail_lines: int
-    ) -> tuple[Callable[[], None], Iterator[LogChunk]]:
+    ) -> tuple[Callable[[], None], Iterator[LogChunkRecord]]:
         """The process's output from its agent: a cancel function and the chunks."""
         validate_ref(uid, "process_uid")
         if tail_lines < 0:

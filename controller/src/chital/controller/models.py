@@ -98,7 +98,7 @@ class ContainerRow(Base):
     cpu_max_millicores: Mapped[int] = mapped_column(sa.BigInteger)
     root: Mapped[str] = mapped_column(sa.Text)
     deny_syscalls: Mapped[list[str]]
-    # records.Sandbox as JSON: relaxations of the default policy, capabilities, host network.
+    # records.SandboxRecord as JSON: relaxations of the default policy, capabilities, host network.
     sandbox: Mapped[dict[str, Any]] = mapped_column(sa.JSON)
     # The deny list the host's module enforces, as the agent reported it at create.
     effective_deny_syscalls: Mapped[list[str]]

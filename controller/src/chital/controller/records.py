@@ -17,7 +17,7 @@ __all__ = [
     "ContainerRecordState",
     "ContainerSpec",
     "EventRecord",
-    "EventType",
+    "EventRecordType",
     "HostHealth",
     "HostRecord",
     "HostRecordState",
@@ -25,7 +25,7 @@ __all__ = [
     "ProcessRecord",
     "ProcessRecordState",
     "ProcessSpec",
-    "Sandbox",
+    "SandboxRecord",
 ]
 
 
@@ -96,7 +96,7 @@ class ProcessRecordState(StrEnum):
 LIVE_PROCESS_STATES = (ProcessRecordState.STARTING, ProcessRecordState.RUNNING)
 
 
-class EventType(StrEnum):
+class EventRecordType(StrEnum):
     """What a Watch event is about."""
 
     CONTAINER = "CONTAINER"
@@ -159,7 +159,7 @@ class LimitsRecord:
 
 
 @dataclass(frozen=True)
-class Sandbox:
+class SandboxRecord:
     """How a container is isolated beyond its root and deny list; the zero value isolates most.
 
     ``allow_syscalls`` relaxes the host's default deny list, ``allow_raw_sockets`` allows AF_PACKET
@@ -184,7 +184,7 @@ class Sandbox:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any] | None) -> Sandbox:
+    def from_json(cls, data: dict[str, Any] | None) -> SandboxRecord:
         data = data or {}
         return cls(
             allow_syscalls=tuple(data.get("allow_syscalls", ())),
@@ -205,7 +205,7 @@ class ContainerSpec:
     root: str = ""
     deny_syscalls: tuple[str, ...] = ()
     host: str = ""
-    sandbox: Sandbox = Sandbox()
+    sandbox: SandboxRecord = SandboxRecord()
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class ContainerRecord:
     updated: datetime
     revision: int
     running_processes: int = 0
-    sandbox: Sandbox = Sandbox()
+    sandbox: SandboxRecord = SandboxRecord()
     # What the host's module enforces (its default list, plus deny_syscalls, minus the sandbox's
     # relaxations); empty until the container exists on its host.
     effective_deny_syscalls: tuple[str, ...] = ()
@@ -287,7 +287,7 @@ class ProcessRecord:
 
 
 @dataclass(frozen=True)
-class SyscallCount:
+class SyscallCountRecord:
     """The kernel's counter of one system call in one container."""
 
     name: str
@@ -297,11 +297,11 @@ class SyscallCount:
 
 
 @dataclass(frozen=True)
-class ContainerStats:
+class ContainerStatsRecord:
     """A container's counters, read live from its host (nothing of it is stored)."""
 
     container_uid: str
-    syscalls: tuple[SyscallCount, ...]
+    syscalls: tuple[SyscallCountRecord, ...]
     syscalls_total: int
     denied_total: int
     members: int
@@ -317,7 +317,7 @@ class EventRecord:
     """One Watch event."""
 
     revision: int
-    type: EventType
+    type: EventRecordType
     time: datetime
     container: ContainerRecord | None = None
     process: ProcessRecord | None = None
@@ -338,7 +338,7 @@ def to_json(record: ContainerRecord | ProcessRecord) -> dict[str, Any]:
         value = getattr(record, f.name)
         if isinstance(value, LimitsRecord):
             out[f.name] = dataclasses.asdict(value)
-        elif isinstance(value, Sandbox):
+        elif isinstance(value, SandboxRecord):
             out[f.name] = value.to_json()
         else:
             out[f.name] = _encode(value)
@@ -368,7 +368,7 @@ def container_from_json(data: dict[str, Any]) -> ContainerRecord:
         updated=datetime.fromisoformat(data["updated"]),
         revision=data["revision"],
         running_processes=data["running_processes"],
-        sandbox=Sandbox.from_json(data.get("sandbox")),
+        sandbox=SandboxRecord.from_json(data.get("sandbox")),
         effective_deny_syscalls=tuple(data.get("effective_deny_syscalls", ())),
     )
 

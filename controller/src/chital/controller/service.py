@@ -25,13 +25,13 @@ from chital.controller.records import (
     ContainerRecordState,
     ContainerSpec,
     EventRecord,
-    EventType,
+    EventRecordType,
     HostRecord,
     HostRecordState,
     LimitsRecord,
     ProcessRecord,
     ProcessSpec,
-    Sandbox,
+    SandboxRecord,
 )
 from chital.controller.tokens import AuditLog, AuditRecord, TokenRecord, Tokens
 from chital.errdefs import InvalidArgument, PermissionDenied
@@ -121,7 +121,7 @@ def process_to_pb(p: ProcessRecord) -> container_pb2.Process:
 def event_to_pb(e: EventRecord) -> container_pb2.WatchResponse:
     """An event as a message."""
     msg = container_pb2.WatchResponse(revision=e.revision, time=_ts(e.time))
-    if e.type is EventType.CONTAINER and e.container is not None:
+    if e.type is EventRecordType.CONTAINER and e.container is not None:
         msg.type = container_pb2.EVENT_TYPE_CONTAINER_CHANGED
         msg.container.CopyFrom(container_to_pb(e.container))
     elif e.process is not None:
@@ -171,7 +171,7 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             root=request.root,
             deny_syscalls=tuple(request.deny_syscalls),
             host=request.host,
-            sandbox=Sandbox(
+            sandbox=SandboxRecord(
                 allow_syscalls=tuple(request.sandbox.allow_syscalls),
                 allow_raw_sockets=request.sandbox.allow_raw_sockets,
                 capabilities=tuple(request.sandbox.capabilities),

@@ -37,7 +37,7 @@ from chital.controller.records import (
     ContainerRecordState,
     ContainerSpec,
     EventRecord,
-    EventType,
+    EventRecordType,
     HostHealth,
     HostRecord,
     HostRecordState,
@@ -45,14 +45,14 @@ from chital.controller.records import (
     ProcessRecord,
     ProcessRecordState,
     ProcessSpec,
-    Sandbox,
+    SandboxRecord,
     container_from_json,
     process_from_json,
     to_json,
 )
 from chital.errdefs import AlreadyExists, ChitalError, FailedPrecondition, NotFound, Unavailable
 
-__all__ = ["AgentEvent", "Candidate", "Cursor", "Store"]
+__all__ = ["AgentEventRecord", "Candidate", "Cursor", "Store"]
 
 Cursor = tuple[datetime, str]
 
@@ -70,7 +70,7 @@ class Candidate:
 
 
 @dataclass(frozen=True)
-class AgentEvent:
+class AgentEventRecord:
     """An event from an agent's StreamEvents, as plain values."""
 
     seq: int
@@ -166,7 +166,7 @@ class Store:
     ) -> None:
         if isinstance(record, ContainerRecord):
             row = EventRow(
-                type=EventType.CONTAINER.value,
+                type=EventRecordType.CONTAINER.value,
                 container_uid=record.uid,
                 process_uid="",
                 data=to_json(record),
@@ -174,7 +174,7 @@ class Store:
             )
         else:
             row = EventRow(
-                type=EventType.PROCESS.value,
+                type=EventRecordType.PROCESS.value,
                 container_uid=record.container_uid,
                 process_uid=record.uid,
                 data=to_json(record),
@@ -266,7 +266,7 @@ class Store:
             updated=row.updated,
             revision=row.revision,
             running_processes=running,
-            sandbox=Sandbox.from_json(row.sandbox),
+            sandbox=SandboxRecord.from_json(row.sandbox),
             effective_deny_syscalls=tuple(row.effective_deny_syscalls),
         )
 
@@ -905,7 +905,7 @@ class Store:
     # -- agent events ---------------------------------------------------------------------------
 
     def apply_agent_events(
-        self, host_id: str, boot_id: str, events: Sequence[AgentEvent], now: datetime
+        self, host_id: str, boot_id: str, events: Sequence[AgentEventRecord], now: datetime
     ) -> int:
         """Apply events from a host's agent in one transaction; skip those applied before.
 
@@ -926,7 +926,7 @@ class Store:
             return host.event_seq
 
     def _apply_one(
-        self, session: Session, changes: _Changes, host_id: str, event: AgentEvent, now: datetime
+        self, session: Session, changes: _Changes, host_id: str, event: AgentEventRecord, now: datetime
     ) -> None:
         if event.kind not in ("PROCESS_STARTED", "PROCESS_EXITED") or not event.process_uid:
             return
@@ -997,8 +997,8 @@ class Store:
     @staticmethod
     def _event_record(row: EventRow) -> EventRecord:
         data: dict[str, Any] = row.data
-        if row.type == EventType.CONTAINER.value:
+        if row.type == EventRecordType.CONTAINER.value:
             return EventRecord(
-                row.revision, EventType.CONTAINER, row.time, container=container_from_json(data)
+                row.revision, EventRecordType.CONTAINER, row.time, container=container_from_json(data)
             )
-        return EventRecord(row.revision, EventType.PROCESS, row.time, process=process_from_json(data))
+        return EventRecord(row.revision, EventRecordType.PROCESS, row.time, process=process_from_json(data))

@@ -10,7 +10,7 @@ import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
-from chital.controller.records import DEFAULT_GROUP_ID, DEFAULT_USER_ID, Sandbox
+from chital.controller.records import DEFAULT_GROUP_ID, DEFAULT_USER_ID, SandboxRecord
 from chital.controller.store import Cursor
 from chital.errdefs import InvalidArgument, PermissionDenied
 
@@ -212,7 +212,7 @@ def validate_deny_syscalls(names: Sequence[str], what: str = "deny_syscalls") ->
     return tuple(names)
 
 
-def validate_sandbox(sandbox: Sandbox) -> Sandbox:
+def validate_sandbox(sandbox: SandboxRecord) -> SandboxRecord:
     """Relaxations by system call name, capabilities by their kernel names (CAP_...)."""
     validate_deny_syscalls(sandbox.allow_syscalls, "sandbox.allow_syscalls")
     if len(sandbox.capabilities) > MAX_CAPABILITIES:
