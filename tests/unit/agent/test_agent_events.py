@@ -19,7 +19,7 @@ from chital.agent.runtime import (
     AgentEventKind,
     AgentRuntime,
     RuntimeConfig,
-    Sandbox,
+    SandboxView,
     denied_syscall,
 )
 from chital.agent.service import AgentService, event_pb
@@ -157,11 +157,13 @@ def test_default_policy_and_relaxations(rt: AgentRuntime) -> None:
     plain = rt.create_container("c1")
     for name in ("keyctl", "add_key", "iopl", "syslog", "clock_settime", "acct", "mknod", "fanotify_init"):
         assert name in plain.effective_deny_syscalls
-    assert plain.sandbox == Sandbox()
+    assert plain.sandbox == SandboxView()
     relaxed = rt.create_container(
         "c2",
         deny_syscalls=["ptrace"],
-        sandbox=Sandbox(allow_syscalls=("syslog",), capabilities=("net_bind_service",), host_network=True),
+        sandbox=SandboxView(
+            allow_syscalls=("syslog",), capabilities=("net_bind_service",), host_network=True
+        ),
     )
     assert "syslog" not in relaxed.effective_deny_syscalls
     assert "ptrace" in relaxed.effective_deny_syscalls
@@ -171,15 +173,15 @@ def test_default_policy_and_relaxations(rt: AgentRuntime) -> None:
 
 def test_unknown_names_are_invalid(rt: AgentRuntime) -> None:
     with pytest.raises(InvalidArgument, match="capability"):
-        rt.create_container("c1", sandbox=Sandbox(capabilities=("CAP_EVERYTHING",)))
+        rt.create_container("c1", sandbox=SandboxView(capabilities=("CAP_EVERYTHING",)))
     with pytest.raises(InvalidArgument, match="system call"):
-        rt.create_container("c1", sandbox=Sandbox(allow_syscalls=("no_such_call",)))
+        rt.create_container("c1", sandbox=SandboxView(allow_syscalls=("no_such_call",)))
 
 
 def test_policy_survives_a_restart(device: CraftedDevice, tmp_path: Path) -> None:
     config = RuntimeConfig(state_dir=tmp_path / "state")
     first = AgentRuntime(device, config)
-    box = Sandbox(allow_syscalls=("acct",), allow_raw_sockets=True, capabilities=("CAP_KILL",))
+    box = SandboxView(allow_syscalls=("acct",), allow_raw_sockets=True, capabilities=("CAP_KILL",))
     made = first.create_container("c1", sandbox=box)
     first.close()
     second = AgentRuntime(device, config)
@@ -195,7 +197,7 @@ def test_policy_survives_a_restart(device: CraftedDevice, tmp_path: Path) -> Non
 def test_container_pb_echoes_the_sandbox(rt: AgentRuntime) -> None:
     from chital.agent.service import container_pb  # noqa: PLC0415
 
-    view = rt.create_container("c1", sandbox=Sandbox(capabilities=("CAP_CHOWN",), allow_raw_sockets=True))
+    view = rt.create_container("c1", sandbox=SandboxView(capabilities=("CAP_CHOWN",), allow_raw_sockets=True))
     msg = container_pb(view)
     assert list(msg.sandbox.capabilities) == ["CAP_CHOWN"]
     assert msg.sandbox.allow_raw_sockets

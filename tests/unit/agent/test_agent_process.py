@@ -199,12 +199,12 @@ def holder(runner: ProcessRunner, busybox_root: Path, tmp_path: Path) -> Iterato
 
 
 def sandboxed(tmp_path: Path, holder: int, argv: list[str], **kw: object) -> LaunchSpec:
-    effective = policy.effective_deny((), policy.Sandbox())
+    effective = policy.effective_deny((), policy.SandboxView())
     args: dict[str, object] = {
         "uid": 65534,
         "gid": 65534,
         "holder": holder,
-        "seccomp_deny": policy.seccomp_deny(effective, policy.Sandbox()),
+        "seccomp_deny": policy.seccomp_deny(effective, policy.SandboxView()),
     }
     args.update(kw)
     return spec(tmp_path, argv, **args)
@@ -293,7 +293,7 @@ def test_exec_errors_in_sandbox_are_typed(runner: ProcessRunner, holder: int, tm
 
 
 def test_seccomp_list_follows_the_policy() -> None:
-    box = policy.Sandbox(allow_syscalls=("syslog",))
+    box = policy.SandboxView(allow_syscalls=("syslog",))
     eff = policy.effective_deny(["ptrace"], box)
     assert "syslog" not in eff and "ptrace" in eff and "keyctl" in eff
     deny = policy.seccomp_deny(eff, box)
@@ -302,5 +302,5 @@ def test_seccomp_list_follows_the_policy() -> None:
     # The module denies (and counts) these itself: seccomp would hide them from its counters.
     for name in ("syslog", "mount", "keyctl", "ptrace", "chroot"):
         assert syscalls.NUMBERS[name] not in deny
-    box = policy.Sandbox(allow_syscalls=("kcmp",))
+    box = policy.SandboxView(allow_syscalls=("kcmp",))
     assert syscalls.NUMBERS["kcmp"] not in policy.seccomp_deny(policy.effective_deny((), box), box)

@@ -3,7 +3,7 @@
 Two layers enforce it (defense in depth; either one alone stops the call):
 
 - the kernel module denies the **effective deny list** (``DEFAULT_DENY`` plus the container's own
-  ``deny_syscalls``, minus ``Sandbox.allow_syscalls``) and, unless ``allow_raw_sockets``, raw sockets. It
+  ``deny_syscalls``, minus ``SandboxView.allow_syscalls``) and, unless ``allow_raw_sockets``, raw sockets. It
   counts every denial (``chital stats``);
 - the launcher's seccomp filter kills any non-x86_64 call (``int $0x80``, x32), answers ``clone3``
   with ENOSYS, and denies ``SECCOMP_DENY`` (what no container needs, as in the default profiles of
@@ -32,7 +32,7 @@ __all__ = [
     "DEFAULT_DENY",
     "MODULE_CONTAINMENT",
     "SECCOMP_DENY",
-    "Sandbox",
+    "SandboxView",
     "effective_deny",
     "seccomp_deny",
     "validate_sandbox",
@@ -189,7 +189,7 @@ CAPABILITIES: dict[str, int] = {
 
 
 @dataclass(frozen=True, slots=True)
-class Sandbox:
+class SandboxView:
     """Relaxations of the default policy a container asked for (all off by default)."""
 
     allow_syscalls: tuple[str, ...] = ()
@@ -215,7 +215,7 @@ def _known_syscalls(names: Iterable[str], what: str) -> tuple[str, ...]:
     return out
 
 
-def validate_sandbox(sandbox: Sandbox) -> Sandbox:
+def validate_sandbox(sandbox: SandboxView) -> SandboxView:
     """The same sandbox with sorted, de-duplicated names; InvalidArgument for an unknown name."""
     caps = []
     for name in sandbox.capabilities:
@@ -225,7 +225,7 @@ def validate_sandbox(sandbox: Sandbox) -> Sandbox:
         if canonical not in CAPABILITIES:
             raise InvalidArgument(f"unknown capability {name[:64]!r}")
         caps.append(canonical)
-    return Sandbox(
+    return SandboxView(
         allow_syscalls=_known_syscalls(sandbox.allow_syscalls, "allow_syscalls"),
         allow_raw_sockets=sandbox.allow_raw_sockets,
         capabilities=tuple(sorted(set(caps), key=CAPABILITIES.__getitem__)),
@@ -234,12 +234,12 @@ def validate_sandbox(sandbox: Sandbox) -> Sandbox:
     )
 
 
-def effective_deny(deny_syscalls: Iterable[str], sandbox: Sandbox) -> tuple[str, ...]:
+def effective_deny(deny_syscalls: Iterable[str], sandbox: SandboxView) -> tuple[str, ...]:
     """What the module denies: the default list plus the container's own, minus its allowances."""
     return tuple(sorted((DEFAULT_DENY | set(deny_syscalls)) - set(sandbox.allow_syscalls)))
 
 
-def seccomp_deny(effective: Iterable[str], sandbox: Sandbox) -> tuple[int, ...]:
+def seccomp_deny(effective: Iterable[str], sandbox: SandboxView) -> tuple[int, ...]:
     """System call numbers the launcher's seccomp filter answers with EPERM: the default profile
     minus what the module denies (and counts) itself, minus the container's allowances."""
     names = SECCOMP_DENY - MODULE_CONTAINMENT - set(effective) - set(sandbox.allow_syscalls)

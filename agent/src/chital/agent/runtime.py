@@ -61,7 +61,7 @@ from .cgroup import CgroupManager
 from .device.base import ROOT_MAX, Device, DeviceEvent, EventKind, KernelContainerSpec, KernelLimits
 from .device.fake import FakeDevice
 from .metrics import AgentMetrics
-from .policy import Sandbox
+from .policy import SandboxView
 from .process import ExitStatus, HolderSpec, LaunchSpec, ProcessRunner, decode_wait_status
 from .roots import RootPolicy
 
@@ -72,14 +72,14 @@ __all__ = [
     "AgentEventKind",
     "AgentInfoView",
     "AgentRuntime",
-    "ContainerStats",
+    "ContainerStatsView",
     "ContainerView",
     "LimitsView",
-    "LogChunk",
+    "LogChunkView",
     "ProcessStatus",
     "ProcessView",
     "RuntimeConfig",
-    "Sandbox",
+    "SandboxView",
     "SyncState",
     "SyscallStat",
 ]
@@ -143,7 +143,7 @@ class ContainerView:
     deny_syscalls: tuple[str, ...]
     kernel_id: int
     member_pids: tuple[int, ...]
-    sandbox: Sandbox = field(default_factory=Sandbox)
+    sandbox: SandboxView = field(default_factory=SandboxView)
     effective_deny_syscalls: tuple[str, ...] = ()
 
 
@@ -186,7 +186,7 @@ class SyscallStat:
 
 
 @dataclass(frozen=True, slots=True)
-class ContainerStats:
+class ContainerStatsView:
     syscalls: tuple[SyscallStat, ...]
     syscalls_total: int
     denied_total: int
@@ -223,7 +223,7 @@ class SyncState:
 
 
 @dataclass(frozen=True, slots=True)
-class LogChunk:
+class LogChunkView:
     stream: str  # "stdout" or "stderr"
     data: bytes
 
@@ -305,7 +305,7 @@ class _Container:
     deny_syscalls: tuple[str, ...]
     kernel_id: int
     stopping: bool = False
-    sandbox: Sandbox = field(default_factory=Sandbox)
+    sandbox: SandboxView = field(default_factory=SandboxView)
     effective_deny: tuple[str, ...] = ()
     holder_pid: int | None = None  # the namespace holder (real device only)
     holder_start: int = 0  # its start time in clock ticks since boot (/proc/<pid>/stat field 22)
@@ -365,7 +365,7 @@ def _check_abs_path(value: str, what: str) -> str:
 
 
 @functools.lru_cache(maxsize=256)
-def _seccomp_deny(effective: tuple[str, ...], sandbox: Sandbox) -> tuple[int, ...]:
+def _seccomp_deny(effective: tuple[str, ...], sandbox: SandboxView) -> tuple[int, ...]:
     return policy.seccomp_deny(effective, sandbox)
 
 
@@ -509,11 +509,11 @@ class AgentRuntime:
         limits: LimitsView | None = None,
         deny_syscalls: Sequence[str] = (),
         *,
-        sandbox: Sandbox | None = None,
+        sandbox: SandboxView | None = None,
     ) -> ContainerView:
         _check_uid(uid, "container uid")
         limits = limits or LimitsView()
-        sandbox = policy.validate_sandbox(sandbox or Sandbox())
+        sandbox = policy.validate_sandbox(sandbox or SandboxView())
         with self._lock:
             self._check_open()
             existing = self._containers.get(uid)
@@ -591,7 +591,14 @@ class AgentRuntime:
             return self._container_view(rec)
 
     def _create_in_kernel(
-        self, uid: str, name: str, root: str, *, limits: LimitsView, deny: frozenset[int], sandbox: Sandbox
+        self,
+        uid: str,
+        name: str,
+        root: str,
+        *,
+        limits: LimitsView,
+        deny: frozenset[int],
+        sandbox: SandboxView,
     ) -> tuple[int, int | None, int]:
         """cgroup, namespace holder (real device), kernel container: (kernel id, holder pid, start)."""
         self._create_cgroup(uid, limits)
@@ -735,7 +742,7 @@ class AgentRuntime:
             effective_deny_syscalls=rec.effective_deny,
         )
 
-    def get_container_stats(self, uid: str) -> ContainerStats:
+    def get_container_stats(self, uid: str) -> ContainerStatsView:
         with self._lock:
             rec = self._get_container(uid)
         counters = self._device.stats(rec.kernel_id)
@@ -744,7 +751,7 @@ class AgentRuntime:
         if self._cgroups is not None:
             with contextlib.suppress(OSError, ChitalError):
                 cg = self._cgroups.stats(uid)
-        return ContainerStats(
+        return ContainerStatsView(
             syscalls=tuple(
                 SyscallStat(name=syscalls.name_of(nr), number=nr, calls=calls, denied=denied)
                 for nr, (calls, denied) in sorted(counters.items())
@@ -1199,7 +1206,7 @@ class AgentRuntime:
 
     def stream_logs(
         self, process_uid: str, follow: bool, tail_lines: int, is_active: Callable[[], bool]
-    ) -> Iterator[LogChunk]:
+    ) -> Iterator[LogChunkView]:
         if tail_lines < 0:
             raise InvalidArgument("tail_lines must not be negative")
         with self._lock:
@@ -1399,12 +1406,12 @@ class AgentRuntime:
 
 def _sandbox_from_meta(
     meta: Mapping[str, object], kernel_deny: frozenset[int]
-) -> tuple[Sandbox, tuple[str, ...], int | None, int]:
-    """Sandbox, effective deny list and holder (pid, start time) from a container.json."""
+) -> tuple[SandboxView, tuple[str, ...], int | None, int]:
+    """The sandbox, effective deny list and holder (pid, start time) from a container.json."""
     raw = meta.get("sandbox")
-    sandbox = Sandbox()
+    sandbox = SandboxView()
     if isinstance(raw, dict):
-        sandbox = Sandbox(
+        sandbox = SandboxView(
             allow_syscalls=tuple(str(x) for x in raw.get("allow_syscalls", [])),
             allow_raw_sockets=bool(raw.get("allow_raw_sockets", False)),
             capabilities=tuple(str(x) for x in raw.get("capabilities", [])),
@@ -1469,7 +1476,7 @@ def _follow_logs(
     tail_lines: int,
     is_active: Callable[[], bool],
     closed: threading.Event,
-) -> Iterator[LogChunk]:
+) -> Iterator[LogChunkView]:
     streams = [("stdout", proc.stdout_path), ("stderr", proc.stderr_path)]
     offsets = {name: (_tail_offset(path, tail_lines) if tail_lines > 0 else 0) for name, path in streams}
     while True:
@@ -1485,7 +1492,7 @@ def _follow_logs(
             if data:
                 offsets[name] += len(data)
                 progressed = True
-                yield LogChunk(stream=name, data=data)
+                yield LogChunkView(stream=name, data=data)
         if progressed:
             continue
         if not follow or exited or closed.is_set() or not is_active():

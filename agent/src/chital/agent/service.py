@@ -25,7 +25,7 @@ from .runtime import (
     LimitsView,
     ProcessStatus,
     ProcessView,
-    Sandbox,
+    SandboxView,
 )
 
 __all__ = ["AgentService"]
@@ -169,7 +169,7 @@ class AgentService(pb_grpc.AgentServiceServicer):
                 cpu_max_millicores=request.limits.cpu_max_millicores,
             ),
             deny_syscalls=list(request.deny_syscalls),
-            sandbox=Sandbox(
+            sandbox=SandboxView(
                 allow_syscalls=tuple(request.sandbox.allow_syscalls),
                 allow_raw_sockets=request.sandbox.allow_raw_sockets,
                 capabilities=tuple(request.sandbox.capabilities),
