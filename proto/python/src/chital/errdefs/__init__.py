@@ -1,6 +1,6 @@
 """The closed set of chital error classes, and their translations.
 
-This package does not import gRPC: any code (the agent's device layer, the exec helper, a CLI) can
+This package does not import gRPC: any code (the agent's device layer, its process launcher, a CLI) can
 raise and map errors without it. Each class carries a :class:`Code`, the canonical status code it
 travels as. Errors are translated at three seams only:
 
