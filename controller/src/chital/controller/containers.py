@@ -22,8 +22,9 @@ Lifecycle and the choices made:
   still has a host-side existence (CREATED/RUNNING/STOPPING) is destroyed on its agent first with no
   grace; if processes still run that needs ``force`` (else FAILED_PRECONDITION). STOPPED, FAILED and
   LOST containers are only marked. Deleting a DELETED container returns it. An unreachable agent
-  makes Delete UNAVAILABLE, except with ``force`` (the record is deleted; a leftover on the host is
-  an orphan for reconciliation). After delete, the uid still finds the record; the name does not.
+  makes Delete UNAVAILABLE, except with ``force`` (the record is deleted; a leftover on the host
+  stays there, and nothing removes it yet: destroy it on the agent by hand). After delete, the uid
+  still finds the record; the name does not.
 - **Exec** writes the process STARTING, calls the agent's StartProcess with the process uid, then
   records pid and RUNNING (unless its exit was seen already). An unreachable agent leaves it STARTING
   and the RPC is UNAVAILABLE (retry with the same request_id); any other agent error marks it LOST
@@ -276,8 +277,8 @@ class Containers:
             except Unavailable:
                 if not force:
                     raise
-                # force: the record goes now; what may remain on the host is an orphan for the
-                # agent-side reconciliation (Sync) to remove.
+                # force: the record goes now. What may remain on the host stays there: nothing
+                # compares an agent's containers with the records yet.
                 log.warning("deleting %s without reaching %s", record.uid, record.host_address)
         record, _ = self._store.transition_container(
             record.uid,

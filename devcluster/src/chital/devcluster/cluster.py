@@ -1,8 +1,9 @@
 """N guests, each with the module and one long-running command (an agent), reachable from the host.
 
-The building block of the dev cluster (``chital dev up``): every guest forwards one guest TCP port to
-a free port on the host's 127.0.0.1 (``restrict=on``: the guest reaches nothing else) and runs its
-command in the background through the command channel, so ``run()`` still works beside it.
+The building block of the QEMU fleet (:mod:`chital.devcluster.qemu_fleet`, the demo's cluster):
+every guest forwards one guest TCP port to a free port on the host's 127.0.0.1 (``restrict=on``:
+the guest reaches nothing else) and runs its command in the background through the command
+channel, so ``run()`` still works beside it.
 """
 
 from __future__ import annotations
