@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from controller_fake_agent import RunningFakeAgent
 from controller_harness import Cluster, running_cluster
 
+import chital.controller
 from chital.api.admin.v1 import admin_pb2 as apb
 from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.host.v1 import host_pb2 as hpb
@@ -298,6 +299,24 @@ def test_viewer_reads_but_cannot_mutate(cluster: Cluster) -> None:
     assert {e.role for e in entries} == {"viewer"}
     assert entries[-1].request_id == "req-web" and entries[-1].target == "web"
     assert entries[-2].target == made.uid
+
+
+def test_a_viewer_reads_the_server_info_and_it_is_not_audited(
+    cluster: Cluster, fresh_database_url: str
+) -> None:
+    _, _, admin = cluster.stubs(cluster.channel_with(cluster.token("viewer", "dash")))
+    before = snapshot(cluster)
+    info = admin.GetServerInfo(apb.GetServerInfoRequest(), timeout=T)
+    # The whole answer: the dialect's name and nothing else of the URL (path, host, password).
+    assert info == apb.GetServerInfoResponse(
+        version=chital.controller.__version__,
+        api_versions=["chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"],
+        database="sqlite" if fresh_database_url.startswith("sqlite") else "postgresql",
+    )
+    assert snapshot(cluster) == before  # a read: no audit row, nothing else
+    anonymous = cluster.stubs(cluster.channel_with(None))[2]
+    unauthenticated = grpc.StatusCode.UNAUTHENTICATED
+    refused(lambda: anonymous.GetServerInfo(apb.GetServerInfoRequest(), timeout=T), unauthenticated)
 
 
 def test_operator_cannot_register_a_host(cluster: Cluster) -> None:

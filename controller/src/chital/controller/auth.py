@@ -98,6 +98,8 @@ METHOD_ROLES: Mapping[str, Rule] = MappingProxyType(
         _ADMIN + "ListAuditLog": Rule("admin"),
         # Anyone authenticated may ask who they are (`chital whoami`).
         _ADMIN + "WhoAmI": Rule("viewer"),
+        # And what they talk to: version, API packages, database kind (`chital --version`).
+        _ADMIN + "GetServerInfo": Rule("viewer"),
     }
 )
 

@@ -227,7 +227,13 @@ class ControllerServer:
             ContainerServicer(self.containers), self.server
         )
         host_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(self.hosts), self.server)
-        admin_pb2_grpc.add_AdminServiceServicer_to_server(AdminServicer(self.tokens, self.audit), self.server)
+        admin = AdminServicer(
+            self.tokens,
+            self.audit,
+            database=self.engine.dialect.name,
+            api_versions=(m.DESCRIPTOR.package for m in (container_pb2, host_pb2, admin_pb2)),
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
             container_pb2.DESCRIPTOR.services_by_name["ContainerService"].full_name,

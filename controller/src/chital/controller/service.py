@@ -7,7 +7,7 @@ as errdefs exceptions and mapped to status codes by :class:`chital.errdefs.grpc.
 # ruff: noqa: N802 - gRPC servicer methods carry the RPC names from the proto.
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -17,6 +17,7 @@ from google.protobuf import duration_pb2, timestamp_pb2
 from chital.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from chital.api.container.v1 import container_pb2, container_pb2_grpc
 from chital.api.host.v1 import host_pb2, host_pb2_grpc
+from chital.controller._version import __version__
 from chital.controller.auth import Principal, current_principal
 from chital.controller.containers import Containers
 from chital.controller.hosts import Hosts
@@ -353,11 +354,20 @@ def _caller() -> Principal:
 
 
 class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
-    """chital.api.admin.v1.AdminService."""
+    """chital.api.admin.v1.AdminService.
 
-    def __init__(self, tokens: Tokens, audit: AuditLog) -> None:
+    ``database`` is the SQLAlchemy dialect name of the controller's database (never its URL) and
+    ``api_versions`` the API packages the server serves; GetServerInfo reports both.
+    """
+
+    def __init__(
+        self, tokens: Tokens, audit: AuditLog, *, database: str, api_versions: Iterable[str]
+    ) -> None:
         self._tokens = tokens
         self._audit = audit
+        self._server_info = admin_pb2.GetServerInfoResponse(
+            version=__version__, api_versions=sorted(set(api_versions)), database=database
+        )
 
     def CreateToken(self, request: Any, context: grpc.ServicerContext) -> Any:
         if request.ttl_seconds < 0:
@@ -389,3 +399,8 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
             principal=caller.id,
             token_id=caller.token_id,
         )
+
+    def GetServerInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
+        response = admin_pb2.GetServerInfoResponse()
+        response.CopyFrom(self._server_info)
+        return response

@@ -26,8 +26,9 @@ if _version_not_supported:
 
 
 class AdminServiceStub:
-    """AdminService manages API tokens and reads the audit log. Served by the controller.
-    Every call needs the admin role, except WhoAmI, which any authenticated caller may use.
+    """AdminService manages API tokens, reads the audit log and describes the controller. Served by
+    the controller. Every call needs the admin role, except WhoAmI and GetServerInfo, which any
+    authenticated caller may use.
     """
 
     def __init__(self, channel):
@@ -61,11 +62,17 @@ class AdminServiceStub:
                 request_serializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
                 response_deserializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
                 _registered_method=True)
+        self.GetServerInfo = channel.unary_unary(
+                '/chital.api.admin.v1.AdminService/GetServerInfo',
+                request_serializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetServerInfoRequest.SerializeToString,
+                response_deserializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetServerInfoResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
-    """AdminService manages API tokens and reads the audit log. Served by the controller.
-    Every call needs the admin role, except WhoAmI, which any authenticated caller may use.
+    """AdminService manages API tokens, reads the audit log and describes the controller. Served by
+    the controller. Every call needs the admin role, except WhoAmI and GetServerInfo, which any
+    authenticated caller may use.
     """
 
     def CreateToken(self, request, context):
@@ -103,6 +110,14 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetServerInfo(self, request, context):
+        """GetServerInfo returns the controller's version, the API packages it serves and its database
+        kind, so that clients can report and check what they talk to ("chital --version").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -131,6 +146,11 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.WhoAmIRequest.FromString,
                     response_serializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.WhoAmIResponse.SerializeToString,
             ),
+            'GetServerInfo': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetServerInfo,
+                    request_deserializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetServerInfoRequest.FromString,
+                    response_serializer=chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetServerInfoResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'chital.api.admin.v1.AdminService', rpc_method_handlers)
@@ -140,8 +160,9 @@ def add_AdminServiceServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class AdminService:
-    """AdminService manages API tokens and reads the audit log. Served by the controller.
-    Every call needs the admin role, except WhoAmI, which any authenticated caller may use.
+    """AdminService manages API tokens, reads the audit log and describes the controller. Served by
+    the controller. Every call needs the admin role, except WhoAmI and GetServerInfo, which any
+    authenticated caller may use.
     """
 
     @staticmethod
@@ -269,6 +290,33 @@ class AdminService:
             '/chital.api.admin.v1.AdminService/WhoAmI',
             chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.WhoAmIRequest.SerializeToString,
             chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.WhoAmIResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetServerInfo(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/chital.api.admin.v1.AdminService/GetServerInfo',
+            chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetServerInfoRequest.SerializeToString,
+            chital_dot_api_dot_admin_dot_v1_dot_admin__pb2.GetServerInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

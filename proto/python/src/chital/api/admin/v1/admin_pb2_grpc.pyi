@@ -27,8 +27,9 @@ GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
 class AdminServiceStub:
-    """AdminService manages API tokens and reads the audit log. Served by the controller.
-    Every call needs the admin role, except WhoAmI, which any authenticated caller may use.
+    """AdminService manages API tokens, reads the audit log and describes the controller. Served by
+    the controller. Every call needs the admin role, except WhoAmI and GetServerInfo, which any
+    authenticated caller may use.
     """
 
     @_typing.overload
@@ -45,11 +46,16 @@ class AdminServiceStub:
     """ListAuditLog returns a page of the audit log, newest first."""
     WhoAmI: _grpc.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.WhoAmIResponse]
     """WhoAmI returns the identity and role the server resolved for the caller."""
+    GetServerInfo: _grpc.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]
+    """GetServerInfo returns the controller's version, the API packages it serves and its database
+    kind, so that clients can report and check what they talk to ("chital --version").
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService manages API tokens and reads the audit log. Served by the controller.
-    Every call needs the admin role, except WhoAmI, which any authenticated caller may use.
+    """AdminService manages API tokens, reads the audit log and describes the controller. Served by
+    the controller. Every call needs the admin role, except WhoAmI and GetServerInfo, which any
+    authenticated caller may use.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -63,10 +69,15 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """ListAuditLog returns a page of the audit log, newest first."""
     WhoAmI: _aio.UnaryUnaryMultiCallable[_admin_pb2.WhoAmIRequest, _admin_pb2.WhoAmIResponse]  # type: ignore[assignment]
     """WhoAmI returns the identity and role the server resolved for the caller."""
+    GetServerInfo: _aio.UnaryUnaryMultiCallable[_admin_pb2.GetServerInfoRequest, _admin_pb2.GetServerInfoResponse]  # type: ignore[assignment]
+    """GetServerInfo returns the controller's version, the API packages it serves and its database
+    kind, so that clients can report and check what they talk to ("chital --version").
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService manages API tokens and reads the audit log. Served by the controller.
-    Every call needs the admin role, except WhoAmI, which any authenticated caller may use.
+    """AdminService manages API tokens, reads the audit log and describes the controller. Served by
+    the controller. Every call needs the admin role, except WhoAmI and GetServerInfo, which any
+    authenticated caller may use.
     """
 
     @_abc_1.abstractmethod
@@ -108,5 +119,15 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_admin_pb2.WhoAmIResponse, _abc.Awaitable[_admin_pb2.WhoAmIResponse]]:
         """WhoAmI returns the identity and role the server resolved for the caller."""
+
+    @_abc_1.abstractmethod
+    def GetServerInfo(
+        self,
+        request: _admin_pb2.GetServerInfoRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_admin_pb2.GetServerInfoResponse, _abc.Awaitable[_admin_pb2.GetServerInfoResponse]]:
+        """GetServerInfo returns the controller's version, the API packages it serves and its database
+        kind, so that clients can report and check what they talk to ("chital --version").
+        """
 
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
