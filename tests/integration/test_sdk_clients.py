@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import socket
 import threading
@@ -18,6 +19,7 @@ from typing import Any
 
 import pytest
 
+import chital.controller
 from chital.client import (
     Client,
     ContainerState,
@@ -27,6 +29,7 @@ from chital.client import (
     NotFound,
     ProcessState,
     RetryPolicy,
+    ServerInfo,
     WatchEvent,
 )
 from chital.client.aio import AsyncClient
@@ -129,6 +132,29 @@ def test_both_clients_have_the_same_surface() -> None:
         elif name != "from_config":
             assert inspect.iscoroutinefunction(aio), name
             assert inspect.signature(aio).return_annotation == returns, name
+
+
+def test_server_info(fleet: HollowFleet, client: Any, kind: str) -> None:
+    info = client.server_info()
+    assert isinstance(info, ServerInfo)
+    # The fleet's controller is a subprocess of this checkout: its version is chital.controller's.
+    assert info == ServerInfo(
+        version=chital.controller.__version__,
+        api_versions=("chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"),
+        database="postgresql" if (fleet.database_url or "").startswith("postgresql") else "sqlite",
+    )
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        info.version = "x"  # type: ignore[misc]
+    # Any role may ask, a viewer included.
+    viewer = client.create_token(unique("viewer"), "viewer")
+    kwargs = {**fleet.client_config.client_kwargs(), "token": viewer.bearer_token}
+    other = open_client(kind, **kwargs, timeout=20.0, retries=FAST)
+    try:
+        assert other.whoami().role == "viewer"
+        assert other.server_info() == info
+    finally:
+        other.close()
+        client.revoke_token(viewer.token.id)
 
 
 def test_exec_wait_and_logs(client: Any) -> None:

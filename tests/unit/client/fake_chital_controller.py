@@ -4,7 +4,7 @@ tests.
 It keeps state in dicts, answers like the real API's contract (idempotent request_ids, NOT_FOUND
 for unknown names) and can be told to fail the next N calls of a method with a given code.
 Every call's ``authorization`` metadata is recorded (``fake.authorization``); AdminService keeps
-tokens in a dict and answers WhoAmI with ``fake.identity``.
+tokens in a dict and answers WhoAmI with ``fake.identity``, GetServerInfo with ``fake.server_info``.
 Processes are scripted by their argv: ``echo ARGS`` prints and exits 0, ``exit N`` exits N,
 ``crash`` dies of SIGKILL, ``stderr TEXT`` writes to stderr, ``sleep`` keeps running.
 """
@@ -64,6 +64,12 @@ class FakeController(
         ]
         self.identity = apb.WhoAmIResponse(
             name="alice", role="admin", auth_method="token", principal="token:alice/0123456789ab"
+        )
+        # Not the client's version, so that a test can tell the server's answer from the client's.
+        self.server_info = apb.GetServerInfoResponse(
+            version="9.8.7",
+            api_versions=["chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"],
+            database="sqlite",
         )
 
     # -- test controls -------------------------------------------------------------------------
@@ -340,3 +346,7 @@ class FakeController(
     def WhoAmI(self, request, context):  # type: ignore[no-untyped-def]
         self._enter("WhoAmI", request, context)
         return self.identity
+
+    def GetServerInfo(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("GetServerInfo", request, context)
+        return self.server_info

@@ -109,6 +109,23 @@ def test_reads_retry_unavailable_and_deadline(kind: str, target: str, fake: Fake
 
 
 @KINDS
+def test_server_info_is_a_read(kind: str, target: str, fake: FakeController) -> None:
+    fake.fail("GetServerInfo", 1, grpc.StatusCode.UNAVAILABLE)
+    fake.fail("GetServerInfo", 1, grpc.StatusCode.DEADLINE_EXCEEDED)
+    info = run(kind, target, lambda c: c.server_info(), retries=FAST)
+    assert info == chital.client.ServerInfo(
+        version="9.8.7",
+        api_versions=("chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"),
+        database="sqlite",
+    )
+    assert fake.calls["GetServerInfo"] == 3
+    # An older controller: the SDK's own error, not a raw grpc one.
+    fake.fail("GetServerInfo", 1, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    with pytest.raises(chital.client.Unimplemented):
+        run(kind, target, lambda c: c.server_info(), retries=FAST)
+
+
+@KINDS
 def test_retries_give_up_with_the_last_error(kind: str, target: str, fake: FakeController) -> None:
     fake.fail("ListHosts", 10, grpc.StatusCode.UNAVAILABLE, "controller restarting")
     with pytest.raises(chital.client.Unavailable, match="controller restarting"):

@@ -72,6 +72,7 @@ EXPECTED_ALL = {
     "ResourceExhausted",
     "RetryPolicy",
     "Sandbox",
+    "ServerInfo",
     "SyscallCount",
     "TLSFiles",
     "Token",
@@ -133,6 +134,7 @@ def test_every_rpc_has_a_method() -> None:
         "RevokeToken": "revoke_token",
         "ListAuditLog": "list_audit_log_page",
         "WhoAmI": "whoami",
+        "GetServerInfo": "server_info",
     }
     rpcs = [m.name for m in container_pb2.DESCRIPTOR.services_by_name["ContainerService"].methods]
     rpcs += [m.name for m in host_pb2.DESCRIPTOR.services_by_name["HostService"].methods]

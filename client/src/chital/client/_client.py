@@ -36,6 +36,7 @@ from ._types import (
     Process,
     RetryPolicy,
     Sandbox,
+    ServerInfo,
     Token,
     WatchEvent,
 )
@@ -577,6 +578,11 @@ class Client:
     def whoami(self, *, timeout: float | None = None) -> Identity:
         """Return the caller as the controller sees it: name, role and how it authenticated."""
         return self._call(ops.whoami(), timeout)
+
+    def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """Return the controller's version, the API packages it serves and its database kind.
+        Any role may ask. A controller older than this call raises :class:`Unimplemented`."""
+        return self._call(ops.server_info(), timeout)
 
     def create_token(
         self,

@@ -28,6 +28,7 @@ from ._types import (
     Process,
     ProcessState,
     Sandbox,
+    ServerInfo,
     SyscallCount,
     Token,
     WatchEvent,
@@ -251,6 +252,11 @@ def audit_entry_from_pb(m: apb.AuditEntry) -> AuditEntry:
         code=m.code,
         detail=m.detail,
     )
+
+
+def server_info_from_pb(m: apb.GetServerInfoResponse) -> ServerInfo:
+    """SDK server description from the GetServerInfo answer."""
+    return ServerInfo(version=m.version, api_versions=tuple(m.api_versions), database=m.database)
 
 
 def identity_from_pb(m: apb.WhoAmIResponse) -> Identity:

@@ -32,6 +32,7 @@ from ._types import (
     ProcessState,
     RetryPolicy,
     Sandbox,
+    ServerInfo,
     Token,
     WatchEvent,
 )
@@ -356,6 +357,11 @@ def remove_host(host: str, *, force: bool) -> Call[None]:
 def whoami() -> Call[Identity]:
     """WhoAmI."""
     return Call(ADMIN, "WhoAmI", apb.WhoAmIRequest(), conv.identity_from_pb)
+
+
+def server_info() -> Call[ServerInfo]:
+    """GetServerInfo."""
+    return Call(ADMIN, "GetServerInfo", apb.GetServerInfoRequest(), conv.server_info_from_pb)
 
 
 def _new_token(response: Any) -> NewToken:

@@ -67,6 +67,7 @@ METHOD_CLASSES: Mapping[tuple[str, str], RetryClass] = {
     (_ADMIN, "RevokeToken"): _W,
     (_ADMIN, "ListAuditLog"): _R,
     (_ADMIN, "WhoAmI"): _R,
+    (_ADMIN, "GetServerInfo"): _R,
 }
 """Every RPC the SDK calls, ``(full service name, method)``, and its retry class."""
 

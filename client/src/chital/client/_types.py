@@ -311,6 +311,18 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class ServerInfo:
+    """The controller that answered (:meth:`Client.server_info`)."""
+
+    version: str
+    """The controller's chital version, for example ``0.1.0``."""
+    api_versions: tuple[str, ...] = ()
+    """The API packages it serves, sorted (``chital.api.admin.v1``, ``chital.api.container.v1``, ...)."""
+    database: str = ""
+    """The kind of database it keeps its state in: ``sqlite`` or ``postgresql``."""
+
+
+@dataclass(frozen=True)
 class Page(Generic[_T]):
     """One page of a list call. Pass ``next_page_token`` back to get the next; empty means last."""
 

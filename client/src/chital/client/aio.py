@@ -56,6 +56,7 @@ from ._types import (
     Process,
     RetryPolicy,
     Sandbox,
+    ServerInfo,
     Token,
     WatchEvent,
 )
@@ -580,6 +581,11 @@ class AsyncClient:
     async def whoami(self, *, timeout: float | None = None) -> Identity:
         """Return the caller as the controller sees it: name, role and how it authenticated."""
         return await self._call(ops.whoami(), timeout)
+
+    async def server_info(self, *, timeout: float | None = None) -> ServerInfo:
+        """Return the controller's version, the API packages it serves and its database kind.
+        Any role may ask. A controller older than this call raises :class:`Unimplemented`."""
+        return await self._call(ops.server_info(), timeout)
 
     async def create_token(
         self,
