@@ -20,6 +20,7 @@ import pytest
 
 from chital.cli import main
 from chital.client import Client, ContainerState, NotFound, ProcessState, __version__
+from chital.controller import __version__ as controller_version
 from chital.devcluster.hollow import HollowFleet
 
 pytestmark = pytest.mark.timeout(180)
@@ -235,8 +236,10 @@ def test_version(chital) -> None:
     code, out, _ = chital("--version")
     lines = out.splitlines()
     assert code == 0 and lines[0] == f"client:     chital {__version__}"
-    assert "reachable as hollow-admin (admin)" in lines[1] and "version unknown" in lines[1]
-    assert lines[2] == f"agents:     {__version__} (2 hosts)"
+    assert lines[1].startswith(f"server:     chital {controller_version} at 127.0.0.1:")
+    assert lines[1].endswith(", reachable as hollow-admin (admin); database sqlite")
+    assert lines[2] == "apis:       chital.api.admin.v1, chital.api.container.v1, chital.api.host.v1"
+    assert lines[3] == f"agents:     {__version__} (2 hosts)"
 
 
 def test_run_rm_interrupted_stops_the_process_and_deletes_the_container(config: Path, client: Client) -> None:

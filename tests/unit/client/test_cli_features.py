@@ -181,21 +181,33 @@ def test_version(
 ) -> None:
     code, out, _ = chital("--version")
     lines = out.splitlines()
+    # The fake controller says 9.8.7: the server's line is its answer, not the client's version.
     assert code == 0 and lines[0] == f"client:     chital {__version__}"
-    assert "reachable as" in lines[1] and "version unknown" in lines[1]
+    assert lines[1].startswith("server:     chital 9.8.7 at ") and "reachable as alice (admin)" in lines[1]
+    assert lines[1].endswith("; database sqlite")
+    assert lines[2] == "apis:       chital.api.admin.v1, chital.api.container.v1, chital.api.host.v1"
     data = json.loads(chital("--version", "-o", "json")[1])
     assert data["client"] == __version__ and data["controller"]["reachable"] is True
-    assert data["controller"]["version"] is None
+    assert data["controller"]["version"] == "9.8.7" and data["controller"]["database"] == "sqlite"
+    assert data["controller"]["api_versions"] == list(fake.server_info.api_versions)
+    # A controller older than GetServerInfo: reachable, its version unknown, and why.
+    fake.fail("GetServerInfo", 1, grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    code, out, _ = chital("--version")
+    assert code == 0 and out.splitlines()[1].endswith(
+        "; version unknown (the controller is older than GetServerInfo)"
+    )
     # A controller that answers and refuses: said so, not "unreachable".
     fake.fail("WhoAmI", 1, grpc.StatusCode.UNAUTHENTICATED, "invalid token")
     code, out, _ = chital("--version")
     assert code == 0 and "answered but refused (unauthenticated: invalid token)" in out.splitlines()[1]
+    assert out.splitlines()[1].startswith("server:     ")
     # No controller: the client's version all the same, exit status 0.
     monkeypatch.setenv("CHITAL_CONTROLLER", "127.0.0.1:1")
     monkeypatch.setenv("CHITAL_INSECURE", "1")
     assert main(["--version"]) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"client:     chital {__version__}\n") and "not reachable" in out
+    assert out.startswith(f"client:     chital {__version__}\nserver:     127.0.0.1:1 not reachable (")
+    assert out.rstrip().endswith("its version is unknown")
 
 
 def _on_a_terminal(argv: list[str], env: dict[str, str]) -> str:

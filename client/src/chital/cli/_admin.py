@@ -13,7 +13,15 @@ from typing import Any
 import click
 from click.shell_completion import get_completion_class
 
-from chital.client import ChitalError, DeadlineExceeded, HostState, RetryPolicy, Unavailable, __version__
+from chital.client import (
+    ChitalError,
+    DeadlineExceeded,
+    HostState,
+    RetryPolicy,
+    Unavailable,
+    Unimplemented,
+    __version__,
+)
 from chital.client import config as cfg
 
 from . import _complete as complete
@@ -457,6 +465,16 @@ def version_report() -> dict[str, Any]:
         controller["reachable"] = True
         controller["as"] = f"{identity.name} ({identity.role})"
         try:
+            info = client.server_info()
+        except Unimplemented:
+            controller["version_error"] = "the controller is older than GetServerInfo"
+        except ChitalError as exc:
+            controller["version_error"] = f"{_kind(exc)}: {exc}"
+        else:
+            controller["version"] = info.version
+            controller["api_versions"] = list(info.api_versions)
+            controller["database"] = info.database
+        try:
             hosts = list(client.list_hosts())
         except ChitalError:
             return report
@@ -475,16 +493,20 @@ def print_version() -> None:
     if controller is None or not controller.get("reachable"):
         reason = (controller or {}).get("error", "not configured")
         where = f" {controller['target']}" if controller and controller.get("target") else ""
-        print(f"controller:{where} not reachable ({' '.join(str(reason).split())}); its version is unknown")
+        print(f"server:    {where} not reachable ({' '.join(str(reason).split())}); its version is unknown")
         return
     if "error" in controller:
         reason = " ".join(str(controller["error"]).split())
-        print(f"controller: {controller['target']} answered but refused ({reason}); its version is unknown")
+        print(f"server:     {controller['target']} answered but refused ({reason}); its version is unknown")
         return
-    print(
-        f"controller: {controller['target']}, reachable as {controller['as']}; version unknown "
-        "(the controller's API does not report its version)"
-    )
+    where = f"{controller['target']}, reachable as {controller['as']}"
+    if controller["version"] is None:
+        reason = " ".join(str(controller["version_error"]).split())
+        print(f"server:     {where}; version unknown ({reason})")
+    else:
+        database = controller["database"] or "unknown"
+        print(f"server:     chital {controller['version']} at {where}; database {database}")
+        print(f"apis:       {', '.join(controller['api_versions']) or 'none reported'}")
     agents = report.get("agents")
     if agents:
         print("agents:     " + ", ".join(f"{v} ({n} host{'s' if n != 1 else ''})" for v, n in agents.items()))
