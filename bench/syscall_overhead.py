@@ -4,6 +4,10 @@
 - ``non-member``: a process outside every container while the module is loaded (what every other
   process of the host pays; target <= 1.05 x native);
 - ``member``: a member of a chital container (target <= 1.2 x native);
+- ``traced path``: a non-member while the module is loaded with ``trim_syscall_work=0``, so that
+  it takes the kernel's traced system call path and the probe finds no membership: the floor of
+  any interception by the ``sys_enter`` tracepoint, which every member pays before the module's
+  own checks;
 - ``strace -f``: ptrace-based interception, for scale.
 
 Run on the host: ``.venv/bin/python bench/syscall_overhead.py [--kernel 6.12]``. It builds the module
@@ -44,9 +48,9 @@ def _loop(prefix: list[str], bin_dir: Path, pattern: list[str], n: int) -> float
     return float(out.strip().splitlines()[-1])
 
 
-def _module(load: Path | None) -> None:
-    """rmmod chital (``load`` None) or insmod it again."""
-    argv = ["insmod", str(load)] if load else ["rmmod", "chital"]
+def _module(load: Path | None, *params: str) -> None:
+    """rmmod chital (``load`` None) or insmod it again, with module ``params``."""
+    argv = ["insmod", str(load), *params] if load else ["rmmod", "chital"]
     subprocess.run(argv, check=True, capture_output=True)
     # Loading and unloading patch kernel text (ftrace) and leave deferred work (RCU, module
     # memory) to the single vCPU: let it settle, or the next loop measures that work.
@@ -72,7 +76,7 @@ def in_guest(bin_dir: Path, ko: Path) -> int:
         return 1
     print(f"{'pattern':<12} {'mode':<11} {'ns/call':>10} {'x native':>9}")
     for name, (pattern, n, n_strace) in PATTERNS.items():
-        runs: dict[str, list[float]] = {mode: [] for mode in ["no module", *modes]}
+        runs: dict[str, list[float]] = {mode: [] for mode in ["no module", "traced path", *modes]}
         for rep in range(REPS + 1):  # modes interleaved so drift hits all alike; the first is warm-up
             for mode, prefix in modes.items():
                 ns = _loop(prefix, bin_dir, pattern, n_strace if mode.startswith("strace") else n)
@@ -81,10 +85,14 @@ def in_guest(bin_dir: Path, ko: Path) -> int:
             _module(None)
             try:
                 ns = _loop([], bin_dir, pattern, n)
+                _module(ko, "trim_syscall_work=0")
+                traced = _loop([], bin_dir, pattern, n)
+                _module(None)
             finally:
                 _module(ko)
             if rep:
                 runs["no module"].append(ns)
+                runs["traced path"].append(traced)
         native = statistics.median(runs["no module"])
         for mode, values in runs.items():
             ns = statistics.median(values)
