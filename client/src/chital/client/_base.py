@@ -7,7 +7,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn, Self
 
 import grpc
 
@@ -16,6 +16,7 @@ from chital.security.tls import TLSFiles, channel_credentials, is_loopback
 from . import _retry
 from . import config as _config
 from ._auth import AUTHORIZATION, check_token
+from ._errors import error_from_rpc, is_tls_failure, status_code
 from ._types import RetryPolicy
 from ._version import __version__
 
@@ -141,3 +142,135 @@ def deadline(settings: Settings, timeout: float | None, extra: float = 0.0) -> f
             raise ValueError("timeout must be positive")
         return timeout
     return settings.timeout + extra
+
+
+def raise_chital_error(exc: grpc.RpcError) -> NoReturn:
+    """The one place where a gRPC error becomes a chital exception."""
+    raise error_from_rpc(exc) from exc
+
+
+def resumable(exc: grpc.RpcError) -> bool:
+    """Whether a broken watch may be opened again: the controller or the network went away."""
+    return status_code(exc) is grpc.StatusCode.UNAVAILABLE and not is_tls_failure(exc)
+
+
+_DEFAULT_RETRIES = RetryPolicy()
+
+
+class ClientBase:
+    """What :class:`~chital.client.Client` and :class:`~chital.client.aio.AsyncClient` share: how
+    their settings are found, and :meth:`from_config`. Each opens its own kind of channel."""
+
+    _settings: Settings
+
+    def __init__(
+        self,
+        target: str | None = None,
+        *,
+        tls: TLSFiles | None = None,
+        token: str | None = None,
+        insecure: bool = False,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: RetryPolicy = _DEFAULT_RETRIES,
+        credentials: grpc.ChannelCredentials | None = None,
+    ) -> None:
+        """Open a channel to ``target`` (``host:port``).
+
+        The channel is TLS, verified with ``tls.ca`` (and presenting ``tls.cert``/``tls.key`` when
+        given), or with ready-made ``credentials``. ``insecure=True`` dials in plaintext instead, to
+        a loopback address only. ``token`` is sent as ``authorization: Bearer <token>`` with every
+        call.
+
+        With none of ``target``, ``tls``, ``credentials`` and ``insecure``, the client is set up as
+        the ``chital`` command is: ``CHITAL_CONTROLLER``, ``CHITAL_CACERT``, ``CHITAL_TOKEN``... else
+        the config file's current context (see :mod:`chital.client.config`). With ``tls`` or
+        ``insecure`` but no ``target``, the target is ``$CHITAL_CONTROLLER``, else the current
+        context's controller, else ``127.0.0.1:7443``. :meth:`from_config` gives full control.
+
+        The channel connects lazily: an unreachable controller surfaces as :class:`Unavailable` on
+        the first call, after the retries; a failed TLS handshake too, with a message that says
+        what failed. Raises ValueError (:class:`~chital.client.config.ConfigError` for the config
+        file) when the settings cannot work.
+        """
+        self._settings = settings(
+            target,
+            tls=tls,
+            token=token,
+            insecure=insecure,
+            timeout=timeout,
+            retries=retries,
+            credentials=credentials,
+        )
+        self._connect(self._settings)
+
+    def _connect(self, s: Settings) -> None:
+        raise NotImplementedError
+
+    @property
+    def target(self) -> str:
+        """The controller's address."""
+        return self._settings.target
+
+    @property
+    def timeout(self) -> float:
+        """The default deadline of a call, in seconds."""
+        return self._settings.timeout
+
+    @property
+    def retries(self) -> RetryPolicy:
+        """The retry policy the channel's service config was made from."""
+        return self._settings.retries
+
+    @property
+    def insecure(self) -> bool:
+        """Whether the channel is plaintext (loopback only)."""
+        return self._settings.insecure
+
+    @classmethod
+    def from_config(
+        cls,
+        context: str | None = None,
+        *,
+        target: str | None = None,
+        token: str | None = None,
+        token_file: str | None = None,
+        tls_dir: str | None = None,
+        ca: str | None = None,
+        cert: str | None = None,
+        key: str | None = None,
+        insecure: bool | None = None,
+        config_path: str | Path | None = None,
+        env: Mapping[str, str] | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        retries: RetryPolicy = _DEFAULT_RETRIES,
+    ) -> Self:
+        """A client set up like the ``chital`` command: each setting from the arguments given here,
+        else the environment (``CHITAL_CONTROLLER``, ``CHITAL_TOKEN``, ``CHITAL_TLS_DIR``,
+        ``CHITAL_CACERT``, ...), else the context (``context``, else ``$CHITAL_CONTEXT``, else the
+        file's ``current_context``) of the config file (``config_path``, else ``$CHITAL_CONFIG``,
+        else ``~/.config/chital/config.toml``), else the defaults.
+
+        Raises :class:`chital.client.config.ConfigError` (a ValueError) naming the missing or
+        broken setting and where it came from. ``env`` replaces ``os.environ`` (for tests).
+        """
+        connection = from_config_settings(
+            context=context,
+            target=target,
+            token=token,
+            token_file=token_file,
+            tls_dir=tls_dir,
+            ca=ca,
+            cert=cert,
+            key=key,
+            insecure=insecure,
+            config_path=config_path,
+            env=env,
+        )
+        return cls(
+            connection.target,
+            tls=connection.tls,
+            token=connection.token,
+            insecure=connection.insecure,
+            timeout=timeout,
+            retries=retries,
+        )

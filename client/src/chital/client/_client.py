@@ -6,20 +6,18 @@ import datetime as _dt
 import random
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from types import TracebackType
-from typing import Any, NoReturn, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import grpc
 
 from chital.api.admin.v1 import admin_pb2_grpc as apb_grpc
 from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
-from chital.security.tls import TLSFiles
 
 from . import _base
 from . import _ops as ops
-from ._errors import DeadlineExceeded, error_from_rpc, is_tls_failure, status_code
+from ._errors import DeadlineExceeded
 from ._types import (
     AuditEntry,
     Container,
@@ -34,7 +32,6 @@ from ._types import (
     NewToken,
     Page,
     Process,
-    RetryPolicy,
     Sandbox,
     ServerInfo,
     Token,
@@ -43,20 +40,8 @@ from ._types import (
 
 _T = TypeVar("_T")
 
-_DEFAULT_RETRIES = RetryPolicy()
 
-
-def _raise_chital_error(exc: grpc.RpcError) -> NoReturn:
-    """The one place where a gRPC error becomes a chital exception."""
-    raise error_from_rpc(exc) from exc
-
-
-def _resumable(exc: grpc.RpcError) -> bool:
-    """Whether a broken watch may be opened again: the controller or the network went away."""
-    return status_code(exc) is grpc.StatusCode.UNAVAILABLE and not is_tls_failure(exc)
-
-
-class Client:
+class Client(_base.ClientBase):
     """A connection to a chital controller.
 
     Every call has a deadline: the method's ``timeout=`` (seconds) when given, else the client's
@@ -76,45 +61,8 @@ class Client:
                 print(c.name, c.state)
     """
 
-    def __init__(
-        self,
-        target: str | None = None,
-        *,
-        tls: TLSFiles | None = None,
-        token: str | None = None,
-        insecure: bool = False,
-        timeout: float = _base.DEFAULT_TIMEOUT,
-        retries: RetryPolicy = _DEFAULT_RETRIES,
-        credentials: grpc.ChannelCredentials | None = None,
-    ) -> None:
-        """Open a channel to ``target`` (``host:port``).
-
-        The channel is TLS, verified with ``tls.ca`` (and presenting ``tls.cert``/``tls.key`` when
-        given), or with ready-made ``credentials``. ``insecure=True`` dials in plaintext instead, to
-        a loopback address only. ``token`` is sent as ``authorization: Bearer <token>`` with every
-        call.
-
-        With none of ``target``, ``tls``, ``credentials`` and ``insecure``, the client is set up as
-        the ``chital`` command is: ``CHITAL_CONTROLLER``, ``CHITAL_CACERT``, ``CHITAL_TOKEN``... else
-        the config file's current context (see :mod:`chital.client.config`). With ``tls`` or
-        ``insecure`` but no ``target``, the target is ``$CHITAL_CONTROLLER``, else the current
-        context's controller, else ``127.0.0.1:7443``. :meth:`from_config` gives full control.
-
-        The channel connects lazily: an unreachable controller surfaces as :class:`Unavailable` on
-        the first call, after the retries; a failed TLS handshake too, with a message that says
-        what failed. Raises ValueError (:class:`~chital.client.config.ConfigError` for the config
-        file) when the settings cannot work.
-        """
-        self._settings = _base.settings(
-            target,
-            tls=tls,
-            token=token,
-            insecure=insecure,
-            timeout=timeout,
-            retries=retries,
-            credentials=credentials,
-        )
-        s = self._settings
+    def _connect(self, s: _base.Settings) -> None:
+        """Open the channel and its stubs."""
         if s.credentials is None:
             channel = grpc.insecure_channel(s.target, options=s.options)
         else:
@@ -127,75 +75,6 @@ class Client:
         }
         self._random = random.Random()  # noqa: S311 - jitter, not security.
         self._closed = False
-
-    @property
-    def target(self) -> str:
-        """The controller's address."""
-        return self._settings.target
-
-    @property
-    def timeout(self) -> float:
-        """The default deadline of a call, in seconds."""
-        return self._settings.timeout
-
-    @property
-    def retries(self) -> RetryPolicy:
-        """The retry policy the channel's service config was made from."""
-        return self._settings.retries
-
-    @property
-    def insecure(self) -> bool:
-        """Whether the channel is plaintext (loopback only)."""
-        return self._settings.insecure
-
-    @classmethod
-    def from_config(
-        cls,
-        context: str | None = None,
-        *,
-        target: str | None = None,
-        token: str | None = None,
-        token_file: str | None = None,
-        tls_dir: str | None = None,
-        ca: str | None = None,
-        cert: str | None = None,
-        key: str | None = None,
-        insecure: bool | None = None,
-        config_path: str | Path | None = None,
-        env: Mapping[str, str] | None = None,
-        timeout: float = _base.DEFAULT_TIMEOUT,
-        retries: RetryPolicy = _DEFAULT_RETRIES,
-    ) -> Self:
-        """A client set up like the ``chital`` command: each setting from the arguments given here,
-        else the environment (``CHITAL_CONTROLLER``, ``CHITAL_TOKEN``, ``CHITAL_TLS_DIR``,
-        ``CHITAL_CACERT``, ...), else the context (``context``, else ``$CHITAL_CONTEXT``, else the
-        file's ``current_context``) of the config file (``config_path``, else ``$CHITAL_CONFIG``,
-        else ``~/.config/chital/config.toml``), else the defaults.
-
-        Raises :class:`chital.client.config.ConfigError` (a ValueError) naming the missing or
-        broken setting and where it came from. ``env`` replaces ``os.environ`` (for tests).
-        """
-        connection = _base.from_config_settings(
-            context=context,
-            target=target,
-            token=token,
-            token_file=token_file,
-            tls_dir=tls_dir,
-            ca=ca,
-            cert=cert,
-            key=key,
-            insecure=insecure,
-            config_path=config_path,
-            env=env,
-        )
-        return cls(
-            connection.target,
-            tls=connection.tls,
-            token=connection.token,
-            insecure=connection.insecure,
-            timeout=timeout,
-            retries=retries,
-        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -231,7 +110,7 @@ class Client:
         try:
             response = method(call.request, timeout=seconds, metadata=self._settings.metadata)
         except grpc.RpcError as exc:
-            _raise_chital_error(exc)
+            _base.raise_chital_error(exc)
         return call.convert(response)
 
     def _stream(self, call: ops.StreamCall[_T], timeout: float | None) -> Iterator[_T]:
@@ -241,7 +120,7 @@ class Client:
             for message in stream:
                 yield call.convert(message)
         except grpc.RpcError as exc:
-            _raise_chital_error(exc)
+            _base.raise_chital_error(exc)
         finally:
             # Stops the server side when the caller abandons the iterator early.
             stream.cancel()
@@ -503,9 +382,9 @@ class Client:
                         yield event
                 return  # the server ended the stream (it does so only when shutting down)
             except grpc.RpcError as exc:
-                pause = state.backoff_after(_resumable(exc), self._random.random())
+                pause = state.backoff_after(_base.resumable(exc), self._random.random())
                 if pause is None:
-                    _raise_chital_error(exc)
+                    _base.raise_chital_error(exc)
             finally:
                 stream.cancel()
             time.sleep(pause if remaining is None else min(pause, remaining))
