@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import queue
 import time
 from collections.abc import Iterator
 from concurrent import futures
@@ -12,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from chital.controller.metrics import ControllerMetrics
@@ -52,6 +55,7 @@ def served() -> Iterator[tuple[ControllerMetrics, grpc.Channel]]:
         "Stream": grpc.unary_stream_rpc_method_handler(_stream),
     }
     server.add_generic_rpc_handlers([grpc.method_handlers_generic_handler(SERVICE, handlers)])
+    reflection.enable_server_reflection((SERVICE, reflection.SERVICE_NAME), server)
     port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -72,8 +76,8 @@ def _samples(metrics: ControllerMetrics) -> dict[tuple[str, tuple[tuple[str, str
     return out
 
 
-def _handled(method: str, code: str) -> tuple[str, tuple[tuple[str, str], ...]]:
-    labels = {"grpc_service": SERVICE, "grpc_method": method, "grpc_code": code}
+def _handled(method: str, code: str, service: str = SERVICE) -> tuple[str, tuple[tuple[str, str], ...]]:
+    labels = {"grpc_service": service, "grpc_method": method, "grpc_code": code}
     return ("chital_controller_grpc_server_handled_total", tuple(sorted(labels.items())))
 
 
@@ -99,6 +103,35 @@ def test_rpcs_are_counted_by_method_and_final_code(served: tuple[ControllerMetri
     assert s[count] == 1
     in_flight = ("chital_controller_grpc_server_in_flight_requests", (("grpc_service", SERVICE),))
     assert s[in_flight] == 0
+
+
+def test_a_cancelled_stream_is_cancelled_not_an_internal_error(
+    served: tuple[ControllerMetrics, grpc.Channel], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A client that goes away mid-stream (grpcurl's reflection stream, a watcher's Ctrl-C) is
+    counted as CANCELLED and logged as no error: it must not feed the error-ratio alert."""
+    metrics, channel = served
+    requests: queue.Queue[reflection_pb2.ServerReflectionRequest | None] = queue.Queue()
+    requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+
+    def request_iterator() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+        while (req := requests.get()) is not None:
+            yield req
+
+    caplog.set_level(logging.WARNING)
+    call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(request_iterator())
+    first = next(call)
+    assert SERVICE in [s.name for s in first.list_services_response.service]
+    call.cancel()
+    requests.put(None)
+    key = _handled("ServerReflectionInfo", "CANCELLED", reflection.SERVICE_NAME)
+    deadline = time.monotonic() + 10
+    while _samples(metrics).get(key) != 1 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    s = _samples(metrics)
+    assert s.get(key) == 1
+    assert s.get(_handled("ServerReflectionInfo", "INTERNAL", reflection.SERVICE_NAME)) is None
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_unknown_methods_never_become_label_values(served: tuple[ControllerMetrics, grpc.Channel]) -> None:

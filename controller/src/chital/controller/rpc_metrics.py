@@ -17,7 +17,7 @@ from typing import Any
 import grpc
 
 from chital.errdefs import code_of
-from chital.errdefs.grpc import rewrap_handler
+from chital.errdefs.grpc import client_went_away, rewrap_handler
 
 from .metrics import ControllerMetrics
 
@@ -40,6 +40,11 @@ def _final_code(context: grpc.ServicerContext, exc: BaseException | None) -> str
         return code.name
     if exc is None:
         return "OK"
+    if client_went_away(context, exc):
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:
+            return grpc.StatusCode.DEADLINE_EXCEEDED.name
+        return grpc.StatusCode.CANCELLED.name  # the client cancelled while we read its stream
     if isinstance(exc, GeneratorExit):
         return grpc.StatusCode.CANCELLED.name  # the client went away mid-stream
     # Not mapped yet: the error interceptor inside will map it exactly like this.

@@ -21,6 +21,7 @@ log = logging.getLogger("chital.errdefs")
 __all__ = [
     "ErrorInterceptor",
     "abort_with",
+    "client_went_away",
     "from_grpc_code",
     "from_grpc_status",
     "rewrap_handler",
@@ -88,6 +89,13 @@ def _is_abort(context: grpc.ServicerContext, exc: BaseException) -> bool:
     return type(exc) is Exception and context.code() is not None  # type: ignore[attr-defined]
 
 
+def client_went_away(context: grpc.ServicerContext, exc: BaseException | None) -> bool:
+    """True when ``exc`` is how gRPC tells a handler that its client cancelled (or its deadline
+    passed): reading the request stream raises a bare ``grpc.RpcError`` and the RPC is no longer
+    active. That is the client's doing: no error to log, and gRPC already knows the status."""
+    return isinstance(exc, grpc.RpcError) and not context.is_active()
+
+
 class ErrorInterceptor(grpc.ServerInterceptor):
     """Maps exceptions raised by handlers (unary and streaming) to gRPC statuses."""
 
@@ -106,7 +114,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 try:
                     return fn(request, context)
                 except BaseException as exc:
-                    if _is_abort(context, exc) or not isinstance(exc, Exception):
+                    if (
+                        _is_abort(context, exc)
+                        or client_went_away(context, exc)
+                        or not isinstance(exc, Exception)
+                    ):
                         raise
                     abort_with(context, exc, method)
                     raise  # unreachable: abort raises
@@ -118,7 +130,11 @@ class ErrorInterceptor(grpc.ServerInterceptor):
                 try:
                     yield from fn(request, context)
                 except BaseException as exc:
-                    if _is_abort(context, exc) or not isinstance(exc, Exception):
+                    if (
+                        _is_abort(context, exc)
+                        or client_went_away(context, exc)
+                        or not isinstance(exc, Exception)
+                    ):
                         raise
                     abort_with(context, exc, method)
                     raise
