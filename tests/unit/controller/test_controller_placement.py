@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
@@ -17,8 +19,18 @@ def cand(i: int, count: int, *, ok: bool = True, cap: int = 0) -> Candidate:
     return Candidate(f"h{i}", f"10.0.0.{i}:7444", ok, cap, count, T0 + timedelta(seconds=i))
 
 
-def test_fewest_containers_wins_ties_to_oldest() -> None:
-    assert choose_host([cand(1, 3), cand(2, 1), cand(3, 1)]) == "h2"
+def test_fewest_containers_wins() -> None:
+    assert choose_host([cand(1, 3), cand(2, 1), cand(3, 2)]) == "h2"
+    assert {choose_host([cand(1, 3), cand(2, 1), cand(3, 1)]) for _ in range(50)} <= {"h2", "h3"}
+
+
+def test_ties_are_spread_over_the_equal_hosts() -> None:
+    """Short-lived containers leave every host at zero: ties must not all go to the oldest host."""
+    rng = random.Random(11)
+    hosts = [cand(1, 0), cand(2, 0), cand(3, 0)]
+    counts = Counter(choose_host(hosts, rng=rng) for _ in range(300))
+    assert set(counts) == {"h1", "h2", "h3"}
+    assert all(0.25 * 300 <= n <= 0.42 * 300 for n in counts.values()), counts
 
 
 def test_unschedulable_and_full_hosts_are_skipped() -> None:

@@ -2,7 +2,9 @@
 
 The rule is the simplest that spreads load: among hosts that are READY and neither cordoned nor
 draining, and below their capacity (``max_containers``, 0 = unlimited), take the one with the fewest
-placed containers (PENDING, CREATED, RUNNING, STOPPING, STOPPED); ties go to the oldest host.
+placed containers (PENDING, CREATED, RUNNING, STOPPING, STOPPED); ties are broken at random, so
+equal hosts share the load evenly (with short-lived containers every host often has none: a
+fixed tie-break would send every container to the same host).
 
 Errors, chosen so that clients can tell "wait and retry" from "fix the fleet":
 
@@ -12,6 +14,7 @@ Errors, chosen so that clients can tell "wait and retry" from "fix the fleet":
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 
 from chital.controller.store import Candidate
@@ -19,13 +22,18 @@ from chital.errdefs import FailedPrecondition, ResourceExhausted
 
 __all__ = ["choose_host"]
 
+_RANDOM = random.Random()  # noqa: S311  # load spreading, not security
+
 
 def _has_room(candidate: Candidate) -> bool:
     return candidate.max_containers <= 0 or candidate.container_count < candidate.max_containers
 
 
-def choose_host(candidates: Sequence[Candidate], *, pinned: bool = False) -> str:
-    """The id of the host to place a container on, or raise."""
+def choose_host(
+    candidates: Sequence[Candidate], *, pinned: bool = False, rng: random.Random | None = None
+) -> str:
+    """The id of the host to place a container on, or raise. ``rng`` breaks ties (tests pass a
+    seeded one)."""
     if not candidates:
         raise FailedPrecondition("no hosts are registered")
     if pinned:
@@ -41,5 +49,6 @@ def choose_host(candidates: Sequence[Candidate], *, pinned: bool = False) -> str
         raise ResourceExhausted(
             f"no host has room: {len(candidates)} hosts, {ready} ready for placement, all full or unavailable"
         )
-    best = min(eligible, key=lambda c: (c.container_count, c.created, c.host_id))
-    return best.host_id
+    fewest = min(c.container_count for c in eligible)
+    tied = sorted((c for c in eligible if c.container_count == fewest), key=lambda c: c.host_id)
+    return (rng or _RANDOM).choice(tied).host_id
