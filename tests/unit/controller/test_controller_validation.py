@@ -11,7 +11,7 @@ from chital.controller.hosts import validate_address
 from chital.errdefs import InvalidArgument
 
 
-@pytest.mark.parametrize("name", ["a", "web-1", "a.b_c-d", "0", "x" * 63])
+@pytest.mark.parametrize("name", ["a", "web-1", "a.b_c-d", "0", "x" * 63, "0" * 31, "a" * 33, "g" + "0" * 31])
 def test_good_names(name: str) -> None:
     assert v.validate_name(name) == name
 
@@ -19,6 +19,13 @@ def test_good_names(name: str) -> None:
 @pytest.mark.parametrize("name", ["", "x" * 64, "-a", "a-", "A", "a b", "a/b", "..", ".a", "é", "a\x00"])
 def test_bad_names(name: str) -> None:
     with pytest.raises(InvalidArgument):
+        v.validate_name(name)
+
+
+@pytest.mark.parametrize("name", ["0" * 32, "0123456789abcdef0123456789abcdef"])
+def test_uid_shaped_names_are_refused(name: str) -> None:
+    """Lookups try the uid first: a name shaped like one could shadow another container's uid."""
+    with pytest.raises(InvalidArgument, match="looks like a uid"):
         v.validate_name(name)
 
 

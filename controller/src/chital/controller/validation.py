@@ -37,6 +37,8 @@ __all__ = [
 ]
 
 NAME_RE = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+#: The shape of a uid (32 lower-case hex digits): no name may have it, see :func:`validate_name`.
+UID_RE = re.compile(r"[0-9a-f]{32}")
 LABEL_KEY_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._/-]*[A-Za-z0-9])?")
 SYSCALL_RE = re.compile(r"[a-z0-9_]{1,64}")
 CAPABILITY_RE = re.compile(r"CAP_[A-Z_]{1,32}")
@@ -58,13 +60,22 @@ MAX_PAGE_SIZE = 1000
 
 
 def validate_name(name: str, what: str = "name") -> str:
-    """A container name: 1-63 characters, [a-z0-9] at both ends, [a-z0-9._-] inside."""
+    """A container name: 1-63 characters, [a-z0-9] at both ends, [a-z0-9._-] inside, and not shaped
+    like a uid (32 hex digits).
+
+    Lookups by reference try the uid first, then the name: a uid-shaped name could be shadowed by
+    (or shadow) another container's uid, so such names are refused at create. Names created before
+    this rule stay readable by that name unless a uid equals it."""
     if not name:
         raise InvalidArgument(f"{what} is required")
     if len(name) > MAX_NAME:
         raise InvalidArgument(f"{what} is longer than {MAX_NAME} characters")
     if not NAME_RE.fullmatch(name):
         raise InvalidArgument(f"{what} {name!r} must match [a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+    if UID_RE.fullmatch(name):
+        raise InvalidArgument(
+            f"{what} {name!r} looks like a uid (32 hex digits); uids and names share lookups"
+        )
     return name
 
 

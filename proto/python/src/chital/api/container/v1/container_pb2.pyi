@@ -433,7 +433,9 @@ class CreateContainerRequest(_message.Message):
     request_id: _builtins.str
     """Client-chosen idempotency key, 1-128 characters."""
     name: _builtins.str
-    """Unique name: 1-63 characters, [a-z0-9] at both ends, [a-z0-9._-] inside."""
+    """Unique name: 1-63 characters, [a-z0-9] at both ends, [a-z0-9._-] inside; not 32 hex
+    digits (the shape of a uid: references try the uid first, then the name).
+    """
     root: _builtins.str
     host: _builtins.str
     """Pin the container to this host (id or address); empty: the controller places it."""
