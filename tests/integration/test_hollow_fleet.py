@@ -28,6 +28,7 @@ from chital.client import (
     InvalidArgument,
     Limits,
     NotFound,
+    PermissionDenied,
     ProcessState,
     RetryPolicy,
     Unauthenticated,
@@ -175,6 +176,43 @@ def test_cli_errors_are_one_line(fleet: HollowFleet, capfd: pytest.CaptureFixtur
     assert len(err.strip().splitlines()) == 1
     assert "not found" in err.lower()
     assert "Traceback" not in err
+
+
+def test_programs_that_cannot_run_are_client_errors(
+    client: Client, fleet: HollowFleet, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Not executable (a text file) or a symlink loop: the caller's mistake, never INTERNAL."""
+    rc = chital(fleet, "run", "-d", "--", "/etc/hostname")
+    err = capfd.readouterr().err
+    assert rc == 1
+    assert "internal" not in err.lower()
+    assert "invalid argument" in err or "permission denied" in err, err
+    assert "/etc/hostname" in err
+    c = client.create_container(unique("noexec"))
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    tmp_path.chmod(0o755)
+    for program in ("/etc/hostname", str(loop)):
+        with pytest.raises((InvalidArgument, PermissionDenied)) as bad:
+            client.exec(c.uid, [program])
+        assert program in str(bad.value)
+
+
+def test_a_refused_create_is_the_rpc_error_and_cli_run_shows_why(
+    client: Client, fleet: HollowFleet, capfd: pytest.CaptureFixture[str]
+) -> None:
+    name = unique("noroot")
+    missing = f"/var/tmp/chital-missing-{uuid.uuid4().hex}"
+    rc = chital(fleet, "run", "-d", "--name", name, "--root", missing, "--", "true")
+    err = capfd.readouterr().err
+    assert rc == 1
+    assert "not an existing directory" in err and name in err, err
+    c = client.get_container(name)
+    assert c.state is ContainerState.FAILED
+    assert "not an existing directory" in c.message
+    with pytest.raises(InvalidArgument, match="not an existing directory"):
+        client.create_container(unique("noroot"), root=missing)
+    client.delete_container(c.uid)
 
 
 def test_stop_then_delete(client: Client) -> None:

@@ -17,7 +17,15 @@ from collections.abc import Iterator
 
 import pytest
 
-from chital.client import Client, ContainerState, HostState, Limits, PermissionDenied, ProcessState
+from chital.client import (
+    ChitalError,
+    Client,
+    ContainerState,
+    HostState,
+    Limits,
+    PermissionDenied,
+    ProcessState,
+)
 from chital.devcluster.qemu_fleet import AGENT_TLS, BUSYBOX_ROOT, QemuFleet
 
 pytestmark = [
@@ -113,7 +121,10 @@ def test_container_roots_are_policy_on_both_sides(client: Client, fleet: QemuFle
     with pytest.raises(PermissionDenied):
         client.create_container(unique("hostroot"), root="/")
     # /var/tmp passes the controller's default rule; the agent's --allowed-root (/tmp/roots) refuses it.
-    c = client.create_container(unique("outside"), root="/var/tmp", host=fleet.hosts[0].address)
+    name = unique("outside")
+    with pytest.raises(ChitalError, match="not under an allowed root"):
+        client.create_container(name, root="/var/tmp", host=fleet.hosts[0].address)
+    c = client.get_container(name)
     assert c.state is ContainerState.FAILED, c
     assert "not under an allowed root" in c.message
     client.delete_container(c.uid, force=True)

@@ -108,13 +108,36 @@ def test_no_hosts_is_failed_precondition(cluster: Cluster) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
 
 
-def test_agent_failure_marks_container_failed(cluster: Cluster) -> None:
+def test_agent_refusal_is_the_rpc_error_and_the_container_stays_failed(cluster: Cluster) -> None:
     register_all(cluster)
     for agent in cluster.agents:
-        agent.agent.fail_create = grpc.StatusCode.INTERNAL
-    c = create(cluster, "broken")
+        agent.agent.fail_create = grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as err:
+        create(cluster, "broken")
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "create refused" in err.value.details() and "broken" in err.value.details()
+    c = cluster.containers.GetContainer(cpb.GetContainerRequest(container="broken"), timeout=T).container
     assert c.state == cpb.CONTAINER_STATE_FAILED
     assert "create refused" in c.message
+    # A retry of the same request reports the failure again; it does not return OK.
+    with pytest.raises(grpc.RpcError) as again:
+        create(cluster, "broken")
+    assert again.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert "create refused" in again.value.details()
+
+
+def test_unreachable_agent_leaves_the_create_pending_for_a_retry(cluster: Cluster) -> None:
+    register_all(cluster)
+    for agent in cluster.agents:
+        agent.agent.fail_create = grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(grpc.RpcError) as err:
+        create(cluster, "later")
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    c = cluster.containers.GetContainer(cpb.GetContainerRequest(container="later"), timeout=T).container
+    assert c.state == cpb.CONTAINER_STATE_PENDING
+    for agent in cluster.agents:
+        agent.agent.fail_create = None
+    assert create(cluster, "later").state == cpb.CONTAINER_STATE_CREATED
 
 
 BAD_CONTAINER_CALLS: list[tuple[str, str, Any, str]] = [

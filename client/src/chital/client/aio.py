@@ -170,6 +170,10 @@ class AsyncClient(_base.ClientBase):
         create is never done twice. ``host`` pins the container to a host (id or address).
         ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
         the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
+
+        If the host refuses the container, this raises the host's error (for example
+        :class:`InvalidArgument` for a root that is not a directory); the container is kept as
+        FAILED with that reason as its ``message`` and holds its name until it is deleted.
         """
         call = ops.create_container(
             name,

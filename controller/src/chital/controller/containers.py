@@ -4,12 +4,16 @@ Lifecycle and the choices made:
 
 - **Create** validates, then in ONE transaction places the container (see :mod:`placement`) and
   writes it PENDING, so it is durable before any agent call. Then the agent's CreateContainer (which
-  is idempotent by uid) runs, and the container becomes CREATED, or FAILED with the agent's error as
-  ``message`` (no automatic retry; the RPC still succeeds and returns the FAILED container: delete it
-  and create again with a new request_id).
+  is idempotent by uid) runs, and the container becomes CREATED. If the agent refuses, the container
+  becomes FAILED with the agent's error as ``message`` and the RPC returns that error (the agent's
+  code, for example INVALID_ARGUMENT or PERMISSION_DENIED, and a message naming the container and
+  its host): the FAILED record stays for inspection and holds its name; delete it and create again
+  with a new request_id. If the agent is unreachable the container stays PENDING and the RPC is
+  UNAVAILABLE: a retry with the same request_id (or the reconciler) finishes the create.
 - **Idempotency**: a request_id names one container for ever (even after delete). A retry with the
   same request_id and the same spec returns that container as it is now and creates nothing; if it
-  is still PENDING (an interrupted create) the retry finishes it. The same request_id with a
+  is still PENDING (an interrupted create) the retry finishes it, and if its create FAILED the retry
+  is FAILED_PRECONDITION with the reason. The same request_id with a
   different spec is ALREADY_EXISTS. A new request_id with a name a non-deleted container holds is
   ALREADY_EXISTS. Exec is idempotent by (container, request_id) with the same rules.
 - **Stop** = the agent's DestroyContainer with the grace period (TERM, then KILL, then the kernel
@@ -175,6 +179,11 @@ class Containers:
                 raise AlreadyExists(
                     f"request_id {request_id!r} was used for a different container ({record.name})"
                 )
+            if record.state is ContainerRecordState.FAILED:
+                raise FailedPrecondition(
+                    f"container {record.name} ({record.uid}) is FAILED: {record.message}; "
+                    "delete it and create again with a new request_id"
+                )
             if record.state is not ContainerRecordState.PENDING:
                 return record
         else:
@@ -193,11 +202,21 @@ class Containers:
         return self._store.finish_create(record.uid, True, "", self._clock(), enforced)
 
     def _create_on_host(self, record: ContainerRecord) -> ContainerRecord:
+        """Create ``record`` (PENDING) on its host; raise the agent's error if it refuses (the
+        record is FAILED with it) or Unavailable if it cannot be reached (the record stays PENDING)."""
         try:
             enforced = self._pool.get(record.host_address).create_container(record)
+        except Unavailable as exc:
+            raise Unavailable(
+                f"container {record.name} ({record.uid}) is not created yet: {exc.message}; "
+                "retry with the same request_id"
+            ) from exc
         except ChitalError as exc:
             self._metrics.container_creates.labels("failed").inc()
-            return self._store.finish_create(record.uid, False, str(exc), self._clock())
+            failed = self._store.finish_create(record.uid, False, str(exc), self._clock())
+            if failed.state is not ContainerRecordState.FAILED:  # a concurrent retry created it
+                return failed
+            raise type(exc)(f"container {record.name} ({record.uid}) is FAILED: {exc.message}") from exc
         self._metrics.container_creates.labels("created").inc()
         return self._store.finish_create(record.uid, True, "", self._clock(), enforced)
 

@@ -113,6 +113,10 @@ class ContainerServiceServicer:
     def CreateContainer(self, request, context):
         """CreateContainer records a container, places it on a ready host and creates it there.
         A retry with the same request_id returns the first result and creates nothing new.
+        If the host refuses the container, the call fails with the host's error and the container
+        is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
+        if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
+        until a retry with the same request_id (or the controller) finishes the create.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -39,6 +39,10 @@ class ContainerServiceStub:
     CreateContainer: _grpc.UnaryUnaryMultiCallable[_container_pb2.CreateContainerRequest, _container_pb2.CreateContainerResponse]
     """CreateContainer records a container, places it on a ready host and creates it there.
     A retry with the same request_id returns the first result and creates nothing new.
+    If the host refuses the container, the call fails with the host's error and the container
+    is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
+    if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
+    until a retry with the same request_id (or the controller) finishes the create.
     """
     GetContainer: _grpc.UnaryUnaryMultiCallable[_container_pb2.GetContainerRequest, _container_pb2.GetContainerResponse]
     """GetContainer returns one container by uid or name."""
@@ -78,6 +82,10 @@ class ContainerServiceAsyncStub(ContainerServiceStub):
     CreateContainer: _aio.UnaryUnaryMultiCallable[_container_pb2.CreateContainerRequest, _container_pb2.CreateContainerResponse]  # type: ignore[assignment]
     """CreateContainer records a container, places it on a ready host and creates it there.
     A retry with the same request_id returns the first result and creates nothing new.
+    If the host refuses the container, the call fails with the host's error and the container
+    is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
+    if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
+    until a retry with the same request_id (or the controller) finishes the create.
     """
     GetContainer: _aio.UnaryUnaryMultiCallable[_container_pb2.GetContainerRequest, _container_pb2.GetContainerResponse]  # type: ignore[assignment]
     """GetContainer returns one container by uid or name."""
@@ -120,6 +128,10 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_container_pb2.CreateContainerResponse, _abc.Awaitable[_container_pb2.CreateContainerResponse]]:
         """CreateContainer records a container, places it on a ready host and creates it there.
         A retry with the same request_id returns the first result and creates nothing new.
+        If the host refuses the container, the call fails with the host's error and the container
+        is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
+        if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
+        until a retry with the same request_id (or the controller) finishes the create.
         """
 
     @_abc_1.abstractmethod
