@@ -20,7 +20,7 @@ import pytest
 
 from chital.agent import policy, syscalls
 from chital.agent.process import ExitStatus, HolderSpec, LaunchSpec, ProcessRunner, encode_spec
-from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
+from chital.errdefs import FailedPrecondition, Internal, InvalidArgument, NotFound, PermissionDenied
 
 BUSYBOX = shutil.which("busybox")
 needs_root_ns = pytest.mark.skipif(
@@ -148,6 +148,23 @@ def test_launcher_errors_are_typed(runner: ProcessRunner, tmp_path: Path) -> Non
     loop.symlink_to(loop)
     with pytest.raises(InvalidArgument):
         runner.start(spec(tmp_path, [str(loop)]))
+
+
+@pytest.mark.parametrize("launcher", ["text", "missing", "loop"])
+def test_a_broken_launcher_is_the_agents_fault(launcher: str, tmp_path: Path) -> None:
+    """The program's ENOEXEC/ENOENT/ELOOP are the caller's mistake; the launcher's are Internal."""
+    path = tmp_path / launcher
+    if launcher == "text":
+        path.write_text("not a program\n")
+        path.chmod(0o755)
+    elif launcher == "loop":
+        path.symlink_to(path)
+    r = ProcessRunner(lambda pid, status: None, launcher=str(path))
+    try:
+        with pytest.raises(Internal, match="cannot start the launcher"):
+            r.start(spec(tmp_path, ["true"]))
+    finally:
+        r.close()
 
 
 def test_spec_encoding_rejects_nul() -> None:

@@ -53,9 +53,11 @@ from chital.errdefs import (
     ChitalError,
     DeadlineExceeded,
     FailedPrecondition,
+    Internal,
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    ResourceExhausted,
     Unavailable,
     from_errno,
 )
@@ -272,7 +274,12 @@ class ProcessRunner:
             for fd in (status_r, stdin_w, go_w):
                 if fd is not None:
                     os.close(fd)
-            raise from_errno(exc.errno or errno.EIO, "cannot start the launcher") from exc
+            # The launcher is the agent's own program: a missing or broken one is the agent's
+            # fault (Internal), whatever the errno says; running out of resources is not.
+            err = from_errno(exc.errno or errno.EIO, f"cannot start the launcher {self._launcher}")
+            if not isinstance(err, (ResourceExhausted, Unavailable)):
+                err = Internal(err.message)
+            raise err from exc
         finally:
             for fd in [*high, stdin_r, status_w] + ([go_r] if go_r is not None else []):
                 os.close(fd)

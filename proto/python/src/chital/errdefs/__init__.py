@@ -170,12 +170,16 @@ _BY_ERRNO: dict[int, type[ChitalError]] = {
     _errno.EFAULT: InvalidArgument,
     _errno.ENAMETOOLONG: InvalidArgument,
     _errno.ENOTDIR: InvalidArgument,
+    _errno.EISDIR: InvalidArgument,
+    _errno.ENOEXEC: InvalidArgument,  # not a program the kernel runs (no #! line, wrong format)
+    _errno.ELOOP: InvalidArgument,  # too many levels of symbolic links
     _errno.ENOENT: NotFound,
     _errno.ESRCH: NotFound,
     _errno.EEXIST: AlreadyExists,
     _errno.EBUSY: FailedPrecondition,
     _errno.ENOTEMPTY: FailedPrecondition,
     _errno.EALREADY: FailedPrecondition,
+    _errno.ETXTBSY: FailedPrecondition,  # a program file open for writing
     _errno.EPERM: PermissionDenied,
     _errno.EACCES: PermissionDenied,
     _errno.ENOSPC: ResourceExhausted,
