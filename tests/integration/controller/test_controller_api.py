@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 import urllib.request
 from collections.abc import Callable
+from datetime import timedelta
 from typing import Any
 
 import grpc
@@ -16,7 +17,9 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.host.v1 import host_pb2 as hpb
+from chital.controller.metrics import ControllerMetrics
 from chital.controller.placement import choose_host
+from chital.controller.reconcile import Reconciler
 from chital.controller.records import ContainerRecordState, ContainerSpec, ProcessRecordState, ProcessSpec
 from chital.controller.server import utc_now
 
@@ -657,6 +660,39 @@ def test_reconciler_resumes_interrupted_work(cluster: Cluster) -> None:
     assert store.get_container(running.uid).state is ContainerRecordState.STOPPED
     assert store.get_process(proc.uid).state is ProcessRecordState.LOST
     assert sum(a.agent.calls["CreateContainer"] for a in cluster.agents) == 3
+
+
+def test_reconciler_schedules_from_times_in_the_database(cluster: Cluster) -> None:
+    """Rounds are due by the records' persisted times, not by the controller's start: a controller
+    restarting more often than the interval still resumes overdue work."""
+    register_all(cluster)
+    store = cluster.controller.store
+    t0 = utc_now() - timedelta(minutes=5)
+    now = [t0 + timedelta(seconds=3)]
+    reconciler = Reconciler(
+        store,
+        cluster.controller.pool,
+        cluster.controller.containers,
+        lambda: now[0],
+        metrics=ControllerMetrics(),
+        interval=10.0,
+        min_age=10.0,
+    )
+    assert reconciler.next_delay() == 10.0  # nothing waits
+    pending, _ = store.create_container("u-late", "r-late", ContainerSpec(name="late"), t0, choose_host)
+    assert reconciler.next_delay() == pytest.approx(7.0, abs=0.1)  # due when it is min_age old
+    now[0] = t0 + timedelta(seconds=9)
+    assert reconciler.next_delay() == pytest.approx(1.0, abs=0.1)
+    now[0] = t0 + timedelta(minutes=1)  # overdue: at once, however recently the process started
+    assert reconciler.next_delay() == pytest.approx(0.0, abs=0.1)
+    assert reconciler.next_delay(backlog=1) == 10.0  # work left waiting: no busy loop
+    # A freshly started reconciler whose interval is an hour resumes the overdue create at once.
+    reconciler.interval = 3600.0
+    reconciler.start()
+    try:
+        wait_for(lambda: store.get_container(pending.uid).state is ContainerRecordState.CREATED)
+    finally:
+        reconciler.stop()
 
 
 def test_exec_on_a_not_ready_host_is_unavailable(cluster: Cluster) -> None:

@@ -1,7 +1,6 @@
 """Reconciler: finishes work that a crash or an unreachable agent left half done.
 
-Every ``interval`` (10 s), for records unchanged for ``min_age`` (10 s, so in-flight requests are
-left alone):
+Rounds resume records unchanged for ``min_age`` (10 s, so in-flight requests are left alone):
 
 - PENDING containers (the controller died between the durable PENDING write and the agent's answer):
   create them on their host again (the agent's CreateContainer is idempotent by uid) -> CREATED, or
@@ -9,6 +8,12 @@ left alone):
 - STOPPING containers: destroy them on their host again -> STOPPED.
 - STARTING processes (Exec never heard back): LOST with a message. If the agent did start the
   process, its events still move it to RUNNING/EXITED.
+
+Scheduling comes from the times in the database, not from the process's start: the next round
+is due when the longest-waiting record (by its persisted ``updated`` time) reaches ``min_age``,
+and at the latest ``interval`` (10 s) after the last round. So a controller that restarts more often
+than ``interval`` still resumes overdue work at once after each start. While a round leaves work
+waiting (an unreachable host), the next one comes ``interval`` later.
 
 Not done yet: comparing the agent's Sync with the database (orphans on hosts, exits lost with an
 agent restart).
@@ -34,6 +39,7 @@ __all__ = ["Reconciler"]
 log = logging.getLogger("chital.controller.reconcile")
 
 BATCH = 200
+_PAST_DUE = 0.05
 
 
 class Reconciler:
@@ -71,19 +77,44 @@ class Reconciler:
         if self._thread is not None:
             self._thread.join(timeout)
 
+    def next_delay(self, backlog: int = 0) -> float:
+        """Seconds until the next round: when the longest-waiting record (by its time in the
+        database) reaches ``min_age``, within [0, ``interval``]; ``interval`` while the last round
+        left a ``backlog`` (those records are overdue already: no busy loop)."""
+        if backlog:
+            return self.interval
+        oldest = self._store.oldest_unfinished(
+            (ContainerRecordState.PENDING, ContainerRecordState.STOPPING), ProcessRecordState.STARTING
+        )
+        if oldest is None:
+            return self.interval
+        due = (oldest - self._clock()).total_seconds() + self.min_age
+        # A little past due: rounds take records strictly older than min_age.
+        return min(self.interval, max(0.0, due) + _PAST_DUE)
+
     def _loop(self) -> None:
-        while not self._stop.wait(self.interval):
+        delay = self._safe_delay(0)
+        while not self._stop.wait(delay):
             started = time.perf_counter()
             try:
                 backlog = self.run_once()
             except Exception:  # one bad round must not stop reconciliation (logged)
                 log.exception("reconcile round failed")
                 self._metrics.reconcile_runs.labels("failed").inc()
+                backlog = 1  # try again after a full interval, not at once
             else:
                 self._metrics.reconcile_runs.labels("ok").inc()
                 self._metrics.reconcile_backlog.set(backlog)
                 self._metrics.reconcile_last_success.set_to_current_time()
             self._metrics.reconcile_duration.observe(time.perf_counter() - started)
+            delay = self._safe_delay(backlog)
+
+    def _safe_delay(self, backlog: int) -> float:
+        try:
+            return self.next_delay(backlog)
+        except Exception:  # the database is away: try again after a full interval (logged)
+            log.exception("scheduling the next reconcile round failed")
+            return self.interval
 
     def run_once(self) -> int:
         """One round; returns how many records still wait (the backlog)."""

@@ -902,6 +902,24 @@ class Store:
             ).all()
             return [self._process_record(r) for r in rows]
 
+    def oldest_unfinished(
+        self, container_states: Sequence[ContainerRecordState], process_state: ProcessRecordState
+    ) -> datetime | None:
+        """When the longest-unchanged container in ``container_states`` or process in
+        ``process_state`` last changed (None if there is none): the reconciler schedules its next
+        round from this persisted time, not from its own start."""
+        with self._read() as session:
+            containers = session.scalar(
+                sa.select(sa.func.min(ContainerRow.updated)).where(
+                    ContainerRow.state.in_([s.value for s in container_states])
+                )
+            )
+            processes = session.scalar(
+                sa.select(sa.func.min(ProcessRow.updated)).where(ProcessRow.state == process_state.value)
+            )
+            times = [t for t in (containers, processes) if t is not None]
+            return min(times) if times else None
+
     # -- agent events ---------------------------------------------------------------------------
 
     def apply_agent_events(
