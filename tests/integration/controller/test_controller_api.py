@@ -550,6 +550,40 @@ def test_pagination(cluster: Cluster) -> None:
     assert len(placed_there) in (1, 2)  # 5 containers spread over 3 hosts
 
 
+def test_watch_heartbeats_say_where_a_live_watch_started(cluster: Cluster) -> None:
+    register_all(cluster)
+    first = create(cluster, "hb-1")
+    request = cpb.WatchRequest(heartbeat_interval=duration_pb2.Duration(seconds=1))
+    stream = cluster.containers.Watch(request, timeout=T)
+    try:
+        start = next(stream)
+        assert start.heartbeat and not start.HasField("container")
+        assert start.revision >= 1  # the current revision: hb-1's events are before it
+        create(cluster, "hb-2")
+        event = next(stream)
+        assert not event.heartbeat and event.container.name == "hb-2" and event.revision > start.revision
+        while (beat := next(stream)).heartbeat is False:  # hb-2 goes PENDING -> CREATED
+            assert beat.container.name == "hb-2"
+            event = beat
+        assert beat.revision >= event.revision
+    finally:
+        stream.cancel()
+    # Resuming from a heartbeat's revision misses and repeats nothing.
+    stream = cluster.containers.Watch(cpb.WatchRequest(since_revision=start.revision), timeout=T)
+    try:
+        assert next(stream).container.name == "hb-2"
+    finally:
+        stream.cancel()
+    # Without heartbeat_interval: no heartbeats (what older clients get).
+    stream = cluster.containers.Watch(cpb.WatchRequest(since_revision=0), timeout=T)
+    try:
+        create(cluster, "hb-3")
+        assert not next(stream).heartbeat
+    finally:
+        stream.cancel()
+    assert first.name == "hb-1"
+
+
 def test_logs_and_watch(cluster: Cluster) -> None:
     register_all(cluster)
     create(cluster, "w")

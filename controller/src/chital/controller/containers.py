@@ -90,7 +90,7 @@ from chital.errdefs import (
     Unavailable,
 )
 
-__all__ = ["Containers", "Page"]
+__all__ = ["MIN_HEARTBEAT_SECONDS", "Containers", "Page", "WatchHeartbeat"]
 
 T = TypeVar("T")
 
@@ -103,6 +103,17 @@ MAX_GRACE_SECONDS = 3600.0
 # where a short one marked processes LOST that were about to be reported EXITED.
 EXIT_REPORT_WAIT_SECONDS = 5.0
 WATCH_BATCH = 500
+
+
+#: The shortest heartbeat interval a watch gets (smaller requests are raised to it).
+MIN_HEARTBEAT_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class WatchHeartbeat:
+    """No event: every event the watch selects up to ``revision`` has been sent."""
+
+    revision: int
 
 
 @dataclass(frozen=True)
@@ -443,21 +454,44 @@ class Containers:
         call, chunks = self._pool.get(container.host_address).stream_logs(uid, follow, tail_lines, None)
         return call.cancel, chunks
 
-    def watch(self, since_revision: int, ref: str, is_active: Callable[[], bool]) -> Iterator[EventRecord]:
-        """Events after ``since_revision`` (0: from now on), then live ones, until the caller leaves."""
+    def watch(
+        self, since_revision: int, ref: str, is_active: Callable[[], bool], heartbeat: float = 0.0
+    ) -> Iterator[EventRecord | WatchHeartbeat]:
+        """Events after ``since_revision`` (0: from now on), then live ones, until the caller leaves.
+
+        With ``heartbeat`` (seconds, raised to at least :data:`MIN_HEARTBEAT_SECONDS`), a
+        :class:`WatchHeartbeat` comes first, with the revision the watch starts after, and then
+        after every ``heartbeat`` seconds without an event, with the revision the watch has
+        reached (every selected event up to it was sent): a client resumes from it without gaps.
+        """
         if since_revision < 0:
             raise InvalidArgument("since_revision must not be negative")
+        if heartbeat < 0:
+            raise InvalidArgument("heartbeat_interval must not be negative")
+        if heartbeat:
+            heartbeat = max(heartbeat, MIN_HEARTBEAT_SECONDS)
         container_uid = self.get(ref).uid if ref else ""
         after = since_revision if since_revision > 0 else self._store.last_revision()
+        if heartbeat:
+            yield WatchHeartbeat(after)
+        last_sent = time.monotonic()
         ev = self._notifier.watch_all()
         try:
             while is_active():
                 ev.clear()
+                # Read before the events: every event up to it is in this batch (if not full).
+                head = self._store.last_revision() if heartbeat else 0
                 batch = self._store.list_events(after, WATCH_BATCH, container_uid)
                 for event in batch:
                     yield event
                     after = event.revision
+                    last_sent = time.monotonic()
                 if len(batch) < WATCH_BATCH:
+                    if heartbeat:
+                        after = max(after, head)
+                        if time.monotonic() - last_sent >= heartbeat:
+                            yield WatchHeartbeat(after)
+                            last_sent = time.monotonic()
                     ev.wait(self._poll_interval)
         finally:
             self._notifier.unwatch_all(ev)

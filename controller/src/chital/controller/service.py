@@ -19,7 +19,7 @@ from chital.api.container.v1 import container_pb2, container_pb2_grpc
 from chital.api.host.v1 import host_pb2, host_pb2_grpc
 from chital.controller._version import __version__
 from chital.controller.auth import Principal, current_principal
-from chital.controller.containers import Containers
+from chital.controller.containers import Containers, WatchHeartbeat
 from chital.controller.hosts import Hosts
 from chital.controller.records import (
     ContainerRecord,
@@ -276,8 +276,14 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             yield container_pb2.StreamLogsResponse(stream=stream, data=chunk.data)
 
     def Watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        for event in self._containers.watch(request.since_revision, request.container, context.is_active):
-            yield event_to_pb(event)
+        heartbeat = request.heartbeat_interval.ToTimedelta().total_seconds()
+        for item in self._containers.watch(
+            request.since_revision, request.container, context.is_active, heartbeat
+        ):
+            if isinstance(item, WatchHeartbeat):
+                yield container_pb2.WatchResponse(revision=item.revision, heartbeat=True)
+            else:
+                yield event_to_pb(item)
 
 
 class HostServicer(host_pb2_grpc.HostServiceServicer):

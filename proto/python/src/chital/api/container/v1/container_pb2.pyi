@@ -1043,19 +1043,29 @@ class WatchRequest(_message.Message):
 
     SINCE_REVISION_FIELD_NUMBER: _builtins.int
     CONTAINER_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     since_revision: _builtins.int
     """Events with a revision greater than this (0: only live events)."""
     container: _builtins.str
     """Only this container's events (uid or name); empty: all."""
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """Send heartbeats (responses with heartbeat set): the first at once, carrying the revision
+        the watch starts after (for since_revision 0: the current one), then one after each period
+        of this length without an event. Unset or zero: no heartbeats. At least 1 s (smaller values
+        are raised to 1 s).
+        """
+
     def __init__(
         self,
         *,
         since_revision: _builtins.int = ...,
         container: _builtins.str = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "since_revision", b"since_revision"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "heartbeat_interval", b"heartbeat_interval", "since_revision", b"since_revision"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1063,7 +1073,7 @@ Global___WatchRequest: _TypeAlias = WatchRequest  # noqa: Y015
 
 @_typing.final
 class WatchResponse(_message.Message):
-    """WatchResponse is one event."""
+    """WatchResponse is one event, or a heartbeat."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1072,8 +1082,14 @@ class WatchResponse(_message.Message):
     CONTAINER_FIELD_NUMBER: _builtins.int
     PROCESS_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_FIELD_NUMBER: _builtins.int
     revision: _builtins.int
+    """The event's revision. For a heartbeat: every event up to this revision that the watch
+    selects has been sent; a new watch from it misses and repeats nothing.
+    """
     type: Global___EventType.ValueType
+    heartbeat: _builtins.bool
+    """True: a heartbeat, no event (type, container, process and time are unset)."""
     @_builtins.property
     def container(self) -> Global___Container: ...
     @_builtins.property
@@ -1088,10 +1104,11 @@ class WatchResponse(_message.Message):
         container: Global___Container | None = ...,
         process: Global___Process | None = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        heartbeat: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "process", b"process", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "process", b"process", "revision", b"revision", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["container", b"container", "heartbeat", b"heartbeat", "process", b"process", "revision", b"revision", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -193,7 +193,9 @@ class ContainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Watch(self, request, context):
-        """Watch streams container and process events after a revision, then live ones.
+        """Watch streams container and process events after a revision, then live ones. With a
+        heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
+        after, then one whenever no event was sent for that long.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

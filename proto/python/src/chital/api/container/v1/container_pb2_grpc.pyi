@@ -65,7 +65,10 @@ class ContainerServiceStub:
     StreamLogs: _grpc.UnaryStreamMultiCallable[_container_pb2.StreamLogsRequest, _container_pb2.StreamLogsResponse]
     """StreamLogs streams a process's captured stdout and stderr."""
     Watch: _grpc.UnaryStreamMultiCallable[_container_pb2.WatchRequest, _container_pb2.WatchResponse]
-    """Watch streams container and process events after a revision, then live ones."""
+    """Watch streams container and process events after a revision, then live ones. With a
+    heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
+    after, then one whenever no event was sent for that long.
+    """
     GetContainerStats: _grpc.UnaryUnaryMultiCallable[_container_pb2.GetContainerStatsRequest, _container_pb2.GetContainerStatsResponse]
     """GetContainerStats returns the kernel module's per-syscall counters of a container and its
     cgroup usage, read live from its host.
@@ -108,7 +111,10 @@ class ContainerServiceAsyncStub(ContainerServiceStub):
     StreamLogs: _aio.UnaryStreamMultiCallable[_container_pb2.StreamLogsRequest, _container_pb2.StreamLogsResponse]  # type: ignore[assignment]
     """StreamLogs streams a process's captured stdout and stderr."""
     Watch: _aio.UnaryStreamMultiCallable[_container_pb2.WatchRequest, _container_pb2.WatchResponse]  # type: ignore[assignment]
-    """Watch streams container and process events after a revision, then live ones."""
+    """Watch streams container and process events after a revision, then live ones. With a
+    heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
+    after, then one whenever no event was sent for that long.
+    """
     GetContainerStats: _aio.UnaryUnaryMultiCallable[_container_pb2.GetContainerStatsRequest, _container_pb2.GetContainerStatsResponse]  # type: ignore[assignment]
     """GetContainerStats returns the kernel module's per-syscall counters of a container and its
     cgroup usage, read live from its host.
@@ -220,7 +226,10 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _container_pb2.WatchRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_container_pb2.WatchResponse], _abc.AsyncIterator[_container_pb2.WatchResponse]]:
-        """Watch streams container and process events after a revision, then live ones."""
+        """Watch streams container and process events after a revision, then live ones. With a
+        heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
+        after, then one whenever no event was sent for that long.
+        """
 
     @_abc_1.abstractmethod
     def GetContainerStats(
