@@ -7,6 +7,10 @@ Every call's ``authorization`` metadata is recorded (``fake.authorization``); Ad
 tokens in a dict and answers WhoAmI with ``fake.identity``, GetServerInfo with ``fake.server_info``.
 Processes are scripted by their argv: ``echo ARGS`` prints and exits 0, ``exit N`` exits N,
 ``crash`` dies of SIGKILL, ``stderr TEXT`` writes to stderr, ``sleep`` keeps running.
+Watch behaves like the controller's: ``since_revision`` 0 is live only, the stream stays open
+until the client leaves, and with a ``heartbeat_interval`` heartbeats carry the revision reached
+(the first at once). ``fake.watch_ends`` ends every stream once it has sent what is recorded, as
+a controller that shuts down does.
 """
 
 from __future__ import annotations
@@ -46,6 +50,9 @@ class FakeController(
         self.requests: dict[str, list[object]] = defaultdict(list)
         self.failures: dict[str, list[tuple[grpc.StatusCode, str]]] = defaultdict(list)
         self.events: list[cpb.WatchResponse] = []
+        self.watch_ends = False
+        #: The shortest heartbeat interval (the controller's is 1 s); tests may lower it.
+        self.min_heartbeat = 1.0
         self.authorization: dict[str, list[str | None]] = defaultdict(list)
         self.tokens: dict[str, apb.Token] = {}
         self.audit = [
@@ -252,9 +259,29 @@ class FakeController(
 
     def Watch(self, request, context):  # type: ignore[no-untyped-def]
         self._enter("Watch", request, context)
-        for event in self.events:
-            if event.revision > request.since_revision:
-                yield event
+        ref = request.container
+        if ref:
+            ref = self._container(ref, context).uid
+        after = request.since_revision or len(self.events)
+        interval = request.heartbeat_interval.ToTimedelta().total_seconds()
+        if interval:
+            interval = max(interval, self.min_heartbeat)
+            yield cpb.WatchResponse(revision=after, heartbeat=True)
+        last_sent = time.monotonic()
+        while context.is_active():
+            head = len(self.events)
+            for event in self.events[after:head]:
+                uid = event.container.uid if event.HasField("container") else event.process.container_uid
+                if not ref or uid == ref:
+                    yield event
+                    last_sent = time.monotonic()
+            after = head
+            if self.watch_ends:
+                return
+            if interval and time.monotonic() - last_sent >= interval:
+                yield cpb.WatchResponse(revision=after, heartbeat=True)
+                last_sent = time.monotonic()
+            time.sleep(0.02)
 
     # -- HostService ---------------------------------------------------------------------------
 

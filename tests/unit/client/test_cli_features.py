@@ -89,19 +89,22 @@ def test_logs_of_a_container_shows_running_processes_unless_all(chital) -> None:
 
 
 def test_events(chital, fake: FakeController) -> None:
+    chital("run", "-d", "--name", "z", "--", "sleep")
     chital("run", "-d", "--name", "a", "--", "sleep")
     chital("run", "-d", "--name", "b", "--", "sleep")
-    code, out, _ = chital("events", "--since", "0", "-n", "2")
+    code, out, _ = chital("events", "--since", "1", "-n", "2")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:4] == ["TIME", "REVISION", "KIND", "CONTAINER"]
-    assert [line.split()[1:4] for line in lines[1:]] == [["1", "container", "a"], ["2", "container", "b"]]
-    # JSON Lines, one event each (the fake ends its stream after the recorded events).
-    code, out, _ = chital("events", "-o", "json", "--since", "1")
+    assert [line.split()[1:4] for line in lines[1:]] == [["2", "container", "a"], ["3", "container", "b"]]
+    # JSON Lines, one event each.
+    code, out, _ = chital("events", "-o", "json", "--since", "2", "-n", "1")
     assert [json.loads(line)["container"]["name"] for line in out.splitlines()] == ["b"]
     # The container filter is the controller's; the kind filter is ours.
-    assert chital("events", "--container", "b", "--since", "0")[0] == 0
-    assert fake.requests["Watch"][-1].container == "b"
-    assert chital("events", "--kind", "process", "-o", "json", "--since", "0") == (0, "", "")
+    code, out, _ = chital("events", "--container", "a", "--since", "1", "-n", "1", "-o", "json")
+    assert code == 0 and [json.loads(line)["container"]["name"] for line in out.splitlines()] == ["a"]
+    assert fake.requests["Watch"][-1].container == "a"
+    fake.watch_ends = True  # as a controller shutting down: the stream ends after the replay
+    assert chital("events", "--kind", "process", "-o", "json", "--since", "1") == (0, "", "")
     code, out, _ = chital("events", "--host", "10.0.0.9:7444")
     assert code == 1 and "not found" in _  # hosts are checked before watching
     assert chital("events", "--kind", "volume")[0] == 2

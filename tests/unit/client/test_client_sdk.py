@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import inspect
+import itertools
+import threading
 
 import grpc
 import pytest
@@ -28,6 +30,7 @@ from chital.client import (
     ProcessState,
     RetryPolicy,
     _convert,
+    _ops,
 )
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)
@@ -218,13 +221,44 @@ def test_wait_request_carries_timeout_and_deadline(client: Client, fake: FakeCon
     assert 0 < request.timeout.ToNanoseconds() <= 200_000_000
 
 
-def test_watch(client: Client) -> None:
+def test_watch(client: Client, fake: FakeController) -> None:
     client.create_container("a")
     client.create_container("b")
-    events = list(client.watch(since_revision=1))
+    events = list(itertools.islice(client.watch(since_revision=1), 1))
     assert [(e.revision, e.type, e.container and e.container.name) for e in events] == [
         (2, EventType.CONTAINER_CHANGED, "b")
     ]
+    request = fake.requests["Watch"][-1]
+    assert request.heartbeat_interval.ToTimedelta().total_seconds() == _ops.WATCH_HEARTBEAT_SECONDS
+
+
+def test_a_live_watch_sees_only_new_events_and_skips_heartbeats(client: Client, fake: FakeController) -> None:
+    client.create_container("old")
+    fake.min_heartbeat = 0.01
+    _ops.WATCH_HEARTBEAT_SECONDS, saved = 0.01, _ops.WATCH_HEARTBEAT_SECONDS
+    try:
+        watch = client.watch()
+        threading.Timer(0.2, lambda: client.create_container("new")).start()
+        event = next(watch)  # heartbeats came first: none is delivered as an event
+        watch.close()
+    finally:
+        _ops.WATCH_HEARTBEAT_SECONDS = saved
+    assert (event.revision, event.container and event.container.name) == (2, "new")
+
+
+def test_watch_resumes_from_the_revision_a_heartbeat_gave() -> None:
+    """A live-only watch that breaks before its first event resumes where the heartbeat said it
+    started, not live-only again (which would miss what happened during the break)."""
+    state = _ops.WatchResume(0, FAST, enabled=True)
+    assert state.receive(container_pb2.WatchResponse(revision=7, heartbeat=True)) is None
+    assert state.revision == 7
+    assert _ops.watch(state.revision, "").request.since_revision == 7
+    event = state.receive(
+        container_pb2.WatchResponse(revision=8, type=container_pb2.EVENT_TYPE_CONTAINER_CHANGED)
+    )
+    assert event is not None and event.revision == 8
+    assert state.receive(container_pb2.WatchResponse(revision=5, heartbeat=True)) is None
+    assert state.revision == 8  # never backwards
 
 
 def test_hosts(client: Client) -> None:

@@ -366,9 +366,11 @@ class Client(_base.ClientBase):
         resume with ``resume=False`` or ``NO_RETRY``. ``timeout`` bounds the whole watch (none by
         default). Breaking out of the loop cancels the stream.
 
-        With ``since_revision=0``, events between a break before the first event and the new
-        stream are not replayed (the controller does not say where a live-only watch started):
-        pass a revision to be gap-free from a known point.
+        The watch asks for heartbeats: the controller says at once which revision a live-only
+        watch (``since_revision=0``) starts after, and every 10 s without events which one it
+        has reached, so a resumed watch starts there. (A controller too old to send heartbeats
+        leaves a live-only watch that breaks before its first event without a start point: its
+        new stream is live-only again.)
         """
         state = ops.WatchResume(since_revision, self.retries, enabled=resume)
         end = None if timeout is None else time.monotonic() + timeout
@@ -381,8 +383,8 @@ class Client(_base.ClientBase):
             stream: Any = method(call.request, timeout=remaining, metadata=self._settings.metadata)
             try:
                 for message in stream:
-                    event = call.convert(message)
-                    if state.accept(event):
+                    event = state.receive(message)
+                    if event is not None:
                         yield event
                 return  # the server ended the stream (it does so only when shutting down)
             except grpc.RpcError as exc:

@@ -243,9 +243,17 @@ def stream_logs(process_uid: str, *, follow: bool, tail: int) -> StreamCall[LogC
     return StreamCall(CONTAINERS, "StreamLogs", request, conv.log_chunk_from_pb)
 
 
+#: Seconds between the heartbeats a watch asks for (a controller without heartbeats sends none).
+WATCH_HEARTBEAT_SECONDS = 10.0
+
+
 def watch(since_revision: int, container: str) -> StreamCall[WatchEvent]:
-    """Watch from a revision."""
-    request = cpb.WatchRequest(since_revision=since_revision, container=container)
+    """Watch from a revision, with heartbeats (see :meth:`WatchResume.receive`)."""
+    request = cpb.WatchRequest(
+        since_revision=since_revision,
+        container=container,
+        heartbeat_interval=conv.duration_to_pb(WATCH_HEARTBEAT_SECONDS),
+    )
     return StreamCall(CONTAINERS, "Watch", request, conv.watch_event_from_pb)
 
 
@@ -265,6 +273,16 @@ class WatchResume:
         self._policy = policy
         self._enabled = enabled
         self._failures = 0
+
+    def receive(self, message: Any) -> WatchEvent | None:
+        """The event to deliver for a Watch message, or None: a heartbeat (it moves the resume point
+        to its revision, so a live-only watch resumes where it started and nothing between is
+        missed) or an event delivered already."""
+        if message.heartbeat:
+            self.revision = max(self.revision, message.revision)
+            return None
+        event = conv.watch_event_from_pb(message)
+        return event if self.accept(event) else None
 
     def accept(self, event: WatchEvent) -> bool:
         """Whether to deliver ``event`` (False for one at or below the last revision delivered)."""

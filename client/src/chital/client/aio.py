@@ -382,8 +382,8 @@ class AsyncClient(_base.ClientBase):
             stream: Any = method(call.request, timeout=remaining, metadata=self._settings.metadata)
             try:
                 async for message in stream:
-                    event = call.convert(message)
-                    if state.accept(event):
+                    event = state.receive(message)
+                    if event is not None:
                         yield event
                 return  # the server ended the stream (it does so only when shutting down)
             except grpc.RpcError as exc:
