@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import queue
 import time
 import urllib.request
 from collections.abc import Callable
@@ -649,6 +651,35 @@ def test_health_and_reflection(cluster: Cluster) -> None:
     )
     names = {s.name for r in responses for s in r.list_services_response.service}
     assert {"chital.api.container.v1.ContainerService", "chital.api.host.v1.HostService"} <= names
+
+
+def test_a_cancelled_reflection_stream_is_cancelled_not_an_error(
+    metrics_cluster: Cluster, caplog: pytest.LogCaptureFixture
+) -> None:
+    """grpcurl (or any client) going away mid-stream must not feed the error-ratio alert."""
+    cluster = metrics_cluster
+    caplog.set_level(logging.WARNING)
+    requests: queue.Queue[reflection_pb2.ServerReflectionRequest | None] = queue.Queue()
+    requests.put(reflection_pb2.ServerReflectionRequest(list_services=""))
+    call = reflection_pb2_grpc.ServerReflectionStub(cluster.channel).ServerReflectionInfo(
+        iter(requests.get, None), timeout=T
+    )
+    assert next(call).list_services_response.service
+    # Let the handler go back to reading the request stream (where grpcurl's cancel finds it):
+    # reading it then raises gRPC's RpcError, which used to become INTERNAL and an ERROR log.
+    time.sleep(0.3)
+    call.cancel()
+    requests.put(None)
+    url = f"http://127.0.0.1:{cluster.controller.metrics_port}/metrics"
+    labels = 'grpc_method="ServerReflectionInfo",grpc_service="grpc.reflection.v1alpha.ServerReflection"'
+
+    def handled() -> str:
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.read().decode()
+
+    wait_for(lambda: f'handled_total{{grpc_code="CANCELLED",{labels}}} 1.0' in handled())
+    assert f'handled_total{{grpc_code="INTERNAL",{labels}}}' not in handled()
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
 def test_metrics_are_served(metrics_cluster: Cluster) -> None:

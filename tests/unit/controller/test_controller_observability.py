@@ -122,6 +122,7 @@ def test_a_cancelled_stream_is_cancelled_not_an_internal_error(
     call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(request_iterator())
     first = next(call)
     assert SERVICE in [s.name for s in first.list_services_response.service]
+    time.sleep(0.3)  # the handler goes back to reading the request stream, where the cancel finds it
     call.cancel()
     requests.put(None)
     key = _handled("ServerReflectionInfo", "CANCELLED", reflection.SERVICE_NAME)

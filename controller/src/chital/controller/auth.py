@@ -39,7 +39,7 @@ from sqlalchemy.exc import OperationalError
 
 from chital.controller.tokens import ROLES, AuditLog, InvalidToken, Tokens
 from chital.errdefs import code_of
-from chital.errdefs.grpc import rewrap_handler
+from chital.errdefs.grpc import client_went_away, rewrap_handler
 from chital.security.tls import peer_from_context
 
 __all__ = [
@@ -202,7 +202,7 @@ def _outcome(context: grpc.ServicerContext, exc: BaseException | None) -> tuple[
         return code.name, detail
     if exc is None:
         return "OK", ""
-    if isinstance(exc, GeneratorExit):
+    if isinstance(exc, GeneratorExit) or client_went_away(context, exc):
         return grpc.StatusCode.CANCELLED.name, "cancelled"
     return code_of(exc).name, detail or type(exc).__name__
 
