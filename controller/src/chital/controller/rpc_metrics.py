@@ -10,6 +10,7 @@ as ``grpc_service="unknown", grpc_method="unknown"`` and never by its name.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -38,13 +39,16 @@ def _final_code(context: grpc.ServicerContext, exc: BaseException | None) -> str
     code = context.code()  # type: ignore[attr-defined]  # set by set_code() or abort()
     if isinstance(code, grpc.StatusCode):
         return code.name
-    if exc is None:
-        return "OK"
-    if client_went_away(context, exc):
+    # The client left (cancelled, or its deadline passed): that is the status it saw, whether the
+    # handler then raised gRPC's RpcError from the request stream or saw that stream end (gRPC
+    # may report a cancelled request stream as a plain end).
+    if (exc is None or client_went_away(context, exc)) and not context.is_active():
         remaining = context.time_remaining()
         if remaining is not None and remaining <= 0:
             return grpc.StatusCode.DEADLINE_EXCEEDED.name
-        return grpc.StatusCode.CANCELLED.name  # the client cancelled while we read its stream
+        return grpc.StatusCode.CANCELLED.name
+    if exc is None:
+        return "OK"
     if isinstance(exc, GeneratorExit):
         return grpc.StatusCode.CANCELLED.name  # the client went away mid-stream
     # Not mapped yet: the error interceptor inside will map it exactly like this.
@@ -96,12 +100,26 @@ class RpcMetricsInterceptor(grpc.ServerInterceptor):
         def wrap_stream(fn: Callable[[Any, grpc.ServicerContext], Iterator[Any]]) -> Callable[..., Any]:
             def call(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 start = begin()
+                lock = threading.Lock()
+                counted = False
+
+                def finish(exc: BaseException | None) -> None:
+                    nonlocal counted
+                    with lock:
+                        if counted:
+                            return
+                        counted = True
+                    end(start, context, exc)
+
+                # A client that goes away while the handler waits at a yield ends the RPC without
+                # resuming it: count it then (CANCELLED), not whenever the generator is collected.
+                context.add_callback(lambda: finish(None))
                 try:
                     yield from fn(request, context)
                 except BaseException as exc:
-                    end(start, context, exc)
+                    finish(exc)
                     raise
-                end(start, context, None)
+                finish(None)
 
             return call
 
