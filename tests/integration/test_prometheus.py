@@ -218,13 +218,17 @@ def _unique(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
-def _workload(client: Client) -> None:
-    """Containers and processes on every host, exits of every kind, denied syscalls, client errors."""
+def _workload(client: Client, hosts: list[str]) -> None:
+    """Containers and processes on ``hosts``, exits of every kind, denied syscalls, client errors.
+
+    The containers are pinned to ``hosts``: the agent that the fixture kills later must hold none of
+    them, or the series only it exported (the denials, say) go stale and a panel has no data.
+    """
     keep = []
     for i in range(6):
         deny = ["execve"] if i == 0 else ["ptrace"]
         keep.append(client.create_container(_unique("prom"), limits=Limits(memory_max_bytes=64 << 20),
-                                            deny_syscalls=deny))  # fmt: skip
+                                            deny_syscalls=deny, host=hosts[i % len(hosts)]))  # fmt: skip
     for c in keep:
         client.exec(c.uid, ["sleep", "120"])  # long-lived members: memory/cpu/pids series
     done = [
@@ -309,7 +313,9 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
     with fleet:
         client = fleet.client(timeout=20.0)
         try:
-            _workload(client)
+            victim = fleet.agent_procs[-1]
+            killed = next(h for h in client.list_hosts() if h.address == victim.address)
+            _workload(client, [h.id for h in client.list_hosts() if h.id != killed.id])
             # The controller writes the discovery file from its host table.
             _wait(
                 "3 agents in the discovery file",
@@ -325,8 +331,6 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Live]:
                     timeout=60,
                 )
                 time.sleep(5)  # several scrapes: rate() needs two samples in its window
-                victim = fleet.agent_procs[-1]
-                killed = next(h for h in client.list_hosts() if h.address == victim.address)
                 victim.kill()
                 _wait(
                     "the killed agent's host to be NOT_READY",
