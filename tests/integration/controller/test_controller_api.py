@@ -727,9 +727,7 @@ def test_reconciler_resumes_interrupted_work(cluster: Cluster) -> None:
     )
     # As if it died mid stop, and mid exec.
     running = create(cluster, "stopping")
-    store.transition_container(
-        running.uid, (ContainerRecordState.CREATED,), ContainerRecordState.STOPPING, now=utc_now()
-    )
+    store.transition_container(running.uid, ContainerRecordState.STOPPING, now=utc_now())
     target = create(cluster, "execs")
     proc, _, _ = store.create_process("p-starting", target.uid, "e", ProcessSpec(argv=("x",)), utc_now())
     reconciler = cluster.controller.reconciler

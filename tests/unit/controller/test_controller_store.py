@@ -68,7 +68,7 @@ def test_create_is_idempotent_and_names_are_unique_among_live(store: Store) -> N
     with pytest.raises(AlreadyExists):
         new_container(store, "c3", "web", "r3")
     store.finish_create("c1", True, "", at(2))
-    store.transition_container("c1", tuple(ContainerRecordState), ContainerRecordState.DELETED, now=at(3))
+    store.transition_container("c1", ContainerRecordState.DELETED, now=at(3))
     fresh, created = new_container(store, "c4", "web", "r4")
     assert created and fresh.uid == "c4"  # type: ignore[attr-defined]
     assert store.get_container("web").uid == "c4"

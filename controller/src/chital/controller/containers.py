@@ -259,16 +259,12 @@ class Containers:
         if record.state is ContainerRecordState.STOPPED:
             return record
         record, _ = self._store.transition_container(
-            record.uid,
-            (ContainerRecordState.CREATED, ContainerRecordState.RUNNING, ContainerRecordState.STOPPING),
-            ContainerRecordState.STOPPING,
-            now=self._clock(),
+            record.uid, ContainerRecordState.STOPPING, now=self._clock()
         )
         self._pool.get(record.host_address).destroy_container(record.uid, grace)
         self._await_exits(record.uid, EXIT_REPORT_WAIT_SECONDS)
         record, _ = self._store.transition_container(
             record.uid,
-            (ContainerRecordState.STOPPING,),
             ContainerRecordState.STOPPED,
             now=self._clock(),
             finish_processes="container stopped before the exit was reported",
@@ -312,7 +308,6 @@ class Containers:
                 log.warning("deleting %s without reaching %s", record.uid, record.host_address)
         record, _ = self._store.transition_container(
             record.uid,
-            tuple(s for s in ContainerRecordState if s is not ContainerRecordState.DELETED),
             ContainerRecordState.DELETED,
             now=self._clock(),
             finish_processes="container deleted",

@@ -24,6 +24,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from chital.controller import lifecycle
 from chital.controller.db import READONLY_OPTION
 from chital.controller.models import Base, ContainerRow, EventRow, HostRow, ProcessRow
 from chital.controller.records import (
@@ -404,8 +405,9 @@ class Store:
         """Cordon, uncordon or drain a host."""
         with self._write() as (session, _):
             row = self._host_row(session, ref, lock=True)
-            row.admin_state = admin_state.value
-            row.updated = now
+            if lifecycle.check_admin(row.address, AdminState(row.admin_state), admin_state):
+                row.admin_state = admin_state.value
+                row.updated = now
             return self._host(session, row)
 
     def record_health(
@@ -441,10 +443,11 @@ class Store:
             if last_seen is not None:
                 row.last_seen = last_seen
             row.message = message
-            if health is not previous:
+            if lifecycle.check_health(row.address, previous, health):
                 row.state = health.value
                 row.updated = now
             if health is HostHealth.LOST and previous is not HostHealth.LOST:
+                # Every container that is (or may be) on the host becomes LOST with it.
                 self._lose_containers(session, changes, row.id, f"host {row.address} lost: {message}", now)
             return self._host(session, row), previous
 
@@ -453,7 +456,8 @@ class Store:
     ) -> None:
         rows = session.scalars(
             sa.select(ContainerRow).where(
-                ContainerRow.host_id == host_id, ContainerRow.state.in_(PLACED_STATES)
+                ContainerRow.host_id == host_id,
+                ContainerRow.state.in_([s.value for s in lifecycle.LOST_WITH_HOST]),
             )
         ).all()
         for row in rows:
@@ -668,30 +672,26 @@ class Store:
         states are left alone."""
         with self._write() as (session, changes):
             row = self._container_row(session, uid, lock=True)
-            if row.state == ContainerRecordState.PENDING.value:
+            target = ContainerRecordState.CREATED if ok else ContainerRecordState.FAILED
+            if row.state == ContainerRecordState.PENDING.value and lifecycle.check_container(
+                row.name, ContainerRecordState.PENDING, target
+            ):
                 if ok:
                     row.effective_deny_syscalls = list(effective_deny_syscalls)
-                self._set_state(
-                    session,
-                    changes,
-                    row,
-                    ContainerRecordState.CREATED if ok else ContainerRecordState.FAILED,
-                    message=message,
-                    now=now,
-                )
+                self._set_state(session, changes, row, target, message=message, now=now)
             return self._container(session, row)
 
     def transition_container(
         self,
         uid: str,
-        allowed_from: Sequence[ContainerRecordState],
         to: ContainerRecordState,
         *,
         now: datetime,
         message: str = "",
         finish_processes: str | None = None,
     ) -> tuple[ContainerRecord, ContainerRecordState]:
-        """Move a container to ``to`` if it is in ``allowed_from`` (else FailedPrecondition).
+        """Move a container to ``to`` if :mod:`~chital.controller.lifecycle` allows it from its
+        current state (else FailedPrecondition).
 
         With ``finish_processes``, its STARTING/RUNNING processes become LOST with that message (an
         exit event that arrives later still records the real exit). Returns the container and its
@@ -700,10 +700,8 @@ class Store:
         with self._write() as (session, changes):
             row = self._container_row(session, uid, lock=True)
             previous = ContainerRecordState(row.state)
-            if previous is to:
+            if not lifecycle.check_container(row.name, previous, to):
                 return self._container(session, row), previous
-            if previous not in allowed_from:
-                raise FailedPrecondition(f"container {row.name} is {previous.value}, not {to.value}-able")
             if finish_processes is not None:
                 self._finish_processes(session, changes, row.uid, finish_processes, now)
             self._set_state(session, changes, row, to, message=message, now=now)
@@ -718,6 +716,7 @@ class Store:
             )
         ).all()
         for p in rows:
+            lifecycle.check_process(p.uid, ProcessRecordState(p.state), ProcessRecordState.LOST)
             p.state = ProcessRecordState.LOST.value
             p.message = message
             p.updated = now
@@ -728,15 +727,15 @@ class Store:
     ) -> None:
         """CREATED <-> RUNNING as processes start and exit."""
         row = session.get(ContainerRow, container_uid)
-        if row is None or row.state not in (
-            ContainerRecordState.CREATED.value,
-            ContainerRecordState.RUNNING.value,
-        ):
+        if row is None:
             return
+        state = ContainerRecordState(row.state)
+        if lifecycle.state_for_running(state, 1) is state and lifecycle.state_for_running(state, 0) is state:
+            return  # not CREATED or RUNNING: processes do not move it
         session.flush()
         running = self._running_counts(session, [container_uid]).get(container_uid, 0)
-        target = ContainerRecordState.RUNNING if running else ContainerRecordState.CREATED
-        if row.state != target.value:
+        target = lifecycle.state_for_running(state, running)
+        if lifecycle.check_container(row.name, state, target):
             self._set_state(session, changes, row, target, message="", now=now)
 
     # -- processes ------------------------------------------------------------------------------
@@ -815,7 +814,7 @@ class Store:
             if row.start_time is None:
                 row.start_time = start_time or now
                 changed = True
-            if row.state in (ProcessRecordState.STARTING.value, ProcessRecordState.LOST.value):
+            if lifecycle.can_process(ProcessRecordState(row.state), ProcessRecordState.RUNNING):
                 row.state = ProcessRecordState.RUNNING.value
                 row.message = ""
                 changed = True
@@ -831,7 +830,7 @@ class Store:
             row = session.get(ProcessRow, uid, with_for_update=True)
             if row is None:
                 raise NotFound(f"process {uid!r} not found")
-            if row.state in (ProcessRecordState.STARTING.value, ProcessRecordState.RUNNING.value):
+            if lifecycle.can_process(ProcessRecordState(row.state), ProcessRecordState.LOST):
                 row.state = ProcessRecordState.LOST.value
                 row.message = message
                 row.updated = now
@@ -955,7 +954,7 @@ class Store:
         if container is None or container.host_id != host_id:
             return
         if event.kind == "PROCESS_STARTED":
-            if row.state in (ProcessRecordState.STARTING.value, ProcessRecordState.LOST.value):
+            if lifecycle.can_process(ProcessRecordState(row.state), ProcessRecordState.RUNNING):
                 row.state = ProcessRecordState.RUNNING.value
                 row.pid = row.pid or event.pid
                 row.start_time = row.start_time or event.time or now
@@ -963,7 +962,7 @@ class Store:
                 row.updated = now
                 self._event(session, changes, self._process_record(row), now)
         else:
-            if row.state == ProcessRecordState.EXITED.value:
+            if not lifecycle.can_process(ProcessRecordState(row.state), ProcessRecordState.EXITED):
                 return
             row.state = ProcessRecordState.EXITED.value
             row.pid = row.pid or event.pid
