@@ -68,6 +68,7 @@ EXPECTED_ALL = {
     "LogStream",
     "NewToken",
     "NotFound",
+    "OutOfRange",
     "Page",
     "PermissionDenied",
     "Process",
@@ -374,7 +375,7 @@ CODES = [
     (grpc.StatusCode.UNKNOWN, chital.client.Internal),
     (grpc.StatusCode.CANCELLED, chital.client.Unavailable),
     (grpc.StatusCode.ABORTED, chital.client.FailedPrecondition),
-    (grpc.StatusCode.OUT_OF_RANGE, chital.client.InvalidArgument),
+    (grpc.StatusCode.OUT_OF_RANGE, chital.client.OutOfRange),
     (grpc.StatusCode.UNAUTHENTICATED, chital.client.Unauthenticated),
     (grpc.StatusCode.DATA_LOSS, chital.client.Internal),
 ]

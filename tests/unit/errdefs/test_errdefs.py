@@ -63,6 +63,7 @@ CLASS_CODES = {
     errdefs.Unavailable: Code.UNAVAILABLE,
     errdefs.Unimplemented: Code.UNIMPLEMENTED,
     errdefs.DeadlineExceeded: Code.DEADLINE_EXCEEDED,
+    errdefs.OutOfRange: Code.OUT_OF_RANGE,
     errdefs.Internal: Code.INTERNAL,
 }
 
@@ -125,7 +126,6 @@ def test_every_status_code_gives_a_typed_exception(code: grpc.StatusCode) -> Non
     [
         (grpc.StatusCode.CANCELLED, errdefs.Unavailable),
         (grpc.StatusCode.ABORTED, errdefs.FailedPrecondition),
-        (grpc.StatusCode.OUT_OF_RANGE, errdefs.InvalidArgument),
         (grpc.StatusCode.UNAUTHENTICATED, errdefs.PermissionDenied),
         (grpc.StatusCode.DATA_LOSS, errdefs.Internal),
         (grpc.StatusCode.UNKNOWN, errdefs.Internal),
@@ -237,3 +237,31 @@ def test_explicit_abort_passes_through(server: tuple[_Handlers, Any]) -> None:
         channel.unary_unary("/t.T/Abort")(b"", timeout=5)
     assert info.value.code() is grpc.StatusCode.OUT_OF_RANGE
     assert info.value.details() == "explicit"
+
+
+def test_out_of_range_is_an_invalid_argument_with_its_compact_revision() -> None:
+    exc = errdefs.OutOfRange("revision 3 has been compacted", compact_revision=41)
+    assert isinstance(exc, errdefs.InvalidArgument)
+    assert exc.metadata() == {errdefs.COMPACT_REVISION_KEY: "41"}
+    back = from_grpc_code(grpc.StatusCode.OUT_OF_RANGE, "m", [(errdefs.COMPACT_REVISION_KEY, "41")])
+    assert type(back) is errdefs.OutOfRange
+    assert back.compact_revision == 41  # type: ignore[attr-defined]
+    # Without the metadata (another server, a proxy) it is still an OutOfRange, revision unknown.
+    bare = from_grpc_code(grpc.StatusCode.OUT_OF_RANGE, "m", [(errdefs.COMPACT_REVISION_KEY, "x")])
+    assert type(bare) is errdefs.OutOfRange and bare.compact_revision == 0  # type: ignore[attr-defined]
+    assert errdefs.NotFound("n").metadata() == {}
+
+
+def test_the_interceptor_sends_an_errors_metadata_as_trailers(server: tuple[_Handlers, Any]) -> None:
+    handlers, channel = server
+    handlers.to_raise = errdefs.OutOfRange("compacted", compact_revision=7)
+    with pytest.raises(grpc.RpcError) as info:
+        channel.unary_unary("/t.T/Unary")(b"", timeout=5)
+    assert info.value.code() is grpc.StatusCode.OUT_OF_RANGE
+    trailers = dict(info.value.trailing_metadata() or ())
+    assert trailers[errdefs.COMPACT_REVISION_KEY] == "7"
+    call = channel.unary_stream("/t.T/Stream")(b"", timeout=5)
+    with pytest.raises(grpc.RpcError) as info:
+        assert next(call) == b"first"
+        next(call)
+    assert dict(info.value.trailing_metadata() or ())[errdefs.COMPACT_REVISION_KEY] == "7"

@@ -11,7 +11,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import click
@@ -29,6 +29,7 @@ from chital.client import (
     Limits,
     LogStream,
     NotFound,
+    OutOfRange,
     Process,
     ProcessState,
     Sandbox,
@@ -776,7 +777,7 @@ def events_command(*, kinds: tuple[str, ...], container: str, host: str, since: 
     st = state()
     table_started = False
     seen = 0
-    for event in client.watch(since_revision=since, container=ref):
+    for event in _watch_events(client, since, ref):
         if wanted and event.type not in wanted:
             continue
         if event.container is not None:
@@ -811,6 +812,23 @@ def events_command(*, kinds: tuple[str, ...], container: str, host: str, since: 
         if count and seen >= count:
             break
     return EXIT_OK
+
+
+def _watch_events(client: Client, since: int, ref: str) -> Iterator[WatchEvent]:
+    """The watch, with a compacted --since explained in CLI terms."""
+    try:
+        yield from client.watch(since_revision=since, container=ref)
+    except OutOfRange as exc:
+        hint = (
+            f"--since {exc.compact_revision} continues from the oldest event kept (the ones between are lost)"
+            if exc.compact_revision
+            else "a newer --since continues from the oldest event kept"
+        )
+        raise OutOfRange(
+            f"{exc}. The controller keeps events for its event_retention; {hint}; chital ps shows the "
+            "current state",
+            exc.compact_revision,
+        ) from exc
 
 
 _EVENT_WIDTHS = (8, 8, 9, 20, 32, 9, 21)

@@ -16,6 +16,7 @@ from chital.errdefs import (
     Internal,
     InvalidArgument,
     NotFound,
+    OutOfRange,
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
@@ -31,6 +32,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unauthenticated",
@@ -118,4 +120,14 @@ def error_from_rpc(exc: grpc.RpcError) -> ChitalError:
         return Unauthenticated(message or "unauthenticated")
     if code is grpc.StatusCode.UNAVAILABLE:
         message = tls_failure(message) or message
-    return from_grpc_code(code, message)
+    return from_grpc_code(code, message, _trailers(exc))
+
+
+def _trailers(exc: grpc.RpcError) -> tuple[tuple[str, object], ...]:
+    """The failed call's trailing metadata (error details such as OutOfRange's compact revision)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    try:
+        metadata = trailing() if callable(trailing) else None
+    except Exception:  # noqa: BLE001 - an error without a call behind it (a test double) has none
+        return ()
+    return tuple((str(k), v) for k, v in metadata or ())

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from chital.controller import __version__, db, pki_cli
 from chital.controller.config import DATABASE_KEYS, SERVE_KEYS, SETTINGS
 from chital.controller.health import HealthConfig
+from chital.controller.retention import RetentionPolicy
 from chital.controller.server import ControllerConfig, ControllerServer
 from chital.controller.tokens import ROLES, Tokens, create_token, open_database
 from chital.daemon.config import ConfigError
@@ -170,6 +171,16 @@ def _warn_if_password_readable(args: argparse.Namespace) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    try:
+        retention = RetentionPolicy(
+            event_retention=args.event_retention,
+            max_events=args.max_events,
+            deleted_retention=args.deleted_retention,
+            interval=args.retention_interval,
+        )
+    except ValueError as exc:
+        print(f"chital-controller: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     config = ControllerConfig(
         listen=args.listen,
         database_url=args.database_url,
@@ -190,6 +201,7 @@ def _serve(args: argparse.Namespace) -> int:
         mtls_listen=args.mtls_listen,
         mtls_port_file=args.mtls_port_file,
         allowed_roots=tuple(args.allowed_roots),
+        retention=retention,
     )
     try:
         # The transport and root rules are settings: refused as a configuration error.

@@ -76,6 +76,29 @@ _SERVE = (
     ),
     Setting("mtls_port_file", default="", metavar="FILE", help="write the bound mtls_listen port here"),
     Setting(
+        "event_retention",
+        kind="float",
+        default=3600.0,
+        metavar="SECONDS",
+        help="events older than this are compacted; a Watch from before is OUT_OF_RANGE (0: no age limit)",
+    ),
+    Setting(
+        "max_events",
+        kind="int",
+        default=1_000_000,
+        help="keep at most this many events, the newest (0: no limit)",
+    ),
+    Setting(
+        "deleted_retention",
+        kind="float",
+        default=3600.0,
+        metavar="SECONDS",
+        help="DELETED containers and their processes are pruned this long after the delete (0: never)",
+    ),
+    Setting(
+        "retention_interval", kind="float", default=60.0, metavar="SECONDS", help="between retention passes"
+    ),
+    Setting(
         "allowed_roots",
         kind="list",
         option="--allowed-root",

@@ -206,6 +206,26 @@ class ControllerMetrics:
         )
         for result in ("ok", "failed"):
             self.reconcile_runs.labels(result)
+        self.retention_removed = Counter(
+            "chital_controller_retention_removed_total",
+            "Rows the retention janitor deleted, by kind (event, container, process).",
+            ["kind"],
+            registry=r,
+        )
+        for kind in ("event", "container", "process"):
+            self.retention_removed.labels(kind)
+        self.retention_compact_revision = _gauge(
+            "chital_controller_events_compact_revision",
+            "The compacted event revision: a Watch from below it is OUT_OF_RANGE.",
+            [],
+            r,
+        )
+        self.retention_last_success = _gauge(
+            "chital_controller_retention_last_success_timestamp_seconds",
+            "When a retention pass last succeeded (Unix time).",
+            [],
+            r,
+        )
         self.db_duration = Histogram(
             "chital_controller_db_transaction_duration_seconds",
             "Time of database transactions, by operation (read, write).",

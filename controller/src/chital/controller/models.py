@@ -26,7 +26,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-__all__ = ["AuditRow", "Base", "ContainerRow", "EventRow", "HostRow", "ProcessRow", "TokenRow"]
+__all__ = [
+    "AuditRow",
+    "Base",
+    "ContainerRow",
+    "EventRow",
+    "HostRow",
+    "ProcessRow",
+    "RetentionRow",
+    "TokenRow",
+]
 
 # Explicit constraint names, so that migrations can name what they alter on every database.
 NAMING_CONVENTION = {
@@ -210,3 +219,20 @@ class AuditRow(Base):
     detail: Mapped[str] = mapped_column(sa.Text)
 
     __table_args__ = (sa.Index(None, "principal", "id"), sa.Index(None, "at"))
+
+
+class RetentionRow(Base):
+    """What the retention janitor did last, one row per task (see chital.controller.retention).
+
+    ``events``: ``revision`` is the compacted revision (every event at or below it is gone, so a
+    Watch from below it is OUT_OF_RANGE). ``deleted``: pruning of DELETED containers (``revision``
+    unused, 0). ``last_run`` schedules the next pass across restarts.
+    """
+
+    __tablename__ = "retention"
+
+    task: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    revision: Mapped[int] = mapped_column(sa.BigInteger)
+    # Rows removed by this task since the database was made.
+    removed: Mapped[int] = mapped_column(sa.BigInteger)
+    last_run: Mapped[datetime | None]

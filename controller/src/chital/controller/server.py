@@ -40,6 +40,7 @@ from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.hosts import Hosts
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.reconcile import Reconciler
+from chital.controller.retention import RetentionJanitor, RetentionPass, RetentionPolicy
 from chital.controller.rpc_metrics import RpcMetricsInterceptor
 from chital.controller.sd import DiscoveryFileUpdater
 from chital.controller.service import AdminServicer, ContainerServicer, HostServicer
@@ -100,6 +101,8 @@ class ControllerConfig:
     # Seconds between reconciler rounds, and how old unfinished work must be to be resumed.
     reconcile_interval: float = 10.0
     reconcile_min_age: float = 10.0
+    # Event compaction and pruning of DELETED containers (see retention.py).
+    retention: RetentionPolicy = field(default_factory=RetentionPolicy)
     # The controller's bundle (ca.crt, tls.crt, tls.key from `chital-controller pki`): serves the
     # API over TLS and is the client certificate towards the agents. Required unless insecure.
     tls_dir: str = ""
@@ -208,6 +211,7 @@ class ControllerServer:
             interval=config.reconcile_interval,
             min_age=config.reconcile_min_age,
         )
+        self.retention = RetentionJanitor(self.store, config.retention, clock, on_pass=self._retention_done)
         self.hosts = Hosts(self.store, self.pool, self.monitor, self.containers, clock=clock, new_id=new_id)
         self.health = health.HealthServicer()
         self.server = grpc.server(
@@ -248,6 +252,13 @@ class ControllerServer:
         self.metrics_port = 0
         self.discovery: DiscoveryFileUpdater | None = None
 
+    def _retention_done(self, result: RetentionPass) -> None:
+        self.metrics.retention_removed.labels("event").inc(result.events)
+        self.metrics.retention_removed.labels("container").inc(result.containers)
+        self.metrics.retention_removed.labels("process").inc(result.processes)
+        self.metrics.retention_compact_revision.set(result.compact_revision)
+        self.metrics.retention_last_success.set_to_current_time()
+
     def start(self) -> int:
         """Bind, start serving and start the monitor; returns the bound port."""
         tls = self.config.tls_files()
@@ -260,6 +271,7 @@ class ControllerServer:
             self.discovery.start()
         self.monitor.start()
         self.reconciler.start()
+        self.retention.start()
         for name in (
             "",
             "chital.api.container.v1.ContainerService",
@@ -316,6 +328,7 @@ class ControllerServer:
         done = self.server.stop(grace)
         self.monitor.stop()
         self.reconciler.stop()
+        self.retention.stop()
         if self.discovery is not None:
             self.discovery.stop()
         self.ingestor.stop()

@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chital.controller import lifecycle
 from chital.controller.db import READONLY_OPTION
-from chital.controller.models import Base, ContainerRow, EventRow, HostRow, ProcessRow
+from chital.controller.models import Base, ContainerRow, EventRow, HostRow, ProcessRow, RetentionRow
 from chital.controller.records import (
     DEFAULT_GROUP_ID,
     DEFAULT_USER_ID,
@@ -51,7 +51,14 @@ from chital.controller.records import (
     process_from_json,
     to_json,
 )
-from chital.errdefs import AlreadyExists, ChitalError, FailedPrecondition, NotFound, Unavailable
+from chital.errdefs import (
+    AlreadyExists,
+    ChitalError,
+    FailedPrecondition,
+    NotFound,
+    OutOfRange,
+    Unavailable,
+)
 
 __all__ = ["AgentEventRecord", "Candidate", "Cursor", "Store"]
 
@@ -110,6 +117,8 @@ class Store:
         # writers removes that class of bug. Several controllers on one database would need a
         # fixed lock order instead (not built: the controller is not replicated yet).
         self._write_lock = threading.Lock()
+        # The compacted event revision, once read (see compact_revision).
+        self._known_compact_revision: int | None = None
         # observe(operation, seconds, ok) after every transaction (metrics); None: not timed.
         self.observe: Callable[[str, float, bool], None] | None = None
 
@@ -994,13 +1003,24 @@ class Store:
     # -- events ---------------------------------------------------------------------------------
 
     def last_revision(self) -> int:
-        """The newest event revision (0: none)."""
+        """The newest event revision (0: none; never below the compacted revision)."""
         with self._read() as session:
-            return int(session.scalar(sa.select(sa.func.max(EventRow.revision))) or 0)
+            newest = int(session.scalar(sa.select(sa.func.max(EventRow.revision))) or 0)
+            return max(newest, self._compact_revision(session))
 
     def list_events(self, after_revision: int, limit: int, container_uid: str = "") -> list[EventRecord]:
-        """Events with a revision above ``after_revision``, oldest first."""
+        """Events with a revision above ``after_revision``, oldest first.
+
+        OutOfRange when events above ``after_revision`` have been compacted (read in the same
+        transaction as the events, so a batch never has a silent gap)."""
         with self._read() as session:
+            compact = self._compact_revision(session)
+            if after_revision < compact:
+                raise OutOfRange(
+                    f"revision {after_revision} has been compacted: events up to revision {compact} "
+                    f"are gone, the oldest kept is above it; list again and watch from a newer revision",
+                    compact_revision=compact,
+                )
             stmt = (
                 sa.select(EventRow)
                 .where(EventRow.revision > after_revision)
@@ -1019,3 +1039,104 @@ class Store:
                 row.revision, EventRecordType.CONTAINER, row.time, container=container_from_json(data)
             )
         return EventRecord(row.revision, EventRecordType.PROCESS, row.time, process=process_from_json(data))
+
+    # -- retention (policy and schedule: chital.controller.retention) -------------------------
+
+    @staticmethod
+    def _compact_revision(session: Session) -> int:
+        return int(session.scalar(sa.select(RetentionRow.revision).where(RetentionRow.task == "events")) or 0)
+
+    @property
+    def compact_revision(self) -> int:
+        """The compacted event revision as this process knows it, without a query (read from the
+        database once, then kept by :meth:`compact_events`): a reader that serves events from
+        memory answers OUT_OF_RANGE below it, as :meth:`list_events` does."""
+        if self._known_compact_revision is None:
+            with self._read() as session:
+                read = self._compact_revision(session)
+            self._known_compact_revision = max(read, self._known_compact_revision or 0)
+        return self._known_compact_revision
+
+    @staticmethod
+    def _delete(session: Session, statement: sa.Delete) -> int:
+        """Run a DELETE; how many rows it removed."""
+        result = session.execute(statement)
+        return int(cast("sa.CursorResult[Any]", result).rowcount)
+
+    @staticmethod
+    def _retention_row(session: Session, task: str) -> RetentionRow:
+        row = session.get(RetentionRow, task)
+        if row is None:
+            row = RetentionRow(task=task, revision=0, removed=0, last_run=None)
+            session.add(row)
+        return row
+
+    def compact_events(self, before: datetime, max_events: int, batch: int) -> tuple[int, bool]:
+        """Delete one batch (at most ``batch`` revisions, oldest first) of the events older than
+        ``before``, or beyond the newest ``max_events`` (0: no count limit), and raise the compacted
+        revision to the highest one deleted. The newest event is always kept (so revisions never
+        go back, and a live watch knows where it is). Returns (events deleted, more may be due)."""
+        with self._write() as (session, _):
+            lo, newest = session.execute(
+                sa.select(sa.func.min(EventRow.revision), sa.func.max(EventRow.revision))
+            ).one()
+            if newest is None:
+                return 0, False
+            lo, newest = int(lo), int(newest)
+            hi = min(lo + batch - 1, newest - 1)
+            if hi < lo:
+                return 0, False
+            cut = min(newest - max_events, hi) if max_events > 0 else 0
+            by_age = session.scalar(
+                sa.select(sa.func.max(EventRow.revision)).where(
+                    EventRow.revision >= lo, EventRow.revision <= hi, EventRow.time < before
+                )
+            )
+            cut = max(cut, int(by_age or 0))
+            if cut < lo:
+                return 0, False
+            deleted = self._delete(session, sa.delete(EventRow).where(EventRow.revision <= cut))
+            state = self._retention_row(session, "events")
+            state.revision = max(state.revision, cut)
+            state.removed += deleted
+            compacted = state.revision
+        self._known_compact_revision = max(self._known_compact_revision or 0, compacted)
+        return int(deleted), cut == hi
+
+    def prune_deleted(self, before: datetime, batch: int) -> tuple[int, int]:
+        """Delete one batch (at most ``batch``) of the containers DELETED before ``before`` (by
+        their last change) with their processes. Only DELETED rows are ever touched. Events about
+        them stay until compaction. Returns (containers, processes) deleted."""
+        deleted_state = ContainerRecordState.DELETED.value
+        with self._write() as (session, _):
+            uids = list(
+                session.scalars(
+                    sa.select(ContainerRow.uid)
+                    .where(ContainerRow.state == deleted_state, ContainerRow.updated < before)
+                    .limit(batch)
+                )
+            )
+            if not uids:
+                return 0, 0
+            processes = self._delete(session, sa.delete(ProcessRow).where(ProcessRow.container_uid.in_(uids)))
+            containers = self._delete(
+                session,
+                sa.delete(ContainerRow).where(
+                    ContainerRow.uid.in_(uids), ContainerRow.state == deleted_state
+                ),
+            )
+            self._retention_row(session, "deleted").removed += containers
+            return int(containers), int(processes)
+
+    def retention_state(self) -> dict[str, tuple[int, int, datetime | None]]:
+        """Per janitor task: (revision, rows removed so far, last run)."""
+        with self._read() as session:
+            return {
+                r.task: (r.revision, r.removed, r.last_run) for r in session.scalars(sa.select(RetentionRow))
+            }
+
+    def record_retention_pass(self, tasks: Sequence[str], now: datetime) -> None:
+        """Note that a janitor pass over ``tasks`` finished at ``now`` (the next is due from it)."""
+        with self._write() as (session, _):
+            for task in tasks:
+                self._retention_row(session, task).last_run = now

@@ -17,6 +17,7 @@ import enum
 import errno as _errno
 import importlib
 import warnings
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # the old import paths, resolved lazily by __getattr__ below
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # the old import paths, resolved lazily by __getattr__ below
     from chital.errdefs.grpc import to_grpc_code as to_grpc_code
 
 __all__ = [
+    "COMPACT_REVISION_KEY",
     "ERROR_CLASSES",
     "AlreadyExists",
     "ChitalError",
@@ -33,6 +35,7 @@ __all__ = [
     "Internal",
     "InvalidArgument",
     "NotFound",
+    "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
     "Unavailable",
@@ -77,6 +80,16 @@ class ChitalError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    def metadata(self) -> dict[str, str]:
+        """Machine-readable details as string pairs (they travel as gRPC trailing metadata);
+        empty for most classes."""
+        return {}
+
+    @classmethod
+    def from_metadata(cls, message: str, metadata: Mapping[str, str]) -> ChitalError:
+        """The error again from its message and :meth:`metadata` (what a client received)."""
+        return cls(message)
+
 
 class NotFound(ChitalError):
     """The named resource does not exist."""
@@ -94,6 +107,31 @@ class InvalidArgument(ChitalError):
     """The request is malformed, whatever the state of the system."""
 
     code = Code.INVALID_ARGUMENT
+
+
+#: The metadata key of :attr:`OutOfRange.compact_revision`.
+COMPACT_REVISION_KEY = "chital-compact-revision"
+
+
+class OutOfRange(InvalidArgument):
+    """A position outside what the server keeps: a Watch from a revision that has been compacted
+    (etcd's contract). ``compact_revision`` is the compacted revision: every event at or below it
+    is gone, the oldest one kept is above it. A client lists the current state again and watches
+    from a newer revision. An :class:`InvalidArgument`, so code that catches that keeps working."""
+
+    code = Code.OUT_OF_RANGE
+
+    def __init__(self, message: str, compact_revision: int = 0) -> None:
+        super().__init__(message)
+        self.compact_revision = compact_revision
+
+    def metadata(self) -> dict[str, str]:
+        return {COMPACT_REVISION_KEY: str(self.compact_revision)} if self.compact_revision else {}
+
+    @classmethod
+    def from_metadata(cls, message: str, metadata: Mapping[str, str]) -> OutOfRange:
+        raw = metadata.get(COMPACT_REVISION_KEY, "")
+        return cls(message, int(raw) if raw.isdigit() else 0)
 
 
 class FailedPrecondition(ChitalError):
@@ -148,6 +186,7 @@ ERROR_CLASSES: tuple[type[ChitalError], ...] = (
     Unavailable,
     Unimplemented,
     DeadlineExceeded,
+    OutOfRange,
     Internal,
 )
 
@@ -157,7 +196,6 @@ _BY_CODE.update(
     {
         Code.CANCELLED: Unavailable,
         Code.ABORTED: FailedPrecondition,
-        Code.OUT_OF_RANGE: InvalidArgument,
         Code.UNAUTHENTICATED: PermissionDenied,
         Code.DATA_LOSS: Internal,
         Code.UNKNOWN: Internal,
@@ -210,12 +248,12 @@ def code_of(exc: BaseException) -> Code:
     return Code.INTERNAL
 
 
-def from_code(code: Code, message: str) -> ChitalError:
-    """The typed exception for a status code; codes no chital server sends on purpose map to the
-    nearest class (CANCELLED -> Unavailable, UNKNOWN -> Internal, ...). ``OK`` is Internal: it is
-    no error."""
+def from_code(code: Code, message: str, metadata: Mapping[str, str] | None = None) -> ChitalError:
+    """The typed exception for a status code (and the error's :meth:`~ChitalError.metadata`, when
+    received); codes no chital server sends on purpose map to the nearest class (CANCELLED ->
+    Unavailable, UNKNOWN -> Internal, ...). ``OK`` is Internal: it is no error."""
     cls = _BY_CODE.get(code, Internal)
-    return cls(message or code.name)
+    return cls.from_metadata(message or code.name, metadata or {})
 
 
 _MOVED = {"to_grpc_code", "from_grpc_code"}

@@ -9,7 +9,7 @@ status back into a typed exception with :func:`from_grpc_code`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import grpc
@@ -48,14 +48,21 @@ def to_grpc_code(exc: BaseException) -> grpc.StatusCode:
     return _TO_GRPC[code_of(exc)]
 
 
-def from_grpc_code(code: grpc.StatusCode, message: str) -> ChitalError:
-    """The typed exception for a gRPC status received by a client."""
-    return from_code(_FROM_GRPC.get(code, Code.UNKNOWN), message)
+def from_grpc_code(
+    code: grpc.StatusCode, message: str, trailing_metadata: Iterable[tuple[str, Any]] | None = None
+) -> ChitalError:
+    """The typed exception for a gRPC status received by a client; ``trailing_metadata`` (the
+    call's) carries the details some classes have (:attr:`chital.errdefs.OutOfRange.compact_revision`)."""
+    metadata = {str(k): v if isinstance(v, str) else "" for k, v in trailing_metadata or ()}
+    return from_code(_FROM_GRPC.get(code, Code.UNKNOWN), message, metadata)
 
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     """Abort the RPC with the status ``exc`` maps to. Never returns normally."""
     if isinstance(exc, ChitalError):
+        details = exc.metadata()
+        if details:
+            context.set_trailing_metadata(tuple(details.items()))
         context.abort(to_grpc_status(exc.code), exc.message)
     log.error("internal error in %s", method, exc_info=exc)
     context.abort(grpc.StatusCode.INTERNAL, f"internal error in {method}: {type(exc).__name__}")
