@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 from controller_fake_agent import RunningFakeAgent
@@ -118,7 +119,9 @@ def running_cluster(
     metrics: bool = False,
     database_url: str = "",
     allowed_roots: tuple[str, ...] = (),
+    **settings: Any,
 ) -> Iterator[Cluster]:
+    """A started cluster; ``settings`` are more ControllerConfig fields (max_streams=...)."""
     pki = PKI.init(state_dir / "pki")
     controller_bundle = pki.issue_controller()
     agent_bundle = pki.issue_agent("127.0.0.1")
@@ -135,6 +138,7 @@ def running_cluster(
         agent_timeout=2.0,
         metrics_listen="127.0.0.1:0" if metrics else "",
         allowed_roots=allowed_roots,
+        **settings,
     )
     controller = ControllerServer(config)
     port = controller.start()

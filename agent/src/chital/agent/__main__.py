@@ -59,6 +59,7 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         device_path=args.device_path,
         max_containers=args.max_containers,
         max_workers=args.max_workers,
+        max_streams=args.max_streams,
         port_file=args.port_file,
         metrics_listen=args.metrics_listen,
         metrics_port_file=args.metrics_port_file,

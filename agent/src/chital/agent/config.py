@@ -11,6 +11,7 @@ from pathlib import Path
 
 from chital.daemon.config import Setting, Settings
 from chital.daemon.logs import LOG_FORMATS, LOG_LEVELS
+from chital.daemon.streams import DEFAULT_MAX_STREAMS
 
 from .server import DEVICE_PATH
 
@@ -70,7 +71,13 @@ _SETTINGS = (
         "under tls_dir, plaintext (loopback only) when insecure",
     ),
     Setting("metrics_port_file", kind="path", help="write the bound /metrics port here"),
-    Setting("max_workers", kind="int", default=64, help="gRPC worker threads (streams hold one each)"),
+    Setting("max_workers", kind="int", default=64, help="gRPC worker threads for the short calls"),
+    Setting(
+        "max_streams",
+        kind="int",
+        default=DEFAULT_MAX_STREAMS,
+        help="streams served at once, each on its own thread (more: RESOURCE_EXHAUSTED)",
+    ),
     Setting("log_level", default="info", choices=LOG_LEVELS, lower=True, help="least severe level logged"),
     Setting("log_format", default="text", choices=LOG_FORMATS, lower=True, help="log line format"),
 )

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.daemon.logs import LogContextInterceptor
+from chital.daemon.streams import DEFAULT_MAX_STREAMS, StreamLimitInterceptor
 from chital.errdefs import FailedPrecondition, Unavailable
 from chital.errdefs.grpc import ErrorInterceptor
 from chital.security.tls import TLSFiles, check_listen, server_credentials
@@ -50,6 +51,9 @@ class ServerConfig:
     device_path: str = DEVICE_PATH
     max_containers: int = 0
     max_workers: int = 64
+    # Streams (StreamLogs with follow, StreamEvents) served at once, each on a thread of its own
+    # beside the max_workers threads of the short calls; more are RESOURCE_EXHAUSTED.
+    max_streams: int = DEFAULT_MAX_STREAMS
     port_file: Path | None = None
     # HOST:PORT of /metrics (HTTPS with the agent's certificate under tls_dir); None: no endpoint
     metrics_listen: str | None = None
@@ -159,13 +163,19 @@ class AgentServer:
             )
         self._credentials = credentials
         self._health = health.HealthServicer()
-        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        # A stream takes one of max_streams slots, so max_workers threads remain for the rest.
+        interceptors: list[grpc.ServerInterceptor] = [
+            StreamLimitInterceptor(config.max_streams),
+            ErrorInterceptor(),
+        ]
         if credentials is not None:
             interceptors.insert(0, ControllerOnlyInterceptor())
         # First: every record logged while serving an RPC carries its request id and container.
         interceptors.insert(0, LogContextInterceptor())
         self._server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="chital-rpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=config.max_workers + config.max_streams, thread_name_prefix="chital-rpc"
+            ),
             interceptors=interceptors,
             options=[("grpc.so_reuseport", 0)],
         )

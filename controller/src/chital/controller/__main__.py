@@ -192,6 +192,7 @@ def _serve(args: argparse.Namespace) -> int:
         ),
         agent_timeout=args.agent_timeout,
         max_workers=args.max_workers,
+        max_streams=args.max_streams,
         metrics_listen=args.metrics_listen,
         metrics_port_file=args.metrics_port_file,
         metrics_tls=args.metrics_tls,

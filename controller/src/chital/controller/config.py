@@ -13,6 +13,7 @@ from pathlib import Path
 
 from chital.daemon.config import Setting, Settings
 from chital.daemon.logs import LOG_FORMATS, LOG_LEVELS
+from chital.daemon.streams import DEFAULT_MAX_STREAMS
 
 from .server import default_state_dir
 
@@ -58,7 +59,13 @@ _SERVE = (
     Setting(
         "prometheus_sd_file", default="", metavar="FILE", help="keep a Prometheus file_sd file of the agents"
     ),
-    Setting("max_workers", kind="int", default=64, help="RPC worker threads"),
+    Setting("max_workers", kind="int", default=64, help="RPC worker threads for the short calls"),
+    Setting(
+        "max_streams",
+        kind="int",
+        default=DEFAULT_MAX_STREAMS,
+        help="streams and waits served at once, each on its own thread (more: RESOURCE_EXHAUSTED)",
+    ),
     Setting(
         "tls_dir",
         default="",

@@ -47,6 +47,7 @@ from typing import Generic, TypeVar
 
 from chital.controller.agents import AgentPool, LogChunkRecord
 from chital.controller.events import ChangeNotifier
+from chital.controller.feed import EventFeed
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.placement import choose_host
 from chital.controller.records import (
@@ -105,6 +106,10 @@ EXIT_REPORT_WAIT_SECONDS = 5.0
 WATCH_BATCH = 500
 
 
+#: How long a waiter or watcher woken by the running event feed sleeps at most between reads
+#: (a safety net: the feed wakes it for every change it follows).
+FEED_SAFETY_POLL_SECONDS = 5.0
+
 #: The shortest heartbeat interval a watch gets (smaller requests are raised to it).
 MIN_HEARTBEAT_SECONDS = 1.0
 
@@ -138,6 +143,7 @@ class Containers:
         poll_interval: float = 0.5,
         metrics: ControllerMetrics | None = None,
         allowed_roots: tuple[str, ...] = (),
+        feed: EventFeed | None = None,
     ) -> None:
         self._allowed_roots = allowed_roots
         self._store = store
@@ -147,6 +153,8 @@ class Containers:
         self._new_id = new_id
         self._poll_interval = poll_interval
         self._metrics = metrics or ControllerMetrics()
+        # Watch and WaitProcess read and wait through it (one database reader for all of them).
+        self._feed = feed or EventFeed(store, notifier, poll_interval=poll_interval)
 
     # -- containers -----------------------------------------------------------------------------
 
@@ -371,28 +379,48 @@ class Containers:
         items = self._store.list_processes(limit + 1, after, container_uid)
         return _page(items, limit, lambda p: (p.created, p.uid))
 
-    def wait_process(self, uid: str, timeout: float | None, is_active: Callable[[], bool]) -> ProcessRecord:
-        """The process once it finished, or as it is when ``timeout`` expires or the caller leaves."""
+    def wait_process(
+        self,
+        uid: str,
+        timeout: float | None,
+        is_active: Callable[[], bool],
+        on_end: Callable[[Callable[[], None]], object] | None = None,
+    ) -> ProcessRecord:
+        """The process once it finished, or as it is when ``timeout`` expires or the caller leaves.
+
+        ``on_end`` (the RPC's ``add_callback``) registers a function to call when the caller
+        leaves: the wait then ends at once instead of at its next poll.
+        """
         validate_ref(uid, "process_uid")
         if timeout is not None and timeout < 0:
             raise InvalidArgument("timeout must not be negative")
         deadline = None if timeout is None else time.monotonic() + timeout
-        ev = self._notifier.watch_process(uid)
+        sub = self._feed.subscribe(process_uid=uid)
+        if on_end is not None:
+            on_end(sub.wake)
         try:
             while True:
-                ev.clear()
+                sub.event.clear()
                 process = self._store.get_process(uid)
                 if process.finished or not is_active():
                     return process
-                wait = self._poll_interval
+                wait = self._wait_poll(on_end is not None)
                 if deadline is not None:
                     remaining = deadline - time.monotonic()
                     if remaining <= 0:
                         return process
                     wait = min(wait, remaining)
-                ev.wait(wait)
+                sub.event.wait(wait)
         finally:
-            self._notifier.unwatch_process(uid, ev)
+            self._feed.unsubscribe(sub)
+
+    def _wait_poll(self, woken_on_end: bool) -> float:
+        """How long a waiter sleeps between reads when nothing wakes it. The running feed wakes it
+        for every change it follows (this replica's and the others'): the poll is then only a
+        safety net, unless nothing tells it that its caller left."""
+        if self._feed.running and woken_on_end:
+            return max(self._poll_interval, FEED_SAFETY_POLL_SECONDS)
+        return self._poll_interval
 
     def signal_process(self, uid: str, signal: int) -> ProcessRecord:
         """Send a signal to a running process."""
@@ -450,7 +478,12 @@ class Containers:
         return call.cancel, chunks
 
     def watch(
-        self, since_revision: int, ref: str, is_active: Callable[[], bool], heartbeat: float = 0.0
+        self,
+        since_revision: int,
+        ref: str,
+        is_active: Callable[[], bool],
+        heartbeat: float = 0.0,
+        on_end: Callable[[Callable[[], None]], object] | None = None,
     ) -> Iterator[EventRecord | WatchHeartbeat]:
         """Events after ``since_revision`` (0: from now on), then live ones, until the caller leaves.
 
@@ -458,6 +491,10 @@ class Containers:
         :class:`WatchHeartbeat` comes first, with the revision the watch starts after, and then
         after every ``heartbeat`` seconds without an event, with the revision the watch has
         reached (every selected event up to it was sent): a client resumes from it without gaps.
+        ``on_end`` (the RPC's ``add_callback``) registers a function to call when the caller leaves.
+
+        Events come through the event feed: the watch is woken only for the events it selects, and
+        reads the database only while it catches up from further back than the feed keeps.
         """
         if since_revision < 0:
             raise InvalidArgument("since_revision must not be negative")
@@ -470,26 +507,31 @@ class Containers:
         if heartbeat:
             yield WatchHeartbeat(after)
         last_sent = time.monotonic()
-        ev = self._notifier.watch_all()
+        sub = self._feed.subscribe(container_uid)
+        if on_end is not None:
+            on_end(sub.wake)
         try:
             while is_active():
-                ev.clear()
-                # Read before the events: every event up to it is in this batch (if not full).
-                head = self._store.last_revision() if heartbeat else 0
-                batch = self._store.list_events(after, WATCH_BATCH, container_uid)
+                sub.event.clear()
+                batch, covered = self._feed.read(after, container_uid, WATCH_BATCH)
                 for event in batch:
                     yield event
                     after = event.revision
                     last_sent = time.monotonic()
                 if len(batch) < WATCH_BATCH:
+                    # Every selected event up to ``covered`` was sent: move past the others.
+                    after = max(after, covered)
+                    wait = self._wait_poll(on_end is not None)
                     if heartbeat:
-                        after = max(after, head)
-                        if time.monotonic() - last_sent >= heartbeat:
+                        quiet = time.monotonic() - last_sent
+                        if quiet >= heartbeat:
                             yield WatchHeartbeat(after)
                             last_sent = time.monotonic()
-                    ev.wait(self._poll_interval)
+                            quiet = 0.0
+                        wait = min(wait, heartbeat - quiet)
+                    sub.event.wait(max(0.0, wait))
         finally:
-            self._notifier.unwatch_all(ev)
+            self._feed.unsubscribe(sub)
 
 
 def _grace(seconds: float | None) -> float:

@@ -36,6 +36,7 @@ from chital.controller.agents import AgentPool
 from chital.controller.auth import AuthInterceptor
 from chital.controller.containers import Containers
 from chital.controller.events import ChangeNotifier, EventIngestor
+from chital.controller.feed import EventFeed
 from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.hosts import Hosts
 from chital.controller.metrics import ControllerMetrics
@@ -48,6 +49,7 @@ from chital.controller.store import Store
 from chital.controller.tokens import AuditLog, Tokens
 from chital.controller.validation import validate_allowed_roots
 from chital.daemon.logs import LogContextInterceptor
+from chital.daemon.streams import DEFAULT_MAX_STREAMS, StreamLimitInterceptor
 from chital.errdefs import FailedPrecondition, InvalidArgument
 from chital.errdefs.grpc import ErrorInterceptor
 from chital.security.tls import (
@@ -61,6 +63,9 @@ from chital.security.tls import (
 __all__ = ["ControllerConfig", "ControllerServer", "utc_now"]
 
 log = logging.getLogger("chital.controller")
+
+#: Unary methods that wait (for a process to exit): they take a stream slot, like the streams.
+LONG_UNARY_METHODS = frozenset({"/chital.api.container.v1.ContainerService/WaitProcess"})
 
 
 def utc_now() -> datetime:
@@ -89,6 +94,9 @@ class ControllerConfig:
     health: HealthConfig = field(default_factory=HealthConfig)
     agent_timeout: float = 5.0
     max_workers: int = 64
+    # Streams and waits (Watch, StreamLogs, WaitProcess, ...) served at once, each on a thread of
+    # its own beside the max_workers threads of the short calls; more are RESOURCE_EXHAUSTED.
+    max_streams: int = DEFAULT_MAX_STREAMS
     port_file: str = ""
     # host:port for /metrics (empty: not served).
     metrics_listen: str = ""
@@ -138,6 +146,8 @@ class ControllerConfig:
                 f"/metrics on {self.metrics_listen} would be plaintext beyond loopback: "
                 "add --metrics-tls (HTTPS with the --tls-dir bundle) or listen on loopback"
             )
+        if self.max_workers < 1 or self.max_streams < 1:
+            raise InvalidArgument("max_workers and max_streams must be at least 1")
         try:
             validate_allowed_roots(self.allowed_roots)
         except ValueError as exc:
@@ -193,6 +203,8 @@ class ControllerServer:
             return hosts, containers, processes, self.monitor.ages()
 
         self.metrics.add_state_source(state_source, self.ingestor.active_streams)
+        # One reader of the events table for every Watch and WaitProcess (see feed.py).
+        self.feed = EventFeed(self.store, self.notifier)
         self.containers = Containers(
             self.store,
             self.pool,
@@ -201,6 +213,7 @@ class ControllerServer:
             new_id,
             metrics=self.metrics,
             allowed_roots=validate_allowed_roots(config.allowed_roots),
+            feed=self.feed,
         )
         self.reconciler = Reconciler(
             self.store,
@@ -214,8 +227,13 @@ class ControllerServer:
         self.retention = RetentionJanitor(self.store, config.retention, clock, on_pass=self._retention_done)
         self.hosts = Hosts(self.store, self.pool, self.monitor, self.containers, clock=clock, new_id=new_id)
         self.health = health.HealthServicer()
+        # Calls that stay open (streams, WaitProcess) take one of max_streams slots, so at least
+        # max_workers threads always remain for the short calls (see chital.daemon.streams).
+        self.streams = StreamLimitInterceptor(config.max_streams, long_unary=LONG_UNARY_METHODS)
         self.server = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.max_workers, thread_name_prefix="rpc"),
+            futures.ThreadPoolExecutor(
+                max_workers=config.max_workers + config.max_streams, thread_name_prefix="rpc"
+            ),
             # Metrics first: it must see the final status, the auth interceptor's denials included.
             # Auth before errors: the audit log records the status an exception is mapped to.
             interceptors=[
@@ -223,6 +241,7 @@ class ControllerServer:
                 LogContextInterceptor(),
                 RpcMetricsInterceptor(self.metrics),
                 AuthInterceptor(self.tokens, self.audit),
+                self.streams,
                 ErrorInterceptor(),
             ],
             options=[("grpc.so_reuseport", 0)],
@@ -263,6 +282,7 @@ class ControllerServer:
         """Bind, start serving and start the monitor; returns the bound port."""
         tls = self.config.tls_files()
         self._bind(tls)
+        self.feed.start()
         self.server.start()
         if self.config.metrics_listen:
             self._serve_metrics(tls)
@@ -333,6 +353,7 @@ class ControllerServer:
             self.discovery.stop()
         self.ingestor.stop()
         done.wait(grace + 1)
+        self.feed.stop()
         self.audit.close()  # after the last call: every audited call is written
         self.metrics.stop()
         self.pool.close()

@@ -257,7 +257,9 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             remaining = context.time_remaining()
             # Answer a little before the caller's deadline, so it gets the process, not an error.
             timeout = None if remaining is None else max(0.0, remaining - 0.2)
-        process = self._containers.wait_process(request.process_uid, timeout, context.is_active)
+        process = self._containers.wait_process(
+            request.process_uid, timeout, context.is_active, context.add_callback
+        )
         return container_pb2.WaitProcessResponse(process=process_to_pb(process))
 
     def SignalProcess(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -278,7 +280,7 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
     def Watch(self, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
         heartbeat = request.heartbeat_interval.ToTimedelta().total_seconds()
         for item in self._containers.watch(
-            request.since_revision, request.container, context.is_active, heartbeat
+            request.since_revision, request.container, context.is_active, heartbeat, context.add_callback
         ):
             if isinstance(item, WatchHeartbeat):
                 yield container_pb2.WatchResponse(revision=item.revision, heartbeat=True)
