@@ -43,7 +43,12 @@
  *   first instruction runs as a member, fully dropped. The launcher exits once the pid is reported;
  *   the program is reparented to the holder, which reaps it; the module reports its exit.
  * - plain: no isolation (hollow agents with the fake device, on a host): cgroup, chdir to cwd
- *   (a host path), uid/gid if asked, signals and fds reset, execve in place.
+ *   (a host path), uid/gid if asked, signals and fds reset, execve in place. With "exitfile" the
+ *   launcher stays as the program's parent (a shim, as containerd's): it forwards every signal
+ *   it can catch to the program, writes the program's wait status to exitfile (atomically, by
+ *   rename) when it ends, and then ends the same way. The program dies with it (PDEATHSIG). So
+ *   the exit of a program that ends while no agent runs is kept for the next agent, as the
+ *   kernel module's event queue keeps it on a real host.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -92,7 +97,7 @@
 #endif
 
 struct spec {
-	const char *mode, *root, *cwd, *hostname, *cgroup, *stdout_path, *stderr_path;
+	const char *mode, *root, *cwd, *hostname, *cgroup, *stdout_path, *stderr_path, *exitfile;
 	int netns, raw;
 	long holder;
 	long uid, gid;		/* -1: unchanged */
@@ -183,6 +188,8 @@ static void parse_spec(char *buf, size_t len, struct spec *sp)
 			sp->stdout_path = val;
 		} else if (!strcmp(rec, "stderr")) {
 			sp->stderr_path = val;
+		} else if (!strcmp(rec, "exitfile")) {
+			sp->exitfile = val;
 		} else if (!strcmp(rec, "netns")) {
 			sp->netns = parse_long(val, 0, 1, "netns");
 		} else if (!strcmp(rec, "raw")) {
@@ -938,8 +945,92 @@ static int run_exec(struct spec *sp, int go_fd)
 	exec_program(sp);
 }
 
+static volatile pid_t shim_child;
+
+static void shim_forward(int sig)
+{
+	int saved = errno;
+
+	if (shim_child > 0)
+		kill(shim_child, sig);
+	errno = saved;
+}
+
+static void shim_write_status(const char *path, int status)
+{
+	char tmp[PATH_MAX], line[32];
+	int fd, n;
+
+	n = snprintf(tmp, sizeof(tmp), "%s.tmp", path);
+	if (n < 0 || n >= (int)sizeof(tmp))
+		return;
+	fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (fd < 0)
+		return;
+	n = snprintf(line, sizeof(line), "%d\n", status);
+	if (write(fd, line, n) != n || fsync(fd)) {
+		close(fd);
+		unlink(tmp);
+		return;
+	}
+	close(fd);
+	if (rename(tmp, path))
+		unlink(tmp);
+}
+
+/*
+ * Fork the program; in the parent, forward signals, wait, record the status and end as the
+ * program did. Returns only in the child.
+ */
+static void run_shim(struct spec *sp)
+{
+	struct rlimit no_core = { 0, 0 };
+	struct sigaction sa;
+	pid_t parent = getpid(), pid;
+	int status, sig;
+
+	pid = fork();
+	if (pid < 0)
+		fail("fork", errno, "shim");
+	if (pid == 0) {
+		if (prctl(PR_SET_PDEATHSIG, SIGKILL) || getppid() != parent)
+			_exit(127);
+		return;
+	}
+	shim_child = pid;
+	/* The child reports start errors; the status pipe must see EOF when it execs. */
+	close(status_fd);
+	status_fd = -1;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = shim_forward;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	for (sig = 1; sig < NSIG; sig++) {
+		if (sig == SIGKILL || sig == SIGSTOP || sig == SIGCHLD)
+			continue;
+		sigaction(sig, &sa, NULL);	/* fails for the C library's reserved signals: fine */
+	}
+	while (waitpid(pid, &status, 0) < 0) {
+		if (errno != EINTR)
+			_exit(126);
+	}
+	shim_write_status(sp->exitfile, status);
+	if (WIFEXITED(status))
+		_exit(WEXITSTATUS(status));
+	sig = WTERMSIG(status);
+	setrlimit(RLIMIT_CORE, &no_core);
+	signal(sig, SIG_DFL);
+	sigemptyset(&sa.sa_mask);
+	sigaddset(&sa.sa_mask, sig);
+	sigprocmask(SIG_UNBLOCK, &sa.sa_mask, NULL);
+	raise(sig);
+	_exit(128 + sig);
+}
+
 static int run_plain(struct spec *sp)
 {
+	if (sp->exitfile)
+		run_shim(sp);
 	if (sp->cgroup)
 		join_cgroup(sp->cgroup);
 	if (sp->cwd && chdir(sp->cwd))

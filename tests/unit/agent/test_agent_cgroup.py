@@ -261,10 +261,14 @@ def test_helper_joins_the_group_before_exec(rt: AgentRuntime, manager: CgroupMan
     rt.create_container("c1")
     procs = manager.parent / "c1" / "cgroup.procs"
     procs.write_text("")
+    parent = manager.parent / "parent"
     # The program reads the file the helper wrote before it exec'd: its own pid is already there.
-    p = rt.start_process("c1", "p1", ["sh", "-c", f'test "$(cat {procs})" = "$$"'])
+    # (A hollow agent's launcher stays as the program's parent, its shim: that is the pid the
+    # agent tracks, and the shim is not in the group.)
+    script = f'test "$(cat {procs})" = "$$" && echo $PPID > {parent}'
+    p = rt.start_process("c1", "p1", ["sh", "-c", script])
     assert rt.wait_process("p1", 10).exit_code == 0
-    assert procs.read_text() == str(p.pid)
+    assert parent.read_text().strip() == str(p.pid)
 
 
 def test_helper_reports_a_cgroup_it_cannot_join(rt: AgentRuntime, manager: CgroupManager) -> None:

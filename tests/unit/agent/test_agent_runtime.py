@@ -5,10 +5,11 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -401,3 +402,58 @@ def test_event_log_is_bounded_and_replays_in_order() -> None:
     t0 = time.monotonic()
     assert log.wait_after(250, 0.1) == []
     assert time.monotonic() - t0 >= 0.09
+
+
+def _wait_for(condition: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+def test_a_hollow_agent_killed_with_its_device_recovers_containers_members_and_exits(tmp_path: Path) -> None:
+    """A hollow agent's device is in memory: kill -9 takes it along, unlike the kernel module. The
+    next agent puts the containers and their live members back from the state directory, and the
+    exits that happened meanwhile come, with their codes, from the plain-mode shims' exit files."""
+    config = RuntimeConfig(state_dir=tmp_path / "state")
+    first_device = FakeDevice()
+    first = AgentRuntime(first_device, config)
+    first.create_container("c1", name="web")
+    long = first.start_process("c1", "long", ["sleep", "60"])
+    go = tmp_path / "go"
+    quick = first.start_process(
+        "c1", "quick", ["sh", "-c", f"while [ ! -e {go} ]; do sleep 0.05; done; exit 7"]
+    )
+    term = first.start_process("c1", "term", ["sleep", "60"])
+    first.close()
+    first_device.close()  # the agent is gone, and its device with it
+    records = tmp_path / "state" / "containers" / "c1" / "processes"
+    # While no agent runs: one program ends by itself, one is killed by a signal.
+    go.touch()
+    os.kill(term.pid, signal.SIGTERM)
+    _wait_for(lambda: (records / "quick.exit").exists() and (records / "term.exit").exists())
+    second_device = FakeDevice()
+    second = AgentRuntime(second_device, config)
+    try:
+        (c,) = second.sync().containers
+        assert c.uid == "c1" and c.member_pids == (long.pid,)
+        procs = {p.uid: p for p in second.sync().processes}
+        assert (procs["quick"].state, procs["quick"].exit_code) == (ProcessStatus.EXITED, 7)
+        assert (procs["term"].state, procs["term"].signal) == (ProcessStatus.EXITED, signal.SIGTERM)
+        assert procs["long"].state is ProcessStatus.RUNNING
+        exits = {
+            e.process_uid: e for e in second.wait_events(0, 1.0) if e.kind is AgentEventKind.PROCESS_EXITED
+        }
+        assert exits["quick"].exit_code == 7 and exits["term"].signal == signal.SIGTERM
+        second.signal_process("long", signal.SIGKILL)
+        done = second.wait_process("long", 20)
+        assert (done.state, done.signal) == (ProcessStatus.EXITED, signal.SIGKILL)
+        second.destroy_container("c1", 0)
+    finally:
+        second.close()
+        second_device.close()
+        for p in (long, quick, term):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(p.pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(p.pid, 0)  # the first runtime's reaper stopped; reap its children here

@@ -24,6 +24,11 @@ pipe, one line each (``pid N``, ``ready``, ``err <stage> <errno> <message>``). T
 - **plain** (no ``holder``): hollow agents with the fake device, on a host, no isolation: cgroup, cwd
   (a host path inside the root dir), uid/gid when asked, fds and signals reset, exec in place. The
   launcher *becomes* the program, our child, reaped here by a thread waiting on pidfds (epoll).
+  With ``LaunchSpec.exit_path`` (what the runtime always asks for) it stays instead as the
+  program's parent, a shim like containerd's: the pid the agent tracks is the shim's, which
+  forwards every signal but SIGKILL to the program, writes the program's wait status to
+  ``exit_path`` when it ends, then ends the same way; the program dies with it (PDEATHSIG). An exit
+  while no agent runs is so kept on disk, as the kernel module's queue keeps it on a real host.
 
 Where the launcher is: ``--launcher`` of ``chital-agent serve``, else ``$CHITAL_LAUNCHER``, else the
 checkout's ``agent/launcher/chital-launch`` (built there by ``make launcher`` or scripts/bootstrap.sh;
@@ -114,6 +119,9 @@ class LaunchSpec:
     capabilities: int = 0  # bit mask of the capabilities the program keeps
     seccomp_deny: Sequence[int] = ()  # system call numbers the seccomp filter answers with EPERM
     deny_raw_sockets: bool = True
+    # Plain mode: the launcher stays as a shim and writes the wait status here (see
+    # chital-launch.c), so an exit while no agent runs is not lost. "": exec in place.
+    exit_path: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,6 +355,8 @@ class ProcessRunner:
                 ("uid", "none" if spec.uid is None else str(spec.uid)),
                 ("gid", "none" if spec.gid is None else str(spec.gid)),
             ]
+            if spec.exit_path:
+                fields.append(("exitfile", spec.exit_path))
         if spec.cgroup:
             fields.append(("cgroup", spec.cgroup))
         fields += [("arg", a) for a in spec.argv]

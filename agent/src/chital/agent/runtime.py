@@ -331,6 +331,7 @@ class _Process:
     started: bool = False  # started by this agent (a session leader), not adopted
     oom_killed: bool = False
     oom_base: int = 0  # the container's oom_kill count when the process started
+    start_ticks: int = 0  # /proc/<pid>/stat start time: a reused pid is never taken for it
     exited: threading.Event = field(default_factory=threading.Event)
 
     def view(self) -> ProcessView:
@@ -400,6 +401,25 @@ def _start_time(pid: int) -> int | None:
         return int(stat[stat.rindex(b")") + 2 :].split()[19])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _children(pid: int) -> list[int]:
+    """The children of ``pid`` (/proc/<pid>/task/<pid>/children); empty if it is gone."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as f:
+            return [int(x) for x in f.read().split()]
+    except (OSError, ValueError):
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    """Whether ``pid`` has ended and waits to be reaped (state Z in /proc/<pid>/stat)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2 :].startswith(b"Z")
+    except (OSError, ValueError):
+        return False
 
 
 def _kill_holder(pid: int, start_time: int) -> None:
@@ -850,7 +870,13 @@ class AgentRuntime:
         stdout_path = os.path.join(logs, f"{process_uid}.stdout")
         stderr_path = os.path.join(logs, f"{process_uid}.stderr")
         spec = self._launch_spec(
-            rec, argv=argv, env=env, cwd=cwd, ids=(user_id, group_id), logs=(stdout_path, stderr_path)
+            rec,
+            argv=argv,
+            env=env,
+            cwd=cwd,
+            ids=(user_id, group_id),
+            logs=(stdout_path, stderr_path),
+            exit_path=self._exit_path(rec.uid, process_uid),
         )
         holder = spec.holder
         oom_base = self._oom_kills(rec.uid)  # before the start: an OOM kill right after it counts
@@ -899,6 +925,7 @@ class AgentRuntime:
             stderr_path=stderr_path,
             started=True,
             oom_base=oom_base,
+            start_ticks=_start_time(pid) or 0,
         )
         with self._lock:
             self._processes[process_uid] = proc
@@ -927,7 +954,11 @@ class AgentRuntime:
         cwd: str,
         ids: tuple[int | None, int | None],
         logs: tuple[str, str],
+        exit_path: str = "",
     ) -> LaunchSpec:
+        """``exit_path``: plain mode only; the launcher stays as the program's shim and keeps its
+        exit status there, for an agent that was not running when it ended (see
+        :meth:`_recover_fake_kernel`)."""
         user_id, group_id = ids
         holder: int | None = None
         if self.sandboxed:
@@ -952,6 +983,7 @@ class AgentRuntime:
             capabilities=rec.sandbox.capability_mask,
             seccomp_deny=rec.seccomp_deny,
             deny_raw_sockets=not rec.sandbox.allow_raw_sockets,
+            exit_path=exit_path if holder is None else "",
         )
 
     def adopt_process(self, container_uid: str, process_uid: str, pid: int) -> ProcessView:
@@ -1022,6 +1054,13 @@ class AgentRuntime:
             if proc.state is ProcessStatus.EXITED:
                 raise FailedPrecondition(f"process {process_uid} has exited")
             pid = proc.pid
+        program = _children(pid) if sig == _signal.SIGKILL and not self.sandboxed else []
+        if program:
+            # A plain-mode shim forwards every signal but SIGKILL, which would end the shim before
+            # it records the exit: kill the program, and the shim reports how it ended.
+            for child in program:
+                self._signal_quietly(child, sig)
+            return
         self._runner.send_signal(pid, sig)
 
     def get_process(self, process_uid: str) -> ProcessView:
@@ -1041,7 +1080,25 @@ class AgentRuntime:
 
     # -- exits -----------------------------------------------------------------------------------
 
+    def _exit_path(self, container_uid: str, process_uid: str) -> str:
+        return os.path.join(self._containers_root, container_uid, "processes", f"{process_uid}.exit")
+
+    def _recorded_exit(self, pid: int) -> ExitStatus | None:
+        """The wait status a plain-mode shim wrote for ``pid`` (a process that is no longer our
+        child: started by an agent that died), or None."""
+        with self._lock:
+            procs = [self._processes[u] for u in self._running_by_pid.get(pid, []) if u in self._processes]
+        for proc in procs:
+            try:
+                with open(self._exit_path(proc.container_uid, proc.uid), "rb") as f:
+                    return decode_wait_status(int(f.read().strip()))
+            except (OSError, ValueError):
+                continue
+        return None
+
     def _on_reaped(self, pid: int, status: ExitStatus) -> None:
+        if status.wait_status is None:
+            status = self._recorded_exit(pid) or status
         self._process_exited(pid, status)
         if self._simulated is not None:
             self._simulated.notify_exit(pid, status.wait_status or 0)
@@ -1135,6 +1192,7 @@ class AgentRuntime:
                 "oom_killed": proc.oom_killed,
                 "oom_base": proc.oom_base,
                 "started": proc.started,
+                "start_ticks": proc.start_ticks,
             },
         )
 
@@ -1264,6 +1322,8 @@ class AgentRuntime:
            the pidfd reports the exit (status unknown).
         """
         unresolved: list[int] = []
+        if self._simulated is not None:
+            self._recover_fake_kernel()
         for kernel_id in self._device.list():
             try:
                 info = self._device.info(kernel_id)
@@ -1311,7 +1371,10 @@ class AgentRuntime:
         self._remove_orphan_cgroups()
         drained = self._drain_device_events()
         for pid in unresolved:
-            if pid in self._running_by_pid:
+            recorded = self._recorded_exit(pid) if pid in self._running_by_pid else None
+            if recorded is not None:
+                self._process_exited(pid, recorded)  # ended while no agent ran; its shim kept it
+            elif pid in self._running_by_pid:
                 log.warning(
                     "pid %d exited while no agent ran and its exit record is gone: status unknown", pid
                 )
@@ -1326,6 +1389,42 @@ class AgentRuntime:
                 len(running),
                 drained,
             )
+
+    def _recover_fake_kernel(self) -> None:
+        """A hollow agent's device lives in memory and died with the previous agent; the kernel
+        module would have kept its containers and members. Put them back from the state
+        directory: each container with its metadata, and as members the processes recorded
+        running whose pid still runs the same process (same start time). What the kernel would
+        have queued meanwhile, the exits, the plain-mode shims kept in ``<process>.exit``."""
+        for cdir in sorted(Path(self._containers_root).iterdir()):
+            try:
+                meta = json.loads((cdir / "container.json").read_text())
+                uid, root = str(meta["uid"]), str(meta["root"])
+                raw_limits = meta.get("limits") or [0, 0, 0]
+                pids_max = int(raw_limits[1])
+            except (OSError, ValueError, KeyError, TypeError, IndexError):
+                continue
+            sandbox, effective, _, _ = _sandbox_from_meta(meta, frozenset())
+            try:
+                deny = syscalls.numbers_of(effective)
+                kernel_id = self._device.create(
+                    _device_spec(uid, root, deny, pids_max, not sandbox.allow_raw_sockets)
+                )
+            except ChitalError:
+                log.warning("cannot restore container %s into the fake device", uid, exc_info=True)
+                continue
+            for path in sorted((cdir / "processes").glob("*.json")):
+                try:
+                    data = json.loads(path.read_text())
+                    pid, ticks = int(data["pid"]), int(data.get("start_ticks") or 0)
+                except (OSError, ValueError, KeyError, TypeError):
+                    continue
+                if ProcessStatus.from_record(data.get("state")) is not ProcessStatus.RUNNING:
+                    continue
+                if not ticks or _start_time(pid) != ticks or _is_zombie(pid):
+                    continue  # ended (its shim kept the status), or the pid is another process now
+                with contextlib.suppress(ChitalError):
+                    self._device.add_proc(kernel_id, pid)
 
     def _remove_orphan_cgroups(self) -> None:
         """Groups of containers the kernel no longer has: removed when empty, reported otherwise."""
@@ -1385,6 +1484,7 @@ class AgentRuntime:
                 stderr_path=str(logs / f"{puid}.stderr"),
                 started=bool(data.get("started", False)),
                 oom_base=int(data.get("oom_base", 0)),
+                start_ticks=int(data.get("start_ticks") or 0),
             )
             if ProcessStatus.from_record(data.get("state")) is ProcessStatus.RUNNING:
                 # Still running, or its exit waits in the kernel's queue (drained next).

@@ -16,6 +16,7 @@ import stat
 import sys
 import threading
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -25,6 +26,7 @@ from chital.controller import __version__, db, pki_cli
 from chital.controller.config import DATABASE_KEYS, SERVE_KEYS, SETTINGS
 from chital.controller.health import HealthConfig
 from chital.controller.retention import RetentionPolicy
+from chital.controller.rollouts import RolloutSettings, default_playbooks_dir
 from chital.controller.server import ControllerConfig, ControllerServer
 from chital.controller.tokens import ROLES, Tokens, create_token, open_database
 from chital.daemon.config import ConfigError
@@ -202,6 +204,10 @@ def _serve(args: argparse.Namespace) -> int:
         mtls_listen=args.mtls_listen,
         mtls_port_file=args.mtls_port_file,
         allowed_roots=tuple(args.allowed_roots),
+        rollouts=RolloutSettings(
+            playbooks_dir=args.playbooks_dir or default_playbooks_dir(),
+            work_dir=str(Path(args.state_dir) / "rollouts"),
+        ),
         retention=retention,
     )
     try:

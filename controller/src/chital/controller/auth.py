@@ -68,6 +68,7 @@ class Rule:
 _CONTAINER = "/chital.api.container.v1.ContainerService/"
 _HOST = "/chital.api.host.v1.HostService/"
 _ADMIN = "/chital.api.admin.v1.AdminService/"
+_ROLLOUT = "/chital.api.rollout.v1.RolloutService/"
 
 #: Full gRPC method name -> rule. docs/auth.md holds the same table (a unit test compares them).
 METHOD_ROLES: Mapping[str, Rule] = MappingProxyType(
@@ -100,6 +101,13 @@ METHOD_ROLES: Mapping[str, Rule] = MappingProxyType(
         _ADMIN + "WhoAmI": Rule("viewer"),
         # And what they talk to: version, API packages, database kind (`chital --version`).
         _ADMIN + "GetServerInfo": Rule("viewer"),
+        # Rollouts run playbooks as root on the fleet: admin only, reading them too (the
+        # events carry task output).
+        _ROLLOUT + "StartRollout": Rule("admin", mutating=True),
+        _ROLLOUT + "GetRollout": Rule("admin"),
+        _ROLLOUT + "ListRollouts": Rule("admin"),
+        _ROLLOUT + "WatchRollout": Rule("admin"),
+        _ROLLOUT + "CancelRollout": Rule("admin", mutating=True),
     }
 )
 
@@ -113,7 +121,7 @@ OPEN_SERVICES: frozenset[str] = frozenset(
 )
 
 # Request fields that name what a call acts on, in order of preference (for the audit log).
-_TARGET_FIELDS = ("container", "process_uid", "host", "address", "id", "name")
+_TARGET_FIELDS = ("container", "process_uid", "host", "address", "id", "name", "playbook")
 REQUEST_ID_METADATA = "x-request-id"
 
 

@@ -106,6 +106,13 @@ _SERVE = (
         "retention_interval", kind="float", default=60.0, metavar="SECONDS", help="between retention passes"
     ),
     Setting(
+        "playbooks_dir",
+        default="",
+        metavar="DIR",
+        help="the playbooks RolloutService may run (default: $CHITAL_PLAYBOOKS_DIR, the source "
+        "checkout's playbooks/, else /usr/share/chital/playbooks)",
+    ),
+    Setting(
         "allowed_roots",
         kind="list",
         option="--allowed-root",

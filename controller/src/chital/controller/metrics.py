@@ -98,6 +98,24 @@ class _StateCollector:
         )
 
 
+_ROLLOUT_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED")
+_ROLLOUT_END_STATES = _ROLLOUT_STATES[2:]
+
+
+class _RolloutCollector:
+    """Rollouts by state, from the database, at scrape time."""
+
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
+        self._counts = counts
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts = self._counts()
+        family = GaugeMetricFamily("chital_controller_rollouts", "Rollouts by state.", labels=["state"])
+        for state in _ROLLOUT_STATES:
+            family.add_metric([state], counts.get(state, 0))
+        yield family
+
+
 class ControllerMetrics:
     """The controller's metrics and their registry."""
 
@@ -252,6 +270,27 @@ class ControllerMetrics:
     def add_state_source(self, source: StateSource, streams: Callable[[], int]) -> None:
         """Read gauges by state from ``source`` at scrape time."""
         self.registry.register(_StateCollector(source, streams))
+
+    def add_rollout_source(self, counts: Callable[[], dict[str, int]]) -> None:
+        """Rollouts by state (``counts``, read from the database at scrape time), and the counters
+        of ended rollouts and failed rollout hosts."""
+        self.registry.register(_RolloutCollector(counts))
+        self.rollouts_ended = Counter(
+            "chital_controller_rollouts_ended_total",
+            "Rollouts this controller ended, by final state.",
+            ["state"],
+            registry=self.registry,
+        )
+        for state in _ROLLOUT_END_STATES:
+            self.rollouts_ended.labels(state)
+        self.rollout_host_failures = Counter(
+            "chital_controller_rollout_host_failures_total",
+            "Hosts that ended a rollout failed or unreachable, by status.",
+            ["status"],
+            registry=self.registry,
+        )
+        for status in ("FAILED", "UNREACHABLE"):
+            self.rollout_host_failures.labels(status)
 
     def time_agent_call(self, host: str, method: str) -> Callable[[str], None]:
         """Start timing a call to an agent; call the result with the final code ("OK" or an error)."""

@@ -34,6 +34,8 @@ __all__ = [
     "HostRow",
     "ProcessRow",
     "RetentionRow",
+    "RolloutEventRow",
+    "RolloutRow",
     "TokenRow",
 ]
 
@@ -175,6 +177,62 @@ class EventRow(Base):
     time: Mapped[datetime]
 
     __table_args__ = (sa.Index(None, "container_uid", "revision"),)
+
+
+class RolloutRow(Base):
+    """A run of a playbook over a fleet (see chital.controller.rollouts).
+
+    ``hosts`` holds each inventory host's progress (a list of JSON objects, rewritten with every
+    event); ``targets`` the machines it runs on (ansible_host, else the inventory name), which two
+    PENDING/RUNNING rollouts may not share. The inventory text itself is not kept.
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    playbook: Mapped[str] = mapped_column(sa.String(255))
+    # PENDING | RUNNING | SUCCEEDED | FAILED | CANCELLED | INTERRUPTED
+    state: Mapped[str] = mapped_column(sa.String(16))
+    batch_size: Mapped[int] = mapped_column(sa.Integer)
+    extra_vars: Mapped[dict[str, str]]
+    register_hosts: Mapped[bool] = mapped_column(sa.Boolean)
+    hosts: Mapped[list[Any]] = mapped_column(sa.JSON)
+    targets: Mapped[list[str]]
+    message: Mapped[str] = mapped_column(sa.Text)
+    return_code: Mapped[int] = mapped_column(sa.Integer)
+    last_sequence: Mapped[int] = mapped_column(sa.BigInteger)
+    dropped_events: Mapped[int] = mapped_column(sa.BigInteger)
+    cancel_requested: Mapped[bool] = mapped_column(sa.Boolean)
+    created_by: Mapped[str] = mapped_column(sa.String(255))
+    created: Mapped[datetime]
+    started: Mapped[datetime | None]
+    ended: Mapped[datetime | None]
+    updated: Mapped[datetime]
+
+    __table_args__ = (sa.Index(None, "created", "id"), sa.Index(None, "state"))
+
+
+class RolloutEventRow(Base):
+    """One step of a rollout, for WatchRollout; at most a configured number per rollout."""
+
+    __tablename__ = "rollout_events"
+
+    id: Mapped[int] = mapped_column(BigIntId, primary_key=True, autoincrement=True)
+    rollout_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("rollouts.id"))
+    sequence: Mapped[int] = mapped_column(sa.BigInteger)
+    # STATE | TASK_START | HOST_OK | HOST_FAILED | HOST_UNREACHABLE | HOST_SKIPPED | STATS | ...
+    type: Mapped[str] = mapped_column(sa.String(32))
+    host: Mapped[str] = mapped_column(sa.String(255))
+    task: Mapped[str] = mapped_column(sa.Text)
+    changed: Mapped[bool] = mapped_column(sa.Boolean)
+    message: Mapped[str] = mapped_column(sa.Text)
+    state: Mapped[str] = mapped_column(sa.String(16))
+    # STATE and STATS events: the hosts' progress at that point.
+    host_summary: Mapped[list[Any]] = mapped_column(sa.JSON)
+    time: Mapped[datetime]
+
+    __table_args__ = (sa.UniqueConstraint("rollout_id", "sequence"),)
 
 
 class TokenRow(Base):

@@ -31,6 +31,7 @@ from grpc_reflection.v1alpha import reflection
 from chital.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from chital.api.container.v1 import container_pb2, container_pb2_grpc
 from chital.api.host.v1 import host_pb2, host_pb2_grpc
+from chital.api.rollout.v1 import rollout_pb2, rollout_pb2_grpc
 from chital.controller import db
 from chital.controller.agents import AgentPool
 from chital.controller.auth import AuthInterceptor
@@ -41,7 +42,10 @@ from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.hosts import Hosts
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.reconcile import Reconciler
+from chital.controller.records import HostHealth
 from chital.controller.retention import RetentionJanitor, RetentionPass, RetentionPolicy
+from chital.controller.rollout_service import RolloutServicer
+from chital.controller.rollouts import Rollouts, RolloutSettings
 from chital.controller.rpc_metrics import RpcMetricsInterceptor
 from chital.controller.sd import DiscoveryFileUpdater
 from chital.controller.service import AdminServicer, ContainerServicer, HostServicer
@@ -120,6 +124,9 @@ class ControllerConfig:
     mtls_listen: str = ""
     # Write the bound mTLS port here (like port_file).
     mtls_port_file: str = ""
+    # How rollouts run (playbooks directory, workers, caps); None: the defaults, with ansible-runner's
+    # files under <state_dir>/rollouts.
+    rollouts: RolloutSettings | None = None
     # Container roots must lie under one of these (empty: anywhere but the system directories).
     allowed_roots: tuple[str, ...] = ()
 
@@ -226,6 +233,7 @@ class ControllerServer:
         )
         self.retention = RetentionJanitor(self.store, config.retention, clock, on_pass=self._retention_done)
         self.hosts = Hosts(self.store, self.pool, self.monitor, self.containers, clock=clock, new_id=new_id)
+        self.rollouts = self._make_rollouts(config, clock, new_id)
         self.health = health.HealthServicer()
         # Calls that stay open (streams, WaitProcess) take one of max_streams slots, so at least
         # max_workers threads always remain for the short calls (see chital.daemon.streams).
@@ -254,14 +262,16 @@ class ControllerServer:
             self.tokens,
             self.audit,
             database=self.engine.dialect.name,
-            api_versions=(m.DESCRIPTOR.package for m in (container_pb2, host_pb2, admin_pb2)),
+            api_versions=(m.DESCRIPTOR.package for m in (container_pb2, host_pb2, admin_pb2, rollout_pb2)),
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self.server)
+        rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(self.rollouts), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (
             container_pb2.DESCRIPTOR.services_by_name["ContainerService"].full_name,
             host_pb2.DESCRIPTOR.services_by_name["HostService"].full_name,
             admin_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name,
+            rollout_pb2.DESCRIPTOR.services_by_name["RolloutService"].full_name,
             health.SERVICE_NAME,
             reflection.SERVICE_NAME,
         )
@@ -291,12 +301,14 @@ class ControllerServer:
             self.discovery.start()
         self.monitor.start()
         self.reconciler.start()
+        self.rollouts.start()
         self.retention.start()
         for name in (
             "",
             "chital.api.container.v1.ContainerService",
             "chital.api.host.v1.HostService",
             "chital.api.admin.v1.AdminService",
+            "chital.api.rollout.v1.RolloutService",
         ):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if self.config.mtls_port_file and self.mtls_port:
@@ -316,6 +328,41 @@ class ControllerServer:
                 self.mtls_port,
             )
         return self.port
+
+    def _make_rollouts(
+        self, config: ControllerConfig, clock: Callable[[], datetime], new_id: Callable[[], str]
+    ) -> Rollouts:
+        """The rollout worker: registers hosts through :class:`Hosts`, counted on /metrics."""
+        settings = config.rollouts or RolloutSettings(work_dir=str(Path(config.state_dir) / "rollouts"))
+
+        def register(address: str) -> tuple[str, bool]:
+            host = self.hosts.register(address, {}, 0)
+            return host.id, host.health is HostHealth.READY
+
+        def ready(host_id: str) -> bool:
+            return self.hosts.get(host_id).health is HostHealth.READY
+
+        def registered() -> list[tuple[str, str, dict[str, str]]]:
+            return [(h.id, h.address, dict(h.labels)) for h in self.store.all_hosts()]
+
+        def ended(record: Any) -> None:
+            self.metrics.rollouts_ended.labels(record.state.value).inc()
+            for host in record.hosts:
+                if host.status.value in ("FAILED", "UNREACHABLE"):
+                    self.metrics.rollout_host_failures.labels(host.status.value).inc()
+
+        rollouts = Rollouts(
+            self.engine,
+            settings,
+            clock,
+            new_id,
+            register_host=register,
+            host_ready=ready,
+            list_hosts=registered,
+            on_end=ended,
+        )
+        self.metrics.add_rollout_source(rollouts.counts)
+        return rollouts
 
     def _bind(self, tls: TLSFiles | None) -> None:
         """The API port (TLS, or plaintext with --insecure) and the optional mTLS port."""
@@ -346,6 +393,7 @@ class ControllerServer:
         """Stop taking calls, finish running ones (up to ``grace`` s), stop the background threads."""
         self.health.enter_graceful_shutdown()
         done = self.server.stop(grace)
+        self.rollouts.stop()  # cancels running playbooks: they end INTERRUPTED
         self.monitor.stop()
         self.reconciler.stop()
         self.retention.stop()

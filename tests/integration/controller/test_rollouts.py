@@ -1,0 +1,372 @@
+"""RolloutService end to end: a real controller, real ansible-runner and ansible-playbook, small real
+playbooks in a temporary playbooks directory, and inventories of ``ansible_connection=local`` hosts
+(no SSH here; the guests' SSH rollouts are tested with the devcluster). On SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import pytest
+from controller_harness import BearerToken
+
+from chital.api.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from chital.controller import db
+from chital.controller.rollouts import Rollouts, RolloutSettings, RolloutSpec, RolloutState
+from chital.controller.server import ControllerConfig, ControllerServer
+
+pytestmark = pytest.mark.timeout(300)
+
+S = rollout_pb2.RolloutState
+H = rollout_pb2.RolloutHostStatus
+E = rollout_pb2.RolloutEventType
+
+OK_PLAYBOOK = """\
+- name: Configure
+  hosts: all
+  gather_facts: false
+  serial: "{{ chital_batch_size | default(0) }}"
+  max_fail_percentage: 0
+  tasks:
+    - name: Change something
+      ansible.builtin.command: "true"
+    - name: Change nothing
+      ansible.builtin.debug:
+        msg: "{{ greeting | default('hello') }}"
+    - name: Skip this
+      ansible.builtin.debug:
+        msg: never
+      when: false
+"""
+
+# The host named in fail_host fails its second task; with serial batches the rollout stops there.
+FAIL_PLAYBOOK = """\
+- name: Configure in batches
+  hosts: all
+  gather_facts: false
+  serial: "{{ chital_batch_size | default(0) }}"
+  max_fail_percentage: 0
+  tasks:
+    - name: First step
+      ansible.builtin.command: "true"
+    - name: Break one host
+      ansible.builtin.fail:
+        msg: "broken on purpose"
+      when: inventory_hostname == fail_host
+    - name: Last step
+      ansible.builtin.command: "true"
+"""
+
+# Touches <marker_dir>/<host>.started, then waits for <marker_dir>/release (a cancel or a restart
+# comes meanwhile).
+WAIT_PLAYBOOK = """\
+- name: Wait
+  hosts: all
+  gather_facts: false
+  tasks:
+    - name: Say we started
+      ansible.builtin.file:
+        path: "{{ marker_dir }}/{{ inventory_hostname }}.started"
+        state: touch
+        mode: "0644"
+    - name: Wait to be released
+      ansible.builtin.wait_for:
+        path: "{{ marker_dir }}/release"
+        timeout: 120
+"""
+
+
+def local_inventory(*names: str) -> str:
+    """YAML inventory: local hosts run by this Python."""
+    lines = ["all:", "  hosts:"]
+    for name in names:
+        lines.append(
+            f"    {name}: {{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def playbooks(tmp_path: Path) -> Path:
+    d = tmp_path / "playbooks"
+    d.mkdir()
+    (d / "ok.yml").write_text(OK_PLAYBOOK)
+    (d / "fail.yml").write_text(FAIL_PLAYBOOK)
+    (d / "wait.yml").write_text(WAIT_PLAYBOOK)
+    (tmp_path / "outside.yml").write_text(OK_PLAYBOOK)
+    (d / "escape.yml").symlink_to(tmp_path / "outside.yml")
+    return d
+
+
+class Api:
+    """The controller and RolloutService stubs for several roles."""
+
+    def __init__(self, controller: ControllerServer) -> None:
+        self.controller = controller
+        self._channels: list[grpc.Channel] = []
+        self.admin = self.stub("admin")
+
+    def stub(self, role: str) -> rollout_pb2_grpc.RolloutServiceStub:
+        token, _ = self.controller.tokens.create(f"t-{role}-{len(self._channels)}", role, None, "test")
+        channel = grpc.intercept_channel(
+            grpc.insecure_channel(f"127.0.0.1:{self.controller.port}"), BearerToken(token)
+        )
+        self._channels.append(channel)
+        return rollout_pb2_grpc.RolloutServiceStub(channel)
+
+    def start(self, playbook: str, inventory: str, **kw: object) -> rollout_pb2.Rollout:
+        request = rollout_pb2.StartRolloutRequest(
+            request_id=uuid.uuid4().hex, playbook=playbook, inventory=inventory, **kw
+        )
+        return self.admin.StartRollout(request, timeout=60).rollout
+
+    def events(self, rollout_id: str, after: int = 0) -> list[rollout_pb2.RolloutEvent]:
+        """Every event from ``after`` until the rollout ends (the stream ends by itself)."""
+        stream = self.admin.WatchRollout(
+            rollout_pb2.WatchRolloutRequest(id=rollout_id, after_sequence=after), timeout=240
+        )
+        return [r.event for r in stream]
+
+    def close(self) -> None:
+        for channel in self._channels:
+            channel.close()
+
+
+def _config(tmp_path: Path, database_url: str, playbooks: Path) -> ControllerConfig:
+    return ControllerConfig(
+        listen="127.0.0.1:0",
+        insecure=True,
+        state_dir=str(tmp_path / "state"),
+        database_url=database_url,
+        migrate=True,
+        rollouts=RolloutSettings(playbooks_dir=str(playbooks), work_dir=str(tmp_path / "state" / "rollouts")),
+    )
+
+
+@pytest.fixture
+def api(tmp_path: Path, fresh_database_url: str, playbooks: Path) -> Iterator[Api]:
+    controller = ControllerServer(_config(tmp_path, fresh_database_url, playbooks))
+    controller.start()
+    api = Api(controller)
+    try:
+        yield api
+    finally:
+        api.close()
+        controller.stop(grace=1)
+
+
+def _hosts(rollout: rollout_pb2.Rollout) -> dict[str, rollout_pb2.RolloutHost]:
+    return {h.name: h for h in rollout.hosts}
+
+
+def test_success_reports_per_host_counts_and_events(api: Api) -> None:
+    started = api.start(
+        "ok.yml", local_inventory("web1", "web2"), batch_size=1, extra_vars={"greeting": "hi"}
+    )
+    assert started.state == S.ROLLOUT_STATE_PENDING
+    assert [h.name for h in started.hosts] == ["web1", "web2"]
+    events = api.events(started.id)
+    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    assert events[-1].type == E.ROLLOUT_EVENT_TYPE_STATE and events[-1].state == S.ROLLOUT_STATE_SUCCEEDED
+    states = [e.state for e in events if e.type == E.ROLLOUT_EVENT_TYPE_STATE]
+    assert states == [S.ROLLOUT_STATE_PENDING, S.ROLLOUT_STATE_RUNNING, S.ROLLOUT_STATE_SUCCEEDED]
+    # Batches of one: web1 runs every task before web2 starts.
+    oks = [e.host for e in events if e.type == E.ROLLOUT_EVENT_TYPE_HOST_OK]
+    assert oks == ["web1", "web1", "web2", "web2"]
+    changed = {(e.host, e.task): e.changed for e in events if e.type == E.ROLLOUT_EVENT_TYPE_HOST_OK}
+    assert changed[("web1", "Change something")] and not changed[("web1", "Change nothing")]
+    rollout = api.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=started.id)).rollout
+    assert rollout.state == S.ROLLOUT_STATE_SUCCEEDED and rollout.return_code == 0
+    assert rollout.extra_vars == {"greeting": "hi"} and rollout.batch_size == 1
+    assert rollout.created_by.startswith("token:") and rollout.HasField("end_time")
+    for host in rollout.hosts:
+        assert host.status == H.ROLLOUT_HOST_STATUS_SUCCEEDED
+        # As Ansible counts: ok includes changed.
+        assert (host.ok, host.changed, host.failed, host.unreachable, host.skipped) == (2, 1, 0, 0, 1)
+    # A retry with the same request id is the same rollout, not a second run.
+    again = api.admin.StartRollout(
+        rollout_pb2.StartRolloutRequest(
+            request_id=rollout.request_id, playbook="ok.yml", inventory=local_inventory("web1")
+        )
+    ).rollout
+    assert again.id == rollout.id
+    listed = api.admin.ListRollouts(rollout_pb2.ListRolloutsRequest()).rollouts
+    assert [r.id for r in listed] == [rollout.id]
+
+
+def test_a_failing_host_stops_the_batches_and_is_reported(api: Api) -> None:
+    started = api.start(
+        "fail.yml", local_inventory("a1", "a2", "a3"), batch_size=1, extra_vars={"fail_host": "a2"}
+    )
+    events = api.events(started.id)
+    assert events[-1].state == S.ROLLOUT_STATE_FAILED
+    failed = [e for e in events if e.type == E.ROLLOUT_EVENT_TYPE_HOST_FAILED]
+    assert [(e.host, e.task, e.message) for e in failed] == [("a2", "Break one host", "broken on purpose")]
+    rollout = api.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=started.id)).rollout
+    assert rollout.state == S.ROLLOUT_STATE_FAILED and rollout.return_code != 0
+    assert "a2" in rollout.message
+    hosts = _hosts(rollout)
+    assert hosts["a1"].status == H.ROLLOUT_HOST_STATUS_SUCCEEDED
+    assert (hosts["a1"].ok, hosts["a1"].skipped, hosts["a1"].failed) == (2, 1, 0)
+    assert hosts["a2"].status == H.ROLLOUT_HOST_STATUS_FAILED and hosts["a2"].failed == 1
+    assert hosts["a2"].message == "Break one host: broken on purpose"
+    # max_fail_percentage stopped the play: the third batch never ran.
+    assert hosts["a3"].status == H.ROLLOUT_HOST_STATUS_SKIPPED and hosts["a3"].ok == 0
+    assert not any(e.host == "a3" for e in events)
+
+
+def test_cancel_stops_the_playbook(api: Api, tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    started = api.start("wait.yml", local_inventory("c1"), extra_vars={"marker_dir": str(markers)})
+    stream = api.admin.WatchRollout(rollout_pb2.WatchRolloutRequest(id=started.id), timeout=240)
+    seen = []
+    for response in stream:
+        seen.append(response.event)
+        if response.event.type == E.ROLLOUT_EVENT_TYPE_HOST_OK:  # "Say we started" is done
+            api.admin.CancelRollout(rollout_pb2.CancelRolloutRequest(id=started.id))
+    assert seen[-1].state == S.ROLLOUT_STATE_CANCELLED
+    assert (markers / "c1.started").exists() and not (markers / "release").exists()
+    rollout = api.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=started.id)).rollout
+    assert rollout.state == S.ROLLOUT_STATE_CANCELLED
+    assert _hosts(rollout)["c1"].status == H.ROLLOUT_HOST_STATUS_SKIPPED
+    # Cancelling an ended rollout changes nothing.
+    again = api.admin.CancelRollout(rollout_pb2.CancelRolloutRequest(id=started.id)).rollout
+    assert again.state == S.ROLLOUT_STATE_CANCELLED and again.last_sequence == rollout.last_sequence
+
+
+def test_overlapping_rollouts_are_refused(api: Api, tmp_path: Path) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    first = api.start("wait.yml", local_inventory("o1", "o2"), extra_vars={"marker_dir": str(markers)})
+    with pytest.raises(grpc.RpcError) as err:
+        api.start("ok.yml", local_inventory("o2", "o3"))
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert first.id in (err.value.details() or "") and "o2" in (err.value.details() or "")
+    # Other machines may roll out meanwhile.
+    other = api.start("ok.yml", local_inventory("o4"))
+    assert api.events(other.id)[-1].state == S.ROLLOUT_STATE_SUCCEEDED
+    (markers / "release").touch()
+    assert api.events(first.id)[-1].state == S.ROLLOUT_STATE_SUCCEEDED
+
+
+def test_watch_resumes_after_a_sequence(api: Api) -> None:
+    started = api.start("ok.yml", local_inventory("w1"))
+    events = api.events(started.id)
+    middle = events[len(events) // 2].sequence
+    rest = api.events(started.id, after=middle)
+    assert [e.sequence for e in rest] == [e.sequence for e in events if e.sequence > middle]
+    assert rest[-1].state == S.ROLLOUT_STATE_SUCCEEDED
+    assert api.events(started.id, after=events[-1].sequence) == []
+
+
+@pytest.mark.parametrize(
+    ("playbook", "inventory", "words"),
+    [
+        ("missing.yml", local_inventory("x"), "not one of the controller's playbooks"),
+        ("../outside.yml", local_inventory("x"), "no directories"),
+        ("sub/ok.yml", local_inventory("x"), "no directories"),
+        ("escape.yml", local_inventory("x"), "not one of the controller's playbooks"),
+        ("ok.sh", local_inventory("x"), "not a playbook file name"),
+        ("", local_inventory("x"), "not a playbook file name"),
+        ("ok.yml", "all:\n  hosts: [unclosed\n", "does not parse"),
+        ("ok.yml", "[group\nhost1\n", "does not parse"),
+        ("ok.yml", "all:\n  hosts: {}\n", "no hosts"),
+        ("ok.yml", "plugin: ansible.builtin.script\n", "does not parse"),
+        ("ok.yml", "   \n", "inventory or a host selector is required"),
+    ],
+)
+def test_bad_playbooks_and_inventories_are_invalid_and_run_nothing(
+    api: Api, tmp_path: Path, playbook: str, inventory: str, words: str
+) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        api.start(playbook, inventory)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert words in (err.value.details() or "")
+    assert api.admin.ListRollouts(rollout_pb2.ListRolloutsRequest()).rollouts == []
+    assert not (tmp_path / "state" / "rollouts" / "runner").exists()
+    inventories = tmp_path / "state" / "rollouts" / "inventories"
+    assert not inventories.exists() or list(inventories.iterdir()) == []
+
+
+def test_roles_operator_and_viewer_cannot_start_or_read(api: Api) -> None:
+    for role in ("operator", "viewer"):
+        stub = api.stub(role)
+        for call, request in (
+            (
+                stub.StartRollout,
+                rollout_pb2.StartRolloutRequest(request_id="r", playbook="ok.yml", inventory="x"),
+            ),
+            (stub.ListRollouts, rollout_pb2.ListRolloutsRequest()),
+            (stub.CancelRollout, rollout_pb2.CancelRolloutRequest(id="x")),
+        ):
+            with pytest.raises(grpc.RpcError) as err:
+                call(request)
+            assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert api.admin.ListRollouts(rollout_pb2.ListRolloutsRequest()).rollouts == []
+
+
+def test_unknown_rollout_is_not_found(api: Api) -> None:
+    for call, request in (
+        (api.admin.GetRollout, rollout_pb2.GetRolloutRequest(id="nope")),
+        (api.admin.CancelRollout, rollout_pb2.CancelRolloutRequest(id="nope")),
+    ):
+        with pytest.raises(grpc.RpcError) as err:
+            call(request)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as err:
+        api.events("nope")
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_a_restart_during_a_rollout_marks_it_interrupted(
+    tmp_path: Path, fresh_database_url: str, playbooks: Path
+) -> None:
+    """The first Rollouts is abandoned while its playbook runs, as a killed controller would be;
+    the next one to start on the database marks the rollout INTERRUPTED, and what the abandoned
+    worker reports later does not change that."""
+    db.upgrade(fresh_database_url)
+    engine = db.make_engine(fresh_database_url)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+
+    def rollouts() -> Rollouts:
+        settings = RolloutSettings(playbooks_dir=str(playbooks), work_dir=str(tmp_path / "work"))
+        return Rollouts(
+            engine, settings, lambda: datetime.now(UTC).replace(tzinfo=None), lambda: uuid.uuid4().hex
+        )
+
+    first = rollouts()
+    first.start()
+    record = first.start_rollout(
+        RolloutSpec(
+            request_id="restart",
+            playbook="wait.yml",
+            inventory=local_inventory("r1"),
+            extra_vars={"marker_dir": str(markers)},
+        ),
+        "test",
+    )
+    for event in first.watch(record.id, 0, lambda: True):
+        if event.host == "r1":
+            break
+    assert first.get(record.id).state is RolloutState.RUNNING
+    second = rollouts()
+    second.start()
+    after = second.get(record.id)
+    assert after.state is RolloutState.INTERRUPTED and "restarted" in after.message
+    assert after.hosts[0].status.value == "SKIPPED"
+    # The abandoned playbook ends: its worker's end state does not overwrite INTERRUPTED.
+    (markers / "release").touch()
+    first.stop()
+    assert second.get(record.id).state is RolloutState.INTERRUPTED
+    assert [e.state for e in second.watch(record.id, 0, lambda: True) if e.state is not None][-1] is (
+        RolloutState.INTERRUPTED
+    )
+    second.stop()
+    engine.dispose()
