@@ -30,7 +30,14 @@ from chital.errdefs import ChitalError, FailedPrecondition, Unavailable
 from chital.errdefs.grpc import from_grpc_code
 from chital.security.tls import is_loopback
 
-__all__ = ["AgentClient", "AgentPool", "LogChunkRecord", "map_agent_error"]
+__all__ = [
+    "AgentClient",
+    "AgentPool",
+    "AgentProcessView",
+    "AgentSyncRecord",
+    "LogChunkRecord",
+    "map_agent_error",
+]
 
 T = TypeVar("T")
 
@@ -81,6 +88,30 @@ class StartedProcess:
     exit_time: datetime | None
 
 
+@dataclass(frozen=True)
+class AgentProcessView:
+    """A process as an agent's Sync reports it."""
+
+    uid: str
+    container_uid: str
+    pid: int
+    exited: bool
+    exit_code: int
+    signal: int
+    oom_killed: bool
+    start_time: datetime | None
+    exit_time: datetime | None
+
+
+@dataclass(frozen=True)
+class AgentSyncRecord:
+    """Everything an agent has: its containers (uid -> member pids) and processes (by uid)."""
+
+    containers: dict[str, tuple[int, ...]]
+    processes: dict[str, AgentProcessView]
+    last_event_seq: int
+
+
 class AgentClient:
     """Typed calls to one agent."""
 
@@ -128,6 +159,28 @@ class AgentClient:
             # The future is also a grpc.Call; its code is OK on success.
             future.add_done_callback(lambda f: done(getattr(f.code(), "name", "UNKNOWN")))  # type: ignore[attr-defined]
         return future
+
+    def sync(self) -> AgentSyncRecord:
+        """The agent's full state, rebuilt from the kernel (containers, processes, exits kept)."""
+        resp = self._call(lambda: self._stub.Sync(agent_pb2.SyncRequest(), timeout=self.timeout), "Sync")
+        return AgentSyncRecord(
+            containers={c.uid: tuple(c.member_pids) for c in resp.containers},
+            processes={
+                p.uid: AgentProcessView(
+                    uid=p.uid,
+                    container_uid=p.container_uid,
+                    pid=p.pid,
+                    exited=p.state == agent_pb2.PROCESS_STATE_EXITED,
+                    exit_code=p.exit_code,
+                    signal=p.signal,
+                    oom_killed=p.oom_killed,
+                    start_time=_time(p.start_time),
+                    exit_time=_time(p.exit_time),
+                )
+                for p in resp.processes
+            },
+            last_event_seq=resp.last_event_seq,
+        )
 
     def create_container(self, container: ContainerRecord) -> tuple[str, ...]:
         """Create the container on the host (idempotent by uid); returns the deny list it enforces."""
@@ -232,6 +285,7 @@ def info_from_pb(resp: Any) -> AgentInfoRecord:
         sandboxed=resp.sandboxed,
         boot_id=resp.boot_id,
         last_event_seq=resp.last_event_seq,
+        state_hash=resp.state_hash,
     )
 
 
@@ -247,6 +301,7 @@ def event_from_pb(msg: Any) -> AgentEventRecord:
         signal=msg.signal,
         oom_killed=msg.oom_killed,
         time=_time(msg.time),
+        count=msg.count,
     )
 
 

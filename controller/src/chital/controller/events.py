@@ -7,6 +7,11 @@
   the last sequence number applied (stored on the host row, in the same transaction as the effects of
   each event, so every event is applied exactly once). It reconnects with exponential backoff while the
   host stays READY and exits when it is not; the health monitor starts it again on READY.
+  Beyond process starts and exits: EVENTS_DROPPED (the kernel's queue lost events) makes the
+  host's reconciler sync it at once, so the exits it lost are read from the agent's Sync;
+  SYSCALL_DENIED adds its count to ``chital_controller_denied_syscalls_total``; CONTAINER_EMPTY
+  (the last member is gone) is passed to ``on_empty`` hooks (a stop waiting for its members ends
+  at once).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from typing import Any
 import grpc
 
 from chital.controller.agents import AgentPool, event_from_pb
+from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import HostHealth
-from chital.controller.store import Store
+from chital.controller.store import AgentEventRecord, Store
 from chital.errdefs import NotFound
 
 __all__ = ["ChangeNotifier", "EventIngestor"]
@@ -96,6 +102,10 @@ class EventIngestor:
         self._threads: dict[str, threading.Thread] = {}
         self._calls: dict[str, Any] = {}
         self._stopping = threading.Event()
+        #: Syncs a host whose agent reports EVENTS_DROPPED.
+        self.syncer: HostSyncer | None = None
+        #: Called with (host id, container uid) on CONTAINER_EMPTY.
+        self.on_empty: list[Callable[[str, str], None]] = []
 
     def ensure(self, host_id: str, address: str) -> None:
         """Run a consumer for the host unless one runs already."""
@@ -172,6 +182,7 @@ class EventIngestor:
                 self._metrics.agent_events.labels(event.kind.lower()).inc()
                 self._store.apply_agent_events(host_id, boot_id, [event], self._clock())
                 applied = True
+                self._react(host_id, address, event)
         except grpc.RpcError as exc:
             if not self._stopping.is_set():
                 log.info("event stream of %s ended: %s", address, exc.code())
@@ -184,6 +195,21 @@ class EventIngestor:
             with self._lock:
                 self._calls.pop(host_id, None)
         return applied
+
+    def _react(self, host_id: str, address: str, event: AgentEventRecord) -> None:
+        """What an event means beyond the records it changes."""
+        if event.kind == "EVENTS_DROPPED":
+            log.warning("the kernel on %s dropped %d events: syncing the host", address, event.count)
+            if self.syncer is not None:
+                self.syncer.request(host_id, address)
+        elif event.kind == "SYSCALL_DENIED":
+            self._metrics.denied_syscalls.inc(max(1, event.count))
+        elif event.kind == "CONTAINER_EMPTY" and event.container_uid:
+            for hook in list(self.on_empty):
+                try:
+                    hook(host_id, event.container_uid)
+                except Exception:  # a hook's failure must not end the stream (logged)
+                    log.exception("a CONTAINER_EMPTY hook failed")
 
     def _still_ready(self, host_id: str, address: str) -> bool:
         try:

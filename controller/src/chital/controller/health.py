@@ -27,6 +27,7 @@ import grpc
 
 from chital.controller.agents import AgentPool, info_from_pb, map_agent_error
 from chital.controller.events import EventIngestor
+from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import AgentInfoRecord, HostHealth, HostRecord
 from chital.controller.store import Store
@@ -71,6 +72,8 @@ class HostMonitor:
         self._last_info: dict[str, AgentInfoRecord] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: Told of every successful check: syncs the host on reconnection and on state changes.
+        self.syncer: HostSyncer | None = None
 
     def start(self) -> None:
         """Run the checks in a background thread."""
@@ -165,6 +168,8 @@ class HostMonitor:
                 log.info("agent on %s restarted", host.address)
                 self._ingestor.restart(host.id)
         self._ingestor.ensure(host.id, host.address)
+        if self.syncer is not None:
+            self.syncer.observe(host, info)
         return record
 
     def _failed(self, host: HostRecord, message: str, now: datetime) -> HostRecord:
@@ -198,6 +203,8 @@ class HostMonitor:
         self._last_ok.pop(host_id, None)
         self._last_written.pop(host_id, None)
         self._last_info.pop(host_id, None)
+        if self.syncer is not None:
+            self.syncer.forget(host_id)
 
 
 def _details(info: AgentInfoRecord) -> tuple[str, ...]:

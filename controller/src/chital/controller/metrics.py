@@ -224,6 +224,38 @@ class ControllerMetrics:
         )
         for result in ("ok", "failed"):
             self.reconcile_runs.labels(result)
+        self.host_syncs = Counter(
+            "chital_controller_host_syncs_total",
+            "Syncs of an agent's state with the database (chital.controller.hostsync), by result.",
+            ["result"],
+            registry=r,
+        )
+        self.host_sync_duration = Histogram(
+            "chital_controller_host_sync_duration_seconds", "Time of one host's sync.", registry=r
+        )
+        self.sync_repairs = Counter(
+            "chital_controller_sync_repairs_total",
+            "Differences host syncs repaired, by action.",
+            ["action"],
+            registry=r,
+        )
+        self.denied_syscalls = Counter(
+            "chital_controller_denied_syscalls_total",
+            "System calls of members that hosts' kernel modules denied (from SYSCALL_DENIED events).",
+            registry=r,
+        )
+        for result in ("ok", "failed"):
+            self.host_syncs.labels(result)
+        for action in (
+            "exit_recorded",
+            "start_recorded",
+            "orphan_destroyed",
+            "container_lost",
+            "process_lost",
+            "process_killed",
+            "restarted",
+        ):
+            self.sync_repairs.labels(action)
         self.retention_removed = Counter(
             "chital_controller_retention_removed_total",
             "Rows the retention janitor deleted, by kind (event, container, process).",

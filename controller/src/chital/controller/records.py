@@ -115,6 +115,8 @@ class AgentInfoRecord:
     sandboxed: bool = False
     boot_id: str = ""
     last_event_seq: int = 0
+    # Changes whenever the agent's containers or processes change (a reconciler syncs on change).
+    state_hash: str = ""
 
 
 @dataclass(frozen=True)

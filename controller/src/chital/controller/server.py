@@ -40,6 +40,7 @@ from chital.controller.events import ChangeNotifier, EventIngestor
 from chital.controller.feed import EventFeed
 from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.hosts import Hosts
+from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.reconcile import Reconciler
 from chital.controller.records import HostHealth
@@ -204,6 +205,10 @@ class ControllerServer:
         self.monitor = HostMonitor(
             self.store, self.pool, self.ingestor, clock, config=config.health, metrics=self.metrics
         )
+        # Per-host reconcilers: each agent's Sync compared with the database (see hostsync.py).
+        self.syncer = HostSyncer(self.store, self.pool, clock, metrics=self.metrics)
+        self.monitor.syncer = self.syncer
+        self.ingestor.syncer = self.syncer
 
         def state_source() -> tuple[list[Any], dict[str, int], dict[str, int], dict[str, float]]:
             hosts, containers, processes = self.store.count_by_state()
@@ -395,6 +400,7 @@ class ControllerServer:
         done = self.server.stop(grace)
         self.rollouts.stop()  # cancels running playbooks: they end INTERRUPTED
         self.monitor.stop()
+        self.syncer.stop()
         self.reconciler.stop()
         self.retention.stop()
         if self.discovery is not None:
