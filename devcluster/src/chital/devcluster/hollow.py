@@ -150,8 +150,9 @@ def start_agent(
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
     metrics: bool = False,
+    listen: str = "127.0.0.1:0",
 ) -> ServiceProcess:
-    """Start one agent on a free loopback port; its state lives in ``workdir/state``.
+    """Start one agent on a free loopback port (or ``listen``); its state lives in ``workdir/state``.
 
     ``tls_dir``: its bundle (mutual TLS, only the controller's certificate passes); or ``insecure``.
     With ``metrics``, it also serves /metrics on a free loopback port (``metrics_url``: HTTPS with
@@ -163,7 +164,7 @@ def start_agent(
         "--config",
         os.devnull,
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--state-dir",
         str(workdir / "state"),
         "--device",
@@ -306,6 +307,27 @@ class HollowFleet:
                 labels["metrics-address"] = agent.metrics_address
             with self.client() as client:
                 client.register_host(agent.address, labels=labels)
+        return agent
+
+    def kill_agent(self, index: int) -> None:
+        """SIGKILL agent ``index`` (a crash): the processes it started keep running."""
+        self.agent_procs[index].kill()
+
+    def restart_agent(self, index: int) -> ServiceProcess:
+        """Start agent ``index`` again on its address, with its state directory and bundle."""
+        assert self.workdir is not None
+        old = self.agent_procs[index]
+        old.stop()
+        tls_dir = None if self.pki is None else self.pki.agent(old.name, "127.0.0.1")
+        agent = start_agent(
+            self.workdir / old.name,
+            name=old.name,
+            tls_dir=tls_dir,
+            insecure=self.insecure,
+            metrics=self.metrics,
+            listen=old.address,
+        )
+        self.agent_procs[index] = agent
         return agent
 
     def stop(self) -> None:
