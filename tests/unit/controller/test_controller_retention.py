@@ -10,7 +10,7 @@ import pytest
 import sqlalchemy as sa
 
 from chital.controller.db import make_engine
-from chital.controller.models import ContainerRow
+from chital.controller.models import AuditRow, ContainerRow
 from chital.controller.placement import choose_host
 from chital.controller.records import (
     AgentInfoRecord,
@@ -199,3 +199,29 @@ def test_policy_rejects_nonsense() -> None:
         RetentionPolicy(interval=0)
     with pytest.raises(ValueError, match="batch"):
         RetentionPolicy(batch=0)
+
+
+def test_audit_entries_are_pruned_after_their_period(store: Store) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.insert(AuditRow),
+            [
+                {
+                    "at": at(t),
+                    "principal": "token:t/1",
+                    "role": "admin",
+                    "method": "/m",
+                    "request_id": "",
+                    "target": "",
+                    "code": "OK",
+                    "detail": "",
+                }
+                for t in (0, 1, 2, 100)
+            ],
+        )
+    assert store.prune_audit(at(50), 2) == 2
+    assert store.prune_audit(at(50), 2) == 1
+    assert store.prune_audit(at(50), 2) == 0
+    policy = RetentionPolicy(audit_retention=10, event_retention=0, max_events=0, deleted_retention=0)
+    assert RetentionJanitor(store, policy, Clock(at(111))).run_once().audit == 1
+    assert store.retention_state()["audit"][1] == 4

@@ -178,6 +178,7 @@ def _serve(args: argparse.Namespace) -> int:
             event_retention=args.event_retention,
             max_events=args.max_events,
             deleted_retention=args.deleted_retention,
+            audit_retention=args.audit_retention,
             interval=args.retention_interval,
         )
     except ValueError as exc:

@@ -103,6 +103,13 @@ _SERVE = (
         help="DELETED containers and their processes are pruned this long after the delete (0: never)",
     ),
     Setting(
+        "audit_retention",
+        kind="float",
+        default=90 * 86400.0,
+        metavar="SECONDS",
+        help="audit log entries are pruned this long after they were written (0: never)",
+    ),
+    Setting(
         "retention_interval", kind="float", default=60.0, metavar="SECONDS", help="between retention passes"
     ),
     Setting(

@@ -165,7 +165,8 @@ class EventFeed:
         """Up to ``limit`` events after revision ``after`` (of one container, or all), oldest first,
         and the revision the answer covers: every selected event up to it is in the list."""
         with self._lock:
-            if self._running and after >= self._floor:
+            # Below the compacted revision: the database answers (OUT_OF_RANGE), not the memory.
+            if self._running and after >= max(self._floor, self._store.compact_revision):
                 start = bisect.bisect_right(self._revisions, after)
                 out: list[EventRecord] = []
                 for i in range(start, len(self._events)):

@@ -258,11 +258,11 @@ class ControllerMetrics:
             self.sync_repairs.labels(action)
         self.retention_removed = Counter(
             "chital_controller_retention_removed_total",
-            "Rows the retention janitor deleted, by kind (event, container, process).",
+            "Rows the retention janitor deleted, by kind (event, container, process, audit).",
             ["kind"],
             registry=r,
         )
-        for kind in ("event", "container", "process"):
+        for kind in ("event", "container", "process", "audit"):
             self.retention_removed.labels(kind)
         self.retention_compact_revision = _gauge(
             "chital_controller_events_compact_revision",

@@ -1,6 +1,6 @@
 """Retention: the janitor that keeps the database from growing without bound.
 
-Two tasks, run together in passes, each in batches (one short transaction per batch, so creates and
+Three tasks, run together in passes, each in batches (one short transaction per batch, so creates and
 agent events interleave with a long clean-up):
 
 - **Event compaction.** Events older than ``event_retention`` seconds, and those beyond the newest
@@ -13,6 +13,8 @@ agent events interleave with a long clean-up):
   ``deleted_retention`` seconds ago are deleted with their processes. Nothing that is not DELETED
   is ever pruned. A create retried with the request id of a pruned container makes a new one: the
   retention period is also how long a request id is remembered after a delete.
+- **Pruning of the audit log.** Entries older than ``audit_retention`` seconds (90 days) are
+  deleted.
 
 Passes are scheduled from the time of the last pass stored in the database (table ``retention``),
 not from the process's start: a controller that restarts more often than ``interval`` still runs an
@@ -34,7 +36,7 @@ __all__ = ["TASKS", "RetentionJanitor", "RetentionPass", "RetentionPolicy"]
 log = logging.getLogger("chital.controller.retention")
 
 #: The janitor's tasks, as named in the ``retention`` table.
-TASKS = ("events", "deleted")
+TASKS = ("events", "deleted", "audit")
 
 
 @dataclass(frozen=True)
@@ -47,13 +49,15 @@ class RetentionPolicy:
     max_events: int = 1_000_000
     #: Seconds a DELETED container (and its processes) is kept after its delete.
     deleted_retention: float = 3600.0
+    #: Seconds an audit log entry is kept (90 days).
+    audit_retention: float = 90 * 86400.0
     #: Seconds between passes.
     interval: float = 60.0
     #: Rows per transaction.
     batch: int = 1000
 
     def __post_init__(self) -> None:
-        if min(self.event_retention, self.deleted_retention, self.max_events) < 0:
+        if min(self.event_retention, self.deleted_retention, self.audit_retention, self.max_events) < 0:
             raise ValueError("retention limits must not be negative")
         if self.interval <= 0:
             raise ValueError("the retention interval must be positive")
@@ -69,6 +73,7 @@ class RetentionPass:
     containers: int
     processes: int
     compact_revision: int
+    audit: int = 0
 
 
 class RetentionJanitor:
@@ -135,17 +140,26 @@ class RetentionJanitor:
                 processes += their_processes
                 if pruned < policy.batch:
                     break
+        audit = 0
+        if policy.audit_retention:
+            before = now - timedelta(seconds=policy.audit_retention)
+            while not self._stop.is_set():
+                removed = self._store.prune_audit(before, policy.batch)
+                audit += removed
+                if removed < policy.batch:
+                    break
         self._store.record_retention_pass(TASKS, self._clock())
         state = self._store.retention_state()
-        result = RetentionPass(events, containers, processes, state.get("events", (0, 0, None))[0])
-        if events or containers:
+        result = RetentionPass(events, containers, processes, state.get("events", (0, 0, None))[0], audit)
+        if events or containers or audit:
             log.info(
                 "retention: %d events compacted (compacted revision %d), %d deleted containers and "
-                "%d processes pruned",
+                "%d processes pruned, %d audit entries",
                 events,
                 result.compact_revision,
                 containers,
                 processes,
+                audit,
             )
         return result
 

@@ -290,6 +290,7 @@ class ControllerServer:
         self.metrics.retention_removed.labels("event").inc(result.events)
         self.metrics.retention_removed.labels("container").inc(result.containers)
         self.metrics.retention_removed.labels("process").inc(result.processes)
+        self.metrics.retention_removed.labels("audit").inc(result.audit)
         self.metrics.retention_compact_revision.set(result.compact_revision)
         self.metrics.retention_last_success.set_to_current_time()
 

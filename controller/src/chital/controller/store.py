@@ -26,7 +26,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from chital.controller import lifecycle
 from chital.controller.db import READONLY_OPTION
-from chital.controller.models import Base, ContainerRow, EventRow, HostRow, ProcessRow, RetentionRow
+from chital.controller.models import (
+    AuditRow,
+    Base,
+    ContainerRow,
+    EventRow,
+    HostRow,
+    ProcessRow,
+    RetentionRow,
+)
 from chital.controller.records import (
     DEFAULT_GROUP_ID,
     DEFAULT_USER_ID,
@@ -1240,6 +1248,21 @@ class Store:
             )
             self._retention_row(session, "deleted").removed += containers
             return int(containers), int(processes)
+
+    def prune_audit(self, before: datetime, batch: int) -> int:
+        """Delete one batch (at most ``batch``, oldest first) of the audit entries written before
+        ``before``. Returns how many were deleted."""
+        with self._write() as (session, _):
+            ids = list(
+                session.scalars(
+                    sa.select(AuditRow.id).where(AuditRow.at < before).order_by(AuditRow.id).limit(batch)
+                )
+            )
+            if not ids:
+                return 0
+            deleted = self._delete(session, sa.delete(AuditRow).where(AuditRow.id.in_(ids)))
+            self._retention_row(session, "audit").removed += deleted
+            return deleted
 
     def retention_state(self) -> dict[str, tuple[int, int, datetime | None]]:
         """Per janitor task: (revision, rows removed so far, last run)."""
