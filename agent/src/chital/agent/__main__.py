@@ -23,6 +23,7 @@ from chital.errdefs import ChitalError
 from . import __version__
 from .config import SERVE_KEYS, SETTINGS
 from .device.linux import IncompatibleModule
+from .logfiles import LogLimits
 from .server import AgentServer, ServerConfig, transport
 
 __all__ = ["main"]
@@ -52,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _server_config(args: argparse.Namespace) -> ServerConfig:
+    try:
+        log_limits = LogLimits(max_bytes=args.log_max_bytes, max_files=args.log_max_files)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    if args.exited_process_limit < 1:
+        raise ConfigError("exited_process_limit must be at least 1")
     return ServerConfig(
         listen=args.listen,
         state_dir=args.state_dir,
@@ -71,6 +78,8 @@ def _server_config(args: argparse.Namespace) -> ServerConfig:
         tls_dir=args.tls_dir,
         insecure=args.insecure,
         allowed_roots=tuple(args.allowed_roots),
+        log_limits=log_limits,
+        exited_process_limit=args.exited_process_limit,
     )
 
 

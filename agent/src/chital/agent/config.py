@@ -66,6 +66,26 @@ _SETTINGS = (
     Setting("port_file", kind="path", help="write the bound port here (atomically) once serving"),
     Setting("max_containers", kind="int", default=0, help="most containers on this host; 0: unlimited"),
     Setting(
+        "log_max_bytes",
+        kind="int",
+        default=10 << 20,
+        metavar="BYTES",
+        help="rotate a process's stdout or stderr file past this many bytes (0: no cap)",
+    ),
+    Setting(
+        "log_max_files",
+        kind="int",
+        default=5,
+        help="files kept per stream, the live one included (1: the oldest bytes are dropped)",
+    ),
+    Setting(
+        "exited_process_limit",
+        kind="int",
+        default=10_000,
+        help="exited processes remembered for GetProcess and StreamLogs; a destroyed container's "
+        "directory goes with the last of them",
+    ),
+    Setting(
         "metrics_listen",
         help="HOST:PORT for Prometheus /metrics (default: none); HTTPS with the agent's certificate "
         "under tls_dir, plaintext (loopback only) when insecure",

@@ -56,10 +56,11 @@ from chital.errdefs import (
     Unavailable,
 )
 
-from . import __version__, policy, syscalls
+from . import __version__, dirs, logfiles, policy, syscalls
 from .cgroup import CgroupManager
 from .device.base import ROOT_MAX, Device, DeviceEvent, EventKind, KernelContainerSpec, KernelLimits
 from .device.fake import FakeDevice
+from .dirs import DirReaper
 from .metrics import AgentMetrics
 from .policy import SandboxView
 from .process import ExitStatus, HolderSpec, LaunchSpec, ProcessRunner, decode_wait_status
@@ -236,6 +237,8 @@ class RuntimeConfig:
     max_containers: int = 0  # 0: unlimited
     event_log_capacity: int = 100_000
     exited_process_limit: int = 10_000
+    #: Size cap and rotation of each process's stdout and stderr files (see logfiles.py).
+    log_limits: logfiles.LogLimits = field(default_factory=logfiles.LogLimits)
     launcher: str | None = None  # chital-launch; None: found as chital.agent.process.find_launcher does
     #: --allowed-root prefixes for client-chosen roots (empty: any but the host's system dirs; see roots.py)
     allowed_roots: tuple[str, ...] = ()
@@ -493,9 +496,14 @@ class AgentRuntime:
         self._closed = threading.Event()
         self._launching: dict[int, ExitStatus | None] = {}  # pids between ADD_PROC and their record
         self._runner = ProcessRunner(self._on_reaped, launcher=config.launcher)
+        # Destroyed containers whose directory waits for these exited processes to be forgotten.
+        self._retired: dict[str, set[str]] = {}
+        self._dirs = DirReaper(Path(self._containers_root), self._is_live_container)
         self._recover()
+        self._remove_stale_dirs()
         self._pump = threading.Thread(target=self._pump_loop, name="chital-event-pump", daemon=True)
         self._pump.start()
+        self._rotator = logfiles.LogRotator(self._log_paths_to_cap, config.log_limits)
 
     @property
     def sandboxed(self) -> bool:
@@ -512,6 +520,8 @@ class AgentRuntime:
         self._closed.set()
         self._events.close()
         self._runner.close()
+        self._rotator.close()
+        self._dirs.close()
         self._pump.join(timeout=5)
 
     # -- paths -----------------------------------------------------------------------------------
@@ -675,7 +685,54 @@ class AgentRuntime:
         (cdir / "container.json").unlink(missing_ok=True)
         if rec.owns_root:
             shutil.rmtree(rec.root, ignore_errors=True)
+        self._retire_dir(uid)
         log.info("destroyed container %s (kernel id %d)", uid, kernel_id)
+
+    # -- directories of destroyed containers (see dirs.py) ---------------------------------------
+
+    def _log_paths_to_cap(self) -> list[str]:
+        """The log files that may still grow: those of running processes, and of processes that
+        exited in the last seconds (their last writes)."""
+        recent = time.time() - 5.0
+        with self._lock:
+            procs = [
+                p for p in self._processes.values() if not p.exited.is_set() or (p.exit_time or 0.0) >= recent
+            ]
+        return [path for p in procs for path in (p.stdout_path, p.stderr_path)]
+
+    def _is_live_container(self, uid: str) -> bool:
+        with self._lock:
+            return uid in self._containers or uid in self._retired
+
+    def _retire_dir(self, uid: str) -> None:
+        """The container is destroyed: its directory goes once none of its exited processes is
+        remembered any more (StreamLogs reads their logs until then)."""
+        with self._lock:
+            if uid in self._containers:
+                return  # created again meanwhile
+            remembered = {p.uid for p in self._processes.values() if p.container_uid == uid}
+            if remembered:
+                self._retired[uid] = remembered
+                return
+        self._dirs.remove(uid)
+
+    def _forget_process(self, proc: _Process) -> None:
+        """``proc`` left the memory of exited processes (called with the lock held)."""
+        waiting = self._retired.get(proc.container_uid)
+        if waiting is None:
+            return
+        waiting.discard(proc.uid)
+        if not waiting:
+            del self._retired[proc.container_uid]
+            self._dirs.remove(proc.container_uid)
+
+    def _remove_stale_dirs(self) -> None:
+        """At start-up: directories of containers that neither the kernel nor recovery knows."""
+        stale = dirs.stale_dirs(Path(self._containers_root), self._is_live_container, _start_time)
+        for cdir in stale:
+            self._dirs.remove_now(cdir.name)
+        if stale:
+            log.info("removed the directories of %d containers that are gone", len(stale))
 
     def _create_cgroup(self, uid: str, limits: LimitsView) -> None:
         if self._cgroups is not None:
@@ -1155,7 +1212,9 @@ class AgentRuntime:
             self._exited_order[puid] = None
             while len(self._exited_order) > self._config.exited_process_limit:
                 old, _ = self._exited_order.popitem(last=False)
-                self._processes.pop(old, None)
+                forgotten = self._processes.pop(old, None)
+                if forgotten is not None:
+                    self._forget_process(forgotten)
 
     def _persist_process(self, proc: _Process) -> None:
         """Small per-process record, so a restarted agent can name the kernel's members again.
@@ -1545,12 +1604,13 @@ _CHUNK = 32 * 1024
 def _tail_offset(path: str, lines: int) -> int:
     """Offset where the last ``lines`` lines of ``path`` start."""
     try:
+        floor = logfiles.tail_floor(path)  # below it, bytes a rotation released (a hole)
         with open(path, "rb") as f:
             end = f.seek(0, os.SEEK_END)
             pos = end
             seen = 0
-            while pos > 0:
-                step = min(_CHUNK, pos)
+            while pos > floor:
+                step = min(_CHUNK, pos - floor)
                 pos -= step
                 f.seek(pos)
                 block = f.read(step)
@@ -1565,7 +1625,7 @@ def _tail_offset(path: str, lines: int) -> int:
                     seen += 1
                     if seen == lines:
                         return pos + idx + 1
-            return 0
+            return floor
     except OSError:
         return 0
 
@@ -1584,9 +1644,7 @@ def _follow_logs(
         progressed = False
         for name, path in streams:
             try:
-                with open(path, "rb") as f:
-                    f.seek(offsets[name])
-                    data = f.read(_CHUNK)
+                data, offsets[name] = logfiles.read_from(path, offsets[name], _CHUNK)
             except FileNotFoundError:
                 continue
             if data:

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -31,6 +31,7 @@ from . import __version__, cgroup
 from .auth import ControllerOnlyInterceptor
 from .device.base import Device
 from .device.fake import FakeDevice
+from .logfiles import LogLimits
 from .metrics import AgentMetrics, InstrumentedDevice, MetricsServer, start_metrics_server
 from .runtime import AgentRuntime, RuntimeConfig
 from .service import AgentService
@@ -68,6 +69,11 @@ class ServerConfig:
     tls_dir: Path | None = None
     #: Plaintext, allowed on a loopback listen address only (any local user can then call the agent).
     insecure: bool = False
+    #: Size cap and rotation of each process's stdout and stderr (see logfiles.py).
+    log_limits: LogLimits = field(default_factory=LogLimits)
+    #: Exited processes remembered (GetProcess, StreamLogs); a destroyed container's directory
+    #: goes when the last of its processes is forgotten (see dirs.py).
+    exited_process_limit: int = 10_000
     #: Prefixes for client-chosen container roots (see chital.agent.roots); empty: the default rule.
     allowed_roots: tuple[str, ...] = ()
 
@@ -148,6 +154,8 @@ class AgentServer:
                 max_containers=config.max_containers,
                 launcher=config.launcher,
                 allowed_roots=config.allowed_roots,
+                log_limits=config.log_limits,
+                exited_process_limit=config.exited_process_limit,
             ),
         )
         if not self.runtime.sandboxed:

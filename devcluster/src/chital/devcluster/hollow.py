@@ -229,6 +229,8 @@ class HollowFleet:
     database_url: str | None = None
     register: bool = True
     controller_args: Sequence[str] = ()
+    #: Extra flags of every agent (``chital-agent serve``).
+    agent_args: Sequence[str] = ()
     #: Serve /metrics on free loopback ports (``ServiceProcess.metrics_address``); agents are
     #: registered with a ``metrics-address`` label, which Prometheus discovery uses.
     metrics: bool = False
@@ -298,7 +300,12 @@ class HollowFleet:
         name = name or f"agent-{len(self.agent_procs)}"
         tls_dir = None if self.pki is None else self.pki.agent(name, "127.0.0.1")
         agent = start_agent(
-            self.workdir / name, name=name, tls_dir=tls_dir, insecure=self.insecure, metrics=self.metrics
+            self.workdir / name,
+            name=name,
+            tls_dir=tls_dir,
+            insecure=self.insecure,
+            metrics=self.metrics,
+            extra_args=self.agent_args,
         )
         self.agent_procs.append(agent)
         if self.register:
