@@ -5,6 +5,9 @@ playbooks in a temporary playbooks directory, and inventories of ``ansible_conne
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
@@ -370,3 +373,81 @@ def test_a_restart_during_a_rollout_marks_it_interrupted(
     )
     second.stop()
     engine.dispose()
+
+
+# -- the chital CLI ----------------------------------------------------------------------------
+
+CHITAL = str(Path(sys.executable).with_name("chital"))
+
+
+def chital(api: Api, *args: str, role: str = "admin", stdin: str = "") -> subprocess.CompletedProcess[str]:
+    """The real `chital` command (not a terminal: plain output) against the controller."""
+    token, _ = api.controller.tokens.create(f"cli-{role}-{uuid.uuid4().hex[:8]}", role, None, "test")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHITAL_")}
+    env.update(
+        CHITAL_CONFIG="/dev/null",
+        CHITAL_CONTROLLER=f"127.0.0.1:{api.controller.port}",
+        CHITAL_INSECURE="1",
+        CHITAL_TOKEN=token,
+        GRPC_VERBOSITY="ERROR",
+        NO_COLOR="1",
+    )
+    return subprocess.run(
+        [CHITAL, "--timeout", "60", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=240,
+        check=False,
+    )
+
+
+def test_cli_start_follows_a_failing_rollout_and_reports_the_host(api: Api, tmp_path: Path) -> None:
+    inventory = tmp_path / "hosts.yml"
+    inventory.write_text(local_inventory("b1", "b2"))
+    result = chital(
+        api, "rollout", "start", "fail.yml", "-i", str(inventory), "-b", "1", "-e", "fail_host=b2"
+    )
+    assert result.returncode == 1, result.stderr
+    assert "failed: [b2] Break one host: broken on purpose" in result.stdout
+    assert "rollout FAILED" in result.stdout
+    lines = result.stdout.splitlines()
+    b2 = next(line for line in lines if line.startswith("b2 "))
+    assert b2.split()[1] == "FAILED" and "broken on purpose" in b2
+    rollout_id = next(r.id for r in api.admin.ListRollouts(rollout_pb2.ListRolloutsRequest()).rollouts)
+    got = chital(api, "-o", "json", "rollout", "get", rollout_id)
+    assert got.returncode == 0, got.stderr
+    data = json.loads(got.stdout)
+    assert data["state"] == "FAILED"
+    assert {h["name"]: (h["status"], h["failed"]) for h in data["hosts"]} == {
+        "b1": ("SUCCEEDED", 0),
+        "b2": ("FAILED", 1),
+    }
+    listed = chital(api, "rollout", "ls")
+    assert listed.returncode == 0 and rollout_id in listed.stdout and "FAILED" in listed.stdout
+
+
+def test_cli_json_prints_the_event_stream_and_watch_resumes(api: Api) -> None:
+    result = chital(api, "-o", "json", "rollout", "start", "ok.yml", "-i", "-", stdin=local_inventory("j1"))
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
+    assert events[-1]["type"] == "STATE" and events[-1]["state"] == "SUCCEEDED"
+    assert {e["host"] for e in events if e["type"] == "HOST_OK"} == {"j1"}
+    rollout_id = api.admin.ListRollouts(rollout_pb2.ListRolloutsRequest()).rollouts[0].id
+    watched = chital(
+        api, "-o", "json", "rollout", "watch", rollout_id, "--after", str(events[-3]["sequence"])
+    )
+    assert watched.returncode == 0, watched.stderr
+    assert [json.loads(line) for line in watched.stdout.splitlines()] == events[-2:]
+
+
+def test_cli_refusals(api: Api, tmp_path: Path) -> None:
+    bad = chital(api, "rollout", "start", "../etc/passwd", "-i", "-", stdin=local_inventory("z"))
+    assert bad.returncode == 1 and "no directories" in bad.stderr
+    viewer = chital(api, "rollout", "ls", role="viewer")
+    assert viewer.returncode != 0 and "permission" in viewer.stderr.lower()
+    both = chital(api, "rollout", "start", "ok.yml", "-i", "-", "--host", "h1", stdin="x")
+    assert both.returncode == 2
+    assert api.admin.ListRollouts(rollout_pb2.ListRolloutsRequest()).rollouts == []

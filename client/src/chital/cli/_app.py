@@ -24,7 +24,7 @@ from chital.client import (
 )
 from chital.client import config as cfg
 
-from . import _admin, _containers
+from . import _admin, _containers, _rollouts  # noqa: F401 - _rollouts registers its commands
 from ._params import signal_number as _signal_number
 from ._params import size as _size
 from ._resolve import AmbiguousError

@@ -40,6 +40,14 @@ from ._errors import (
     Unavailable,
     Unimplemented,
 )
+from ._rollouts import (
+    Rollout,
+    RolloutEvent,
+    RolloutEventType,
+    RolloutHost,
+    RolloutHostStatus,
+    RolloutState,
+)
 from ._types import (
     NO_RETRY,
     AgentInfo,
@@ -99,6 +107,12 @@ __all__ = [
     "ProcessState",
     "ResourceExhausted",
     "RetryPolicy",
+    "Rollout",
+    "RolloutEvent",
+    "RolloutEventType",
+    "RolloutHost",
+    "RolloutHostStatus",
+    "RolloutState",
     "Sandbox",
     "ServerInfo",
     "SyscallCount",

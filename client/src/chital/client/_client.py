@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import random
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -14,10 +15,13 @@ import grpc
 from chital.api.admin.v1 import admin_pb2_grpc as apb_grpc
 from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
+from chital.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc
 
 from . import _base
 from . import _ops as ops
+from . import _rollouts as rollouts
 from ._errors import DeadlineExceeded
+from ._rollouts import Rollout, RolloutEvent, RolloutState
 from ._types import (
     AuditEntry,
     Container,
@@ -72,6 +76,7 @@ class Client(_base.ClientBase):
             ops.CONTAINERS: cpb_grpc.ContainerServiceStub(channel),
             ops.HOSTS: hpb_grpc.HostServiceStub(channel),
             ops.ADMIN: apb_grpc.AdminServiceStub(channel),
+            rollouts.ROLLOUTS: rpb_grpc.RolloutServiceStub(channel),
         }
         self._random = random.Random()  # noqa: S311 - jitter, not security.
         self._closed = False
@@ -463,6 +468,67 @@ class Client(_base.ClientBase):
     def whoami(self, *, timeout: float | None = None) -> Identity:
         """Return the caller as the controller sees it: name, role and how it authenticated."""
         return self._call(ops.whoami(), timeout)
+
+    # -- rollouts (admin) -----------------------------------------------------------------------
+
+    def start_rollout(
+        self,
+        playbook: str,
+        *,
+        inventory: str | None = None,
+        label_selector: str | Mapping[str, str] | None = None,
+        hosts: Sequence[str] = (),
+        batch_size: int = 0,
+        extra_vars: Mapping[str, str] | None = None,
+        register_hosts: bool = False,
+        request_id: str | None = None,
+        timeout: float | None = None,
+    ) -> Rollout:
+        """Start one of the controller's playbooks (a file name such as ``site.yml``) on an inline
+        ``inventory`` (YAML or INI text), else on the registered hosts that match ``label_selector``
+        and ``hosts`` (ids or addresses; neither: every host). ``batch_size`` sets the playbooks'
+        serial batch variables; ``register_hosts`` registers the agent hosts that end ok and waits
+        until they are READY. Returns the PENDING rollout; follow it with :meth:`watch_rollout`.
+        ``request_id`` is the idempotency key (a fresh uuid4 by default)."""
+        call = rollouts.start_rollout(
+            request_id or str(uuid.uuid4()),
+            playbook,
+            inventory=inventory,
+            label_selector=ops.selector_string(label_selector),
+            hosts=hosts,
+            batch_size=batch_size,
+            extra_vars=extra_vars,
+            register_hosts=register_hosts,
+        )
+        return self._call(call, timeout)
+
+    def get_rollout(self, rollout_id: str, *, timeout: float | None = None) -> Rollout:
+        """Return a rollout with its hosts' progress; raises :class:`NotFound`."""
+        return self._call(rollouts.get_rollout(rollout_id), timeout)
+
+    def list_rollouts_page(
+        self,
+        *,
+        page_size: int = 0,
+        page_token: str = "",
+        state: RolloutState | None = None,
+        timeout: float | None = None,
+    ) -> Page[Rollout]:
+        """Return one page of rollouts, newest first, optionally only those in ``state``."""
+        call = rollouts.list_rollouts(page_size=page_size, page_token=page_token, state=state)
+        return self._call(call, timeout)
+
+    def watch_rollout(
+        self, rollout_id: str, *, after_sequence: int = 0, timeout: float | None = None
+    ) -> Iterator[RolloutEvent]:
+        """Iterate over a rollout's events after ``after_sequence`` (0: from the first kept), then
+        live ones; the iteration ends when the rollout has ended. To resume after a broken stream,
+        pass the last ``sequence`` received. ``timeout`` bounds the whole watch (default: none)."""
+        return self._stream(rollouts.watch_rollout(rollout_id, after_sequence), timeout)
+
+    def cancel_rollout(self, rollout_id: str, *, timeout: float | None = None) -> Rollout:
+        """Ask the controller to stop a rollout; it is CANCELLED once ansible-playbook stopped."""
+        return self._call(rollouts.cancel_rollout(rollout_id), timeout)
 
     def server_info(self, *, timeout: float | None = None) -> ServerInfo:
         """Return the controller's version, the API packages it serves and its database kind.
