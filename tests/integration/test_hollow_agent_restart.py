@@ -128,3 +128,50 @@ def test_a_host_back_from_lost_has_its_stale_containers_destroyed() -> None:
             what="the stale container destroyed on the host",
         )
         assert client.get_container(c.uid).state is ContainerState.LOST
+
+
+def test_a_host_lost_for_good_restarts_its_always_containers_elsewhere() -> None:
+    """Restart policies: ``always`` and ``on-failure`` containers of a host lost for good are
+    created again on a ready host; ``never`` stays LOST. When the host comes back, the copies it
+    kept are destroyed there."""
+    args = ["--health-interval", "0.5", "--not-ready-after", "1.5", "--lost-after", "4"]
+    with HollowFleet(agents=2, controller_args=args) as fleet, fleet.client(timeout=30) as client:
+        assert fleet.workdir is not None
+        survivor, victim = fleet.agent_procs
+        client.cordon_host(survivor.address)  # place everything on the victim first
+        always = client.create_container(unique("always"), restart_policy="always")
+        retry = client.create_container(unique("retry"), restart_policy="on-failure", max_restarts=2)
+        never = client.create_container(unique("never"))
+        assert {c.host_address for c in (always, retry, never)} == {victim.address}
+        assert (always.restart_policy, retry.max_restarts, never.restart_policy) == ("always", 2, "never")
+        p = client.exec(always.uid, ["sleep", "600"])
+        program = programs_of(p.pid)
+        client.uncordon_host(survivor.address)
+
+        fleet.kill_agent(1)  # lost for good (until it comes back below)
+        for c in (always, retry):
+            wait_for(
+                lambda c=c: client.get_container(c.uid).state is ContainerState.CREATED,
+                what=f"{c.name} created again",
+            )
+            moved = client.get_container(c.uid)
+            assert (moved.host_address, moved.restart_count) == (survivor.address, 1)
+        assert client.get_container(never.uid).state is ContainerState.LOST
+        assert client.get_process(p.uid).state is ProcessState.LOST
+        # It runs on its new host: exec works there.
+        again = client.exec(always.uid, ["sh", "-c", "exit 4"])
+        assert client.wait_process(again.uid, timeout=60).exit_code == 4
+
+        fleet.restart_agent(1)  # it comes back with the old copies
+        wait_for(lambda: client.get_host(victim.address).state is HostState.READY, what="host READY")
+        kept = fleet.workdir / "agent-1" / "state" / "containers"
+        wait_for(
+            lambda: (
+                not any((kept / c.uid / "container.json").exists() for c in (always, retry, never))
+                and not runs(p.pid)
+                and not any(runs(x) for x in program)
+            ),
+            what="the stale copies destroyed on the host that came back",
+        )
+        assert client.get_container(always.uid).state is ContainerState.CREATED
+        assert client.get_container(always.uid).host_address == survivor.address

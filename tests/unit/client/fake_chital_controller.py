@@ -7,6 +7,9 @@ Every call's ``authorization`` metadata is recorded (``fake.authorization``); Ad
 tokens in a dict and answers WhoAmI with ``fake.identity``, GetServerInfo with ``fake.server_info``.
 Processes are scripted by their argv: ``echo ARGS`` prints and exits 0, ``exit N`` exits N,
 ``crash`` dies of SIGKILL, ``stderr TEXT`` writes to stderr, ``sleep`` keeps running.
+Containers and processes follow the controller's rules where the SDK's contract tests
+(tests/sdk_contract.py, also run against the real controller) look: request_id reuse, valid and
+free names, stop ending the processes, every change an event.
 Watch behaves like the controller's: ``since_revision`` 0 is live only, the stream stays open
 until the client leaves, and with a ``heartbeat_interval`` heartbeats carry the revision reached
 (the first at once). ``fake.watch_ends`` ends every stream once it has sent what is recorded, as
@@ -15,6 +18,7 @@ a controller that shuts down does.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections import Counter, defaultdict
@@ -28,6 +32,10 @@ from chital.api.container.v1 import container_pb2 as cpb
 from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2 as hpb
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
+
+#: The controller's container name rule (and names may not look like a uid: 32 hex digits).
+NAME = re.compile(r"[a-z0-9]([a-z0-9._-]*[a-z0-9])?")
+UID = re.compile(r"[0-9a-f]{32}")
 
 
 def _now() -> timestamp_pb2.Timestamp:
@@ -96,11 +104,20 @@ class FakeController(
             context.abort(failure[0], failure[1])
 
     def _container(self, name: str, context: grpc.ServicerContext) -> cpb.Container:
+        # Like the controller: a uid finds any container, a name only one that is not DELETED.
         for c in self.containers.values():
-            if name in (c.uid, c.name):
+            if name == c.uid or (name == c.name and c.state != cpb.CONTAINER_STATE_DELETED):
                 return c
         context.abort(grpc.StatusCode.NOT_FOUND, f'container "{name}"')
         raise AssertionError  # abort raises
+
+    def _event(self, container: cpb.Container | None = None, process: cpb.Process | None = None) -> None:
+        """Record a change for Watch (a copy: later changes of the record do not alter it)."""
+        if container is not None:
+            event_type, fields = cpb.EVENT_TYPE_CONTAINER_CHANGED, {"container": container}
+        else:
+            event_type, fields = cpb.EVENT_TYPE_PROCESS_CHANGED, {"process": process}
+        self.events.append(cpb.WatchResponse(revision=len(self.events) + 1, type=event_type, **fields))
 
     def _process(self, uid: str, context: grpc.ServicerContext) -> cpb.Process:
         if uid not in self.processes:
@@ -119,8 +136,24 @@ class FakeController(
     def CreateContainer(self, request, context):  # type: ignore[no-untyped-def]
         self._enter("CreateContainer", request, context)
         if request.request_id in self.by_request:
-            return cpb.CreateContainerResponse(container=self.containers[self.by_request[request.request_id]])
-        if any(c.name == request.name for c in self.containers.values()):
+            first = self.containers[self.by_request[request.request_id]]
+            if (first.name, dict(first.labels), first.root, list(first.deny_syscalls)) != (
+                request.name,
+                dict(request.labels),
+                request.root,
+                list(request.deny_syscalls),
+            ):
+                context.abort(
+                    grpc.StatusCode.ALREADY_EXISTS,
+                    f"request_id {request.request_id!r} was used for a different container ({first.name})",
+                )
+            return cpb.CreateContainerResponse(container=first)
+        if len(request.name) > 63 or not NAME.fullmatch(request.name) or UID.fullmatch(request.name):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"name {request.name!r} is not a valid name")
+        if any(
+            c.name == request.name and c.state != cpb.CONTAINER_STATE_DELETED
+            for c in self.containers.values()
+        ):
             context.abort(grpc.StatusCode.ALREADY_EXISTS, f'container "{request.name}"')
         uid = f"c-{len(self.containers) + 1}"
         c = cpb.Container(
@@ -137,8 +170,7 @@ class FakeController(
         )
         self.containers[uid] = c
         self.by_request[request.request_id] = uid
-        event_type = cpb.EVENT_TYPE_CONTAINER_CHANGED
-        self.events.append(cpb.WatchResponse(revision=len(self.events) + 1, type=event_type, container=c))
+        self._event(container=c)
         return cpb.CreateContainerResponse(container=c)
 
     def GetContainer(self, request, context):  # type: ignore[no-untyped-def]
@@ -166,7 +198,15 @@ class FakeController(
     def StopContainer(self, request, context):  # type: ignore[no-untyped-def]
         self._enter("StopContainer", request, context)
         c = self._container(request.container, context)
+        # Like the controller: every member gets SIGTERM (then SIGKILL) and the container is gone.
+        for p in self.processes.values():
+            if p.container_uid == c.uid and p.state == cpb.PROCESS_STATE_RUNNING:
+                p.state, p.exit_code, p.signal = cpb.PROCESS_STATE_EXITED, -1, 15
+                p.exit_time.CopyFrom(_now())
+                self._event(process=p)
+        c.running_processes = 0
         c.state = cpb.CONTAINER_STATE_STOPPED
+        self._event(container=c)
         return cpb.StopContainerResponse(container=c)
 
     def DeleteContainer(self, request, context):  # type: ignore[no-untyped-def]
@@ -175,6 +215,7 @@ class FakeController(
         if c.running_processes and not request.force:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'container "{c.name}" has running processes')
         c.state = cpb.CONTAINER_STATE_DELETED
+        self._event(container=c)
         return cpb.DeleteContainerResponse(container=c)
 
     def Exec(self, request, context):  # type: ignore[no-untyped-def]
@@ -183,6 +224,9 @@ class FakeController(
         key = "exec/" + request.request_id
         if key in self.by_request:
             return cpb.ExecResponse(process=self.processes[self.by_request[key]])
+        if c.state not in (cpb.CONTAINER_STATE_CREATED, cpb.CONTAINER_STATE_RUNNING):
+            state = cpb.ContainerState.Name(c.state).removeprefix("CONTAINER_STATE_")
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'container "{c.name}" is {state}')
         uid = f"p-{len(self.processes) + 1}"
         argv = list(request.argv)
         p = cpb.Process(
@@ -197,6 +241,7 @@ class FakeController(
         )
         out = cpb.LOG_STREAM_STDOUT
         logs: list[cpb.StreamLogsResponse] = []
+        running = True
         if argv[0] == "echo":
             logs.append(cpb.StreamLogsResponse(stream=out, data=(" ".join(argv[1:]) + "\n").encode()))
         elif argv[0] == "env":
@@ -212,12 +257,16 @@ class FakeController(
         elif argv[0] in ("sleep", "hang"):
             p.state = cpb.PROCESS_STATE_RUNNING
             c.running_processes += 1
+            running = c.state == cpb.CONTAINER_STATE_RUNNING
             c.state = cpb.CONTAINER_STATE_RUNNING
         if p.state == cpb.PROCESS_STATE_EXITED:
             p.exit_time.CopyFrom(_now())
         self.processes[uid] = p
         self.logs[uid] = logs
         self.by_request[key] = uid
+        self._event(process=p)
+        if c.state == cpb.CONTAINER_STATE_RUNNING and not running:
+            self._event(container=c)  # CREATED -> RUNNING with its first running process
         return cpb.ExecResponse(process=p)
 
     def GetProcess(self, request, context):  # type: ignore[no-untyped-def]
@@ -246,6 +295,7 @@ class FakeController(
         if p.state != cpb.PROCESS_STATE_RUNNING:
             context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'process "{p.uid}" is not running')
         p.state, p.exit_code, p.signal = cpb.PROCESS_STATE_EXITED, -1, request.signal
+        self._event(process=p)
         return cpb.SignalProcessResponse(process=p)
 
     def StreamLogs(self, request, context):  # type: ignore[no-untyped-def]

@@ -92,19 +92,21 @@ def test_events(chital, fake: FakeController) -> None:
     chital("run", "-d", "--name", "z", "--", "sleep")
     chital("run", "-d", "--name", "a", "--", "sleep")
     chital("run", "-d", "--name", "b", "--", "sleep")
-    code, out, _ = chital("events", "--since", "1", "-n", "2")
+    # Each run: the container (CREATED), its process, the container again (RUNNING).
+    code, out, _ = chital("events", "--since", "3", "-n", "2")
     lines = out.splitlines()
     assert code == 0 and lines[0].split()[:4] == ["TIME", "REVISION", "KIND", "CONTAINER"]
-    assert [line.split()[1:4] for line in lines[1:]] == [["2", "container", "a"], ["3", "container", "b"]]
+    assert [line.split()[1:4] for line in lines[1:]] == [["4", "container", "a"], ["5", "process", "a"]]
     # JSON Lines, one event each.
-    code, out, _ = chital("events", "-o", "json", "--since", "2", "-n", "1")
+    code, out, _ = chital("events", "-o", "json", "--since", "6", "-n", "1")
     assert [json.loads(line)["container"]["name"] for line in out.splitlines()] == ["b"]
     # The container filter is the controller's; the kind filter is ours.
     code, out, _ = chital("events", "--container", "a", "--since", "1", "-n", "1", "-o", "json")
     assert code == 0 and [json.loads(line)["container"]["name"] for line in out.splitlines()] == ["a"]
     assert fake.requests["Watch"][-1].container == "a"
     fake.watch_ends = True  # as a controller shutting down: the stream ends after the replay
-    assert chital("events", "--kind", "process", "-o", "json", "--since", "1") == (0, "", "")
+    code, out, _ = chital("events", "--kind", "process", "-o", "json", "--since", "1")
+    assert code == 0 and [json.loads(line)["revision"] for line in out.splitlines()] == [2, 5, 8]
     code, out, _ = chital("events", "--host", "10.0.0.9:7444")
     assert code == 1 and "not found" in _  # hosts are checked before watching
     assert chital("events", "--kind", "volume")[0] == 2
@@ -134,7 +136,7 @@ def test_run_rm_interrupted_stops_then_deletes(target: str, fake: FakeController
     assert "keeps running" not in err
     assert err.splitlines() == [
         "chital: interrupted: stopping process p-1 (SIGTERM, then SIGKILL after 2 s)",
-        "chital: process p-1 was still running, killed with the container; deleted container tmp",
+        "chital: process p-1 ended (SIGTERM); deleted container tmp",
         "chital: interrupted",
     ]
     (stop,) = fake.requests["StopContainer"]

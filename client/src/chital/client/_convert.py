@@ -131,6 +131,9 @@ def container_from_pb(m: cpb.Container) -> Container:
             host_network=m.sandbox.host_network,
         ),
         effective_deny_syscalls=tuple(m.effective_deny_syscalls),
+        restart_policy=restart_policy_from_pb(m.restart_policy),
+        max_restarts=m.max_restarts,
+        restart_count=m.restart_count,
     )
 
 
@@ -264,3 +267,28 @@ def identity_from_pb(m: apb.WhoAmIResponse) -> Identity:
     return Identity(
         name=m.name, role=m.role, auth_method=m.auth_method, principal=m.principal, token_id=m.token_id
     )
+
+
+_RESTART_POLICIES = {
+    "never": cpb.RESTART_POLICY_NEVER,
+    "on-failure": cpb.RESTART_POLICY_ON_FAILURE,
+    "always": cpb.RESTART_POLICY_ALWAYS,
+}
+
+
+def restart_policy_to_pb(policy: str) -> cpb.RestartPolicy.ValueType:
+    """RestartPolicy for "never", "on-failure" or "always"; anything else is a ValueError."""
+    try:
+        return _RESTART_POLICIES[policy]
+    except KeyError:
+        raise ValueError(
+            f"restart_policy must be one of {', '.join(_RESTART_POLICIES)}, not {policy!r}"
+        ) from None
+
+
+def restart_policy_from_pb(value: int) -> str:
+    """The name of a RestartPolicy (unspecified: "never")."""
+    for name, number in _RESTART_POLICIES.items():
+        if number == value:
+            return name
+    return "never"

@@ -107,6 +107,8 @@ def create_container(
     deny_syscalls: Sequence[str],
     host: str,
     sandbox: Sandbox | None,
+    restart_policy: str = "never",
+    max_restarts: int = 0,
 ) -> Call[Container]:
     """CreateContainer, with a fresh uuid4 request id unless one is given."""
     request = cpb.CreateContainerRequest(
@@ -118,6 +120,8 @@ def create_container(
         deny_syscalls=list(deny_syscalls),
         host=host,
         sandbox=conv.sandbox_to_pb(sandbox or Sandbox()),
+        restart_policy=conv.restart_policy_to_pb(restart_policy),
+        max_restarts=max_restarts,
     )
     return Call(CONTAINERS, "CreateContainer", request, _container)
 

@@ -111,6 +111,12 @@ class Container:
     effective_deny_syscalls: tuple[str, ...] = ()
     """What the host's module denies: its default list, plus ``deny_syscalls``, minus the
     sandbox's ``allow_syscalls`` (empty until the container exists on its host)."""
+    restart_policy: str = "never"
+    """What happens when its host loses it: "never", "on-failure" (at most ``max_restarts``
+    times; 0: no limit) or "always": created again, empty, on another ready host."""
+    max_restarts: int = 0
+    restart_count: int = 0
+    """How many times its restart policy placed it again."""
 
 
 @dataclass(frozen=True)

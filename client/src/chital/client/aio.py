@@ -168,6 +168,8 @@ class AsyncClient(_base.ClientBase):
         host: str = "",
         sandbox: Sandbox | None = None,
         timeout: float | None = None,
+        restart_policy: str = "never",
+        max_restarts: int = 0,
     ) -> Container:
         """Create a container named ``name`` and return it.
 
@@ -175,6 +177,9 @@ class AsyncClient(_base.ClientBase):
         create is never done twice. ``host`` pins the container to a host (id or address).
         ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
         the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
+        ``restart_policy`` ("never", "on-failure" with at most ``max_restarts`` restarts, or
+        "always") says whether the container is created again on another host when its host is
+        lost (see the lifecycle page of the docs).
 
         If the host refuses the container, this raises the host's error (for example
         :class:`InvalidArgument` for a root that is not a directory); the container is kept as
@@ -189,6 +194,8 @@ class AsyncClient(_base.ClientBase):
             deny_syscalls=deny_syscalls,
             host=host,
             sandbox=sandbox,
+            restart_policy=restart_policy,
+            max_restarts=max_restarts,
         )
         return await self._call(call, timeout)
 

@@ -116,6 +116,13 @@ class ContainerRow(Base):
     # The host the client asked for (id or address, empty: placed by the controller).
     requested_host: Mapped[str] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16))
+    # latest. Persisted, so a restarted controller keeps it.
+    # never | on-failure | always (lifecycle.RestartPolicy), the most restarts on-failure allows
+    # (0: no limit), how often it was placed again, and when the next attempt is due (NULL: none).
+    restart_policy: Mapped[str] = mapped_column(sa.String(16), default="never")
+    max_restarts: Mapped[int] = mapped_column(sa.Integer, default=0)
+    restart_count: Mapped[int] = mapped_column(sa.Integer, default=0)
+    restart_at: Mapped[datetime | None]
     host_id: Mapped[str | None] = mapped_column(sa.String(64), sa.ForeignKey("hosts.id"))
     message: Mapped[str] = mapped_column(sa.Text)
     created: Mapped[datetime]

@@ -208,6 +208,10 @@ class ContainerSpec:
     deny_syscalls: tuple[str, ...] = ()
     host: str = ""
     sandbox: SandboxRecord = SandboxRecord()
+    # What happens when its host loses it (lifecycle.RestartPolicy): "never", "on-failure" (at
+    # most max_restarts times; 0: no limit) or "always": placed again on a ready host.
+    restart_policy: str = "never"
+    max_restarts: int = 0
 
 
 @dataclass(frozen=True)
@@ -234,6 +238,12 @@ class ContainerRecord:
     # What the host's module enforces (its default list, plus deny_syscalls, minus the sandbox's
     # relaxations); empty until the container exists on its host.
     effective_deny_syscalls: tuple[str, ...] = ()
+    # Its restart policy (see ContainerSpec), how often it was placed again, and when the next
+    # attempt is due (persisted: a restarted controller keeps the backoff); None: none due.
+    restart_policy: str = "never"
+    max_restarts: int = 0
+    restart_count: int = 0
+    restart_at: datetime | None = None
 
     def matches(self, spec: ContainerSpec) -> bool:
         """Whether a retried create asks for the same container."""
@@ -245,6 +255,8 @@ class ContainerRecord:
             and self.deny_syscalls == tuple(spec.deny_syscalls)
             and self.requested_host == spec.host
             and self.sandbox == spec.sandbox
+            and self.restart_policy == spec.restart_policy
+            and self.max_restarts == spec.max_restarts
         )
 
 
@@ -372,6 +384,10 @@ def container_from_json(data: dict[str, Any]) -> ContainerRecord:
         running_processes=data["running_processes"],
         sandbox=SandboxRecord.from_json(data.get("sandbox")),
         effective_deny_syscalls=tuple(data.get("effective_deny_syscalls", ())),
+        restart_policy=data.get("restart_policy", "never"),
+        max_restarts=data.get("max_restarts", 0),
+        restart_count=data.get("restart_count", 0),
+        restart_at=_time(data.get("restart_at")),
     )
 
 

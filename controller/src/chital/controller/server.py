@@ -44,6 +44,7 @@ from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.reconcile import Reconciler
 from chital.controller.records import HostHealth
+from chital.controller.restarts import Restarter
 from chital.controller.retention import RetentionJanitor, RetentionPass, RetentionPolicy
 from chital.controller.rollout_service import RolloutServicer
 from chital.controller.rollouts import Rollouts, RolloutSettings
@@ -207,8 +208,7 @@ class ControllerServer:
         )
         # Per-host reconcilers: each agent's Sync compared with the database (see hostsync.py).
         self.syncer = HostSyncer(self.store, self.pool, clock, metrics=self.metrics)
-        self.monitor.syncer = self.syncer
-        self.ingestor.syncer = self.syncer
+        self.monitor.syncer = self.ingestor.syncer = self.syncer
 
         def state_source() -> tuple[list[Any], dict[str, int], dict[str, int], dict[str, float]]:
             hosts, containers, processes = self.store.count_by_state()
@@ -235,6 +235,10 @@ class ControllerServer:
             metrics=self.metrics,
             interval=config.reconcile_interval,
             min_age=config.reconcile_min_age,
+        )
+        # Restart policies: LOST containers placed again on a ready host (see restarts.py).
+        self.restarter = Restarter(
+            self.store, self.containers, clock, metrics=self.metrics, lost_hooks=self.syncer.on_lost
         )
         self.retention = RetentionJanitor(self.store, config.retention, clock, on_pass=self._retention_done)
         self.hosts = Hosts(self.store, self.pool, self.monitor, self.containers, clock=clock, new_id=new_id)
@@ -307,6 +311,7 @@ class ControllerServer:
             self.discovery.start()
         self.monitor.start()
         self.reconciler.start()
+        self.restarter.start()
         self.rollouts.start()
         self.retention.start()
         for name in (
@@ -403,6 +408,7 @@ class ControllerServer:
         self.monitor.stop()
         self.syncer.stop()
         self.reconciler.stop()
+        self.restarter.stop()
         self.retention.stop()
         if self.discovery is not None:
             self.discovery.stop()

@@ -7,6 +7,8 @@ as errdefs exceptions and mapped to status codes by :class:`chital.errdefs.grpc.
 # ruff: noqa: N802 - gRPC servicer methods carry the RPC names from the proto.
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -67,6 +69,19 @@ def _enum_name(enum: Any, value: int, field: str, prefix: str) -> str | None:
     return None if short == "UNSPECIFIED" else short
 
 
+_RESTART_POLICY_PB = {
+    "never": container_pb2.RESTART_POLICY_NEVER,
+    "on-failure": container_pb2.RESTART_POLICY_ON_FAILURE,
+    "always": container_pb2.RESTART_POLICY_ALWAYS,
+}
+
+
+def restart_policy_from_pb(value: int) -> str:
+    """The stored restart policy of a request's RestartPolicy (unspecified: never)."""
+    name = _enum_name(container_pb2.RestartPolicy, value, "restart_policy", "RESTART_POLICY_")
+    return "never" if name is None else name.lower().replace("_", "-")
+
+
 def container_to_pb(c: ContainerRecord) -> container_pb2.Container:
     """A record as a message."""
     return container_pb2.Container(
@@ -95,6 +110,9 @@ def container_to_pb(c: ContainerRecord) -> container_pb2.Container:
             allow_host_root=c.sandbox.allow_host_root,
         ),
         effective_deny_syscalls=list(c.effective_deny_syscalls),
+        restart_policy=_RESTART_POLICY_PB[c.restart_policy],
+        max_restarts=c.max_restarts,
+        restart_count=c.restart_count,
     )
 
 
@@ -154,11 +172,36 @@ def host_to_pb(h: HostRecord) -> host_pb2.Host:
     )
 
 
+class EventMessages:
+    """The message of each recent event, made once for all the watchers that send it (converting
+    costs far more than serializing: with many watchers, once per watcher was most of the work).
+    The messages are shared: nothing may change them after :meth:`get` returns them."""
+
+    def __init__(self, size: int = 4096) -> None:
+        self._size = size
+        self._lock = threading.Lock()
+        self._messages: OrderedDict[int, container_pb2.WatchResponse] = OrderedDict()
+
+    def get(self, event: EventRecord) -> container_pb2.WatchResponse:
+        """The message of ``event`` (revisions are unique: one message per revision)."""
+        with self._lock:
+            message = self._messages.get(event.revision)
+        if message is not None:
+            return message
+        message = event_to_pb(event)
+        with self._lock:
+            self._messages[event.revision] = message
+            while len(self._messages) > self._size:
+                self._messages.popitem(last=False)
+        return message
+
+
 class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
     """chital.api.container.v1.ContainerService."""
 
     def __init__(self, containers: Containers) -> None:
         self._containers = containers
+        self._event_messages = EventMessages()
 
     def CreateContainer(self, request: Any, context: grpc.ServicerContext) -> Any:
         spec = ContainerSpec(
@@ -179,6 +222,8 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
                 host_network=request.sandbox.host_network,
                 allow_host_root=request.sandbox.allow_host_root,
             ),
+            restart_policy=restart_policy_from_pb(request.restart_policy),
+            max_restarts=request.max_restarts,
         )
         principal = current_principal()
         admin = principal is not None and principal.role == "admin"
@@ -285,7 +330,7 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             if isinstance(item, WatchHeartbeat):
                 yield container_pb2.WatchResponse(revision=item.revision, heartbeat=True)
             else:
-                yield event_to_pb(item)
+                yield self._event_messages.get(item)
 
 
 class HostServicer(host_pb2_grpc.HostServiceServicer):

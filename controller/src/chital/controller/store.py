@@ -294,6 +294,10 @@ class Store:
             running_processes=running,
             sandbox=SandboxRecord.from_json(row.sandbox),
             effective_deny_syscalls=tuple(row.effective_deny_syscalls),
+            restart_policy=row.restart_policy,
+            max_restarts=row.max_restarts,
+            restart_count=row.restart_count,
+            restart_at=row.restart_at,
         )
 
     def _container(self, session: Session, row: ContainerRow) -> ContainerRecord:
@@ -618,6 +622,10 @@ class Store:
                     sandbox=spec.sandbox.to_json(),
                     effective_deny_syscalls=[],
                     requested_host=spec.host,
+                    restart_policy=spec.restart_policy,
+                    max_restarts=spec.max_restarts,
+                    restart_count=0,
+                    restart_at=None,
                     state=ContainerRecordState.PENDING.value,
                     host_id=host_id,
                     message="",
@@ -1036,6 +1044,106 @@ class Store:
                 self._refresh_running(session, changes, row.container_uid, now)
                 count += 1
         return count
+
+    # -- restarts (chital.controller.restarts) -------------------------------------------------
+
+    def restart_work(self, limit: int) -> tuple[list[ContainerRecord], datetime | None]:
+        """LOST containers, not pinned to a host, whose restart policy allows another attempt
+        (``always``, or ``on-failure`` below its maximum): those with no attempt scheduled yet
+        (up to ``limit``), and the time the earliest scheduled attempt is due."""
+        with self._read() as session:
+            spent = sa.and_(
+                ContainerRow.restart_policy == "on-failure",
+                ContainerRow.max_restarts > 0,
+                ContainerRow.restart_count >= ContainerRow.max_restarts,
+            )
+            lost = (
+                ContainerRow.state == ContainerRecordState.LOST.value,
+                ContainerRow.restart_policy != "never",
+                ContainerRow.requested_host == "",  # pinned by the client: never moved
+                sa.not_(spent),
+            )
+            rows = session.scalars(
+                sa.select(ContainerRow)
+                .where(*lost, ContainerRow.restart_at.is_(None))
+                .order_by(ContainerRow.updated)
+                .limit(limit)
+            ).all()
+            due = session.scalar(sa.select(sa.func.min(ContainerRow.restart_at)).where(*lost))
+            return self._containers(session, rows), due
+
+    def due_restarts(self, now: datetime, limit: int) -> list[ContainerRecord]:
+        """LOST containers whose scheduled restart attempt is due at ``now``, earliest first."""
+        with self._read() as session:
+            rows = session.scalars(
+                sa.select(ContainerRow)
+                .where(
+                    ContainerRow.state == ContainerRecordState.LOST.value,
+                    ContainerRow.restart_at.is_not(None),
+                    ContainerRow.restart_at <= now,
+                )
+                .order_by(ContainerRow.restart_at)
+                .limit(limit)
+            ).all()
+            return self._containers(session, rows)
+
+    def schedule_restart(self, uid: str, at: datetime, now: datetime) -> ContainerRecord:
+        """Persist when the next restart attempt of a LOST container is due."""
+        with self._write() as (session, changes):
+            row = self._container_row(session, uid, lock=True)
+            if row.state == ContainerRecordState.LOST.value and row.restart_at != at:
+                row.restart_at = at
+                row.updated = now
+                row.revision += 1
+                session.flush()
+                self._event(session, changes, self._container(session, row), now)
+            return self._container(session, row)
+
+    def place_again(
+        self, uid: str, now: datetime, choose_host: Callable[[list[Candidate]], str]
+    ) -> ContainerRecord:
+        """LOST -> PENDING on the host ``choose_host`` picks among the others (restart policy):
+        the restart count goes up and no attempt is scheduled any more. FailedPrecondition if the
+        container is no longer LOST; the chooser's error (no ready host) leaves it LOST."""
+        with self._write() as (session, changes):
+            row = self._container_row(session, uid, lock=True)
+            lifecycle.check_container(row.name, ContainerRecordState(row.state), ContainerRecordState.PENDING)
+            hosts = list(
+                session.scalars(
+                    sa.select(HostRow)
+                    .where(HostRow.id != (row.host_id or ""))
+                    .order_by(HostRow.created, HostRow.id)
+                    .with_for_update()
+                )
+            )
+            counts = self._count_placed(session, [h.id for h in hosts])
+            host_id = choose_host(
+                [
+                    Candidate(
+                        host_id=h.id,
+                        address=h.address,
+                        schedulable=h.state == HostHealth.READY.value
+                        and h.admin_state == AdminState.ACTIVE.value,
+                        max_containers=h.max_containers,
+                        container_count=counts.get(h.id, 0),
+                        created=h.created,
+                    )
+                    for h in hosts
+                ]
+            )
+            row.host_id = host_id
+            row.restart_count += 1
+            row.restart_at = None
+            row.effective_deny_syscalls = []
+            self._set_state(
+                session,
+                changes,
+                row,
+                ContainerRecordState.PENDING,
+                message=f"placed again after it was lost (restart {row.restart_count})",
+                now=now,
+            )
+            return self._container(session, row)
 
     def apply_synced_processes(
         self, host_id: str, observed: Sequence[AgentEventRecord], now: datetime

@@ -21,6 +21,37 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _RestartPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RestartPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RestartPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RESTART_POLICY_UNSPECIFIED: _RestartPolicy.ValueType  # 0
+    """The default: NEVER."""
+    RESTART_POLICY_NEVER: _RestartPolicy.ValueType  # 1
+    """It stays LOST."""
+    RESTART_POLICY_ON_FAILURE: _RestartPolicy.ValueType  # 2
+    """Placed again at most max_restarts times (0: no limit)."""
+    RESTART_POLICY_ALWAYS: _RestartPolicy.ValueType  # 3
+    """Placed again every time."""
+
+class RestartPolicy(_RestartPolicy, metaclass=_RestartPolicyEnumTypeWrapper):
+    """RestartPolicy says whether a container that its host lost (LOST) is created again, empty, on
+    another ready host. Attempts back off exponentially (1 s, doubling, at most 5 minutes). A
+    container pinned to a host (CreateContainerRequest.host) is never moved.
+    """
+
+RESTART_POLICY_UNSPECIFIED: RestartPolicy.ValueType  # 0
+"""The default: NEVER."""
+RESTART_POLICY_NEVER: RestartPolicy.ValueType  # 1
+"""It stays LOST."""
+RESTART_POLICY_ON_FAILURE: RestartPolicy.ValueType  # 2
+"""Placed again at most max_restarts times (0: no limit)."""
+RESTART_POLICY_ALWAYS: RestartPolicy.ValueType  # 3
+"""Placed again every time."""
+Global___RestartPolicy: _TypeAlias = RestartPolicy  # noqa: Y015
+
 class _ContainerState:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -245,6 +276,9 @@ class Container(_message.Message):
     RUNNING_PROCESSES_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
     EFFECTIVE_DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
+    RESTART_COUNT_FIELD_NUMBER: _builtins.int
     uid: _builtins.str
     name: _builtins.str
     state: Global___ContainerState.ValueType
@@ -258,6 +292,10 @@ class Container(_message.Message):
     """Why the container is in its state (for FAILED and LOST)."""
     running_processes: _builtins.int
     """Number of processes that run now."""
+    restart_policy: Global___RestartPolicy.ValueType
+    max_restarts: _builtins.int
+    restart_count: _builtins.int
+    """How many times the restart policy placed it again."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -296,10 +334,13 @@ class Container(_message.Message):
         running_processes: _builtins.int = ...,
         sandbox: Global___Sandbox | None = ...,
         effective_deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
+        restart_policy: Global___RestartPolicy.ValueType = ...,
+        max_restarts: _builtins.int = ...,
+        restart_count: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits", "sandbox", b"sandbox", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deny_syscalls", b"deny_syscalls", "effective_deny_syscalls", b"effective_deny_syscalls", "host_address", b"host_address", "host_id", b"host_id", "labels", b"labels", "limits", b"limits", "message", b"message", "name", b"name", "root", b"root", "running_processes", b"running_processes", "sandbox", b"sandbox", "state", b"state", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deny_syscalls", b"deny_syscalls", "effective_deny_syscalls", b"effective_deny_syscalls", "host_address", b"host_address", "host_id", b"host_id", "labels", b"labels", "limits", b"limits", "max_restarts", b"max_restarts", "message", b"message", "name", b"name", "restart_count", b"restart_count", "restart_policy", b"restart_policy", "root", b"root", "running_processes", b"running_processes", "sandbox", b"sandbox", "state", b"state", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -430,6 +471,8 @@ class CreateContainerRequest(_message.Message):
     DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    RESTART_POLICY_FIELD_NUMBER: _builtins.int
+    MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Client-chosen idempotency key, 1-128 characters."""
     name: _builtins.str
@@ -439,6 +482,10 @@ class CreateContainerRequest(_message.Message):
     root: _builtins.str
     host: _builtins.str
     """Pin the container to this host (id or address); empty: the controller places it."""
+    restart_policy: Global___RestartPolicy.ValueType
+    """What happens when its host loses it (unspecified: NEVER)."""
+    max_restarts: _builtins.int
+    """ON_FAILURE: the most times it is placed again (0: no limit)."""
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]: ...
     @_builtins.property
@@ -460,10 +507,12 @@ class CreateContainerRequest(_message.Message):
         deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
         host: _builtins.str = ...,
         sandbox: Global___Sandbox | None = ...,
+        restart_policy: Global___RestartPolicy.ValueType = ...,
+        max_restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "host", b"host", "labels", b"labels", "limits", b"limits", "name", b"name", "request_id", b"request_id", "root", b"root", "sandbox", b"sandbox"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "host", b"host", "labels", b"labels", "limits", b"limits", "max_restarts", b"max_restarts", "name", b"name", "request_id", b"request_id", "restart_policy", b"restart_policy", "root", b"root", "sandbox", b"sandbox"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
