@@ -5,8 +5,10 @@ playbooks in a temporary playbooks directory, and inventories of ``ansible_conne
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from controller_fake_agent import RunningFakeAgent
 from controller_harness import BearerToken
 
 from chital.api.rollout.v1 import rollout_pb2, rollout_pb2_grpc
@@ -373,6 +376,60 @@ def test_a_restart_during_a_rollout_marks_it_interrupted(
     )
     second.stop()
     engine.dispose()
+
+
+def test_register_hosts_registers_the_agents_that_end_ok(api: Api) -> None:
+    """The playbook "installs" an agent (a fake agent already listening stands in for it); the
+    controller registers each chital_agents host that ended ok at its agent address and waits
+    until it is READY. Hosts outside chital_agents are not registered."""
+    agent = RunningFakeAgent("installed")
+    try:
+        inventory = (
+            "all:\n"
+            "  hosts:\n"
+            f"    tools: {{ansible_connection: local, ansible_python_interpreter: {sys.executable}}}\n"
+            "  children:\n"
+            "    chital_agents:\n"
+            "      hosts:\n"
+            f"        node1: {{ansible_connection: local, ansible_python_interpreter: {sys.executable},"
+            f" chital_agent_address: 127.0.0.1, chital_agent_port: {agent.port}}}\n"
+        )
+        started = api.start("ok.yml", inventory, register_hosts=True)
+        events = api.events(started.id)
+        assert events[-1].state == S.ROLLOUT_STATE_SUCCEEDED, events[-1].message
+        registered = [e for e in events if e.type == E.ROLLOUT_EVENT_TYPE_HOST_REGISTERED]
+        assert [e.host for e in registered] == ["node1"]
+        hosts = _hosts(api.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=started.id)).rollout)
+        host = api.controller.hosts.get(hosts["node1"].registered_host_id)
+        assert host.address == agent.address and host.health.value == "READY"
+        assert (
+            hosts["tools"].registered_host_id == ""
+            and hosts["tools"].status == H.ROLLOUT_HOST_STATUS_SUCCEEDED
+        )
+        assert [h.address for h in api.controller.store.all_hosts()] == [agent.address]
+    finally:
+        agent.stop()
+
+
+def test_register_hosts_fails_the_host_whose_agent_does_not_answer(api: Api) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    api.controller.rollouts.settings = dataclasses.replace(
+        api.controller.rollouts.settings, register_timeout=2.0
+    )
+    inventory = (
+        "[chital_agents]\n"
+        f"dead ansible_connection=local ansible_python_interpreter={sys.executable} "
+        f"chital_agent_address=127.0.0.1 chital_agent_port={port}\n"
+    )
+    started = api.start("ok.yml", inventory, register_hosts=True)
+    events = api.events(started.id)
+    assert events[-1].state == S.ROLLOUT_STATE_FAILED
+    rollout = api.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=started.id)).rollout
+    dead = _hosts(rollout)["dead"]
+    assert dead.status == H.ROLLOUT_HOST_STATUS_FAILED and "not READY" in dead.message
+    assert "registration failed on dead" in rollout.message
 
 
 # -- the chital CLI ----------------------------------------------------------------------------

@@ -675,6 +675,10 @@ class _Run:
 
     def _on_event(self, event: dict[str, Any]) -> None:
         name = event.get("event", "")
+        if not name and event.get("uuid"):
+            # ansible-runner could not read the event's data (its partial file): only stdout is left.
+            log.warning("rollout %s: event %s came without its data", self.id, event.get("counter"))
+            return
         data = event.get("event_data") or {}
         task = _short(data.get("task"))
         out: list[dict[str, Any]] = []
@@ -742,6 +746,14 @@ class _Run:
         ):
             for name, count in (data.get(key) or {}).items():
                 setattr(self.host(str(name)), attr, int(count))
+        # The recap also settles a host whose failure event was not seen.
+        for host in self.hosts.values():
+            if host.unreachable and host.status is not HostStatus.UNREACHABLE:
+                host.status = HostStatus.UNREACHABLE
+                host.message = host.message or "unreachable (from the recap)"
+            elif host.failed and host.status is not HostStatus.FAILED:
+                host.status = HostStatus.FAILED
+                host.message = host.message or "failed (from the recap)"
 
 
 class Rollouts:
