@@ -15,8 +15,8 @@ and at the latest ``interval`` (10 s) after the last round. So a controller that
 than ``interval`` still resumes overdue work at once after each start. While a round leaves work
 waiting (an unreachable host), the next one comes ``interval`` later.
 
-Not done yet: comparing the agent's Sync with the database (orphans on hosts, exits lost with an
-agent restart).
+Comparing each agent's Sync with the database (exits the event stream missed, orphans on hosts,
+what an agent lost) is the per-host reconcilers' work: :mod:`chital.controller.hostsync`.
 """
 
 from __future__ import annotations
