@@ -11,6 +11,7 @@ import pytest
 
 from chital.controller.agents import AgentProcessView, AgentSyncRecord
 from chital.controller.db import make_engine
+from chital.controller.events import EventIngestor
 from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.placement import choose_host
@@ -22,7 +23,7 @@ from chital.controller.records import (
     ProcessRecordState,
     ProcessSpec,
 )
-from chital.controller.store import Store
+from chital.controller.store import AgentEventRecord, Store
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 C = ContainerRecordState
@@ -240,3 +241,25 @@ def test_syncs_run_on_reconnection_and_when_the_state_hash_changes(
     assert syncer.wait_idle(10) and agent.syncs == 4
     syncer.request("h1", "a:1")  # EVENTS_DROPPED
     assert syncer.wait_idle(10) and agent.syncs == 5
+
+
+def test_the_event_stream_acts_on_dropped_denied_and_empty_events(store: Store, pool: FakePool) -> None:
+    """EVENTS_DROPPED syncs the host at once; SYSCALL_DENIED is counted; CONTAINER_EMPTY reaches
+    the hooks (a stop waiting for its members)."""
+    metrics = ControllerMetrics()
+    ingestor = EventIngestor(store, pool, lambda: T0, metrics=metrics)  # type: ignore[arg-type]
+    requested: list[tuple[str, str]] = []
+    emptied: list[tuple[str, str]] = []
+
+    class Syncer:
+        def request(self, host_id: str, address: str) -> None:
+            requested.append((host_id, address))
+
+    ingestor.syncer = Syncer()  # type: ignore[assignment]
+    ingestor.on_empty.append(lambda host_id, uid: emptied.append((host_id, uid)))
+    ingestor._react("h1", "a:1", AgentEventRecord(seq=1, kind="EVENTS_DROPPED", count=12))
+    ingestor._react("h1", "a:1", AgentEventRecord(seq=2, kind="SYSCALL_DENIED", count=3))
+    ingestor._react("h1", "a:1", AgentEventRecord(seq=3, kind="CONTAINER_EMPTY", container_uid="c1"))
+    assert requested == [("h1", "a:1")]
+    assert emptied == [("h1", "c1")]
+    assert metrics.registry.get_sample_value("chital_controller_denied_syscalls_total") == 3
