@@ -5,6 +5,7 @@ of destroyed containers."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ import pytest
 
 from chital.cli import main
 from chital.client import Client, ContainerState, NotFound, OutOfRange, ProcessState
+from chital.client.aio import AsyncClient
 from chital.devcluster.hollow import HollowFleet
 
 pytestmark = pytest.mark.timeout(240)
@@ -90,6 +92,16 @@ def resumed_after(client: Client, revision: int) -> int | None:
         return first if first > revision else None
 
 
+async def async_compacted_past(fleet: HollowFleet, revision: int) -> OutOfRange | None:
+    async with AsyncClient(**fleet.client_config.client_kwargs(), timeout=30.0) as client:
+        try:
+            async for _ in client.watch(since_revision=revision, timeout=30.0):
+                return None
+        except OutOfRange as exc:
+            return exc
+    return None
+
+
 def compacted_past(client: Client, revision: int) -> OutOfRange | None:
     try:
         first_revision(client, revision)
@@ -106,6 +118,9 @@ def test_watch_from_a_compacted_revision_is_out_of_range(
     exc = eventually(lambda: compacted_past(client, 1), "the events to be compacted")
     assert exc.compact_revision > 1
     assert "revision 1 has been compacted" in str(exc)
+    # The asyncio client raises the same, with the revision from the trailers.
+    aexc = asyncio.run(async_compacted_past(fleet, 1))
+    assert isinstance(aexc, OutOfRange) and aexc.compact_revision >= exc.compact_revision
     # From the compacted revision on nothing is missing: the next change arrives. (The janitor may
     # compact further meanwhile, with its window of a second: then go on from its new revision.)
     client.create_container("retention-after")
