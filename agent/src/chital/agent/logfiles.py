@@ -117,32 +117,39 @@ def rotate(path: str, limits: LogLimits) -> int:
     if not limits.max_bytes:
         return 0
     try:
+        # One stat for the common case: the live bytes are allocated, so a file whose size or
+        # disk use is under the cap has nothing to rotate (no open, no seek).
+        st = os.stat(path)
+        if min(st.st_size, st.st_blocks * 512) <= limits.max_bytes:
+            return 0
         fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
         return 0
     try:
-        st = os.fstat(fd)
-        start = data_start(fd)
-        if st.st_size - start <= limits.max_bytes:
-            return 0
-        block = st.st_blksize or 4096
-        cut = st.st_size // block * block
-        if cut <= start:
-            return 0
-        keep = limits.max_files > 1
-        if keep:
-            _shift(path, limits.max_files)
-            _copy_range(fd, start, cut, rotated_path(path, 1))
-        if _punch(fd, start, cut - start):
-            return cut - start
-        # No holes on this file system: copy everything and truncate (see the module docstring).
-        end = os.fstat(fd).st_size
-        if keep:
-            _copy_range(fd, start, end, rotated_path(path, 1))
-        os.ftruncate(fd, 0)
-        return end - start
+        return _rotate_open(fd, path, limits)
     finally:
         os.close(fd)
+
+
+def _rotate_open(fd: int, path: str, limits: LogLimits) -> int:
+    st = os.fstat(fd)
+    start = data_start(fd)
+    block = st.st_blksize or 4096
+    cut = st.st_size // block * block
+    if st.st_size - start <= limits.max_bytes or cut <= start:
+        return 0
+    keep = limits.max_files > 1
+    if keep:
+        _shift(path, limits.max_files)
+        _copy_range(fd, start, cut, rotated_path(path, 1))
+    if _punch(fd, start, cut - start):
+        return cut - start
+    # No holes on this file system: copy everything and truncate (see the module docstring).
+    end = os.fstat(fd).st_size
+    if keep:
+        _copy_range(fd, start, end, rotated_path(path, 1))
+    os.ftruncate(fd, 0)
+    return end - start
 
 
 class LogRotator:
