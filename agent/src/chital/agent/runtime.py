@@ -61,6 +61,7 @@ from .cgroup import CgroupManager
 from .device.base import ROOT_MAX, Device, DeviceEvent, EventKind, KernelContainerSpec, KernelLimits
 from .device.fake import FakeDevice
 from .dirs import DirReaper
+from .logwatch import LogWatch
 from .metrics import AgentMetrics
 from .policy import SandboxView
 from .process import ExitStatus, HolderSpec, LaunchSpec, ProcessRunner, decode_wait_status
@@ -504,6 +505,8 @@ class AgentRuntime:
         self._pump = threading.Thread(target=self._pump_loop, name="chital-event-pump", daemon=True)
         self._pump.start()
         self._rotator = logfiles.LogRotator(self._log_paths_to_cap, config.log_limits)
+        # One thread notices followed log files growing, for every `logs -f` (see logwatch.py).
+        self._log_watch = LogWatch()
 
     @property
     def sandboxed(self) -> bool:
@@ -521,6 +524,7 @@ class AgentRuntime:
         self._events.close()
         self._runner.close()
         self._rotator.close()
+        self._log_watch.close()
         self._dirs.close()
         self._pump.join(timeout=5)
 
@@ -1330,7 +1334,7 @@ class AgentRuntime:
             proc = self._processes.get(process_uid)
             if proc is None:
                 raise NotFound(f"process {process_uid[:80]!r} does not exist")
-        return _follow_logs(proc, follow, tail_lines, is_active, self._closed)
+        return _follow_logs(proc, follow, tail_lines, is_active, self._closed, watch=self._log_watch)
 
     def sync(self) -> SyncState:
         with self._lock:
@@ -1636,23 +1640,33 @@ def _follow_logs(
     tail_lines: int,
     is_active: Callable[[], bool],
     closed: threading.Event,
+    *,
+    watch: LogWatch,
 ) -> Iterator[LogChunkView]:
     streams = [("stdout", proc.stdout_path), ("stderr", proc.stderr_path)]
     offsets = {name: (_tail_offset(path, tail_lines) if tail_lines > 0 else 0) for name, path in streams}
-    while True:
-        exited = proc.exited.is_set()  # observed before reading: data written before exit gets drained
-        progressed = False
-        for name, path in streams:
-            try:
-                data, offsets[name] = logfiles.read_from(path, offsets[name], _CHUNK)
-            except FileNotFoundError:
+    # Following: the log watch wakes us when a file changes or the process exits; no polling here.
+    follower = watch.follow((proc.stdout_path, proc.stderr_path), proc.exited.is_set) if follow else None
+    try:
+        while True:
+            if follower is not None:
+                follower.wake.clear()  # before reading: a change after the read wakes us again
+            exited = proc.exited.is_set()  # observed before reading: data written before exit gets drained
+            progressed = False
+            for name, path in streams:
+                try:
+                    data, offsets[name] = logfiles.read_from(path, offsets[name], _CHUNK)
+                except FileNotFoundError:
+                    continue
+                if data:
+                    offsets[name] += len(data)
+                    progressed = True
+                    yield LogChunkView(stream=name, data=data)
+            if progressed:
                 continue
-            if data:
-                offsets[name] += len(data)
-                progressed = True
-                yield LogChunkView(stream=name, data=data)
-        if progressed:
-            continue
-        if not follow or exited or closed.is_set() or not is_active():
-            return
-        proc.exited.wait(0.1)
+            if follower is None or exited or closed.is_set() or not is_active():
+                return
+            follower.wake.wait(watch.idle_wake)
+    finally:
+        if follower is not None:
+            watch.unfollow(follower)
