@@ -201,19 +201,39 @@ def test_pids_limit_stops_a_fork_bomb(client: Client) -> None:
 def test_agent_kill9_loses_no_exit_and_duplicates_nothing(client: Client, fleet: QemuFleet) -> None:
     c = client.create_container(unique("k9"), root=BUSYBOX_ROOT, host=fleet.hosts[0].address)
     quick = [client.exec(c.uid, ["sh", "-c", f"sleep {4 + i}; exit {10 + i}"]) for i in range(3)]
+    term = client.exec(c.uid, ["sleep", "600"])
     long = client.exec(c.uid, ["sleep", "600"])
     fleet.kill_agent(0)
-    time.sleep(10)  # the quick ones exit while no agent runs: only the kernel saw them
+    # While no agent runs: the quick ones exit, one is killed by a signal; only the kernel sees it.
+    rc, out = fleet.run(0, f"kill -TERM {term.pid}")
+    assert rc == 0, out
+
+    def gone(pid: int) -> bool:
+        return fleet.run(0, f"test -d /proc/{pid}")[0] != 0
+
+    deadline = time.monotonic() + 120
+    while not all(gone(p.pid) for p in [*quick, term]):
+        assert time.monotonic() < deadline, "the quick programs did not end"
+        time.sleep(0.5)
     fleet.restart_agent(0)
     for i, p in enumerate(quick):
         done = client.wait_process(p.uid, timeout=120)
         assert done.state is ProcessState.EXITED, done
         assert done.exit_code == 10 + i
+    done = client.wait_process(term.uid, timeout=120)
+    assert (done.state, done.signal) == (ProcessState.EXITED, 15), done
     still = client.get_process(long.uid)
     assert still.state is ProcessState.RUNNING
     procs = list(client.list_processes(c.uid))
-    assert sorted(p.uid for p in procs) == sorted([*(p.uid for p in quick), long.uid])
+    assert sorted(p.uid for p in procs) == sorted([*(p.uid for p in quick), term.uid, long.uid])
+    # Nothing RUNNING that is not, and nothing left in the guest after the delete.
+    assert [p.uid for p in procs if p.state is ProcessState.RUNNING] == [long.uid]
+    assert not gone(long.pid)
     client.delete_container(c.uid, force=True)
+    deadline = time.monotonic() + 120
+    while not gone(long.pid):
+        assert time.monotonic() < deadline, "the container's last program still runs after the delete"
+        time.sleep(0.5)
 
 
 def test_powered_off_host_goes_not_ready_then_lost(client: Client, fleet: QemuFleet) -> None:
