@@ -10,15 +10,17 @@ How a rollout goes (docs/rollouts.md is the user's view):
    a PENDING rollout in one transaction, unless one of its machines (ansible_host, else the inventory
    name) belongs to a PENDING or RUNNING rollout: that is FAILED_PRECONDITION (refused, not queued,
    so that an operator never has a rollout start later than they expect).
-2. A bounded pool of worker threads runs ``ansible_runner.run`` (which forks and execs
-   ``ansible-playbook``; gRPC tolerates that) with the venv's ``bin`` first on PATH. Its events
+2. A bounded pool of worker threads each runs ``ansible_runner.run`` in a helper process,
+   :mod:`chital.controller.rollout_runner` (never in the controller's own process: see why there),
+   with the venv's ``bin`` first on PATH, and reads its events as JSON lines. The events
    update each host's progress and append to the rollout's event log, both in SQL. The log keeps at
    most ``max_events`` events per rollout: beyond that the oldest task events are deleted (STATE and
    STATS events stay) and counted in ``dropped_events``. ansible-runner's artifacts live under
    ``<state dir>/rollouts/runner/artifacts``, at most ``rotate_artifacts`` runs of them.
 3. The run's status and return code decide the end state: SUCCEEDED only for ``successful`` with
    rc 0 (a missing ansible-playbook is rc 127: FAILED with that said), CANCELLED after
-   :meth:`Rollouts.cancel` (ansible-runner's cancel callback stops the playbook), FAILED otherwise.
+   :meth:`Rollouts.cancel` (SIGTERM to the helper, whose ansible-runner stops the playbook's
+   process group), FAILED otherwise.
 4. With ``register_hosts``, every host of the ``chital_agents`` group that ended the playbook
    without failure is registered with the controller and must pass a health check (READY) within
    ``register_timeout``; otherwise the host and the rollout are FAILED. The playbooks are given
@@ -35,6 +37,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -656,6 +659,7 @@ class _Run:
         self.id = record.id
         self.hosts = {h.name: replace(h) for h in record.hosts}
         self.lock = threading.Lock()
+        self.runner_error = ""
 
     def host(self, name: str) -> RolloutHostRecord:
         if name not in self.hosts:  # a host added by add_host or a dynamic group
@@ -784,6 +788,7 @@ class Rollouts:
         self._start_lock = threading.Lock()
         self._changed = threading.Condition()
         self._version = 0  # bumped with every append by this process (wakes watchers)
+        self._cancels: dict[str, threading.Event] = {}  # running rollouts: set to cancel
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._work = Path(settings.work_dir)
@@ -803,6 +808,8 @@ class Rollouts:
     def stop(self) -> None:
         """Cancel the running playbooks and wait for the workers; what they leave is INTERRUPTED."""
         self._stopping.set()
+        for cancel in list(self._cancels.values()):
+            cancel.set()
         with self._changed:
             self._changed.notify_all()
         if self._pool is not None:
@@ -886,6 +893,9 @@ class Rollouts:
     def cancel(self, rollout_id: str) -> RolloutRecord:
         """Ask the worker to stop the rollout; an ended one is returned as it is."""
         record = self._store.request_cancel(rollout_id)
+        running = self._cancels.get(rollout_id)
+        if running is not None:
+            running.set()
         if record.state is RolloutState.PENDING:
             # Not started: ended here unless the worker took it meanwhile (then its cancel
             # callback sees the request). The worker skips a rollout that is no longer PENDING.
@@ -1047,9 +1057,6 @@ class Rollouts:
             shutil.rmtree(inventory_path.parent, ignore_errors=True)
 
     def _run_playbook(self, record: RolloutRecord, inventory_path: Path, inventory: _Inventory) -> None:
-        # Heavy, and only the worker needs it; ansible-runner ships no type information.
-        import ansible_runner  # type: ignore[import-untyped]  # noqa: PLC0415
-
         run = _Run(self, record)
         started = self._record_events(
             record.id,
@@ -1075,31 +1082,27 @@ class Rollouts:
             extra["chital_upgrade_batch_size"] = record.batch_size
         if record.register_hosts:
             extra["chital_register_hosts"] = False
-        cancelled = threading.Event()
-
-        def cancel_callback() -> bool:
-            if self._stopping.is_set() or self._store.cancel_requested(record.id):
-                cancelled.set()
-            return cancelled.is_set()
-
         runner_dir = self._work / "runner"
         runner_dir.mkdir(parents=True, exist_ok=True)
         env = ansible_env(self.settings.ansible_bin_dir)
-        result = ansible_runner.run(
-            private_data_dir=str(runner_dir),
-            project_dir=str(Path(self.settings.playbooks_dir).resolve()),
-            ident=record.id,
-            playbook=record.playbook,
-            inventory=str(inventory_path),
-            extravars=extra,
-            envvars={k: env[k] for k in env if k == "PATH" or k.startswith("ANSIBLE_")},
-            event_handler=run.on_event,
-            cancel_callback=cancel_callback,
-            rotate_artifacts=self.settings.rotate_artifacts,
-            quiet=True,
-            suppress_env_files=True,
-        )
-        status, rc = str(result.status), result.rc if result.rc is not None else -1
+        kwargs = {
+            "private_data_dir": str(runner_dir),
+            "project_dir": str(Path(self.settings.playbooks_dir).resolve()),
+            "ident": record.id,
+            "playbook": record.playbook,
+            "inventory": str(inventory_path),
+            "extravars": extra,
+            "envvars": {k: env[k] for k in env if k == "PATH" or k.startswith("ANSIBLE_")},
+            "rotate_artifacts": self.settings.rotate_artifacts,
+            "suppress_env_files": True,
+        }
+        cancelled = self._cancels.setdefault(record.id, threading.Event())
+        try:
+            status, rc = self._run_helper(
+                record.id, run, kwargs=kwargs, env=env, scratch=inventory_path.parent, cancelled=cancelled
+            )
+        finally:
+            self._cancels.pop(record.id, None)
         if status == "canceled" or cancelled.is_set():
             if self._stopping.is_set():
                 self._end(
@@ -1130,8 +1133,76 @@ class Rollouts:
                 return
         self._end(record.id, RolloutState.SUCCEEDED, "every host ok", run, return_code=rc)
 
+    def _run_helper(
+        self,
+        rollout_id: str,
+        run: _Run,
+        *,
+        kwargs: dict[str, Any],
+        env: dict[str, str],
+        scratch: Path,
+        cancelled: threading.Event,
+    ) -> tuple[str, int]:
+        """ansible-runner in :mod:`chital.controller.rollout_runner` (a process of its own: see why
+        there); its events go to ``run``. SIGTERM cancels it. Returns (status, rc)."""
+        stderr_path = scratch / "runner.stderr"
+        with open(stderr_path, "w", encoding="utf-8") as stderr:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "chital.controller.rollout_runner"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=stderr,
+                text=True,
+                env=env,
+                cwd=str(self._work),
+                start_new_session=True,  # a Ctrl-C of the controller's terminal is not a cancel
+            )
+        done = threading.Event()
+
+        def cancel_when_asked() -> None:
+            # Woken by cancel() and stop() of this controller; the database covers the others.
+            while not done.is_set():
+                if cancelled.wait(1.0) or self._stopping.is_set() or self._store.cancel_requested(rollout_id):
+                    cancelled.set()
+                    if not done.is_set():
+                        proc.send_signal(signal.SIGTERM)
+                    return
+
+        watcher = threading.Thread(
+            target=cancel_when_asked, name=f"rollout-cancel-{rollout_id[:8]}", daemon=True
+        )
+        watcher.start()
+        result: dict[str, Any] | None = None
+        try:
+            assert proc.stdin is not None and proc.stdout is not None
+            proc.stdin.write(json.dumps(kwargs))
+            proc.stdin.close()
+            for line in proc.stdout:
+                try:
+                    message = json.loads(line)
+                except json.JSONDecodeError:
+                    log.warning("rollout %s: the runner printed %r", rollout_id, line[:200])
+                    continue
+                if "result" in message:
+                    result = message["result"]
+                else:
+                    run.on_event(message)
+        finally:
+            proc.wait()
+            done.set()
+            watcher.join(timeout=5)
+        if result is None:
+            # The helper itself failed (ansible-runner missing, a crash): its last words say why.
+            tail = stderr_path.read_text(encoding="utf-8", errors="replace").strip().splitlines()[-3:]
+            run.runner_error = _short(" ".join(tail)) or f"the rollout runner exited with {proc.returncode}"
+            return "failed", proc.returncode
+        rc = result.get("rc")
+        return str(result.get("status")), int(rc) if isinstance(rc, int) else -1
+
     @staticmethod
     def _failure_message(run: _Run, status: str, rc: int) -> str:
+        if run.runner_error:
+            return f"the rollout runner failed: {run.runner_error}"
         if rc == 127:
             return "ansible-playbook was not found (rc 127): install ansible-core with the controller"
         bad = [h.name for h in run.hosts.values() if h.status in (HostStatus.FAILED, HostStatus.UNREACHABLE)]
