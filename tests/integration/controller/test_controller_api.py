@@ -42,6 +42,8 @@ def register_all(cluster: Cluster) -> list[Any]:
 
 
 def create(cluster: Cluster, name: str, request_id: str | None = None, **kw: Any) -> Any:
+    """Create and wait for the host's create (the call returns CREATED, or the host's error)."""
+    kw.setdefault("wait", True)
     req = cpb.CreateContainerRequest(request_id=request_id or f"req-{name}", name=name, **kw)
     return cluster.containers.CreateContainer(req, timeout=T).container
 
@@ -53,6 +55,21 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 5.0) -> None:
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def settled(cluster: Cluster, ref: str, *states: int, timeout: float = 30.0) -> Any:
+    """The container once it is in one of ``states`` (stops and deletes are carried out after the
+    call returns)."""
+    found: list[Any] = []
+
+    def check() -> bool:
+        found[:] = [
+            cluster.containers.GetContainer(cpb.GetContainerRequest(container=ref), timeout=T).container
+        ]
+        return found[0].state in states
+
+    wait_for(check, timeout)
+    return found[0]
 
 
 def test_containers_spread_over_hosts(cluster: Cluster) -> None:
@@ -86,6 +103,41 @@ def test_create_is_idempotent_by_request_id(cluster: Cluster) -> None:
         with pytest.raises(grpc.RpcError) as err:
             create(cluster, name, rid)
         assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+def test_request_id_is_optional_and_then_a_call_is_not_idempotent(cluster: Cluster) -> None:
+    """AIP-155: without a request_id every create and exec makes a new one; with one, a retry
+    (even one that does not wait) returns the first and makes nothing new."""
+    register_all(cluster)
+
+    def create_without_id(name: str, wait: bool = True) -> Any:
+        req = cpb.CreateContainerRequest(name=name, wait=wait)
+        return cluster.containers.CreateContainer(req, timeout=T).container
+
+    a = create_without_id("anon-a")
+    b = create_without_id("anon-b")
+    assert a.uid != b.uid and {a.state, b.state} == {cpb.CONTAINER_STATE_CREATED}
+    # Not idempotent: the same call again is a second create, refused here by the name only.
+    with pytest.raises(grpc.RpcError) as err:
+        create_without_id("anon-a")
+    assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
+    assert sum(x.agent.calls["CreateContainer"] for x in cluster.agents) == 2
+
+    def exec_(request_id: str, wait: bool = True) -> Any:
+        req = cpb.ExecRequest(container=a.uid, request_id=request_id, argv=["sleep", "inf"], wait=wait)
+        return cluster.containers.Exec(req, timeout=T).process
+
+    p1, p2 = exec_(""), exec_("")
+    assert p1.uid != p2.uid  # two processes
+    q1, q2 = exec_("q", wait=False), exec_("q")
+    assert q1.uid == q2.uid  # one process, however the retry waits
+    procs = cluster.containers.ListProcesses(cpb.ListProcessesRequest(container=a.uid), timeout=T).processes
+    assert sorted(p.uid for p in procs) == sorted({p1.uid, p2.uid, q1.uid})
+    # A create that does not wait, retried with its request_id: the same container, created once.
+    first = create(cluster, "keyed", "k1", wait=False)
+    again = create(cluster, "keyed", "k1")
+    assert again.uid == first.uid and again.state == cpb.CONTAINER_STATE_CREATED
+    assert sum(x.agent.calls["CreateContainer"] for x in cluster.agents) == 3
 
 
 def test_placement_capacity_and_cordon(cluster: Cluster) -> None:
@@ -164,7 +216,7 @@ BAD_CONTAINER_CALLS: list[tuple[str, str, Any, str]] = [
     (
         "user id out of range",
         "Exec",
-        cpb.ExecRequest(container="web", request_id="u", argv=["true"], user_id=0xFFFFFFFF),
+        cpb.ExecRequest(wait=True, container="web", request_id="u", argv=["true"], user_id=0xFFFFFFFF),
         "INVALID_ARGUMENT",
     ),
     (
@@ -191,7 +243,12 @@ BAD_CONTAINER_CALLS: list[tuple[str, str, Any, str]] = [
         cpb.CreateContainerRequest(request_id="x", name="a/../b"),
         "INVALID_ARGUMENT",
     ),
-    ("no request id", "CreateContainer", cpb.CreateContainerRequest(name="ok"), "INVALID_ARGUMENT"),
+    (
+        "request id with a space",
+        "CreateContainer",
+        cpb.CreateContainerRequest(request_id="a b", name="ok"),
+        "INVALID_ARGUMENT",
+    ),
     (
         "long request id",
         "CreateContainer",
@@ -255,15 +312,25 @@ BAD_CONTAINER_CALLS: list[tuple[str, str, Any, str]] = [
     (
         "exec unknown container",
         "Exec",
-        cpb.ExecRequest(container="nope", request_id="e", argv=["x"]),
+        cpb.ExecRequest(wait=True, container="nope", request_id="e", argv=["x"]),
         "NOT_FOUND",
     ),
-    ("exec empty argv", "Exec", cpb.ExecRequest(container="web", request_id="e"), "INVALID_ARGUMENT"),
-    ("exec no request id", "Exec", cpb.ExecRequest(container="web", argv=["x"]), "INVALID_ARGUMENT"),
+    (
+        "exec empty argv",
+        "Exec",
+        cpb.ExecRequest(wait=True, container="web", request_id="e"),
+        "INVALID_ARGUMENT",
+    ),
+    (
+        "exec request id with a space",
+        "Exec",
+        cpb.ExecRequest(container="web", request_id="a b", argv=["x"]),
+        "INVALID_ARGUMENT",
+    ),
     (
         "exec dotdot cwd",
         "Exec",
-        cpb.ExecRequest(container="web", request_id="e", argv=["x"], cwd="/../x"),
+        cpb.ExecRequest(wait=True, container="web", request_id="e", argv=["x"], cwd="/../x"),
         "INVALID_ARGUMENT",
     ),
     ("unknown process", "GetProcess", cpb.GetProcessRequest(process_uid="nope"), "NOT_FOUND"),
@@ -303,13 +370,13 @@ BAD_CONTAINER_CALLS: list[tuple[str, str, Any, str]] = [
     (
         "exec oversized argv",
         "Exec",
-        cpb.ExecRequest(container="web", request_id="e", argv=["x"] * 5000),
+        cpb.ExecRequest(wait=True, container="web", request_id="e", argv=["x"] * 5000),
         "INVALID_ARGUMENT",
     ),
     (
         "exec bad env",
         "Exec",
-        cpb.ExecRequest(container="web", request_id="e", argv=["x"], env={"A=B": "1"}),
+        cpb.ExecRequest(wait=True, container="web", request_id="e", argv=["x"], env={"A=B": "1"}),
         "INVALID_ARGUMENT",
     ),
     (
@@ -395,13 +462,14 @@ def test_exec_defaults_to_the_unprivileged_user(cluster: Cluster) -> None:
     c = create(cluster, "users")
     agent = next(a for a in cluster.agents if a.address == c.host_address)
     p = cluster.containers.Exec(
-        cpb.ExecRequest(container="users", request_id="default", argv=["id"]), timeout=T
+        cpb.ExecRequest(wait=True, container="users", request_id="default", argv=["id"]), timeout=T
     ).process
     assert (p.user_id, p.group_id) == (65534, 65534)
     assert agent.agent.last_start.HasField("user_id")
     assert (agent.agent.last_start.user_id, agent.agent.last_start.group_id) == (65534, 65534)
     root = cluster.containers.Exec(
-        cpb.ExecRequest(container="users", request_id="root", argv=["id"], user_id=0, group_id=0), timeout=T
+        cpb.ExecRequest(wait=True, container="users", request_id="root", argv=["id"], user_id=0, group_id=0),
+        timeout=T,
     ).process
     assert (root.user_id, root.group_id) == (0, 0)
     assert agent.agent.last_start.HasField("user_id") and agent.agent.last_start.user_id == 0
@@ -411,12 +479,12 @@ def test_exec_exit_arrives_through_events(cluster: Cluster) -> None:
     register_all(cluster)
     c = create(cluster, "job")
     p = cluster.containers.Exec(
-        cpb.ExecRequest(container="job", request_id="e1", argv=["exit", "3"]), timeout=T
+        cpb.ExecRequest(wait=True, container="job", request_id="e1", argv=["exit", "3"]), timeout=T
     ).process
     assert p.state in (cpb.PROCESS_STATE_RUNNING, cpb.PROCESS_STATE_EXITED)
     assert p.pid > 0
     again = cluster.containers.Exec(
-        cpb.ExecRequest(container="job", request_id="e1", argv=["exit", "3"]), timeout=T
+        cpb.ExecRequest(wait=True, container="job", request_id="e1", argv=["exit", "3"]), timeout=T
     )
     assert again.process.uid == p.uid
     assert sum(a.agent.calls["StartProcess"] for a in cluster.agents) == 1
@@ -436,7 +504,7 @@ def test_exec_exit_arrives_through_events(cluster: Cluster) -> None:
     # Same request_id with another argv.
     with pytest.raises(grpc.RpcError) as err:
         cluster.containers.Exec(
-            cpb.ExecRequest(container="job", request_id="e1", argv=["exit", "4"]), timeout=T
+            cpb.ExecRequest(wait=True, container="job", request_id="e1", argv=["exit", "4"]), timeout=T
         )
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
 
@@ -445,7 +513,7 @@ def test_signal_and_wait_timeout(cluster: Cluster) -> None:
     register_all(cluster)
     create(cluster, "svc")
     p = cluster.containers.Exec(
-        cpb.ExecRequest(container="svc", request_id="s", argv=["sleep", "inf"]), timeout=T
+        cpb.ExecRequest(wait=True, container="svc", request_id="s", argv=["sleep", "inf"]), timeout=T
     ).process
     assert p.state == cpb.PROCESS_STATE_RUNNING
     c = cluster.containers.GetContainer(cpb.GetContainerRequest(container="svc"), timeout=T).container
@@ -471,22 +539,26 @@ def test_stop_then_delete(cluster: Cluster) -> None:
     register_all(cluster)
     create(cluster, "tmp")
     p = cluster.containers.Exec(
-        cpb.ExecRequest(container="tmp", request_id="p", argv=["sleep", "inf"]), timeout=T
+        cpb.ExecRequest(wait=True, container="tmp", request_id="p", argv=["sleep", "inf"]), timeout=T
     ).process
     with pytest.raises(grpc.RpcError) as err:
         cluster.containers.DeleteContainer(cpb.DeleteContainerRequest(container="tmp"), timeout=T)
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-    stopped = cluster.containers.StopContainer(
+    stopping = cluster.containers.StopContainer(
         cpb.StopContainerRequest(container="tmp", grace_period=duration_pb2.Duration(seconds=1)), timeout=T
     ).container
-    assert stopped.state == cpb.CONTAINER_STATE_STOPPED
+    # The stop is recorded and the call returns; the controller carries it out.
+    assert stopping.state == cpb.CONTAINER_STATE_STOPPING and stopping.HasField("stop_deadline_time")
+    settled(cluster, stopping.uid, cpb.CONTAINER_STATE_STOPPED)
     proc = cluster.containers.GetProcess(cpb.GetProcessRequest(process_uid=p.uid), timeout=T).process
     assert proc.state == cpb.PROCESS_STATE_EXITED and proc.signal == 15
     # Stop again: same answer; exec into a stopped container: refused.
     again = cluster.containers.StopContainer(cpb.StopContainerRequest(container="tmp"), timeout=T).container
     assert again.state == cpb.CONTAINER_STATE_STOPPED
     with pytest.raises(grpc.RpcError) as err:
-        cluster.containers.Exec(cpb.ExecRequest(container="tmp", request_id="q", argv=["x"]), timeout=T)
+        cluster.containers.Exec(
+            cpb.ExecRequest(wait=True, container="tmp", request_id="q", argv=["x"]), timeout=T
+        )
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     deleted = cluster.containers.DeleteContainer(
         cpb.DeleteContainerRequest(container="tmp"), timeout=T
@@ -498,14 +570,17 @@ def test_stop_then_delete(cluster: Cluster) -> None:
     # The name is free again.
     fresh = create(cluster, "tmp", "another-request")
     assert fresh.uid != deleted.uid
-    # Force delete of a running container.
-    cluster.containers.Exec(
-        cpb.ExecRequest(container="tmp", request_id="p", argv=["sleep", "inf"]), timeout=T
-    )
+    # Force delete of a running container: stopped (no grace), then deleted.
+    running = cluster.containers.Exec(
+        cpb.ExecRequest(wait=True, container="tmp", request_id="p", argv=["sleep", "inf"]), timeout=T
+    ).process
     gone = cluster.containers.DeleteContainer(
         cpb.DeleteContainerRequest(container="tmp", force=True), timeout=T
-    )
-    assert gone.container.state == cpb.CONTAINER_STATE_DELETED
+    ).container
+    assert gone.state in (cpb.CONTAINER_STATE_STOPPING, cpb.CONTAINER_STATE_DELETED)
+    settled(cluster, gone.uid, cpb.CONTAINER_STATE_DELETED)
+    killed = cluster.containers.GetProcess(cpb.GetProcessRequest(process_uid=running.uid), timeout=T).process
+    assert killed.state in (cpb.PROCESS_STATE_EXITED, cpb.PROCESS_STATE_LOST)
 
 
 def test_host_goes_not_ready_when_agent_stops(cluster: Cluster) -> None:
@@ -593,7 +668,7 @@ def test_logs_and_watch(cluster: Cluster) -> None:
     register_all(cluster)
     create(cluster, "w")
     p = cluster.containers.Exec(
-        cpb.ExecRequest(container="w", request_id="l", argv=["exit", "0"]), timeout=T
+        cpb.ExecRequest(wait=True, container="w", request_id="l", argv=["exit", "0"]), timeout=T
     ).process
     chunks = list(cluster.containers.StreamLogs(cpb.StreamLogsRequest(process_uid=p.uid), timeout=T))
     assert [(c.stream, c.data) for c in chunks] == [
@@ -633,9 +708,10 @@ def test_drain_and_remove(cluster: Cluster) -> None:
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     drained = cluster.hosts.DrainHost(hpb.DrainHostRequest(host=hosts[0].id), timeout=T)
     assert drained.stopped_containers == 1 and drained.host.state == hpb.HOST_STATE_DRAINING
-    assert cluster.containers.GetContainer(
-        cpb.GetContainerRequest(container=a.uid), timeout=T
-    ).container.state == (cpb.CONTAINER_STATE_STOPPED)
+    assert drained.host.drain.containers == 1 and drained.host.drain.remaining == 1
+    settled(cluster, a.uid, cpb.CONTAINER_STATE_STOPPED)
+    drain = cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[0].id), timeout=T).host.drain
+    assert drain.complete and drain.remaining == 0 and drain.containers == 1
     cluster.hosts.RemoveHost(hpb.RemoveHostRequest(host=hosts[0].id, force=True), timeout=T)
     with pytest.raises(grpc.RpcError) as err:
         cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[0].id), timeout=T)
@@ -733,9 +809,10 @@ def test_reconciler_resumes_interrupted_work(cluster: Cluster) -> None:
     reconciler = cluster.controller.reconciler
     reconciler.min_age = 0.0
     time.sleep(0.01)
-    assert reconciler.run_once() == 0
+    # The stop is handed to the operations driver again (still waiting in this round).
+    assert reconciler.run_once() == 1
     assert store.get_container(pending.uid).state is ContainerRecordState.CREATED
-    assert store.get_container(running.uid).state is ContainerRecordState.STOPPED
+    wait_for(lambda: store.get_container(running.uid).state is ContainerRecordState.STOPPED)
     assert store.get_process(proc.uid).state is ProcessRecordState.LOST
     assert sum(a.agent.calls["CreateContainer"] for a in cluster.agents) == 3
 
@@ -785,7 +862,9 @@ def test_exec_on_a_not_ready_host_is_unavailable(cluster: Cluster) -> None:
         timeout=10,
     )
     with pytest.raises(grpc.RpcError) as err:
-        cluster.containers.Exec(cpb.ExecRequest(container=c.uid, request_id="e", argv=["x"]), timeout=T)
+        cluster.containers.Exec(
+            cpb.ExecRequest(wait=True, container=c.uid, request_id="e", argv=["x"]), timeout=T
+        )
     assert err.value.code() == grpc.StatusCode.UNAVAILABLE
     assert not cluster.containers.ListProcesses(
         cpb.ListProcessesRequest(container=c.uid), timeout=T

@@ -63,7 +63,7 @@ def refused(call: Callable[[], Any], code: grpc.StatusCode, *, message: str = ""
 
 
 def create_request(name: str = "web", **kw: Any) -> cpb.CreateContainerRequest:
-    return cpb.CreateContainerRequest(request_id=f"req-{name}", name=name, **kw)
+    return cpb.CreateContainerRequest(wait=True, request_id=f"req-{name}", name=name, **kw)
 
 
 def audit_rows(cluster: Cluster, **kw: Any) -> list[Any]:

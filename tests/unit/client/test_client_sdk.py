@@ -55,6 +55,7 @@ EXPECTED_ALL = {
     "ContainerState",
     "ContainerStats",
     "DeadlineExceeded",
+    "Drain",
     "DrainResult",
     "EventType",
     "FailedPrecondition",

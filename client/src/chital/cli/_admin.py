@@ -16,6 +16,7 @@ from click.shell_completion import get_completion_class
 from chital.client import (
     ChitalError,
     DeadlineExceeded,
+    Host,
     HostState,
     RetryPolicy,
     Unavailable,
@@ -117,18 +118,45 @@ def hosts_uncordon(host: str) -> int:
 
 @hosts_group.command("drain")
 @_host_argument
-@click.option("--grace", type=params.SECONDS, default=None, help="grace period per container")
-def hosts_drain(host: str, grace: float | None) -> int:
-    """Cordon a host and stop its containers."""
+@click.option("--grace", type=params.SECONDS, default=None, help="grace period per container (default 10 s)")
+@click.option(
+    "--deadline",
+    type=params.SECONDS,
+    default=None,
+    help="the drain is complete by then: what still runs is killed (default: the grace period)",
+)
+@click.option(
+    "--detach", is_flag=True, help="start the drain and return; `chital hosts get` shows its progress"
+)
+def hosts_drain(host: str, grace: float | None, deadline: float | None, detach: bool) -> int:
+    """Drain a host: no new containers, and each of its containers stopped.
+
+    SIGTERM to their processes, SIGKILL after the grace period or at the deadline, whichever comes
+    first. Waits until the drain is complete (unless --detach) and prints the host.
+    """
     client = state().client()
     target = resolve.host(client, host)
-    with out.progress(f"draining {host}: cordoning it and stopping its containers"):
-        result = client.drain_host(target, grace=grace)
+    with out.progress(f"draining {host}: cordoning it and stopping its containers") as progress:
+
+        def show(current: Host) -> None:
+            if current.drain is not None:
+                progress.update(
+                    f"draining {host}: {current.drain.remaining} of {current.drain.containers} "
+                    "container(s) still to stop"
+                )
+
+        result = client.drain_host(target, grace=grace, deadline=deadline, wait=not detach, progress=show)
     if state().structured:
         out.print_data(result, state().output)
     else:
         _show_hosts([result.host])
-        print(f"stopped {result.stopped_containers} container(s)")
+        if detach:
+            print(
+                f"stopping {result.stopped_containers} container(s); "
+                f"`chital hosts get {host}` shows the progress"
+            )
+        else:
+            print(f"stopped {result.stopped_containers} container(s)")
     return EXIT_OK
 
 

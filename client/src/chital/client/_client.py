@@ -154,13 +154,18 @@ class Client(_base.ClientBase):
         host: str = "",
         sandbox: Sandbox | None = None,
         timeout: float | None = None,
+        wait: bool = True,
         restart_policy: str = "never",
         max_restarts: int = 0,
     ) -> Container:
         """Create a container named ``name`` and return it.
 
         ``request_id`` is the idempotency key (a fresh uuid4 by default); retries reuse it, so a
-        create is never done twice. ``host`` pins the container to a host (id or address).
+        create is never done twice (the server accepts calls without one, but then a retry could
+        create twice: the SDK always sends one). With ``wait`` (the default) the call returns
+        once the host created the container; without, it returns the PENDING container as soon as
+        it is recorded, and the controller creates it. ``host`` pins the container to a host (id or
+        address).
         ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
         the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
         ``restart_policy`` ("never", "on-failure" with at most ``max_restarts`` restarts, or
@@ -180,6 +185,7 @@ class Client(_base.ClientBase):
             deny_syscalls=deny_syscalls,
             host=host,
             sandbox=sandbox,
+            wait=wait,
             restart_policy=restart_policy,
             max_restarts=max_restarts,
         )
@@ -239,18 +245,38 @@ class Client(_base.ClientBase):
     """Same as :meth:`iter_containers` (the older name)."""
 
     def stop_container(
-        self, container: str, *, grace: float | None = None, timeout: float | None = None
+        self, container: str, *, grace: float | None = None, timeout: float | None = None, wait: bool = True
     ) -> Container:
-        """Stop a container: SIGTERM to every member, SIGKILL after ``grace`` seconds (server
-        default 10 s). The default deadline is the client's timeout plus the grace period."""
-        return self._call(ops.stop_container(container, grace=grace), timeout)
+        """Stop a container: SIGTERM to each of its processes, SIGKILL after ``grace`` seconds
+        (server default 10 s), then STOPPED.
+
+        The controller records the stop and carries it out; the call itself returns at once.
+        With ``wait`` (the default) this method then asks again until the container is no longer
+        STOPPING and returns it (STOPPED; LOST if its host was lost meanwhile); without, it returns
+        the STOPPING container. ``timeout`` applies to each call.
+        """
+        stopping = self._call(ops.stop_container(container, grace=grace), timeout)
+        return self._settle(stopping, timeout) if wait else stopping
 
     def delete_container(
-        self, container: str, *, force: bool = False, timeout: float | None = None
+        self, container: str, *, force: bool = False, timeout: float | None = None, wait: bool = True
     ) -> Container:
-        """Delete a stopped container (any container with ``force``, killing its processes) and
-        return its final record."""
-        return self._call(ops.delete_container(container, force=force), timeout)
+        """Delete a stopped container (any container with ``force``, killing its processes).
+
+        A container still on its host is stopped first (no grace) and comes back STOPPING; with
+        ``wait`` (the default) this method asks again until it is DELETED and returns that
+        record. ``timeout`` applies to each call."""
+        deleting = self._call(ops.delete_container(container, force=force), timeout)
+        return self._settle(deleting, timeout) if wait else deleting
+
+    def _settle(self, container: Container, timeout: float | None) -> Container:
+        """Ask again until a stop (or a delete's stop) is carried out."""
+        delay = ops.SETTLE_POLL_FIRST
+        while not ops.stop_is_over(container):
+            time.sleep(delay)
+            delay = ops.next_poll(delay)
+            container = self.get_container(container.uid, timeout=timeout)
+        return container
 
     # -- processes ---------------------------------------------------------------------------
 
@@ -265,11 +291,14 @@ class Client(_base.ClientBase):
         group_id: int | None = None,
         request_id: str | None = None,
         timeout: float | None = None,
+        wait: bool = True,
     ) -> Process:
         """Start ``argv`` in a container and return the process (usually STARTING or RUNNING).
 
         ``request_id`` is the idempotency key (a fresh uuid4 by default), reused across retries, so
-        the program is never started twice. ``cwd`` defaults to ``/`` inside the container.
+        the program is never started twice. With ``wait`` (the default) the call returns once the
+        host started it (RUNNING, with its pid); without, it returns it STARTING. ``cwd`` defaults
+        to ``/`` inside the container.
         ``user_id``/``group_id`` default to the unprivileged 65534 (nobody/nogroup); 0 runs as
         root, still without capabilities unless the container's sandbox grants some.
         """
@@ -281,6 +310,7 @@ class Client(_base.ClientBase):
             user_id=user_id,
             group_id=group_id,
             request_id=request_id,
+            wait=wait,
         )
         return self._call(call, timeout)
 
@@ -460,11 +490,34 @@ class Client(_base.ClientBase):
         return self._call(ops.uncordon_host(host), timeout)
 
     def drain_host(
-        self, host: str, *, grace: float | None = None, timeout: float | None = None
+        self,
+        host: str,
+        *,
+        grace: float | None = None,
+        deadline: float | None = None,
+        timeout: float | None = None,
+        wait: bool = True,
+        progress: Callable[[Host], object] | None = None,
     ) -> DrainResult:
-        """Cordon a host and stop its containers (each with ``grace`` seconds, server default 10 s).
-        The default deadline is the client's timeout plus the grace period."""
-        return self._call(ops.drain_host(host, grace=grace), timeout)
+        """Drain a host: no new containers, and each of its containers stopped (SIGTERM, SIGKILL
+        after ``grace`` seconds, server default 10 s, or at the drain's ``deadline`` if that comes
+        first; the deadline defaults to the grace period). The drain is complete by its deadline.
+
+        The controller starts the drain and the call returns at once. With ``wait`` (the default)
+        this method asks again until the drain is complete, calling ``progress(host)`` after each
+        look (``host.drain`` shows how many containers remain), and returns the result with the
+        final host; without, it returns as the drain starts. ``timeout`` applies to each call.
+        """
+        result = self._call(ops.drain_host(host, grace=grace, deadline=deadline), timeout)
+        current = result.host
+        delay = ops.SETTLE_POLL_FIRST
+        while wait and not ops.drain_is_over(current):
+            if progress is not None:
+                progress(current)
+            time.sleep(delay)
+            delay = ops.next_poll(delay)
+            current = self.get_host(current.id, timeout=timeout)
+        return DrainResult(host=current, stopped_containers=result.stopped_containers)
 
     def remove_host(self, host: str, *, force: bool = False, timeout: float | None = None) -> None:
         """Forget a host that has no live containers (any host with ``force``)."""

@@ -18,6 +18,7 @@ from ._types import (
     Container,
     ContainerState,
     ContainerStats,
+    Drain,
     EventType,
     Host,
     HostState,
@@ -131,6 +132,7 @@ def container_from_pb(m: cpb.Container) -> Container:
             host_network=m.sandbox.host_network,
         ),
         effective_deny_syscalls=tuple(m.effective_deny_syscalls),
+        stop_deadline_time=time_from_pb(m.stop_deadline_time, m.HasField("stop_deadline_time")),
         restart_policy=restart_policy_from_pb(m.restart_policy),
         max_restarts=m.max_restarts,
         restart_count=m.restart_count,
@@ -208,6 +210,17 @@ def host_from_pb(m: hpb.Host) -> Host:
         last_seen_time=time_from_pb(m.last_seen_time, m.HasField("last_seen_time")),
         create_time=time_from_pb(m.create_time, m.HasField("create_time")),
         message=m.message,
+        drain=_drain_from_pb(m.drain) if m.HasField("drain") else None,
+    )
+
+
+def _drain_from_pb(m: hpb.Drain) -> Drain:
+    return Drain(
+        start_time=time_from_pb(m.start_time, m.HasField("start_time")),
+        deadline_time=time_from_pb(m.deadline_time, m.HasField("deadline_time")),
+        containers=m.containers,
+        remaining=m.remaining,
+        complete=m.complete,
     )
 
 

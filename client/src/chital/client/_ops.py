@@ -46,6 +46,11 @@ ADMIN = "admin"
 # The server's grace period when a stop or drain names none (seconds).
 DEFAULT_GRACE = 10.0
 
+# How often a client-side wait (a stop, a delete, a drain) asks again: starting at the first,
+# doubling up to the second (seconds).
+SETTLE_POLL_FIRST = 0.05
+SETTLE_POLL_MAX = 1.0
+
 # A wait is split into server-side waits of at most this long, so no single call outlives a load
 # balancer's idle timeout and a lost connection costs at most one chunk.
 WAIT_CHUNK_SECONDS = 60.0
@@ -107,11 +112,14 @@ def create_container(
     deny_syscalls: Sequence[str],
     host: str,
     sandbox: Sandbox | None,
+    wait: bool = True,
     restart_policy: str = "never",
     max_restarts: int = 0,
 ) -> Call[Container]:
-    """CreateContainer, with a fresh uuid4 request id unless one is given."""
+    """CreateContainer, with a fresh uuid4 request id unless one is given (so the SDK's own
+    retries are safe); ``wait``: the call returns once the host created it."""
     request = cpb.CreateContainerRequest(
+        wait=wait,
         request_id=request_id or str(uuid.uuid4()),
         name=name,
         labels=dict(labels or {}),
@@ -158,12 +166,26 @@ def list_containers(
 
 
 def stop_container(container: str, *, grace: float | None) -> Call[Container]:
-    """StopContainer; the deadline grows by the grace period."""
+    """StopContainer (recorded and returned at once: STOPPING, or STOPPED)."""
     request = cpb.StopContainerRequest(container=container)
     if grace is not None:
         request.grace_period.CopyFrom(conv.duration_to_pb(grace))
-    extra = grace if grace is not None else DEFAULT_GRACE
-    return Call(CONTAINERS, "StopContainer", request, _container, extra_timeout=extra)
+    return Call(CONTAINERS, "StopContainer", request, _container)
+
+
+def stop_is_over(container: Container) -> bool:
+    """A stop (or the stop half of a delete) is carried out: no longer STOPPING."""
+    return container.state is not ContainerState.STOPPING
+
+
+def drain_is_over(host: Host) -> bool:
+    """The host's drain is complete (or the host has none)."""
+    return host.drain is None or host.drain.complete
+
+
+def next_poll(delay: float) -> float:
+    """The delay before the next look of a client-side wait."""
+    return min(delay * 2, SETTLE_POLL_MAX)
 
 
 def delete_container(container: str, *, force: bool) -> Call[Container]:
@@ -184,13 +206,16 @@ def exec_(
     user_id: int | None,
     group_id: int | None,
     request_id: str | None,
+    wait: bool = True,
 ) -> Call[Process]:
-    """Exec, with a fresh uuid4 request id unless one is given."""
+    """Exec, with a fresh uuid4 request id unless one is given; ``wait``: the call returns once
+    the host started the process."""
     if isinstance(argv, str):
         raise TypeError("argv is a sequence of strings, not a string: ['sh', '-c', '...']")
     request = cpb.ExecRequest(
         container=container,
         request_id=request_id or str(uuid.uuid4()),
+        wait=wait,
         argv=list(argv),
         env=dict(env or {}),
         cwd=cwd,
@@ -355,13 +380,14 @@ def _drain_result(response: Any) -> DrainResult:
     return DrainResult(host=conv.host_from_pb(response.host), stopped_containers=response.stopped_containers)
 
 
-def drain_host(host: str, *, grace: float | None) -> Call[DrainResult]:
-    """DrainHost; the deadline grows by the grace period."""
+def drain_host(host: str, *, grace: float | None, deadline: float | None = None) -> Call[DrainResult]:
+    """DrainHost (started and returned at once; GetHost shows its progress)."""
     request = hpb.DrainHostRequest(host=host)
     if grace is not None:
         request.grace_period.CopyFrom(conv.duration_to_pb(grace))
-    extra = grace if grace is not None else DEFAULT_GRACE
-    return Call(HOSTS, "DrainHost", request, _drain_result, extra_timeout=extra)
+    if deadline is not None:
+        request.deadline.CopyFrom(conv.duration_to_pb(deadline))
+    return Call(HOSTS, "DrainHost", request, _drain_result)
 
 
 def _nothing(response: Any) -> None:

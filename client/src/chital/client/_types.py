@@ -111,6 +111,8 @@ class Container:
     effective_deny_syscalls: tuple[str, ...] = ()
     """What the host's module denies: its default list, plus ``deny_syscalls``, minus the
     sandbox's ``allow_syscalls`` (empty until the container exists on its host)."""
+    stop_deadline_time: _dt.datetime | None = None
+    """While STOPPING: when what still runs is killed (SIGKILL) at the latest."""
     restart_policy: str = "never"
     """What happens when its host loses it: "never", "on-failure" (at most ``max_restarts``
     times; 0: no limit) or "always": created again, empty, on another ready host."""
@@ -182,6 +184,21 @@ class Host:
     last_seen_time: _dt.datetime | None = None
     create_time: _dt.datetime | None = None
     message: str = ""
+    drain: Drain | None = None
+    """The drain in progress, or the last one (None: never drained)."""
+
+
+@dataclass(frozen=True)
+class Drain:
+    """The progress of a host's drain: every container is stopped by ``deadline_time``."""
+
+    start_time: _dt.datetime | None
+    deadline_time: _dt.datetime | None
+    containers: int
+    """Containers the drain set out to stop."""
+    remaining: int
+    """Containers on the host not stopped yet."""
+    complete: bool
 
 
 @dataclass(frozen=True)

@@ -2,37 +2,44 @@
 
 Lifecycle and the choices made:
 
+Every mutating call records the intent in one transaction and returns; the operations driver
+(:mod:`operations`) carries it out on the agents, so no RPC holds a thread while a host works.
+
 - **Create** validates, then in ONE transaction places the container (see :mod:`placement`) and
-  writes it PENDING, so it is durable before any agent call. Then the agent's CreateContainer (which
-  is idempotent by uid) runs, and the container becomes CREATED. If the agent refuses, the container
-  becomes FAILED with the agent's error as ``message`` and the RPC returns that error (the agent's
-  code, for example INVALID_ARGUMENT or PERMISSION_DENIED, and a message naming the container and
-  its host): the FAILED record stays for inspection and holds its name; delete it and create again
-  with a new request_id. If the agent is unreachable the container stays PENDING and the RPC is
-  UNAVAILABLE: a retry with the same request_id (or the reconciler) finishes the create.
-- **Idempotency**: a request_id names one container for ever (even after delete). A retry with the
-  same request_id and the same spec returns that container as it is now and creates nothing; if it
-  is still PENDING (an interrupted create) the retry finishes it, and if its create FAILED the retry
-  is FAILED_PRECONDITION with the reason. The same request_id with a
-  different spec is ALREADY_EXISTS. A new request_id with a name a non-deleted container holds is
+  writes it PENDING, so it is durable before any agent call, and returns that PENDING record; the
+  driver then calls the agent's CreateContainer (idempotent by uid) and the container becomes
+  CREATED, or FAILED with the agent's error as ``message`` (the FAILED record stays for inspection
+  and holds its name). With ``wait`` the agent's create runs inside the call instead: it returns
+  the CREATED container, or the agent's error (its code, for example INVALID_ARGUMENT or
+  PERMISSION_DENIED, and a message naming the container), and an unreachable agent is UNAVAILABLE
+  with the container left PENDING: a retry with the same request_id (or the reconciler) finishes it.
+- **Idempotency**: ``request_id`` is optional. Without one, a call is not idempotent: each creates a
+  new container (or process). With one, it names one container for ever (even after delete): a
+  retry with the same request_id and the same spec returns that container as it is now and creates
+  nothing; if it is still PENDING (an interrupted create) the retry finishes it, and if its create
+  FAILED a waiting retry is FAILED_PRECONDITION with the reason. The same request_id with a
+  different spec is ALREADY_EXISTS. A new create with a name a non-deleted container holds is
   ALREADY_EXISTS. Exec is idempotent by (container, request_id) with the same rules.
-- **Stop** = the agent's DestroyContainer with the grace period (TERM, then KILL, then the kernel
-  container, cgroup and membership are gone): the container becomes STOPPING, then STOPPED. A STOPPED
-  container cannot run processes again. Processes whose exit event has not arrived within 5 s
-  become LOST ("container stopped"); a late exit event still records the real exit.
-  Stop of a STOPPED container returns it; of a PENDING/FAILED/LOST/DELETED one is FAILED_PRECONDITION.
-  If the agent is unreachable the container stays STOPPING and the RPC is UNAVAILABLE; retry it.
-- **Delete** marks the container DELETED (kept as a record; its name is free again). A container that
-  still has a host-side existence (CREATED/RUNNING/STOPPING) is destroyed on its agent first with no
-  grace; if processes still run that needs ``force`` (else FAILED_PRECONDITION). STOPPED, FAILED and
-  LOST containers are only marked. Deleting a DELETED container returns it. An unreachable agent
-  makes Delete UNAVAILABLE, except with ``force`` (the record is deleted; a leftover on the host
-  stays there, and nothing removes it yet: destroy it on the agent by hand). After delete, the uid
-  still finds the record; the name does not.
-- **Exec** writes the process STARTING, calls the agent's StartProcess with the process uid, then
-  records pid and RUNNING (unless its exit was seen already). An unreachable agent leaves it STARTING
-  and the RPC is UNAVAILABLE (retry with the same request_id); any other agent error marks it LOST
-  with the error as message and returns that error.
+- **Stop** records STOPPING with a deadline (now plus the grace period, default 10 s; a second stop
+  can only bring it forward) and returns. The driver sends SIGTERM to the container's processes,
+  destroys the container on its agent (SIGKILL to what is left, then the kernel container, cgroup
+  and membership are gone) once nothing runs or at the deadline, and records STOPPED. Processes
+  whose exit event has not arrived within 5 s of the destroy become LOST; a late exit event still
+  records the real exit. A STOPPED container cannot run processes again. Stop of a STOPPED container
+  returns it; of a FAILED/LOST/DELETED one is FAILED_PRECONDITION. An unreachable agent is retried;
+  if its host is lost, the container becomes LOST. Wait with Watch (or GetContainer).
+- **Delete** makes the container DELETED (kept as a record; its name is free again). STOPPED,
+  FAILED and LOST containers become DELETED at once. One that is (or may be) on its host
+  (PENDING/CREATED/RUNNING/STOPPING) is returned STOPPING with no grace, and the driver destroys
+  it and then records DELETED; with live processes that needs ``force`` (else FAILED_PRECONDITION),
+  and so does a PENDING one. With ``force`` and a host that is not READY, the record is DELETED at
+  once (a leftover on the host is destroyed when the host comes back). Deleting a DELETED
+  container returns it. After delete, the uid still finds the record; the name does not.
+- **Exec** writes the process STARTING and returns it; the driver calls the agent's StartProcess
+  with the process uid, then records pid and RUNNING (unless its exit was seen already). With
+  ``wait`` the start runs inside the call: an unreachable agent leaves it STARTING and the call is
+  UNAVAILABLE (retry with the same request_id); any other agent error marks it LOST with the error
+  as message and returns that error. Without ``wait`` such an error only marks it LOST.
 - Exits arrive through the agent's event stream (:mod:`events`) and wake WaitProcess.
 """
 
@@ -42,13 +49,14 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Generic, TypeVar
 
 from chital.controller.agents import AgentPool, LogChunkRecord
 from chital.controller.events import ChangeNotifier
 from chital.controller.feed import EventFeed
 from chital.controller.metrics import ControllerMetrics
+from chital.controller.operations import Operations
 from chital.controller.placement import choose_host
 from chital.controller.records import (
     ContainerRecord,
@@ -99,10 +107,6 @@ log = logging.getLogger("chital.controller.containers")
 
 DEFAULT_GRACE_SECONDS = 10.0
 MAX_GRACE_SECONDS = 3600.0
-# How long Stop waits for the exit events of the members its agent just killed. It returns as soon
-# as they have all arrived; the bound matters only on a loaded controller or a slow (emulated) host,
-# where a short one marked processes LOST that were about to be reported EXITED.
-EXIT_REPORT_WAIT_SECONDS = 5.0
 WATCH_BATCH = 500
 
 
@@ -144,7 +148,11 @@ class Containers:
         metrics: ControllerMetrics | None = None,
         allowed_roots: tuple[str, ...] = (),
         feed: EventFeed | None = None,
+        operations: Operations | None = None,
     ) -> None:
+        # Carries out stops, deletes, and creates and execs that do not wait (None: creates and
+        # execs run inline and stops are only recorded; for tests of the rest).
+        self._operations = operations
         self._allowed_roots = allowed_roots
         self._store = store
         self._pool = pool
@@ -173,10 +181,20 @@ class Containers:
             validate_ref(spec.host, "host")
         return spec
 
-    def create(self, request_id: str, spec: ContainerSpec, *, admin: bool = False) -> ContainerRecord:
-        """Create a container (idempotent by request_id). ``admin``: the caller has the admin role,
-        so ``sandbox.allow_host_root`` may lift the root policy (see validation.check_root)."""
-        validate_request_id(request_id)
+    def create(
+        self, request_id: str, spec: ContainerSpec, *, admin: bool = False, wait: bool = False
+    ) -> ContainerRecord:
+        """Create a container. With a ``request_id`` the call is idempotent (a retry returns the
+        first result and creates nothing); without one every call creates a container.
+
+        The container is placed and recorded PENDING in one transaction. Without ``wait`` that
+        record is returned at once and the operations driver creates it on its host (CREATED, or
+        FAILED with the host's error as message). With ``wait`` the host's create runs in this call:
+        the container comes back CREATED, or the host's error is raised (see the module docstring).
+        ``admin``: the caller has the admin role, so ``sandbox.allow_host_root`` may lift the root
+        policy (see validation.check_root)."""
+        if request_id:
+            validate_request_id(request_id)
         self.validate_spec(spec)
         if spec.sandbox.allow_host_root and not admin:
             raise PermissionDenied("only an admin may set sandbox.allow_host_root")
@@ -198,7 +216,7 @@ class Containers:
                 raise AlreadyExists(
                     f"request_id {request_id!r} was used for a different container ({record.name})"
                 )
-            if record.state is ContainerRecordState.FAILED:
+            if record.state is ContainerRecordState.FAILED and wait:
                 raise FailedPrecondition(
                     f"container {record.name} ({record.uid}) is FAILED: {record.message}; "
                     "delete it and create again with a new request_id"
@@ -207,18 +225,36 @@ class Containers:
                 return record
         else:
             self._metrics.placements.inc()
-        return self._create_on_host(record)
+        if wait or self._operations is None:
+            return self._create_on_host(record)
+        self._operations.submit(lambda: self.resume_create(record))
+        return record
 
     def resume_create(self, record: ContainerRecord) -> ContainerRecord:
-        """Finish the create of a PENDING container (reconciler). Stays PENDING if its host is
-        unreachable; FAILED on any other agent error."""
+        """Finish the create of a PENDING container (the operations driver, the reconciler). Stays
+        PENDING if its host is unreachable; FAILED on any other agent error."""
         try:
             enforced = self._pool.get(record.host_address).create_container(record)
         except Unavailable:
             return self._store.get_container(record.uid)
         except ChitalError as exc:
+            self._metrics.container_creates.labels("failed").inc()
             return self._store.finish_create(record.uid, False, str(exc), self._clock())
-        return self._store.finish_create(record.uid, True, "", self._clock(), enforced)
+        self._metrics.container_creates.labels("created").inc()
+        return self._created(record, enforced)
+
+    def _created(self, record: ContainerRecord, enforced: tuple[str, ...]) -> ContainerRecord:
+        """Record a create the agent did. If a stop or delete came first (the record is no longer
+        PENDING), the copy the agent just made is destroyed again, so none is left behind."""
+        done = self._store.finish_create(record.uid, True, "", self._clock(), enforced)
+        if done.state not in (ContainerRecordState.CREATED, ContainerRecordState.RUNNING):
+            try:
+                self._pool.get(record.host_address).destroy_container(record.uid, 0.0)
+            except ChitalError as exc:  # the stop's own destroy, or the reconciler, retries
+                log.warning("destroying %s after a late create failed: %s", record.uid, exc)
+            if self._operations is not None and done.state is ContainerRecordState.STOPPING:
+                self._operations.kick(record.uid)
+        return done
 
     def _create_on_host(self, record: ContainerRecord) -> ContainerRecord:
         """Create ``record`` (PENDING) on its host; raise the agent's error if it refuses (the
@@ -237,7 +273,7 @@ class Containers:
                 return failed
             raise type(exc)(f"container {record.name} ({record.uid}) is FAILED: {exc.message}") from exc
         self._metrics.container_creates.labels("created").inc()
-        return self._store.finish_create(record.uid, True, "", self._clock(), enforced)
+        return self._created(record, enforced)
 
     def get(self, ref: str) -> ContainerRecord:
         """A container by uid or name."""
@@ -261,36 +297,27 @@ class Containers:
         return _page(items, limit, lambda c: (c.created, c.uid))
 
     def stop(self, ref: str, grace_seconds: float | None = None) -> ContainerRecord:
-        """Stop every member (TERM, KILL after the grace period) and remove it from its host."""
+        """Record a stop and return at once: the container is STOPPING with a deadline of now plus
+        the grace period (an earlier deadline of a stop asked for before stays). The operations
+        driver sends SIGTERM, destroys the container when nothing runs any more or at the deadline
+        (SIGKILL), then records STOPPED. A STOPPED container is returned as it is."""
         grace = _grace(grace_seconds)
         record = self.get(ref)
         if record.state is ContainerRecordState.STOPPED:
             return record
-        record, _ = self._store.transition_container(
-            record.uid, ContainerRecordState.STOPPING, now=self._clock()
-        )
-        self._pool.get(record.host_address).destroy_container(record.uid, grace)
-        self._await_exits(record.uid, EXIT_REPORT_WAIT_SECONDS)
-        record, _ = self._store.transition_container(
-            record.uid,
-            ContainerRecordState.STOPPED,
-            now=self._clock(),
-            finish_processes="container stopped before the exit was reported",
-        )
+        now = self._clock()
+        record = self._store.request_stop(record.uid, now + timedelta(seconds=grace), now)
+        self._kick(record)
         return record
 
-    def _await_exits(self, container_uid: str, seconds: float) -> None:
-        """Give exit events from the agent a moment to arrive."""
-        deadline = time.monotonic() + seconds
-        ev = self._notifier.watch_all()
-        try:
-            while time.monotonic() < deadline:
-                ev.clear()
-                if not self._store.live_processes(container_uid):
-                    return
-                ev.wait(min(0.1, max(0.0, deadline - time.monotonic())))
-        finally:
-            self._notifier.unwatch_all(ev)
+    def resume_stop(self, uid: str) -> None:
+        """Look at an unfinished stop again (the reconciler); its persisted deadline is kept."""
+        if self._operations is not None:
+            self._operations.kick(uid)
+
+    def _kick(self, record: ContainerRecord) -> None:
+        if self._operations is not None and record.state is ContainerRecordState.STOPPING:
+            self._operations.kick(record.uid)
 
     def delete(self, ref: str, force: bool = False) -> ContainerRecord:
         """Delete a container (see the module docstring for what needs ``force``)."""
@@ -305,29 +332,29 @@ class Containers:
             raise FailedPrecondition(
                 f"container {record.name} has {len(live)} live processes; stop it or use force"
             )
-        if record.state in (*on_host, ContainerRecordState.PENDING) and record.host_address:
-            try:
-                self._pool.get(record.host_address).destroy_container(record.uid, 0.0)
-            except Unavailable:
-                if not force:
-                    raise
-                # force: the record goes now. What may remain on the host stays there: nothing
-                # compares an agent's containers with the records yet.
+        now = self._clock()
+        if force and record.state in (*on_host, ContainerRecordState.PENDING) and record.host_id:
+            host = self._store.get_host(record.host_id)
+            if host.health is not HostHealth.READY:
+                # force: the record goes now. What may remain on the host is destroyed when the host
+                # comes back (the reconciler compares its agent's containers with the records).
                 log.warning("deleting %s without reaching %s", record.uid, record.host_address)
-        record, _ = self._store.transition_container(
-            record.uid,
-            ContainerRecordState.DELETED,
-            now=self._clock(),
-            finish_processes="container deleted",
-        )
+                self._store.request_stop(record.uid, now, now, delete=True)
+                return self._store.finish_stop(record.uid, now)
+        # No grace: what still runs is killed at once.
+        record = self._store.request_stop(record.uid, now, now, delete=True)
+        self._kick(record)
         return record
 
     # -- processes ------------------------------------------------------------------------------
 
-    def exec(self, ref: str, request_id: str, spec: ProcessSpec) -> ProcessRecord:
-        """Start a process in a container (idempotent by container and request_id)."""
+    def exec(self, ref: str, request_id: str, spec: ProcessSpec, *, wait: bool = False) -> ProcessRecord:
+        """Start a process in a container (idempotent by container and request_id when one is
+        given). The process is recorded STARTING; without ``wait`` it is returned so and the
+        operations driver starts it, with ``wait`` the host starts it in this call (RUNNING)."""
         validate_ref(ref, "container")
-        validate_request_id(request_id)
+        if request_id:
+            validate_request_id(request_id)
         user_id, group_id = validate_ids(spec.user_id, spec.group_id)
         spec = ProcessSpec(
             argv=validate_argv(spec.argv),
@@ -358,13 +385,28 @@ class Containers:
                 )
             if process.state is not ProcessRecordState.STARTING:
                 return process
+        if not wait and self._operations is not None:
+            address = container.host_address
+            self._operations.submit(lambda: self._start_on_host(process, address))
+            return process
+        return self._start_on_host(process, container.host_address, raise_errors=True)
+
+    def _start_on_host(
+        self, process: ProcessRecord, address: str, *, raise_errors: bool = False
+    ) -> ProcessRecord:
+        """StartProcess on the agent, then RUNNING; LOST with the error if the agent refuses.
+        An unreachable agent leaves it STARTING (the reconciler marks it LOST when that lasts)."""
         try:
-            started = self._pool.get(container.host_address).start_process(process)
+            started = self._pool.get(address).start_process(process)
         except Unavailable:
-            raise
+            if raise_errors:
+                raise
+            return self._store.get_process(process.uid)
         except ChitalError as exc:
-            self._store.mark_process_lost(process.uid, f"start failed: {exc}", self._clock())
-            raise
+            lost = self._store.mark_process_lost(process.uid, f"start failed: {exc}", self._clock())
+            if raise_errors:
+                raise
+            return lost
         return self._store.mark_process_running(process.uid, started.pid, started.start_time, self._clock())
 
     def get_process(self, uid: str) -> ProcessRecord:

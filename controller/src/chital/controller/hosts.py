@@ -3,9 +3,12 @@
 - Register is idempotent by address: registering it again updates labels and capacity and returns the
   same host. The host is checked at once (GetInfo), so a reachable agent is READY when the call
   returns; an unreachable one is registered NOT_READY and the monitor keeps trying.
-- Cordon: no new placements. Drain: DRAINING (no placements) and every CREATED/RUNNING container on
-  the host is stopped with the grace period (containers are not moved elsewhere yet). Uncordon: back to
-  ACTIVE from either.
+- Cordon: no new placements. Drain (like ``nomad node drain``): a long-running operation with a
+  deadline. DrainHost records it and returns: the host is DRAINING (no placements) and every container
+  on it is stopping, each with SIGTERM and SIGKILL at the grace period or the drain's deadline,
+  whichever comes first, so the drain completes by its deadline. GetHost shows its progress
+  (containers remaining); containers are not moved elsewhere. Uncordon: back to ACTIVE from either
+  (containers already stopping stay stopping).
 - Remove: FAILED_PRECONDITION while containers are placed there, unless ``force`` (they become LOST).
 """
 
@@ -13,12 +16,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from chital.controller.agents import AgentPool
-from chital.controller.containers import Containers, Page, _page
+from chital.controller.containers import Containers, Page, _grace, _page
 from chital.controller.health import HostMonitor
-from chital.controller.records import AdminState, ContainerRecordState, HostRecord, HostRecordState
+from chital.controller.records import AdminState, HostRecord, HostRecordState
 from chital.controller.store import Store
 from chital.controller.validation import (
     decode_page_token,
@@ -95,25 +98,27 @@ class Hosts:
         """The host takes new containers again."""
         return self._store.set_admin_state(validate_ref(ref, "host"), AdminState.ACTIVE, self._clock())
 
-    def drain(self, ref: str, grace_seconds: float | None) -> tuple[HostRecord, int]:
-        """DRAINING, then stop every created or running container on the host."""
-        host = self._store.set_admin_state(validate_ref(ref, "host"), AdminState.DRAINING, self._clock())
-        stopped = 0
-        for state in (
-            ContainerRecordState.CREATED,
-            ContainerRecordState.RUNNING,
-            ContainerRecordState.STOPPING,
-        ):
-            token = ""
-            while True:
-                page = self._containers.list_containers(1000, token, state=state, host=host.id)
-                for container in page.items:
-                    self._containers.stop(container.uid, grace_seconds)
-                    stopped += 1
-                token = page.next_page_token
-                if not token:
-                    break
-        return self._store.get_host(host.id), stopped
+    def drain(
+        self, ref: str, grace_seconds: float | None, deadline_seconds: float | None = None
+    ) -> tuple[HostRecord, int]:
+        """Start a drain and return at once: in one transaction the host becomes DRAINING and every
+        PENDING/CREATED/RUNNING/STOPPING container on it STOPPING, with a stop deadline of now plus
+        the grace period or the drain's deadline, whichever comes first (default deadline: the
+        grace period). The operations driver stops them all at once (SIGTERM, SIGKILL at that
+        deadline), so the drain is complete by its deadline. Returns the host (with its drain's
+        progress) and how many containers the drain stops; GetHost shows how many remain."""
+        grace = _grace(grace_seconds)
+        deadline = grace if deadline_seconds is None else _grace(deadline_seconds)
+        now = self._clock()
+        host, containers = self._store.start_drain(
+            validate_ref(ref, "host"),
+            now + timedelta(seconds=deadline),
+            now + timedelta(seconds=min(grace, deadline)),
+            now,
+        )
+        for container in containers:
+            self._containers.resume_stop(container.uid)
+        return host, len(containers)
 
     def remove(self, ref: str, force: bool) -> None:
         """Forget a host."""

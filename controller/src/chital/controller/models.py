@@ -8,11 +8,12 @@ Uniqueness rules that the database enforces (so that concurrent controllers cann
 
 - ``hosts.address`` is unique.
 - ``containers.request_id`` is unique for ever (a retried create finds the first container, even
-  after it was deleted).
+  after it was deleted); NULL for a create that came without one (not idempotent; NULLs never
+  collide).
 - ``containers.live_name`` holds the name while the container is not DELETED and NULL afterwards,
   so a name is unique among non-deleted containers (NULLs never collide, on both databases) and is
   free again after a delete.
-- ``processes (container_uid, request_id)`` is unique.
+- ``processes (container_uid, request_id)`` is unique (``request_id`` NULL: an exec without one).
 - ``tokens.id`` (the public part of a token string) is the primary key.
 
 Changes of these tables are Alembic migrations in :mod:`chital.controller.migrations` (``versions/``).
@@ -76,6 +77,11 @@ class HostRow(Base):
     state: Mapped[str] = mapped_column(sa.String(16))
     # ACTIVE | CORDONED | DRAINING
     admin_state: Mapped[str] = mapped_column(sa.String(16))
+    # The drain in progress or last done (NULL: never drained): when it started, its deadline (every
+    # container of the host is stopped by then, SIGKILL at the latest) and how many it stops.
+    drain_started: Mapped[datetime | None]
+    drain_deadline: Mapped[datetime | None]
+    drain_containers: Mapped[int] = mapped_column(sa.Integer, default=0)
     max_containers: Mapped[int] = mapped_column(sa.Integer)
     message: Mapped[str] = mapped_column(sa.Text)
     agent_version: Mapped[str] = mapped_column(sa.String(128))
@@ -102,7 +108,7 @@ class ContainerRow(Base):
     uid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     name: Mapped[str] = mapped_column(sa.String(63))
     live_name: Mapped[str | None] = mapped_column(sa.String(63), unique=True)
-    request_id: Mapped[str] = mapped_column(sa.String(128), unique=True)
+    request_id: Mapped[str | None] = mapped_column(sa.String(128), unique=True)
     labels: Mapped[dict[str, str]]
     memory_max_bytes: Mapped[int] = mapped_column(sa.BigInteger)
     pids_max: Mapped[int] = mapped_column(sa.BigInteger)
@@ -116,7 +122,12 @@ class ContainerRow(Base):
     # The host the client asked for (id or address, empty: placed by the controller).
     requested_host: Mapped[str] = mapped_column(sa.String(255))
     state: Mapped[str] = mapped_column(sa.String(16))
+    # What the client asked for: RUNNING | STOPPED | DELETED (NULL: implied by ``state``, rows
+    # written before intent was stored). The driver moves ``state`` towards it.
+    desired_state: Mapped[str | None] = mapped_column(sa.String(16))
+    # A stop's deadline: members got SIGTERM; SIGKILL (the agent's destroy) at this time at the
     # latest. Persisted, so a restarted controller keeps it.
+    stop_deadline: Mapped[datetime | None]
     # never | on-failure | always (lifecycle.RestartPolicy), the most restarts on-failure allows
     # (0: no limit), how often it was placed again, and when the next attempt is due (NULL: none).
     restart_policy: Mapped[str] = mapped_column(sa.String(16), default="never")
@@ -144,7 +155,7 @@ class ProcessRow(Base):
 
     uid: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     container_uid: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("containers.uid"))
-    request_id: Mapped[str] = mapped_column(sa.String(128))
+    request_id: Mapped[str | None] = mapped_column(sa.String(128))
     argv: Mapped[list[str]]
     env: Mapped[dict[str, str]]
     cwd: Mapped[str] = mapped_column(sa.Text)

@@ -5,7 +5,8 @@ Rounds resume records unchanged for ``min_age`` (10 s, so in-flight requests are
 - PENDING containers (the controller died between the durable PENDING write and the agent's answer):
   create them on their host again (the agent's CreateContainer is idempotent by uid) -> CREATED, or
   FAILED with the error. An unreachable host leaves them PENDING for the next round.
-- STOPPING containers: destroy them on their host again -> STOPPED.
+- STOPPING containers: handed to the operations driver again, which keeps their persisted stop
+  deadline (SIGKILL then at the latest) -> STOPPED.
 - STARTING processes (Exec never heard back): LOST with a message. If the agent did start the
   process, its events still move it to RUNNING/EXITED.
 
@@ -32,7 +33,6 @@ from chital.controller.containers import Containers
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import ContainerRecordState, ProcessRecordState
 from chital.controller.store import Store
-from chital.errdefs import ChitalError, Unavailable
 
 __all__ = ["Reconciler"]
 
@@ -124,13 +124,10 @@ class Reconciler:
             if self._containers.resume_create(container).state is ContainerRecordState.PENDING:
                 waiting += 1
         for container in self._store.stale_containers((ContainerRecordState.STOPPING,), before, BATCH):
-            try:
-                self._containers.stop(container.uid, 0.0)
-            except Unavailable:
-                waiting += 1
-            except ChitalError as exc:
-                log.warning("resuming the stop of %s failed: %s", container.uid, exc)
-                waiting += 1
+            # The operations driver carries stops out, by their persisted deadlines: look again.
+            # It still waits (a long grace period): the next round comes a full interval later.
+            self._containers.resume_stop(container.uid)
+            waiting += 1
         for process in self._store.stale_processes(ProcessRecordState.STARTING, before, BATCH):
             self._store.mark_process_lost(
                 process.uid, "start was never confirmed by the agent", self._clock()

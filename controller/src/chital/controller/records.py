@@ -16,6 +16,7 @@ __all__ = [
     "ContainerRecord",
     "ContainerRecordState",
     "ContainerSpec",
+    "DrainRecord",
     "EventRecord",
     "EventRecordType",
     "HostHealth",
@@ -120,6 +121,23 @@ class AgentInfoRecord:
 
 
 @dataclass(frozen=True)
+class DrainRecord:
+    """A host's drain: started at ``started``, every container stopped by ``deadline`` (SIGKILL at
+    the latest); ``containers`` is how many it set out to stop, ``remaining`` how many are not
+    stopped yet (0: the drain is complete)."""
+
+    started: datetime
+    deadline: datetime
+    containers: int
+    remaining: int
+
+    @property
+    def complete(self) -> bool:
+        """Every container of the host is stopped."""
+        return self.remaining == 0
+
+
+@dataclass(frozen=True)
 class HostRecord:
     """A host as stored."""
 
@@ -135,6 +153,7 @@ class HostRecord:
     last_seen: datetime | None
     created: datetime
     event_seq: int = 0
+    drain: DrainRecord | None = None
 
     @property
     def state(self) -> HostRecordState:
@@ -238,6 +257,10 @@ class ContainerRecord:
     # What the host's module enforces (its default list, plus deny_syscalls, minus the sandbox's
     # relaxations); empty until the container exists on its host.
     effective_deny_syscalls: tuple[str, ...] = ()
+    # What the client asked for last: RUNNING, STOPPED or DELETED ("": implied by ``state``).
+    desired_state: str = ""
+    # A stop's deadline (SIGKILL at the latest then); None unless a stop was asked for.
+    stop_deadline: datetime | None = None
     # Its restart policy (see ContainerSpec), how often it was placed again, and when the next
     # attempt is due (persisted: a restarted controller keeps the backoff); None: none due.
     restart_policy: str = "never"
@@ -384,6 +407,8 @@ def container_from_json(data: dict[str, Any]) -> ContainerRecord:
         running_processes=data["running_processes"],
         sandbox=SandboxRecord.from_json(data.get("sandbox")),
         effective_deny_syscalls=tuple(data.get("effective_deny_syscalls", ())),
+        desired_state=data.get("desired_state", ""),
+        stop_deadline=_time(data.get("stop_deadline")),
         restart_policy=data.get("restart_policy", "never"),
         max_restarts=data.get("max_restarts", 0),
         restart_count=data.get("restart_count", 0),

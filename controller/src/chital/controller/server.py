@@ -42,6 +42,7 @@ from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.hosts import Hosts
 from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
+from chital.controller.operations import Operations
 from chital.controller.reconcile import Reconciler
 from chital.controller.records import HostHealth
 from chital.controller.restarts import Restarter
@@ -217,6 +218,9 @@ class ControllerServer:
         self.metrics.add_state_source(state_source, self.ingestor.active_streams)
         # One reader of the events table for every Watch and WaitProcess (see feed.py).
         self.feed = EventFeed(self.store, self.notifier)
+        # Carries out what the RPCs record (stops, deletes, drains; creates and execs that do not
+        # wait), so that no RPC thread waits for a host.
+        self.operations = Operations(self.store, self.pool, clock)
         self.containers = Containers(
             self.store,
             self.pool,
@@ -226,6 +230,7 @@ class ControllerServer:
             metrics=self.metrics,
             allowed_roots=validate_allowed_roots(config.allowed_roots),
             feed=self.feed,
+            operations=self.operations,
         )
         self.reconciler = Reconciler(
             self.store,
@@ -310,6 +315,7 @@ class ControllerServer:
             self.discovery = DiscoveryFileUpdater(Path(self.config.prometheus_sd_file), self.store.all_hosts)
             self.discovery.start()
         self.monitor.start()
+        self.operations.start()
         self.reconciler.start()
         self.restarter.start()
         self.rollouts.start()
@@ -409,6 +415,7 @@ class ControllerServer:
         self.syncer.stop()
         self.reconciler.stop()
         self.restarter.stop()
+        self.operations.stop()
         self.retention.stop()
         if self.discovery is not None:
             self.discovery.stop()

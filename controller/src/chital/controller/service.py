@@ -110,6 +110,7 @@ def container_to_pb(c: ContainerRecord) -> container_pb2.Container:
             allow_host_root=c.sandbox.allow_host_root,
         ),
         effective_deny_syscalls=list(c.effective_deny_syscalls),
+        stop_deadline_time=_ts(c.stop_deadline) if c.state is ContainerRecordState.STOPPING else None,
         restart_policy=_RESTART_POLICY_PB[c.restart_policy],
         max_restarts=c.max_restarts,
         restart_count=c.restart_count,
@@ -169,6 +170,15 @@ def host_to_pb(h: HostRecord) -> host_pb2.Host:
         last_seen_time=_ts(h.last_seen),
         create_time=_ts(h.created),
         message=h.message,
+        drain=None
+        if h.drain is None
+        else host_pb2.Drain(
+            start_time=_ts(h.drain.started),
+            deadline_time=_ts(h.drain.deadline),
+            containers=h.drain.containers,
+            remaining=h.drain.remaining,
+            complete=h.drain.complete,
+        ),
     )
 
 
@@ -227,7 +237,7 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
         )
         principal = current_principal()
         admin = principal is not None and principal.role == "admin"
-        record = self._containers.create(request.request_id, spec, admin=admin)
+        record = self._containers.create(request.request_id, spec, admin=admin, wait=request.wait)
         return container_pb2.CreateContainerResponse(container=container_to_pb(record))
 
     def GetContainer(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -282,7 +292,7 @@ class ContainerServicer(container_pb2_grpc.ContainerServiceServicer):
             user_id=request.user_id if request.HasField("user_id") else None,
             group_id=request.group_id if request.HasField("group_id") else None,
         )
-        process = self._containers.exec(request.container, request.request_id, spec)
+        process = self._containers.exec(request.container, request.request_id, spec, wait=request.wait)
         return container_pb2.ExecResponse(process=process_to_pb(process))
 
     def GetProcess(self, request: Any, context: grpc.ServicerContext) -> Any:
@@ -362,7 +372,9 @@ class HostServicer(host_pb2_grpc.HostServiceServicer):
         return host_pb2.UncordonHostResponse(host=host_to_pb(self._hosts.uncordon(request.host)))
 
     def DrainHost(self, request: Any, context: grpc.ServicerContext) -> Any:
-        host, stopped = self._hosts.drain(request.host, _seconds(request, "grace_period"))
+        host, stopped = self._hosts.drain(
+            request.host, _seconds(request, "grace_period"), _seconds(request, "deadline")
+        )
         return host_pb2.DrainHostResponse(host=host_to_pb(host), stopped_containers=stopped)
 
     def RemoveHost(self, request: Any, context: grpc.ServicerContext) -> Any:

@@ -45,6 +45,7 @@ from chital.controller.records import (
     ContainerRecord,
     ContainerRecordState,
     ContainerSpec,
+    DrainRecord,
     EventRecord,
     EventRecordType,
     HostHealth,
@@ -71,6 +72,14 @@ from chital.errdefs import (
 __all__ = ["AgentEventRecord", "Candidate", "Cursor", "Store"]
 
 Cursor = tuple[datetime, str]
+
+# A container in one of these states still needs a stop to be gone from its host (a drain waits for them).
+UNSTOPPED_STATES = (
+    ContainerRecordState.PENDING.value,
+    ContainerRecordState.CREATED.value,
+    ContainerRecordState.RUNNING.value,
+    ContainerRecordState.STOPPING.value,
+)
 
 
 @dataclass(frozen=True)
@@ -224,8 +233,12 @@ class Store:
         return {str(host_id): int(count) for host_id, count in rows}
 
     @staticmethod
-    def _host_record(row: HostRow, container_count: int) -> HostRecord:
+    def _host_record(row: HostRow, container_count: int, unstopped: int = 0) -> HostRecord:
+        drain = None
+        if row.drain_started is not None and row.drain_deadline is not None:
+            drain = DrainRecord(row.drain_started, row.drain_deadline, row.drain_containers, unstopped)
         return HostRecord(
+            drain=drain,
             id=row.id,
             address=row.address,
             health=HostHealth(row.state),
@@ -249,7 +262,21 @@ class Store:
         )
 
     def _host(self, session: Session, row: HostRow) -> HostRecord:
-        return self._host_record(row, self._count_placed(session, [row.id]).get(row.id, 0))
+        unstopped = self._count_unstopped(session, [row]).get(row.id, 0)
+        return self._host_record(row, self._count_placed(session, [row.id]).get(row.id, 0), unstopped)
+
+    @staticmethod
+    def _count_unstopped(session: Session, rows: Sequence[HostRow]) -> dict[str, int]:
+        """Containers a drain still has to stop, for the drained hosts among ``rows``."""
+        ids = [r.id for r in rows if r.drain_started is not None]
+        if not ids:
+            return {}
+        found = session.execute(
+            sa.select(ContainerRow.host_id, sa.func.count())
+            .where(ContainerRow.host_id.in_(ids), ContainerRow.state.in_(UNSTOPPED_STATES))
+            .group_by(ContainerRow.host_id)
+        ).all()
+        return {str(host_id): int(count) for host_id, count in found}
 
     @staticmethod
     def _running_counts(session: Session, container_uids: Sequence[str]) -> dict[str, int]:
@@ -278,7 +305,7 @@ class Store:
         return ContainerRecord(
             uid=row.uid,
             name=row.name,
-            request_id=row.request_id,
+            request_id=row.request_id or "",
             state=ContainerRecordState(row.state),
             labels=dict(row.labels),
             limits=LimitsRecord(row.memory_max_bytes, row.pids_max, row.cpu_max_millicores),
@@ -294,6 +321,8 @@ class Store:
             running_processes=running,
             sandbox=SandboxRecord.from_json(row.sandbox),
             effective_deny_syscalls=tuple(row.effective_deny_syscalls),
+            desired_state=row.desired_state or "",
+            stop_deadline=row.stop_deadline,
             restart_policy=row.restart_policy,
             max_restarts=row.max_restarts,
             restart_count=row.restart_count,
@@ -317,7 +346,7 @@ class Store:
         return ProcessRecord(
             uid=row.uid,
             container_uid=row.container_uid,
-            request_id=row.request_id,
+            request_id=row.request_id or "",
             argv=tuple(row.argv),
             env=dict(row.env),
             cwd=row.cwd,
@@ -414,8 +443,9 @@ class Store:
                 if not rows:
                     break
                 counts = self._count_placed(session, [r.id for r in rows])
+                unstopped = self._count_unstopped(session, rows)
                 for r in rows:
-                    record = self._host_record(r, counts.get(r.id, 0))
+                    record = self._host_record(r, counts.get(r.id, 0), unstopped.get(r.id, 0))
                     if state is None or record.state is state:
                         out.append(record)
                         if len(out) >= limit:
@@ -428,7 +458,8 @@ class Store:
         with self._read() as session:
             rows = list(session.scalars(sa.select(HostRow).order_by(HostRow.created, HostRow.id)))
             counts = self._count_placed(session, [r.id for r in rows])
-            return [self._host_record(r, counts.get(r.id, 0)) for r in rows]
+            unstopped = self._count_unstopped(session, rows)
+            return [self._host_record(r, counts.get(r.id, 0), unstopped.get(r.id, 0)) for r in rows]
 
     def set_admin_state(self, ref: str, admin_state: AdminState, now: datetime) -> HostRecord:
         """Cordon, uncordon or drain a host."""
@@ -514,6 +545,118 @@ class Store:
             row = self._host_row(session, host_id)
             return row.boot_id, row.event_seq
 
+    # -- intent: stops, deletes and drains (carried out by chital.controller.operations) --------
+
+    def request_stop(
+        self, ref: str, deadline: datetime, now: datetime, *, delete: bool = False
+    ) -> ContainerRecord:
+        """Record a stop (``delete``: a delete) in one transaction; the operations driver does it.
+
+        PENDING/CREATED/RUNNING/STOPPING become STOPPING with the stop deadline (the earlier of the
+        stored one and ``deadline``) and the desired state STOPPED (DELETED for a delete; a delete
+        asked for before stays wanted). STOPPED stays (a stop) or becomes DELETED (a delete), as do
+        FAILED and LOST on a delete; a stop of those is FailedPrecondition. DELETED stays.
+        """
+        with self._write() as (session, changes):
+            row = self._container_row(session, ref, lock=True)
+            state = ContainerRecordState(row.state)
+            if state is ContainerRecordState.DELETED:
+                return self._container(session, row)
+            if state in (
+                ContainerRecordState.STOPPED,
+                ContainerRecordState.FAILED,
+                ContainerRecordState.LOST,
+            ):
+                if not delete:
+                    if state is ContainerRecordState.STOPPED:
+                        return self._container(session, row)
+                    raise FailedPrecondition(f"container {row.name} is {state.value}; it cannot be stopped")
+                row.desired_state = ContainerRecordState.DELETED.value
+                self._finish_processes(session, changes, row.uid, "container deleted", now)
+                self._set_state(session, changes, row, ContainerRecordState.DELETED, message="", now=now)
+                return self._container(session, row)
+            if delete or row.desired_state == ContainerRecordState.DELETED.value:
+                row.desired_state = ContainerRecordState.DELETED.value
+            else:
+                row.desired_state = ContainerRecordState.STOPPED.value
+            if row.stop_deadline is None or deadline < row.stop_deadline:
+                row.stop_deadline = deadline
+            self._set_state(session, changes, row, ContainerRecordState.STOPPING, message="", now=now)
+            return self._container(session, row)
+
+    def finish_stop(self, uid: str, now: datetime) -> ContainerRecord:
+        """The container is gone from its host: STOPPING -> STOPPED, or DELETED if a delete was
+        asked for; processes still live become LOST (a late exit event still records the real exit).
+        A container whose host was lost meanwhile (LOST) is DELETED if a delete was asked for."""
+        with self._write() as (session, changes):
+            row = self._container_row(session, uid, lock=True)
+            state = ContainerRecordState(row.state)
+            wants_delete = row.desired_state == ContainerRecordState.DELETED.value
+            if state is ContainerRecordState.STOPPING:
+                target = ContainerRecordState.DELETED if wants_delete else ContainerRecordState.STOPPED
+                message = (
+                    "container deleted" if wants_delete else "container stopped before the exit was reported"
+                )
+                self._finish_processes(session, changes, row.uid, message, now)
+                self._set_state(session, changes, row, target, message="", now=now)
+            elif wants_delete and state in (ContainerRecordState.LOST, ContainerRecordState.STOPPED):
+                self._finish_processes(session, changes, row.uid, "container deleted", now)
+                self._set_state(
+                    session, changes, row, ContainerRecordState.DELETED, message=row.message, now=now
+                )
+            return self._container(session, row)
+
+    def stopping_containers(self, limit: int) -> list[ContainerRecord]:
+        """STOPPING containers, and LOST/STOPPED ones whose delete is not finished (desired
+        DELETED), soonest deadline first: the operations driver's work after a restart."""
+        with self._read() as session:
+            rows = session.scalars(
+                sa.select(ContainerRow)
+                .where(
+                    sa.or_(
+                        ContainerRow.state == ContainerRecordState.STOPPING.value,
+                        sa.and_(
+                            ContainerRow.desired_state == ContainerRecordState.DELETED.value,
+                            ContainerRow.state.in_(
+                                [ContainerRecordState.LOST.value, ContainerRecordState.STOPPED.value]
+                            ),
+                        ),
+                    )
+                )
+                .order_by(ContainerRow.stop_deadline)
+                .limit(limit)
+            ).all()
+            return self._containers(session, rows)
+
+    def start_drain(
+        self, ref: str, deadline: datetime, stop_deadline: datetime, now: datetime
+    ) -> tuple[HostRecord, list[ContainerRecord]]:
+        """Drain a host in one transaction: DRAINING (no placements), the drain's start and
+        ``deadline`` recorded, and every PENDING/CREATED/RUNNING/STOPPING container on it STOPPING
+        with a stop deadline of ``stop_deadline`` (or an earlier one it had). Returns the host and
+        the containers the drain stops."""
+        with self._write() as (session, changes):
+            host = self._host_row(session, ref, lock=True)
+            host.admin_state = AdminState.DRAINING.value
+            host.drain_started = now
+            host.drain_deadline = deadline
+            host.updated = now
+            rows = session.scalars(
+                sa.select(ContainerRow)
+                .where(ContainerRow.host_id == host.id, ContainerRow.state.in_(UNSTOPPED_STATES))
+                .order_by(ContainerRow.created, ContainerRow.uid)
+                .with_for_update()
+            ).all()
+            for row in rows:
+                if row.desired_state != ContainerRecordState.DELETED.value:
+                    row.desired_state = ContainerRecordState.STOPPED.value
+                if row.stop_deadline is None or stop_deadline < row.stop_deadline:
+                    row.stop_deadline = stop_deadline
+                self._set_state(session, changes, row, ContainerRecordState.STOPPING, message="", now=now)
+            host.drain_containers = len(rows)
+            session.flush()
+            return self._host(session, host), self._containers(session, rows)
+
     # -- containers -----------------------------------------------------------------------------
 
     def _find_container(self, session: Session, ref: str, *, lock: bool = False) -> ContainerRow | None:
@@ -576,9 +719,13 @@ class Store:
         """
         try:
             with self._write() as (session, changes):
-                existing = session.scalars(
-                    sa.select(ContainerRow).where(ContainerRow.request_id == request_id)
-                ).first()
+                existing = (
+                    session.scalars(
+                        sa.select(ContainerRow).where(ContainerRow.request_id == request_id)
+                    ).first()
+                    if request_id
+                    else None
+                )
                 if existing is not None:
                     return self._container(session, existing), False
                 if session.scalars(
@@ -612,7 +759,9 @@ class Store:
                     uid=uid,
                     name=spec.name,
                     live_name=spec.name,
-                    request_id=request_id,
+                    request_id=request_id or None,
+                    desired_state=ContainerRecordState.RUNNING.value,
+                    stop_deadline=None,
                     labels=dict(spec.labels),
                     memory_max_bytes=spec.limits.memory_max_bytes,
                     pids_max=spec.limits.pids_max,
@@ -640,7 +789,7 @@ class Store:
                 return record, True
         except IntegrityError:
             # A concurrent create with the same request_id or name committed first.
-            again = self.find_container_by_request(request_id)
+            again = self.find_container_by_request(request_id) if request_id else None
             if again is not None:
                 return again, False
             raise AlreadyExists(f"container name {spec.name!r} is taken") from None
@@ -783,11 +932,15 @@ class Store:
         try:
             with self._write() as (session, changes):
                 container = self._container_row(session, container_ref, lock=True)
-                existing = session.scalars(
-                    sa.select(ProcessRow).where(
-                        ProcessRow.container_uid == container.uid, ProcessRow.request_id == request_id
-                    )
-                ).first()
+                existing = (
+                    session.scalars(
+                        sa.select(ProcessRow).where(
+                            ProcessRow.container_uid == container.uid, ProcessRow.request_id == request_id
+                        )
+                    ).first()
+                    if request_id
+                    else None
+                )
                 if existing is not None:
                     return self._process_record(existing), self._container(session, container), False
                 if container.state not in (
@@ -798,7 +951,7 @@ class Store:
                 row = ProcessRow(
                     uid=uid,
                     container_uid=container.uid,
-                    request_id=request_id,
+                    request_id=request_id or None,
                     argv=list(spec.argv),
                     env=dict(spec.env),
                     cwd=spec.cwd,

@@ -186,8 +186,9 @@ def start_controller(
     extra_args: Sequence[str] = (),
     timeout: float = 30.0,
     metrics: bool = False,
+    listen: str = "127.0.0.1:0",
 ) -> ServiceProcess:
-    """Start a controller on a free loopback port, migrating its database first.
+    """Start a controller on a free loopback port (or ``listen``), migrating its database first.
 
     ``tls_dir``: its bundle (the API's server certificate and the client certificate it dials
     agents with; /metrics is HTTPS with it too); or ``insecure``."""
@@ -198,7 +199,7 @@ def start_controller(
         "--config",
         os.devnull,
         "--listen",
-        "127.0.0.1:0",
+        listen,
         "--state-dir",
         str(workdir / "state"),
         "--migrate",
@@ -315,6 +316,29 @@ class HollowFleet:
             with self.client() as client:
                 client.register_host(agent.address, labels=labels)
         return agent
+
+    def kill_controller(self) -> None:
+        """SIGKILL the controller (a crash): its database and the agents stay."""
+        assert self.controller is not None, "fleet not started"
+        self.controller.kill()
+
+    def restart_controller(self) -> ServiceProcess:
+        """Start the controller again on its address, with its database and its bundle."""
+        assert self.workdir is not None and self.controller is not None, "fleet not started"
+        old = self.controller
+        old.stop()
+        argv = old.proc.args if isinstance(old.proc.args, list) else []
+        tls_dir = Path(argv[argv.index("--tls-dir") + 1]) if "--tls-dir" in argv else None
+        self.controller = start_controller(
+            self.workdir / "controller",
+            database_url=self.database_url,
+            tls_dir=tls_dir,
+            insecure=self.insecure,
+            extra_args=self.controller_args,
+            metrics=self.metrics,
+            listen=old.address,
+        )
+        return self.controller
 
     def kill_agent(self, index: int) -> None:
         """SIGKILL agent ``index`` (a crash): the processes it started keep running."""

@@ -276,6 +276,7 @@ class Container(_message.Message):
     RUNNING_PROCESSES_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
     EFFECTIVE_DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
+    STOP_DEADLINE_TIME_FIELD_NUMBER: _builtins.int
     RESTART_POLICY_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     RESTART_COUNT_FIELD_NUMBER: _builtins.int
@@ -316,6 +317,10 @@ class Container(_message.Message):
         minus sandbox.allow_syscalls (empty until the container is created on a host).
         """
 
+    @_builtins.property
+    def stop_deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """While STOPPING: when what still runs is killed (SIGKILL) at the latest."""
+
     def __init__(
         self,
         *,
@@ -334,13 +339,14 @@ class Container(_message.Message):
         running_processes: _builtins.int = ...,
         sandbox: Global___Sandbox | None = ...,
         effective_deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
+        stop_deadline_time: _timestamp_pb2.Timestamp | None = ...,
         restart_policy: Global___RestartPolicy.ValueType = ...,
         max_restarts: _builtins.int = ...,
         restart_count: _builtins.int = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits", "sandbox", b"sandbox", "update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "limits", b"limits", "sandbox", b"sandbox", "stop_deadline_time", b"stop_deadline_time", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deny_syscalls", b"deny_syscalls", "effective_deny_syscalls", b"effective_deny_syscalls", "host_address", b"host_address", "host_id", b"host_id", "labels", b"labels", "limits", b"limits", "max_restarts", b"max_restarts", "message", b"message", "name", b"name", "restart_count", b"restart_count", "restart_policy", b"restart_policy", "root", b"root", "running_processes", b"running_processes", "sandbox", b"sandbox", "state", b"state", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "deny_syscalls", b"deny_syscalls", "effective_deny_syscalls", b"effective_deny_syscalls", "host_address", b"host_address", "host_id", b"host_id", "labels", b"labels", "limits", b"limits", "max_restarts", b"max_restarts", "message", b"message", "name", b"name", "restart_count", b"restart_count", "restart_policy", b"restart_policy", "root", b"root", "running_processes", b"running_processes", "sandbox", b"sandbox", "state", b"state", "stop_deadline_time", b"stop_deadline_time", "uid", b"uid", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -471,10 +477,13 @@ class CreateContainerRequest(_message.Message):
     DENY_SYSCALLS_FIELD_NUMBER: _builtins.int
     HOST_FIELD_NUMBER: _builtins.int
     SANDBOX_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     RESTART_POLICY_FIELD_NUMBER: _builtins.int
     MAX_RESTARTS_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
-    """Client-chosen idempotency key, 1-128 characters."""
+    """Optional client-chosen idempotency key, 1-128 printable ASCII characters without spaces
+    (empty: the call is not idempotent).
+    """
     name: _builtins.str
     """Unique name: 1-63 characters, [a-z0-9] at both ends, [a-z0-9._-] inside; not 32 hex
     digits (the shape of a uid: references try the uid first, then the name).
@@ -482,6 +491,8 @@ class CreateContainerRequest(_message.Message):
     root: _builtins.str
     host: _builtins.str
     """Pin the container to this host (id or address); empty: the controller places it."""
+    wait: _builtins.bool
+    """Return once the host created the container (or refused it), not as soon as it is recorded."""
     restart_policy: Global___RestartPolicy.ValueType
     """What happens when its host loses it (unspecified: NEVER)."""
     max_restarts: _builtins.int
@@ -507,12 +518,13 @@ class CreateContainerRequest(_message.Message):
         deny_syscalls: _abc.Iterable[_builtins.str] | None = ...,
         host: _builtins.str = ...,
         sandbox: Global___Sandbox | None = ...,
+        wait: _builtins.bool = ...,
         restart_policy: Global___RestartPolicy.ValueType = ...,
         max_restarts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["limits", b"limits", "sandbox", b"sandbox"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "host", b"host", "labels", b"labels", "limits", b"limits", "max_restarts", b"max_restarts", "name", b"name", "request_id", b"request_id", "restart_policy", b"restart_policy", "root", b"root", "sandbox", b"sandbox"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deny_syscalls", b"deny_syscalls", "host", b"host", "labels", b"labels", "limits", b"limits", "max_restarts", b"max_restarts", "name", b"name", "request_id", b"request_id", "restart_policy", b"restart_policy", "root", b"root", "sandbox", b"sandbox", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -776,9 +788,12 @@ class ExecRequest(_message.Message):
     CWD_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     GROUP_ID_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     container: _builtins.str
     request_id: _builtins.str
-    """Client-chosen idempotency key, 1-128 characters."""
+    """Optional client-chosen idempotency key, 1-128 printable ASCII characters without spaces
+    (empty: the call is not idempotent).
+    """
     cwd: _builtins.str
     """Working directory inside the container (default "/")."""
     user_id: _builtins.int
@@ -787,6 +802,8 @@ class ExecRequest(_message.Message):
     """
     group_id: _builtins.int
     """Unset: the host's default unprivileged group (65534)."""
+    wait: _builtins.bool
+    """Return once the host started the process (or refused it), not as soon as it is recorded."""
     @_builtins.property
     def argv(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -801,10 +818,11 @@ class ExecRequest(_message.Message):
         cwd: _builtins.str = ...,
         user_id: _builtins.int | None = ...,
         group_id: _builtins.int | None = ...,
+        wait: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_group_id", b"_group_id", "_user_id", b"_user_id", "group_id", b"group_id", "user_id", b"user_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_group_id", b"_group_id", "_user_id", b"_user_id", "argv", b"argv", "container", b"container", "cwd", b"cwd", "env", b"env", "group_id", b"group_id", "request_id", b"request_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_group_id", b"_group_id", "_user_id", b"_user_id", "argv", b"argv", "container", b"container", "cwd", b"cwd", "env", b"env", "group_id", b"group_id", "request_id", b"request_id", "user_id", b"user_id", "wait", b"wait"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__group_id: _TypeAlias = _typing.Literal["group_id"]  # noqa: Y015
     _WhichOneofArgType__group_id: _TypeAlias = _typing.Literal["_group_id", b"_group_id"]  # noqa: Y015

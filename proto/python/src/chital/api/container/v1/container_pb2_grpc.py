@@ -27,8 +27,11 @@ if _version_not_supported:
 
 class ContainerServiceStub:
     """ContainerService is the public API for sandboxes ("containers") and the processes run in them.
-    It is served by the controller. Every mutating call is idempotent: creates carry a client-chosen
-    request_id, other calls name their resource.
+    It is served by the controller. Mutating calls record the intent and return; the controller then
+    carries it out on the hosts (watch the result with Watch, GetContainer or WaitProcess, or ask
+    CreateContainer and Exec to wait). Creates and Exec take an optional client-chosen request_id
+    (AIP-155): with one a retry returns the first result and never creates twice; without one a call
+    is not idempotent. Other calls name their resource and are idempotent.
     """
 
     def __init__(self, channel):
@@ -106,17 +109,22 @@ class ContainerServiceStub:
 
 class ContainerServiceServicer:
     """ContainerService is the public API for sandboxes ("containers") and the processes run in them.
-    It is served by the controller. Every mutating call is idempotent: creates carry a client-chosen
-    request_id, other calls name their resource.
+    It is served by the controller. Mutating calls record the intent and return; the controller then
+    carries it out on the hosts (watch the result with Watch, GetContainer or WaitProcess, or ask
+    CreateContainer and Exec to wait). Creates and Exec take an optional client-chosen request_id
+    (AIP-155): with one a retry returns the first result and never creates twice; without one a call
+    is not idempotent. Other calls name their resource and are idempotent.
     """
 
     def CreateContainer(self, request, context):
-        """CreateContainer records a container, places it on a ready host and creates it there.
-        A retry with the same request_id returns the first result and creates nothing new.
-        If the host refuses the container, the call fails with the host's error and the container
-        is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
-        if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
-        until a retry with the same request_id (or the controller) finishes the create.
+        """CreateContainer records a container placed on a ready host (PENDING) and returns it at once;
+        the controller then creates it there: CREATED, or FAILED with the host's error as message.
+        With wait, the call returns once the host created it (CREATED); if the host refuses the
+        container, the call fails with the host's error and the container is kept as FAILED with that
+        reason (a waiting retry is then FAILED_PRECONDITION); if the host cannot be reached, it fails
+        with UNAVAILABLE and the container stays PENDING until a retry with the same request_id (or
+        the controller) finishes the create. A retry with the same request_id returns the first
+        result and creates nothing new.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -137,21 +145,26 @@ class ContainerServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def StopContainer(self, request, context):
-        """StopContainer signals every member with SIGTERM, then SIGKILL after the grace period.
+        """StopContainer records a stop and returns the container STOPPING (STOPPED if it was already):
+        the controller signals its processes with SIGTERM, and SIGKILLs what is left once the grace
+        period is over (stop_deadline_time), then the container is STOPPED. Watch it to wait.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def DeleteContainer(self, request, context):
-        """DeleteContainer removes a stopped container (or any container with force) from its host.
+        """DeleteContainer deletes a stopped container (or any container with force). One that is still
+        on its host comes back STOPPING and becomes DELETED once its host removed it (no grace).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def Exec(self, request, context):
-        """Exec starts a process in a container. A retry with the same request_id starts nothing new.
+        """Exec records a process (STARTING) and returns it; the controller starts it on the host. With
+        wait, the call returns once the host started it. A retry with the same request_id starts
+        nothing new.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -195,7 +208,11 @@ class ContainerServiceServicer:
     def Watch(self, request, context):
         """Watch streams container and process events after a revision, then live ones. With a
         heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
-        after, then one whenever no event was sent for that long.
+        after, then one whenever no event was sent for that long. The controller keeps events for its
+        event_retention: a watch from a revision below the compacted one (or one that falls that far
+        behind) ends with OUT_OF_RANGE, the compacted revision in its message and in the trailing
+        metadata "chital-compact-revision" (every event at or below it is gone); list again and watch
+        from a newer revision.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -287,8 +304,11 @@ def add_ContainerServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class ContainerService:
     """ContainerService is the public API for sandboxes ("containers") and the processes run in them.
-    It is served by the controller. Every mutating call is idempotent: creates carry a client-chosen
-    request_id, other calls name their resource.
+    It is served by the controller. Mutating calls record the intent and return; the controller then
+    carries it out on the hosts (watch the result with Watch, GetContainer or WaitProcess, or ask
+    CreateContainer and Exec to wait). Creates and Exec take an optional client-chosen request_id
+    (AIP-155): with one a retry returns the first result and never creates twice; without one a call
+    is not idempotent. Other calls name their resource and are idempotent.
     """
 
     @staticmethod

@@ -28,8 +28,11 @@ GRPC_VERSION: str
 
 class ContainerServiceStub:
     """ContainerService is the public API for sandboxes ("containers") and the processes run in them.
-    It is served by the controller. Every mutating call is idempotent: creates carry a client-chosen
-    request_id, other calls name their resource.
+    It is served by the controller. Mutating calls record the intent and return; the controller then
+    carries it out on the hosts (watch the result with Watch, GetContainer or WaitProcess, or ask
+    CreateContainer and Exec to wait). Creates and Exec take an optional client-chosen request_id
+    (AIP-155): with one a retry returns the first result and never creates twice; without one a call
+    is not idempotent. Other calls name their resource and are idempotent.
     """
 
     @_typing.overload
@@ -37,23 +40,33 @@ class ContainerServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> ContainerServiceAsyncStub: ...
     CreateContainer: _grpc.UnaryUnaryMultiCallable[_container_pb2.CreateContainerRequest, _container_pb2.CreateContainerResponse]
-    """CreateContainer records a container, places it on a ready host and creates it there.
-    A retry with the same request_id returns the first result and creates nothing new.
-    If the host refuses the container, the call fails with the host's error and the container
-    is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
-    if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
-    until a retry with the same request_id (or the controller) finishes the create.
+    """CreateContainer records a container placed on a ready host (PENDING) and returns it at once;
+    the controller then creates it there: CREATED, or FAILED with the host's error as message.
+    With wait, the call returns once the host created it (CREATED); if the host refuses the
+    container, the call fails with the host's error and the container is kept as FAILED with that
+    reason (a waiting retry is then FAILED_PRECONDITION); if the host cannot be reached, it fails
+    with UNAVAILABLE and the container stays PENDING until a retry with the same request_id (or
+    the controller) finishes the create. A retry with the same request_id returns the first
+    result and creates nothing new.
     """
     GetContainer: _grpc.UnaryUnaryMultiCallable[_container_pb2.GetContainerRequest, _container_pb2.GetContainerResponse]
     """GetContainer returns one container by uid or name."""
     ListContainers: _grpc.UnaryUnaryMultiCallable[_container_pb2.ListContainersRequest, _container_pb2.ListContainersResponse]
     """ListContainers returns a page of containers, oldest first."""
     StopContainer: _grpc.UnaryUnaryMultiCallable[_container_pb2.StopContainerRequest, _container_pb2.StopContainerResponse]
-    """StopContainer signals every member with SIGTERM, then SIGKILL after the grace period."""
+    """StopContainer records a stop and returns the container STOPPING (STOPPED if it was already):
+    the controller signals its processes with SIGTERM, and SIGKILLs what is left once the grace
+    period is over (stop_deadline_time), then the container is STOPPED. Watch it to wait.
+    """
     DeleteContainer: _grpc.UnaryUnaryMultiCallable[_container_pb2.DeleteContainerRequest, _container_pb2.DeleteContainerResponse]
-    """DeleteContainer removes a stopped container (or any container with force) from its host."""
+    """DeleteContainer deletes a stopped container (or any container with force). One that is still
+    on its host comes back STOPPING and becomes DELETED once its host removed it (no grace).
+    """
     Exec: _grpc.UnaryUnaryMultiCallable[_container_pb2.ExecRequest, _container_pb2.ExecResponse]
-    """Exec starts a process in a container. A retry with the same request_id starts nothing new."""
+    """Exec records a process (STARTING) and returns it; the controller starts it on the host. With
+    wait, the call returns once the host started it. A retry with the same request_id starts
+    nothing new.
+    """
     GetProcess: _grpc.UnaryUnaryMultiCallable[_container_pb2.GetProcessRequest, _container_pb2.GetProcessResponse]
     """GetProcess returns one process."""
     ListProcesses: _grpc.UnaryUnaryMultiCallable[_container_pb2.ListProcessesRequest, _container_pb2.ListProcessesResponse]
@@ -67,7 +80,11 @@ class ContainerServiceStub:
     Watch: _grpc.UnaryStreamMultiCallable[_container_pb2.WatchRequest, _container_pb2.WatchResponse]
     """Watch streams container and process events after a revision, then live ones. With a
     heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
-    after, then one whenever no event was sent for that long.
+    after, then one whenever no event was sent for that long. The controller keeps events for its
+    event_retention: a watch from a revision below the compacted one (or one that falls that far
+    behind) ends with OUT_OF_RANGE, the compacted revision in its message and in the trailing
+    metadata "chital-compact-revision" (every event at or below it is gone); list again and watch
+    from a newer revision.
     """
     GetContainerStats: _grpc.UnaryUnaryMultiCallable[_container_pb2.GetContainerStatsRequest, _container_pb2.GetContainerStatsResponse]
     """GetContainerStats returns the kernel module's per-syscall counters of a container and its
@@ -77,29 +94,42 @@ class ContainerServiceStub:
 @_typing.type_check_only
 class ContainerServiceAsyncStub(ContainerServiceStub):
     """ContainerService is the public API for sandboxes ("containers") and the processes run in them.
-    It is served by the controller. Every mutating call is idempotent: creates carry a client-chosen
-    request_id, other calls name their resource.
+    It is served by the controller. Mutating calls record the intent and return; the controller then
+    carries it out on the hosts (watch the result with Watch, GetContainer or WaitProcess, or ask
+    CreateContainer and Exec to wait). Creates and Exec take an optional client-chosen request_id
+    (AIP-155): with one a retry returns the first result and never creates twice; without one a call
+    is not idempotent. Other calls name their resource and are idempotent.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateContainer: _aio.UnaryUnaryMultiCallable[_container_pb2.CreateContainerRequest, _container_pb2.CreateContainerResponse]  # type: ignore[assignment]
-    """CreateContainer records a container, places it on a ready host and creates it there.
-    A retry with the same request_id returns the first result and creates nothing new.
-    If the host refuses the container, the call fails with the host's error and the container
-    is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
-    if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
-    until a retry with the same request_id (or the controller) finishes the create.
+    """CreateContainer records a container placed on a ready host (PENDING) and returns it at once;
+    the controller then creates it there: CREATED, or FAILED with the host's error as message.
+    With wait, the call returns once the host created it (CREATED); if the host refuses the
+    container, the call fails with the host's error and the container is kept as FAILED with that
+    reason (a waiting retry is then FAILED_PRECONDITION); if the host cannot be reached, it fails
+    with UNAVAILABLE and the container stays PENDING until a retry with the same request_id (or
+    the controller) finishes the create. A retry with the same request_id returns the first
+    result and creates nothing new.
     """
     GetContainer: _aio.UnaryUnaryMultiCallable[_container_pb2.GetContainerRequest, _container_pb2.GetContainerResponse]  # type: ignore[assignment]
     """GetContainer returns one container by uid or name."""
     ListContainers: _aio.UnaryUnaryMultiCallable[_container_pb2.ListContainersRequest, _container_pb2.ListContainersResponse]  # type: ignore[assignment]
     """ListContainers returns a page of containers, oldest first."""
     StopContainer: _aio.UnaryUnaryMultiCallable[_container_pb2.StopContainerRequest, _container_pb2.StopContainerResponse]  # type: ignore[assignment]
-    """StopContainer signals every member with SIGTERM, then SIGKILL after the grace period."""
+    """StopContainer records a stop and returns the container STOPPING (STOPPED if it was already):
+    the controller signals its processes with SIGTERM, and SIGKILLs what is left once the grace
+    period is over (stop_deadline_time), then the container is STOPPED. Watch it to wait.
+    """
     DeleteContainer: _aio.UnaryUnaryMultiCallable[_container_pb2.DeleteContainerRequest, _container_pb2.DeleteContainerResponse]  # type: ignore[assignment]
-    """DeleteContainer removes a stopped container (or any container with force) from its host."""
+    """DeleteContainer deletes a stopped container (or any container with force). One that is still
+    on its host comes back STOPPING and becomes DELETED once its host removed it (no grace).
+    """
     Exec: _aio.UnaryUnaryMultiCallable[_container_pb2.ExecRequest, _container_pb2.ExecResponse]  # type: ignore[assignment]
-    """Exec starts a process in a container. A retry with the same request_id starts nothing new."""
+    """Exec records a process (STARTING) and returns it; the controller starts it on the host. With
+    wait, the call returns once the host started it. A retry with the same request_id starts
+    nothing new.
+    """
     GetProcess: _aio.UnaryUnaryMultiCallable[_container_pb2.GetProcessRequest, _container_pb2.GetProcessResponse]  # type: ignore[assignment]
     """GetProcess returns one process."""
     ListProcesses: _aio.UnaryUnaryMultiCallable[_container_pb2.ListProcessesRequest, _container_pb2.ListProcessesResponse]  # type: ignore[assignment]
@@ -113,7 +143,11 @@ class ContainerServiceAsyncStub(ContainerServiceStub):
     Watch: _aio.UnaryStreamMultiCallable[_container_pb2.WatchRequest, _container_pb2.WatchResponse]  # type: ignore[assignment]
     """Watch streams container and process events after a revision, then live ones. With a
     heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
-    after, then one whenever no event was sent for that long.
+    after, then one whenever no event was sent for that long. The controller keeps events for its
+    event_retention: a watch from a revision below the compacted one (or one that falls that far
+    behind) ends with OUT_OF_RANGE, the compacted revision in its message and in the trailing
+    metadata "chital-compact-revision" (every event at or below it is gone); list again and watch
+    from a newer revision.
     """
     GetContainerStats: _aio.UnaryUnaryMultiCallable[_container_pb2.GetContainerStatsRequest, _container_pb2.GetContainerStatsResponse]  # type: ignore[assignment]
     """GetContainerStats returns the kernel module's per-syscall counters of a container and its
@@ -122,8 +156,11 @@ class ContainerServiceAsyncStub(ContainerServiceStub):
 
 class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
     """ContainerService is the public API for sandboxes ("containers") and the processes run in them.
-    It is served by the controller. Every mutating call is idempotent: creates carry a client-chosen
-    request_id, other calls name their resource.
+    It is served by the controller. Mutating calls record the intent and return; the controller then
+    carries it out on the hosts (watch the result with Watch, GetContainer or WaitProcess, or ask
+    CreateContainer and Exec to wait). Creates and Exec take an optional client-chosen request_id
+    (AIP-155): with one a retry returns the first result and never creates twice; without one a call
+    is not idempotent. Other calls name their resource and are idempotent.
     """
 
     @_abc_1.abstractmethod
@@ -132,12 +169,14 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _container_pb2.CreateContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_container_pb2.CreateContainerResponse, _abc.Awaitable[_container_pb2.CreateContainerResponse]]:
-        """CreateContainer records a container, places it on a ready host and creates it there.
-        A retry with the same request_id returns the first result and creates nothing new.
-        If the host refuses the container, the call fails with the host's error and the container
-        is kept as FAILED with that reason as its message (a retry is then FAILED_PRECONDITION);
-        if the host cannot be reached, it fails with UNAVAILABLE and the container stays PENDING
-        until a retry with the same request_id (or the controller) finishes the create.
+        """CreateContainer records a container placed on a ready host (PENDING) and returns it at once;
+        the controller then creates it there: CREATED, or FAILED with the host's error as message.
+        With wait, the call returns once the host created it (CREATED); if the host refuses the
+        container, the call fails with the host's error and the container is kept as FAILED with that
+        reason (a waiting retry is then FAILED_PRECONDITION); if the host cannot be reached, it fails
+        with UNAVAILABLE and the container stays PENDING until a retry with the same request_id (or
+        the controller) finishes the create. A retry with the same request_id returns the first
+        result and creates nothing new.
         """
 
     @_abc_1.abstractmethod
@@ -162,7 +201,10 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _container_pb2.StopContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_container_pb2.StopContainerResponse, _abc.Awaitable[_container_pb2.StopContainerResponse]]:
-        """StopContainer signals every member with SIGTERM, then SIGKILL after the grace period."""
+        """StopContainer records a stop and returns the container STOPPING (STOPPED if it was already):
+        the controller signals its processes with SIGTERM, and SIGKILLs what is left once the grace
+        period is over (stop_deadline_time), then the container is STOPPED. Watch it to wait.
+        """
 
     @_abc_1.abstractmethod
     def DeleteContainer(
@@ -170,7 +212,9 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _container_pb2.DeleteContainerRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_container_pb2.DeleteContainerResponse, _abc.Awaitable[_container_pb2.DeleteContainerResponse]]:
-        """DeleteContainer removes a stopped container (or any container with force) from its host."""
+        """DeleteContainer deletes a stopped container (or any container with force). One that is still
+        on its host comes back STOPPING and becomes DELETED once its host removed it (no grace).
+        """
 
     @_abc_1.abstractmethod
     def Exec(
@@ -178,7 +222,10 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _container_pb2.ExecRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_container_pb2.ExecResponse, _abc.Awaitable[_container_pb2.ExecResponse]]:
-        """Exec starts a process in a container. A retry with the same request_id starts nothing new."""
+        """Exec records a process (STARTING) and returns it; the controller starts it on the host. With
+        wait, the call returns once the host started it. A retry with the same request_id starts
+        nothing new.
+        """
 
     @_abc_1.abstractmethod
     def GetProcess(
@@ -228,7 +275,11 @@ class ContainerServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_abc.Iterator[_container_pb2.WatchResponse], _abc.AsyncIterator[_container_pb2.WatchResponse]]:
         """Watch streams container and process events after a revision, then live ones. With a
         heartbeat_interval it also sends heartbeats: one at once, with the revision the watch starts
-        after, then one whenever no event was sent for that long.
+        after, then one whenever no event was sent for that long. The controller keeps events for its
+        event_retention: a watch from a revision below the compacted one (or one that falls that far
+        behind) ends with OUT_OF_RANGE, the compacted revision in its message and in the trailing
+        metadata "chital-compact-revision" (every event at or below it is gone); list again and watch
+        from a newer revision.
         """
 
     @_abc_1.abstractmethod

@@ -153,6 +153,7 @@ class Host(_message.Message):
     LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    DRAIN_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     address: _builtins.str
     """host:port of the agent's gRPC endpoint."""
@@ -173,6 +174,10 @@ class Host(_message.Message):
 
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def drain(self) -> Global___Drain:
+        """The drain in progress, or the last one (unset: never drained)."""
+
     def __init__(
         self,
         *,
@@ -186,14 +191,55 @@ class Host(_message.Message):
         last_seen_time: _timestamp_pb2.Timestamp | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         message: _builtins.str = ...,
+        drain: Global___Drain | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "capacity", b"capacity", "create_time", b"create_time", "last_seen_time", b"last_seen_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "capacity", b"capacity", "create_time", b"create_time", "drain", b"drain", "last_seen_time", b"last_seen_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent", b"agent", "capacity", b"capacity", "container_count", b"container_count", "create_time", b"create_time", "id", b"id", "labels", b"labels", "last_seen_time", b"last_seen_time", "message", b"message", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "agent", b"agent", "capacity", b"capacity", "container_count", b"container_count", "create_time", b"create_time", "drain", b"drain", "id", b"id", "labels", b"labels", "last_seen_time", b"last_seen_time", "message", b"message", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Host: _TypeAlias = Host  # noqa: Y015
+
+@_typing.final
+class Drain(_message.Message):
+    """Drain is the progress of a host's drain."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_TIME_FIELD_NUMBER: _builtins.int
+    DEADLINE_TIME_FIELD_NUMBER: _builtins.int
+    CONTAINERS_FIELD_NUMBER: _builtins.int
+    REMAINING_FIELD_NUMBER: _builtins.int
+    COMPLETE_FIELD_NUMBER: _builtins.int
+    containers: _builtins.int
+    """Containers the drain set out to stop."""
+    remaining: _builtins.int
+    """Containers on the host not stopped yet."""
+    complete: _builtins.bool
+    """No container is left to stop."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def deadline_time(self) -> _timestamp_pb2.Timestamp:
+        """Every container is stopped by then (SIGKILL at the latest)."""
+
+    def __init__(
+        self,
+        *,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        deadline_time: _timestamp_pb2.Timestamp | None = ...,
+        containers: _builtins.int = ...,
+        remaining: _builtins.int = ...,
+        complete: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline_time", b"deadline_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["complete", b"complete", "containers", b"containers", "deadline_time", b"deadline_time", "remaining", b"remaining", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Drain: _TypeAlias = Drain  # noqa: Y015
 
 @_typing.final
 class RegisterHostRequest(_message.Message):
@@ -458,20 +504,26 @@ class DrainHostRequest(_message.Message):
 
     HOST_FIELD_NUMBER: _builtins.int
     GRACE_PERIOD_FIELD_NUMBER: _builtins.int
+    DEADLINE_FIELD_NUMBER: _builtins.int
     host: _builtins.str
     @_builtins.property
     def grace_period(self) -> _duration_pb2.Duration:
         """Grace period for each container's members (default 10 s)."""
+
+    @_builtins.property
+    def deadline(self) -> _duration_pb2.Duration:
+        """The drain is complete by then: members still running are killed (default: the grace period)."""
 
     def __init__(
         self,
         *,
         host: _builtins.str = ...,
         grace_period: _duration_pb2.Duration | None = ...,
+        deadline: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "grace_period", b"grace_period"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grace_period", b"grace_period", "host", b"host"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "grace_period", b"grace_period", "host", b"host"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -479,14 +531,14 @@ Global___DrainHostRequest: _TypeAlias = DrainHostRequest  # noqa: Y015
 
 @_typing.final
 class DrainHostResponse(_message.Message):
-    """DrainHostResponse returns the host."""
+    """DrainHostResponse returns the host, DRAINING, with its drain just started."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     HOST_FIELD_NUMBER: _builtins.int
     STOPPED_CONTAINERS_FIELD_NUMBER: _builtins.int
     stopped_containers: _builtins.int
-    """Containers stopped by the drain."""
+    """Containers the drain stops."""
     @_builtins.property
     def host(self) -> Global___Host: ...
     def __init__(

@@ -113,7 +113,10 @@ class HostServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def DrainHost(self, request, context):
-        """DrainHost cordons a host and stops its containers before the deadline.
+        """DrainHost starts a drain and returns at once: the host becomes DRAINING (no new containers)
+        and every container on it is stopped (SIGTERM, then SIGKILL at the grace period or the
+        drain's deadline, whichever comes first), so the drain is complete by its deadline. Watch its
+        progress with GetHost (Host.drain).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

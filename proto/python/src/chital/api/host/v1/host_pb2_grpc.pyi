@@ -46,7 +46,11 @@ class HostServiceStub:
     UncordonHost: _grpc.UnaryUnaryMultiCallable[_host_pb2.UncordonHostRequest, _host_pb2.UncordonHostResponse]
     """UncordonHost makes a cordoned host eligible for placement again."""
     DrainHost: _grpc.UnaryUnaryMultiCallable[_host_pb2.DrainHostRequest, _host_pb2.DrainHostResponse]
-    """DrainHost cordons a host and stops its containers before the deadline."""
+    """DrainHost starts a drain and returns at once: the host becomes DRAINING (no new containers)
+    and every container on it is stopped (SIGTERM, then SIGKILL at the grace period or the
+    drain's deadline, whichever comes first), so the drain is complete by its deadline. Watch its
+    progress with GetHost (Host.drain).
+    """
     RemoveHost: _grpc.UnaryUnaryMultiCallable[_host_pb2.RemoveHostRequest, _host_pb2.RemoveHostResponse]
     """RemoveHost forgets a host that has no live containers (or any host with force)."""
 
@@ -68,7 +72,11 @@ class HostServiceAsyncStub(HostServiceStub):
     UncordonHost: _aio.UnaryUnaryMultiCallable[_host_pb2.UncordonHostRequest, _host_pb2.UncordonHostResponse]  # type: ignore[assignment]
     """UncordonHost makes a cordoned host eligible for placement again."""
     DrainHost: _aio.UnaryUnaryMultiCallable[_host_pb2.DrainHostRequest, _host_pb2.DrainHostResponse]  # type: ignore[assignment]
-    """DrainHost cordons a host and stops its containers before the deadline."""
+    """DrainHost starts a drain and returns at once: the host becomes DRAINING (no new containers)
+    and every container on it is stopped (SIGTERM, then SIGKILL at the grace period or the
+    drain's deadline, whichever comes first), so the drain is complete by its deadline. Watch its
+    progress with GetHost (Host.drain).
+    """
     RemoveHost: _aio.UnaryUnaryMultiCallable[_host_pb2.RemoveHostRequest, _host_pb2.RemoveHostResponse]  # type: ignore[assignment]
     """RemoveHost forgets a host that has no live containers (or any host with force)."""
 
@@ -123,7 +131,11 @@ class HostServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _host_pb2.DrainHostRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_host_pb2.DrainHostResponse, _abc.Awaitable[_host_pb2.DrainHostResponse]]:
-        """DrainHost cordons a host and stops its containers before the deadline."""
+        """DrainHost starts a drain and returns at once: the host becomes DRAINING (no new containers)
+        and every container on it is stopped (SIGTERM, then SIGKILL at the grace period or the
+        drain's deadline, whichever comes first), so the drain is complete by its deadline. Watch its
+        progress with GetHost (Host.drain).
+        """
 
     @_abc_1.abstractmethod
     def RemoveHost(
