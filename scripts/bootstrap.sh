@@ -18,9 +18,10 @@ apt_packages=(python3 python3-venv python3-dev gcc make libc6-dev git ca-certifi
 if [ "${CHITAL_VM:-0}" = 1 ]; then
     # QEMU, a Debian kernel with its build tree, busybox for the initramfs, static libc for the
     # guest test helpers, pahole (dwarves) for BTF, sparse and linux-source (checkpatch.pl) for
-    # scripts/kmod-check.sh.
-    apt_packages+=(qemu-system-x86 linux-image-amd64 linux-headers-amd64 busybox-static dwarves
-        strace sparse libc6-dev file cpio kmod linux-source)
+    # scripts/kmod-check.sh; mmdebstrap and qemu-utils (qemu-img) for the guests that look like real
+    # hosts (chital.devcluster.hostimage, hostvm).
+    apt_packages+=(qemu-system-x86 qemu-utils linux-image-amd64 linux-headers-amd64 busybox-static dwarves
+        mmdebstrap strace sparse libc6-dev file cpio kmod linux-source)
 fi
 
 missing=()
