@@ -103,6 +103,7 @@ CONTAINER_TRANSITIONS: tuple[Transition, ...] = (
     Transition(C.PENDING, C.FAILED, "the agent refused the create"),
     Transition(C.PENDING, C.LOST, "its host was lost before the create"),
     Transition(C.PENDING, C.DELETED, "forced delete"),
+    Transition(C.PENDING, C.STOPPING, "stop, forced delete or drain while the create may be under way"),
     Transition(C.CREATED, C.RUNNING, "a process runs in it"),
     Transition(C.CREATED, C.STOPPING, "stop"),
     Transition(C.CREATED, C.LOST, "its host was lost, or the agent no longer has it"),

@@ -571,10 +571,12 @@ class Store:
                     if state is ContainerRecordState.STOPPED:
                         return self._container(session, row)
                     raise FailedPrecondition(f"container {row.name} is {state.value}; it cannot be stopped")
+                lifecycle.check_container(row.name, state, ContainerRecordState.DELETED)
                 row.desired_state = ContainerRecordState.DELETED.value
                 self._finish_processes(session, changes, row.uid, "container deleted", now)
                 self._set_state(session, changes, row, ContainerRecordState.DELETED, message="", now=now)
                 return self._container(session, row)
+            lifecycle.check_container(row.name, state, ContainerRecordState.STOPPING)  # STOPPING: no-op
             if delete or row.desired_state == ContainerRecordState.DELETED.value:
                 row.desired_state = ContainerRecordState.DELETED.value
             else:
@@ -597,9 +599,11 @@ class Store:
                 message = (
                     "container deleted" if wants_delete else "container stopped before the exit was reported"
                 )
+                lifecycle.check_container(row.name, state, target)
                 self._finish_processes(session, changes, row.uid, message, now)
                 self._set_state(session, changes, row, target, message="", now=now)
             elif wants_delete and state in (ContainerRecordState.LOST, ContainerRecordState.STOPPED):
+                lifecycle.check_container(row.name, state, ContainerRecordState.DELETED)
                 self._finish_processes(session, changes, row.uid, "container deleted", now)
                 self._set_state(
                     session, changes, row, ContainerRecordState.DELETED, message=row.message, now=now
@@ -648,6 +652,9 @@ class Store:
                 .with_for_update()
             ).all()
             for row in rows:
+                lifecycle.check_container(
+                    row.name, ContainerRecordState(row.state), ContainerRecordState.STOPPING
+                )
                 if row.desired_state != ContainerRecordState.DELETED.value:
                     row.desired_state = ContainerRecordState.STOPPED.value
                 if row.stop_deadline is None or stop_deadline < row.stop_deadline:
