@@ -11,6 +11,7 @@ Nothing here is timed: the latency figures are bench/attached_streams.py's.
 from __future__ import annotations
 
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -118,8 +119,21 @@ def test_more_attached_clients_than_workers_leave_unary_calls_and_events_flowing
     until(lambda: cluster.controller.streams.in_use() == 0)
 
 
+def scrape(cluster: Cluster) -> dict[str, float]:
+    """The controller's /metrics samples (name and labels -> value)."""
+    url = f"http://127.0.0.1:{cluster.controller.metrics_port}/metrics"
+    with urllib.request.urlopen(url, timeout=T) as response:
+        lines = response.read().decode().splitlines()
+    samples = {}
+    for line in lines:
+        if line and not line.startswith("#"):
+            key, _, value = line.rpartition(" ")
+            samples[key] = float(value)
+    return samples
+
+
 def test_one_more_than_max_streams_is_resource_exhausted(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, max_workers=WORKERS, max_streams=3) as cluster:
+    with running_cluster(tmp_path, metrics=True, max_workers=WORKERS, max_streams=3) as cluster:
         box = setup_container(cluster, "full")
         watchers = [cluster.containers.Watch(cpb.WatchRequest(), timeout=T) for _ in range(3)]
         try:
@@ -127,6 +141,14 @@ def test_one_more_than_max_streams_is_resource_exhausted(tmp_path: Path) -> None
             with pytest.raises(grpc.RpcError) as err:
                 next(cluster.containers.Watch(cpb.WatchRequest(), timeout=T))
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            metrics = scrape(cluster)
+            assert metrics["chital_controller_grpc_streams"] == 3
+            assert metrics["chital_controller_grpc_streams_limit"] == 3
+            refused = (
+                'chital_controller_grpc_server_handled_total{grpc_code="RESOURCE_EXHAUSTED",'
+                'grpc_method="Watch",grpc_service="chital.api.container.v1.ContainerService"}'
+            )
+            assert metrics[refused] == 1
             sleeper = cluster.containers.Exec(
                 cpb.ExecRequest(container=box.uid, request_id="s", argv=["sleep"]), timeout=T
             ).process

@@ -98,6 +98,26 @@ class _StateCollector:
         )
 
 
+class _StreamSlotsCollector:
+    """The long-lived calls (streams and waits) served now, and the most served at once."""
+
+    def __init__(self, in_use: Callable[[], int], limit: int) -> None:
+        self._in_use = in_use
+        self._limit = limit
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "chital_controller_grpc_streams",
+            "Streams and waits (Watch, StreamLogs, WaitProcess, ...) being served.",
+            value=self._in_use(),
+        )
+        yield GaugeMetricFamily(
+            "chital_controller_grpc_streams_limit",
+            "The most streams and waits served at once (max_streams); more are RESOURCE_EXHAUSTED.",
+            value=self._limit,
+        )
+
+
 _ROLLOUT_STATES = ("PENDING", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED", "INTERRUPTED")
 _ROLLOUT_END_STATES = _ROLLOUT_STATES[2:]
 
@@ -302,6 +322,10 @@ class ControllerMetrics:
     def add_state_source(self, source: StateSource, streams: Callable[[], int]) -> None:
         """Read gauges by state from ``source`` at scrape time."""
         self.registry.register(_StateCollector(source, streams))
+
+    def add_stream_slots(self, in_use: Callable[[], int], limit: int) -> None:
+        """Streams and waits being served (``in_use``, read at scrape time) and ``limit``."""
+        self.registry.register(_StreamSlotsCollector(in_use, limit))
 
     def add_rollout_source(self, counts: Callable[[], dict[str, int]]) -> None:
         """Rollouts by state (``counts``, read from the database at scrape time), and the counters

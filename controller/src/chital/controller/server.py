@@ -306,6 +306,7 @@ class ControllerServer:
     def start(self) -> int:
         """Bind, start serving and start the monitor; returns the bound port."""
         tls = self.config.tls_files()
+        self.metrics.add_stream_slots(self.streams.in_use, self.streams.limit)
         self._bind(tls)
         self.feed.start()
         self.server.start()
