@@ -176,7 +176,7 @@ def ensure_host_image(
         if found is not None:
             return found
         for stale in cache.glob(f"{key}.partial-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_partial(stale)
         work = Path(tempfile.mkdtemp(prefix=f"{key}.partial-", dir=cache))
         try:
             _build(kernel, key, work, log or cache / f"{key}.build.log")
@@ -184,11 +184,35 @@ def ensure_host_image(
                 shutil.rmtree(final)
             work.rename(final)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            _remove_partial(work)
             raise
     image = _load(final)
     assert image is not None
     return image
+
+
+def _mounts_under(path: Path) -> list[str]:
+    """Mount points at or below ``path`` (from /proc/self/mounts)."""
+    prefix = str(path.resolve())
+    found = []
+    with open("/proc/self/mounts") as f:
+        for line in f:
+            point = line.split()[1].replace("\\040", " ")
+            if point == prefix or point.startswith(prefix + "/"):
+                found.append(point)
+    return found
+
+
+def _remove_partial(path: Path) -> None:
+    """Remove an interrupted build, never through a mount: mmdebstrap mounts /proc, /sys and /dev
+    in the new root while it runs, and a build killed with SIGKILL leaves them mounted."""
+    mounts = _mounts_under(path)
+    if mounts:
+        raise HostImageError(
+            f"an interrupted image build left file systems mounted under {path}: {', '.join(mounts)}; "
+            f"unmount them (umount -R) and run again"
+        )
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _run(cmd: list[str], log: Path, what: str) -> None:
