@@ -2,6 +2,8 @@
 
 ``GuestVM`` boots a Debian kernel under TCG with the host root shared read-only and a command
 channel; ``vmtest`` runs pytest inside such a guest; ``kernel`` finds (or fetches) the kernels.
+``hostimage`` and ``hostvm`` boot guests that look like real hosts (systemd as PID 1, sshd, DKMS),
+reached over SSH only; ``ssh_fleet`` puts a controller beside them and writes an Ansible inventory.
 """
 
 from ._version import __version__
