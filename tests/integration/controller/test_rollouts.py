@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -81,9 +82,9 @@ WAIT_PLAYBOOK = """\
         state: touch
         mode: "0644"
     - name: Wait to be released
-      ansible.builtin.wait_for:
-        path: "{{ marker_dir }}/release"
-        timeout: 120
+      ansible.builtin.shell: >-
+        for i in $(seq 600); do [ -e {{ marker_dir }}/release ] && exit 0; sleep 0.2; done; exit 1
+      changed_when: false
 """
 
 
@@ -166,6 +167,19 @@ def api(tmp_path: Path, fresh_database_url: str, playbooks: Path) -> Iterator[Ap
         controller.stop(grace=1)
 
 
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids whose command line contains ``text`` (from /proc)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if text.encode() in (entry / "cmdline").read_bytes():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
 def _hosts(rollout: rollout_pb2.Rollout) -> dict[str, rollout_pb2.RolloutHost]:
     return {h.name: h for h in rollout.hosts}
 
@@ -238,6 +252,9 @@ def test_cancel_stops_the_playbook(api: Api, tmp_path: Path) -> None:
             api.admin.CancelRollout(rollout_pb2.CancelRolloutRequest(id=started.id))
     assert seen[-1].state == S.ROLLOUT_STATE_CANCELLED
     assert (markers / "c1.started").exists() and not (markers / "release").exists()
+    # Nothing of the playbook is left running: not ansible-playbook, nor its worker (a session of
+    # its own), nor the waiting shell the worker's module started. The helper reaped them all.
+    assert _processes_mentioning(str(markers)) == []
     rollout = api.admin.GetRollout(rollout_pb2.GetRolloutRequest(id=started.id)).rollout
     assert rollout.state == S.ROLLOUT_STATE_CANCELLED
     assert _hosts(rollout)["c1"].status == H.ROLLOUT_HOST_STATUS_SKIPPED
@@ -430,6 +447,88 @@ def test_register_hosts_fails_the_host_whose_agent_does_not_answer(api: Api) -> 
     dead = _hosts(rollout)["dead"]
     assert dead.status == H.ROLLOUT_HOST_STATUS_FAILED and "not READY" in dead.message
     assert "registration failed on dead" in rollout.message
+
+
+def test_a_killed_controller_leaves_its_rollout_interrupted(
+    tmp_path: Path, fresh_database_url: str, playbooks: Path
+) -> None:
+    """kill -9 of a controller process while its playbook runs: the next controller on the same
+    database reports the rollout INTERRUPTED (never RUNNING for ever)."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "CHITAL_CONTROLLER_CONFIG": "/dev/null"}
+
+    def serve(name: str) -> tuple[subprocess.Popen[bytes], int]:
+        port_file = tmp_path / f"{name}.port"
+        proc = subprocess.Popen(
+            [
+                *(
+                    sys.executable,
+                    "-m",
+                    "chital.controller",
+                    "serve",
+                    "--insecure",
+                    "--listen",
+                    "127.0.0.1:0",
+                ),
+                *("--port-file", str(port_file), "--database-url", fresh_database_url, "--migrate"),
+                *("--state-dir", str(tmp_path / "state"), "--playbooks-dir", str(playbooks)),
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=(tmp_path / f"{name}.log").open("wb"),
+        )
+        for _ in range(600):  # the port file appears once the controller serves
+            if port_file.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, (tmp_path / f"{name}.log").read_text()
+        return proc, int(port_file.read_text())
+
+    first, port = serve("first")
+    try:
+        token = subprocess.run(
+            [
+                *(sys.executable, "-m", "chital.controller", "token", "create"),
+                *("--database-url", fresh_database_url, "--name", "killer", "--role", "admin"),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert token.returncode == 0, token.stderr
+        bearer = token.stdout.split()[0]
+        channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), BearerToken(bearer))
+        stub = rollout_pb2_grpc.RolloutServiceStub(channel)
+        rollout = stub.StartRollout(
+            rollout_pb2.StartRolloutRequest(
+                request_id="killed",
+                playbook="wait.yml",
+                inventory=local_inventory("k1"),
+                extra_vars={"marker_dir": str(markers)},
+            ),
+            timeout=60,
+        ).rollout
+        for response in stub.WatchRollout(rollout_pb2.WatchRolloutRequest(id=rollout.id), timeout=240):
+            if response.event.type == E.ROLLOUT_EVENT_TYPE_HOST_OK:  # "Say we started" is done
+                break
+        channel.close()
+    finally:
+        first.kill()
+        first.wait()
+    second, port = serve("second")
+    try:
+        channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), BearerToken(bearer))
+        stub = rollout_pb2_grpc.RolloutServiceStub(channel)
+        after = stub.GetRollout(rollout_pb2.GetRolloutRequest(id=rollout.id), timeout=60).rollout
+        assert after.state == S.ROLLOUT_STATE_INTERRUPTED and "restarted" in after.message
+        assert after.hosts[0].status == H.ROLLOUT_HOST_STATUS_SKIPPED
+        channel.close()
+    finally:
+        (markers / "release").touch()  # the orphaned playbook ends by itself
+        second.terminate()
+        second.wait(60)
 
 
 # -- the chital CLI ----------------------------------------------------------------------------
