@@ -5,6 +5,7 @@ playbooks in a temporary playbooks directory, and inventories of ``ansible_conne
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import os
@@ -23,6 +24,9 @@ from controller_fake_agent import RunningFakeAgent
 from controller_harness import BearerToken
 
 from chital.api.rollout.v1 import rollout_pb2, rollout_pb2_grpc
+from chital.client import Client, NotFound, RolloutEventType, RolloutHostStatus
+from chital.client import RolloutState as ClientRolloutState
+from chital.client.aio import AsyncClient
 from chital.controller import db
 from chital.controller.rollouts import Rollouts, RolloutSettings, RolloutSpec, RolloutState
 from chital.controller.server import ControllerConfig, ControllerServer
@@ -529,6 +533,54 @@ def test_a_killed_controller_leaves_its_rollout_interrupted(
         (markers / "release").touch()  # the orphaned playbook ends by itself
         second.terminate()
         second.wait(60)
+
+
+# -- the SDK -------------------------------------------------------------------------------------
+
+
+def test_sdk_clients_start_watch_get_list_and_cancel(api: Api, tmp_path: Path) -> None:
+    token, _ = api.controller.tokens.create("sdk", "admin", None, "test")
+    target = f"127.0.0.1:{api.controller.port}"
+    with Client(target, insecure=True, token=token, timeout=60) as client:
+        rollout = client.start_rollout(
+            "fail.yml", inventory=local_inventory("s1", "s2"), batch_size=1, extra_vars={"fail_host": "s1"}
+        )
+        assert rollout.state is ClientRolloutState.PENDING and [h.name for h in rollout.hosts] == ["s1", "s2"]
+        events = list(client.watch_rollout(rollout.id))
+        assert events[-1].state is ClientRolloutState.FAILED
+        assert [(e.host, e.message) for e in events if e.type is RolloutEventType.HOST_FAILED] == [
+            ("s1", "broken on purpose")
+        ]
+        final = client.get_rollout(rollout.id)
+        assert {h.name: h.status for h in final.hosts} == {
+            "s1": RolloutHostStatus.FAILED,
+            "s2": RolloutHostStatus.SKIPPED,
+        }
+        assert [r.id for r in client.list_rollouts_page(state=ClientRolloutState.FAILED).items] == [
+            rollout.id
+        ]
+        assert client.list_rollouts_page(state=ClientRolloutState.SUCCEEDED).items == []
+        with pytest.raises(NotFound):
+            client.get_rollout("nope")
+
+    async def with_async_client() -> None:
+        markers = tmp_path / "markers"
+        markers.mkdir()
+        async with AsyncClient(target, insecure=True, token=token, timeout=60) as client:
+            rollout = await client.start_rollout(
+                "wait.yml", inventory=local_inventory("s3"), extra_vars={"marker_dir": str(markers)}
+            )
+            seen = []
+            async for event in client.watch_rollout(rollout.id):
+                seen.append(event)
+                if event.type is RolloutEventType.HOST_OK:
+                    await client.cancel_rollout(rollout.id)
+            assert seen[-1].state is ClientRolloutState.CANCELLED
+            resumed = [e async for e in client.watch_rollout(rollout.id, after_sequence=seen[-2].sequence)]
+            assert resumed == seen[-1:]
+            assert (await client.get_rollout(rollout.id)).state is ClientRolloutState.CANCELLED
+
+    asyncio.run(with_async_client())
 
 
 # -- the chital CLI ----------------------------------------------------------------------------
