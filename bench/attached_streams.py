@@ -293,6 +293,9 @@ def main() -> int:
                 rows.append((f"{attached['attached']} attached {label}", result, received))
             stop_events.set()
             maker.join(5)
+            # Processes outlive their agent (as on a real host): end the printer before the fleet.
+            client.signal_process(printer.uid, 9)
+            client.wait_process(printer.uid, timeout=30)
             client.close()
             channel.close()
         finally:
