@@ -17,7 +17,7 @@ from typing import TypeVar
 
 import pytest
 
-from chital.client import Client, ContainerState, ProcessState, RetryPolicy
+from chital.client import ChitalError, Client, ContainerState, ProcessState, RetryPolicy
 from chital.devcluster.hollow import HollowFleet
 
 pytestmark = pytest.mark.timeout(300)
@@ -54,6 +54,19 @@ def until(get: Callable[[], T], done: Callable[[T], bool], attempts: int = 400) 
         time.sleep(0.05)
         value = get()
     raise AssertionError(f"condition never met: {value}")
+
+
+def history(client: Client, container: str) -> list[tuple[int, str, str]]:
+    """The container's events so far (revision, what changed, its message): a failure's context."""
+    out: list[tuple[int, str, str]] = []
+    try:
+        for ev in client.watch(since_revision=1, container=container, timeout=3, resume=False):
+            record = ev.container or ev.process
+            if record is not None:
+                out.append((ev.revision, f"{type(record).__name__} {record.state.value}", record.message))
+    except ChitalError:  # the watch's deadline: what came so far
+        pass
+    return out
 
 
 def unique(prefix: str) -> str:
@@ -93,7 +106,8 @@ def test_a_drain_with_containers_that_ignore_sigterm_completes_by_its_deadline(
             assert done.state in (ProcessState.EXITED, ProcessState.LOST), done
             if done.state is ProcessState.EXITED:
                 assert done.signal == signal.SIGKILL, done
-                assert done.exit_time is not None and done.exit_time >= deadline
+                killed_at_deadline = done.exit_time is not None and done.exit_time >= deadline
+                assert killed_at_deadline, (done, deadline, history(client, c.uid))
         assert client.get_container(polite.uid).state is ContainerState.STOPPED
         ended = client.wait_process(polite_proc.uid, timeout=10)
         assert ended.state is ProcessState.EXITED and ended.signal == signal.SIGTERM, ended

@@ -108,6 +108,11 @@ def test_a_drain_stops_every_container_of_the_host_in_one_write(store: Store) ->
     deadlines = {c.uid: c.stop_deadline for c in containers}
     assert deadlines == {"c1": at(30), "c2": at(20), "c3": at(30)}
     assert {c.state for c in containers} == {C.STOPPING}
+    # Asked again (a retried call) while in progress: the same drain, its deadline not later.
+    again, _ = store.start_drain("h1", at(90), at(80), at(11))
+    assert again.drain is not None and again.drain.started == at(10) and again.drain.deadline == at(40)
+    assert again.drain.containers == 3
+    assert {c.uid: c.stop_deadline for c in store.stopping_containers(10)} == deadlines
     for uid in ("c1", "c2"):
         store.finish_stop(uid, at(11))
     assert store.get_host("h1").drain.remaining == 1  # type: ignore[union-attr]

@@ -118,7 +118,7 @@ class Hosts:
         )
         for container in containers:
             self._containers.resume_stop(container.uid)
-        return host, len(containers)
+        return host, host.drain.containers if host.drain is not None else len(containers)
 
     def remove(self, ref: str, force: bool) -> None:
         """Forget a host."""

@@ -638,12 +638,23 @@ class Store:
         """Drain a host in one transaction: DRAINING (no placements), the drain's start and
         ``deadline`` recorded, and every PENDING/CREATED/RUNNING/STOPPING container on it STOPPING
         with a stop deadline of ``stop_deadline`` (or an earlier one it had). Returns the host and
-        the containers the drain stops."""
+        the containers the drain stops.
+
+        A drain asked for again while one is in progress (a retry) continues it: its start and the
+        containers it set out to stop stay, and its deadline can only come earlier."""
         with self._write() as (session, changes):
             host = self._host_row(session, ref, lock=True)
+            in_progress = (
+                host.admin_state == AdminState.DRAINING.value
+                and host.drain_deadline is not None
+                and self._count_unstopped(session, [host]).get(host.id, 0) > 0
+            )
             host.admin_state = AdminState.DRAINING.value
-            host.drain_started = now
-            host.drain_deadline = deadline
+            if in_progress and host.drain_deadline is not None:
+                host.drain_deadline = min(host.drain_deadline, deadline)
+            else:
+                host.drain_started = now
+                host.drain_deadline = deadline
             host.updated = now
             rows = session.scalars(
                 sa.select(ContainerRow)
@@ -660,7 +671,8 @@ class Store:
                 if row.stop_deadline is None or stop_deadline < row.stop_deadline:
                     row.stop_deadline = stop_deadline
                 self._set_state(session, changes, row, ContainerRecordState.STOPPING, message="", now=now)
-            host.drain_containers = len(rows)
+            if not in_progress:
+                host.drain_containers = len(rows)
             session.flush()
             return self._host(session, host), self._containers(session, rows)
 
