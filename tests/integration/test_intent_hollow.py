@@ -8,6 +8,7 @@ old inline stop or drain would have needed.
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
@@ -17,6 +18,7 @@ from typing import TypeVar
 
 import pytest
 
+from chital.cli import main as cli_main
 from chital.client import ChitalError, Client, ContainerState, ProcessState, RetryPolicy
 from chital.devcluster.hollow import HollowFleet
 
@@ -177,3 +179,25 @@ def test_create_and_exec_without_waiting_are_carried_out(client: Client) -> None
     done = client.wait_process(p.uid, timeout=20)
     assert done.state is ProcessState.EXITED and done.exit_code == 4
     client.delete_container(c.uid, force=True)
+
+
+def test_cli_drain_waits_and_detach_returns_at_once(
+    fleet: HollowFleet, client: Client, capsys: pytest.CaptureFixture[str]
+) -> None:
+    host = client.get_host(fleet.agent_procs[1].address)
+    c = client.create_container(unique("cli-drained"), host=host.id)
+    client.exec(c.uid, IGNORES_TERM)
+    config = ["--config", str(fleet.config_path), "--output", "json"]
+    try:
+        # --detach: started, not waited for (an hour of grace).
+        assert cli_main([*config, "hosts", "drain", host.address, "--grace", "3600", "--detach"]) == 0
+        started = json.loads(capsys.readouterr().out)
+        assert started["stopped_containers"] == 1 and started["host"]["state"] == "DRAINING"
+        assert started["host"]["drain"]["remaining"] == 1
+        # Again, without --detach and with a deadline: the same drain, waited for until complete.
+        assert cli_main([*config, "hosts", "drain", host.address, "--grace", "3600", "--deadline", "1"]) == 0
+        done = json.loads(capsys.readouterr().out)
+        assert done["host"]["drain"]["complete"] and done["host"]["drain"]["remaining"] == 0
+        assert client.get_container(c.uid).state is ContainerState.STOPPED
+    finally:
+        client.uncordon_host(host.id)
