@@ -238,7 +238,9 @@ def test_version(chital) -> None:
     assert code == 0 and lines[0] == f"client:     chital {__version__}"
     assert lines[1].startswith(f"server:     chital {controller_version} at 127.0.0.1:")
     assert lines[1].endswith(", reachable as hollow-admin (admin); database sqlite")
-    assert lines[2] == "apis:       chital.api.admin.v1, chital.api.container.v1, chital.api.host.v1"
+    assert lines[2] == (
+        "apis:       chital.api.admin.v1, chital.api.container.v1, chital.api.host.v1, chital.api.rollout.v1"
+    )
     assert lines[3] == f"agents:     {__version__} (2 hosts)"
 
 

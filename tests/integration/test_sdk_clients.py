@@ -140,7 +140,12 @@ def test_server_info(fleet: HollowFleet, client: Any, kind: str) -> None:
     # The fleet's controller is a subprocess of this checkout: its version is chital.controller's.
     assert info == ServerInfo(
         version=chital.controller.__version__,
-        api_versions=("chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"),
+        api_versions=(
+            "chital.api.admin.v1",
+            "chital.api.container.v1",
+            "chital.api.host.v1",
+            "chital.api.rollout.v1",
+        ),
         database="postgresql" if (fleet.database_url or "").startswith("postgresql") else "sqlite",
     )
     with pytest.raises(dataclasses.FrozenInstanceError):

@@ -6,6 +6,7 @@ Behaviour the tests rely on:
   process runs until it is signalled (exit by that signal) or its container is destroyed.
 - Every start and exit is an event on StreamEvents (seq 1, 2, ...).
 - ``fail_create`` makes CreateContainer fail with that status code.
+- Sync answers with every container and the processes of the containers that exist.
 """
 
 from __future__ import annotations
@@ -82,6 +83,17 @@ class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
                 sandboxed=False,
                 container_count=len(self.containers),
                 boot_id=self.boot_id,
+                last_event_seq=len(self.events),
+            )
+
+    def Sync(self, request: Any, context: Any) -> Any:
+        # What the controller's host reconciler compares with its database: every container, and the
+        # processes of the containers that still exist (running or exited), as the real agent does.
+        self.calls["Sync"] += 1
+        with self.cond:
+            return agent_pb2.SyncResponse(
+                containers=list(self.containers.values()),
+                processes=[p for p in self.processes.values() if p.container_uid in self.containers],
                 last_event_seq=len(self.events),
             )
 

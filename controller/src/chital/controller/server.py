@@ -316,6 +316,8 @@ class ControllerServer:
             self.discovery = DiscoveryFileUpdater(Path(self.config.prometheus_sd_file), self.store.all_hosts)
             self.discovery.start()
         self.monitor.start()
+        # A stop waiting for its members ends as soon as the kernel says the last one is gone.
+        self.ingestor.on_empty.append(lambda _host_id, uid: self.operations.kick(uid))
         self.operations.start()
         self.reconciler.start()
         self.restarter.start()
