@@ -55,7 +55,7 @@ def setup_container(cluster: Cluster, name: str) -> Any:
         )
     )
     return cluster.containers.CreateContainer(
-        cpb.CreateContainerRequest(name=name, request_id=f"r-{name}"), timeout=T
+        cpb.CreateContainerRequest(name=name, request_id=f"r-{name}", wait=True), timeout=T
     ).container
 
 
@@ -74,7 +74,7 @@ def test_more_attached_clients_than_workers_leave_unary_calls_and_events_flowing
     box = setup_container(cluster, "attached")
     sleepers = [
         cluster.containers.Exec(
-            cpb.ExecRequest(container=box.uid, request_id=f"s{i}", argv=["sleep"]), timeout=T
+            cpb.ExecRequest(container=box.uid, request_id=f"s{i}", argv=["sleep"], wait=True), timeout=T
         ).process
         for i in range(WAITERS)
     ]
@@ -150,7 +150,7 @@ def test_one_more_than_max_streams_is_resource_exhausted(tmp_path: Path) -> None
             )
             assert metrics[refused] == 1
             sleeper = cluster.containers.Exec(
-                cpb.ExecRequest(container=box.uid, request_id="s", argv=["sleep"]), timeout=T
+                cpb.ExecRequest(container=box.uid, request_id="s", argv=["sleep"], wait=True), timeout=T
             ).process
             with pytest.raises(grpc.RpcError) as err:  # a wait is long-lived too
                 cluster.containers.WaitProcess(cpb.WaitProcessRequest(process_uid=sleeper.uid), timeout=T)
