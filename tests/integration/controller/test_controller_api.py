@@ -632,6 +632,84 @@ def test_pagination(cluster: Cluster) -> None:
     assert len(placed_there) in (1, 2)  # 5 containers spread over 3 hosts
 
 
+def _invalid(call: Callable[[], Any], message: str) -> None:
+    with pytest.raises(grpc.RpcError) as err:
+        call()
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value
+    assert message in (err.value.details() or ""), err.value.details()
+
+
+def test_page_tokens_are_bound_to_the_filter_that_made_them(cluster: Cluster) -> None:
+    hosts = register_all(cluster)
+    for i in range(4):
+        create(cluster, f"b{i}", labels={"team": "a" if i < 3 else "b"})
+    containers = cluster.containers
+
+    # ListContainers: the label selector, state and host of the first call go with its token.
+    first = containers.ListContainers(
+        cpb.ListContainersRequest(page_size=1, label_selector="team=a"), timeout=T
+    )
+    token = first.next_page_token
+    assert token
+    rest = containers.ListContainers(
+        cpb.ListContainersRequest(page_size=10, label_selector="team=a", page_token=token), timeout=T
+    )
+    assert [c.name for c in [*first.containers, *rest.containers]] == ["b0", "b1", "b2"]
+    for other in (
+        cpb.ListContainersRequest(page_token=token),
+        cpb.ListContainersRequest(page_token=token, label_selector="team=b"),
+        cpb.ListContainersRequest(
+            page_token=token, label_selector="team=a", state=cpb.CONTAINER_STATE_CREATED
+        ),
+        cpb.ListContainersRequest(page_token=token, label_selector="team=a", host=hosts[0].address),
+    ):
+        _invalid(lambda o=other: containers.ListContainers(o, timeout=T), "different ListContainers request")
+
+    # ListProcesses: bound to the container (a token of one container's list is refused for another).
+    for name in ("b0", "b1"):
+        for _ in range(2):
+            containers.Exec(cpb.ExecRequest(container=name, argv=["sleep", "inf"], wait=True), timeout=T)
+    page = containers.ListProcesses(cpb.ListProcessesRequest(container="b0", page_size=1), timeout=T)
+    assert page.next_page_token
+    _invalid(
+        lambda: containers.ListProcesses(
+            cpb.ListProcessesRequest(container="b1", page_token=page.next_page_token), timeout=T
+        ),
+        "different ListProcesses request",
+    )
+    _invalid(
+        lambda: containers.ListProcesses(
+            cpb.ListProcessesRequest(page_token=page.next_page_token), timeout=T
+        ),
+        "different ListProcesses request",
+    )
+    # The container by name or by uid is the same filter.
+    b0 = containers.GetContainer(cpb.GetContainerRequest(container="b0"), timeout=T).container
+    more = containers.ListProcesses(
+        cpb.ListProcessesRequest(container=b0.uid, page_token=page.next_page_token), timeout=T
+    )
+    assert len(more.processes) == 1 and not more.next_page_token
+
+    # ListHosts: bound to the state; and a token of another list is refused.
+    listed = cluster.hosts.ListHosts(hpb.ListHostsRequest(page_size=1), timeout=T)
+    assert listed.next_page_token
+    _invalid(
+        lambda: cluster.hosts.ListHosts(
+            hpb.ListHostsRequest(page_token=listed.next_page_token, state=hpb.HOST_STATE_READY), timeout=T
+        ),
+        "different ListHosts request",
+    )
+    _invalid(
+        lambda: cluster.hosts.ListHosts(hpb.ListHostsRequest(page_token=token), timeout=T),
+        "different ListHosts request",
+    )
+    ready = cluster.hosts.ListHosts(hpb.ListHostsRequest(page_size=2, state=hpb.HOST_STATE_READY), timeout=T)
+    again = cluster.hosts.ListHosts(
+        hpb.ListHostsRequest(page_token=ready.next_page_token, state=hpb.HOST_STATE_READY), timeout=T
+    )
+    assert [h.id for h in [*ready.hosts, *again.hosts]] == [h.id for h in hosts]
+
+
 def test_watch_heartbeats_say_where_a_live_watch_started(cluster: Cluster) -> None:
     register_all(cluster)
     first = create(cluster, "hb-1")
@@ -656,11 +734,14 @@ def test_watch_heartbeats_say_where_a_live_watch_started(cluster: Cluster) -> No
         assert next(stream).container.name == "hb-2"
     finally:
         stream.cancel()
-    # Without heartbeat_interval: no heartbeats (what older clients get).
-    stream = cluster.containers.Watch(cpb.WatchRequest(since_revision=0), timeout=T)
+    # Without heartbeat_interval: no heartbeats (what older clients get). The watch starts from a
+    # known revision: a live-only watch (since_revision 0) could start after hb-3's events commit.
+    stream = cluster.containers.Watch(cpb.WatchRequest(since_revision=start.revision), timeout=T)
     try:
         create(cluster, "hb-3")
-        assert not next(stream).heartbeat
+        while (event := next(stream)).container.name != "hb-3":
+            assert not event.heartbeat
+        assert not event.heartbeat
     finally:
         stream.cancel()
     assert first.name == "hb-1"

@@ -310,7 +310,12 @@ def test_a_viewer_reads_the_server_info_and_it_is_not_audited(
     # The whole answer: the dialect's name and nothing else of the URL (path, host, password).
     assert info == apb.GetServerInfoResponse(
         version=chital.controller.__version__,
-        api_versions=["chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"],
+        api_versions=[
+            "chital.api.admin.v1",
+            "chital.api.container.v1",
+            "chital.api.host.v1",
+            "chital.api.rollout.v1",
+        ],
         database="sqlite" if fresh_database_url.startswith("sqlite") else "postgresql",
     )
     assert snapshot(cluster) == before  # a read: no audit row, nothing else
@@ -518,6 +523,13 @@ def test_audit_log_shows_who_what_and_outcome(cluster: Cluster) -> None:
     assert [e.id for e in [*first.entries, *second.entries]] == [e.id for e in everyone[:4]]
     refused(
         lambda: cluster.admin.ListAuditLog(apb.ListAuditLogRequest(page_token="junk"), timeout=T),
+        grpc.StatusCode.INVALID_ARGUMENT,
+    )
+    # A token is bound to the filter that made it: reused with another principal it is refused.
+    refused(
+        lambda: cluster.admin.ListAuditLog(
+            apb.ListAuditLogRequest(page_token=first.next_page_token, principal="token:ops"), timeout=T
+        ),
         grpc.StatusCode.INVALID_ARGUMENT,
     )
     # A name that is a prefix of another does not match it.

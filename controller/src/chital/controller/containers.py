@@ -59,6 +59,7 @@ from chital.controller.metrics import ControllerMetrics
 from chital.controller.operations import Operations
 from chital.controller.placement import choose_host
 from chital.controller.records import (
+    Candidate,
     ContainerRecord,
     ContainerRecordState,
     ContainerSpec,
@@ -70,11 +71,10 @@ from chital.controller.records import (
     ProcessSpec,
     SyscallCountRecord,
 )
-from chital.controller.store import Candidate, Store
+from chital.controller.store import Store
+from chital.controller.store.paging import Cursor, Filter, decode_page_token, encode_page_token
 from chital.controller.validation import (
     check_root,
-    decode_page_token,
-    encode_page_token,
     page_size,
     parse_label_selector,
     validate_argv,
@@ -289,12 +289,13 @@ class Containers:
     ) -> Page[ContainerRecord]:
         """A page of containers, oldest first."""
         limit = page_size(size)
-        after = decode_page_token(token)
         labels = parse_label_selector(label_selector)
         if host:
             validate_ref(host, "host")
+        filters: Filter = {"label_selector": labels, "state": state, "host": host}
+        after = decode_page_token(token, "ListContainers", filters)
         items = self._store.list_containers(limit + 1, after, labels, state, host)
-        return _page(items, limit, lambda c: (c.created, c.uid))
+        return _page(items, limit, lambda c: (c.created, c.uid), "ListContainers", filters)
 
     def stop(self, ref: str, grace_seconds: float | None = None) -> ContainerRecord:
         """Record a stop and return at once: the container is STOPPING with a deadline of now plus
@@ -416,10 +417,11 @@ class Containers:
     def list_processes(self, ref: str, size: int, token: str) -> Page[ProcessRecord]:
         """A page of processes of one container (uid or name) or of all."""
         limit = page_size(size)
-        after = decode_page_token(token)
         container_uid = self.get(ref).uid if ref else ""
+        filters: Filter = {"container": container_uid}
+        after = decode_page_token(token, "ListProcesses", filters)
         items = self._store.list_processes(limit + 1, after, container_uid)
-        return _page(items, limit, lambda p: (p.created, p.uid))
+        return _page(items, limit, lambda p: (p.created, p.uid), "ListProcesses", filters)
 
     def wait_process(
         self,
@@ -584,8 +586,10 @@ def _grace(seconds: float | None) -> float:
     return seconds
 
 
-def _page(items: list[T], limit: int, key: Callable[[T], tuple[datetime, str]]) -> Page[T]:
+def _page(items: list[T], limit: int, key: Callable[[T], Cursor], listing: str, filters: Filter) -> Page[T]:
+    """The first ``limit`` of ``items`` (fetched as ``limit + 1``), with a token for the rest if any,
+    bound to ``listing`` and ``filters``."""
     if len(items) > limit:
         items = items[:limit]
-        return Page(items, encode_page_token(key(items[-1])))
+        return Page(items, encode_page_token(listing, filters, key(items[-1])))
     return Page(items, "")

@@ -23,8 +23,8 @@ from chital.controller.containers import Containers, Page, _grace, _page
 from chital.controller.health import HostMonitor
 from chital.controller.records import AdminState, HostRecord, HostRecordState
 from chital.controller.store import Store
+from chital.controller.store.paging import Filter, decode_page_token
 from chital.controller.validation import (
-    decode_page_token,
     page_size,
     validate_labels,
     validate_ref,
@@ -86,9 +86,10 @@ class Hosts:
     def list_hosts(self, size: int, token: str, state: HostRecordState | None = None) -> Page[HostRecord]:
         """A page of hosts, oldest first."""
         limit = page_size(size)
-        after = decode_page_token(token)
+        filters: Filter = {"state": state}
+        after = decode_page_token(token, "ListHosts", filters)
         items = self._store.list_hosts(limit + 1, after, state)
-        return _page(items, limit, lambda h: (h.created, h.id))
+        return _page(items, limit, lambda h: (h.created, h.id), "ListHosts", filters)
 
     def cordon(self, ref: str) -> HostRecord:
         """No new containers on the host."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
-from chital.controller.store import Candidate
+from chital.controller.records import Candidate
 from chital.errdefs import FailedPrecondition, ResourceExhausted
 
 __all__ = ["choose_host"]

@@ -12,7 +12,9 @@ __all__ = [
     "DEFAULT_GROUP_ID",
     "DEFAULT_USER_ID",
     "AdminState",
+    "AgentEventRecord",
     "AgentInfoRecord",
+    "Candidate",
     "ContainerRecord",
     "ContainerRecordState",
     "ContainerSpec",
@@ -358,6 +360,35 @@ class EventRecord:
     time: datetime
     container: ContainerRecord | None = None
     process: ProcessRecord | None = None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A host as placement sees it."""
+
+    host_id: str
+    address: str
+    schedulable: bool
+    max_containers: int
+    container_count: int
+    created: datetime
+
+
+@dataclass(frozen=True)
+class AgentEventRecord:
+    """An event from an agent's StreamEvents, as plain values."""
+
+    seq: int
+    kind: str  # PROCESS_STARTED | PROCESS_EXITED | CONTAINER_EMPTY | SYSCALL_DENIED | ...
+    container_uid: str = ""
+    process_uid: str = ""
+    pid: int = 0
+    exit_code: int = 0
+    signal: int = 0
+    oom_killed: bool = False
+    time: datetime | None = None
+    # SYSCALL_DENIED: denied calls; EVENTS_DROPPED: events the kernel's queue lost.
+    count: int = 0
 
 
 def _encode(value: Any) -> Any:

@@ -57,9 +57,8 @@ from sqlalchemy.orm import Session
 
 from chital.controller import db
 from chital.controller.models import RolloutEventRow, RolloutRow
+from chital.controller.store.paging import Filter, decode_page_token, encode_page_token
 from chital.controller.validation import (
-    decode_page_token,
-    encode_page_token,
     page_size,
     parse_label_selector,
 )
@@ -521,7 +520,8 @@ class _RolloutStore:
 
     def page(self, size: int, page_token: str, state: RolloutState | None) -> RolloutPage:
         limit = page_size(size)
-        cursor = decode_page_token(page_token)
+        filters: Filter = {"state": state}
+        cursor = decode_page_token(page_token, "ListRollouts", filters)
         query = sa.select(RolloutRow)
         if state is not None:
             query = query.where(RolloutRow.state == state.value)
@@ -537,7 +537,9 @@ class _RolloutStore:
         with Session(self._read) as session:
             rows = list(session.scalars(query))
         items = [self._record(r) for r in rows[:limit]]
-        token = encode_page_token((items[-1].created, items[-1].id)) if len(rows) > limit else ""
+        token = ""
+        if len(rows) > limit:
+            token = encode_page_token("ListRollouts", filters, (items[-1].created, items[-1].id))
         return RolloutPage(items, token)
 
     def events(self, rollout_id: str, after: int, limit: int = 500) -> list[RolloutEventRecord]:

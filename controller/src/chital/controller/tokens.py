@@ -12,11 +12,9 @@ so a caller without the secret learns nothing about a token id.
 from __future__ import annotations
 
 import base64
-import binascii
 import getpass
 import hashlib
 import hmac
-import json
 import logging
 import re
 import secrets
@@ -33,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from chital.controller import db
 from chital.controller.models import AuditRow, TokenRow
+from chital.controller.store.paging import Filter, decode_id_token, encode_id_token
 from chital.controller.validation import page_size
 from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
@@ -315,24 +314,6 @@ class AuditPage:
     next_page_token: str
 
 
-def _encode_cursor(entry_id: int) -> str:
-    return base64.urlsafe_b64encode(json.dumps(["audit", entry_id]).encode()).decode().rstrip("=")
-
-
-def _decode_cursor(token: str) -> int | None:
-    if not token:
-        return None
-    try:
-        if len(token) > 256:
-            raise ValueError("too long")
-        kind, entry_id = json.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if kind != "audit" or not isinstance(entry_id, int) or isinstance(entry_id, bool):
-            raise ValueError("not an audit cursor")
-        return entry_id
-    except (ValueError, TypeError, binascii.Error) as exc:
-        raise InvalidArgument("page_token is not a token this server issued") from exc
-
-
 def _escape_like(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
@@ -476,7 +457,8 @@ class AuditLog:
         ("token:ci" matches "token:ci/0123456789ab"). Entries still queued are committed first."""
         self.flush()
         limit = page_size(size)
-        before = _decode_cursor(page_token)
+        filters: Filter = {"principal": principal}
+        before = decode_id_token(page_token, "ListAuditLog", filters)
         query = sa.select(AuditRow).order_by(AuditRow.id.desc()).limit(limit + 1)
         if before is not None:
             query = query.where(AuditRow.id < before)
@@ -503,4 +485,5 @@ class AuditLog:
                 )
                 for r in rows[:limit]
             ]
-        return AuditPage(items, _encode_cursor(items[-1].id) if len(rows) > limit else "")
+        token = encode_id_token("ListAuditLog", filters, items[-1].id) if len(rows) > limit else ""
+        return AuditPage(items, token)

@@ -2,24 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import fnmatch
-import json
 import re
 from collections.abc import Mapping, Sequence
-from datetime import datetime
 
 from chital.controller.records import DEFAULT_GROUP_ID, DEFAULT_USER_ID, SandboxRecord
-from chital.controller.store import Cursor
 from chital.errdefs import InvalidArgument, PermissionDenied
 
 __all__ = [
     "MAX_PAGE_SIZE",
     "SYSTEM_DIRS",
     "check_root",
-    "decode_page_token",
-    "encode_page_token",
     "page_size",
     "parse_label_selector",
     "validate_allowed_roots",
@@ -279,28 +272,6 @@ def page_size(size: int) -> int:
     if size < 0 or size > MAX_PAGE_SIZE:
         raise InvalidArgument(f"page_size must be 0-{MAX_PAGE_SIZE}")
     return size or DEFAULT_PAGE_SIZE
-
-
-def encode_page_token(cursor: Cursor) -> str:
-    """An opaque token for the position after ``cursor``."""
-    raw = json.dumps([cursor[0].isoformat(), cursor[1]]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_page_token(token: str) -> Cursor | None:
-    """The cursor in a token from :func:`encode_page_token` (None for an empty token)."""
-    if not token:
-        return None
-    try:
-        if len(token) > 1024:
-            raise ValueError("too long")
-        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
-        created, key = json.loads(raw)
-        if not isinstance(created, str) or not isinstance(key, str):
-            raise ValueError("bad types")
-        return datetime.fromisoformat(created), key
-    except (ValueError, TypeError, binascii.Error, json.JSONDecodeError) as exc:
-        raise InvalidArgument("page_token is not a token this server issued") from exc
 
 
 def parse_label_selector(selector: str) -> dict[str, str]:

@@ -41,7 +41,9 @@ from chital.controller.records import (
     LIVE_PROCESS_STATES,
     PLACED_STATES,
     AdminState,
+    AgentEventRecord,
     AgentInfoRecord,
+    Candidate,
     ContainerRecord,
     ContainerRecordState,
     ContainerSpec,
@@ -60,6 +62,7 @@ from chital.controller.records import (
     process_from_json,
     to_json,
 )
+from chital.controller.store.paging import Cursor
 from chital.errdefs import (
     AlreadyExists,
     ChitalError,
@@ -71,7 +74,6 @@ from chital.errdefs import (
 
 __all__ = ["AgentEventRecord", "Candidate", "Cursor", "Store"]
 
-Cursor = tuple[datetime, str]
 
 # A container in one of these states still needs a stop to be gone from its host (a drain waits for them).
 UNSTOPPED_STATES = (
@@ -80,35 +82,6 @@ UNSTOPPED_STATES = (
     ContainerRecordState.RUNNING.value,
     ContainerRecordState.STOPPING.value,
 )
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A host as placement sees it."""
-
-    host_id: str
-    address: str
-    schedulable: bool
-    max_containers: int
-    container_count: int
-    created: datetime
-
-
-@dataclass(frozen=True)
-class AgentEventRecord:
-    """An event from an agent's StreamEvents, as plain values."""
-
-    seq: int
-    kind: str  # PROCESS_STARTED | PROCESS_EXITED | CONTAINER_EMPTY | SYSCALL_DENIED | ...
-    container_uid: str = ""
-    process_uid: str = ""
-    pid: int = 0
-    exit_code: int = 0
-    signal: int = 0
-    oom_killed: bool = False
-    time: datetime | None = None
-    # SYSCALL_DENIED: denied calls; EVENTS_DROPPED: events the kernel's queue lost.
-    count: int = 0
 
 
 @dataclass
