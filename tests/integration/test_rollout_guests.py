@@ -1,0 +1,317 @@
+"""The Ansible playbooks over real SSH into guests that look like real hosts.
+
+Two QEMU guests boot the Debian host image (systemd as PID 1, sshd, DKMS and the kernel's headers;
+nothing of chital) and a controller runs on the host with TLS and the fleet PKI
+(:class:`chital.devcluster.ssh_fleet.SshFleet`). Ansible reaches the guests over SSH only, with the
+cluster's key and pinned host keys. One pair of guests is shared by the whole module (a boot and a
+DKMS build cost minutes under TCG); the tests run in order and the destructive one is last:
+
+1. ``site.yml``: DKMS builds and installs the module in each guest and loads it, the agent runs
+   under systemd from the wheelhouse, each host is registered and READY with this checkout's
+   versions; a second run changes nothing on any host.
+2. ``upgrade.yml`` from version N to N+1 (a copy of the sources with VERSION bumped, built into a
+   second wheelhouse): the upgraded host is drained and comes back READY with the new versions,
+   while a container on the other host keeps running throughout.
+3. A host whose DKMS build fails (its kernel headers made unusable) stops the rollout at its batch:
+   the next batch never starts and the failed host stays cordoned.
+
+Needs qemu-system-x86, qemu-utils, mmdebstrap, a Debian kernel with headers
+(``CHITAL_VM=1 scripts/bootstrap.sh``), root (the image build) and ansible-core in the venv. The
+figures (wall times of the playbooks, of the DKMS build in a guest) are printed (``pytest -s``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from chital.client import Client, ContainerState, HostState
+from chital.devcluster.kernel import KernelNotFoundError, default_kernel
+from chital.devcluster.ssh_fleet import ROOTS_DIR, PlaybookRun, SshFleet
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _missing() -> str | None:
+    for tool in ("qemu-system-x86_64", "qemu-img", "mmdebstrap", "mkfs.ext4", "ssh", "ssh-keygen"):
+        if shutil.which(tool) is None:
+            return f"{tool} missing: run CHITAL_VM=1 scripts/bootstrap.sh"
+    if not (BIN / "ansible-playbook").exists():
+        return "no ansible-core in the venv (requirements-dev.txt)"
+    if os.geteuid() != 0:
+        return "building the host image needs root"
+    try:
+        default_kernel()
+    except KernelNotFoundError as exc:
+        return str(exc)
+    return None
+
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(3600),
+    pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
+]
+
+BOX = f"{ROOTS_DIR}/busybox"
+#: Makes a container root of busybox-static in a guest (what an operator would prepare).
+MAKE_ROOT = f"""set -e
+mkdir -p {BOX}/bin {BOX}/dev {BOX}/proc {BOX}/tmp {BOX}/etc
+[ -x {BOX}/bin/busybox ] || cp /bin/busybox {BOX}/bin/busybox
+for app in $({BOX}/bin/busybox --list); do [ -e {BOX}/bin/$app ] || ln -s busybox {BOX}/bin/$app; done
+[ -e {BOX}/dev/null ] || mknod -m 666 {BOX}/dev/null c 1 3
+chmod 1777 {BOX}/tmp
+"""
+
+FIGURES: dict[str, str] = {}
+
+
+def figure(name: str, value: str) -> None:
+    FIGURES[name] = value
+    print(f"figure: {name}: {value}", flush=True)
+
+
+def _version() -> str:
+    return (ROOT / "VERSION").read_text().strip()
+
+
+def _module_version(source: Path) -> str:
+    m = re.search(r'#define CHITAL_VERSION\s+"([^"]+)"', (source / "kmod/chital_internal.h").read_text())
+    assert m is not None
+    return m.group(1)
+
+
+def _make(*targets: str) -> None:
+    proc = subprocess.run(["make", "-s", *targets], cwd=ROOT, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope="module")
+def fleet() -> Iterator[SshFleet]:
+    _make("wheelhouse", "launcher")  # what the playbooks install (quick when fresh)
+    f = SshFleet(guests=2, controller_args=["--health-interval", "1", "--not-ready-after", "5"])
+    started = time.monotonic()
+    with f:
+        figure("boot of 2 guests to sshd (s)", ", ".join(f"{vm.ssh_seconds:.0f}" for vm in f.hosts))
+        figure("fleet start incl. image lookup (s)", f"{time.monotonic() - started:.0f}")
+        assert f.image is not None
+        figure(
+            "host image",
+            f"{f.image.size_bytes / 1024**2:.0f} MiB on disk, built in {f.image.build_seconds:.0f} s",
+        )
+        try:
+            yield f
+        finally:
+            if f.controller is not None:
+                print(f"--- controller log ---\n{f.controller.log_path.read_text()[-4000:]}")
+            for vm in f.hosts:
+                if vm.alive():
+                    _rc, out = vm.ssh("journalctl -u chital-agent --no-pager -n 40 -o cat", timeout=60)
+                    print(f"--- {vm.name}: chital-agent journal ---\n{out}")
+            print("figures:", FIGURES)
+    for vm in f.hosts:  # kernel WARN/BUG/oops on a console fail the module
+        vm.check_splats()
+
+
+@pytest.fixture(scope="module")
+def client(fleet: SshFleet) -> Iterator[Client]:
+    with fleet.client(timeout=60.0) as c:
+        yield c
+
+
+def _ok(run: PlaybookRun, hosts: list[str]) -> None:
+    assert run.returncode == 0, run.output[-8000:]
+    for host in hosts:
+        assert host in run.recap, run.output[-4000:]
+        assert run.recap[host]["failed"] == 0 and run.recap[host]["unreachable"] == 0, run.output[-8000:]
+
+
+def _wait_host(client: Client, address: str, state: HostState, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        host = next((h for h in client.list_hosts() if h.address == address), None)
+        if host is not None and host.state is state:
+            return
+        assert time.monotonic() < deadline, f"{address}: {host.state if host else 'missing'}, not {state}"
+        time.sleep(1)
+
+
+def test_site_installs_the_module_with_dkms_and_the_agent_under_systemd(
+    fleet: SshFleet, client: Client
+) -> None:
+    names = [vm.name for vm in fleet.hosts]
+    first = fleet.playbook("site.yml")
+    _ok(first, names)
+    assert all(first.recap[h]["changed"] > 0 for h in names)
+    figure("site.yml on 2 guests (s)", f"{first.seconds:.0f}")
+    dkms = first.task_seconds("Run dkms install")
+    figure("DKMS build in a guest (s)", ", ".join(f"{h} {s:.0f}" for h, s in sorted(dkms.items())))
+
+    version, module_version = _version(), _module_version(ROOT)
+    release = fleet.hosts[0].kernel.release
+    for vm in fleet.hosts:
+        rc, out = vm.ssh(
+            "dkms status -m chital; cat /sys/module/chital/version; systemctl is-active chital-agent; "
+            "systemctl show chital-agent -p Delegate -p MainPID; cat /proc/1/comm; "
+            "readlink /proc/$(systemctl show chital-agent -p MainPID --value)/exe",
+            timeout=120,
+        )
+        assert rc == 0, out
+        assert f"chital/{module_version}, {release}, x86_64: installed" in out, out
+        lines = out.splitlines()
+        assert module_version in lines and "active" in lines and "systemd" in lines, out
+        assert "Delegate=yes" in lines, out
+        assert any(line.startswith("/usr/bin/python3") for line in lines), out  # the venv's python
+
+    hosts = {h.address: h for h in client.list_hosts()}
+    for i in range(len(fleet.hosts)):
+        host = hosts[fleet.agent_address(i)]
+        assert host.state is HostState.READY, host
+        assert host.agent is not None
+        assert host.agent.agent_version == version and host.agent.module_version == module_version
+        assert host.agent.device == "linux"
+
+    second = fleet.playbook("site.yml")
+    _ok(second, names)
+    assert second.changed() == dict.fromkeys(names, 0), second.output[-8000:]
+    figure("site.yml again, idempotent (s)", f"{second.seconds:.0f}")
+
+
+def _bump(version: str) -> str:
+    m = re.match(r"^(\d+(?:\.\d+)*)", version)
+    assert m is not None
+    parts = m.group(1).split(".")
+    parts[-1] = str(int(parts[-1]) + 1)
+    return ".".join(parts)
+
+
+@pytest.fixture(scope="module")
+def next_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A copy of the sources at version N+1 with its own wheelhouse (the checkout's third-party
+    wheels and the N+1 chital wheels), launcher and module source: what a new release is."""
+    src = tmp_path_factory.mktemp("release") / "chital"
+    junk = shutil.ignore_patterns(
+        "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.o", "*.ko"
+    )
+    for d in ("proto/python", "agent", "controller", "client", "devcluster", "kmod", "deploy"):
+        shutil.copytree(ROOT / d, src / d, ignore=junk, symlinks=True)
+    (src / "scripts").mkdir()
+    for f in ("dist.py", "version.py"):
+        shutil.copy2(ROOT / "scripts" / f, src / "scripts" / f)
+    new = _bump(_version())
+    (src / "VERSION").write_text(new + "\n")
+    for argv in (["scripts/version.py"], ["scripts/dist.py", "--out", str(src / "dist")]):
+        proc = subprocess.run([sys.executable, *argv], cwd=src, capture_output=True, text=True, check=False)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+    wheelhouse = src / "dist" / "wheelhouse"
+    wheelhouse.mkdir()
+    for wheel in (ROOT / "dist" / "wheelhouse").glob("*.whl"):
+        if not wheel.name.startswith("chital"):
+            shutil.copy2(wheel, wheelhouse / wheel.name)
+    for wheel in (src / "dist").glob("chital*.whl"):
+        shutil.copy2(wheel, wheelhouse / wheel.name)
+    assert _module_version(src) == new
+    return src, new
+
+
+def test_upgrade_to_the_next_version_while_a_container_runs_on_the_other_host(
+    fleet: SshFleet, client: Client, next_release: tuple[Path, str]
+) -> None:
+    source, new = next_release
+    for vm in fleet.hosts:
+        rc, out = vm.ssh(MAKE_ROOT, timeout=300)
+        assert rc == 0, out
+    kept_host, upgraded_host = fleet.agent_address(0), fleet.agent_address(1)
+    kept = client.create_container("kept", root=BOX, host=kept_host)
+    kept_proc = client.exec(kept.uid, ["sleep", "100000"])
+    drained = client.create_container("drained", root=BOX, host=upgraded_host)
+    client.exec(drained.uid, ["sleep", "100000"])
+    for c in (kept, drained):
+        assert client.get_container(c.uid).state is ContainerState.RUNNING
+
+    # Watch the kept container through the whole upgrade.
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        with fleet.client(timeout=30.0) as c:
+            while not done.is_set():
+                seen.add(c.get_container(kept.uid).state.name)
+                seen.add(c.get_process(kept_proc.uid).state.name)
+                done.wait(1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        run = fleet.playbook(
+            "upgrade.yml",
+            extra_vars={
+                "chital_source_dir": str(source),
+                "chital_upgrade_drain_grace": 2,
+                "chital_upgrade_drain_deadline": 120,
+            },
+            args=["--limit", fleet.hosts[1].name],
+        )
+    finally:
+        done.set()
+        watcher.join(timeout=60)
+    _ok(run, [fleet.hosts[1].name])
+    figure("upgrade.yml of one host N -> N+1 (s)", f"{run.seconds:.0f}")
+    assert seen == {"RUNNING"}, f"the other host's container was not always running: {seen}"
+
+    hosts = {h.address: h for h in client.list_hosts()}
+    up = hosts[upgraded_host]
+    assert up.state is HostState.READY, up
+    assert up.agent is not None and up.agent.agent_version == new and up.agent.module_version == new
+    other = hosts[kept_host]
+    assert other.agent is not None and other.agent.agent_version == _version()
+    assert client.get_container(drained.uid).state is not ContainerState.RUNNING  # drained
+    rc, out = fleet.hosts[1].ssh("cat /sys/module/chital/version; dkms status -m chital", timeout=60)
+    assert rc == 0 and out.splitlines()[0] == new, out
+    assert f"chital/{_version()}" not in out, out  # the old version left DKMS
+
+
+def test_a_failed_dkms_build_stops_the_rollout_and_leaves_the_host_cordoned(
+    fleet: SshFleet, client: Client, next_release: tuple[Path, str]
+) -> None:
+    source, _new = next_release
+    broken, untouched = fleet.hosts[0], fleet.hosts[1]
+    # host0 (still at N, first in the inventory, so the first batch) cannot build modules any more.
+    rc, out = broken.ssh(
+        "mv /lib/modules/$(uname -r)/build /lib/modules/$(uname -r)/build.broken", timeout=60
+    )
+    assert rc == 0, out
+    run = fleet.playbook(
+        "upgrade.yml",
+        extra_vars={
+            "chital_source_dir": str(source),
+            "chital_upgrade_batch_size": 1,
+            "chital_upgrade_drain_grace": 2,
+            "chital_upgrade_drain_deadline": 120,
+        },
+    )
+    assert run.returncode != 0, run.output[-6000:]
+    assert run.recap[broken.name]["failed"] == 1, run.output[-6000:]
+    assert "DKMS could not build chital" in run.output, run.output[-6000:]
+    # The rollout stopped at the failed batch: the second host was never touched.
+    assert untouched.name not in run.recap or run.recap[untouched.name]["changed"] == 0, run.output[-6000:]
+    hosts = {h.address: h for h in client.list_hosts()}
+    assert hosts[fleet.agent_address(1)].state is HostState.READY
+
+    # The failed host's agent was stopped for the upgrade. Started again (the old version is still
+    # installed and loaded), it is healthy but stays cordoned: nothing new is placed there.
+    rc, out = broken.ssh("systemctl start chital-agent", timeout=120)
+    assert rc == 0, out
+    _wait_host(client, fleet.agent_address(0), HostState.CORDONED)
+    placed = client.create_container("after-failure", root=BOX)
+    assert placed.host_id == hosts[fleet.agent_address(1)].id
