@@ -30,8 +30,8 @@ from chital.security.tls import TLSFiles, channel_credentials
 
 T = 10.0
 CONTAINER_SERVICE = "chital.api.container.v1.ContainerService"
-# Agent calls the controller makes on its own (health checks, event streams); the rest act.
-PASSIVE_AGENT_CALLS = {"GetInfo", "StreamEvents"}
+# Reads the controller makes on its own (health, events, the host reconciler's Sync): not side effects.
+PASSIVE_AGENT_CALLS = {"GetInfo", "StreamEvents", "Sync"}
 STATE_TABLES = ("hosts", "containers", "processes", "events", "tokens", "audit_log")
 
 
