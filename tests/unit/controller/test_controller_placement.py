@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import random
+import subprocess
+import sys
 from collections import Counter
 from datetime import datetime, timedelta
 
 import pytest
 
 from chital.controller.placement import choose_host
-from chital.controller.store import Candidate
+from chital.controller.records import Candidate
 from chital.errdefs import FailedPrecondition, ResourceExhausted
 
 T0 = datetime(2026, 1, 1)
@@ -53,3 +55,13 @@ def test_pinned_host() -> None:
         choose_host([cand(1, 0, ok=False)], pinned=True)
     with pytest.raises(ResourceExhausted):
         choose_host([cand(1, 1, cap=1)], pinned=True)
+
+
+def test_placement_and_validation_do_not_import_the_store() -> None:
+    """They work on records: importing them loads neither the store nor SQLAlchemy's ORM."""
+    code = (
+        "import sys; import chital.controller.placement, chital.controller.validation; "
+        "print(sorted(m for m in sys.modules if m.startswith(('chital.controller.store', 'sqlalchemy'))))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True).stdout
+    assert out.strip() == "[]"
