@@ -277,7 +277,9 @@ class ListAuditLogRequest(_message.Message):
     page_size: _builtins.int
     """1-1000; 0: 100."""
     page_token: _builtins.str
-    """From the previous response; empty: the newest entries."""
+    """From the previous response, with the same principal (another: INVALID_ARGUMENT); empty: the
+    newest entries.
+    """
     principal: _builtins.str
     """Only the entries of this principal ("cert:alice", "token:ci/0123456789ab"); "token:ci"
     matches every token named ci. Empty: everyone.

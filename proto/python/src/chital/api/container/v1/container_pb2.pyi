@@ -610,7 +610,9 @@ class ListContainersRequest(_message.Message):
     page_size: _builtins.int
     """At most this many (default 100, at most 1000)."""
     page_token: _builtins.str
-    """From a previous response's next_page_token."""
+    """From a previous response's next_page_token, with the same label_selector, state and host
+    (another filter: INVALID_ARGUMENT).
+    """
     label_selector: _builtins.str
     """Comma-separated key=value terms that must all match the labels."""
     state: Global___ContainerState.ValueType
@@ -913,6 +915,7 @@ class ListProcessesRequest(_message.Message):
     """Uid or name of a container; empty: all containers."""
     page_size: _builtins.int
     page_token: _builtins.str
+    """From a previous response's next_page_token, for the same container (another: INVALID_ARGUMENT)."""
     def __init__(
         self,
         *,

@@ -324,6 +324,7 @@ class ListHostsRequest(_message.Message):
     STATE_FIELD_NUMBER: _builtins.int
     page_size: _builtins.int
     page_token: _builtins.str
+    """From a previous response's next_page_token, with the same state (another: INVALID_ARGUMENT)."""
     state: Global___HostState.ValueType
     """Only hosts in this state."""
     def __init__(

@@ -468,7 +468,7 @@ class ListRolloutsRequest(_message.Message):
     page_size: _builtins.int
     """At most this many (default 100, at most 1000)."""
     page_token: _builtins.str
-    """From a previous response's next_page_token."""
+    """From a previous response's next_page_token, with the same state (another: INVALID_ARGUMENT)."""
     state: Global___RolloutState.ValueType
     """Only rollouts in this state."""
     def __init__(
