@@ -23,8 +23,7 @@ import grpc
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.metrics import ControllerMetrics
-from chital.controller.records import AgentInfoRecord, ContainerRecord, ProcessRecord
-from chital.controller.store import AgentEventRecord
+from chital.controller.records import AgentEventRecord, AgentInfoRecord, ContainerRecord, ProcessRecord
 from chital.daemon.logs import RequestIdClientInterceptor
 from chital.errdefs import ChitalError, FailedPrecondition, Unavailable
 from chital.errdefs.grpc import from_grpc_code

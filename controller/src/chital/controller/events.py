@@ -27,8 +27,8 @@ import grpc
 from chital.controller.agents import AgentPool, event_from_pb
 from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
-from chital.controller.records import HostHealth
-from chital.controller.store import AgentEventRecord, Store
+from chital.controller.records import AgentEventRecord, HostHealth
+from chital.controller.store import Store
 from chital.errdefs import NotFound
 
 __all__ = ["ChangeNotifier", "EventIngestor"]

@@ -52,6 +52,7 @@ from chital.controller import lifecycle
 from chital.controller.agents import AgentPool, AgentSyncRecord
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import (
+    AgentEventRecord,
     AgentInfoRecord,
     ContainerRecord,
     ContainerRecordState,
@@ -60,7 +61,7 @@ from chital.controller.records import (
     ProcessRecord,
     ProcessRecordState,
 )
-from chital.controller.store import AgentEventRecord, Store
+from chital.controller.store import Store
 from chital.errdefs import ChitalError, NotFound
 
 __all__ = ["HostSyncer", "SyncReport"]
