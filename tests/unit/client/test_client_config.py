@@ -60,7 +60,7 @@ def test_the_spec_example_reads(tmp_path: Path) -> None:
     )
     assert "chital_x" not in repr(dev)
     prod = config.context("prod eu")
-    assert prod.target == "10.0.0.1:7443" and prod.token_file == "~/.chital-token"
+    assert prod.target == "10.0.0.1:7443,10.0.0.2:7443" and prod.token_file == "~/.chital-token"
 
 
 def test_save_round_trips_and_is_private(tmp_path: Path) -> None:
@@ -200,7 +200,7 @@ def test_flags_beat_env_beat_context(tmp_path: Path, files: dict[str, str]) -> N
     assert c.sources["token"] == "env CHITAL_TOKEN" and c.sources["target"] == "env CHITAL_CONTROLLER"
 
     c = resolve(Overrides(), env={}, config=config)
-    assert (c.target, str(c.tls.ca), c.token) == ("ctx:1", files["ctx-ca"], "chital_ctx")  # type: ignore[union-attr]
+    assert (c.target, str(c.tls.ca), c.token) == ("ctx:1,ctx:2", files["ctx-ca"], "chital_ctx")  # type: ignore[union-attr]
     assert c.context == "dev"
     assert c.sources["target"] == f"controllers in context 'dev' of {config.path}"
 

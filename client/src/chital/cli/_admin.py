@@ -337,7 +337,7 @@ def _absolute_path(text: str) -> str | None:
     "set_controllers",
     multiple=True,
     metavar="HOST:PORT",
-    help="controller address (repeatable: the first is dialled)",
+    help="controller address (repeatable: several controllers of one cluster, tried in order)",
 )
 @click.option("--tls-dir", "set_tls_dir", metavar="DIR", help="directory with ca.crt (tls.crt, tls.key)")
 @click.option("--ca", "set_ca", metavar="FILE", help="CA certificate")

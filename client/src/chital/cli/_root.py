@@ -75,10 +75,11 @@ class State:
             insecure=self.insecure,
         )
         connection = cfg.resolve(overrides, config=self.load_config())
-        if connection.insecure and not is_loopback(connection.target):
+        remote = [t for t in connection.target.split(",") if t.strip() and not is_loopback(t.strip())]
+        if connection.insecure and remote:
             raise SettingsError(
                 f"plaintext ({connection.sources['insecure']}) is only for a controller on loopback, "
-                f"not {connection.target}: a token would cross the network unencrypted"
+                f"not {remote[0]}: a token would cross the network unencrypted"
             )
         return connection
 
@@ -139,9 +140,11 @@ def state() -> State:
 
 
 def _store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if value is None or value is False:  # not given (--insecure: a flag without an "off" form)
+    if value is None or value is False or value == ():  # not given (--insecure has no "off" form)
         return value
     assert param.name is not None
+    if isinstance(value, tuple):  # a repeated option (--controller): one comma-separated list
+        value = ",".join(value)
     setattr(ctx.find_root().ensure_object(State), param.name, value)
     return value
 
@@ -179,7 +182,9 @@ def connection_options(*, hidden: bool = False) -> list[click.Parameter]:
         _option(
             "--controller",
             metavar="HOST:PORT",
-            help=f"controller address (env {cfg.ENV_CONTROLLER}, default {cfg.DEFAULT_CONTROLLER})",
+            multiple=True,
+            help=f"controller address; repeat it (or separate with commas) for several controllers, "
+            f"tried in order (env {cfg.ENV_CONTROLLER}, default {cfg.DEFAULT_CONTROLLER})",
             hidden=hidden,
         ),
         _option(

@@ -13,7 +13,7 @@ import grpc
 
 from chital.security.tls import TLSFiles, channel_credentials, is_loopback
 
-from . import _retry
+from . import _failover, _retry
 from . import config as _config
 from ._auth import AUTHORIZATION, check_token
 from ._errors import error_from_rpc, is_tls_failure, status_code
@@ -35,6 +35,11 @@ class Settings:
     timeout: float
     retries: RetryPolicy
     metadata: tuple[tuple[str, str], ...] = field(default=(), repr=False)
+
+    @property
+    def targets(self) -> tuple[str, ...]:
+        """The controllers' addresses (``target`` may list several, separated by commas)."""
+        return _failover.split_targets(self.target)
 
     @property
     def options(self) -> list[tuple[str, Any]]:
@@ -89,9 +94,12 @@ def settings(
             "insecure=True for a plaintext controller on loopback, or use Client.from_config() to "
             "read CHITAL_* variables and the config file"
         )
-    if insecure and not is_loopback(target):
+    targets = _failover.split_targets(target)
+    target = ",".join(targets)
+    remote = [t for t in targets if not is_loopback(t)]
+    if insecure and remote:
         raise ValueError(
-            f"insecure=True is only for a controller on loopback, not {target}: "
+            f"insecure=True is only for a controller on loopback, not {remote[0]}: "
             "a token would cross the network in plaintext"
         )
     metadata: tuple[tuple[str, str], ...] = ()
@@ -174,7 +182,9 @@ class ClientBase:
         retries: RetryPolicy = _DEFAULT_RETRIES,
         credentials: grpc.ChannelCredentials | None = None,
     ) -> None:
-        """Open a channel to ``target`` (``host:port``).
+        """Open a channel to ``target`` (``host:port``; several controllers of one cluster as
+        ``host:port,host:port``: one channel each, and calls fail over between them, see
+        :mod:`chital.client._failover` and docs/ha.md).
 
         The channel is TLS, verified with ``tls.ca`` (and presenting ``tls.cert``/``tls.key`` when
         given), or with ready-made ``credentials``. ``insecure=True`` dials in plaintext instead, to
@@ -208,7 +218,7 @@ class ClientBase:
 
     @property
     def target(self) -> str:
-        """The controller's address."""
+        """The controller's address (several: separated by commas)."""
         return self._settings.target
 
     @property

@@ -17,7 +17,7 @@ from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
 from chital.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc
 
-from . import _base
+from . import _base, _failover
 from . import _ops as ops
 from . import _rollouts as rollouts
 from ._errors import DeadlineExceeded
@@ -66,18 +66,21 @@ class Client(_base.ClientBase):
     """
 
     def _connect(self, s: _base.Settings) -> None:
-        """Open the channel and its stubs."""
-        if s.credentials is None:
-            channel = grpc.insecure_channel(s.target, options=s.options)
-        else:
-            channel = grpc.secure_channel(s.target, s.credentials, options=s.options)
-        self._channel = channel
-        self._stubs: dict[str, Any] = {
-            ops.CONTAINERS: cpb_grpc.ContainerServiceStub(channel),
-            ops.HOSTS: hpb_grpc.HostServiceStub(channel),
-            ops.ADMIN: apb_grpc.AdminServiceStub(channel),
-            rollouts.ROLLOUTS: rpb_grpc.RolloutServiceStub(channel),
-        }
+        """Open a channel and its stubs per controller address (see :mod:`._failover`)."""
+
+        def connect(target: str) -> tuple[grpc.Channel, dict[str, Any]]:
+            if s.credentials is None:
+                channel = grpc.insecure_channel(target, options=s.options)
+            else:
+                channel = grpc.secure_channel(target, s.credentials, options=s.options)
+            return channel, {
+                ops.CONTAINERS: cpb_grpc.ContainerServiceStub(channel),
+                ops.HOSTS: hpb_grpc.HostServiceStub(channel),
+                ops.ADMIN: apb_grpc.AdminServiceStub(channel),
+                rollouts.ROLLOUTS: rpb_grpc.RolloutServiceStub(channel),
+            }
+
+        self._endpoints = _failover.Endpoints(s.targets, connect)
         self._random = random.Random()  # noqa: S311 - jitter, not security.
         self._closed = False
 
@@ -87,7 +90,8 @@ class Client(_base.ClientBase):
         """Close the channel. Calls in flight are cancelled; the client cannot be used again."""
         if not self._closed:
             self._closed = True
-            self._channel.close()
+            for endpoint in self._endpoints.all:
+                endpoint.channel.close()
 
     def __enter__(self) -> Self:
         """Return the client itself."""
@@ -110,25 +114,50 @@ class Client(_base.ClientBase):
     # -- call machinery ----------------------------------------------------------------------
 
     def _call(self, call: ops.Call[_T], timeout: float | None) -> _T:
-        method = getattr(self._stubs[call.service], call.method)
         seconds = _base.deadline(self._settings, timeout, call.extra_timeout)
-        try:
-            response = method(call.request, timeout=seconds, metadata=self._settings.metadata)
-        except grpc.RpcError as exc:
-            _base.raise_chital_error(exc)
-        return call.convert(response)
+        end = time.monotonic() + seconds
+        elsewhere = _failover.may_retry_elsewhere(call.service, call.method)
+        attempts = len(self._endpoints)
+        for attempt in range(attempts):
+            index, endpoint = self._endpoints.current()
+            method = getattr(endpoint.stubs[call.service], call.method)
+            left = seconds if attempt == 0 else end - time.monotonic()
+            try:
+                response = method(call.request, timeout=left, metadata=self._settings.metadata)
+            except grpc.RpcError as exc:
+                if attempts == 1 or not _failover.should_fail_over(exc):
+                    _base.raise_chital_error(exc)
+                self._endpoints.failed(index)
+                if not elsewhere or attempt + 1 == attempts or end - time.monotonic() <= 0:
+                    _base.raise_chital_error(exc)
+                continue
+            return call.convert(response)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def _stream(self, call: ops.StreamCall[_T], timeout: float | None) -> Iterator[_T]:
-        method = getattr(self._stubs[call.service], call.method)
-        stream: Any = method(call.request, timeout=timeout, metadata=self._settings.metadata)
-        try:
-            for message in stream:
-                yield call.convert(message)
-        except grpc.RpcError as exc:
-            _base.raise_chital_error(exc)
-        finally:
-            # Stops the server side when the caller abandons the iterator early.
-            stream.cancel()
+        end = None if timeout is None else time.monotonic() + timeout
+        attempts = len(self._endpoints)
+        for attempt in range(attempts):
+            index, endpoint = self._endpoints.current()
+            method = getattr(endpoint.stubs[call.service], call.method)
+            left = None if end is None else max(end - time.monotonic(), 0.0)
+            stream: Any = method(call.request, timeout=left, metadata=self._settings.metadata)
+            received = False
+            try:
+                for message in stream:
+                    received = True
+                    yield call.convert(message)
+                return
+            except grpc.RpcError as exc:
+                if attempts == 1 or not _failover.should_fail_over(exc):
+                    _base.raise_chital_error(exc)
+                self._endpoints.failed(index)
+                # Before its first message a stream is tried on the next controller.
+                if received or attempt + 1 == attempts or (end is not None and end <= time.monotonic()):
+                    _base.raise_chital_error(exc)
+            finally:
+                # Stops the server side when the caller abandons the iterator early.
+                stream.cancel()
 
     @staticmethod
     def _pages(fetch: Callable[[str], Page[_T]]) -> Iterator[_T]:
@@ -421,7 +450,8 @@ class Client(_base.ClientBase):
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"watch: its timeout of {timeout} s has passed")
             call = ops.watch(state.revision, container)
-            method = self._stubs[call.service].Watch
+            index, endpoint = self._endpoints.current()
+            method = endpoint.stubs[call.service].Watch
             stream: Any = method(call.request, timeout=remaining, metadata=self._settings.metadata)
             try:
                 for message in stream:
@@ -430,6 +460,8 @@ class Client(_base.ClientBase):
                         yield event
                 return  # the server ended the stream (it does so only when shutting down)
             except grpc.RpcError as exc:
+                if _failover.should_fail_over(exc):
+                    self._endpoints.failed(index)  # resumed on the next controller
                 pause = state.backoff_after(_base.resumable(exc), self._random.random())
                 if pause is None:
                     _base.raise_chital_error(exc)

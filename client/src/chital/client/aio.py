@@ -37,7 +37,7 @@ from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.api.host.v1 import host_pb2_grpc as hpb_grpc
 from chital.api.rollout.v1 import rollout_pb2_grpc as rpb_grpc
 
-from . import _base
+from . import _base, _failover
 from . import _ops as ops
 from . import _rollouts as rollouts
 from ._errors import DeadlineExceeded
@@ -79,18 +79,21 @@ class AsyncClient(_base.ClientBase):
     """
 
     def _connect(self, s: _base.Settings) -> None:
-        """Open the channel and its stubs."""
-        if s.credentials is None:
-            channel = grpc.aio.insecure_channel(s.target, options=s.options)
-        else:
-            channel = grpc.aio.secure_channel(s.target, s.credentials, options=s.options)
-        self._channel = channel
-        self._stubs: dict[str, Any] = {
-            ops.CONTAINERS: cpb_grpc.ContainerServiceStub(channel),
-            ops.HOSTS: hpb_grpc.HostServiceStub(channel),
-            ops.ADMIN: apb_grpc.AdminServiceStub(channel),
-            rollouts.ROLLOUTS: rpb_grpc.RolloutServiceStub(channel),
-        }
+        """Open a channel and its stubs per controller address (see :mod:`._failover`)."""
+
+        def connect(target: str) -> tuple[grpc.aio.Channel, dict[str, Any]]:
+            if s.credentials is None:
+                channel = grpc.aio.insecure_channel(target, options=s.options)
+            else:
+                channel = grpc.aio.secure_channel(target, s.credentials, options=s.options)
+            return channel, {
+                ops.CONTAINERS: cpb_grpc.ContainerServiceStub(channel),
+                ops.HOSTS: hpb_grpc.HostServiceStub(channel),
+                ops.ADMIN: apb_grpc.AdminServiceStub(channel),
+                rollouts.ROLLOUTS: rpb_grpc.RolloutServiceStub(channel),
+            }
+
+        self._endpoints = _failover.Endpoints(s.targets, connect)
         self._random = random.Random()  # noqa: S311 - jitter, not security.
         self._closed = False
 
@@ -100,7 +103,8 @@ class AsyncClient(_base.ClientBase):
         """Close the channel. Calls in flight are cancelled; the client cannot be used again."""
         if not self._closed:
             self._closed = True
-            await self._channel.close()
+            for endpoint in self._endpoints.all:
+                await endpoint.channel.close()
 
     async def __aenter__(self) -> Self:
         """Return the client itself."""
@@ -123,25 +127,52 @@ class AsyncClient(_base.ClientBase):
     # -- call machinery ----------------------------------------------------------------------
 
     async def _call(self, call: ops.Call[_T], timeout: float | None) -> _T:
-        method = getattr(self._stubs[call.service], call.method)
+        loop = asyncio.get_running_loop()
         seconds = _base.deadline(self._settings, timeout, call.extra_timeout)
-        try:
-            response = await method(call.request, timeout=seconds, metadata=self._settings.metadata)
-        except grpc.RpcError as exc:
-            _base.raise_chital_error(exc)
-        return call.convert(response)
+        end = loop.time() + seconds
+        elsewhere = _failover.may_retry_elsewhere(call.service, call.method)
+        attempts = len(self._endpoints)
+        for attempt in range(attempts):
+            index, endpoint = self._endpoints.current()
+            method = getattr(endpoint.stubs[call.service], call.method)
+            left = seconds if attempt == 0 else end - loop.time()
+            try:
+                response = await method(call.request, timeout=left, metadata=self._settings.metadata)
+            except grpc.RpcError as exc:
+                if attempts == 1 or not _failover.should_fail_over(exc):
+                    _base.raise_chital_error(exc)
+                self._endpoints.failed(index)
+                if not elsewhere or attempt + 1 == attempts or end - loop.time() <= 0:
+                    _base.raise_chital_error(exc)
+                continue
+            return call.convert(response)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     async def _stream(self, call: ops.StreamCall[_T], timeout: float | None) -> AsyncIterator[_T]:
-        method = getattr(self._stubs[call.service], call.method)
-        stream: Any = method(call.request, timeout=timeout, metadata=self._settings.metadata)
-        try:
-            async for message in stream:
-                yield call.convert(message)
-        except grpc.RpcError as exc:
-            _base.raise_chital_error(exc)
-        finally:
-            # Stops the server side when the caller abandons the iterator early.
-            stream.cancel()
+        loop = asyncio.get_running_loop()
+        end = None if timeout is None else loop.time() + timeout
+        attempts = len(self._endpoints)
+        for attempt in range(attempts):
+            index, endpoint = self._endpoints.current()
+            method = getattr(endpoint.stubs[call.service], call.method)
+            left = None if end is None else max(end - loop.time(), 0.0)
+            stream: Any = method(call.request, timeout=left, metadata=self._settings.metadata)
+            received = False
+            try:
+                async for message in stream:
+                    received = True
+                    yield call.convert(message)
+                return
+            except grpc.RpcError as exc:
+                if attempts == 1 or not _failover.should_fail_over(exc):
+                    _base.raise_chital_error(exc)
+                self._endpoints.failed(index)
+                # Before its first message a stream is tried on the next controller.
+                if received or attempt + 1 == attempts or (end is not None and end <= loop.time()):
+                    _base.raise_chital_error(exc)
+            finally:
+                # Stops the server side when the caller abandons the iterator early.
+                stream.cancel()
 
     @staticmethod
     async def _pages(fetch: Callable[[str], Awaitable[Page[_T]]]) -> AsyncIterator[_T]:
@@ -420,7 +451,8 @@ class AsyncClient(_base.ClientBase):
             if remaining is not None and remaining <= 0:
                 raise DeadlineExceeded(f"watch: its timeout of {timeout} s has passed")
             call = ops.watch(state.revision, container)
-            method = self._stubs[call.service].Watch
+            index, endpoint = self._endpoints.current()
+            method = endpoint.stubs[call.service].Watch
             stream: Any = method(call.request, timeout=remaining, metadata=self._settings.metadata)
             try:
                 async for message in stream:
@@ -429,6 +461,8 @@ class AsyncClient(_base.ClientBase):
                         yield event
                 return  # the server ended the stream (it does so only when shutting down)
             except grpc.RpcError as exc:
+                if _failover.should_fail_over(exc):
+                    self._endpoints.failed(index)  # resumed on the next controller
                 pause = state.backoff_after(_base.resumable(exc), self._random.random())
                 if pause is None:
                     _base.raise_chital_error(exc)

@@ -113,8 +113,9 @@ class Context:
 
     @property
     def target(self) -> str | None:
-        """The controller this context dials (the first of ``controllers``)."""
-        return self.controllers[0] if self.controllers else None
+        """The controllers this context dials, separated by commas: calls go to the first and fail
+        over to the next when one is unavailable (docs/ha.md)."""
+        return ",".join(self.controllers) if self.controllers else None
 
 
 _STRING_KEYS = ("tls_dir", "ca", "cert", "key", "token", "token_file")
