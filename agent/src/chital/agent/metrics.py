@@ -159,6 +159,11 @@ class AgentMetrics:
         self.event_streams = Gauge(
             "chital_agent_event_streams", "StreamEvents subscribers connected now.", registry=r
         )
+        self.heartbeat_streams = Gauge(
+            "chital_agent_heartbeat_streams",
+            "Heartbeat streams open now (a controller's health stream of this agent: 1 when watched).",
+            registry=r,
+        )
         self._container_collector: ContainerCollector | None = None
 
     def set_device_kind(self, device_kind: str) -> None:

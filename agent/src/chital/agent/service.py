@@ -8,6 +8,7 @@ are ``chital.errdefs`` exceptions, mapped to status codes by ``ErrorInterceptor`
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Iterator
 
 import grpc
@@ -46,6 +47,10 @@ _PROCESS_STATES = {
 _LOG_STREAMS = {"stdout": pb.LOG_STREAM_STDOUT, "stderr": pb.LOG_STREAM_STDERR}
 #: How long a stream waits for news before it checks that its client is still there.
 _STREAM_POLL_S = 0.5
+#: Heartbeat intervals: the default when the controller asks for none, and the bounds of a request.
+HEARTBEAT_DEFAULT_MS = 1000
+HEARTBEAT_MIN_MS = 100
+HEARTBEAT_MAX_MS = 60_000
 
 
 def _timestamp(seconds: float | None) -> Timestamp | None:
@@ -131,6 +136,9 @@ class AgentService(pb_grpc.AgentServiceServicer):
         self._metrics = metrics
 
     def GetInfo(self, request: pb.GetInfoRequest, context: grpc.ServicerContext) -> pb.GetInfoResponse:
+        return self._info()
+
+    def _info(self) -> pb.GetInfoResponse:
         i = self._rt.info()
         return pb.GetInfoResponse(
             agent_version=i.agent_version,
@@ -267,3 +275,36 @@ class AgentService(pb_grpc.AgentServiceServicer):
         )
         for chunk in chunks:
             yield pb.StreamLogsResponse(stream=_LOG_STREAMS[chunk.stream], data=chunk.data)
+
+    def Heartbeat(
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.HeartbeatResponse]:
+        interval = heartbeat_interval(request.interval_ms)
+        # Set when the controller leaves (or the server stops): the wait between beats ends at once.
+        gone = threading.Event()
+        context.add_callback(gone.set)
+        if self._metrics is not None:
+            self._metrics.heartbeat_streams.inc()
+        sequence = 0
+        sent: pb.GetInfoResponse | None = None
+        try:
+            while context.is_active() and not self._rt.closed:
+                sequence += 1
+                info = self._info()
+                if info == sent:
+                    yield pb.HeartbeatResponse(sequence=sequence)
+                else:
+                    sent = info
+                    yield pb.HeartbeatResponse(sequence=sequence, info=info)
+                if gone.wait(interval):
+                    return
+        finally:
+            if self._metrics is not None:
+                self._metrics.heartbeat_streams.dec()
+
+
+def heartbeat_interval(interval_ms: int) -> float:
+    """Seconds between two beats for a request's ``interval_ms`` (0: the default), within bounds."""
+    if interval_ms == 0:
+        return HEARTBEAT_DEFAULT_MS / 1000
+    return min(max(interval_ms, HEARTBEAT_MIN_MS), HEARTBEAT_MAX_MS) / 1000

@@ -91,6 +91,11 @@ class AgentServiceStub:
                 request_serializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.StreamLogsRequest.SerializeToString,
                 response_deserializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.StreamLogsResponse.FromString,
                 _registered_method=True)
+        self.Heartbeat = channel.unary_stream(
+                '/chital.api.agent.v1.AgentService/Heartbeat',
+                request_serializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.HeartbeatRequest.SerializeToString,
+                response_deserializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.HeartbeatResponse.FromString,
+                _registered_method=True)
 
 
 class AgentServiceServicer:
@@ -176,6 +181,16 @@ class AgentServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Heartbeat(self, request, context):
+        """Heartbeat is the controller's health stream of this agent: the agent sends one message at
+        once, then one every interval, for as long as the controller keeps the stream open. A message
+        carries the GetInfo answer when it differs from the one sent before on this stream (always in
+        the first message), so a state change reaches the controller with the next beat.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AgentServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -233,6 +248,11 @@ def add_AgentServiceServicer_to_server(servicer, server):
                     servicer.StreamLogs,
                     request_deserializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.StreamLogsRequest.FromString,
                     response_serializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.StreamLogsResponse.SerializeToString,
+            ),
+            'Heartbeat': grpc.unary_stream_rpc_method_handler(
+                    servicer.Heartbeat,
+                    request_deserializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.HeartbeatRequest.FromString,
+                    response_serializer=chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.HeartbeatResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -534,6 +554,33 @@ class AgentService:
             '/chital.api.agent.v1.AgentService/StreamLogs',
             chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.StreamLogsRequest.SerializeToString,
             chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.StreamLogsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Heartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/chital.api.agent.v1.AgentService/Heartbeat',
+            chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.HeartbeatRequest.SerializeToString,
+            chital_dot_api_dot_agent_dot_v1_dot_agent__pb2.HeartbeatResponse.FromString,
             options,
             channel_credentials,
             insecure,

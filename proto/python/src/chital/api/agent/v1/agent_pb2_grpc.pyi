@@ -59,6 +59,12 @@ class AgentServiceStub:
     """StreamEvents streams events with a sequence number greater than after_seq, then live ones."""
     StreamLogs: _grpc.UnaryStreamMultiCallable[_agent_pb2.StreamLogsRequest, _agent_pb2.StreamLogsResponse]
     """StreamLogs streams a process's captured output."""
+    Heartbeat: _grpc.UnaryStreamMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]
+    """Heartbeat is the controller's health stream of this agent: the agent sends one message at
+    once, then one every interval, for as long as the controller keeps the stream open. A message
+    carries the GetInfo answer when it differs from the one sent before on this stream (always in
+    the first message), so a state change reaches the controller with the next beat.
+    """
 
 @_typing.type_check_only
 class AgentServiceAsyncStub(AgentServiceStub):
@@ -91,6 +97,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     """StreamEvents streams events with a sequence number greater than after_seq, then live ones."""
     StreamLogs: _aio.UnaryStreamMultiCallable[_agent_pb2.StreamLogsRequest, _agent_pb2.StreamLogsResponse]  # type: ignore[assignment]
     """StreamLogs streams a process's captured output."""
+    Heartbeat: _aio.UnaryStreamMultiCallable[_agent_pb2.HeartbeatRequest, _agent_pb2.HeartbeatResponse]  # type: ignore[assignment]
+    """Heartbeat is the controller's health stream of this agent: the agent sends one message at
+    once, then one every interval, for as long as the controller keeps the stream open. A message
+    carries the GetInfo answer when it differs from the one sent before on this stream (always in
+    the first message), so a state change reaches the controller with the next beat.
+    """
 
 class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     """AgentService is served by the agent on each host and called only by the controller.
@@ -186,5 +198,17 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_agent_pb2.StreamLogsResponse], _abc.AsyncIterator[_agent_pb2.StreamLogsResponse]]:
         """StreamLogs streams a process's captured output."""
+
+    @_abc_1.abstractmethod
+    def Heartbeat(
+        self,
+        request: _agent_pb2.HeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_agent_pb2.HeartbeatResponse], _abc.AsyncIterator[_agent_pb2.HeartbeatResponse]]:
+        """Heartbeat is the controller's health stream of this agent: the agent sends one message at
+        once, then one every interval, for as long as the controller keeps the stream open. A message
+        carries the GetInfo answer when it differs from the one sent before on this stream (always in
+        the first message), so a state change reaches the controller with the next beat.
+        """
 
 def add_AgentServiceServicer_to_server(servicer: AgentServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
