@@ -86,6 +86,33 @@ class FakeAgent(agent_pb2_grpc.AgentServiceServicer):
                 last_event_seq=len(self.events),
             )
 
+    def Heartbeat(self, request: Any, context: Any) -> Any:
+        # As the real agent: a beat at once, then one every interval; the info when it changed.
+        self.calls["Heartbeat"] += 1
+        interval = max(request.interval_ms, 100) / 1000
+        gone = threading.Event()
+        context.add_callback(gone.set)
+        sequence, sent = 0, None
+        while context.is_active():
+            sequence += 1
+            with self.cond:
+                info = agent_pb2.GetInfoResponse(
+                    agent_version="fake-1",
+                    kernel_release="6.1.0-fake",
+                    device="fake",
+                    sandboxed=False,
+                    container_count=len(self.containers),
+                    boot_id=self.boot_id,
+                    last_event_seq=len(self.events),
+                )
+            if info == sent:
+                yield agent_pb2.HeartbeatResponse(sequence=sequence)
+            else:
+                sent = info
+                yield agent_pb2.HeartbeatResponse(sequence=sequence, info=info)
+            if gone.wait(interval):
+                return
+
     def Sync(self, request: Any, context: Any) -> Any:
         # What the controller's host reconciler compares with its database: every container, and the
         # processes of the containers that still exist (running or exited), as the real agent does.

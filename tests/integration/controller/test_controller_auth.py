@@ -31,7 +31,7 @@ from chital.security.tls import TLSFiles, channel_credentials
 T = 10.0
 CONTAINER_SERVICE = "chital.api.container.v1.ContainerService"
 # Reads the controller makes on its own (health, events, the host reconciler's Sync): not side effects.
-PASSIVE_AGENT_CALLS = {"GetInfo", "StreamEvents", "Sync"}
+PASSIVE_AGENT_CALLS = {"GetInfo", "Heartbeat", "StreamEvents", "Sync"}
 STATE_TABLES = ("hosts", "containers", "processes", "events", "tokens", "audit_log")
 
 

@@ -150,15 +150,6 @@ class AgentClient:
         )
         return info_from_pb(resp)
 
-    def get_info_future(self, timeout: float) -> Any:
-        """A GetInfo call in flight (the monitor checks every host at once)."""
-        future = self._stub.GetInfo.future(agent_pb2.GetInfoRequest(), timeout=timeout)
-        if self._metrics is not None:
-            done = self._metrics.time_agent_call(self._host_label, "GetInfo")
-            # The future is also a grpc.Call; its code is OK on success.
-            future.add_done_callback(lambda f: done(getattr(f.code(), "name", "UNKNOWN")))  # type: ignore[attr-defined]
-        return future
-
     def sync(self) -> AgentSyncRecord:
         """The agent's full state, rebuilt from the kernel (containers, processes, exits kept)."""
         resp = self._call(lambda: self._stub.Sync(agent_pb2.SyncRequest(), timeout=self.timeout), "Sync")
@@ -362,6 +353,18 @@ class AgentPool:
                     channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
                 self._channels[address] = channel
         return AgentClient(address, channel, self.timeout, self._metrics, self._host_ids.get(address, ""))
+
+    def aio_channel(self, address: str) -> grpc.aio.Channel:
+        """A new asyncio channel to the agent at ``address``, with the pool's credentials and
+        options, for streams read on an event loop (the health monitor's heartbeats). Call it on
+        that loop; the caller closes it."""
+        self.check_address(address)
+        with self._lock:
+            if self._closed:
+                raise Unavailable("controller is shutting down")
+        if self._credentials is not None:
+            return grpc.aio.secure_channel(address, self._credentials, options=_CHANNEL_OPTIONS)
+        return grpc.aio.insecure_channel(address, options=_CHANNEL_OPTIONS)
 
     def set_host_ids(self, host_ids: dict[str, str]) -> None:
         """Address -> host id, for the ``host`` label of agent call metrics."""

@@ -45,9 +45,15 @@ _SERVE = (
     Setting("listen", default="127.0.0.1:7443", help="HOST:PORT of the API (port 0: any free port)"),
     Setting("migrate", kind="bool", default=False, help="apply the database migrations before serving"),
     Setting("port_file", default="", metavar="FILE", help="write the bound port here once serving"),
-    Setting("health_interval", kind="float", default=0.5, metavar="SECONDS", help="between health checks"),
     Setting(
-        "not_ready_after", kind="float", default=3.0, metavar="SECONDS", help="without success: NOT_READY"
+        "health_interval",
+        kind="float",
+        default=1.0,
+        metavar="SECONDS",
+        help="between two heartbeats of an agent",
+    ),
+    Setting(
+        "not_ready_after", kind="float", default=3.0, metavar="SECONDS", help="without a heartbeat: NOT_READY"
     ),
     Setting("lost_after", kind="float", default=60.0, metavar="SECONDS", help="without success: LOST"),
     Setting("agent_timeout", kind="float", default=5.0, metavar="SECONDS", help="deadline of agent calls"),

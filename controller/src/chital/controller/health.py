@@ -1,30 +1,54 @@
-"""HostMonitor: the controller's health checks of its agents.
+"""HostMonitor: host health from heartbeats that the agents push over streams the controller opens.
 
-Every ``interval`` (0.5 s) the monitor calls GetInfo on every host at once (futures, one deadline of
-``0.8 x interval`` each; checks are dated when sent). A host becomes NOT_READY when the failure must
-be reported within ``not_ready_after`` (3 s) of the last success: once a failed check finds
-``silent + interval >= not_ready_after`` (waiting for the next check would be too late). With the
-defaults that is 5 failed checks in a row (one slow answer is no false alarm); the measured detection
-time is in docs/benchmarks.md. LOST follows after
-``lost_after`` (60 s; its containers become LOST); READY again on the next success.
+For every host the monitor keeps one ``Heartbeat`` stream open (the controller dials, as for every
+agent call): the agent sends a beat at once and then every ``interval`` (1 s); a beat carries the
+agent's GetInfo answer whenever it changed since the beat before (versions, boot id, state hash), so
+a restarted agent or a changed state reaches the controller with the next beat. Every stream is read
+on one asyncio event loop in a thread of its own (an idle stream costs no thread; measured, a thread
+per stream cost several times the CPU per beat), beats that bring news are written by a small pool
+of threads, and one ticker thread checks deadlines in memory
+every ``tick`` (0.25 s): a READY host becomes NOT_READY once it has been silent for
+``not_ready_after - 2 * tick`` (2.5 s; one tick for the check that would come too late, one for
+recording the change), so a killed, frozen (SIGSTOP) or unreachable agent is NOT_READY within
+``not_ready_after`` (3 s) of its failure, and a beat that is a second late is no false alarm. LOST
+follows after ``lost_after`` (60 s; its containers become LOST); READY again on the next beat. A
+stream that stays silent for ``not_ready_after`` is cancelled and dialled again: a connection to a
+frozen or cut-off peer can stay open for minutes without noticing. Measured costs and detection
+times are in docs/benchmarks.md; why a stream rather than polling or gRPC Health.Watch is in
+docs/architecture.md.
 
-Successes are written to the database only when something changed or every
-``persist_every`` seconds (``last_seen``), so a large healthy fleet costs few writes; the monitor keeps
-the exact time of the last success in memory.
+Silence is counted from the last beat, or from when the monitor began watching the host when that is
+later (a controller that just started gives every host the time to answer); LOST also needs the
+host's last beat (or ``last_seen``) to be ``lost_after`` old.
+
+A beat is written to the database only when it brings news (the host was not READY, or its agent's
+versions or boot id changed). The time of the last beat of every host (``last_seen``) is written
+every ``persist_every`` (10 s) for the whole fleet in one transaction: a large healthy fleet costs
+one write every 10 s, not one per beat. Every beat is passed to the host syncer (a changed state hash
+or a new boot id makes it sync the host) and makes sure the host's event stream is consumed.
+
+The fleet is read from the database every ``refresh_every`` (2 s) to start and stop streams; a host
+registered through this controller is watched at once. :meth:`HostMonitor.start` and
+:meth:`HostMonitor.stop` may be called again and again (a controller that gains and loses
+leadership): stop cancels every stream and forgets every deadline, start begins afresh.
 """
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import grpc
 
+from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.agents import AgentPool, info_from_pb, map_agent_error
 from chital.controller.events import EventIngestor
 from chital.controller.hostsync import HostSyncer
@@ -32,24 +56,105 @@ from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import AgentInfoRecord, HostHealth, HostRecord
 from chital.controller.store import Store
 from chital.errdefs import ChitalError, NotFound
+from chital.errdefs.grpc import to_grpc_code
 
 __all__ = ["HealthConfig", "HostMonitor"]
 
 log = logging.getLogger("chital.controller.health")
 
+#: Waits between two attempts to open a host's stream: the first, and the most.
+_RETRY_FIRST = 0.2
+_RETRY_MAX = 1.0
+#: Threads that write beats with news (a host turning READY, an agent restarted).
+_WRITERS = 4
+
 
 @dataclass(frozen=True)
 class HealthConfig:
-    """Timings of the health checks, in seconds."""
+    """Timings of the health monitor, in seconds."""
 
-    interval: float = 0.5
+    #: Between two heartbeats of an agent.
+    interval: float = 1.0
     not_ready_after: float = 3.0
     lost_after: float = 60.0
     persist_every: float = 10.0
+    #: Between two deadline checks (in memory). A host is NOT_READY once it has been silent for
+    #: ``not_ready_after - 2 * tick``: one tick for the check that would come too late, one for
+    #: recording the change.
+    tick: float = 0.25
+    #: Between two reads of the fleet from the database.
+    refresh_every: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.interval <= 0 or self.tick <= 0 or self.refresh_every <= 0:
+            raise ValueError("health interval, tick and refresh_every must be positive")
+        if self.not_ready_after <= self.interval:
+            raise ValueError(
+                f"not_ready_after ({self.not_ready_after} s) must be longer than the heartbeat "
+                f"interval ({self.interval} s)"
+            )
+
+
+@dataclass
+class _Watch:
+    """One host's stream and what the monitor knows of the host.
+
+    ``lock`` guards the fields and is held only for moments; ``writing`` is held for a health write
+    to the database (which may wait behind other writes), so that a beat is noted at once even
+    while a write of this host waits, and the deadline check passes over a host being written."""
+
+    host: HostRecord  # as last written or read
+    started: datetime  # when the monitor began watching it (silence is counted from here at most)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    writing: threading.Lock = field(default_factory=threading.Lock)
+    last_ok: datetime | None = None  # the last beat
+    last_signal: datetime | None = None  # the last beat or stream opening (silence cancels the stream)
+    info: AgentInfoRecord | None = None  # the last info this stream carried
+    error: str = ""  # why the stream failed last
+    call: Any = None  # the stream open now (a grpc.aio call; touched on the event loop only)
+    closed: bool = False
+    task: concurrent.futures.Future[None] | None = None  # the coroutine reading the stream
+    write_pending: bool = False  # a beat with news waits for a writer thread
+
+
+class _EventLoop:
+    """An asyncio event loop in a thread of its own: reads every heartbeat stream."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="heartbeats", daemon=True)
+        self._thread.start()
+
+    def submit(self, coroutine: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
+
+    def call(self, fn: Callable[[], object]) -> None:
+        """Run ``fn`` on the loop (from any thread)."""
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to do there
+            self.loop.call_soon_threadsafe(fn)
+
+    def close(self, timeout: float) -> None:
+        """Cancel what runs on the loop, wait for it (channels close), stop the thread."""
+
+        async def cancel_all() -> None:
+            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.wait(tasks, timeout=timeout)
+
+        try:
+            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout + 1)
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            log.warning("heartbeat streams did not end in %.1f s", timeout)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.loop.close()
 
 
 class HostMonitor:
-    """Polls every host's agent and keeps host health in the store."""
+    """Watches every host's heartbeat stream and keeps host health in the store."""
 
     def __init__(
         self,
@@ -67,123 +172,358 @@ class HostMonitor:
         self._clock = clock
         self.config = config
         self._metrics = metrics or ControllerMetrics()
-        self._last_ok: dict[str, datetime] = {}
+        self._lock = threading.Lock()  # guards _watches, _last_written, _stop, _ticker, _loop, _writers
+        self._watches: dict[str, _Watch] = {}
         self._last_written: dict[str, datetime] = {}
-        self._last_info: dict[str, AgentInfoRecord] = {}
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        #: Told of every successful check: syncs the host on reconnection and on state changes.
+        self._stop.set()  # not running until start()
+        self._ticker: threading.Thread | None = None
+        self._loop: _EventLoop | None = None
+        self._writers: concurrent.futures.ThreadPoolExecutor | None = None
+        #: Told of every beat: syncs the host on reconnection and on state changes.
         self.syncer: HostSyncer | None = None
+        self._metrics.heartbeat_streams.set_function(self.open_streams)
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    @property
+    def running(self) -> bool:
+        """Between start() and stop()."""
+        return not self._stop.is_set()
 
     def start(self) -> None:
-        """Run the checks in a background thread."""
-        self._thread = threading.Thread(target=self._loop, name="host-monitor", daemon=True)
-        self._thread.start()
+        """Watch every host: open their streams and check deadlines in a background thread."""
+        with self._lock:
+            if self._ticker is not None:
+                return
+            self._stop = threading.Event()
+            self._loop = _EventLoop()
+            self._writers = concurrent.futures.ThreadPoolExecutor(_WRITERS, thread_name_prefix="health-write")
+            self._ticker = threading.Thread(target=self._tick_loop, name="host-monitor", daemon=True)
+            self._ticker.start()
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop the checks."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
+        """Cancel every stream, stop the threads and forget every deadline (start() may follow)."""
+        with self._lock:
+            self._stop.set()
+            ticker, self._ticker = self._ticker, None
+            loop, self._loop = self._loop, None
+            writers, self._writers = self._writers, None
+            watches = list(self._watches.values())
+            self._watches.clear()
+            self._last_written.clear()
+        for watch in watches:
+            with watch.lock:
+                watch.closed = True
+        if ticker is not None:
+            ticker.join(timeout)
+        if loop is not None:
+            loop.close(timeout)
+        if writers is not None:
+            writers.shutdown(wait=True, cancel_futures=True)
 
-    def _loop(self) -> None:
-        next_tick = time.monotonic()
-        while not self._stop.is_set():
+    def _tick_loop(self) -> None:
+        stop = self._stop
+        next_refresh = time.monotonic()
+        next_persist = next_refresh + self.config.persist_every
+        while not stop.is_set():
             try:
-                self.check_all()
+                if time.monotonic() >= next_refresh:
+                    self.refresh()
+                    next_refresh = time.monotonic() + self.config.refresh_every
+                self.check_deadlines()
+                if time.monotonic() >= next_persist:
+                    next_persist = time.monotonic() + self.config.persist_every
+                    self.persist_last_seen()
             except Exception:  # the monitor must survive a bad round (logged)
-                log.exception("health check round failed")
-            next_tick += self.config.interval
-            delay = next_tick - time.monotonic()
-            if delay < 0:  # a slow round: do not try to catch up with a burst
-                next_tick = time.monotonic()
-                delay = 0
-            if self._stop.wait(delay):
+                log.exception("health monitor round failed")
+            if stop.wait(self.config.tick):
                 return
 
-    def check_all(self) -> None:
-        """One round: check every host concurrently and record the results."""
-        hosts = self._store.all_hosts()
+    # -- the fleet ----------------------------------------------------------------------------
+
+    def refresh(self) -> None:
+        """Read the fleet: watch new hosts, stop watching removed ones, take others' writes."""
+        hosts = self._store.hosts_for_health()
         self._pool.set_host_ids({h.address: h.id for h in hosts})
-        # Checks are dated when they are sent, so "silent for 3 s" means 3 rounds, whatever the
-        # latency of the answers.
-        sent = self._clock()
-        timeout = max(0.1, self.config.interval * 0.8)
-        calls: list[tuple[HostRecord, Any]] = []
+        seen = set()
         for host in hosts:
+            seen.add(host.id)
+            watch = self._watch(host)
+            if watch is not None and watch.writing.acquire(blocking=False):
+                try:  # another controller may have written it (not while this one writes it)
+                    with watch.lock:
+                        watch.host = host
+                finally:
+                    watch.writing.release()
+        with self._lock:
+            gone = [w for host_id, w in self._watches.items() if host_id not in seen]
+        for watch in gone:
+            self.forget(watch.host.id)
+
+    def _watch(self, host: HostRecord) -> _Watch | None:
+        """The host's watch, started now if it has none; None when the monitor is stopped."""
+        with self._lock:
             if self._stop.is_set():
+                return None
+            watch = self._watches.get(host.id)
+            if watch is not None and watch.host.address == host.address:
+                return watch
+            loop = self._loop
+            if loop is None:
+                return None
+            old, watch = watch, _Watch(host=host, started=self._clock())
+            self._watches[host.id] = watch
+            watch.task = loop.submit(self._stream(watch, self._stop))
+        if old is not None:  # registered again under another address
+            self._close(old)
+        return watch
+
+    def forget(self, host_id: str) -> None:
+        """Stop watching a removed host and drop what the monitor remembers of it."""
+        with self._lock:
+            watch = self._watches.pop(host_id, None)
+            self._last_written.pop(host_id, None)
+        if watch is not None:
+            self._close(watch)
+        if self.syncer is not None:
+            self.syncer.forget(host_id)
+
+    @staticmethod
+    def _close(watch: _Watch) -> None:
+        with watch.lock:
+            watch.closed = True
+            task = watch.task
+        if task is not None:
+            task.cancel()  # thread-safe: cancels the coroutine on its loop
+
+    def open_streams(self) -> int:
+        """How many hosts' heartbeat streams are open now."""
+        with self._lock:
+            watches = list(self._watches.values())
+        return sum(1 for w in watches if w.call is not None)
+
+    def ages(self) -> dict[str, float]:
+        """Seconds since the last beat, per host id that beat since this monitor started."""
+        now = self._clock()
+        with self._lock:
+            watches = list(self._watches.values())
+        return {w.host.id: (now - w.last_ok).total_seconds() for w in watches if w.last_ok is not None}
+
+    # -- one host's stream --------------------------------------------------------------------
+
+    async def _stream(self, watch: _Watch, stop: threading.Event) -> None:
+        """Read the host's heartbeat stream, dialling again whenever it ends (on the event loop)."""
+        retry = _RETRY_FIRST
+        address = watch.host.address
+        request = agent_pb2.HeartbeatRequest(interval_ms=max(1, round(self.config.interval * 1000)))
+        channel: grpc.aio.Channel | None = None
+        try:
+            while not stop.is_set() and not watch.closed:
+                try:
+                    if channel is None:
+                        channel = self._pool.aio_channel(address)
+                except ChitalError as exc:
+                    # The pool refuses the host (a non-loopback address with --insecure), or shuts down.
+                    self._stream_failed(watch, str(exc), to_grpc_code(exc).name)
+                    await asyncio.sleep(_RETRY_MAX)
+                    continue
+                call = agent_pb2_grpc.AgentServiceStub(channel).Heartbeat(request)
+                with watch.lock:
+                    watch.call = call
+                    watch.last_signal = self._clock()
+                try:
+                    async for message in call:
+                        self._beat(watch, message)
+                        retry = _RETRY_FIRST
+                except grpc.RpcError as exc:
+                    code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
+                    # CANCELLED: this monitor cancelled a silent stream (its silence is the reason).
+                    if not watch.closed and not stop.is_set() and code != grpc.StatusCode.CANCELLED:
+                        self._stream_failed(watch, str(map_agent_error(address, exc)), code.name)
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if watch.closed or stop.is_set() or (current is not None and current.cancelling()):
+                        raise
+                    # Otherwise the call was cancelled (a silent stream): dial again.
+                except Exception:  # a failure while recording a beat: log, reconnect
+                    log.exception("heartbeat of %s failed", address)
+                finally:
+                    call.cancel()
+                    with watch.lock:
+                        watch.call = None
+                await asyncio.sleep(retry)
+                retry = min(retry * 2, _RETRY_MAX)
+        finally:
+            if channel is not None:
+                await channel.close()
+
+    def _stream_failed(self, watch: _Watch, message: str, code: str) -> None:
+        self._metrics.health_checks.labels("failed").inc()
+        # A stream that cannot open is a failed call to the agent, as a failed unary call is.
+        self._metrics.agent_call_failures.labels(watch.host.id, code).inc()
+        with watch.lock:
+            if message != watch.error:
+                log.debug("heartbeat stream of %s: %s", watch.host.address, message)
+            watch.error = message
+
+    def _beat(self, watch: _Watch, message: Any) -> None:
+        """Record one HeartbeatResponse of the host (called by its stream's thread)."""
+        now = self._clock()
+        with watch.lock:
+            if message.HasField("info"):
+                watch.info = info_from_pb(message.info)
+            info = watch.info
+            if info is None or watch.closed:
+                return  # a stream always begins with the info: only an agent that breaks that
+            watch.last_ok = watch.last_signal = now
+            watch.error = ""
+            host = watch.host
+            if self._has_news(host, info):
+                if not watch.write_pending and self._writers is not None:
+                    watch.write_pending = True
+                    self._writers.submit(self._write_beat, watch, info, now)
                 return
+        self._observed(host, info)
+
+    def _write_beat(self, watch: _Watch, info: AgentInfoRecord, now: datetime) -> None:
+        """Record a beat with news (on a writer thread: a write may wait behind others)."""
+        try:
+            with watch.writing:
+                with watch.lock:
+                    watch.write_pending = False
+                    host = watch.host
+                record = self._succeeded(host, info, now)
+                with watch.lock:
+                    watch.host = record
+        except Exception:  # logged; the next beat with news tries again
+            log.exception("recording a heartbeat of %s failed", watch.host.address)
+
+    def persist_last_seen(self) -> int:
+        """Write the last beat of every host that beat since its last write, in one transaction;
+        returns how many hosts were written."""
+        with self._lock:
+            watches = list(self._watches.values())
+            written = dict(self._last_written)
+        seen: dict[str, datetime] = {}
+        for watch in watches:
+            last_ok = watch.last_ok
+            host_id = watch.host.id
+            if last_ok is not None and host_id in written and last_ok > written[host_id]:
+                seen[host_id] = last_ok
+        self._store.record_last_seen(seen)
+        with self._lock:
+            for host_id, when in seen.items():
+                if host_id in self._last_written:
+                    self._last_written[host_id] = max(self._last_written[host_id], when)
+        return len(seen)
+
+    # -- decisions ----------------------------------------------------------------------------
+
+    def check_deadlines(self) -> None:
+        """Mark silent hosts NOT_READY or LOST and cancel silent streams (the ticker calls this)."""
+        now = self._clock()
+        with self._lock:
+            watches = list(self._watches.values())
+        for watch in watches:
+            if not watch.writing.acquire(blocking=False):
+                continue  # a beat is being written: the host answers
             try:
-                calls.append((host, self._pool.get(host.address).get_info_future(timeout)))
-            except ChitalError as exc:
-                # The pool refuses this host (e.g. a non-loopback address with --insecure): a
-                # failed check of this host only, never the end of the round for the others.
-                self._failed(host, str(exc), sent)
-        for host, future in calls:
-            try:
-                info = info_from_pb(future.result())
-            except grpc.RpcError as exc:
-                self._failed(host, str(map_agent_error(host.address, exc)), sent)
-            else:
-                self._succeeded(host, info, sent)
+                self._check_deadline(watch, now)
+            finally:
+                watch.writing.release()
+
+    def _check_deadline(self, watch: _Watch, now: datetime) -> None:
+        """One host's deadlines (``watch.writing`` held)."""
+        tick = self.config.tick
+        with watch.lock:
+            if watch.closed:
+                return
+            host = watch.host
+            last_ok = watch.last_ok or host.last_seen or host.created
+            silent = (now - max(last_ok, watch.started)).total_seconds()
+            watching = (now - watch.started).total_seconds()
+            if watching + 2 * tick < self.config.not_ready_after:
+                return  # a host just watched gets the time to answer
+            call, signal = watch.call, watch.last_signal
+            if (
+                call is not None
+                and signal is not None
+                and (now - signal).total_seconds() >= self.config.not_ready_after
+            ):
+                loop = self._loop
+                if loop is not None:  # a silent stream: dial again (the peer may be gone for good)
+                    loop.call(call.cancel)
+            target = host.health
+            if (now - last_ok).total_seconds() >= self.config.lost_after:
+                target = HostHealth.LOST
+            elif silent + 2 * tick >= self.config.not_ready_after and host.health is HostHealth.READY:
+                target = HostHealth.NOT_READY
+            if target is host.health:
+                return
+            message = watch.error or f"no heartbeat for {silent:.1f} s"
+        record = self._failed(host, target, message, now)
+        with watch.lock:
+            watch.host = record
 
     def check_one(self, host: HostRecord) -> HostRecord:
-        """Check one host now (used by RegisterHost)."""
+        """Check one host now with a GetInfo call (RegisterHost), and watch it from now on."""
         sent = self._clock()
         try:
             # The first call to a new host opens its channel: a TLS handshake, slow on a slow host.
             timeout = max(self._pool.timeout, self.config.interval)
             info = self._pool.get(host.address).get_info(timeout=timeout)
         except ChitalError as exc:
-            return self._failed(host, str(exc), sent)
-        return self._succeeded(host, info, sent)
+            self._metrics.health_checks.labels("failed").inc()
+            record = host
+            silent = (sent - (host.last_seen or host.created)).total_seconds()
+            if host.health is HostHealth.READY and silent >= self.config.not_ready_after:
+                record = self._failed(host, HostHealth.NOT_READY, str(exc), sent)
+        else:
+            record = self._succeeded(host, info, sent)
+        watch = self._watch(record)
+        if watch is not None:
+            with watch.lock:
+                watch.host = record
+        return record
+
+    def _has_news(self, host: HostRecord, info: AgentInfoRecord) -> bool:
+        """Whether a beat must be written: the host was not READY, its agent changed, or this
+        monitor has not written it yet. (The time of the last beat of every host goes to the
+        database in one transaction every persist_every: see persist_last_seen.)"""
+        if host.health is not HostHealth.READY or _details(host.agent) != _details(info):
+            return True
+        with self._lock:
+            return host.id not in self._last_written
+
+    def _observed(self, host: HostRecord, info: AgentInfoRecord) -> None:
+        """What every answer of an agent leads to, written or not."""
+        self._metrics.health_checks.labels("ok").inc()
+        self._ingestor.ensure(host.id, host.address)
+        if self.syncer is not None:
+            self.syncer.observe(host, info)
 
     def _succeeded(self, host: HostRecord, info: AgentInfoRecord, now: datetime) -> HostRecord:
-        self._metrics.health_checks.labels("ok").inc()
-        self._last_ok[host.id] = now
-        previous_info = self._last_info.get(host.id)
-        written = self._last_written.get(host.id)
-        needs_write = (
-            host.health is not HostHealth.READY
-            or previous_info is None
-            or _details(previous_info) != _details(info)
-            or host.agent.boot_id != info.boot_id
-            or written is None
-            or (now - written).total_seconds() >= self.config.persist_every
-        )
         record = host
-        if needs_write:
+        if self._has_news(host, info):
             try:
                 record, previous = self._store.record_health(
                     host.id, HostHealth.READY, now, info=info, last_seen=now
                 )
             except NotFound:
                 return host  # removed meanwhile
-            self._last_written[host.id] = now
-            self._last_info[host.id] = info
+            with self._lock:
+                self._last_written[host.id] = now
             if previous is not HostHealth.READY:
                 self._metrics.host_transitions.labels("READY").inc()
                 log.info("host %s is READY", host.address)
             if host.agent.boot_id and host.agent.boot_id != info.boot_id:
                 log.info("agent on %s restarted", host.address)
                 self._ingestor.restart(host.id)
-        self._ingestor.ensure(host.id, host.address)
-        if self.syncer is not None:
-            self.syncer.observe(host, info)
+        self._observed(host, info)
         return record
 
-    def _failed(self, host: HostRecord, message: str, now: datetime) -> HostRecord:
-        self._metrics.health_checks.labels("failed").inc()
-        last_ok = self._last_ok.get(host.id) or host.last_seen or host.created
-        # A little slack, so that a round that starts a hair early still counts as the Nth.
-        silent = (now - last_ok).total_seconds() + self.config.interval * 0.05
-        target = host.health
-        if silent >= self.config.lost_after:
-            target = HostHealth.LOST
-        elif silent + self.config.interval >= self.config.not_ready_after and host.health is HostHealth.READY:
-            target = HostHealth.NOT_READY
-        if target is host.health and host.message == message:
-            return host
+    def _failed(self, host: HostRecord, target: HostHealth, message: str, now: datetime) -> HostRecord:
         try:
             record, previous = self._store.record_health(host.id, target, now, message=message)
         except NotFound:
@@ -193,21 +533,9 @@ class HostMonitor:
             log.warning("host %s is %s: %s", host.address, target.value, message)
         return record
 
-    def ages(self) -> dict[str, float]:
-        """Seconds since the last successful check, per host id this monitor has seen answer."""
-        now = self._clock()
-        return {host_id: (now - ok).total_seconds() for host_id, ok in list(self._last_ok.items())}
-
-    def forget(self, host_id: str) -> None:
-        """Drop what the monitor remembers of a removed host."""
-        self._last_ok.pop(host_id, None)
-        self._last_written.pop(host_id, None)
-        self._last_info.pop(host_id, None)
-        if self.syncer is not None:
-            self.syncer.forget(host_id)
-
 
 def _details(info: AgentInfoRecord) -> tuple[str, ...]:
+    """What a write records of the agent: a change is written at once."""
     return (
         info.agent_version,
         info.kernel_release,

@@ -4,6 +4,7 @@ fleet-wide counts for metrics."""
 from __future__ import annotations
 
 from datetime import datetime
+from typing import cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -118,6 +119,30 @@ class HostStore(StoreBase):
             counts = self._count_placed(session, [r.id for r in rows])
             unstopped = self._count_unstopped(session, rows)
             return [self._host_record(r, counts.get(r.id, 0), unstopped.get(r.id, 0)) for r in rows]
+
+    def record_last_seen(self, seen: dict[str, datetime]) -> None:
+        """The time of each host's last heartbeat, for many hosts in one transaction: the health
+        monitor's periodic write of a healthy fleet. Rows are updated in id order (the hosts' lock
+        order); a host removed meanwhile is skipped."""
+        if not seen:
+            return
+        table = cast(sa.Table, HostRow.__table__)
+        statement = (
+            sa.update(table)
+            .where(table.c.id == sa.bindparam("b_id"))
+            .values(last_seen=sa.bindparam("b_seen"))
+        )
+        with self._write() as (session, _):
+            session.execute(
+                statement, [{"b_id": host_id, "b_seen": seen[host_id]} for host_id in sorted(seen)]
+            )
+
+    def hosts_for_health(self) -> list[HostRecord]:
+        """Every host, without its container counts (zero): the health monitor reads the fleet
+        every second, and counting placed containers would scan the containers table each time."""
+        with self._read() as session:
+            rows = list(session.scalars(sa.select(HostRow).order_by(HostRow.created, HostRow.id)))
+            return [self._host_record(r, 0) for r in rows]
 
     def set_admin_state(self, ref: str, admin_state: AdminState, now: datetime) -> HostRecord:
         """Cordon, uncordon or drain a host."""
