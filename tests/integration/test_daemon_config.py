@@ -164,6 +164,10 @@ def test_controller_config_errors_and_usage(tmp_path: Path) -> None:
     )
     assert env.returncode == 4
     assert "CHITAL_CONTROLLER_MAX_WORKERS='x': expected an integer" in env.stderr
+    # A heartbeat interval that the NOT_READY budget cannot wait for is refused, not run.
+    slow = run("chital.controller", "serve", "--config", "/dev/null", "--insecure", "--health-interval", "5")
+    assert slow.returncode == 4
+    assert "not_ready_after (3.0 s) must be longer than the heartbeat interval (5.0 s)" in slow.stderr
     before = run("chital.controller", "--log-level", "debug", "db", "upgrade")
     assert before.returncode == 2
     version = run("chital.controller", "--version")

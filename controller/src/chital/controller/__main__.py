@@ -181,6 +181,9 @@ def _serve(args: argparse.Namespace) -> int:
             audit_retention=args.audit_retention,
             interval=args.retention_interval,
         )
+        health = HealthConfig(
+            interval=args.health_interval, not_ready_after=args.not_ready_after, lost_after=args.lost_after
+        )
     except ValueError as exc:
         print(f"chital-controller: {exc}", file=sys.stderr)
         return EXIT_CONFIG
@@ -190,9 +193,7 @@ def _serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir,
         migrate=args.migrate,
         port_file=args.port_file,
-        health=HealthConfig(
-            interval=args.health_interval, not_ready_after=args.not_ready_after, lost_after=args.lost_after
-        ),
+        health=health,
         agent_timeout=args.agent_timeout,
         max_workers=args.max_workers,
         max_streams=args.max_streams,
