@@ -174,3 +174,32 @@ def test_the_four_dashboards_exist() -> None:
     uids = {json.loads(p.read_text())["uid"] for p in DASHBOARDS}
     assert {"chital-fleet", "chital-host", "chital-container", "chital-control-plane"} <= uids
     assert len(uids) == len(DASHBOARDS), "dashboard uids must be unique"
+
+
+def test_docker_compose_runs_two_controllers() -> None:
+    """High availability in compose: two controllers on the one PostgreSQL database, each with its
+    own published port, state volume and discovery file, both migrating safely, both scraped."""
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    first, second = services["controller"], services["controller-2"]
+    assert first["image"] == second["image"]
+
+    def flag(service: dict[str, Any], name: str) -> str:
+        command = service["command"]
+        return str(command[command.index(name) + 1])
+
+    assert flag(first, "--database-url") == flag(second, "--database-url")
+    assert "--migrate" in first["command"] and "--migrate" in second["command"]
+    assert flag(first, "--prometheus-sd-file") != flag(second, "--prometheus-sd-file")
+    assert set(first["ports"]).isdisjoint(second["ports"])
+    state = {
+        s: next(v for v in services[s]["volumes"] if v.endswith(":/var/lib/chital"))
+        for s in services
+        if s.startswith("controller")
+    }
+    assert len(set(state.values())) == 2, state
+    assert second["restart"] == "unless-stopped"  # a controller that lost its lease exits
+    prometheus = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    job = next(j for j in prometheus["scrape_configs"] if j["job_name"] == "chital-controller")
+    targets = {t for group in job["static_configs"] for t in group["targets"]}
+    assert targets == {"controller:9471", "controller-2:9471"}

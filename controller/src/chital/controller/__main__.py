@@ -206,6 +206,7 @@ def _serve(args: argparse.Namespace) -> int:
         mtls_listen=args.mtls_listen,
         mtls_port_file=args.mtls_port_file,
         allowed_roots=tuple(args.allowed_roots),
+        lease_timeout=args.lease_timeout,
         rollouts=RolloutSettings(
             playbooks_dir=args.playbooks_dir or default_playbooks_dir(),
             work_dir=str(Path(args.state_dir) / "rollouts"),
@@ -250,8 +251,24 @@ def _serve(args: argparse.Namespace) -> int:
             f"chital-controller listening on {mtls_host}:{server.mtls_port} (TLS, client certificates)",
             flush=True,
         )
+
+    # A controller that lost the leader's lease exits (after stopping the leader's work at once):
+    # its supervisor starts it again as a follower, with none of the old term's memory (docs/ha.md).
+    def _on_lost_leadership() -> None:
+        server.leadership_lost.wait()
+        stop.set()
+
+    threading.Thread(target=_on_lost_leadership, name="leadership-lost", daemon=True).start()
     stop.wait()
     server.stop()
+    if server.leadership_lost.is_set():
+        print(
+            f"chital-controller: lost the leadership ({server.lost_reason}); exiting so that the "
+            "supervisor starts this controller again as a follower",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_FAILURE
     return EXIT_OK
 
 

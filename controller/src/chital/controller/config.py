@@ -132,6 +132,13 @@ _SERVE = (
         metavar="DIR",
         help="container roots must lie under DIR (default: anywhere but system directories)",
     ),
+    Setting(
+        "lease_timeout",
+        kind="float",
+        default=3.0,
+        metavar="SECONDS",
+        help="PostgreSQL: a leader silent this long loses its lease to another controller (docs/ha.md)",
+    ),
 )
 
 SETTINGS = Settings("controller", (*_LOGS, *_DATABASE, *_SERVE), default_config=DEFAULT_CONFIG)

@@ -109,9 +109,29 @@ def alembic_config(database_url: str) -> Any:
     return config
 
 
+#: The advisory lock that serialises migrations on PostgreSQL (``b"chital-m"`` as an integer).
+MIGRATE_LOCK_KEY = int.from_bytes(b"chital-m", "big") & 0x7FFF_FFFF_FFFF_FFFF
+
+
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Apply the migrations up to ``revision``."""
+    """Apply the migrations up to ``revision``.
+
+    On PostgreSQL the migration holds a session advisory lock on a connection of its own, so that
+    several controllers started together with ``--migrate`` (docs/ha.md) migrate one after the
+    other: the later ones find the schema current and change nothing."""
     from alembic import command  # noqa: PLC0415 - only the migrate paths need alembic
 
-    _ensure_sqlite_dir(sa.make_url(database_url))
-    command.upgrade(alembic_config(database_url), revision)
+    url = sa.make_url(database_url)
+    _ensure_sqlite_dir(url)
+    if _is_sqlite(url):
+        command.upgrade(alembic_config(database_url), revision)
+        return
+    engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as lock:
+            lock.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATE_LOCK_KEY})")
+            lock.commit()
+            command.upgrade(alembic_config(database_url), revision)
+            # Closing the session (NullPool) releases the lock.
+    finally:
+        engine.dispose()

@@ -106,11 +106,14 @@ class EventIngestor:
         self.syncer: HostSyncer | None = None
         #: Called with (host id, container uid) on CONTAINER_EMPTY.
         self.on_empty: list[Callable[[str, str], None]] = []
+        #: False on a controller that is not the leader: the leader alone consumes the agents'
+        #: streams (see leader.py), so :meth:`ensure` starts nothing.
+        self.active = True
 
     def ensure(self, host_id: str, address: str) -> None:
         """Run a consumer for the host unless one runs already."""
         with self._lock:
-            if self._stopping.is_set():
+            if self._stopping.is_set() or not self.active:
                 return
             thread = self._threads.get(host_id)
             if thread is not None and thread.is_alive():

@@ -163,6 +163,8 @@ class HostSyncer:
         self._idle = threading.Condition(self._lock)
         #: Called with the containers a sync made LOST (the restart policy acts on them).
         self.on_lost: list[Callable[[list[ContainerRecord]], None]] = []
+        #: False on a controller that is not the leader: the leader alone syncs hosts (leader.py).
+        self.active = True
 
     def stop(self, timeout: float = 5.0) -> None:
         """Run no more syncs; wait for the running ones."""
@@ -208,7 +210,7 @@ class HostSyncer:
 
     def _request(self, host_id: str, address: str, state_hash: str) -> None:
         with self._lock:
-            if self._closed:
+            if self._closed or not self.active:
                 return
             state = self._hosts.setdefault(host_id, _HostState(address))
             state.address = address

@@ -122,9 +122,13 @@ class Operations:
     # -- requests ---------------------------------------------------------------------------------
 
     def kick(self, container_uid: str, delay: float = 0.0) -> None:
-        """Look at a stopping container now (or after ``delay`` seconds)."""
+        """Look at a stopping container now (or after ``delay`` seconds).
+
+        Before :meth:`start` this does nothing: a controller that does not drive stops (a follower,
+        see leader.py) leaves them to the leader, whose driver finds them in the database (its
+        start, the feed of state changes, the reconciler's rounds)."""
         with self._cond:
-            if self._stopping:
+            if self._stopping or self._thread is None:
                 return
             heapq.heappush(self._heap, (time.monotonic() + delay, container_uid))
             self._cond.notify()

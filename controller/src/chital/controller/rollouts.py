@@ -62,7 +62,7 @@ from chital.controller.validation import (
     page_size,
     parse_label_selector,
 )
-from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound
+from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 __all__ = [
     "HostStatus",
@@ -791,6 +791,9 @@ class Rollouts:
         self._changed = threading.Condition()
         self._version = 0  # bumped with every append by this process (wakes watchers)
         self._cancels: dict[str, threading.Event] = {}  # running rollouts: set to cancel
+        # Rollouts queued on this process's workers: stop() ends only these (with several
+        # controllers, the others belong to another one).
+        self._queued: set[str] = set()
         self._stopping = threading.Event()
         self._pool: ThreadPoolExecutor | None = None
         self._work = Path(settings.work_dir)
@@ -817,7 +820,10 @@ class Rollouts:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         for rollout_id in self._store.unfinished():
-            self._end(rollout_id, RolloutState.INTERRUPTED, "the controller stopped during the rollout", None)
+            if rollout_id in self._queued:
+                self._end(
+                    rollout_id, RolloutState.INTERRUPTED, "the controller stopped during the rollout", None
+                )
 
     # -- use cases -------------------------------------------------------------------------------
 
@@ -829,7 +835,11 @@ class Rollouts:
             return first
         playbook = resolve_playbook(self.settings.playbooks_dir, spec.playbook)
         if self._pool is None or self._stopping.is_set():
-            raise FailedPrecondition("the controller is not running rollouts (starting or stopping)")
+            # Retryable: another controller (the leader, with several) takes it.
+            raise Unavailable(
+                "this controller is not running rollouts (not the leader, or starting or stopping): "
+                "retry, or ask another controller"
+            )
         inventory_text = self._selector_inventory(spec) if spec.use_selector else spec.inventory
         rollout_id = self._new_id()
         inventory_path = self._write_inventory(rollout_id, inventory_text)
@@ -878,6 +888,7 @@ class Rollouts:
         if record.id != rollout_id:  # a retry that raced the first
             shutil.rmtree(inventory_path.parent, ignore_errors=True)
             return record
+        self._queued.add(record.id)
         self._pool.submit(self._run, record, inventory_path, inventory)
         log.info("rollout %s: %s on %d host(s) queued", record.id, record.playbook, len(record.hosts))
         return record

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import threading
 import uuid
 from collections.abc import Callable
 from concurrent import futures
@@ -27,6 +29,7 @@ import grpc
 import sqlalchemy as sa
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from prometheus_client import Counter, Gauge
 
 from chital.api.admin.v1 import admin_pb2, admin_pb2_grpc
 from chital.api.container.v1 import container_pb2, container_pb2_grpc
@@ -41,6 +44,7 @@ from chital.controller.feed import EventFeed
 from chital.controller.health import HealthConfig, HostMonitor
 from chital.controller.hosts import Hosts
 from chital.controller.hostsync import HostSyncer
+from chital.controller.leader import LeaderElector, StopFollower
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.operations import Operations
 from chital.controller.reconcile import Reconciler
@@ -132,6 +136,9 @@ class ControllerConfig:
     rollouts: RolloutSettings | None = None
     # Container roots must lie under one of these (empty: anywhere but the system directories).
     allowed_roots: tuple[str, ...] = ()
+    # PostgreSQL: the leader's lease lasts this long without a word from it (idle_session_timeout of
+    # its lease session; see leader.py). SQLite: one controller, always the leader.
+    lease_timeout: float = 3.0
 
     def resolved_database_url(self) -> str:
         """The configured URL, else SQLite in the state directory."""
@@ -158,6 +165,8 @@ class ControllerConfig:
             )
         if self.max_workers < 1 or self.max_streams < 1:
             raise InvalidArgument("max_workers and max_streams must be at least 1")
+        if self.lease_timeout < 1.5:
+            raise InvalidArgument("lease_timeout must be at least 1.5 s")
         try:
             validate_allowed_roots(self.allowed_roots)
         except ValueError as exc:
@@ -290,10 +299,100 @@ class ControllerServer:
             reflection.SERVICE_NAME,
         )
         reflection.enable_server_reflection(names, self.server)
+        self._init_run_state()
+
+    def _init_run_state(self) -> None:
+        """What start() fills in: the bound ports, the discovery file writer, and leadership.
+
+        Leadership (see leader.py and docs/ha.md). On PostgreSQL every controller serves the API
+        and one of them, elected by a lease, runs the background work; on SQLite the one controller
+        is always the leader. Until elected, this controller neither consumes the agents' event
+        streams nor syncs hosts (a RegisterHost it serves only checks the host)."""
         self.port = 0
         self.mtls_port = 0
         self.metrics_port = 0
         self.discovery: DiscoveryFileUpdater | None = None
+        self.leader_gauge = Gauge(
+            "chital_controller_leader",
+            "1 while this controller is the leader (runs the health monitor, reconcilers, "
+            "operations, restarts, retention and rollouts), else 0.",
+            registry=self.metrics.registry,
+        )
+        self.elected_total = Counter(
+            "chital_controller_leader_elections",
+            "How many times this controller became the leader.",
+            registry=self.metrics.registry,
+        )
+        self.elector: LeaderElector | None = None
+        self.leadership_lost = threading.Event()
+        self.lost_reason = ""
+        self._lead_lock = threading.Lock()
+        self._leading = False
+        self._stopped = False
+        self._led = False  # whether this process ever led (its rollouts are then its own to end)
+        self.stop_follower = StopFollower(self.feed, self.operations.kick, self._rescan_stops)
+        if self.engine.dialect.name == "postgresql":
+            self.ingestor.active = self.syncer.active = False
+
+    @property
+    def is_leader(self) -> bool:
+        """Whether this controller runs the background work now."""
+        with self._lead_lock:
+            return self._leading
+
+    def _rescan_stops(self) -> None:
+        for container in self.store.stopping_containers(10_000):
+            self.operations.kick(container.uid)
+
+    def _lead(self) -> None:
+        """Elected (or SQLite): start the background work. Everything is resumed from the database."""
+        with self._lead_lock:
+            if self._leading or self._stopped or self.leadership_lost.is_set():
+                return
+            self._leading = self._led = True
+            self.ingestor.active = self.syncer.active = True
+            self.monitor.start()
+            # Before the driver's start-up scan: a stop recorded between the two is seen twice at
+            # worst (harmless), never missed.
+            self.stop_follower.start()
+            self.operations.start()
+            self.reconciler.start()
+            self.restarter.start()
+            self.rollouts.start()
+            self.retention.start()
+            self.leader_gauge.set(1)
+            self.elected_total.inc()
+        log.info("this controller is the leader: health monitor, reconcilers, operations, rollouts running")
+
+    def _step_down(self, reason: str) -> None:
+        """The lease may be gone: stop every piece of leader work at once (fencing), each stopped in
+        parallel, then tell the owner (``leadership_lost``): ``chital-controller serve`` exits, and its
+        supervisor starts it again as a follower with none of this term's memory."""
+        with self._lead_lock:
+            if not self._leading:
+                return
+            self._leading = False
+            self.ingestor.active = self.syncer.active = False
+            self.leader_gauge.set(0)
+            self.lost_reason = reason
+        log.error("this controller is no longer the leader (%s): stopping the leader's work", reason)
+        stops = [
+            self.operations.stop,
+            self.syncer.stop,
+            self.ingestor.stop,
+            self.monitor.stop,
+            self.restarter.stop,
+            self.reconciler.stop,
+            self.rollouts.stop,
+            self.retention.stop,
+            self.stop_follower.stop,
+        ]
+        threads = [threading.Thread(target=fn, name="step-down", daemon=True) for fn in stops]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(10.0)
+        self.leadership_lost.set()
 
     def _retention_done(self, result: RetentionPass) -> None:
         self.metrics.retention_removed.labels("event").inc(result.events)
@@ -315,14 +414,21 @@ class ControllerServer:
         if self.config.prometheus_sd_file:
             self.discovery = DiscoveryFileUpdater(Path(self.config.prometheus_sd_file), self.store.all_hosts)
             self.discovery.start()
-        self.monitor.start()
         # A stop waiting for its members ends as soon as the kernel says the last one is gone.
         self.ingestor.on_empty.append(lambda _host_id, uid: self.operations.kick(uid))
-        self.operations.start()
-        self.reconciler.start()
-        self.restarter.start()
-        self.rollouts.start()
-        self.retention.start()
+        if self.engine.dialect.name == "postgresql":
+            self.elector = LeaderElector(
+                self.config.resolved_database_url(),
+                name=f"{socket.gethostname()}:{self.port} pid {os.getpid()}",
+                on_elected=self._lead,
+                on_lost=self._step_down,
+                lease_timeout=self.config.lease_timeout,
+            )
+            self.elector.start()
+            # Alone (or first), this controller leads before it reports itself serving.
+            self.elector.wait_first_attempt(self.config.lease_timeout * 2)
+        else:
+            self._lead()
         for name in (
             "",
             "chital.api.container.v1.ContainerService",
@@ -412,18 +518,25 @@ class ControllerServer:
     def stop(self, grace: float = 5.0) -> None:
         """Stop taking calls, finish running ones (up to ``grace`` s), stop the background threads."""
         self.health.enter_graceful_shutdown()
+        with self._lead_lock:
+            self._stopped = True
         done = self.server.stop(grace)
-        self.rollouts.stop()  # cancels running playbooks: they end INTERRUPTED
+        if self._led:
+            self.rollouts.stop()  # cancels running playbooks: they end INTERRUPTED
+        self.stop_follower.stop()
         self.monitor.stop()
         self.syncer.stop()
         self.reconciler.stop()
         self.restarter.stop()
         self.operations.stop()
         self.retention.stop()
+        if self.elector is not None:
+            self.elector.stop()  # after the leader's work: releases the lease for another controller
         if self.discovery is not None:
             self.discovery.stop()
         self.ingestor.stop()
         done.wait(grace + 1)
+        self.containers.close()  # after the last call and the driver: every queued create is written
         self.feed.stop()
         self.audit.close()  # after the last call: every audited call is written
         self.metrics.stop()
