@@ -13,12 +13,14 @@ import itertools
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
 from chital.controller.leader import LeaderElector, leader_query
+from chital.controller.server import ControllerConfig, ControllerServer
 from chital.devcluster.postgres import PostgresServer
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
@@ -197,3 +199,53 @@ def test_two_controllers_migrating_at_once(pg_url: str) -> None:
         assert sa.inspect(engine).has_table("events")
     finally:
         engine.dispose()
+
+
+def _controller(tmp_path: Path, url: str, name: str) -> ControllerServer:
+    return ControllerServer(
+        ControllerConfig(
+            listen="127.0.0.1:0",
+            insecure=True,
+            state_dir=str(tmp_path / name),
+            database_url=url,
+            migrate=True,
+            lease_timeout=2.0,
+        )
+    )
+
+
+def _leader_gauge(server: ControllerServer) -> float | None:
+    return server.metrics.registry.get_sample_value("chital_controller_leader")
+
+
+def test_servers_one_leads_and_the_other_takes_over(tmp_path: Path, pg_url: str) -> None:
+    """The wiring: the first controller leads (gauge 1, event streams and host syncs on), the second
+    follows (gauge 0, both off, its stop kicks nothing) until the first stops and frees the lease."""
+    first = _controller(tmp_path, pg_url, "a")
+    first.start()
+    second = _controller(tmp_path, pg_url, "b")
+    try:
+        second.start()
+        assert first.is_leader and _leader_gauge(first) == 1.0
+        assert first.ingestor.active and first.syncer.active
+        assert not second.is_leader and _leader_gauge(second) == 0.0
+        assert not second.ingestor.active and not second.syncer.active
+        second.operations.kick("0" * 32)
+        assert second.operations.pending() == 0  # a follower's driver takes nothing
+        first.stop(grace=1.0)
+        assert second.wait_leader(WAIT)
+        assert second.is_leader and _leader_gauge(second) == 1.0
+        assert second.ingestor.active and second.syncer.active
+        assert not second.leadership_lost.is_set()
+    finally:
+        second.stop(grace=1.0)
+        first.stop(grace=1.0)
+
+
+def test_sqlite_controller_always_leads(tmp_path: Path) -> None:
+    server = _controller(tmp_path, f"sqlite:///{tmp_path / 'c.db'}", "s")
+    server.start()
+    try:
+        assert server.elector is None and server.is_leader and _leader_gauge(server) == 1.0
+    finally:
+        server.stop(grace=1.0)

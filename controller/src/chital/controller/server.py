@@ -330,6 +330,7 @@ class ControllerServer:
         self._leading = False
         self._stopped = False
         self._led = False  # whether this process ever led (its rollouts are then its own to end)
+        self._leading_event = threading.Event()  # set once the leader's work has started
         self.stop_follower = StopFollower(self.feed, self.operations.kick, self._rescan_stops)
         if self.engine.dialect.name == "postgresql":
             self.ingestor.active = self.syncer.active = False
@@ -339,6 +340,10 @@ class ControllerServer:
         """Whether this controller runs the background work now."""
         with self._lead_lock:
             return self._leading
+
+    def wait_leader(self, timeout: float) -> bool:
+        """Wait until this controller has started the leader's work (tests, harnesses)."""
+        return self._leading_event.wait(timeout)
 
     def _rescan_stops(self) -> None:
         for container in self.store.stopping_containers(10_000):
@@ -362,6 +367,7 @@ class ControllerServer:
             self.retention.start()
             self.leader_gauge.set(1)
             self.elected_total.inc()
+            self._leading_event.set()
         log.info("this controller is the leader: health monitor, reconcilers, operations, rollouts running")
 
     def _step_down(self, reason: str) -> None:
@@ -372,6 +378,7 @@ class ControllerServer:
             if not self._leading:
                 return
             self._leading = False
+            self._leading_event.clear()
             self.ingestor.active = self.syncer.active = False
             self.leader_gauge.set(0)
             self.lost_reason = reason
