@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import threading
 from collections.abc import Iterator
+from concurrent import futures
 
 import grpc
 import pytest
 from conftest import serve
 from fake_chital_controller import FakeController
 
+from chital.api.container.v1 import container_pb2 as cpb
+from chital.api.container.v1 import container_pb2_grpc as cpb_grpc
 from chital.cli import main
-from chital.client import Client, RetryPolicy, Unavailable
+from chital.client import Client, DeadlineExceeded, RetryPolicy, Unavailable
 from chital.client._failover import may_retry_elsewhere, split_targets
 from chital.client.aio import AsyncClient
 from chital.security.pki import PKI
@@ -137,3 +141,33 @@ def test_cli_takes_repeated_controllers(
     code = main(["--controller", dead_address(), "--controller", target, "--insecure", "-o", "json", "ls"])
     assert code == 0, capsys.readouterr().err
     assert fake.calls["ListContainers"] == 1
+
+
+class _Stuck(cpb_grpc.ContainerServiceServicer):
+    """A controller that stops answering (as a frozen one does): calls wait until released."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def ListContainers(self, request: object, context: grpc.ServicerContext) -> cpb.ListContainersResponse:
+        self.release.wait(30)
+        return cpb.ListContainersResponse()
+
+
+def test_a_call_that_times_out_moves_the_next_one_on(fake: FakeController, target: str) -> None:
+    """DEADLINE_EXCEEDED is raised (a write might still run there), and the next call goes to the
+    next controller instead of waiting on the stuck one again."""
+    stuck = _Stuck()
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    cpb_grpc.add_ContainerServiceServicer_to_server(stuck, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        with Client(f"127.0.0.1:{port},{target}", insecure=True, retries=ONE_TRY, timeout=5) as client:
+            with pytest.raises(DeadlineExceeded):
+                client.list_containers_page(timeout=0.5)
+            client.list_containers_page()
+        assert fake.calls["ListContainers"] == 1
+    finally:
+        stuck.release.set()
+        server.stop(grace=None)

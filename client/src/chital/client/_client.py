@@ -125,6 +125,8 @@ class Client(_base.ClientBase):
             try:
                 response = method(call.request, timeout=left, metadata=self._settings.metadata)
             except grpc.RpcError as exc:
+                if attempts > 1 and _failover.timed_out(exc):
+                    self._endpoints.failed(index)  # not repeated; the next call goes elsewhere
                 if attempts == 1 or not _failover.should_fail_over(exc):
                     _base.raise_chital_error(exc)
                 self._endpoints.failed(index)

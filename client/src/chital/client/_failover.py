@@ -6,7 +6,9 @@ database (docs/ha.md). The client keeps one channel per address, each with its o
 address's certificate (its host name or IP in the certificate's SANs), and sends every call to the
 *current* address. A call that fails with UNAVAILABLE (the controller is down, restarting, or is a
 follower asked for leader work) makes the next address current; the call itself is then tried there,
-within its deadline and at most once per address, when it is safe to repeat:
+within its deadline and at most once per address, when it is safe to repeat (a call that ran out of
+time, DEADLINE_EXCEEDED, is not repeated, but the next call goes to the next address: a frozen
+controller keeps its connections open and would otherwise hold every call until its deadline):
 
 - reads, and writes that are idempotent (a create, an exec and a rollout carry a ``request_id``
   that the client reuses; the others name their resource) are tried again;
@@ -66,6 +68,14 @@ def split_targets(target: str) -> tuple[str, ...]:
 def should_fail_over(exc: grpc.RpcError) -> bool:
     """Whether an error says this controller is away (the next one should be asked)."""
     return status_code(exc) is grpc.StatusCode.UNAVAILABLE and not is_tls_failure(exc)
+
+
+def timed_out(exc: grpc.RpcError) -> bool:
+    """DEADLINE_EXCEEDED: the controller may be frozen or overloaded. The call is not sent again (a
+    write may still be running there), but the next call goes to the next controller; without
+    this, a controller that stopped answering (SIGSTOP, a stalled machine: its connections stay
+    open) would hold every later call until its deadline too."""
+    return status_code(exc) is grpc.StatusCode.DEADLINE_EXCEEDED
 
 
 def may_retry_elsewhere(service: str, method: str) -> bool:
