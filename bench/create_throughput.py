@@ -5,11 +5,16 @@ Starts, on this machine and in this run:
   its own process, with two ports: plaintext, and TLS with the controller's certificate (as the
   controller's API port: server certificate, no client certificate, a bearer token in metadata);
 - a hollow fleet, secured as deployed: a controller (SQLite, WAL; TLS + token for clients, mutual TLS
-  to agents) and N hollow agents (FakeDevice),
+  to agents) and N hollow agents (FakeDevice);
+- then a second hollow fleet whose controller runs on PostgreSQL: a throwaway server (Debian's
+  binaries, see chital.devcluster.postgres) with fsync and synchronous commit turned back on, or
+  the database of ``--database-url``. Without the server binaries the PostgreSQL row says why it is
+  missing (an error with CHITAL_REQUIRE_POSTGRES=1); ``--no-postgres`` skips it;
 then drives them with the same number of client threads for the same time and prints:
-- peak throughput (calls/s) and p50/p99 latency of each, and the ratio create / TLS echo (the
-  figure we track: target >= 0.4), with create / plaintext echo beside it so the cost of TLS itself
-  stays visible;
+- peak throughput (calls/s) and p50/p99 latency of each, and the ratio create / TLS echo on each
+  database (the figure we track: target >= 0.4), with create / plaintext echo beside it so the cost
+  of TLS itself stays visible. A create waits for its agent (the SDK's default): it is acknowledged
+  once the container exists on its host and its record is committed;
 - p99 create latency at half of the measured peak create rate beside the TLS echo p99 at half of its
   peak (target <= 10 x);
 - the first call on a fresh channel (connect + handshake) beside a steady call: every client here
@@ -18,11 +23,13 @@ then drives them with the same number of client threads for the same time and pr
 Nothing here is asserted: the figures are printed for the issue notes and for trends.
 
     .venv/bin/python bench/create_throughput.py [--seconds 10] [--threads 8] [--agents 3]
+        [--database-url postgresql+psycopg://...] [--no-postgres]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import subprocess
@@ -34,10 +41,13 @@ import uuid
 from collections.abc import Callable
 from concurrent import futures
 from pathlib import Path
+from typing import Any
 
 import grpc
+import sqlalchemy as sa
 
 from chital.devcluster.hollow import HollowFleet
+from chital.devcluster.postgres import PostgresServer, PostgresUnavailableError
 from chital.security.tls import TLSFiles, channel_credentials, server_credentials
 
 ECHO_METHOD = "/bench.Echo/Echo"
@@ -133,11 +143,75 @@ def first_and_steady(
     return statistics.median(first), statistics.median(steady)
 
 
+def durable_postgres(server: PostgresServer) -> str:
+    """A database on ``server`` with the durability the throwaway server turns off for tests
+    (fsync, synchronous commit, full-page writes) turned on again: a commit waits for its WAL flush,
+    as in production."""
+    url = server.create_database("bench_creates")
+    engine = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            for setting in ("fsync", "synchronous_commit", "full_page_writes"):
+                conn.exec_driver_sql(f"ALTER SYSTEM SET {setting} = on")
+            conn.exec_driver_sql("SELECT pg_reload_conf()")
+    finally:
+        engine.dispose()
+    return url
+
+
+def measure_creates(
+    fleet: HollowFleet, threads: int, seconds: float
+) -> tuple[tuple[float, list[float], int], tuple[float, list[float], int]]:
+    """Peak creates (warmed up first), then creates paced at half of that peak."""
+    client = fleet.client(timeout=30.0)
+    run_id = uuid.uuid4().hex[:8]
+    counter = iter(range(10**9))
+    lock = threading.Lock()
+
+    def create() -> None:
+        with lock:
+            n = next(counter)
+        client.create_container(f"b-{run_id}-{n}", request_id=f"{run_id}-{n}")
+
+    try:
+        drive(create, threads, 1.0)
+        peak = drive(create, threads, seconds)
+        half = drive(create, threads, seconds / 2, peak[0] / 2)
+    finally:
+        client.close()
+    return peak, half
+
+
+def measure_postgres(args: argparse.Namespace, workdir: Path, creates: dict[str, Any]) -> str:
+    """Creates on PostgreSQL (``--database-url``, else a throwaway server) into ``creates``; returns
+    what the PostgreSQL figure was measured on, or why it is missing."""
+    with contextlib.ExitStack() as stack:
+        url = args.database_url
+        note = "PostgreSQL at --database-url"
+        if not url:
+            try:
+                url = durable_postgres(stack.enter_context(PostgresServer()))
+            except PostgresUnavailableError as exc:
+                if os.environ.get("CHITAL_REQUIRE_POSTGRES") == "1":
+                    raise
+                return f"not measured: {exc}"
+            note = "throwaway server, fsync and synchronous_commit on"
+        fleet = stack.enter_context(HollowFleet(agents=args.agents, workdir=workdir, database_url=url))
+        creates["PostgreSQL"] = measure_creates(fleet, args.threads, args.seconds)
+    return note
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--agents", type=int, default=3)
+    parser.add_argument(
+        "--database-url",
+        default="",
+        help="measure creates on this PostgreSQL database instead of a throwaway server",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="measure creates on SQLite only")
     parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
@@ -146,8 +220,10 @@ def main() -> int:
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
     payload = b"x" * 64
+    creates: dict[str, tuple[tuple[float, list[float], int], tuple[float, list[float], int]]] = {}
+    postgres_note = ""
     with tempfile.TemporaryDirectory(prefix="chital-bench-") as tmp:
-        fleet = HollowFleet(agents=args.agents, workdir=Path(tmp))
+        fleet = HollowFleet(agents=args.agents, workdir=Path(tmp) / "sqlite")
         fleet.start()
         assert fleet.pki is not None and fleet.token is not None
         echo_proc = subprocess.Popen(
@@ -171,15 +247,6 @@ def main() -> int:
             # One channel per client, shared by its threads: one handshake per channel.
             plain, tls = plain_channel(), tls_channel()
             plain_rpc, tls_rpc = plain.unary_unary(ECHO_METHOD), tls.unary_unary(ECHO_METHOD)
-            client = fleet.client(timeout=30.0)
-            run_id = uuid.uuid4().hex[:8]
-            counter = iter(range(10**9))
-            lock = threading.Lock()
-
-            def create() -> None:
-                with lock:
-                    n = next(counter)
-                client.create_container(f"b-{run_id}-{n}", request_id=f"{run_id}-{n}")
 
             def echo_plain() -> None:
                 plain_rpc(payload, timeout=30.0)
@@ -187,54 +254,58 @@ def main() -> int:
             def echo_tls() -> None:
                 tls_rpc(payload, timeout=30.0, metadata=bearer)
 
-            # Warm up every path (channels, handshakes, database, agents).
-            for call in (echo_plain, echo_tls, create):
+            # Warm up both paths (channels, handshakes).
+            for call in (echo_plain, echo_tls):
                 drive(call, args.threads, 1.0)
             results = {}
-            for name, call in (("plain", echo_plain), ("tls", echo_tls), ("create", create)):
+            for name, call in (("plain", echo_plain), ("tls", echo_tls)):
                 results[name] = drive(call, args.threads, args.seconds)
-            half = {}
-            for name, call in (("tls", echo_tls), ("create", create)):
-                half[name] = drive(call, args.threads, args.seconds / 2, results[name][0] / 2)
+            echo_half = drive(echo_tls, args.threads, args.seconds / 2, results["tls"][0] / 2)
             handshake = {
                 "plaintext": first_and_steady(plain_channel, payload),
                 "TLS": first_and_steady(tls_channel, payload),
             }
-            client.close()
             plain.close()
             tls.close()
+            creates["SQLite"] = measure_creates(fleet, args.threads, args.seconds)
         finally:
             if echo_proc.stdin is not None:
                 echo_proc.stdin.close()
             echo_proc.wait(10)
             fleet.stop()
+        if not args.no_postgres:
+            postgres_note = measure_postgres(args, Path(tmp) / "postgres", creates)
 
     print(f"machine: {os.cpu_count()} cores; {args.threads} client threads; {args.seconds:.0f} s per run")
     print(
-        f"hollow fleet: 1 controller (SQLite WAL; TLS + bearer token) + {args.agents} hollow agents "
-        "(FakeDevice; mutual TLS from the controller)"
+        f"hollow fleet: 1 controller (TLS + bearer token) + {args.agents} hollow agents "
+        "(FakeDevice; mutual TLS from the controller); creates wait for the agent (the SDK's default)"
     )
-    print(f"{'':28}{'calls/s':>10}{'p50':>12}{'p99':>12}{'errors':>8}")
-    rows = (
+    print(f"databases: SQLite (WAL); PostgreSQL: {postgres_note or 'skipped (--no-postgres)'}")
+    print(f"{'':30}{'calls/s':>10}{'p50':>12}{'p99':>12}{'errors':>8}")
+    rows = [
         ("echo (plaintext gRPC)", results["plain"]),
         ("echo (TLS gRPC + token)", results["tls"]),
-        ("create (controller, TLS)", results["create"]),
-    )
+    ]
+    rows += [(f"create ({db}, TLS)", peak) for db, (peak, _) in creates.items()]
     for name, (tput, lat, err) in rows:
         p50 = statistics.median(lat) if lat else float("nan")
-        print(f"{name:<28}{tput:>10.0f}{fmt_ms(p50):>12}{fmt_ms(percentile(lat, 0.99)):>12}{err:>8}")
-    plain_tput, tls_tput, create_tput = (results[k][0] for k in ("plain", "tls", "create"))
+        print(f"{name:<30}{tput:>10.0f}{fmt_ms(p50):>12}{fmt_ms(percentile(lat, 0.99)):>12}{err:>8}")
+    plain_tput, tls_tput = results["plain"][0], results["tls"][0]
     print(f"TLS echo / plaintext echo throughput: {tls_tput / plain_tput:.2f}")
-    print(f"create / TLS echo throughput ratio: {create_tput / tls_tput:.2f} (target >= 0.40)")
-    print(f"create / plaintext echo throughput ratio: {create_tput / plain_tput:.2f} (for reference)")
-    (echo_half_tput, echo_half_lat, _), (create_half_tput, create_half_lat, _) = half["tls"], half["create"]
+    ratios = "; ".join(f"{db} {peak[0] / tls_tput:.2f}" for db, (peak, _) in creates.items())
+    print(f"create / TLS echo throughput ratio: {ratios} (target >= 0.40)")
+    ratios = "; ".join(f"{db} {peak[0] / plain_tput:.2f}" for db, (peak, _) in creates.items())
+    print(f"create / plaintext echo throughput ratio: {ratios} (for reference)")
+    echo_half_tput, echo_half_lat, _ = echo_half
     echo_p99 = percentile(echo_half_lat, 0.99)
-    create_p99 = percentile(create_half_lat, 0.99)
-    print(
-        f"at half of peak: TLS echo {echo_half_tput:.0f}/s p99 {fmt_ms(echo_p99)}; "
-        f"create {create_half_tput:.0f}/s p99 {fmt_ms(create_p99)}; "
-        f"ratio {create_p99 / echo_p99:.1f} x (target <= 10 x)"
-    )
+    for db, (_, (create_half_tput, create_half_lat, _)) in creates.items():
+        create_p99 = percentile(create_half_lat, 0.99)
+        print(
+            f"at half of peak ({db}): TLS echo {echo_half_tput:.0f}/s p99 {fmt_ms(echo_p99)}; "
+            f"create {create_half_tput:.0f}/s p99 {fmt_ms(create_p99)}; "
+            f"ratio {create_p99 / echo_p99:.1f} x (target <= 10 x)"
+        )
     for name, (first, steady) in handshake.items():
         print(
             f"fresh {name} channel: first call {fmt_ms(first)} "

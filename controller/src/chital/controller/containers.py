@@ -9,10 +9,13 @@ Every mutating call records the intent in one transaction and returns; the opera
   writes it PENDING, so it is durable before any agent call, and returns that PENDING record; the
   driver then calls the agent's CreateContainer (idempotent by uid) and the container becomes
   CREATED, or FAILED with the agent's error as ``message`` (the FAILED record stays for inspection
-  and holds its name). With ``wait`` the agent's create runs inside the call instead: it returns
-  the CREATED container, or the agent's error (its code, for example INVALID_ARGUMENT or
-  PERMISSION_DENIED, and a message naming the container), and an unreachable agent is UNAVAILABLE
-  with the container left PENDING: a retry with the same request_id (or the reconciler) finishes it.
+  and holds its name). Both writes go through the create committer (:mod:`groupcommit`, with
+  :meth:`Store.write_creates`): the intents and outcomes of creates that arrive together share one
+  transaction, and each caller goes on only once its transaction has committed. With ``wait``
+  the agent's create runs inside the call instead: it returns the CREATED container, or the
+  agent's error (its code, for example INVALID_ARGUMENT or PERMISSION_DENIED, and a message naming
+  the container), and an unreachable agent is UNAVAILABLE with the container left PENDING: a retry
+  with the same request_id (or the reconciler) finishes it.
 - **Idempotency**: ``request_id`` is optional. Without one, a call is not idempotent: each creates a
   new container (or process). With one, it names one container for ever (even after delete): a
   retry with the same request_id and the same spec returns that container as it is now and creates
@@ -55,6 +58,7 @@ from typing import Generic, TypeVar
 from chital.controller.agents import AgentPool, LogChunkRecord
 from chital.controller.events import ChangeNotifier
 from chital.controller.feed import EventFeed
+from chital.controller.groupcommit import GroupCommitter
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.operations import Operations
 from chital.controller.placement import choose_host
@@ -71,7 +75,8 @@ from chital.controller.records import (
     ProcessSpec,
     SyscallCountRecord,
 )
-from chital.controller.store import Store
+from chital.controller.store import FinishCreate, PlaceIntent, Store
+from chital.controller.store.creates import CreateOutcome
 from chital.controller.store.paging import Cursor, Filter, decode_page_token, encode_page_token
 from chital.controller.validation import (
     check_root,
@@ -163,6 +168,31 @@ class Containers:
         self._metrics = metrics or ControllerMetrics()
         # Watch and WaitProcess read and wait through it (one database reader for all of them).
         self._feed = feed or EventFeed(store, notifier, poll_interval=poll_interval)
+        # Create intents and create outcomes that arrive together share one transaction.
+        self._creates: GroupCommitter[PlaceIntent | FinishCreate, CreateOutcome] = GroupCommitter(
+            store.write_creates, name="create-commit"
+        )
+
+    def close(self) -> None:
+        """Write the creates still queued, then stop the create committer."""
+        self._creates.close()
+
+    def _place(self, intent: PlaceIntent) -> tuple[ContainerRecord, bool]:
+        outcome = self._creates.submit(intent)
+        assert isinstance(outcome, tuple)
+        return outcome
+
+    def _finish_create(
+        self, record: ContainerRecord, ok: bool, message: str, enforced: tuple[str, ...] = ()
+    ) -> ContainerRecord:
+        """Record the agent's answer for a PENDING ``record`` (see FinishCreate)."""
+        outcome = self._creates.submit(
+            FinishCreate(
+                record.uid, ok, message, self._clock(), tuple(enforced), record.host_id, record.host_address
+            )
+        )
+        assert isinstance(outcome, ContainerRecord)
+        return outcome
 
     # -- containers -----------------------------------------------------------------------------
 
@@ -208,9 +238,7 @@ class Containers:
                 self._metrics.placement_failures.labels(type(exc).__name__).inc()
                 raise
 
-        record, created = self._store.create_container(
-            self._new_id(), request_id, spec, self._clock(), choose
-        )
+        record, created = self._place(PlaceIntent(self._new_id(), request_id, spec, self._clock(), choose))
         if not created:
             if not record.matches(spec):
                 raise AlreadyExists(
@@ -239,14 +267,14 @@ class Containers:
             return self._store.get_container(record.uid)
         except ChitalError as exc:
             self._metrics.container_creates.labels("failed").inc()
-            return self._store.finish_create(record.uid, False, str(exc), self._clock())
+            return self._finish_create(record, False, str(exc))
         self._metrics.container_creates.labels("created").inc()
         return self._created(record, enforced)
 
     def _created(self, record: ContainerRecord, enforced: tuple[str, ...]) -> ContainerRecord:
         """Record a create the agent did. If a stop or delete came first (the record is no longer
         PENDING), the copy the agent just made is destroyed again, so none is left behind."""
-        done = self._store.finish_create(record.uid, True, "", self._clock(), enforced)
+        done = self._finish_create(record, True, "", enforced)
         if done.state not in (ContainerRecordState.CREATED, ContainerRecordState.RUNNING):
             try:
                 self._pool.get(record.host_address).destroy_container(record.uid, 0.0)
@@ -268,7 +296,7 @@ class Containers:
             ) from exc
         except ChitalError as exc:
             self._metrics.container_creates.labels("failed").inc()
-            failed = self._store.finish_create(record.uid, False, str(exc), self._clock())
+            failed = self._finish_create(record, False, str(exc))
             if failed.state is not ContainerRecordState.FAILED:  # a concurrent retry created it
                 return failed
             raise type(exc)(f"container {record.name} ({record.uid}) is FAILED: {exc.message}") from exc

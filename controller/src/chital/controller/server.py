@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -74,6 +75,12 @@ from chital.security.tls import (
 __all__ = ["ControllerConfig", "ControllerServer", "utc_now"]
 
 log = logging.getLogger("chital.controller")
+
+#: The interpreter's thread switch interval while a controller serves (Python's default: 5 ms). A
+#: thread that comes back from the database or an agent call waits up to this long for the GIL
+#: while others compute; the create committer makes several such round trips per transaction, so
+#: the default made every create wait (see "The create path" in docs/architecture.md).
+GIL_SWITCH_INTERVAL_SECONDS = 0.0005
 
 #: Unary methods that wait (for a process to exit): they take a stream slot, like the streams.
 LONG_UNARY_METHODS = frozenset({"/chital.api.container.v1.ContainerService/WaitProcess"})
@@ -411,6 +418,7 @@ class ControllerServer:
 
     def start(self) -> int:
         """Bind, start serving and start the monitor; returns the bound port."""
+        sys.setswitchinterval(GIL_SWITCH_INTERVAL_SECONDS)
         tls = self.config.tls_files()
         self.metrics.add_stream_slots(self.streams.in_use, self.streams.limit)
         self._bind(tls)

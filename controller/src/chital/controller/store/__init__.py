@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from chital.controller.records import AgentEventRecord, Candidate
 from chital.controller.store.containers import ContainerStore
+from chital.controller.store.creates import CreateStore, FinishCreate, PlaceIntent
 from chital.controller.store.events import EventStore
 from chital.controller.store.hosts import HostStore
 from chital.controller.store.paging import Cursor
@@ -20,14 +21,15 @@ from chital.controller.store.processes import ProcessStore
 from chital.controller.store.retention import RetentionStore
 from chital.controller.store.sync import SyncStore
 
-__all__ = ["AgentEventRecord", "Candidate", "Cursor", "Store"]
+__all__ = ["AgentEventRecord", "Candidate", "Cursor", "FinishCreate", "PlaceIntent", "Store"]
 
 
-class Store(HostStore, ContainerStore, ProcessStore, SyncStore, EventStore, RetentionStore):
+class Store(HostStore, ContainerStore, CreateStore, ProcessStore, SyncStore, EventStore, RetentionStore):
     """SQL-backed store of hosts, containers, processes and events.
 
     One object, one engine, one write lock: the aggregates (:mod:`.hosts`, :mod:`.containers`,
-    :mod:`.processes`, :mod:`.events`, with :mod:`.sync` and :mod:`.retention`) are parts of this
+    :mod:`.processes`, :mod:`.events`, with :mod:`.creates` (the create path's batches),
+    :mod:`.sync` and :mod:`.retention`) are parts of this
     class and share :class:`~chital.controller.store._base.StoreBase`'s sessions, so every write,
     whatever its aggregate, is one transaction under the same lock. Page tokens: :mod:`.paging`.
     """

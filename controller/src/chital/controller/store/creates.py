@@ -1,0 +1,341 @@
+"""Creates in batches: the transaction that the create path's group committer
+(:mod:`chital.controller.groupcommit`) runs for every batch of create intents and create outcomes.
+
+One call of :meth:`CreateStore.write_creates` is one transaction, whatever the mix of items:
+
+- :class:`PlaceIntent`: place a new container and record it PENDING (or find the container its
+  ``request_id`` made before);
+- :class:`FinishCreate`: the agent's answer for a PENDING container: CREATED (with the deny list
+  the host enforces) or FAILED with the agent's error.
+
+Each item is checked before anything of it is written, so a refused item (a taken name, no host
+with room) is answered with its error and writes nothing, and the others of the batch commit.
+Rows are locked in the store's lock order: the hosts (by id) for placements, then the containers
+(by uid) that finishes change; new container rows and the event rows come last.
+
+The per-batch queries (existing request_ids and names, the hosts and their counts, the finished
+rows, their addresses and running processes) are made once for the whole batch, not per item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import cast
+
+import sqlalchemy as sa
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from chital.controller import lifecycle
+from chital.controller.models import ContainerRow, HostRow
+from chital.controller.records import (
+    AdminState,
+    Candidate,
+    ContainerRecord,
+    ContainerRecordState,
+    ContainerSpec,
+    HostHealth,
+)
+from chital.controller.store._base import StoreBase, _Changes, _chunks
+from chital.errdefs import AlreadyExists, ChitalError, NotFound
+
+__all__ = ["CreateOutcome", "CreateStore", "FinishCreate", "PlaceIntent"]
+
+# New rows go in with one multi-row INSERT of the table, not through the ORM's unit of work.
+_CONTAINERS = cast(sa.Table, ContainerRow.__table__)
+
+
+@dataclass(frozen=True)
+class PlaceIntent:
+    """Place a new container and record it PENDING. ``choose_host`` gets the candidate hosts (the
+    pinned one, or all) and returns the chosen id or raises the refusal."""
+
+    uid: str
+    request_id: str
+    spec: ContainerSpec
+    now: datetime
+    choose_host: Callable[[list[Candidate]], str] = field(compare=False)
+
+
+@dataclass(frozen=True)
+class FinishCreate:
+    """The agent's answer for a PENDING container: CREATED (``ok``, with the deny list the host
+    enforces) or FAILED with ``message``. A container no longer PENDING is left as it is."""
+
+    uid: str
+    ok: bool
+    message: str
+    now: datetime
+    effective_deny_syscalls: tuple[str, ...] = ()
+    #: The host the caller created it on (the record's host_id and address): spares a lookup.
+    host_id: str = ""
+    host_address: str = ""
+
+
+@dataclass(frozen=True)
+class _Host:
+    """What placement reads of a host."""
+
+    id: str
+    address: str
+    state: str
+    admin_state: str
+    max_containers: int
+    created: datetime
+
+
+#: A placement answers (container, created: False when its request_id made it before); a finish
+#: answers the container as it is after the transaction.
+CreateOutcome = tuple[ContainerRecord, bool] | ContainerRecord
+
+
+class CreateStore(StoreBase):
+    """The create batches of :class:`~chital.controller.store.Store`."""
+
+    def write_creates(self, items: Sequence[PlaceIntent | FinishCreate]) -> list[CreateOutcome | ChitalError]:
+        """Write ``items`` in one transaction; one outcome per item, in order (see the module
+        docstring)."""
+        outcomes: list[CreateOutcome | ChitalError | None] = [None] * len(items)
+        try:
+            with self._write() as (session, changes):
+                intents = [(i, it) for i, it in enumerate(items) if isinstance(it, PlaceIntent)]
+                finishes = [(i, it) for i, it in enumerate(items) if isinstance(it, FinishCreate)]
+                if intents:
+                    self._place(session, changes, intents, outcomes)
+                if finishes:
+                    self._finish(session, changes, finishes, outcomes)
+        except IntegrityError:
+            # A concurrent writer (another controller) committed the same request_id or name
+            # first. Alone, the placement answers as a retry would; in a batch, the group committer
+            # writes the items again one at a time to find which one it was.
+            if len(items) != 1 or not isinstance(items[0], PlaceIntent):
+                raise
+            intent = items[0]
+            if intent.request_id:
+                with self._read() as session:
+                    row = self._rows_by_request(session, [intent.request_id]).get(intent.request_id)
+                    if row is not None:
+                        return [(self._container(session, row), False)]
+            return [AlreadyExists(f"container name {intent.spec.name!r} is taken")]
+        return [o if o is not None else NotFound("no outcome") for o in outcomes]
+
+    # -- placements -------------------------------------------------------------------------------
+
+    def _place(
+        self,
+        session: Session,
+        changes: _Changes,
+        intents: list[tuple[int, PlaceIntent]],
+        outcomes: list[CreateOutcome | ChitalError | None],
+    ) -> None:
+        existing, taken = self._earlier(session, intents)
+        hosts = self._lock_placement_hosts(session, intents)
+        counts = self._count_placed(session, list(hosts))
+        by_created = sorted(hosts.values(), key=lambda h: (h.created, h.id))
+        made: dict[str, ContainerRecord] = {}  # request_id -> made in this batch
+        new_rows: list[dict[str, object]] = []
+        for index, it in intents:
+            spec = it.spec
+            if it.request_id and it.request_id in made:
+                outcomes[index] = (made[it.request_id], False)
+                continue
+            if it.request_id and it.request_id in existing:
+                row = session.get(ContainerRow, existing[it.request_id])
+                if row is not None:
+                    outcomes[index] = (self._container(session, row), False)
+                    continue
+            if spec.name in taken:
+                outcomes[index] = AlreadyExists(f"container name {spec.name!r} is taken")
+                continue
+            if spec.host:
+                pinned = [h for h in by_created if spec.host in (h.id, h.address)]
+                if not pinned:
+                    outcomes[index] = NotFound(f"host {spec.host!r} not found")
+                    continue
+                candidates_of = pinned
+            else:
+                candidates_of = by_created
+            candidates = [
+                Candidate(
+                    host_id=h.id,
+                    address=h.address,
+                    schedulable=h.state == HostHealth.READY.value
+                    and h.admin_state == AdminState.ACTIVE.value,
+                    max_containers=h.max_containers,
+                    container_count=counts.get(h.id, 0),
+                    created=h.created,
+                )
+                for h in candidates_of
+            ]
+            try:
+                host_id = it.choose_host(candidates)
+            except ChitalError as exc:
+                outcomes[index] = exc
+                continue
+            counts[host_id] = counts.get(host_id, 0) + 1
+            taken.add(spec.name)
+            record = ContainerRecord(
+                uid=it.uid,
+                name=spec.name,
+                request_id=it.request_id,
+                state=ContainerRecordState.PENDING,
+                labels=dict(spec.labels),
+                limits=spec.limits,
+                root=spec.root,
+                deny_syscalls=tuple(spec.deny_syscalls),
+                requested_host=spec.host,
+                host_id=host_id,
+                host_address=hosts[host_id].address,
+                message="",
+                created=it.now,
+                updated=it.now,
+                revision=1,
+                running_processes=0,
+                sandbox=spec.sandbox,
+                effective_deny_syscalls=(),
+                desired_state=ContainerRecordState.RUNNING.value,
+                stop_deadline=None,
+                restart_policy=spec.restart_policy,
+                max_restarts=spec.max_restarts,
+                restart_count=0,
+                restart_at=None,
+            )
+            new_rows.append(
+                {
+                    "uid": it.uid,
+                    "name": spec.name,
+                    "live_name": spec.name,
+                    "request_id": it.request_id or None,
+                    "desired_state": ContainerRecordState.RUNNING.value,
+                    "stop_deadline": None,
+                    "labels": dict(spec.labels),
+                    "memory_max_bytes": spec.limits.memory_max_bytes,
+                    "pids_max": spec.limits.pids_max,
+                    "cpu_max_millicores": spec.limits.cpu_max_millicores,
+                    "root": spec.root,
+                    "deny_syscalls": list(spec.deny_syscalls),
+                    "sandbox": spec.sandbox.to_json(),
+                    "effective_deny_syscalls": [],
+                    "requested_host": spec.host,
+                    "restart_policy": spec.restart_policy,
+                    "max_restarts": spec.max_restarts,
+                    "restart_count": 0,
+                    "restart_at": None,
+                    "state": ContainerRecordState.PENDING.value,
+                    "host_id": host_id,
+                    "message": "",
+                    "created": it.now,
+                    "updated": it.now,
+                    "revision": 1,
+                }
+            )
+            if it.request_id:
+                made[it.request_id] = record
+            self._event(session, changes, record, it.now)
+            outcomes[index] = (record, True)
+        if new_rows:
+            # One statement with a row of VALUES per container: one step of the database, where an
+            # executemany steps once per row (and gives the GIL away each time).
+            session.execute(sa.insert(_CONTAINERS).values(new_rows))
+
+    @staticmethod
+    def _rows_by_request(session: Session, request_ids: list[str]) -> dict[str, ContainerRow]:
+        found: dict[str, ContainerRow] = {}
+        for chunk in _chunks(sorted(set(request_ids))):
+            for row in session.scalars(sa.select(ContainerRow).where(ContainerRow.request_id.in_(chunk))):
+                found[str(row.request_id)] = row
+        return found
+
+    @staticmethod
+    def _earlier(session: Session, intents: list[tuple[int, PlaceIntent]]) -> tuple[dict[str, str], set[str]]:
+        """What the database holds already, in one query per chunk: the uid of the container each
+        of the intents' request_ids made, and which of their names a live container holds."""
+        request_ids = sorted({it.request_id for _, it in intents if it.request_id})
+        names = sorted({it.spec.name for _, it in intents})
+        by_request: dict[str, str] = {}
+        taken: set[str] = set()
+        c = ContainerRow.__table__.c
+        for start in range(0, max(len(request_ids), len(names)), 500):
+            ids, live = request_ids[start : start + 500], names[start : start + 500]
+            wanted = set(ids)
+            stmt = sa.select(c.uid, c.request_id, c.live_name).where(
+                sa.or_(c.request_id.in_(ids), c.live_name.in_(live))
+            )
+            for uid, request_id, live_name in session.execute(stmt):
+                if request_id in wanted:
+                    by_request[str(request_id)] = str(uid)
+                if live_name is not None:
+                    taken.add(str(live_name))
+        return by_request, taken
+
+    @staticmethod
+    def _lock_placement_hosts(session: Session, intents: list[tuple[int, PlaceIntent]]) -> dict[str, _Host]:
+        """Lock the hosts the placements may choose among, in id order (the store's lock order):
+        all of them, or only the pinned ones when every intent pins its host. FOR UPDATE
+        serialises placements on PostgreSQL; SQLite's BEGIN IMMEDIATE already does."""
+        c = HostRow.__table__.c
+        stmt = (
+            sa.select(c.id, c.address, c.state, c.admin_state, c.max_containers, c.created)
+            .order_by(c.id)
+            .with_for_update()
+        )
+        refs = {it.spec.host for _, it in intents}
+        if "" not in refs:
+            stmt = stmt.where(sa.or_(c.id.in_(refs), c.address.in_(refs)))
+        return {str(h.id): _Host(*h) for h in session.execute(stmt)}
+
+    # -- finishes ---------------------------------------------------------------------------------
+
+    def _finish(
+        self,
+        session: Session,
+        changes: _Changes,
+        finishes: list[tuple[int, FinishCreate]],
+        outcomes: list[CreateOutcome | ChitalError | None],
+    ) -> None:
+        rows: dict[str, ContainerRow] = {}
+        for chunk in _chunks(sorted({it.uid for _, it in finishes})):
+            stmt = (
+                sa.select(ContainerRow)
+                .where(ContainerRow.uid.in_(chunk))
+                .order_by(ContainerRow.uid)
+                .with_for_update()
+                .execution_options(populate_existing=True)
+            )
+            rows.update((r.uid, r) for r in session.scalars(stmt))
+        changed: dict[str, datetime] = {}
+        known: dict[str, str] = {}  # host id -> address, as the callers know them
+        for _, it in finishes:
+            if it.host_id and it.host_address:
+                known[it.host_id] = it.host_address
+            row = rows.get(it.uid)
+            if row is None:
+                continue
+            target = ContainerRecordState.CREATED if it.ok else ContainerRecordState.FAILED
+            if row.state == ContainerRecordState.PENDING.value and lifecycle.check_container(
+                row.name, ContainerRecordState.PENDING, target
+            ):
+                if it.ok:
+                    row.effective_deny_syscalls = list(it.effective_deny_syscalls)
+                row.state = target.value
+                row.message = it.message
+                row.updated = it.now
+                row.revision += 1
+                changed[row.uid] = it.now
+        session.flush()
+        unknown = [r.host_id or "" for r in rows.values() if (r.host_id or "") not in known]
+        addresses = {**known, **self._host_addresses(session, unknown)}
+        # A container that was PENDING runs no process (Exec needs CREATED or RUNNING): only the
+        # others are counted.
+        running = self._running_counts(session, [uid for uid in rows if uid not in changed])
+        records = {
+            uid: self._container_record(r, addresses.get(r.host_id or "", ""), running.get(uid, 0))
+            for uid, r in rows.items()
+        }
+        for uid, now in changed.items():
+            self._event(session, changes, records[uid], now)
+        for index, it in finishes:
+            record = records.get(it.uid)
+            outcomes[index] = record if record is not None else NotFound(f"container {it.uid!r} not found")
