@@ -167,6 +167,7 @@ LOCAL_PLAY = """
     chital_agent_pki_bundle: "{pki}/agents/127.0.0.1"
     chital_agent_allowed_roots: [/srv/chital/roots]
     chital_agent_metrics_listen: 127.0.0.1:9472
+    chital_agent_log_max_bytes: 1048576
     chital_agent_settings: {{cgroup_root: /sys/fs/cgroup}}
     chital_controller_root_prefix: "{root}"
     chital_controller_manage_service: false
@@ -257,6 +258,7 @@ def test_agent_and_controller_configuration_under_a_root_prefix(tmp_path: Path) 
     assert agent["metrics_listen"] == "127.0.0.1:9472"
     assert agent["device"] == "linux" and agent["cgroups"] == "required"
     assert agent["cgroup_root"] == "/sys/fs/cgroup"  # from chital_agent_settings
+    assert agent["log_max_bytes"] == 1048576 and agent["log_max_files"] == 5  # the log caps
 
     unit = (root / "etc/systemd/system/chital-agent.service").read_text()
     lines = unit.splitlines()
