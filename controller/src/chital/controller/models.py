@@ -141,10 +141,13 @@ class ContainerRow(Base):
     # Incremented on every change of the row.
     revision: Mapped[int] = mapped_column(sa.BigInteger)
 
+    # A listing of containers walks one of the three (created, uid) indexes (see
+    # store/containers.py); (host_id, state) counts a host's containers for placement.
     __table_args__ = (
         sa.Index(None, "created", "uid"),
+        sa.Index(None, "host_id", "created", "uid"),
+        sa.Index(None, "state", "created", "uid"),
         sa.Index(None, "host_id", "state"),
-        sa.Index(None, "state"),
     )
 
 
