@@ -25,11 +25,13 @@ the runs. Nothing is asserted.
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import statistics
 import threading
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 
 import sqlalchemy as sa
@@ -67,7 +69,7 @@ class Load:
     targets: str
     threads: int
     acks: list[float] = field(default_factory=list)
-    errors: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
     stop: threading.Event = field(default_factory=threading.Event)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _workers: list[threading.Thread] = field(default_factory=list)
@@ -94,9 +96,9 @@ class Load:
                 while not self.stop.is_set():
                     try:
                         client.create_container(name, request_id=f"rq-{name}")
-                    except ChitalError:
+                    except ChitalError as exc:
                         with self.lock:
-                            self.errors += 1
+                            self.errors[f"{type(exc).__name__}: {str(exc)[:70]}"] += 1
                         time.sleep(0.05)
                         continue
                     with self.lock:
@@ -161,7 +163,12 @@ def one_run(pg: PostgresServer, mode: str, threads: int) -> dict[str, float]:
                 out["fenced_exit"] = wait_for(lambda: leader.proc.poll() is not None, 60)
             load.finish()
             out["creates"] = float(len(load.acks))
-            out["client_errors"] = float(load.errors)
+            out["client_errors"] = float(sum(load.errors.values()))
+            for error, n in load.errors.most_common(3):
+                print(f"    client error x{n}: {error}", flush=True)
+            if other.proc.poll() is not None:
+                # No supervisor here: a new leader that lost its lease (a starved machine) is gone.
+                print(f"    the new leader exited too (status {other.proc.returncode})", flush=True)
             return out
         finally:
             b.stop()
@@ -188,13 +195,18 @@ def main() -> int:
                     flush=True,
                 )
             for key in ("failover", "client_gap", "fenced_exit"):
-                values = [r[key] for r in results if key in r]
+                measured = [r[key] for r in results if key in r]
+                values = [v for v in measured if not math.isnan(v)]
+                never = len(measured) - len(values)
                 if values:
                     print(
                         f"{mode} {key}: median {statistics.median(values):.2f} s, "
-                        f"min {min(values):.2f} s, max {max(values):.2f} s over {len(values)} runs",
+                        f"min {min(values):.2f} s, max {max(values):.2f} s over {len(values)} runs"
+                        + (f" ({never} runs: not within 60 s)" if never else ""),
                         flush=True,
                     )
+                elif never:
+                    print(f"{mode} {key}: not within 60 s in {never} runs", flush=True)
     return 0
 
 
