@@ -219,6 +219,7 @@ def main() -> int:
         return 0
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+    load_before = os.getloadavg()[0]
     payload = b"x" * 64
     creates: dict[str, tuple[tuple[float, list[float], int], tuple[float, list[float], int]]] = {}
     postgres_note = ""
@@ -277,6 +278,8 @@ def main() -> int:
             postgres_note = measure_postgres(args, Path(tmp) / "postgres", creates)
 
     print(f"machine: {os.cpu_count()} cores; {args.threads} client threads; {args.seconds:.0f} s per run")
+    # Other work on the machine skews every figure: the load average says how busy it was.
+    print(f"load average (1 min): {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     print(
         f"hollow fleet: 1 controller (TLS + bearer token) + {args.agents} hollow agents "
         "(FakeDevice; mutual TLS from the controller); creates wait for the agent (the SDK's default)"

@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 
 import pytest
+from sqlalchemy.exc import OperationalError
 
 from chital.controller.db import make_engine
 from chital.controller.groupcommit import GroupCommitter
@@ -318,3 +319,44 @@ def test_choose_host_sees_the_placements_made_earlier_in_the_batch(store: Store)
     )
     assert [sum(s) for s in seen] == [0, 1, 2, 3]
     assert {h.container_count for h in store.all_hosts()} == {2}
+
+
+class _DriverError(Exception):
+    def __init__(self, sqlstate: str) -> None:
+        super().__init__(f"sqlstate {sqlstate}")
+        self.sqlstate = sqlstate
+
+
+def _database_error(sqlstate: str) -> Unavailable:
+    try:
+        raise OperationalError("UPDATE containers ...", {}, _DriverError(sqlstate))
+    except OperationalError as exc:
+        try:
+            raise Unavailable(f"database unavailable: {exc.orig}") from exc
+        except Unavailable as wrapped:
+            return wrapped
+
+
+def test_a_batch_rolled_back_by_a_lock_conflict_runs_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ready_host(store, "h1", "127.0.0.1:1")
+    real = store._write_creates_once
+    failures = [_database_error("40P01"), _database_error("40001")]
+    calls: list[int] = []
+
+    def flaky(items: Sequence[PlaceIntent | FinishCreate]) -> object:
+        calls.append(len(items))
+        if failures:
+            raise failures.pop(0)
+        return real(items)
+
+    monkeypatch.setattr(store, "_write_creates_once", flaky)
+    (outcome,) = store.write_creates([place("c1", "n1", "r1")])
+    assert outcome[1] is True  # type: ignore[index]
+    assert calls == [1, 1, 1]
+    # Any other database error is not run again.
+    failures.append(_database_error("08006"))
+    with pytest.raises(Unavailable):
+        store.write_creates([place("c2", "n2", "r2")])
+    assert calls == [1, 1, 1, 1]

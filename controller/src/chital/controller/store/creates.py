@@ -19,13 +19,14 @@ rows, their addresses and running processes) are made once for the whole batch, 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import cast
 
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from chital.controller import lifecycle
@@ -39,7 +40,7 @@ from chital.controller.records import (
     HostHealth,
 )
 from chital.controller.store._base import StoreBase, _Changes, _chunks
-from chital.errdefs import AlreadyExists, ChitalError, NotFound
+from chital.errdefs import AlreadyExists, ChitalError, NotFound, Unavailable
 
 __all__ = ["CreateOutcome", "CreateStore", "FinishCreate", "PlaceIntent"]
 
@@ -74,6 +75,23 @@ class FinishCreate:
     host_address: str = ""
 
 
+#: How many times a batch is run in all when the database breaks a lock conflict by rolling it back.
+CONFLICT_ATTEMPTS = 5
+#: serialization_failure, deadlock_detected
+_CONFLICT_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def _lock_conflict(exc: BaseException) -> bool:
+    """Whether ``exc`` (the store's Unavailable) comes from a transaction the database rolled back
+    to break a lock conflict: running it again may succeed."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OperationalError):
+            return getattr(cause.orig, "sqlstate", None) in _CONFLICT_SQLSTATES
+        cause = cause.__cause__
+    return False
+
+
 @dataclass(frozen=True)
 class _Host:
     """What placement reads of a host."""
@@ -96,7 +114,20 @@ class CreateStore(StoreBase):
 
     def write_creates(self, items: Sequence[PlaceIntent | FinishCreate]) -> list[CreateOutcome | ChitalError]:
         """Write ``items`` in one transaction; one outcome per item, in order (see the module
-        docstring)."""
+        docstring). A transaction that PostgreSQL rolled back to break a lock conflict (deadlock,
+        serialization failure) is run again, up to :data:`CONFLICT_ATTEMPTS` times in all."""
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                return self._write_creates_once(items)
+            except Unavailable as exc:
+                if attempt == CONFLICT_ATTEMPTS or not _lock_conflict(exc):
+                    raise
+                time.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _write_creates_once(
+        self, items: Sequence[PlaceIntent | FinishCreate]
+    ) -> list[CreateOutcome | ChitalError]:
         outcomes: list[CreateOutcome | ChitalError | None] = [None] * len(items)
         try:
             with self._write() as (session, changes):
