@@ -221,6 +221,7 @@ def main() -> int:
                 )
 
                 flips_before = transitions(metrics_url, "NOT_READY")
+                log_before = fleet.controller.log_path.stat().st_size
                 stop_load = threading.Event()
                 created = [0]
                 failed = [0]
@@ -245,6 +246,11 @@ def main() -> int:
                     f"controller at {busy / args.load_seconds * 100:.0f} % of a core; "
                     f"READY -> NOT_READY flips: {flips:.0f}"
                 )
+                with fleet.controller.log_path.open(errors="replace") as log:
+                    log.seek(log_before)
+                    for line in log:
+                        if "is NOT_READY" in line:
+                            print(f"  flip: {line.strip()}")
 
                 killed, frozen = fleet.agent_procs
                 os.kill(killed.proc.pid, signal.SIGKILL)

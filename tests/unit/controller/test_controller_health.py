@@ -56,7 +56,7 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30.0) ->
 
 
 def counted(metrics: ControllerMetrics, result: str) -> float:
-    return metrics.health_checks.labels(result)._value.get()  # type: ignore[attr-defined, no-any-return]
+    return metrics.health_checks.labels(result)._value.get()  # type: ignore[no-any-return]
 
 
 class Beats(agent_pb2_grpc.AgentServiceServicer):
@@ -91,7 +91,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 @pytest.fixture
 def agent() -> Iterator[tuple[Beats, str]]:
-    beats = Beats()
+    beats = Beats()  # type: ignore[abstract]  # serves Heartbeat only
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8))
     agent_pb2_grpc.add_AgentServiceServicer_to_server(beats, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -148,6 +148,34 @@ def test_ready_host_goes_not_ready_then_lost(store: Store) -> None:
         lost = store.get_container("c1")
         assert lost.state is ContainerRecordState.LOST and "lost" in lost.message
     finally:
+        close()
+
+
+def test_a_lagging_event_loop_postpones_the_verdict(store: Store) -> None:
+    """Beats may wait unread on a busy event loop: while the loop lags, nobody is judged silent
+    before ``not_ready_after`` more; once it catches up, the verdict comes."""
+    clock = Clock()
+    monitor, _, close = make_monitor(store, clock)
+    release = threading.Event()
+    try:
+        store.register_host("h1", refused_address(), {}, 0, T0)
+        store.record_health("h1", HostHealth.READY, T0, info=AgentInfoRecord(boot_id="b"), last_seen=T0)
+        monitor.start()
+        monitor.refresh()
+
+        async def busy() -> None:
+            release.wait(30)  # blocks the loop, as a long burst of work would
+
+        assert monitor._loop is not None
+        monitor._loop.submit(busy())
+        clock.at(2.5)
+        monitor.check_deadlines()
+        assert store.get_host("h1").health is HostHealth.READY
+        release.set()
+        monitor.check_deadlines()
+        assert store.get_host("h1").health is HostHealth.NOT_READY
+    finally:
+        release.set()
         close()
 
 
@@ -258,7 +286,7 @@ def test_a_new_boot_id_restarts_the_event_stream_and_is_recorded(
     store.register_host("h1", address, {}, 0, datetime.now())
     monitor, _, close = make_monitor(store, datetime.now, HealthConfig(interval=0.2, not_ready_after=1.0))
     restarted: list[str] = []
-    monitor._ingestor.restart = restarted.append  # type: ignore[method-assign]
+    monitor._ingestor.restart = restarted.append  # type: ignore[method-assign, assignment]
     try:
         monitor.start()
         first = beats.boot_id

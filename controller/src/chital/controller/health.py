@@ -422,32 +422,64 @@ class HostMonitor:
 
     def check_deadlines(self) -> None:
         """Mark silent hosts NOT_READY or LOST and cancel silent streams (the ticker calls this)."""
-        now = self._clock()
         with self._lock:
             watches = list(self._watches.values())
-        for watch in watches:
+        now = self._clock()
+        candidates = [w for w in watches if self._verdict(w, now, cancel_silent=True) is not None]
+        if not candidates:
+            return
+        # On a busy controller, beats that arrived may still wait for the event loop: let it catch
+        # up, then judge again. A loop that does not catch up within a tick (an overloaded process)
+        # gets not_ready_after more before anyone is judged silent: a late verdict, never a false one.
+        slack = 0.0 if self._loop_caught_up(self.config.tick) else self.config.not_ready_after
+        now = self._clock()
+        for watch in candidates:
             if not watch.writing.acquire(blocking=False):
                 continue  # a beat is being written: the host answers
             try:
-                self._check_deadline(watch, now)
+                verdict = self._verdict(watch, now, slack=slack)
+                if verdict is not None:
+                    record = self._failed(watch.host, verdict[0], verdict[1], now)
+                    with watch.lock:
+                        watch.host = record
             finally:
                 watch.writing.release()
 
-    def _check_deadline(self, watch: _Watch, now: datetime) -> None:
-        """One host's deadlines (``watch.writing`` held)."""
+    def _loop_caught_up(self, timeout: float) -> bool:
+        """Whether the event loop ran what was queued on it (beats read) within ``timeout``."""
+        loop = self._loop
+        if loop is None:
+            return True
+
+        async def barrier() -> None:
+            for _ in range(3):  # a read message resumes its reader one loop iteration later
+                await asyncio.sleep(0)
+
+        try:
+            loop.submit(barrier()).result(timeout)
+        except (concurrent.futures.TimeoutError, concurrent.futures.CancelledError, RuntimeError):
+            return False
+        return True
+
+    def _verdict(
+        self, watch: _Watch, now: datetime, *, slack: float = 0.0, cancel_silent: bool = False
+    ) -> tuple[HostHealth, str] | None:
+        """The health a silent host must be given now, and why; None when it keeps its health.
+        ``slack``: more silence required; ``cancel_silent``: cancel a stream silent for too long."""
         tick = self.config.tick
         with watch.lock:
             if watch.closed:
-                return
+                return None
             host = watch.host
             last_ok = watch.last_ok or host.last_seen or host.created
             silent = (now - max(last_ok, watch.started)).total_seconds()
             watching = (now - watch.started).total_seconds()
-            if watching + 2 * tick < self.config.not_ready_after:
-                return  # a host just watched gets the time to answer
+            if watching + 2 * tick < self.config.not_ready_after + slack:
+                return None  # a host just watched gets the time to answer
             call, signal = watch.call, watch.last_signal
             if (
-                call is not None
+                cancel_silent
+                and call is not None
                 and signal is not None
                 and (now - signal).total_seconds() >= self.config.not_ready_after
             ):
@@ -455,16 +487,13 @@ class HostMonitor:
                 if loop is not None:  # a silent stream: dial again (the peer may be gone for good)
                     loop.call(call.cancel)
             target = host.health
-            if (now - last_ok).total_seconds() >= self.config.lost_after:
+            if (now - last_ok).total_seconds() >= self.config.lost_after + slack:
                 target = HostHealth.LOST
-            elif silent + 2 * tick >= self.config.not_ready_after and host.health is HostHealth.READY:
+            elif silent + 2 * tick >= self.config.not_ready_after + slack and host.health is HostHealth.READY:
                 target = HostHealth.NOT_READY
             if target is host.health:
-                return
-            message = watch.error or f"no heartbeat for {silent:.1f} s"
-        record = self._failed(host, target, message, now)
-        with watch.lock:
-            watch.host = record
+                return None
+            return target, watch.error or f"no heartbeat for {silent:.1f} s"
 
     def check_one(self, host: HostRecord) -> HostRecord:
         """Check one host now with a GetInfo call (RegisterHost), and watch it from now on."""
