@@ -13,6 +13,11 @@ every event above its *floor* up to its *head*; :meth:`EventFeed.read` tells the
 revision its answer covers, so a watcher (and its heartbeats) advance past events it does not
 select without reading them again.
 
+Reading "the events after the head" skips nothing because the store gives revisions out in commit
+order (on PostgreSQL its writers append their event rows last, under one transaction-level advisory
+lock held until the commit): once the feed has read revision *n*, no event with a smaller revision
+can commit any more, whichever thread or controller replica writes it.
+
 A feed that is not started (unit tests that build the use cases alone) reads the database on every
 call and its subscriptions are the change notifier's own, as before it existed.
 """

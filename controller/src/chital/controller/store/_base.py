@@ -1,15 +1,63 @@
-"""What every part of the store shares: the sessions and the write lock, the event rows written with
-every change, row-to-record conversions and the lookups and state changes more than one aggregate
-makes. Only the store package imports this module."""
+"""What every part of the store shares: the sessions, the lock order of every write and the retry of
+a transaction that lost a lock conflict, the event rows written with every change, row-to-record
+conversions and the lookups and state changes more than one aggregate makes. Only the store package
+imports this module.
+
+The lock order
+--------------
+
+This module owns the order in which a write transaction locks rows; every write of the store follows
+it, so that writers on PostgreSQL (threads of one controller, or several controllers on one
+database) never wait for each other in a cycle:
+
+1. **hosts**, in primary-key (``id``) order;
+2. **containers**, in primary-key (``uid``) order;
+3. **processes**, in primary-key (``uid``) order;
+4. **retention** rows (the janitor's bookkeeping);
+5. **the events lock** (:data:`EVENTS_LOCK_KEY`), taken by :meth:`StoreBase._write` just before it
+   appends the transaction's event rows, and held until the commit.
+
+A transaction takes the row locks it needs up front with ``SELECT ... FOR NO KEY UPDATE`` (the
+helpers ``_lock_*`` and ``_locking`` below), never one of a lower rank after one of a higher rank.
+Rules that follow:
+
+- A process row is only written under the lock of its container (its ``container_uid`` never
+  changes, so it can be read without a lock first). This also makes the container's count of
+  running processes exact while its lock is held.
+- Row locks are ``FOR NO KEY UPDATE`` (what an UPDATE takes), not ``FOR UPDATE``: a foreign-key
+  check takes a ``KEY SHARE`` lock on the referenced row (a container's host when the container is
+  inserted, or updated twice in one transaction; a process's container when it is inserted), and
+  that must never wait for another writer's host or container lock. Only a delete locks ``FOR
+  UPDATE`` (a host removed; deleted containers pruned with their processes).
+- Rows read before they are locked are read again when locked (``populate_existing``): under READ
+  COMMITTED the lock returns the newest version.
+- Rollouts, tokens and the audit log live in their own tables and transactions; none of them locks
+  a host, container or process row.
+
+SQLite has one writer at a time (``BEGIN IMMEDIATE``), and this process queues its writers on an
+in-process lock as well: it hands the database over as soon as a commit ends, where SQLite's busy
+handler would poll with growing sleeps. PostgreSQL has no such lock: writers run in parallel, in
+this order. A deadlock or serialization failure reported by the server anyway (SQLSTATE 40P01,
+40001) rolls the transaction back; :func:`retry_conflicts` runs it again, a bounded number of times.
+
+Event revisions are given out in commit order: an event row gets its revision when it is inserted,
+and the events lock makes the insert and the commit of one transaction a critical section. So when
+a reader sees revision *n*, every revision below *n* has committed (or never will), and a reader of
+"the events after revision *r*" never skips an event that commits later with a smaller revision.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any, ParamSpec, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -48,7 +96,20 @@ from chital.errdefs import (
     Unavailable,
 )
 
-__all__ = ["UNSTOPPED_STATES", "Listener", "StoreBase"]
+__all__ = ["EVENTS_LOCK_KEY", "UNSTOPPED_STATES", "Listener", "StoreBase", "retry_conflicts"]
+
+log = logging.getLogger("chital.controller.store")
+
+#: The key of the PostgreSQL advisory lock (``pg_advisory_xact_lock``) that a transaction holds
+#: from the insert of its event rows to its commit (``b"chitalev"`` as a big-endian integer; the
+#: leader lease uses another key). Advisory locks are per database.
+EVENTS_LOCK_KEY = int.from_bytes(b"chitalev", "big")
+
+#: SQLSTATEs after which the whole transaction is run again: serialization_failure,
+#: deadlock_detected.
+RETRYABLE_SQLSTATES = frozenset({"40001", "40P01"})
+#: How many times a transaction is run in all before its conflict is reported (Unavailable).
+MAX_ATTEMPTS = 5
 
 # A container in one of these states still needs a stop to be gone from its host (a drain waits for them).
 UNSTOPPED_STATES = (
@@ -63,6 +124,45 @@ UNSTOPPED_STATES = (
 class _Changes:
     events: int = 0
     process_uids: set[str] = field(default_factory=set)
+    # The event rows of the transaction, inserted at its end (see StoreBase._write).
+    rows: list[EventRow] = field(default_factory=list)
+
+
+class ConflictError(Unavailable):
+    """The database rolled the transaction back to break a lock conflict (deadlock or
+    serialization failure); running it again may succeed."""
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def retry_conflicts(method: Callable[_P, _R]) -> Callable[_P, _R]:
+    """Run a store method (one write transaction) again when the database rolled it back to break
+    a lock conflict, up to :data:`MAX_ATTEMPTS` times in all, after a short pause that grows."""
+
+    @functools.wraps(method)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        store = args[0]
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                return method(*args, **kwargs)
+            except ConflictError as exc:
+                if attempt >= MAX_ATTEMPTS:
+                    raise
+                assert isinstance(store, StoreBase)
+                store.conflict_retries += 1
+                log.warning(
+                    "%s: %s; running the transaction again (attempt %d of %d)",
+                    method.__name__,
+                    exc,
+                    attempt + 1,
+                    MAX_ATTEMPTS,
+                )
+                time.sleep(0.005 * 2**attempt)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    return wrapper
 
 
 Listener = Callable[[set[str]], None]
@@ -74,6 +174,15 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
         yield items[start : start + size]
 
 
+_Select = TypeVar("_Select", bound="sa.Select[Any]")
+
+
+def _locking(stmt: _Select, *, delete: bool = False) -> _Select:
+    """``stmt`` as ``SELECT ... FOR NO KEY UPDATE`` (``delete``: ``FOR UPDATE``), with the rows'
+    attributes refreshed from the locked version. SQLite ignores it: its writers are serialised."""
+    return stmt.with_for_update(key_share=not delete).execution_options(populate_existing=True)
+
+
 class StoreBase:
     """The plumbing and shared helpers of :class:`~chital.controller.store.Store`."""
 
@@ -83,13 +192,14 @@ class StoreBase:
         self._ro = sessionmaker(engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False)
         self._listeners: list[Listener] = []
         self._listeners_lock = threading.Lock()
-        # One writer at a time, in-process. SQLite has one writer anyway: queueing on a lock here
-        # hands the database over as soon as a commit ends, where SQLite's busy handler would poll
-        # with growing sleeps. On PostgreSQL, the event ingestor (process row, then container row)
-        # and Stop (container, then processes) deadlocked under load; serialising this process's
-        # writers removes that class of bug. Several controllers on one database would need a
-        # fixed lock order instead (not built: the controller is not replicated yet).
-        self._write_lock = threading.Lock()
+        self._postgres = engine.dialect.name == "postgresql"
+        # SQLite: one writer at a time, in-process too (see the module docstring). PostgreSQL:
+        # none; writers follow the lock order instead.
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if self._postgres else threading.Lock()
+        )
+        #: Transactions run again after a lock conflict (see retry_conflicts); tests assert it.
+        self.conflict_retries = 0
         # The compacted event revision, once read (see compact_revision).
         self._known_compact_revision: int | None = None
         # observe(operation, seconds, ok) after every transaction (metrics); None: not timed.
@@ -117,6 +227,8 @@ class StoreBase:
             ok = True  # a refused request is not a database failure
             raise
         except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) in RETRYABLE_SQLSTATES:
+                raise ConflictError(f"lock conflict: {type(exc.orig).__name__}: {exc.orig}") from exc
             raise Unavailable(f"database unavailable: {type(exc.orig).__name__}: {exc.orig}") from exc
         finally:
             if observe is not None:
@@ -124,9 +236,12 @@ class StoreBase:
 
     @contextmanager
     def _write(self) -> Iterator[tuple[Session, _Changes]]:
+        """One write transaction. Its methods lock rows in the lock order (module docstring) and
+        carry :func:`retry_conflicts`; the event rows are appended last, under the events lock."""
         changes = _Changes()
         with self._timed("write"), self._write_lock, self._rw() as session, session.begin():
             yield session, changes
+            self._append_events(session, changes)
         if changes.events:
             with self._listeners_lock:
                 listeners = list(self._listeners)
@@ -162,8 +277,21 @@ class StoreBase:
                 time=now,
             )
             changes.process_uids.add(record.uid)
-        session.add(row)
+        changes.rows.append(row)
         changes.events += 1
+
+    def _append_events(self, session: Session, changes: _Changes) -> None:
+        """Insert the transaction's event rows: the last thing it does before its commit. On
+        PostgreSQL, under the events lock (held until the commit), so revisions are given out in
+        commit order. SQLite commits one writer at a time anyway."""
+        if not changes.rows:
+            return
+        session.flush()  # the transaction's own row changes first: no row lock is taken below
+        if self._postgres:
+            session.execute(sa.select(sa.func.pg_advisory_xact_lock(EVENTS_LOCK_KEY)))
+        session.add_all(changes.rows)
+        session.flush()
+        changes.rows = []
 
     @staticmethod
     def _count_placed(session: Session, host_ids: Sequence[str]) -> dict[str, int]:
@@ -307,15 +435,78 @@ class StoreBase:
             exit_time=row.exit_time,
         )
 
+    # -- locks, in the lock order of the module docstring -------------------------------------------
+
     @staticmethod
-    def _find_host(session: Session, ref: str, *, lock: bool = False) -> HostRow | None:
+    def _lock_containers(
+        session: Session, uids: Iterable[str], *, delete: bool = False
+    ) -> dict[str, ContainerRow]:
+        """Lock the container rows ``uids`` (those that exist), in primary-key order (``delete``:
+        to delete them)."""
+        rows: dict[str, ContainerRow] = {}
+        for chunk in _chunks(sorted(set(uids))):
+            stmt = sa.select(ContainerRow).where(ContainerRow.uid.in_(chunk)).order_by(ContainerRow.uid)
+            rows.update((r.uid, r) for r in session.scalars(_locking(stmt, delete=delete)))
+        return rows
+
+    @staticmethod
+    def _lock_processes(
+        session: Session, uids: Iterable[str], *, delete: bool = False
+    ) -> dict[str, ProcessRow]:
+        """Lock the process rows ``uids`` (those that exist), in primary-key order (``delete``: to
+        delete them); the caller holds the locks of their containers."""
+        rows: dict[str, ProcessRow] = {}
+        for chunk in _chunks(sorted(set(uids))):
+            stmt = sa.select(ProcessRow).where(ProcessRow.uid.in_(chunk)).order_by(ProcessRow.uid)
+            rows.update((r.uid, r) for r in session.scalars(_locking(stmt, delete=delete)))
+        return rows
+
+    @staticmethod
+    def _containers_of_processes(session: Session, uids: Iterable[str]) -> dict[str, str]:
+        """The container uid of each process in ``uids`` that exists, read without a lock (a
+        process never changes container): what to lock before the processes."""
+        found: dict[str, str] = {}
+        for chunk in _chunks(sorted(set(uids))):
+            found.update(
+                (str(p), str(c))
+                for p, c in session.execute(
+                    sa.select(ProcessRow.uid, ProcessRow.container_uid).where(ProcessRow.uid.in_(chunk))
+                )
+            )
+        return found
+
+    def _lock_processes_with_containers(
+        self, session: Session, uids: Iterable[str]
+    ) -> tuple[dict[str, ContainerRow], dict[str, ProcessRow]]:
+        """Lock the containers of the processes ``uids``, then the processes: the processes
+        (that exist) and their containers."""
+        owners = self._containers_of_processes(session, uids)
+        containers = self._lock_containers(session, owners.values())
+        return containers, self._lock_processes(session, owners)
+
+    @staticmethod
+    def _lock_live_processes(session: Session, container_uids: Iterable[str]) -> list[ProcessRow]:
+        """Lock the STARTING and RUNNING processes of containers whose locks the caller holds, in
+        primary-key order."""
+        rows: list[ProcessRow] = []
+        for chunk in _chunks(sorted(set(container_uids))):
+            stmt = (
+                sa.select(ProcessRow)
+                .where(ProcessRow.container_uid.in_(chunk), ProcessRow.state.in_(LIVE_PROCESS_STATES))
+                .order_by(ProcessRow.uid)
+            )
+            rows.extend(session.scalars(_locking(stmt)))
+        return rows
+
+    @staticmethod
+    def _find_host(session: Session, ref: str, *, lock: bool = False, delete: bool = False) -> HostRow | None:
         stmt = sa.select(HostRow).where(sa.or_(HostRow.id == ref, HostRow.address == ref))
-        if lock:
-            stmt = stmt.with_for_update()
+        if lock or delete:
+            stmt = _locking(stmt, delete=delete)
         return session.scalars(stmt).first()
 
-    def _host_row(self, session: Session, ref: str, *, lock: bool = False) -> HostRow:
-        row = self._find_host(session, ref, lock=lock)
+    def _host_row(self, session: Session, ref: str, *, lock: bool = False, delete: bool = False) -> HostRow:
+        row = self._find_host(session, ref, lock=lock, delete=delete)
         if row is None:
             raise NotFound(f"host {ref!r} not found")
         return row
@@ -323,12 +514,12 @@ class StoreBase:
     def _find_container(self, session: Session, ref: str, *, lock: bool = False) -> ContainerRow | None:
         stmt = sa.select(ContainerRow).where(ContainerRow.uid == ref)
         if lock:
-            stmt = stmt.with_for_update()
+            stmt = _locking(stmt)
         row = session.scalars(stmt).first()
         if row is None:
             stmt = sa.select(ContainerRow).where(ContainerRow.live_name == ref)
             if lock:
-                stmt = stmt.with_for_update()
+                stmt = _locking(stmt)
             row = session.scalars(stmt).first()
         return row
 
@@ -360,12 +551,8 @@ class StoreBase:
     def _finish_processes(
         self, session: Session, changes: _Changes, container_uid: str, message: str, now: datetime
     ) -> None:
-        rows = session.scalars(
-            sa.select(ProcessRow).where(
-                ProcessRow.container_uid == container_uid, ProcessRow.state.in_(LIVE_PROCESS_STATES)
-            )
-        ).all()
-        for p in rows:
+        """Live processes of a container whose lock the caller holds become LOST."""
+        for p in self._lock_live_processes(session, [container_uid]):
             lifecycle.check_process(p.uid, ProcessRecordState(p.state), ProcessRecordState.LOST)
             p.state = ProcessRecordState.LOST.value
             p.message = message
@@ -375,7 +562,8 @@ class StoreBase:
     def _refresh_running(
         self, session: Session, changes: _Changes, container_uid: str, now: datetime
     ) -> None:
-        """CREATED <-> RUNNING as processes start and exit."""
+        """CREATED <-> RUNNING as processes start and exit. The caller holds the container's lock
+        (so the count of its running processes cannot change meanwhile)."""
         row = session.get(ContainerRow, container_uid)
         if row is None:
             return

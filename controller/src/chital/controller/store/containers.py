@@ -22,7 +22,7 @@ from chital.controller.records import (
     ContainerSpec,
     HostHealth,
 )
-from chital.controller.store._base import StoreBase
+from chital.controller.store._base import StoreBase, _locking, retry_conflicts
 from chital.controller.store.paging import Cursor
 from chital.controller.validation import LABEL_KEY_RE
 from chital.errdefs import (
@@ -36,6 +36,7 @@ __all__ = ["ContainerStore"]
 class ContainerStore(StoreBase):
     """The containers aggregate of :class:`~chital.controller.store.Store`."""
 
+    @retry_conflicts
     def request_stop(
         self, ref: str, deadline: datetime, now: datetime, *, delete: bool = False
     ) -> ContainerRecord:
@@ -61,8 +62,10 @@ class ContainerStore(StoreBase):
                         return self._container(session, row)
                     raise FailedPrecondition(f"container {row.name} is {state.value}; it cannot be stopped")
                 lifecycle.check_container(row.name, state, ContainerRecordState.DELETED)
-                row.desired_state = ContainerRecordState.DELETED.value
+                # The processes first: the container is then written by one UPDATE (a second
+                # UPDATE of a row in one transaction re-checks its foreign key: a lock on the host).
                 self._finish_processes(session, changes, row.uid, "container deleted", now)
+                row.desired_state = ContainerRecordState.DELETED.value
                 self._set_state(session, changes, row, ContainerRecordState.DELETED, message="", now=now)
                 return self._container(session, row)
             lifecycle.check_container(row.name, state, ContainerRecordState.STOPPING)  # STOPPING: no-op
@@ -75,6 +78,7 @@ class ContainerStore(StoreBase):
             self._set_state(session, changes, row, ContainerRecordState.STOPPING, message="", now=now)
             return self._container(session, row)
 
+    @retry_conflicts
     def finish_stop(self, uid: str, now: datetime) -> ContainerRecord:
         """The container is gone from its host: STOPPING -> STOPPED, or DELETED if a delete was
         asked for; processes still live become LOST (a late exit event still records the real exit).
@@ -129,6 +133,7 @@ class ContainerStore(StoreBase):
             ).first()
             return None if row is None else self._container(session, row)
 
+    @retry_conflicts
     def create_container(
         self,
         uid: str,
@@ -158,14 +163,11 @@ class ContainerStore(StoreBase):
                 ).first():
                     raise AlreadyExists(f"container name {spec.name!r} is taken")
                 # FOR UPDATE serialises placements on PostgreSQL; SQLite's BEGIN IMMEDIATE already does.
+                # Hosts in primary-key order (the lock order); placement sorts candidates itself.
                 if spec.host:
                     hosts = [self._host_row(session, spec.host, lock=True)]
                 else:
-                    hosts = list(
-                        session.scalars(
-                            sa.select(HostRow).order_by(HostRow.created, HostRow.id).with_for_update()
-                        )
-                    )
+                    hosts = list(session.scalars(_locking(sa.select(HostRow).order_by(HostRow.id))))
                 counts = self._count_placed(session, [h.id for h in hosts])
                 candidates = [
                     Candidate(
@@ -282,6 +284,7 @@ class ContainerStore(StoreBase):
                 self._set_state(session, changes, row, target, message=message, now=now)
             return self._container(session, row)
 
+    @retry_conflicts
     def transition_container(
         self,
         uid: str,
@@ -363,6 +366,7 @@ class ContainerStore(StoreBase):
             ).all()
             return self._containers(session, rows)
 
+    @retry_conflicts
     def schedule_restart(self, uid: str, at: datetime, now: datetime) -> ContainerRecord:
         """Persist when the next restart attempt of a LOST container is due."""
         with self._write() as (session, changes):
@@ -375,6 +379,7 @@ class ContainerStore(StoreBase):
                 self._event(session, changes, self._container(session, row), now)
             return self._container(session, row)
 
+    @retry_conflicts
     def place_again(
         self, uid: str, now: datetime, choose_host: Callable[[list[Candidate]], str]
     ) -> ContainerRecord:
@@ -382,16 +387,11 @@ class ContainerStore(StoreBase):
         the restart count goes up and no attempt is scheduled any more. FailedPrecondition if the
         container is no longer LOST; the chooser's error (no ready host) leaves it LOST."""
         with self._write() as (session, changes):
+            # The lock order: every host (the new one is among them), then the container.
+            locked = list(session.scalars(_locking(sa.select(HostRow).order_by(HostRow.id))))
             row = self._container_row(session, uid, lock=True)
             lifecycle.check_container(row.name, ContainerRecordState(row.state), ContainerRecordState.PENDING)
-            hosts = list(
-                session.scalars(
-                    sa.select(HostRow)
-                    .where(HostRow.id != (row.host_id or ""))
-                    .order_by(HostRow.created, HostRow.id)
-                    .with_for_update()
-                )
-            )
+            hosts = [h for h in locked if h.id != (row.host_id or "")]
             counts = self._count_placed(session, [h.id for h in hosts])
             host_id = choose_host(
                 [

@@ -25,7 +25,7 @@ from chital.controller.records import (
     HostRecord,
     HostRecordState,
 )
-from chital.controller.store._base import UNSTOPPED_STATES, StoreBase, _Changes
+from chital.controller.store._base import UNSTOPPED_STATES, StoreBase, _Changes, _locking, retry_conflicts
 from chital.controller.store.paging import Cursor
 from chital.errdefs import (
     FailedPrecondition,
@@ -37,13 +37,14 @@ __all__ = ["HostStore"]
 class HostStore(StoreBase):
     """The hosts aggregate of :class:`~chital.controller.store.Store`."""
 
+    @retry_conflicts
     def register_host(
         self, host_id: str, address: str, labels: dict[str, str], max_containers: int, now: datetime
     ) -> tuple[HostRecord, bool]:
         """Add a host, or update the labels and capacity of the host with that address."""
         try:
             with self._write() as (session, _):
-                row = session.scalars(sa.select(HostRow).where(HostRow.address == address)).first()
+                row = session.scalars(_locking(sa.select(HostRow).where(HostRow.address == address))).first()
                 created = row is None
                 if row is None:
                     row = HostRow(
@@ -144,6 +145,7 @@ class HostStore(StoreBase):
             rows = list(session.scalars(sa.select(HostRow).order_by(HostRow.created, HostRow.id)))
             return [self._host_record(r, 0) for r in rows]
 
+    @retry_conflicts
     def set_admin_state(self, ref: str, admin_state: AdminState, now: datetime) -> HostRecord:
         """Cordon, uncordon or drain a host."""
         with self._write() as (session, _):
@@ -153,6 +155,7 @@ class HostStore(StoreBase):
                 row.updated = now
             return self._host(session, row)
 
+    @retry_conflicts
     def record_health(
         self,
         host_id: str,
@@ -170,7 +173,7 @@ class HostStore(StoreBase):
         processes too.
         """
         with self._write() as (session, changes):
-            row = self._host_row(session, host_id)
+            row = self._host_row(session, host_id, lock=True)
             previous = HostHealth(row.state)
             if info is not None:
                 if row.boot_id != info.boot_id:
@@ -197,26 +200,40 @@ class HostStore(StoreBase):
     def _lose_containers(
         self, session: Session, changes: _Changes, host_id: str, message: str, now: datetime
     ) -> None:
+        """The host's placed containers become LOST, with their live processes. The caller holds
+        the host's lock: no container joins or leaves it meanwhile."""
         rows = session.scalars(
-            sa.select(ContainerRow).where(
-                ContainerRow.host_id == host_id,
-                ContainerRow.state.in_([s.value for s in lifecycle.LOST_WITH_HOST]),
+            _locking(
+                sa.select(ContainerRow)
+                .where(
+                    ContainerRow.host_id == host_id,
+                    ContainerRow.state.in_([s.value for s in lifecycle.LOST_WITH_HOST]),
+                )
+                .order_by(ContainerRow.uid)
             )
         ).all()
+        self._lock_live_processes(session, [r.uid for r in rows])
         for row in rows:
             self._finish_processes(session, changes, row.uid, message, now)
             self._set_state(session, changes, row, ContainerRecordState.LOST, message=message, now=now)
 
+    @retry_conflicts
     def remove_host(self, ref: str, force: bool, now: datetime) -> None:
         """Forget a host; with live containers only with ``force`` (they become LOST)."""
         with self._write() as (session, changes):
-            row = self._host_row(session, ref, lock=True)
+            row = self._host_row(session, ref, delete=True)
             placed = self._count_placed(session, [row.id]).get(row.id, 0)
             if placed and not force:
                 raise FailedPrecondition(
                     f"host {row.address} still has {placed} containers; drain it or use force"
                 )
             self._lose_containers(session, changes, row.id, f"host {row.address} removed", now)
+            # Every container that still names the host (stopped, deleted...), locked in order.
+            session.scalars(
+                _locking(
+                    sa.select(ContainerRow).where(ContainerRow.host_id == row.id).order_by(ContainerRow.uid)
+                )
+            ).all()
             session.execute(
                 sa.update(ContainerRow).where(ContainerRow.host_id == row.id).values(host_id=None)
             )
@@ -228,6 +245,7 @@ class HostStore(StoreBase):
             row = self._host_row(session, host_id)
             return row.boot_id, row.event_seq
 
+    @retry_conflicts
     def start_drain(
         self, ref: str, deadline: datetime, stop_deadline: datetime, now: datetime
     ) -> tuple[HostRecord, list[ContainerRecord]]:
@@ -252,12 +270,14 @@ class HostStore(StoreBase):
                 host.drain_started = now
                 host.drain_deadline = deadline
             host.updated = now
-            rows = session.scalars(
-                sa.select(ContainerRow)
-                .where(ContainerRow.host_id == host.id, ContainerRow.state.in_(UNSTOPPED_STATES))
-                .order_by(ContainerRow.created, ContainerRow.uid)
-                .with_for_update()
+            locked = session.scalars(
+                _locking(
+                    sa.select(ContainerRow)
+                    .where(ContainerRow.host_id == host.id, ContainerRow.state.in_(UNSTOPPED_STATES))
+                    .order_by(ContainerRow.uid)
+                )
             ).all()
+            rows = sorted(locked, key=lambda r: (r.created, r.uid))  # oldest first, as listed
             for row in rows:
                 lifecycle.check_container(
                     row.name, ContainerRecordState(row.state), ContainerRecordState.STOPPING

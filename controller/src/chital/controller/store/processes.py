@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 from chital.controller import lifecycle
 from chital.controller.models import (
     ContainerRow,
-    HostRow,
     ProcessRow,
 )
 from chital.controller.records import (
@@ -28,7 +27,7 @@ from chital.controller.records import (
     ProcessRecordState,
     ProcessSpec,
 )
-from chital.controller.store._base import StoreBase, _Changes
+from chital.controller.store._base import StoreBase, _Changes, retry_conflicts
 from chital.controller.store.paging import Cursor
 from chital.errdefs import (
     FailedPrecondition,
@@ -36,6 +35,9 @@ from chital.errdefs import (
 )
 
 __all__ = ["ProcessStore"]
+
+# The agent events that change process records (and so their containers' states).
+_PROCESS_KINDS = ("PROCESS_STARTED", "PROCESS_EXITED")
 
 
 class ProcessStore(StoreBase):
@@ -45,6 +47,7 @@ class ProcessStore(StoreBase):
 
         def get_container(self, ref: str) -> ContainerRecord: ...
 
+    @retry_conflicts
     def create_process(
         self, uid: str, container_ref: str, request_id: str, spec: ProcessSpec, now: datetime
     ) -> tuple[ProcessRecord, ContainerRecord, bool]:
@@ -54,6 +57,7 @@ class ProcessStore(StoreBase):
         """
         try:
             with self._write() as (session, changes):
+                # The container's lock first (the new row's foreign key takes a share lock on it).
                 container = self._container_row(session, container_ref, lock=True)
                 existing = (
                     session.scalars(
@@ -108,12 +112,13 @@ class ProcessStore(StoreBase):
                     raise
                 return self._process_record(found), container_record, False
 
+    @retry_conflicts
     def mark_process_running(
         self, uid: str, pid: int, start_time: datetime | None, now: datetime
     ) -> ProcessRecord:
         """The agent started the process: record its pid; STARTING -> RUNNING (an exit seen already wins)."""
         with self._write() as (session, changes):
-            row = session.get(ProcessRow, uid, with_for_update=True)
+            row = self._lock_processes_with_containers(session, [uid])[1].get(uid)
             if row is None:
                 raise NotFound(f"process {uid!r} not found")
             changed = False
@@ -133,10 +138,11 @@ class ProcessStore(StoreBase):
                 self._refresh_running(session, changes, row.container_uid, now)
             return self._process_record(row)
 
+    @retry_conflicts
     def mark_process_lost(self, uid: str, message: str, now: datetime) -> ProcessRecord:
         """The process could not be started (or its fate is unknown)."""
         with self._write() as (session, changes):
-            row = session.get(ProcessRow, uid, with_for_update=True)
+            row = self._lock_processes_with_containers(session, [uid])[1].get(uid)
             if row is None:
                 raise NotFound(f"process {uid!r} not found")
             if lifecycle.can_process(ProcessRecordState(row.state), ProcessRecordState.LOST):
@@ -195,6 +201,7 @@ class ProcessStore(StoreBase):
             ).all()
             return [self._process_record(r) for r in rows]
 
+    @retry_conflicts
     def apply_synced_processes(
         self, host_id: str, observed: Sequence[AgentEventRecord], now: datetime
     ) -> int:
@@ -202,11 +209,13 @@ class ProcessStore(StoreBase):
         is recorded once, with its code; a late one after LOST still wins). Returns how many
         records changed."""
         with self._write() as (session, changes):
+            self._lock_for_events(session, observed)
             before = changes.events
             for event in observed:
                 self._apply_one(session, changes, host_id, event, now)
             return changes.events - before
 
+    @retry_conflicts
     def apply_agent_events(
         self, host_id: str, boot_id: str, events: Sequence[AgentEventRecord], now: datetime
     ) -> int:
@@ -216,11 +225,12 @@ class ProcessStore(StoreBase):
         monitor saw a restart meanwhile) are ignored.
         """
         with self._write() as (session, changes):
-            host = session.get(HostRow, host_id, with_for_update=True)
-            if host is None:
+            host = self._find_host(session, host_id, lock=True)
+            if host is None or host.id != host_id:
                 raise NotFound(f"host {host_id!r} not found")
             if host.boot_id != boot_id:
                 return host.event_seq
+            self._lock_for_events(session, [e for e in events if e.seq > host.event_seq])
             for event in events:
                 if event.seq <= host.event_seq:
                     continue
@@ -228,10 +238,17 @@ class ProcessStore(StoreBase):
                 self._apply_one(session, changes, host_id, event, now)
             return host.event_seq
 
+    def _lock_for_events(self, session: Session, events: Sequence[AgentEventRecord]) -> None:
+        """Lock what ``events`` may change up front, in the lock order: the processes' containers,
+        then the processes (:meth:`_apply_one` then finds them in the session)."""
+        uids = [e.process_uid for e in events if e.kind in _PROCESS_KINDS and e.process_uid]
+        if uids:
+            self._lock_processes_with_containers(session, uids)
+
     def _apply_one(
         self, session: Session, changes: _Changes, host_id: str, event: AgentEventRecord, now: datetime
     ) -> None:
-        if event.kind not in ("PROCESS_STARTED", "PROCESS_EXITED") or not event.process_uid:
+        if event.kind not in _PROCESS_KINDS or not event.process_uid:
             return
         row = session.get(ProcessRow, event.process_uid)
         if row is None:

@@ -20,7 +20,7 @@ from chital.controller.models import (
 from chital.controller.records import (
     ContainerRecordState,
 )
-from chital.controller.store._base import StoreBase
+from chital.controller.store._base import StoreBase, retry_conflicts
 
 __all__ = ["RetentionStore"]
 
@@ -42,6 +42,7 @@ class RetentionStore(StoreBase):
             session.add(row)
         return row
 
+    @retry_conflicts
     def compact_events(self, before: datetime, max_events: int, batch: int) -> tuple[int, bool]:
         """Delete one batch (at most ``batch`` revisions, oldest first) of the events older than
         ``before``, or beyond the newest ``max_events`` (0: no count limit), and raise the compacted
@@ -74,6 +75,7 @@ class RetentionStore(StoreBase):
         self._known_compact_revision = max(self._known_compact_revision or 0, compacted)
         return int(deleted), cut == hi
 
+    @retry_conflicts
     def prune_deleted(self, before: datetime, batch: int) -> tuple[int, int]:
         """Delete one batch (at most ``batch``) of the containers DELETED before ``before`` (by
         their last change) with their processes. Only DELETED rows are ever touched. Events about
@@ -89,6 +91,18 @@ class RetentionStore(StoreBase):
             )
             if not uids:
                 return 0, 0
+            # The lock order: the containers, then their processes (a late exit event may be
+            # applying to one of them); a container changed meanwhile is left alone.
+            uids = [
+                uid
+                for uid, row in self._lock_containers(session, uids, delete=True).items()
+                if row.state == deleted_state
+            ]
+            self._lock_processes(
+                session,
+                session.scalars(sa.select(ProcessRow.uid).where(ProcessRow.container_uid.in_(uids))),
+                delete=True,
+            )
             processes = self._delete(session, sa.delete(ProcessRow).where(ProcessRow.container_uid.in_(uids)))
             containers = self._delete(
                 session,
@@ -99,6 +113,7 @@ class RetentionStore(StoreBase):
             self._retention_row(session, "deleted").removed += containers
             return int(containers), int(processes)
 
+    @retry_conflicts
     def prune_audit(self, before: datetime, batch: int) -> int:
         """Delete one batch (at most ``batch``, oldest first) of the audit entries written before
         ``before``. Returns how many were deleted."""
@@ -121,8 +136,9 @@ class RetentionStore(StoreBase):
                 r.task: (r.revision, r.removed, r.last_run) for r in session.scalars(sa.select(RetentionRow))
             }
 
+    @retry_conflicts
     def record_retention_pass(self, tasks: Sequence[str], now: datetime) -> None:
         """Note that a janitor pass over ``tasks`` finished at ``now`` (the next is due from it)."""
         with self._write() as (session, _):
-            for task in tasks:
+            for task in sorted(tasks):  # rows in primary-key order
                 self._retention_row(session, task).last_run = now

@@ -21,7 +21,7 @@ from chital.controller.records import (
     ProcessRecord,
     ProcessRecordState,
 )
-from chital.controller.store._base import StoreBase, _chunks
+from chital.controller.store._base import StoreBase, _chunks, retry_conflicts
 
 __all__ = ["SyncStore"]
 
@@ -95,6 +95,7 @@ class SyncStore(StoreBase):
                 [self._process_record(r) for r in processes.values()],
             )
 
+    @retry_conflicts
     def lose_unchanged_containers(
         self, uids: Sequence[str], unchanged_since: datetime, message: str, now: datetime
     ) -> list[ContainerRecord]:
@@ -103,9 +104,11 @@ class SyncStore(StoreBase):
         time, no longer has them. A record changed meanwhile is left for the next Sync."""
         lost: list[ContainerRecord] = []
         with self._write() as (session, changes):
-            for uid in uids:
-                row = session.get(ContainerRow, uid, with_for_update=True)
-                if row is None or row.updated >= unchanged_since:
+            rows = self._lock_containers(session, uids)
+            self._lock_live_processes(session, rows)
+            for uid in sorted(rows):
+                row = rows[uid]
+                if row.updated >= unchanged_since:
                     continue
                 state = ContainerRecordState(row.state)
                 if state not in lifecycle.ON_HOST:
@@ -116,6 +119,7 @@ class SyncStore(StoreBase):
                 lost.append(self._container(session, row))
         return lost
 
+    @retry_conflicts
     def lose_unchanged_processes(
         self, uids: Sequence[str], unchanged_since: datetime, message: str, now: datetime
     ) -> int:
@@ -123,9 +127,10 @@ class SyncStore(StoreBase):
         agent's Sync, taken after that, does not know them). Returns how many."""
         count = 0
         with self._write() as (session, changes):
-            for uid in uids:
-                row = session.get(ProcessRow, uid, with_for_update=True)
-                if row is None or row.updated >= unchanged_since:
+            rows = self._lock_processes_with_containers(session, uids)[1]
+            for uid in sorted(rows):
+                row = rows[uid]
+                if row.updated >= unchanged_since:
                     continue
                 if row.state != ProcessRecordState.RUNNING.value:
                     continue
