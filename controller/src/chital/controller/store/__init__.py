@@ -27,9 +27,10 @@ __all__ = ["AgentEventRecord", "Candidate", "Cursor", "FinishCreate", "PlaceInte
 class Store(HostStore, ContainerStore, CreateStore, ProcessStore, SyncStore, EventStore, RetentionStore):
     """SQL-backed store of hosts, containers, processes and events.
 
-    One object, one engine, one write lock: the aggregates (:mod:`.hosts`, :mod:`.containers`,
-    :mod:`.processes`, :mod:`.events`, with :mod:`.creates` (the create path's batches),
-    :mod:`.sync` and :mod:`.retention`) are parts of this
-    class and share :class:`~chital.controller.store._base.StoreBase`'s sessions, so every write,
-    whatever its aggregate, is one transaction under the same lock. Page tokens: :mod:`.paging`.
+    One object, one engine: the aggregates (:mod:`.hosts`, :mod:`.containers`, :mod:`.processes`,
+    :mod:`.events`, with :mod:`.creates` (the create path's batches), :mod:`.sync` and
+    :mod:`.retention`) are parts of this class and share
+    :class:`~chital.controller.store._base.StoreBase`'s sessions, so every write, whatever its
+    aggregate, is one transaction that locks rows in the store's lock order (see
+    :mod:`chital.controller.store._base`). Page tokens: :mod:`.paging`.
     """
