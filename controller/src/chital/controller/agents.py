@@ -324,6 +324,10 @@ class AgentPool:
         self._host_ids: dict[str, str] = {}
         self._lock = threading.Lock()
         self._channels: dict[str, grpc.Channel] = {}
+        # One client per address, made with its channel: a create calls its agent once, and making
+        # the stub and its interceptor chain on every call cost about as much as the call's own
+        # client side. Dropped with the channel, and when the host ids (metric labels) change.
+        self._clients: dict[str, AgentClient] = {}
         self._closed = False
 
     @property
@@ -340,11 +344,14 @@ class AgentPool:
             )
 
     def get(self, address: str) -> AgentClient:
-        """The client for the agent at ``address``."""
+        """The client for the agent at ``address`` (clients are thread-safe and shared)."""
         self.check_address(address)
         with self._lock:
             if self._closed:
                 raise Unavailable("controller is shutting down")
+            client = self._clients.get(address)
+            if client is not None:
+                return client
             channel = self._channels.get(address)
             if channel is None:
                 if self._credentials is not None:
@@ -352,7 +359,10 @@ class AgentPool:
                 else:
                     channel = grpc.insecure_channel(address, options=_CHANNEL_OPTIONS)
                 self._channels[address] = channel
-        return AgentClient(address, channel, self.timeout, self._metrics, self._host_ids.get(address, ""))
+            label = self._host_ids.get(address, "")
+            client = AgentClient(address, channel, self.timeout, self._metrics, label)
+            self._clients[address] = client
+            return client
 
     def aio_channel(self, address: str) -> grpc.aio.Channel:
         """A new asyncio channel to the agent at ``address``, with the pool's credentials and
@@ -368,12 +378,16 @@ class AgentPool:
 
     def set_host_ids(self, host_ids: dict[str, str]) -> None:
         """Address -> host id, for the ``host`` label of agent call metrics."""
-        self._host_ids = dict(host_ids)
+        with self._lock:
+            if host_ids != self._host_ids:
+                self._host_ids = dict(host_ids)
+                self._clients.clear()  # made again with their new labels
 
     def forget(self, address: str) -> None:
         """Close the channel to a removed host."""
         with self._lock:
             channel = self._channels.pop(address, None)
+            self._clients.pop(address, None)
         if channel is not None:
             channel.close()
 
@@ -383,5 +397,6 @@ class AgentPool:
             self._closed = True
             channels = list(self._channels.values())
             self._channels.clear()
+            self._clients.clear()
         for channel in channels:
             channel.close()
