@@ -104,12 +104,29 @@ hollow: ## A controller and 3 hollow agents (FakeDevice) on free loopback ports,
 demo: ## The main job: the local multi-host cluster demo
 	scripts/demo.sh
 
+# make bench takes one to two hours on 2 cores: the create sweep (5 runs, SQLite and PostgreSQL) about
+# 10 min, bench/scale.py at 1,000 hosts and 100,000 containers (4 steps) 30-90 min depending on the
+# machine's other load, the two QEMU benchmarks about 10 min. The figures go to docs/benchmarks/data,
+# the plots and their summary to docs/benchmarks (bench-plots redraws them from the saved figures).
+BENCH_DATA := docs/benchmarks/data
+BENCH_THREADS ?= 1 2 4 8 16
+BENCH_SCALE_ARGS ?= --hosts 1000 --steps 10000,25000,50000,100000
+
 .PHONY: bench
-bench: ## Benchmarks (figures printed, nothing enforced)
-	$(PY) bench/create_throughput.py
+bench: ## Benchmarks: figures printed, plots and summary in docs/benchmarks (1-2 hours)
+	mkdir -p $(BENCH_DATA)
+	set -o pipefail; for t in $(BENCH_THREADS); do \
+		$(PY) bench/create_throughput.py --seconds 5 --threads $$t | tee $(BENCH_DATA)/create-threads-$$t.txt || exit 1; \
+	done
+	$(PY) bench/scale.py $(BENCH_SCALE_ARGS) --json $(BENCH_DATA)/scale.json
+	$(MAKE) bench-plots
 	CHITAL_VM=1 scripts/bootstrap.sh
 	$(PY) bench/syscall_overhead.py
 	$(PY) bench/exec_latency.py
+
+.PHONY: bench-plots
+bench-plots: ## Redraw docs/benchmarks (PNG plots, summary.md) from the figures in docs/benchmarks/data
+	$(PY) bench/plots.py --data $(BENCH_DATA) --out docs/benchmarks
 
 .PHONY: dist
 dist: ## A wheel and an sdist of each distribution into dist/ (version from VERSION)

@@ -465,6 +465,13 @@ def ms(value: float) -> str:
     return f"{value:.1f} ms"
 
 
+def write_json(path: Path | None, figures: dict[str, Any]) -> None:
+    if path is not None:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(figures, indent=2) + "\n")
+        tmp.replace(path)
+
+
 def print_step(step: dict[str, Any]) -> None:
     print(
         f"{step['containers']:>10,}"
@@ -552,10 +559,12 @@ def main() -> int:
                 step.update(settled, restart_to_serving_s=restart, seed_s=seed_s, load=load_average())
                 figures["steps"].append(step)
                 print_step(step)
+                write_json(args.json, figures)  # each step as it comes: a long run keeps what it measured
             if args.lost:
                 loss = bench.loss_detection()
                 loss["load"] = load_average()
                 figures["loss"] = loss
+                write_json(args.json, figures)
         finally:
             bench.close()
 
@@ -611,8 +620,6 @@ def main() -> int:
     for name, value, target, ok in rows:
         verdict = "" if ok is None else ("holds" if ok else "MISSED")
         print(f"  {name:<32}{value:>24}  {target:<10}{verdict}")
-    if args.json:
-        args.json.write_text(json.dumps(figures, indent=2) + "\n")
     return 0
 
 
