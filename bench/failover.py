@@ -136,7 +136,9 @@ def one_run(pg: PostgresServer, mode: str, threads: int) -> dict[str, float]:
     with HollowFleet(agents=2, database_url=url) as fleet:
         assert fleet.workdir is not None and fleet.pki is not None and fleet.controller is not None
         a = fleet.controller
-        b = start_controller(fleet.workdir / "controller-b", database_url=url, tls_dir=fleet.pki.controller())
+        b = start_controller(
+            fleet.workdir / "controller-b", database_url=url, tls_dir=fleet.pki.controller(), timeout=120.0
+        )
         try:
             # Usually the first controller; whichever holds the lease is failed.
             wait_for(lambda: is_holder(holder(url), a) or is_holder(holder(url), b), 30, 0.1)
