@@ -198,7 +198,7 @@ def measure_postgres(args: argparse.Namespace, workdir: Path, creates: dict[str,
             note = "throwaway server, fsync and synchronous_commit on"
         try:
             fleet = stack.enter_context(HollowFleet(agents=args.agents, workdir=workdir, database_url=url))
-        except (RuntimeError, TimeoutError) as exc:  # the SQLite figures are still worth printing
+        except (RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:  # SQLite figures stand
             if os.environ.get("CHITAL_REQUIRE_POSTGRES") == "1":
                 raise
             return f"not measured: the fleet did not start: {exc}"
