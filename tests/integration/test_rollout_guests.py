@@ -12,8 +12,10 @@ DKMS build cost minutes under TCG); the tests run in order and the destructive o
 2. ``upgrade.yml`` from version N to N+1 (a copy of the sources with VERSION bumped, built into a
    second wheelhouse): the upgraded host is drained and comes back READY with the new versions,
    while a container on the other host keeps running throughout.
-3. A host whose DKMS build fails (its kernel headers made unusable) stops the rollout at its batch:
-   the next batch never starts and the failed host stays cordoned.
+3. ``upgrade.yml`` started through the controller's RolloutService (StartRollout, WatchRollout),
+   where the first batch's host cannot build the module (its kernel headers made unusable): the
+   rollout stops at that batch, the failure is reported for that host through the API and by
+   ``chital rollout get``, the next batch never starts and the failed host stays cordoned.
 
 Needs qemu-system-x86, qemu-utils, mmdebstrap, a Debian kernel with headers
 (``CHITAL_VM=1 scripts/bootstrap.sh``), root (the image build) and ansible-core in the venv. The
@@ -23,7 +25,6 @@ figures (wall times of the playbooks, of the DKMS build in a guest) are printed 
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -34,9 +35,17 @@ from pathlib import Path
 
 import pytest
 
-from chital.client import Client, ContainerState, HostState
+from chital.client import (
+    Client,
+    ContainerState,
+    HostState,
+    RolloutEventType,
+    RolloutHostStatus,
+    RolloutState,
+)
 from chital.devcluster.kernel import KernelNotFoundError, default_kernel
-from chital.devcluster.ssh_fleet import ROOTS_DIR, PlaybookRun, SshFleet
+from chital.devcluster.release import module_version, next_release, snapshot
+from chital.devcluster.ssh_fleet import BUSYBOX_ROOT, PlaybookRun, SshFleet
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -71,15 +80,7 @@ pytestmark = [
     pytest.mark.skipif(_missing() is not None, reason=str(_missing())),
 ]
 
-BOX = f"{ROOTS_DIR}/busybox"
-#: Makes a container root of busybox-static in a guest (what an operator would prepare).
-MAKE_ROOT = f"""set -e
-mkdir -p {BOX}/bin {BOX}/dev {BOX}/proc {BOX}/tmp {BOX}/etc
-[ -x {BOX}/bin/busybox ] || cp /bin/busybox {BOX}/bin/busybox
-for app in $({BOX}/bin/busybox --list); do [ -e {BOX}/bin/$app ] || ln -s busybox {BOX}/bin/$app; done
-[ -e {BOX}/dev/null ] || mknod -m 666 {BOX}/dev/null c 1 3
-chmod 1777 {BOX}/tmp
-"""
+BOX = BUSYBOX_ROOT
 
 FIGURES: dict[str, str] = {}
 
@@ -93,21 +94,25 @@ def _version() -> str:
     return (ROOT / "VERSION").read_text().strip()
 
 
-def _module_version(source: Path) -> str:
-    m = re.search(r'#define CHITAL_VERSION\s+"([^"]+)"', (source / "kmod/chital_internal.h").read_text())
-    assert m is not None
-    return m.group(1)
-
-
 def _make(*targets: str) -> None:
     proc = subprocess.run(["make", "-s", *targets], cwd=ROOT, capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.fixture(scope="module")
-def fleet() -> Iterator[SshFleet]:
-    _make("wheelhouse", "launcher")  # what the playbooks install (quick when fresh)
-    f = SshFleet(guests=2, controller_args=["--health-interval", "1", "--not-ready-after", "5"])
+def release_n(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout as release N, frozen (release.snapshot): the playbooks' chital_source_dir, so
+    that a ``make wheelhouse`` or an edit in the checkout during the module changes nothing the
+    playbooks install (the idempotent second run would see another wheelhouse)."""
+    _make("wheelhouse", "launcher")  # what the playbooks install
+    return snapshot(tmp_path_factory.mktemp("release-n"))
+
+
+@pytest.fixture(scope="module")
+def fleet(release_n: Path) -> Iterator[SshFleet]:
+    # A heartbeat gap of seconds is no sign of ill health on a loaded 2-core machine running two
+    # emulated guests (5 s flapped hosts to NOT_READY dozens of times in a run): 30 s.
+    f = SshFleet(guests=2, controller_args=["--health-interval", "1", "--not-ready-after", "30"])
     started = time.monotonic()
     with f:
         figure("boot of 2 guests to sshd (s)", ", ".join(f"{vm.ssh_seconds:.0f}" for vm in f.hosts))
@@ -155,17 +160,17 @@ def _wait_host(client: Client, address: str, states: set[HostState], timeout: fl
 
 
 def test_site_installs_the_module_with_dkms_and_the_agent_under_systemd(
-    fleet: SshFleet, client: Client
+    fleet: SshFleet, client: Client, release_n: Path
 ) -> None:
     names = [vm.name for vm in fleet.hosts]
-    first = fleet.playbook("site.yml")
+    first = fleet.playbook("site.yml", extra_vars={"chital_source_dir": str(release_n)})
     _ok(first, names)
     assert all(first.recap[h]["changed"] > 0 for h in names)
     figure("site.yml on 2 guests (s)", f"{first.seconds:.0f}")
     dkms = first.task_seconds("Run dkms install")
     figure("DKMS build in a guest (s)", ", ".join(f"{h} {s:.0f}" for h, s in sorted(dkms.items())))
 
-    version, module_version = _version(), _module_version(ROOT)
+    version, kmod_version = _version(), module_version(ROOT)
     release = fleet.hosts[0].kernel.release
     for vm in fleet.hosts:
         rc, out = vm.ssh(
@@ -175,9 +180,9 @@ def test_site_installs_the_module_with_dkms_and_the_agent_under_systemd(
             timeout=120,
         )
         assert rc == 0, out
-        assert f"chital/{module_version}, {release}, x86_64: installed" in out, out
+        assert f"chital/{kmod_version}, {release}, x86_64: installed" in out, out
         lines = out.splitlines()
-        assert module_version in lines and "active" in lines and "systemd" in lines, out
+        assert kmod_version in lines and "active" in lines and "systemd" in lines, out
         assert "Delegate=yes" in lines, out
         assert any(line.startswith("/usr/bin/python3") for line in lines), out  # the venv's python
 
@@ -186,59 +191,26 @@ def test_site_installs_the_module_with_dkms_and_the_agent_under_systemd(
         host = hosts[fleet.agent_address(i)]
         assert host.state is HostState.READY, host
         assert host.agent is not None
-        assert host.agent.agent_version == version and host.agent.module_version == module_version
+        assert host.agent.agent_version == version and host.agent.module_version == kmod_version
         assert host.agent.device == "linux"
 
-    second = fleet.playbook("site.yml")
+    second = fleet.playbook("site.yml", extra_vars={"chital_source_dir": str(release_n)})
     _ok(second, names)
     assert second.changed() == dict.fromkeys(names, 0), second.output[-8000:]
     figure("site.yml again, idempotent (s)", f"{second.seconds:.0f}")
 
 
-def _bump(version: str) -> str:
-    m = re.match(r"^(\d+(?:\.\d+)*)", version)
-    assert m is not None
-    parts = m.group(1).split(".")
-    parts[-1] = str(int(parts[-1]) + 1)
-    return ".".join(parts)
-
-
-@pytest.fixture(scope="module")
-def next_release(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    """A copy of the sources at version N+1 with its own wheelhouse (the checkout's third-party
-    wheels and the N+1 chital wheels), launcher and module source: what a new release is."""
-    src = tmp_path_factory.mktemp("release") / "chital"
-    junk = shutil.ignore_patterns(
-        "build", "dist", "*.egg-info", "__pycache__", ".pytest_cache", "*.o", "*.ko"
-    )
-    for d in ("proto/python", "agent", "controller", "client", "devcluster", "kmod", "deploy"):
-        shutil.copytree(ROOT / d, src / d, ignore=junk, symlinks=True)
-    (src / "scripts").mkdir()
-    for f in ("dist.py", "version.py"):
-        shutil.copy2(ROOT / "scripts" / f, src / "scripts" / f)
-    new = _bump(_version())
-    (src / "VERSION").write_text(new + "\n")
-    for argv in (["scripts/version.py"], ["scripts/dist.py", "--out", str(src / "dist")]):
-        proc = subprocess.run([sys.executable, *argv], cwd=src, capture_output=True, text=True, check=False)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-    wheelhouse = src / "dist" / "wheelhouse"
-    wheelhouse.mkdir()
-    for wheel in (ROOT / "dist" / "wheelhouse").glob("*.whl"):
-        if not wheel.name.startswith("chital"):
-            shutil.copy2(wheel, wheelhouse / wheel.name)
-    for wheel in (src / "dist").glob("chital*.whl"):
-        shutil.copy2(wheel, wheelhouse / wheel.name)
-    assert _module_version(src) == new
-    return src, new
+@pytest.fixture(scope="module", name="next_release")
+def next_release_fixture(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """Version N+1 of this checkout with its own wheelhouse and module source (release.py)."""
+    return next_release(tmp_path_factory.mktemp("release"))
 
 
 def test_upgrade_to_the_next_version_while_a_container_runs_on_the_other_host(
     fleet: SshFleet, client: Client, next_release: tuple[Path, str]
 ) -> None:
     source, new = next_release
-    for vm in fleet.hosts:
-        rc, out = vm.ssh(MAKE_ROOT, timeout=300)
-        assert rc == 0, out
+    fleet.make_busybox_roots()
     kept_host, upgraded_host = fleet.agent_address(0), fleet.agent_address(1)
     kept = client.create_container("kept", root=BOX, host=kept_host)
     kept_proc = client.exec(kept.uid, ["sleep", "100000"])
@@ -292,6 +264,7 @@ def test_upgrade_to_the_next_version_while_a_container_runs_on_the_other_host(
 def test_a_failed_dkms_build_stops_the_rollout_and_leaves_the_host_cordoned(
     fleet: SshFleet, client: Client, next_release: tuple[Path, str]
 ) -> None:
+    """Through the controller's RolloutService (StartRollout, WatchRollout, GetRollout) and the CLI."""
     source, _new = next_release
     broken, untouched = fleet.hosts[0], fleet.hosts[1]
     # host0 (still at N, first in the inventory, so the first batch) cannot build modules any more.
@@ -299,30 +272,68 @@ def test_a_failed_dkms_build_stops_the_rollout_and_leaves_the_host_cordoned(
         "mv /lib/modules/$(uname -r)/build /lib/modules/$(uname -r)/build.broken", timeout=60
     )
     assert rc == 0, out
-    run = fleet.playbook(
+    started = time.monotonic()
+    rollout = client.start_rollout(
         "upgrade.yml",
+        inventory=fleet.inventory_path.read_text(),
+        batch_size=1,
         extra_vars={
             "chital_source_dir": str(source),
-            "chital_upgrade_batch_size": 1,
-            "chital_upgrade_drain_grace": 2,
-            "chital_upgrade_drain_deadline": 120,
+            "chital_upgrade_drain_grace": "2",
+            "chital_upgrade_drain_deadline": "120",
         },
     )
-    assert run.returncode != 0, run.output[-6000:]
-    assert run.recap[broken.name]["failed"] == 1, run.output[-6000:]
-    assert "DKMS could not build chital" in run.output, run.output[-6000:]
-    # The rollout stopped at the failed batch: the second host was never touched.
-    assert untouched.name not in run.recap or run.recap[untouched.name]["changed"] == 0, run.output[-6000:]
+    assert rollout.state in (RolloutState.PENDING, RolloutState.RUNNING), rollout
+    events = list(client.watch_rollout(rollout.id, timeout=1800))
+    figure(
+        "upgrade.yml through the RolloutService, failing first batch (s)", f"{time.monotonic() - started:.0f}"
+    )
+    lines = "\n".join(f"{e.sequence} {e.type.name} [{e.host}] {e.task}: {e.message[:300]}" for e in events)
+
+    # The watch saw the failure on the broken host, and the rollout's end.
+    failures = [e for e in events if e.type is RolloutEventType.HOST_FAILED and e.host == broken.name]
+    assert any("DKMS could not build chital" in e.message for e in failures), lines[-6000:]
+    assert not any(
+        e.host == untouched.name and e.type is RolloutEventType.HOST_OK and e.changed for e in events
+    ), lines[-6000:]
+    assert events[-1].type in (RolloutEventType.STATE, RolloutEventType.STATS), lines[-2000:]
+
+    # The API: FAILED, the broken host FAILED with the build's reason, the other never reached.
+    final = client.get_rollout(rollout.id)
+    assert final.state is RolloutState.FAILED, final
+    by_name = {h.name: h for h in final.hosts}
+    assert by_name[broken.name].status is RolloutHostStatus.FAILED, final
+    assert "DKMS could not build chital" in by_name[broken.name].message, final
+    assert by_name[untouched.name].status is RolloutHostStatus.SKIPPED, final
+    assert by_name[untouched.name].changed == 0, final
+    assert broken.name in final.message, final
+
+    # The CLI shows the same, host by host.
+    proc = subprocess.run(
+        [str(BIN / "chital"), "rollout", "get", rollout.id],
+        env={**os.environ, "CHITAL_CONFIG": str(fleet.config_path), "COLUMNS": "2000", "NO_COLOR": "1"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines() if line.split()}
+    assert "FAILED" in rows[rollout.id], proc.stdout
+    assert "FAILED" in rows[broken.name].split() and "DKMS could not build chital" in rows[broken.name], (
+        proc.stdout
+    )
+    assert "SKIPPED" in rows[untouched.name].split(), proc.stdout
+
     hosts = {h.address: h for h in client.list_hosts()}
     assert hosts[fleet.agent_address(1)].state is HostState.READY
 
-    # The failed host's agent was stopped for the upgrade. Started again (the old version is still
-    # installed and loaded), it is healthy but stays cordoned (DRAINING: cordoned by the drain, which
-    # stopped its containers): nothing new is placed there.
+    # The failed host's agent was stopped for the upgrade. Started again (the old module is still
+    # loaded), it is healthy but stays cordoned (DRAINING: cordoned by the drain, which stopped its
+    # containers): nothing new is placed there.
     rc, out = broken.ssh("systemctl start chital-agent", timeout=120)
     assert rc == 0, out
     _wait_host(client, fleet.agent_address(0), {HostState.CORDONED, HostState.DRAINING})
-    rc, out = untouched.ssh(MAKE_ROOT, timeout=300)  # idempotent; the test may run without the upgrade test
-    assert rc == 0, out
+    fleet.make_busybox_roots()  # idempotent; the test may run without the upgrade test
     placed = client.create_container("after-failure", root=BOX)
     assert placed.host_id == hosts[fleet.agent_address(1)].id

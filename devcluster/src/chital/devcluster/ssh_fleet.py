@@ -50,11 +50,22 @@ from .vm import GuestError, free_port
 if TYPE_CHECKING:
     from chital.client import Client
 
-__all__ = ["ROOTS_DIR", "PlaybookRun", "SshFleet", "parse_recap"]
+__all__ = ["BUSYBOX_ROOT", "MAKE_BUSYBOX_ROOT", "ROOTS_DIR", "PlaybookRun", "SshFleet", "parse_recap"]
 
 #: Where containers' roots live on the guests (the agents' allowed root); the image ships
 #: busybox-static to make one from.
 ROOTS_DIR = "/srv/chital/roots"
+#: A container root of busybox-static on each guest (:meth:`SshFleet.make_busybox_roots`).
+BUSYBOX_ROOT = f"{ROOTS_DIR}/busybox"
+#: Makes :data:`BUSYBOX_ROOT` in a guest (what an operator prepares); idempotent.
+MAKE_BUSYBOX_ROOT = f"""set -e
+B={BUSYBOX_ROOT}
+mkdir -p $B/bin $B/dev $B/proc $B/tmp $B/etc
+[ -x $B/bin/busybox ] || cp /bin/busybox $B/bin/busybox
+for app in $($B/bin/busybox --list); do [ -e $B/bin/$app ] || ln -s busybox $B/bin/$app; done
+[ -e $B/dev/null ] || mknod -m 666 $B/dev/null c 1 3
+chmod 1777 $B/tmp
+"""
 
 _RECAP = re.compile(
     r"^(?P<host>\S+)\s*:\s*ok=(?P<ok>\d+)\s+changed=(?P<changed>\d+)\s+unreachable=(?P<unreachable>\d+)\s+"
@@ -146,6 +157,13 @@ class SshFleet:
 
     def agent_address(self, index: int) -> str:
         return f"127.0.0.1:{self.agent_ports[index]}"
+
+    def make_busybox_roots(self) -> None:
+        """Make :data:`BUSYBOX_ROOT` on every guest, over SSH (idempotent)."""
+        for vm in self.hosts:
+            rc, out = vm.ssh(MAKE_BUSYBOX_ROOT, timeout=300)
+            if rc != 0:
+                raise GuestError(f"{vm.name}: making {BUSYBOX_ROOT} failed (exit {rc}): {out.strip()}")
 
     def client(self, **kw: Any) -> Client:
         return self.client_config.client(**kw)
@@ -269,9 +287,19 @@ class SshFleet:
         }
 
     def write_inventory(self) -> Path:
-        tmp = self.inventory_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.inventory(), indent=2) + "\n")
-        tmp.replace(self.inventory_path)
+        """``inventory.yml`` (every guest) and ``inventory-<name>.yml`` (one guest each) in the workdir."""
+        assert self.workdir is not None
+        full = self.inventory()
+        files = {self.inventory_path: full}
+        for name in full["all"]["children"]["chital_agents"]["hosts"]:
+            one = json.loads(json.dumps(full))
+            agents = one["all"]["children"]["chital_agents"]["hosts"]
+            one["all"]["children"]["chital_agents"]["hosts"] = {name: agents[name]}
+            files[self.workdir / f"inventory-{name}.yml"] = one
+        for path, data in files.items():
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(data, indent=2) + "\n")
+            tmp.replace(path)
         return self.inventory_path
 
     def ansible_env(self) -> dict[str, str]:
@@ -362,6 +390,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--workdir", type=Path, help="PKI, SSH keys, inventory, controller state (default: a temp dir)"
     )
     parser.add_argument("--ready-file", type=Path, help="write the controller address here once ready")
+    parser.add_argument(
+        "--busybox-root",
+        action="store_true",
+        help=f"make a container root {BUSYBOX_ROOT} on each guest",
+    )
     args = parser.parse_args(argv)
     signals = StopSignals()
     kernel = find_kernel(args.kernel) if args.kernel else default_kernel()
@@ -373,6 +406,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"ssh-fleet: {exc}", file=sys.stderr)
         return 1
     try:
+        if args.busybox_root:
+            try:
+                fleet.make_busybox_roots()
+            except GuestError as exc:
+                print(f"ssh-fleet: {exc}", file=sys.stderr)
+                return 1
         print(f"ready in {time.monotonic() - started:.0f} s; controller {fleet.target}")
         for vm in fleet.hosts:
             print(
