@@ -884,7 +884,10 @@ def test_reconciler_resumes_interrupted_work(cluster: Cluster) -> None:
     pending, _ = store.create_container(
         "u-pending", "r-pending", ContainerSpec(name="half"), utc_now(), choose_host
     )
-    # As if it died mid stop, and mid exec.
+    # As if it died mid stop, and mid exec. The leader's follower of the event feed would hand a new
+    # STOPPING container to the operations driver at once; stopped first, the stop is left to the
+    # reconciler, as when the controller that recorded it died before any driver saw it.
+    cluster.controller.stop_follower.stop()
     running = create(cluster, "stopping")
     store.transition_container(running.uid, ContainerRecordState.STOPPING, now=utc_now())
     target = create(cluster, "execs")

@@ -379,12 +379,14 @@ class StopFollower:
             self._thread.join(timeout)
         if self._sub is not None:
             self._feed.unsubscribe(self._sub)
+            self._sub = None
 
     def _run(self) -> None:
-        assert self._sub is not None
+        sub = self._sub
+        assert sub is not None
         while not self._stop.is_set():
-            self._sub.event.wait(1.0)
-            self._sub.event.clear()
+            sub.event.wait(1.0)
+            sub.event.clear()
             if self._stop.is_set():
                 return
             try:
