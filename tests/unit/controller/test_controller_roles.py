@@ -177,6 +177,102 @@ def test_last_used_is_written_at_most_once_an_interval(engine: sa.Engine) -> Non
     assert tokens.get(record.id).last_used_at == first
 
 
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _reads(engine: sa.Engine) -> list[str]:
+    """Collects the SELECTs on the tokens table made through ``engine`` from now on."""
+    seen: list[str] = []
+
+    def on_execute(conn: object, cursor: object, statement: str, *args: object) -> None:
+        if statement.lstrip().upper().startswith("SELECT") and "tokens" in statement:
+            seen.append(statement)
+
+    sa.event.listen(engine, "before_cursor_execute", on_execute)
+    return seen
+
+
+def test_a_verified_token_is_cached_and_a_revocation_in_process_is_seen_at_once(engine: sa.Engine) -> None:
+    tokens = Tokens(engine, Clock(), monotonic=Monotonic())
+    bearer, record = tokens.create("ci", "operator", None, "t")
+    reads = _reads(engine)
+    assert tokens.verify(bearer).id == record.id
+    assert tokens.verify(bearer).id == record.id
+    assert len(reads) == 1  # the second call was served from the cache
+    # The cache never holds the token string, only its hash.
+    assert bearer not in repr(tokens.verified._entries)
+    tokens.revoke(record.id)
+    with pytest.raises(InvalidToken, match=r"^token revoked$"):
+        tokens.verify(bearer)
+    assert len(tokens.verified) == 0
+
+
+def test_a_cached_token_still_expires_exactly(engine: sa.Engine) -> None:
+    clock = Clock()
+    tokens = Tokens(engine, clock, monotonic=Monotonic())
+    bearer, _ = tokens.create("short", "viewer", 60, "t")
+    tokens.verify(bearer)
+    clock.now += timedelta(seconds=59, microseconds=999_999)
+    tokens.verify(bearer)
+    clock.now += timedelta(microseconds=1)
+    with pytest.raises(InvalidToken, match=r"^token expired$"):
+        tokens.verify(bearer)
+
+
+def test_a_revocation_elsewhere_is_seen_within_the_ttl(engine: sa.Engine) -> None:
+    """Another controller (another Tokens on the same database) revokes: this one trusts its cache
+    for at most ``cache_ttl`` seconds."""
+    mono = Monotonic()
+    here = Tokens(engine, Clock(), monotonic=mono, cache_ttl=5.0)
+    elsewhere = Tokens(engine, Clock())
+    bearer, record = here.create("ci", "operator", None, "t")
+    here.verify(bearer)
+    elsewhere.revoke(record.id)
+    mono.now += 4.9
+    assert here.verify(bearer).id == record.id
+    mono.now += 0.1
+    with pytest.raises(InvalidToken, match=r"^token revoked$"):
+        here.verify(bearer)
+
+
+def test_a_wrong_secret_is_not_served_from_the_cache(engine: sa.Engine) -> None:
+    tokens = Tokens(engine, Clock(), monotonic=Monotonic())
+    bearer, _ = tokens.create("ci", "operator", None, "t")
+    tokens.verify(bearer)
+    wrong = bearer[:-1] + ("A" if bearer[-1] != "A" else "B")
+    with pytest.raises(InvalidToken, match=r"^invalid token$"):
+        tokens.verify(wrong)
+
+
+def test_the_cache_is_bounded(engine: sa.Engine) -> None:
+    tokens = Tokens(engine, Clock(), monotonic=Monotonic(), cache_size=3)
+    bearers = [tokens.create(f"t{i}", "viewer", None, "t")[0] for i in range(5)]
+    for bearer in bearers:
+        tokens.verify(bearer)
+    assert len(tokens.verified) == 3
+    reads = _reads(engine)
+    tokens.verify(bearers[-1])  # recent: cached
+    assert not reads
+    tokens.verify(bearers[0])  # evicted: read again
+    assert len(reads) == 1
+
+
+def test_a_verify_that_raced_a_revocation_does_not_cache_its_stale_read(engine: sa.Engine) -> None:
+    tokens = Tokens(engine, Clock(), monotonic=Monotonic())
+    bearer, record = tokens.create("ci", "operator", None, "t")
+    generation = tokens.verified.generation()
+    stale = tokens.get(record.id)
+    tokens.revoke(record.id)
+    tokens.verified.put(hashlib.sha256(bearer.encode()).hexdigest(), stale, generation, 1000.0)
+    with pytest.raises(InvalidToken, match=r"^token revoked$"):
+        tokens.verify(bearer)
+
+
 def test_create_token_needs_the_schema(tmp_path: Path) -> None:
     with pytest.raises(FailedPrecondition, match="db upgrade"):
         create_token(f"sqlite:///{tmp_path / 'empty.db'}", name="admin")

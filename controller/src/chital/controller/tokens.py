@@ -7,6 +7,12 @@ string is returned once, at creation.
 
 :meth:`Tokens.verify` tells "token expired" and "token revoked" apart only once the secret matched,
 so a caller without the secret learns nothing about a token id.
+
+Verified tokens are cached in memory for a few seconds (:class:`VerifiedCache`), so that a call
+does not read the database to check its token: keyed by the SHA-256 of the whole token string
+(never the string itself), bounded in size, and dropped at once when this process revokes the
+token. Expiry is checked on every call against the cached expiry time. A revocation made by
+another controller sharing the database takes effect here within ``cache_ttl`` seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import re
 import secrets
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -61,6 +68,9 @@ log = logging.getLogger("chital.controller.audit")
 
 # last_used_at is written at most this often per token and controller (seconds).
 LAST_USED_INTERVAL = 60.0
+# How long a verified token is trusted without reading its row again (seconds), and how many are.
+VERIFIED_TTL = 5.0
+VERIFIED_SIZE = 1024
 MAX_DETAIL = 1024
 
 
@@ -138,8 +148,71 @@ def validate_token_request(name: str, role: str, ttl_seconds: float | None) -> N
         raise InvalidArgument("ttl_seconds must be positive and at most 100 years (0: no expiry)")
 
 
+class VerifiedCache:
+    """Tokens verified recently, by the SHA-256 of the token string. Thread-safe.
+
+    At most ``size`` entries (the least recently used goes first); an entry is trusted for ``ttl``
+    seconds after the database read that verified it. :meth:`drop` removes a token's entries and
+    makes a verification that read the database before the drop unable to add its (stale) result.
+    """
+
+    def __init__(self, ttl: float, size: int, monotonic: Callable[[], float] = time.monotonic) -> None:
+        self.ttl = ttl
+        self.size = size
+        self._monotonic = monotonic
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[str, tuple[TokenRecord, float]] = OrderedDict()
+        self._generation = 0  # bumped by every drop
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def generation(self) -> int:
+        """Pass to :meth:`put`: a drop in between makes the put a no-op."""
+        with self._lock:
+            return self._generation
+
+    def get(self, key: str) -> TokenRecord | None:
+        """The record verified under ``key`` less than ``ttl`` seconds ago, or None."""
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                return None
+            record, at = entry
+            if self._monotonic() - at >= self.ttl:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return record
+
+    def put(self, key: str, record: TokenRecord, generation: int, at: float) -> None:
+        """Remember ``record``, read from the database at monotonic time ``at``, unless a drop came
+        after :meth:`generation` returned ``generation``."""
+        if self.ttl <= 0 or self.size <= 0:
+            return
+        with self._lock:
+            if generation != self._generation:
+                return
+            self._entries[key] = (record, at)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.size:
+                self._entries.popitem(last=False)
+
+    def drop(self, token_id: str) -> None:
+        """Forget every entry of the token ``token_id`` (it was revoked)."""
+        with self._lock:
+            self._generation += 1
+            for key in [k for k, (r, _) in self._entries.items() if r.id == token_id]:
+                del self._entries[key]
+
+
 class Tokens:
-    """Create, list, revoke and verify tokens. Thread-safe."""
+    """Create, list, revoke and verify tokens. Thread-safe.
+
+    :meth:`verify` trusts a token it verified less than ``cache_ttl`` seconds ago without reading
+    the database (``cache_ttl=0`` reads it on every call); see the module docstring.
+    """
 
     def __init__(
         self,
@@ -147,8 +220,13 @@ class Tokens:
         clock: Callable[[], datetime] = _utc_now,
         *,
         last_used_interval: float = LAST_USED_INTERVAL,
+        cache_ttl: float = VERIFIED_TTL,
+        cache_size: int = VERIFIED_SIZE,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._engine = engine
+        self._monotonic = monotonic
+        self.verified = VerifiedCache(cache_ttl, cache_size, monotonic)
         self._read = engine.execution_options(**{db.READONLY_OPTION: True})
         self._clock = clock
         self._last_used_interval = last_used_interval
@@ -211,11 +289,26 @@ class Tokens:
                 raise NotFound(f"token {token_id} not found")
             if row.revoked_at is None:
                 row.revoked_at = self._clock()
-            return _record(row)
+            record = _record(row)
+        # After the commit: a verify that reads the row from now on sees the revocation, and one
+        # that read it before cannot cache what it read (the generation changed).
+        self.verified.drop(token_id)
+        return record
 
     def verify(self, token: str) -> TokenRecord:
         """The record of a usable token; InvalidToken says why not."""
         token_id, secret = _parse(token)
+        key = _sha256(token)
+        cached = self.verified.get(key)
+        if cached is not None:
+            # The secret matched when it was cached (the key covers it); expiry is checked now.
+            state = cached.state(self._clock())
+            if state != "active":
+                raise InvalidToken(f"token {state}")
+            self._touch(cached.id)
+            return cached
+        generation = self.verified.generation()
+        read_at = self._monotonic()
         with Session(self._read) as session:
             row = session.get(TokenRow, token_id)
             record = None if row is None else _record(row)
@@ -226,13 +319,14 @@ class Tokens:
         state = record.state(self._clock())
         if state != "active":
             raise InvalidToken(f"token {state}")
+        self.verified.put(key, record, generation, read_at)
         self._touch(record.id)
         return record
 
     def _touch(self, token_id: str) -> None:
         """Record the use, at most once per interval (a write per call would serialize every call
         on SQLite's write lock)."""
-        now = time.monotonic()
+        now = self._monotonic()
         with self._lock:
             last = self._last_used.get(token_id)
             if last is not None and now - last < self._last_used_interval:
