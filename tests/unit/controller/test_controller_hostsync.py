@@ -93,7 +93,15 @@ def pool() -> FakePool:
 
 @pytest.fixture
 def syncer(store: Store, pool: FakePool, clock: Clock) -> Iterator[HostSyncer]:
-    s = HostSyncer(store, pool, clock, metrics=ControllerMetrics(), min_interval=0.0)  # type: ignore[arg-type]
+    s = HostSyncer(
+        store,
+        pool,  # type: ignore[arg-type]
+        clock,
+        metrics=ControllerMetrics(),
+        min_interval=0.0,
+        settle=0.0,
+        max_share=1.0,
+    )
     yield s
     s.stop()
 
@@ -241,6 +249,59 @@ def test_syncs_run_on_reconnection_and_when_the_state_hash_changes(
     assert syncer.wait_idle(10) and agent.syncs == 4
     syncer.request("h1", "a:1")  # EVENTS_DROPPED
     assert syncer.wait_idle(10) and agent.syncs == 5
+
+
+class Monotonic:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_burst_of_state_hash_changes_causes_a_bounded_number_of_syncs(
+    store: Store, pool: FakePool, clock: Clock
+) -> None:
+    """A create changes the agent's state hash: 500 changes over 5 s (a burst of creates) are
+    synced a few times, not 500; the last hash is synced once the burst ends; a reconnection and
+    EVENTS_DROPPED are not delayed."""
+    mono = Monotonic()
+    syncer = HostSyncer(
+        store,
+        pool,  # type: ignore[arg-type]
+        clock,
+        metrics=ControllerMetrics(),
+        min_interval=2.0,
+        settle=0.5,
+        monotonic=mono,
+    )
+    try:
+        ready_host(store, "h1", "a:1")
+        host = store.get_host("h1")
+        agent = pool.get("a:1")
+        syncer.observe(host, AgentInfoRecord(boot_id="b1", state_hash="s0"))
+        assert syncer.wait_idle(10) and agent.syncs == 1
+        for i in range(1, 501):
+            mono.now += 0.01
+            syncer.observe(host, AgentInfoRecord(boot_id="b1", state_hash=f"s{i}"))
+            assert syncer.wait_idle(10)
+        # One sync per min_interval at most: 5 s of changes after the first sync.
+        assert 1 < agent.syncs <= 1 + 3
+        during = agent.syncs
+        mono.now += 2.5  # the burst is over: its last hash is synced at the next check
+        last = AgentInfoRecord(boot_id="b1", state_hash="s500")
+        syncer.observe(host, last)
+        assert syncer.wait_idle(10) and agent.syncs == during + 1
+        syncer.observe(host, last)  # nothing changed since
+        assert syncer.wait_idle(10) and agent.syncs == during + 1
+        syncer.observe(host, AgentInfoRecord(boot_id="b1", state_hash="s501"))  # too soon: waits
+        assert syncer.wait_idle(10) and agent.syncs == during + 1
+        syncer.observe(host, AgentInfoRecord(boot_id="b2", state_hash="s501"))  # a new boot: now
+        assert syncer.wait_idle(10) and agent.syncs == during + 2
+        syncer.request("h1", "a:1")  # EVENTS_DROPPED: now
+        assert syncer.wait_idle(10) and agent.syncs == during + 3
+    finally:
+        syncer.stop()
 
 
 def test_the_event_stream_acts_on_dropped_denied_and_empty_events(store: Store, pool: FakePool) -> None:
