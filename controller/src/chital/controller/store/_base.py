@@ -124,8 +124,9 @@ UNSTOPPED_STATES = (
 class _Changes:
     events: int = 0
     process_uids: set[str] = field(default_factory=set)
-    # The event rows of the transaction, inserted at its end (see StoreBase._write).
-    rows: list[EventRow] = field(default_factory=list)
+    # The event rows of the transaction (column values), inserted at its end in one statement
+    # (see StoreBase._write).
+    rows: list[dict[str, Any]] = field(default_factory=list)
 
 
 class ConflictError(Unavailable):
@@ -261,21 +262,21 @@ class StoreBase:
         now: datetime,
     ) -> None:
         if isinstance(record, ContainerRecord):
-            row = EventRow(
-                type=EventRecordType.CONTAINER.value,
-                container_uid=record.uid,
-                process_uid="",
-                data=to_json(record),
-                time=now,
-            )
+            row: dict[str, Any] = {
+                "type": EventRecordType.CONTAINER.value,
+                "container_uid": record.uid,
+                "process_uid": "",
+                "data": to_json(record),
+                "time": now,
+            }
         else:
-            row = EventRow(
-                type=EventRecordType.PROCESS.value,
-                container_uid=record.container_uid,
-                process_uid=record.uid,
-                data=to_json(record),
-                time=now,
-            )
+            row = {
+                "type": EventRecordType.PROCESS.value,
+                "container_uid": record.container_uid,
+                "process_uid": record.uid,
+                "data": to_json(record),
+                "time": now,
+            }
             changes.process_uids.add(record.uid)
         changes.rows.append(row)
         changes.events += 1
@@ -283,14 +284,17 @@ class StoreBase:
     def _append_events(self, session: Session, changes: _Changes) -> None:
         """Insert the transaction's event rows: the last thing it does before its commit. On
         PostgreSQL, under the events lock (held until the commit), so revisions are given out in
-        commit order. SQLite commits one writer at a time anyway."""
+        commit order. SQLite commits one writer at a time anyway.
+
+        One Core executemany, not an ORM object per row: the rows are never read back, and the
+        unit of work cost more than the insert itself. The rows are inserted in the order they
+        were appended, so their revisions follow that order."""
         if not changes.rows:
             return
         session.flush()  # the transaction's own row changes first: no row lock is taken below
         if self._postgres:
             session.execute(sa.select(sa.func.pg_advisory_xact_lock(EVENTS_LOCK_KEY)))
-        session.add_all(changes.rows)
-        session.flush()
+        session.execute(sa.insert(EventRow.metadata.tables[EventRow.__tablename__]), changes.rows)
         changes.rows = []
 
     @staticmethod
