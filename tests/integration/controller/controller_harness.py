@@ -134,7 +134,9 @@ def running_cluster(
         database_url=database_url,
         migrate=True,
         port_file=str(state_dir / "port"),
-        health=HealthConfig(interval=0.2, not_ready_after=1.0, lost_after=30.0),
+        # Quick beats; 2 s of silence before NOT_READY (1.5 s for a host just registered to open its
+        # stream): 1 s flagged a host NOT_READY at its registration on a loaded machine.
+        health=HealthConfig(interval=0.2, not_ready_after=2.0, lost_after=30.0),
         agent_timeout=2.0,
         metrics_listen="127.0.0.1:0" if metrics else "",
         allowed_roots=allowed_roots,

