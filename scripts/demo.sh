@@ -77,7 +77,7 @@ export CHITAL_CONFIG="$work/fleet/client/config.toml"
 
 # An agent host's address (HOST:PORT, as the controller dials it) from the fleet's inventory.
 agent_address() {
-    python3 -c 'import json,sys; h=json.load(open(sys.argv[1]))["all"]["children"]["chital_agents"]["hosts"][sys.argv[2]]; print(f"{h[\"chital_agent_address\"]}:{h[\"chital_agent_port\"]}")' \
+    python3 -c 'import json,sys; h=json.load(open(sys.argv[1]))["all"]["children"]["chital_agents"]["hosts"][sys.argv[2]]; print("%s:%s" % (h["chital_agent_address"], h["chital_agent_port"]))' \
         "$work/fleet/inventory.yml" "$1"
 }
 
@@ -164,7 +164,7 @@ if [ "$mode" = rollout ]; then
     show chital rollout start upgrade.yml -i "$work/fleet/inventory-host1.yml" "${kmod_vars[@]}" \
         -e chital_source_dir="$work/release/chital" -e chital_upgrade_drain_grace=2 \
         || fail "the rolling upgrade did not succeed"
-    show chital hosts ls --wide
+    show chital hosts ls -o wide
     show chital ls
     running=$(chital ps kept -o json | python3 -c 'import json,sys; print(sum(p["state"] == "RUNNING" for p in json.load(sys.stdin)))')
     [ "$running" = 1 ] || fail "the process in the container on host0 did not keep running"
