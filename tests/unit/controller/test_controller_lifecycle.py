@@ -71,9 +71,11 @@ def test_created_and_running_follow_the_running_processes() -> None:
 
 
 def test_a_lost_host_loses_what_it_may_hold() -> None:
-    assert set(lifecycle.LOST_WITH_HOST) == {C.PENDING, C.CREATED, C.RUNNING, C.STOPPING, C.STOPPED}
+    assert set(lifecycle.LOST_WITH_HOST) == {C.PENDING, C.CREATED, C.RUNNING, C.STOPPING}
     for state in lifecycle.LOST_WITH_HOST:
         assert lifecycle.can_container(state, C.LOST)
+    # A stopped container was destroyed on its host: the host's loss leaves its outcome as it was.
+    assert not lifecycle.can_container(C.STOPPED, C.LOST)
 
 
 @pytest.mark.parametrize(

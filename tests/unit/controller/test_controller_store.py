@@ -130,6 +130,23 @@ def test_lost_host_loses_its_containers(store: Store) -> None:
     assert host.container_count == 0
 
 
+def test_a_lost_host_leaves_its_stopped_containers_stopped(store: Store) -> None:
+    """A drain (or a stop) destroyed them on the host before it went away: an upgrade that keeps
+    the drained host's agent down past lost_after must not turn them LOST (a stop of LOST is
+    refused, and a restart policy would place them again)."""
+    ready_host(store)
+    new_container(store, "c1", "a")
+    store.finish_create("c1", True, "", at(2))
+    store.request_stop("c1", at(3), at(3))
+    assert store.finish_stop("c1", at(4)).state is ContainerRecordState.STOPPED
+    new_container(store, "c2", "b")
+    store.finish_create("c2", True, "", at(5))
+    store.record_health("h1", HostHealth.LOST, at(100), message="gone")
+    assert store.get_container("c1").state is ContainerRecordState.STOPPED
+    assert store.get_container("c2").state is ContainerRecordState.LOST
+    assert store.request_stop("c1", at(101), at(101)).state is ContainerRecordState.STOPPED
+
+
 def test_remove_host_needs_force_with_containers(store: Store) -> None:
     ready_host(store)
     new_container(store, "c1", "a")

@@ -115,7 +115,6 @@ CONTAINER_TRANSITIONS: tuple[Transition, ...] = (
     Transition(C.STOPPING, C.STOPPED, "the agent destroyed it"),
     Transition(C.STOPPING, C.LOST, "its host was lost during the stop"),
     Transition(C.STOPPING, C.DELETED, "delete"),
-    Transition(C.STOPPED, C.LOST, "its host was lost"),
     Transition(C.STOPPED, C.DELETED, "delete"),
     Transition(C.FAILED, C.PENDING, "its restart policy places it again"),
     Transition(C.FAILED, C.DELETED, "delete"),
@@ -161,7 +160,10 @@ _HEALTH = _allowed(HOST_HEALTH_TRANSITIONS)
 _ADMIN = _allowed(HOST_ADMIN_TRANSITIONS)
 
 #: States in which the container exists (or may exist) on its host: a loss of the host makes them LOST.
-LOST_WITH_HOST: tuple[ContainerRecordState, ...] = (C.PENDING, C.CREATED, C.RUNNING, C.STOPPING, C.STOPPED)
+#: A STOPPED container is not among them: its stop destroyed it on the host, so nothing of it is
+#: there to lose, and its outcome (stopped by a user or a drain) stays known. Were it LOST, a
+#: restart policy could place again a container that someone stopped.
+LOST_WITH_HOST: tuple[ContainerRecordState, ...] = (C.PENDING, C.CREATED, C.RUNNING, C.STOPPING)
 #: States in which the agent must have the container (a Sync that lacks it means the agent lost it).
 ON_HOST: tuple[ContainerRecordState, ...] = (C.CREATED, C.RUNNING)
 
