@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -78,6 +78,7 @@ from chital.controller.records import (
     PLACED_STATES,
     AdminState,
     AgentInfoRecord,
+    Candidate,
     ContainerRecord,
     ContainerRecordState,
     DrainRecord,
@@ -118,6 +119,23 @@ UNSTOPPED_STATES = (
     ContainerRecordState.RUNNING.value,
     ContainerRecordState.STOPPING.value,
 )
+
+
+class _PlacementHost(Protocol):
+    """What placement reads of a host: a :class:`HostRow`, or the columns of one."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def address(self) -> str: ...
+    @property
+    def state(self) -> str: ...
+    @property
+    def admin_state(self) -> str: ...
+    @property
+    def max_containers(self) -> int: ...
+    @property
+    def created(self) -> datetime: ...
 
 
 @dataclass
@@ -307,6 +325,22 @@ class StoreBase:
             .group_by(ContainerRow.host_id)
         ).all()
         return {str(host_id): int(count) for host_id, count in rows}
+
+    @staticmethod
+    def _candidates(hosts: Sequence[_PlacementHost], counts: dict[str, int]) -> list[Candidate]:
+        """What placement chooses among: each host with its placed containers (``counts``, from
+        :meth:`_count_placed`); schedulable when READY and not cordoned or draining."""
+        return [
+            Candidate(
+                host_id=h.id,
+                address=h.address,
+                schedulable=h.state == HostHealth.READY.value and h.admin_state == AdminState.ACTIVE.value,
+                max_containers=h.max_containers,
+                container_count=counts.get(h.id, 0),
+                created=h.created,
+            )
+            for h in hosts
+        ]
 
     @staticmethod
     def _host_record(row: HostRow, container_count: int, unstopped: int = 0) -> HostRecord:

@@ -15,12 +15,10 @@ from chital.controller.models import (
     HostRow,
 )
 from chital.controller.records import (
-    AdminState,
     Candidate,
     ContainerRecord,
     ContainerRecordState,
     ContainerSpec,
-    HostHealth,
 )
 from chital.controller.store._base import StoreBase, _locking, retry_conflicts
 from chital.controller.store.paging import Cursor
@@ -169,19 +167,7 @@ class ContainerStore(StoreBase):
                 else:
                     hosts = list(session.scalars(_locking(sa.select(HostRow).order_by(HostRow.id))))
                 counts = self._count_placed(session, [h.id for h in hosts])
-                candidates = [
-                    Candidate(
-                        host_id=h.id,
-                        address=h.address,
-                        schedulable=h.state == HostHealth.READY.value
-                        and h.admin_state == AdminState.ACTIVE.value,
-                        max_containers=h.max_containers,
-                        container_count=counts.get(h.id, 0),
-                        created=h.created,
-                    )
-                    for h in hosts
-                ]
-                host_id = choose_host(candidates)
+                host_id = choose_host(self._candidates(hosts, counts))
                 row = ContainerRow(
                     uid=uid,
                     name=spec.name,
@@ -393,20 +379,7 @@ class ContainerStore(StoreBase):
             lifecycle.check_container(row.name, ContainerRecordState(row.state), ContainerRecordState.PENDING)
             hosts = [h for h in locked if h.id != (row.host_id or "")]
             counts = self._count_placed(session, [h.id for h in hosts])
-            host_id = choose_host(
-                [
-                    Candidate(
-                        host_id=h.id,
-                        address=h.address,
-                        schedulable=h.state == HostHealth.READY.value
-                        and h.admin_state == AdminState.ACTIVE.value,
-                        max_containers=h.max_containers,
-                        container_count=counts.get(h.id, 0),
-                        created=h.created,
-                    )
-                    for h in hosts
-                ]
-            )
+            host_id = choose_host(self._candidates(hosts, counts))
             row.host_id = host_id
             row.restart_count += 1
             row.restart_at = None

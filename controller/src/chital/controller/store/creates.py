@@ -32,14 +32,12 @@ from sqlalchemy.orm import Session
 from chital.controller import lifecycle
 from chital.controller.models import ContainerRow, HostRow
 from chital.controller.records import (
-    AdminState,
     Candidate,
     ContainerRecord,
     ContainerRecordState,
     ContainerSpec,
-    HostHealth,
 )
-from chital.controller.store._base import StoreBase, _Changes, _chunks
+from chital.controller.store._base import StoreBase, _Changes, _chunks, _locking
 from chital.errdefs import AlreadyExists, ChitalError, NotFound, Unavailable
 
 __all__ = ["CreateOutcome", "CreateStore", "FinishCreate", "PlaceIntent"]
@@ -188,20 +186,8 @@ class CreateStore(StoreBase):
                 candidates_of = pinned
             else:
                 candidates_of = by_created
-            candidates = [
-                Candidate(
-                    host_id=h.id,
-                    address=h.address,
-                    schedulable=h.state == HostHealth.READY.value
-                    and h.admin_state == AdminState.ACTIVE.value,
-                    max_containers=h.max_containers,
-                    container_count=counts.get(h.id, 0),
-                    created=h.created,
-                )
-                for h in candidates_of
-            ]
             try:
-                host_id = it.choose_host(candidates)
+                host_id = it.choose_host(self._candidates(candidates_of, counts))
             except ChitalError as exc:
                 outcomes[index] = exc
                 continue
@@ -304,14 +290,12 @@ class CreateStore(StoreBase):
     @staticmethod
     def _lock_placement_hosts(session: Session, intents: list[tuple[int, PlaceIntent]]) -> dict[str, _Host]:
         """Lock the hosts the placements may choose among, in id order (the store's lock order):
-        all of them, or only the pinned ones when every intent pins its host. FOR UPDATE
-        serialises placements on PostgreSQL; SQLite's BEGIN IMMEDIATE already does."""
+        all of them, or only the pinned ones when every intent pins its host. The row locks (FOR NO
+        KEY UPDATE, as every writer takes them) serialise placements on PostgreSQL; SQLite's BEGIN
+        IMMEDIATE already does."""
         c = HostRow.__table__.c
-        stmt = (
-            sa.select(c.id, c.address, c.state, c.admin_state, c.max_containers, c.created)
-            .order_by(c.id)
-            .with_for_update()
-        )
+        columns = (c.id, c.address, c.state, c.admin_state, c.max_containers, c.created)
+        stmt = _locking(sa.select(*columns).order_by(c.id))
         refs = {it.spec.host for _, it in intents}
         if "" not in refs:
             stmt = stmt.where(sa.or_(c.id.in_(refs), c.address.in_(refs)))
@@ -328,13 +312,8 @@ class CreateStore(StoreBase):
     ) -> None:
         rows: dict[str, ContainerRow] = {}
         for chunk in _chunks(sorted({it.uid for _, it in finishes})):
-            stmt = (
-                sa.select(ContainerRow)
-                .where(ContainerRow.uid.in_(chunk))
-                .order_by(ContainerRow.uid)
-                .with_for_update()
-                .execution_options(populate_existing=True)
-            )
+            stmt = sa.select(ContainerRow).where(ContainerRow.uid.in_(chunk)).order_by(ContainerRow.uid)
+            stmt = _locking(stmt)
             rows.update((r.uid, r) for r in session.scalars(stmt))
         changed: dict[str, datetime] = {}
         known: dict[str, str] = {}  # host id -> address, as the callers know them
