@@ -3,10 +3,13 @@
 - :class:`ChangeNotifier` wakes in-process waiters after commits: WaitProcess registers on a process
   uid, Watch on the whole stream. Waiters also poll the database (every ``poll_interval``), so a
   change committed by another controller replica is seen too, only later.
-- :class:`EventIngestor` runs one thread per READY host that consumes the agent's StreamEvents from
-  the last sequence number applied (stored on the host row, in the same transaction as the effects of
-  each event, so every event is applied exactly once). It reconnects with exponential backoff while the
-  host stays READY and exits when it is not; the health monitor starts it again on READY.
+- :class:`EventIngestor` consumes every READY host's StreamEvents from the last sequence number
+  applied (stored on the host row, in the same transaction as the effects of the events, so every
+  event is applied exactly once). The streams are read on one asyncio event loop (an idle stream
+  costs a coroutine, not a thread); a small pool of threads (``workers``, 4) applies what a stream
+  brought, in order, one transaction for all the events that arrived while the previous ones were
+  being written (at most ``max_batch``). A stream reconnects with exponential backoff while the host
+  stays READY and ends when it is not; the health monitor starts it again on READY.
   Beyond process starts and exits: EVENTS_DROPPED (the kernel's queue lost events) makes the
   host's reconciler sync it at once, so the exits it lost are read from the agent's Sync;
   SYSCALL_DENIED adds its count to ``chital_controller_denied_syscalls_total``; CONTAINER_EMPTY
@@ -16,15 +19,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import grpc
 
+from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.agents import AgentPool, event_from_pb
+from chital.controller.aioloop import LoopThread
 from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
 from chital.controller.records import AgentEventRecord, HostHealth
@@ -82,8 +91,22 @@ class ChangeNotifier:
             self._watchers.discard(ev)
 
 
+@dataclass
+class _Stream:
+    """One host's event stream (its fields are touched on the event loop only, but ``future``)."""
+
+    host_id: str
+    address: str
+    future: concurrent.futures.Future[None] | None = None  # the coroutine consuming the stream
+    call: Any = None  # the grpc.aio call open now
+
+    def cancel_call(self) -> None:
+        if self.call is not None:
+            self.call.cancel()
+
+
 class EventIngestor:
-    """One StreamEvents consumer thread per READY host."""
+    """Every READY host's StreamEvents, read on one event loop and applied by a pool of threads."""
 
     def __init__(
         self,
@@ -92,15 +115,21 @@ class EventIngestor:
         clock: Callable[[], datetime],
         max_backoff: float = 2.0,
         metrics: ControllerMetrics | None = None,
+        *,
+        workers: int = 4,
+        max_batch: int = 256,
     ) -> None:
         self._store = store
         self._pool = pool
         self._clock = clock
         self._max_backoff = max_backoff
         self._metrics = metrics or ControllerMetrics()
-        self._lock = threading.Lock()
-        self._threads: dict[str, threading.Thread] = {}
-        self._calls: dict[str, Any] = {}
+        self._workers = workers
+        self._max_batch = max_batch
+        self._lock = threading.Lock()  # guards _streams, _loop, _db
+        self._streams: dict[str, _Stream] = {}
+        self._loop: LoopThread | None = None
+        self._db: ThreadPoolExecutor | None = None
         self._stopping = threading.Event()
         #: Syncs a host whose agent reports EVENTS_DROPPED.
         self.syncer: HostSyncer | None = None
@@ -111,93 +140,147 @@ class EventIngestor:
         self.active = True
 
     def ensure(self, host_id: str, address: str) -> None:
-        """Run a consumer for the host unless one runs already."""
+        """Consume the host's stream unless that is being done already (from any thread)."""
         with self._lock:
             if self._stopping.is_set() or not self.active:
                 return
-            thread = self._threads.get(host_id)
-            if thread is not None and thread.is_alive():
+            stream = self._streams.get(host_id)
+            if stream is not None and stream.future is not None and not stream.future.done():
                 return
-            thread = threading.Thread(
-                target=self._run, args=(host_id, address), name=f"events-{address}", daemon=True
-            )
-            self._threads[host_id] = thread
-            thread.start()
+            if self._loop is None or self._db is None:
+                self._loop = LoopThread("events")
+                self._db = ThreadPoolExecutor(self._workers, thread_name_prefix="events-apply")
+            stream = _Stream(host_id, address)
+            self._streams[host_id] = stream
+            stream.future = self._loop.submit(self._run(stream, self._db))
 
     def active_streams(self) -> int:
         """How many hosts' event streams are being consumed."""
         with self._lock:
-            return sum(1 for t in self._threads.values() if t.is_alive())
+            return sum(1 for s in self._streams.values() if s.future is not None and not s.future.done())
 
     def restart(self, host_id: str) -> None:
         """Reopen the host's stream (the agent restarted: its cursor changed)."""
         with self._lock:
-            call = self._calls.get(host_id)
-        if call is not None:
-            call.cancel()
+            stream, loop = self._streams.get(host_id), self._loop
+        if stream is not None and loop is not None:
+            loop.call(stream.cancel_call)
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Cancel every stream and wait for the threads."""
+        """Cancel every stream and wait for them; final."""
         self._stopping.set()
         with self._lock:
-            calls = list(self._calls.values())
-            threads = list(self._threads.values())
-        for call in calls:
-            call.cancel()
-        for thread in threads:
-            thread.join(timeout)
+            loop, self._loop = self._loop, None
+            db, self._db = self._db, None
+        if loop is not None:
+            loop.close(timeout)
+        if db is not None:
+            db.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self, host_id: str, address: str) -> None:
+    # -- on the event loop ------------------------------------------------------------------
+
+    async def _run(self, stream: _Stream, db: ThreadPoolExecutor) -> None:
+        """Consume the host's stream from the stored cursor, again after every end, while the
+        host is READY (the monitor starts it again on READY)."""
+        loop = asyncio.get_running_loop()
         backoff = 0.1
-        client = self._pool.get(address)
-        while not self._stopping.is_set():
-            try:
-                boot_id, seq = self._store.host_event_cursor(host_id)
-            except NotFound:
-                return
-            except Exception:  # the database is away: wait and try again
-                log.warning("reading the event cursor of %s failed", address, exc_info=True)
-                if self._stopping.wait(self._max_backoff):
+        channel: grpc.aio.Channel | None = None
+        try:
+            while not self._stopping.is_set():
+                try:
+                    cursor = await loop.run_in_executor(db, self._store.host_event_cursor, stream.host_id)
+                    if channel is None:
+                        channel = self._pool.aio_channel(stream.address)
+                except NotFound:
                     return
-                continue
-            applied = self._consume(host_id, address, client.stream_events(seq), boot_id)
-            if applied is None:
-                return
-            if applied:
-                backoff = 0.1
-            if self._stopping.wait(backoff):
-                return
-            backoff = min(backoff * 2, self._max_backoff)
-            if not self._still_ready(host_id, address):
-                return  # the monitor starts a consumer again when the host is READY
+                except Exception:  # the database is away, or the pool refuses: wait, try again
+                    log.warning("opening the event stream of %s failed", stream.address, exc_info=True)
+                    await asyncio.sleep(self._max_backoff)
+                    continue
+                applied = await self._consume(stream, channel, db, *cursor)
+                if applied is None:
+                    return
+                if applied:
+                    backoff = 0.1
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self._max_backoff)
+                if not await loop.run_in_executor(db, self._still_ready, stream.host_id, stream.address):
+                    return
+        finally:
+            if channel is not None:
+                await channel.close()
 
-    def _consume(self, host_id: str, address: str, call: Any, boot_id: str) -> bool | None:
-        """Apply the stream's events until it ends. Returns whether any event was applied, or
-        None when the host is gone."""
-        applied = False
-        with self._lock:
-            self._calls[host_id] = call
+    async def _consume(
+        self, stream: _Stream, channel: grpc.aio.Channel, db: ThreadPoolExecutor, boot_id: str, seq: int
+    ) -> bool | None:
+        """Read the stream until it ends while a second task applies what it read, in batches of
+        what arrived meanwhile (one transaction each, in order). Returns whether any event was
+        applied, or None when the host is gone."""
+        call = agent_pb2_grpc.AgentServiceStub(channel).StreamEvents(
+            agent_pb2.StreamEventsRequest(after_seq=seq)
+        )
+        stream.call = call
+        # Bounded: a host that sends faster than the database takes waits (the agent keeps its
+        # events; the kernel's queue tells when it had to drop some).
+        queue: asyncio.Queue[AgentEventRecord | None] = asyncio.Queue(maxsize=4 * self._max_batch)
+        applier = asyncio.create_task(self._apply_queue(stream, db, boot_id, queue))
         try:
             if self._stopping.is_set():
                 call.cancel()
-            for msg in call:
+            async for msg in call:
                 event = event_from_pb(msg)
                 self._metrics.agent_events.labels(event.kind.lower()).inc()
-                self._store.apply_agent_events(host_id, boot_id, [event], self._clock())
-                applied = True
-                self._react(host_id, address, event)
+                await queue.put(event)
         except grpc.RpcError as exc:
-            if not self._stopping.is_set():
-                log.info("event stream of %s ended: %s", address, exc.code())
-        except NotFound:
-            return None
-        except Exception:  # any failure: log, back off, reconnect from the stored cursor
-            log.exception("applying events of %s failed", address)
+            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
+            if not self._stopping.is_set() and code != grpc.StatusCode.CANCELLED:
+                log.info("event stream of %s ended: %s", stream.address, code)
+        except Exception:  # a message that cannot be read: log, back off, reconnect from the cursor
+            log.exception("reading events of %s failed", stream.address)
         finally:
             call.cancel()  # no-op when the stream ended by itself
-            with self._lock:
-                self._calls.pop(host_id, None)
-        return applied
+            stream.call = None
+        await queue.put(None)  # the applier drains the queue (it never stops before this)
+        return await applier
+
+    async def _apply_queue(
+        self,
+        stream: _Stream,
+        db: ThreadPoolExecutor,
+        boot_id: str,
+        queue: asyncio.Queue[AgentEventRecord | None],
+    ) -> bool | None:
+        loop = asyncio.get_running_loop()
+        applied: bool | None = False
+        failed = False
+        while True:
+            batch: list[AgentEventRecord] = []
+            item = await queue.get()
+            while item is not None:
+                batch.append(item)
+                if len(batch) >= self._max_batch or queue.empty():
+                    break
+                item = queue.get_nowait()
+            if batch and not failed:
+                try:
+                    await loop.run_in_executor(db, self._apply, stream, boot_id, batch)
+                    applied = True
+                except NotFound:
+                    failed, applied = True, None
+                    stream.cancel_call()
+                except Exception:  # log; the rest is read again from the stored cursor
+                    log.exception("applying events of %s failed", stream.address)
+                    failed = True
+                    stream.cancel_call()
+            if item is None:
+                return applied
+
+    # -- on the pool's threads --------------------------------------------------------------
+
+    def _apply(self, stream: _Stream, boot_id: str, batch: list[AgentEventRecord]) -> None:
+        self._store.apply_agent_events(stream.host_id, boot_id, batch, self._clock())
+        for event in batch:
+            self._react(stream.host_id, stream.address, event)
 
     def _react(self, host_id: str, address: str, event: AgentEventRecord) -> None:
         """What an event means beyond the records it changes."""

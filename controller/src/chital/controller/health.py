@@ -37,11 +37,10 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -50,6 +49,7 @@ import grpc
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.controller.agents import AgentPool, info_from_pb, map_agent_error
+from chital.controller.aioloop import LoopThread
 from chital.controller.events import EventIngestor
 from chital.controller.hostsync import HostSyncer
 from chital.controller.metrics import ControllerMetrics
@@ -117,42 +117,6 @@ class _Watch:
     write_pending: bool = False  # a beat with news waits for a writer thread
 
 
-class _EventLoop:
-    """An asyncio event loop in a thread of its own: reads every heartbeat stream."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="heartbeats", daemon=True)
-        self._thread.start()
-
-    def submit(self, coroutine: Coroutine[Any, Any, None]) -> concurrent.futures.Future[None]:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop)
-
-    def call(self, fn: Callable[[], object]) -> None:
-        """Run ``fn`` on the loop (from any thread)."""
-        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing left to do there
-            self.loop.call_soon_threadsafe(fn)
-
-    def close(self, timeout: float) -> None:
-        """Cancel what runs on the loop, wait for it (channels close), stop the thread."""
-
-        async def cancel_all() -> None:
-            tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                await asyncio.wait(tasks, timeout=timeout)
-
-        try:
-            asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(timeout + 1)
-        except (concurrent.futures.TimeoutError, RuntimeError):
-            log.warning("heartbeat streams did not end in %.1f s", timeout)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout)
-        if not self._thread.is_alive():
-            self.loop.close()
-
-
 class HostMonitor:
     """Watches every host's heartbeat stream and keeps host health in the store."""
 
@@ -178,7 +142,7 @@ class HostMonitor:
         self._stop = threading.Event()
         self._stop.set()  # not running until start()
         self._ticker: threading.Thread | None = None
-        self._loop: _EventLoop | None = None
+        self._loop: LoopThread | None = None
         self._writers: concurrent.futures.ThreadPoolExecutor | None = None
         #: Told of every beat: syncs the host on reconnection and on state changes.
         self.syncer: HostSyncer | None = None
@@ -197,7 +161,7 @@ class HostMonitor:
             if self._ticker is not None:
                 return
             self._stop = threading.Event()
-            self._loop = _EventLoop()
+            self._loop = LoopThread("heartbeats")
             self._writers = concurrent.futures.ThreadPoolExecutor(_WRITERS, thread_name_prefix="health-write")
             self._ticker = threading.Thread(target=self._tick_loop, name="host-monitor", daemon=True)
             self._ticker.start()
