@@ -235,6 +235,13 @@ class EventIngestor:
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else grpc.StatusCode.UNKNOWN
             if not self._stopping.is_set() and code != grpc.StatusCode.CANCELLED:
                 log.info("event stream of %s ended: %s", stream.address, code)
+        except asyncio.CancelledError:
+            # Either this task is cancelled (the ingestor stops), or only the call was (restart,
+            # or the applier gave up on this stream): then the stream has ended, go on.
+            current = asyncio.current_task()
+            if self._stopping.is_set() or (current is not None and current.cancelling()):
+                applier.cancel()
+                raise
         except Exception:  # a message that cannot be read: log, back off, reconnect from the cursor
             log.exception("reading events of %s failed", stream.address)
         finally:
