@@ -4,22 +4,22 @@
 # The cluster is secured as a deployment is: its own PKI, mutual TLS between the controller and the
 # agents, TLS and an admin token for the CLI (read from the cluster's config file, CHITAL_CONFIG).
 #
-#   scripts/demo.sh                       # 2 QEMU guests that run this checkout's agent and
-#                                         # module directly (about 2 min)
-#   CHITAL_DEMO=rollout scripts/demo.sh   # 2 bare QEMU hosts (systemd, sshd): the controller rolls
+#   scripts/demo.sh                       # 2 bare QEMU hosts (systemd, sshd): the controller rolls
 #                                         # the module and the agent out with Ansible, then the
-#                                         # scenario, then a rolling upgrade of one host
-#   CHITAL_DEMO=rollout CHITAL_DEMO_DKMS=1 scripts/demo.sh  # the module built by DKMS in each host
-#                                         # (slower under emulation) rather than once here
+#                                         # scenario, then a rolling upgrade of one host (~10 min)
+#   CHITAL_DEMO_DKMS=1 scripts/demo.sh    # the module built by DKMS in each host (slower under
+#                                         # emulation) rather than once here
+#   CHITAL_DEMO=qemu scripts/demo.sh      # 2 QEMU guests that run this checkout's agent and
+#                                         # module directly, no Ansible (about 2 min)
 #   CHITAL_DEMO=hollow scripts/demo.sh    # a controller and 3 hollow agents (no kernel module; fast)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-mode=${CHITAL_DEMO:-qemu}
+mode=${CHITAL_DEMO:-rollout}
 demo_start=$(date +%s)  # the wall time printed with each step counts the bootstrap too
 case "$mode" in
     qemu|rollout) CHITAL_VM=1 scripts/bootstrap.sh ;;
     hollow) scripts/bootstrap.sh ;;
-    *) echo "demo: CHITAL_DEMO must be qemu, rollout or hollow" >&2; exit 2 ;;
+    *) echo "demo: CHITAL_DEMO must be rollout (the default), qemu or hollow" >&2; exit 2 ;;
 esac
 
 export PATH="$PWD/.venv/bin:$PATH" GRPC_VERBOSITY=ERROR
