@@ -237,7 +237,7 @@ def test_version(chital) -> None:
     lines = out.splitlines()
     assert code == 0 and lines[0] == f"client:     chital {__version__}"
     assert lines[1].startswith(f"server:     chital {controller_version} at 127.0.0.1:")
-    assert lines[1].endswith(", reachable as hollow-admin (admin); database sqlite")
+    assert lines[1].endswith(", reachable as hollow-admin (admin); database sqlite; the leader")
     assert lines[2] == (
         "apis:       chital.api.admin.v1, chital.api.container.v1, chital.api.host.v1, chital.api.rollout.v1"
     )

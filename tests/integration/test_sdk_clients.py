@@ -147,6 +147,7 @@ def test_server_info(fleet: HollowFleet, client: Any, kind: str) -> None:
             "chital.api.rollout.v1",
         ),
         database="postgresql" if (fleet.database_url or "").startswith("postgresql") else "sqlite",
+        leader=True,  # the fleet's only controller leads (on PostgreSQL once it holds the lease)
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         info.version = "x"  # type: ignore[misc]

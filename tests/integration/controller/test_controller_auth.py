@@ -317,6 +317,7 @@ def test_a_viewer_reads_the_server_info_and_it_is_not_audited(
             "chital.api.rollout.v1",
         ],
         database="sqlite" if fresh_database_url.startswith("sqlite") else "postgresql",
+        leader=True,  # the cluster's only controller
     )
     assert snapshot(cluster) == before  # a read: no audit row, nothing else
     anonymous = cluster.stubs(cluster.channel_with(None))[2]

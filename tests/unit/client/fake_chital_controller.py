@@ -85,6 +85,7 @@ class FakeController(
             version="9.8.7",
             api_versions=["chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"],
             database="sqlite",
+            leader=True,
         )
 
     # -- test controls -------------------------------------------------------------------------

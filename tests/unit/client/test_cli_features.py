@@ -189,7 +189,7 @@ def test_version(
     # The fake controller says 9.8.7: the server's line is its answer, not the client's version.
     assert code == 0 and lines[0] == f"client:     chital {__version__}"
     assert lines[1].startswith("server:     chital 9.8.7 at ") and "reachable as alice (admin)" in lines[1]
-    assert lines[1].endswith("; database sqlite")
+    assert lines[1].endswith("; database sqlite; the leader")
     assert lines[2] == "apis:       chital.api.admin.v1, chital.api.container.v1, chital.api.host.v1"
     data = json.loads(chital("--version", "-o", "json")[1])
     assert data["client"] == __version__ and data["controller"]["reachable"] is True

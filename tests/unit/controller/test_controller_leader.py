@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from chital.api.admin.v1 import admin_pb2
 from chital.controller.leader import LeaderElector, leader_query
 from chital.controller.server import ControllerConfig, ControllerServer
 from chital.devcluster.postgres import PostgresServer
@@ -218,6 +219,12 @@ def _leader_gauge(server: ControllerServer) -> float | None:
     return server.metrics.registry.get_sample_value("chital_controller_leader")
 
 
+def _says_it_leads(server: ControllerServer) -> bool:
+    """GetServerInfo's answer: whether the controller leads."""
+    context: Any = None  # GetServerInfo reads nothing of it
+    return bool(server.admin.GetServerInfo(admin_pb2.GetServerInfoRequest(), context).leader)
+
+
 def test_servers_one_leads_and_the_other_takes_over(tmp_path: Path, pg_url: str) -> None:
     """The wiring: the first controller leads (gauge 1, event streams and host syncs on), the second
     follows (gauge 0, both off, its stop kicks nothing) until the first stops and frees the lease."""
@@ -230,11 +237,13 @@ def test_servers_one_leads_and_the_other_takes_over(tmp_path: Path, pg_url: str)
         assert first.ingestor.active and first.syncer.active
         assert not second.is_leader and _leader_gauge(second) == 0.0
         assert not second.ingestor.active and not second.syncer.active
+        assert _says_it_leads(first) and not _says_it_leads(second)
         second.operations.kick("0" * 32)
         assert second.operations.pending() == 0  # a follower's driver takes nothing
         first.stop(grace=1.0)
         assert second.wait_leader(WAIT)
         assert second.is_leader and _leader_gauge(second) == 1.0
+        assert _says_it_leads(second)
         assert second.ingestor.active and second.syncer.active
         assert not second.leadership_lost.is_set()
     finally:

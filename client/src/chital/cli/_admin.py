@@ -502,6 +502,7 @@ def version_report() -> dict[str, Any]:
             controller["version"] = info.version
             controller["api_versions"] = list(info.api_versions)
             controller["database"] = info.database
+            controller["leader"] = info.leader
         try:
             hosts = list(client.list_hosts())
         except ChitalError:
@@ -533,7 +534,8 @@ def print_version() -> None:
         print(f"server:     {where}; version unknown ({reason})")
     else:
         database = controller["database"] or "unknown"
-        print(f"server:     chital {controller['version']} at {where}; database {database}")
+        role = "the leader" if controller.get("leader") else "a follower"
+        print(f"server:     chital {controller['version']} at {where}; database {database}; {role}")
         print(f"apis:       {', '.join(controller['api_versions']) or 'none reported'}")
     agents = report.get("agents")
     if agents:

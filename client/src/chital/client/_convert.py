@@ -272,7 +272,9 @@ def audit_entry_from_pb(m: apb.AuditEntry) -> AuditEntry:
 
 def server_info_from_pb(m: apb.GetServerInfoResponse) -> ServerInfo:
     """SDK server description from the GetServerInfo answer."""
-    return ServerInfo(version=m.version, api_versions=tuple(m.api_versions), database=m.database)
+    return ServerInfo(
+        version=m.version, api_versions=tuple(m.api_versions), database=m.database, leader=m.leader
+    )
 
 
 def identity_from_pb(m: apb.WhoAmIResponse) -> Identity:

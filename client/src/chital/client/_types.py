@@ -343,6 +343,9 @@ class ServerInfo:
     """The API packages it serves, sorted (``chital.api.admin.v1``, ``chital.api.container.v1``, ...)."""
     database: str = ""
     """The kind of database it keeps its state in: ``sqlite`` or ``postgresql``."""
+    leader: bool = False
+    """Whether it is the leader now (it runs the health monitor, reconcilers and rollouts); every
+    controller serves the whole API. False from a follower, or a controller older than this field."""
 
 
 @dataclass(frozen=True)

@@ -288,11 +288,12 @@ class ControllerServer:
             ContainerServicer(self.containers), self.server
         )
         host_pb2_grpc.add_HostServiceServicer_to_server(HostServicer(self.hosts), self.server)
-        admin = AdminServicer(
+        self.admin = admin = AdminServicer(
             self.tokens,
             self.audit,
             database=self.engine.dialect.name,
             api_versions=(m.DESCRIPTOR.package for m in (container_pb2, host_pb2, admin_pb2, rollout_pb2)),
+            is_leader=lambda: self.is_leader,
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(admin, self.server)
         rollout_pb2_grpc.add_RolloutServiceServicer_to_server(RolloutServicer(self.rollouts), self.server)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime
 from typing import Any
 
@@ -426,10 +426,17 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     """
 
     def __init__(
-        self, tokens: Tokens, audit: AuditLog, *, database: str, api_versions: Iterable[str]
+        self,
+        tokens: Tokens,
+        audit: AuditLog,
+        *,
+        database: str,
+        api_versions: Iterable[str],
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self._tokens = tokens
         self._audit = audit
+        self._is_leader = is_leader
         self._server_info = admin_pb2.GetServerInfoResponse(
             version=__version__, api_versions=sorted(set(api_versions)), database=database
         )
@@ -468,4 +475,5 @@ class AdminServicer(admin_pb2_grpc.AdminServiceServicer):
     def GetServerInfo(self, request: Any, context: grpc.ServicerContext) -> Any:
         response = admin_pb2.GetServerInfoResponse()
         response.CopyFrom(self._server_info)
+        response.leader = self._is_leader()
         return response

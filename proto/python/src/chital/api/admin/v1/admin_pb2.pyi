@@ -406,11 +406,17 @@ class GetServerInfoResponse(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     API_VERSIONS_FIELD_NUMBER: _builtins.int
     DATABASE_FIELD_NUMBER: _builtins.int
+    LEADER_FIELD_NUMBER: _builtins.int
     version: _builtins.str
     """The controller's chital version (its VERSION file, for example "0.1.0")."""
     database: _builtins.str
     """The kind of database the controller keeps its state in: "sqlite" or "postgresql" (the
     SQLAlchemy dialect name only; never the URL, which may hold a password).
+    """
+    leader: _builtins.bool
+    """Whether this controller is the leader now: the one that runs the health monitor, the
+    reconcilers, the operations driver and the rollouts. Every controller serves the whole API;
+    with SQLite the only controller always leads. False from a follower.
     """
     @_builtins.property
     def api_versions(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -424,10 +430,11 @@ class GetServerInfoResponse(_message.Message):
         version: _builtins.str = ...,
         api_versions: _abc.Iterable[_builtins.str] | None = ...,
         database: _builtins.str = ...,
+        leader: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_versions", b"api_versions", "database", b"database", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["api_versions", b"api_versions", "database", b"database", "leader", b"leader", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
