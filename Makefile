@@ -78,7 +78,7 @@ test-vm: ## The kernel module's tests in real Linux kernels under QEMU (Debian 6
 	$(PY) -m chital.devcluster.vmtest --kernel 6.12 tests/vm tests/conformance
 
 .PHONY: test-rollout
-test-rollout: ## The playbooks over SSH into systemd guests: site, upgrade, a failing host (15-30 min)
+test-rollout: ## The playbooks over SSH into systemd guests: site, upgrade, a failing host (~15 min)
 	CHITAL_VM=1 scripts/bootstrap.sh
 	CHITAL_ROLLOUT_GUESTS=1 $(VENV_BIN)/pytest -p no:cacheprovider -s tests/integration/test_rollout_guests.py
 
