@@ -185,7 +185,15 @@ class AgentServer:
                 max_workers=config.max_workers + config.max_streams, thread_name_prefix="chital-rpc"
             ),
             interceptors=interceptors,
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                # The controller's channels send a keepalive ping every 10 s while a call is open.
+                # gRPC's server default takes a ping that comes sooner than 5 min after the last
+                # without data sent in between as abuse, and closes the connection after the
+                # third (GOAWAY too_many_pings): an event stream with nothing to send, or a
+                # heartbeat stream whose beats a starved host could not send, would be cut.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ],
         )
         agent_pb2_grpc.add_AgentServiceServicer_to_server(
             AgentService(self.runtime, self.metrics), self._server
