@@ -11,10 +11,15 @@ SIGKILL part-way. The clients fail over to B, and B takes the lease. Afterwards:
 - 0 duplicated: no request_id (each names one container) made two containers;
 - 0 orphans: each agent holds exactly the live containers the database places on it;
 - a new leader: B holds the lease (the time it took is printed; bench/failover.py measures it).
+
+And a frozen controller (SIGSTOP), first in a client's list: a read sent to it is answered by the
+other controller within its deadline (the SDK's keepalive pings notice the silent connection).
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import threading
 import time
 import uuid
@@ -221,3 +226,21 @@ def test_kill_9_of_the_leader_during_creates(pair: Pair) -> None:
     assert all(not o for o in orphans.values()), orphans
     assert all(not m for m in missing.values()), missing
     assert states == Counter({ContainerState.CREATED: CREATES})
+
+
+def test_a_call_to_a_frozen_controller_moves_to_the_next(pair: Pair) -> None:
+    """B, first in the client's list, is frozen (SIGSTOP) between two reads. Its TCP connection
+    stays open and takes the second call, which would wait for its whole deadline; the client's
+    keepalive pings go unanswered, the connection is dropped (UNAVAILABLE), and the read is
+    answered by A well within its 60 s deadline."""
+    with pair.client(pair.b.address, pair.a.address, timeout=60.0) as client:
+        assert len(list(client.list_hosts())) == 2  # B answers: its channel is the current one
+        os.kill(pair.b.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            hosts = list(client.list_hosts())
+            took = time.monotonic() - started
+        finally:
+            os.kill(pair.b.proc.pid, signal.SIGCONT)
+    assert len(hosts) == 2
+    print(f"a read sent to the frozen controller was answered by the other after {took:.1f} s")

@@ -227,6 +227,18 @@ def test_mtls_with_another_cas_certificate_is_refused(
             None,
         ),
         ("Connection refused", None),
+        # The peer went away during the handshake (a frozen controller, one restarting): no
+        # certificate was judged, so the client may try the next controller.
+        (
+            "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: "
+            "Handshake read failed (Endpoint closing)",
+            None,
+        ),
+        (
+            "failed to connect to all addresses; last error: UNAVAILABLE: ipv4:127.0.0.1:1: "
+            "Handshake read failed (recvmsg:Connection reset by peer (104))",
+            None,
+        ),
     ],
 )
 def test_tls_failure_texts(details: str, meaning: str | None) -> None:

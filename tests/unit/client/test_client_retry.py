@@ -117,6 +117,7 @@ def test_server_info_is_a_read(kind: str, target: str, fake: FakeController) -> 
         version="9.8.7",
         api_versions=("chital.api.admin.v1", "chital.api.container.v1", "chital.api.host.v1"),
         database="sqlite",
+        leader=True,
     )
     assert fake.calls["GetServerInfo"] == 3
     # An older controller: the SDK's own error, not a raw grpc one.

@@ -90,6 +90,12 @@ _TLS_FAILURES = (
 )
 
 
+#: gRPC's words for a connection that broke while the handshake read or wrote (reset, closed,
+#: or cut because the peer never answered: a frozen or restarting controller). No certificate
+#: was judged; the next controller may well answer.
+_HANDSHAKE_TRANSPORT = ("Handshake read failed", "Handshake write failed")
+
+
 def tls_failure(details: str) -> str | None:
     """What went wrong in a failed TLS handshake, from the details of an UNAVAILABLE status (gRPC
     reports the handshake inside them); ``None`` when the failure was not a TLS one."""
@@ -102,6 +108,8 @@ def tls_failure(details: str) -> str | None:
         if "expired" in reason or "not yet valid" in reason:
             return f"TLS handshake failed: the controller's certificate is not valid now ({reason})"
         return f"TLS handshake failed: {_UNKNOWN_AUTHORITY}" + (f": {reason}" if reason else "")
+    if any(needle in details for needle in _HANDSHAKE_TRANSPORT):
+        return None  # the connection broke during the handshake: the peer is away, not misconfigured
     if "Tls handshake failed" in details or "SSL_ERROR" in details or "handshake" in details.lower():
         return f"TLS handshake failed: {details}"
     return None

@@ -298,6 +298,9 @@ def event_from_pb(msg: Any) -> AgentEventRecord:
 _CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 10_000),
     ("grpc.keepalive_timeout_ms", 5_000),
+    # The wait for a ping's ack is this one in grpcio 1.85 (60 s by default), not the keepalive
+    # timeout: without it a call to a frozen agent waits for its deadline.
+    ("grpc.http2.ping_timeout_ms", 5_000),
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     # Fail fast instead of waiting for the reconnect backoff (up to 120 s)
     ("grpc.initial_reconnect_backoff_ms", 200),

@@ -282,7 +282,13 @@ class ControllerServer:
                 self.streams,
                 ErrorInterceptor(),
             ],
-            options=[("grpc.so_reuseport", 0)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                # Clients (the SDK) ping every 10 s while a call is open, to notice a frozen
+                # controller; gRPC's default would answer pings sooner than 5 min apart without
+                # data (an idle Watch) with GOAWAY too_many_pings.
+                ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+            ],
         )
         container_pb2_grpc.add_ContainerServiceServicer_to_server(
             ContainerServicer(self.containers), self.server
