@@ -182,6 +182,30 @@ def test_a_host_that_is_gone_ends_its_stream(
     store.gone.add("h1")
     ingestor.restart("h1")
     wait_for(lambda: ingestor.active_streams() == 0, "the stream to end")
+    wait_for(lambda: ingestor.streamed_hosts() == set(), "the host's entry to be dropped")
+
+
+def test_a_consumer_that_fails_is_logged_and_forgotten(
+    serve: Callable[[int], tuple[Events, str]],
+    make_ingestor: Callable[[RecordingStore], EventIngestor],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = RecordingStore()
+    _agent, address = serve(1)
+    ingestor = make_ingestor(store)
+
+    async def broken(*args: Any) -> bool:
+        raise RuntimeError("a bug in the consumer")
+
+    ingestor._consume = broken  # type: ignore[method-assign]
+    ingestor.ensure("h1", address)
+    wait_for(lambda: ingestor.streamed_hosts() == set(), "the failed consumer's entry to be dropped")
+    failures = [r for r in caplog.records if "stopped on an error" in r.getMessage()]
+    assert len(failures) == 1 and failures[0].exc_info is not None
+    assert "a bug in the consumer" in str(failures[0].exc_info[1])
+    ingestor._consume = EventIngestor._consume.__get__(ingestor)  # type: ignore[method-assign]
+    ingestor.ensure("h1", address)  # the host can be streamed again
+    wait_for(lambda: store.applied("h1") == [1], "the event applied by a new consumer")
 
 
 def test_a_fleet_of_streams_costs_no_thread_per_host(

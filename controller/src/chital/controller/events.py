@@ -153,11 +153,30 @@ class EventIngestor:
             stream = _Stream(host_id, address)
             self._streams[host_id] = stream
             stream.future = self._loop.submit(self._run(stream, self._db))
+            stream.future.add_done_callback(lambda future, stream=stream: self._ended(stream, future))
+
+    def _ended(self, stream: _Stream, future: concurrent.futures.Future[None]) -> None:
+        """A host's consumer returned (the host is gone or no longer READY), was cancelled, or
+        failed: forget its entry (unless a newer one replaced it), and log a failure, which would
+        otherwise vanish with the future."""
+        with self._lock:
+            if self._streams.get(stream.host_id) is stream:
+                del self._streams[stream.host_id]
+        if future.cancelled():
+            return
+        exc = future.exception()
+        if exc is not None and not self._stopping.is_set():
+            log.error("the event stream of %s stopped on an error", stream.address, exc_info=exc)
 
     def active_streams(self) -> int:
         """How many hosts' event streams are being consumed."""
         with self._lock:
             return sum(1 for s in self._streams.values() if s.future is not None and not s.future.done())
+
+    def streamed_hosts(self) -> set[str]:
+        """The hosts whose stream has a consumer (running, or ending now)."""
+        with self._lock:
+            return set(self._streams)
 
     def restart(self, host_id: str) -> None:
         """Reopen the host's stream (the agent restarted: its cursor changed)."""
