@@ -12,7 +12,7 @@ from chital.controller.db import make_engine
 from chital.controller.events import ChangeNotifier
 from chital.controller.feed import EventFeed
 from chital.controller.placement import choose_host
-from chital.controller.records import AgentInfoRecord, ContainerSpec, HostHealth, ProcessSpec
+from chital.controller.records import AgentInfoRecord, ContainerSpec, EventRecord, HostHealth, ProcessSpec
 from chital.controller.store import Store
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)
@@ -128,3 +128,56 @@ def test_a_feed_that_is_not_started_reads_the_database_and_uses_the_notifier(
     assert covered == store.last_revision() and not feed.running
     feed.unsubscribe(sub)
     feed.unsubscribe(waiter)
+
+
+class CountingStore(Store):
+    """A store that counts the feed's reads of the events table."""
+
+    reads = 0
+
+    def list_events(self, after_revision: int, limit: int, container_uid: str = "") -> list[EventRecord]:
+        self.reads += 1
+        return super().list_events(after_revision, limit, container_uid)
+
+
+def test_own_commits_are_published_without_a_read_and_others_are_read(fresh_database_url: str) -> None:
+    engine = make_engine(fresh_database_url)
+    ours = CountingStore(engine)
+    ours.create_schema()
+    ours.register_host("h1", "127.0.0.1:1", {}, 0, T0)
+    ours.record_health(
+        "h1", HostHealth.READY, T0, info=AgentInfoRecord(device="fake", boot_id="b"), last_seen=T0
+    )
+    replica = Store(make_engine(fresh_database_url))  # another controller on the same database
+    feed = EventFeed(ours, ChangeNotifier(), poll_interval=0.2)
+    feed.start()
+    try:
+        sub = feed.subscribe()
+        reads = ours.reads
+        for i in range(20):
+            create(ours, f"c{i}")
+        # Taken from the commits: the feed is at the database's head at once, without a read.
+        assert feed.head() == ours.last_revision()
+        assert ours.reads == reads
+        assert sub.event.is_set()
+        published, _ = feed.read(0, "", 100)
+        assert [(e.revision, e.container) for e in published] == [
+            (e.revision, e.container) for e in ours.list_events(0, 100)
+        ]
+
+        # The replica's commit is not published here: the poll reads it.
+        create(replica, "r1")
+        until(lambda: feed.head() == ours.last_revision())
+        # Our next commit follows the replica's, which the feed may not have read yet: either way
+        # it ends with every event once, in order.
+        create(replica, "r2")
+        create(ours, "c20")
+        until(lambda: feed.head() == ours.last_revision())
+        events, covered = feed.read(0, "", 100)
+        assert [e.revision for e in events] == [e.revision for e in ours.list_events(0, 100)]
+        assert {e.container.uid for e in events if e.container} >= {"r1", "r2", "c20"}
+        assert covered == ours.last_revision()
+    finally:
+        feed.stop()
+        replica.engine.dispose()
+        engine.dispose()

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -153,7 +154,7 @@ class EventIngestor:
             stream = _Stream(host_id, address)
             self._streams[host_id] = stream
             stream.future = self._loop.submit(self._run(stream, self._db))
-            stream.future.add_done_callback(lambda future, stream=stream: self._ended(stream, future))
+            stream.future.add_done_callback(functools.partial(self._ended, stream))
 
     def _ended(self, stream: _Stream, future: concurrent.futures.Future[None]) -> None:
         """A host's consumer returned (the host is gone or no longer READY), was cancelled, or

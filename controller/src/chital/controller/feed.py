@@ -2,10 +2,16 @@
 
 Without it, every Watch stream and every WaitProcess read the database on every commit and every
 poll interval: N attached clients cost N queries per change, and the herd of woken threads competes
-with the unary calls for the GIL and the database. :class:`EventFeed` reads the new events once
-(one thread, woken by the store's commits and polling every ``poll_interval`` for the commits of
-other controller replicas), keeps the newest ones in memory, and wakes only the subscribers an
-event is about: a watcher of one container for that container's events, a waiter for its process.
+with the unary calls for the GIL and the database. :class:`EventFeed` keeps the newest events in
+memory and wakes only the subscribers an event is about: a watcher of one container for that
+container's events, a waiter for its process.
+
+The events this process commits reach the feed without a read: the store *publishes* each
+transaction's events with their revisions right after its commit, and the feed takes them when
+they follow its head. A gap (another controller replica committed in between, or, on PostgreSQL,
+two of this process's writers published out of order) wakes the feed's reader thread, which reads
+the events after the head from the database; it also polls every ``poll_interval`` for the
+commits of other replicas. Once woken it waits ``gather`` (10 ms) so that a burst is read at once.
 
 A watcher reads from memory while its position is within what the feed keeps, and from the
 database while it catches up from further back (a resume from an old revision). The feed holds
@@ -81,10 +87,12 @@ class EventFeed:
         *,
         poll_interval: float = 0.5,
         keep: int = DEFAULT_KEEP,
+        gather: float = 0.01,
     ) -> None:
         self._store = store
         self._notifier = notifier
         self._poll_interval = poll_interval
+        self._gather = gather
         self._keep = max(1, keep)
         self._lock = threading.Lock()
         self._events: list[EventRecord] = []
@@ -109,7 +117,8 @@ class EventFeed:
         with self._lock:
             self._floor = self._head = head
             self._running = True
-        self._wake = self._notifier.watch_all()
+        self._wake = threading.Event()
+        self._store.add_publisher(self._publish)
         self._thread = threading.Thread(target=self._run, name="event-feed", daemon=True)
         self._thread.start()
 
@@ -118,10 +127,9 @@ class EventFeed:
         self._stopping.set()
         if self._wake is not None:
             self._wake.set()
+        self._store.remove_publisher(self._publish)
         if self._thread is not None:
             self._thread.join(timeout)
-        if self._wake is not None:
-            self._notifier.unwatch_all(self._wake)
         with self._lock:
             subscriptions = list(self._subscriptions)
         for sub in subscriptions:
@@ -200,8 +208,26 @@ class EventFeed:
             except Exception:  # the database is away: keep the feed, try again after a pause
                 log.warning("reading new events failed", exc_info=True)
                 full = False
-            if not full:
-                self._wake.wait(self._poll_interval)
+            if not full and self._wake.wait(self._poll_interval):
+                # Woken by a gap: gather what the next few milliseconds commit into the same read.
+                self._stopping.wait(self._gather)
+
+    def _publish(self, events: list[EventRecord]) -> None:
+        """Store publisher: a commit of this process appended ``events``. Taken as they are when
+        they follow the head without a gap; otherwise (a commit of another thread or controller
+        came between, or was published later) the reader reads the database."""
+        if not events:
+            return
+        with self._lock:
+            if not self._running or events[-1].revision <= self._head:
+                return  # read already
+            contiguous = all(e.revision == self._head + 1 + i for i, e in enumerate(events))
+            woken = self._keep_locked(events) if contiguous else []
+        if not contiguous:
+            assert self._wake is not None
+            self._wake.set()
+        for sub in woken:
+            sub.wake()
 
     def _read_new(self) -> bool:
         """Read the events after the head, keep them and wake their subscribers. Returns whether
@@ -209,21 +235,27 @@ class EventFeed:
         with self._lock:
             head = self._head
         batch = self._store.list_events(head, TAIL_BATCH)
-        if not batch:
-            return False
-        containers = {_container_of(e) for e in batch}
-        processes = {e.process.uid for e in batch if e.process is not None}
         with self._lock:
-            self._events.extend(batch)
-            self._revisions.extend(e.revision for e in batch)
-            self._head = batch[-1].revision
-            # Trim in steps of a quarter, not one event at a time (a list's front is costly to cut).
-            if len(self._events) > self._keep + self._keep // 4:
-                cut = len(self._events) - self._keep
-                self._floor = self._revisions[cut - 1]
-                del self._events[:cut]
-                del self._revisions[:cut]
-            woken = [sub for sub in self._subscriptions if sub.selects(containers, processes)]
+            # What was published meanwhile is kept already.
+            batch = [e for e in batch if e.revision > self._head]
+            if not batch:
+                return False
+            woken = self._keep_locked(batch)
         for sub in woken:
             sub.wake()
         return len(batch) >= TAIL_BATCH
+
+    def _keep_locked(self, batch: list[EventRecord]) -> list[Subscription]:
+        """Append ``batch`` (above the head, in order), trim, and return the subscriptions to wake."""
+        containers = {_container_of(e) for e in batch}
+        processes = {e.process.uid for e in batch if e.process is not None}
+        self._events.extend(batch)
+        self._revisions.extend(e.revision for e in batch)
+        self._head = batch[-1].revision
+        # Trim in steps of a quarter, not one event at a time (a list's front is costly to cut).
+        if len(self._events) > self._keep + self._keep // 4:
+            cut = len(self._events) - self._keep
+            self._floor = self._revisions[cut - 1]
+            del self._events[:cut]
+            del self._revisions[:cut]
+        return [sub for sub in self._subscriptions if sub.selects(containers, processes)]

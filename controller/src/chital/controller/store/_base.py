@@ -57,7 +57,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, ParamSpec, Protocol, TypeVar
+from typing import Any, ParamSpec, Protocol, TypeVar, cast
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -82,6 +82,7 @@ from chital.controller.records import (
     ContainerRecord,
     ContainerRecordState,
     DrainRecord,
+    EventRecord,
     EventRecordType,
     HostHealth,
     HostRecord,
@@ -97,7 +98,7 @@ from chital.errdefs import (
     Unavailable,
 )
 
-__all__ = ["EVENTS_LOCK_KEY", "UNSTOPPED_STATES", "Listener", "StoreBase", "retry_conflicts"]
+__all__ = ["EVENTS_LOCK_KEY", "UNSTOPPED_STATES", "Listener", "Publisher", "StoreBase", "retry_conflicts"]
 
 log = logging.getLogger("chital.controller.store")
 
@@ -105,6 +106,10 @@ log = logging.getLogger("chital.controller.store")
 #: from the insert of its event rows to its commit (``b"chitalev"`` as a big-endian integer; the
 #: leader lease uses another key). Advisory locks are per database.
 EVENTS_LOCK_KEY = int.from_bytes(b"chitalev", "big")
+
+_EVENTS = cast(sa.Table, EventRow.__table__)
+#: The event rows of a transaction, with their revisions in the order of the rows.
+_INSERT_EVENTS = sa.insert(_EVENTS).returning(_EVENTS.c.revision, sort_by_parameter_order=True)
 
 #: SQLSTATEs after which the whole transaction is run again: serialization_failure,
 #: deadlock_detected.
@@ -145,6 +150,10 @@ class _Changes:
     # The event rows of the transaction (column values), inserted at its end in one statement
     # (see StoreBase._write).
     rows: list[dict[str, Any]] = field(default_factory=list)
+    # The changed record of each row, in the same order.
+    records: list[ContainerRecord | ProcessRecord] = field(default_factory=list)
+    # The transaction's events with the revisions the insert gave them (for the publishers).
+    published: list[EventRecord] = field(default_factory=list)
 
 
 class ConflictError(Unavailable):
@@ -185,6 +194,8 @@ def retry_conflicts(method: Callable[_P, _R]) -> Callable[_P, _R]:
 
 
 Listener = Callable[[set[str]], None]
+#: Called after a commit with the events it appended, in revision order.
+Publisher = Callable[[list[EventRecord]], None]
 
 
 def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
@@ -210,6 +221,7 @@ class StoreBase:
         self._rw = sessionmaker(engine, expire_on_commit=False)
         self._ro = sessionmaker(engine.execution_options(**{READONLY_OPTION: True}), expire_on_commit=False)
         self._listeners: list[Listener] = []
+        self._publishers: list[Publisher] = []
         self._listeners_lock = threading.Lock()
         self._postgres = engine.dialect.name == "postgresql"
         # SQLite: one writer at a time, in-process too (see the module docstring). PostgreSQL:
@@ -232,6 +244,20 @@ class StoreBase:
         """Call ``listener(process_uids)`` after every commit that appended events."""
         with self._listeners_lock:
             self._listeners.append(listener)
+
+    def add_publisher(self, publisher: Publisher) -> None:
+        """Call ``publisher(events)`` after every commit that appended events, with those events
+        (revision order) as committed: what this process wrote, without reading it back. Called
+        from the writer's thread, after the commit; commits of other threads or controllers may
+        be published in another order, or not at all (another controller's)."""
+        with self._listeners_lock:
+            self._publishers.append(publisher)
+
+    def remove_publisher(self, publisher: Publisher) -> None:
+        """Stop calling ``publisher``."""
+        with self._listeners_lock:
+            if publisher in self._publishers:
+                self._publishers.remove(publisher)
 
     @contextmanager
     def _timed(self, operation: str) -> Iterator[None]:
@@ -258,9 +284,17 @@ class StoreBase:
         """One write transaction. Its methods lock rows in the lock order (module docstring) and
         carry :func:`retry_conflicts`; the event rows are appended last, under the events lock."""
         changes = _Changes()
-        with self._timed("write"), self._write_lock, self._rw() as session, session.begin():
-            yield session, changes
-            self._append_events(session, changes)
+        with self._timed("write"), self._write_lock:
+            with self._rw() as session, session.begin():
+                yield session, changes
+                self._append_events(session, changes)
+            # Published before the next writer of this process commits (SQLite's writers are
+            # serialised by the lock; PostgreSQL's are not, and the publishers take that).
+            if changes.published:
+                with self._listeners_lock:
+                    publishers = list(self._publishers)
+                for publisher in publishers:
+                    publisher(changes.published)
         if changes.events:
             with self._listeners_lock:
                 listeners = list(self._listeners)
@@ -297,6 +331,7 @@ class StoreBase:
             }
             changes.process_uids.add(record.uid)
         changes.rows.append(row)
+        changes.records.append(record)
         changes.events += 1
 
     def _append_events(self, session: Session, changes: _Changes) -> None:
@@ -304,16 +339,22 @@ class StoreBase:
         PostgreSQL, under the events lock (held until the commit), so revisions are given out in
         commit order. SQLite commits one writer at a time anyway.
 
-        One Core executemany, not an ORM object per row: the rows are never read back, and the
-        unit of work cost more than the insert itself. The rows are inserted in the order they
-        were appended, so their revisions follow that order."""
+        One Core executemany, not an ORM object per row (the unit of work cost more than the
+        insert itself), that returns the revisions it gave, in the order the rows were appended:
+        the publishers get the events without reading them back."""
         if not changes.rows:
             return
         session.flush()  # the transaction's own row changes first: no row lock is taken below
         if self._postgres:
             session.execute(sa.select(sa.func.pg_advisory_xact_lock(EVENTS_LOCK_KEY)))
-        session.execute(sa.insert(EventRow.metadata.tables[EventRow.__tablename__]), changes.rows)
-        changes.rows = []
+        revisions = session.execute(_INSERT_EVENTS, changes.rows).scalars().all()
+        for revision, row, record in zip(revisions, changes.rows, changes.records, strict=True):
+            if isinstance(record, ContainerRecord):
+                event = EventRecord(revision, EventRecordType.CONTAINER, row["time"], container=record)
+            else:
+                event = EventRecord(revision, EventRecordType.PROCESS, row["time"], process=record)
+            changes.published.append(event)
+        changes.rows, changes.records = [], []
 
     @staticmethod
     def _count_placed(session: Session, host_ids: Sequence[str]) -> dict[str, int]:
@@ -411,7 +452,10 @@ class StoreBase:
         return {str(i): str(a) for i, a in rows}
 
     @staticmethod
-    def _container_record(row: ContainerRow, host_address: str, running: int) -> ContainerRecord:
+    def _container_record(
+        row: ContainerRow | sa.Row[Any], host_address: str, running: int
+    ) -> ContainerRecord:
+        """The record of a container's ORM row, or of a Core row of its table's columns."""
         return ContainerRecord(
             uid=row.uid,
             name=row.name,

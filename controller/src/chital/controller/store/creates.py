@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -42,8 +42,22 @@ from chital.errdefs import AlreadyExists, ChitalError, NotFound, Unavailable
 
 __all__ = ["CreateOutcome", "CreateStore", "FinishCreate", "PlaceIntent"]
 
-# New rows go in with one multi-row INSERT of the table, not through the ORM's unit of work.
+# The committer's statements are Core, built once: per batch, building a statement (coercing each
+# value of a multi-row VALUES, generating its cache key) or loading ORM rows and flushing them cost
+# more than the database's work.
 _CONTAINERS = cast(sa.Table, ContainerRow.__table__)
+_INSERT = sa.insert(_CONTAINERS)
+_FINISH = (
+    sa.update(_CONTAINERS)
+    .where(_CONTAINERS.c.uid == sa.bindparam("b_uid"))
+    .values(
+        state=sa.bindparam("b_state"),
+        message=sa.bindparam("b_message"),
+        updated=sa.bindparam("b_updated"),
+        revision=sa.bindparam("b_revision"),
+        effective_deny_syscalls=sa.bindparam("b_effective", type_=_CONTAINERS.c.effective_deny_syscalls.type),
+    )
+)
 
 
 @dataclass(frozen=True)
@@ -253,9 +267,9 @@ class CreateStore(StoreBase):
             self._event(session, changes, record, it.now)
             outcomes[index] = (record, True)
         if new_rows:
-            # One statement with a row of VALUES per container: one step of the database, where an
-            # executemany steps once per row (and gives the GIL away each time).
-            session.execute(sa.insert(_CONTAINERS).values(new_rows))
+            # An executemany of one compiled statement (SQLAlchemy sends it as few multi-row
+            # statements where the driver allows).
+            session.execute(_INSERT, new_rows)
 
     @staticmethod
     def _rows_by_request(session: Session, request_ids: list[str]) -> dict[str, ContainerRow]:
@@ -310,42 +324,53 @@ class CreateStore(StoreBase):
         finishes: list[tuple[int, FinishCreate]],
         outcomes: list[CreateOutcome | ChitalError | None],
     ) -> None:
-        rows: dict[str, ContainerRow] = {}
+        rows: dict[str, sa.Row[Any]] = {}
         for chunk in _chunks(sorted({it.uid for _, it in finishes})):
-            stmt = sa.select(ContainerRow).where(ContainerRow.uid.in_(chunk)).order_by(ContainerRow.uid)
+            stmt = sa.select(_CONTAINERS).where(_CONTAINERS.c.uid.in_(chunk)).order_by(_CONTAINERS.c.uid)
             stmt = _locking(stmt)
-            rows.update((r.uid, r) for r in session.scalars(stmt))
-        changed: dict[str, datetime] = {}
+            rows.update((r.uid, r) for r in session.execute(stmt))
+        updates: dict[str, dict[str, Any]] = {}
         known: dict[str, str] = {}  # host id -> address, as the callers know them
         for _, it in finishes:
             if it.host_id and it.host_address:
                 known[it.host_id] = it.host_address
             row = rows.get(it.uid)
-            if row is None:
+            if row is None or it.uid in updates:
                 continue
             target = ContainerRecordState.CREATED if it.ok else ContainerRecordState.FAILED
             if row.state == ContainerRecordState.PENDING.value and lifecycle.check_container(
                 row.name, ContainerRecordState.PENDING, target
             ):
-                if it.ok:
-                    row.effective_deny_syscalls = list(it.effective_deny_syscalls)
-                row.state = target.value
-                row.message = it.message
-                row.updated = it.now
-                row.revision += 1
-                changed[row.uid] = it.now
-        session.flush()
+                updates[it.uid] = {
+                    "b_uid": it.uid,
+                    "b_state": target.value,
+                    "b_message": it.message,
+                    "b_updated": it.now,
+                    "b_revision": row.revision + 1,
+                    "b_effective": list(it.effective_deny_syscalls if it.ok else row.effective_deny_syscalls),
+                }
+        if updates:
+            session.execute(_FINISH, list(updates.values()))
         unknown = [r.host_id or "" for r in rows.values() if (r.host_id or "") not in known]
         addresses = {**known, **self._host_addresses(session, unknown)}
         # A container that was PENDING runs no process (Exec needs CREATED or RUNNING): only the
         # others are counted.
-        running = self._running_counts(session, [uid for uid in rows if uid not in changed])
-        records = {
-            uid: self._container_record(r, addresses.get(r.host_id or "", ""), running.get(uid, 0))
-            for uid, r in rows.items()
-        }
-        for uid, now in changed.items():
-            self._event(session, changes, records[uid], now)
+        running = self._running_counts(session, [uid for uid in rows if uid not in updates])
+        records: dict[str, ContainerRecord] = {}
+        for uid, r in rows.items():
+            record = self._container_record(r, addresses.get(r.host_id or "", ""), running.get(uid, 0))
+            update = updates.get(uid)
+            if update is not None:
+                record = replace(
+                    record,
+                    state=ContainerRecordState(update["b_state"]),
+                    message=update["b_message"],
+                    updated=update["b_updated"],
+                    revision=update["b_revision"],
+                    effective_deny_syscalls=tuple(update["b_effective"]),
+                )
+                self._event(session, changes, record, update["b_updated"])
+            records[uid] = record
         for index, it in finishes:
-            record = records.get(it.uid)
-            outcomes[index] = record if record is not None else NotFound(f"container {it.uid!r} not found")
+            found = records.get(it.uid)
+            outcomes[index] = found if found is not None else NotFound(f"container {it.uid!r} not found")

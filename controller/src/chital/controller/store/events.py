@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from datetime import datetime
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -23,6 +24,19 @@ from chital.errdefs import (
 )
 
 __all__ = ["EventStore"]
+
+# Built once with bound parameters: the event feed reads new events after every commit, and
+# building and compiling a statement (or loading ORM rows) costs more than running it.
+_EVENTS = cast(sa.Table, EventRow.__table__)
+_RETENTION = cast(sa.Table, RetentionRow.__table__)
+_COMPACT = sa.select(_RETENTION.c.revision).where(_RETENTION.c.task == "events")
+_AFTER = (
+    sa.select(_EVENTS.c.revision, _EVENTS.c.type, _EVENTS.c.time, _EVENTS.c.data)
+    .where(_EVENTS.c.revision > sa.bindparam("after", type_=sa.BigInteger))
+    .order_by(_EVENTS.c.revision)
+    .limit(sa.bindparam("limit", type_=sa.Integer))
+)
+_AFTER_OF = _AFTER.where(_EVENTS.c.container_uid == sa.bindparam("container_uid", type_=sa.String))
 
 
 class EventStore(StoreBase):
@@ -47,28 +61,21 @@ class EventStore(StoreBase):
                     f"are gone, the oldest kept is above it; list again and watch from a newer revision",
                     compact_revision=compact,
                 )
-            stmt = (
-                sa.select(EventRow)
-                .where(EventRow.revision > after_revision)
-                .order_by(EventRow.revision)
-                .limit(limit)
-            )
+            params: dict[str, Any] = {"after": after_revision, "limit": limit}
             if container_uid:
-                stmt = stmt.where(EventRow.container_uid == container_uid)
-            return [self._event_record(r) for r in session.scalars(stmt)]
+                params["container_uid"] = container_uid
+            rows = session.execute(_AFTER_OF if container_uid else _AFTER, params)
+            return [self._event_record(*row) for row in rows]
 
     @staticmethod
-    def _event_record(row: EventRow) -> EventRecord:
-        data: dict[str, Any] = row.data
-        if row.type == EventRecordType.CONTAINER.value:
-            return EventRecord(
-                row.revision, EventRecordType.CONTAINER, row.time, container=container_from_json(data)
-            )
-        return EventRecord(row.revision, EventRecordType.PROCESS, row.time, process=process_from_json(data))
+    def _event_record(revision: int, type_: str, time: datetime, data: dict[str, Any]) -> EventRecord:
+        if type_ == EventRecordType.CONTAINER.value:
+            return EventRecord(revision, EventRecordType.CONTAINER, time, container=container_from_json(data))
+        return EventRecord(revision, EventRecordType.PROCESS, time, process=process_from_json(data))
 
     @staticmethod
     def _compact_revision(session: Session) -> int:
-        return int(session.scalar(sa.select(RetentionRow.revision).where(RetentionRow.task == "events")) or 0)
+        return int(session.scalar(_COMPACT) or 0)
 
     @property
     def compact_revision(self) -> int:
