@@ -108,6 +108,30 @@ log = logging.getLogger("chital.controller.store")
 EVENTS_LOCK_KEY = int.from_bytes(b"chitalev", "big")
 
 _EVENTS = cast(sa.Table, EventRow.__table__)
+_CONTAINERS = cast(sa.Table, ContainerRow.__table__)
+_PROCESSES = cast(sa.Table, ProcessRow.__table__)
+_HOSTS = cast(sa.Table, HostRow.__table__)
+# Statements that the create committer runs on every batch, built once: their IN lists are
+# expanding parameters, so each is compiled once and only its parameters change.
+_COUNT_PLACED = (
+    sa.select(_CONTAINERS.c.host_id, sa.func.count())
+    .where(
+        _CONTAINERS.c.host_id.in_(sa.bindparam("host_ids", expanding=True)),
+        _CONTAINERS.c.state.in_([s.value for s in PLACED_STATES]),
+    )
+    .group_by(_CONTAINERS.c.host_id)
+)
+_COUNT_RUNNING = (
+    sa.select(_PROCESSES.c.container_uid, sa.func.count())
+    .where(
+        _PROCESSES.c.container_uid.in_(sa.bindparam("uids", expanding=True)),
+        _PROCESSES.c.state == ProcessRecordState.RUNNING.value,
+    )
+    .group_by(_PROCESSES.c.container_uid)
+)
+_HOST_ADDRESSES = sa.select(_HOSTS.c.id, _HOSTS.c.address).where(
+    _HOSTS.c.id.in_(sa.bindparam("ids", expanding=True))
+)
 #: The event rows of a transaction, with their revisions in the order of the rows.
 _INSERT_EVENTS = sa.insert(_EVENTS).returning(_EVENTS.c.revision, sort_by_parameter_order=True)
 
@@ -360,11 +384,7 @@ class StoreBase:
     def _count_placed(session: Session, host_ids: Sequence[str]) -> dict[str, int]:
         if not host_ids:
             return {}
-        rows = session.execute(
-            sa.select(ContainerRow.host_id, sa.func.count())
-            .where(ContainerRow.host_id.in_(host_ids), ContainerRow.state.in_(PLACED_STATES))
-            .group_by(ContainerRow.host_id)
-        ).all()
+        rows = session.execute(_COUNT_PLACED, {"host_ids": list(host_ids)}).all()
         return {str(host_id): int(count) for host_id, count in rows}
 
     @staticmethod
@@ -433,14 +453,7 @@ class StoreBase:
     def _running_counts(session: Session, container_uids: Sequence[str]) -> dict[str, int]:
         if not container_uids:
             return {}
-        rows = session.execute(
-            sa.select(ProcessRow.container_uid, sa.func.count())
-            .where(
-                ProcessRow.container_uid.in_(container_uids),
-                ProcessRow.state == ProcessRecordState.RUNNING.value,
-            )
-            .group_by(ProcessRow.container_uid)
-        ).all()
+        rows = session.execute(_COUNT_RUNNING, {"uids": list(container_uids)}).all()
         return {str(uid): int(count) for uid, count in rows}
 
     @staticmethod
@@ -448,7 +461,7 @@ class StoreBase:
         ids = [h for h in host_ids if h]
         if not ids:
             return {}
-        rows = session.execute(sa.select(HostRow.id, HostRow.address).where(HostRow.id.in_(ids))).all()
+        rows = session.execute(_HOST_ADDRESSES, {"ids": ids}).all()
         return {str(i): str(a) for i, a in rows}
 
     @staticmethod

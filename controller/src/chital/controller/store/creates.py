@@ -46,7 +46,35 @@ __all__ = ["CreateOutcome", "CreateStore", "FinishCreate", "PlaceIntent"]
 # value of a multi-row VALUES, generating its cache key) or loading ORM rows and flushing them cost
 # more than the database's work.
 _CONTAINERS = cast(sa.Table, ContainerRow.__table__)
+_HOSTS = cast(sa.Table, HostRow.__table__)
 _INSERT = sa.insert(_CONTAINERS)
+_EARLIER = sa.select(_CONTAINERS.c.uid, _CONTAINERS.c.request_id, _CONTAINERS.c.live_name).where(
+    sa.or_(
+        _CONTAINERS.c.request_id.in_(sa.bindparam("request_ids", expanding=True)),
+        _CONTAINERS.c.live_name.in_(sa.bindparam("names", expanding=True)),
+    )
+)
+_PLACEMENT_HOSTS = _locking(
+    sa.select(
+        _HOSTS.c.id,
+        _HOSTS.c.address,
+        _HOSTS.c.state,
+        _HOSTS.c.admin_state,
+        _HOSTS.c.max_containers,
+        _HOSTS.c.created,
+    ).order_by(_HOSTS.c.id)
+)
+_PINNED_HOSTS = _PLACEMENT_HOSTS.where(
+    sa.or_(
+        _HOSTS.c.id.in_(sa.bindparam("refs", expanding=True)),
+        _HOSTS.c.address.in_(sa.bindparam("refs", expanding=True)),
+    )
+)
+_FINISHED = _locking(
+    sa.select(_CONTAINERS)
+    .where(_CONTAINERS.c.uid.in_(sa.bindparam("uids", expanding=True)))
+    .order_by(_CONTAINERS.c.uid)
+)
 _FINISH = (
     sa.update(_CONTAINERS)
     .where(_CONTAINERS.c.uid == sa.bindparam("b_uid"))
@@ -287,14 +315,10 @@ class CreateStore(StoreBase):
         names = sorted({it.spec.name for _, it in intents})
         by_request: dict[str, str] = {}
         taken: set[str] = set()
-        c = ContainerRow.__table__.c
         for start in range(0, max(len(request_ids), len(names)), 500):
             ids, live = request_ids[start : start + 500], names[start : start + 500]
             wanted = set(ids)
-            stmt = sa.select(c.uid, c.request_id, c.live_name).where(
-                sa.or_(c.request_id.in_(ids), c.live_name.in_(live))
-            )
-            for uid, request_id, live_name in session.execute(stmt):
+            for uid, request_id, live_name in session.execute(_EARLIER, {"request_ids": ids, "names": live}):
                 if request_id in wanted:
                     by_request[str(request_id)] = str(uid)
                 if live_name is not None:
@@ -307,13 +331,12 @@ class CreateStore(StoreBase):
         all of them, or only the pinned ones when every intent pins its host. The row locks (FOR NO
         KEY UPDATE, as every writer takes them) serialise placements on PostgreSQL; SQLite's BEGIN
         IMMEDIATE already does."""
-        c = HostRow.__table__.c
-        columns = (c.id, c.address, c.state, c.admin_state, c.max_containers, c.created)
-        stmt = _locking(sa.select(*columns).order_by(c.id))
         refs = {it.spec.host for _, it in intents}
-        if "" not in refs:
-            stmt = stmt.where(sa.or_(c.id.in_(refs), c.address.in_(refs)))
-        return {str(h.id): _Host(*h) for h in session.execute(stmt)}
+        if "" in refs:
+            rows = session.execute(_PLACEMENT_HOSTS)
+        else:
+            rows = session.execute(_PINNED_HOSTS, {"refs": sorted(refs)})
+        return {str(h.id): _Host(*h) for h in rows}
 
     # -- finishes ---------------------------------------------------------------------------------
 
@@ -326,9 +349,7 @@ class CreateStore(StoreBase):
     ) -> None:
         rows: dict[str, sa.Row[Any]] = {}
         for chunk in _chunks(sorted({it.uid for _, it in finishes})):
-            stmt = sa.select(_CONTAINERS).where(_CONTAINERS.c.uid.in_(chunk)).order_by(_CONTAINERS.c.uid)
-            stmt = _locking(stmt)
-            rows.update((r.uid, r) for r in session.execute(stmt))
+            rows.update((r.uid, r) for r in session.execute(_FINISHED, {"uids": chunk}))
         updates: dict[str, dict[str, Any]] = {}
         known: dict[str, str] = {}  # host id -> address, as the callers know them
         for _, it in finishes:
