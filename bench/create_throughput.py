@@ -4,6 +4,9 @@ Starts, on this machine and in this run:
 - a bare gRPC echo server (threaded ``grpc.server``, the same server type the controller uses) in
   its own process, with two ports: plaintext, and TLS with the controller's certificate (as the
   controller's API port: server certificate, no client certificate, a bearer token in metadata);
+- a relay in a process of its own: the same TLS server, whose every call makes one TLS call to the
+  echo server before it answers. It is a create with everything but the two gRPC hops taken out
+  (no database, no checks): the ceiling of any create that waits for its agent on this machine;
 - a hollow fleet, secured as deployed: a controller (SQLite, WAL; TLS + token for clients, mutual TLS
   to agents) and N hollow agents (FakeDevice);
 - then a second hollow fleet whose controller runs on PostgreSQL: a throwaway server (Debian's
@@ -13,8 +16,9 @@ Starts, on this machine and in this run:
 then drives them with the same number of client threads for the same time and prints:
 - peak throughput (calls/s) and p50/p99 latency of each, and the ratio create / TLS echo on each
   database (the figure we track: target >= 0.4), with create / plaintext echo beside it so the cost
-  of TLS itself stays visible. A create waits for its agent (the SDK's default): it is acknowledged
-  once the container exists on its host and its record is committed;
+  of TLS itself stays visible, and relay / TLS echo: the ratio no create can pass. A create waits
+  for its agent (the SDK's default): it is acknowledged once the container exists on its host and
+  its record is committed;
 - p99 create latency at half of the measured peak create rate beside the TLS echo p99 at half of its
   peak (target <= 10 x);
 - the first call on a fresh channel (connect + handshake) beside a steady call: every client here
@@ -72,6 +76,31 @@ def serve_echo(tls_dir: Path) -> None:
     print(plain_port, tls_port, flush=True)
     sys.stdin.read()
     server.stop(grace=None)
+
+
+def serve_relay(tls_dir: Path, echo_port: int) -> None:
+    """Run the relay server (child process): TLS like the controller's API port, and every call
+    makes one TLS call to the echo server (as a create calls its agent) before it answers; no
+    database, no other work. Prints its port, serves until stdin closes."""
+    ca_only = channel_credentials(TLSFiles(ca=TLSFiles.from_dir(tls_dir).ca))
+    channel = grpc.secure_channel(f"127.0.0.1:{echo_port}", ca_only)
+    downstream = channel.unary_unary(ECHO_METHOD)
+
+    def relay(request: bytes, context: grpc.ServicerContext) -> bytes:
+        return downstream(request, timeout=30.0)
+
+    handler = grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(relay)}
+    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=64))
+    server.add_generic_rpc_handlers((handler,))
+    credentials = server_credentials(TLSFiles.from_dir(tls_dir), require_client_cert=False)
+    port = server.add_secure_port("127.0.0.1:0", credentials)
+    server.start()
+    print(port, flush=True)
+    sys.stdin.read()
+    server.stop(grace=None)
+    channel.close()
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -218,9 +247,13 @@ def main() -> int:
     )
     parser.add_argument("--no-postgres", action="store_true", help="measure creates on SQLite only")
     parser.add_argument("--serve-echo", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--serve-relay", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_echo:
         serve_echo(args.serve_echo)
+        return 0
+    if args.serve_relay:
+        serve_relay(Path(args.serve_relay[0]), int(args.serve_relay[1]))
         return 0
 
     os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
@@ -238,9 +271,24 @@ def main() -> int:
             stdout=subprocess.PIPE,
             text=True,
         )
+        relay_proc: subprocess.Popen[str] | None = None
         try:
             assert echo_proc.stdout is not None
             plain_port, tls_port = (int(p) for p in echo_proc.stdout.readline().split())
+            relay_proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    __file__,
+                    "--serve-relay",
+                    str(fleet.pki.directory / "controller"),
+                    f"{tls_port}",
+                ],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert relay_proc.stdout is not None
+            relay_port = int(relay_proc.stdout.readline())
             ca_only = channel_credentials(TLSFiles(ca=fleet.pki.ca))
             bearer = (("authorization", f"Bearer {fleet.token}"),)  # the same metadata as the SDK's
 
@@ -252,7 +300,9 @@ def main() -> int:
 
             # One channel per client, shared by its threads: one handshake per channel.
             plain, tls = plain_channel(), tls_channel()
+            relay = grpc.secure_channel(f"127.0.0.1:{relay_port}", ca_only)
             plain_rpc, tls_rpc = plain.unary_unary(ECHO_METHOD), tls.unary_unary(ECHO_METHOD)
+            relay_rpc = relay.unary_unary(ECHO_METHOD)
 
             def echo_plain() -> None:
                 plain_rpc(payload, timeout=30.0)
@@ -260,11 +310,14 @@ def main() -> int:
             def echo_tls() -> None:
                 tls_rpc(payload, timeout=30.0, metadata=bearer)
 
-            # Warm up both paths (channels, handshakes).
-            for call in (echo_plain, echo_tls):
+            def relay_tls() -> None:
+                relay_rpc(payload, timeout=30.0, metadata=bearer)
+
+            # Warm up every path (channels, handshakes).
+            for call in (echo_plain, echo_tls, relay_tls):
                 drive(call, args.threads, 1.0)
             results = {}
-            for name, call in (("plain", echo_plain), ("tls", echo_tls)):
+            for name, call in (("plain", echo_plain), ("tls", echo_tls), ("relay", relay_tls)):
                 results[name] = drive(call, args.threads, args.seconds)
             echo_half = drive(echo_tls, args.threads, args.seconds / 2, results["tls"][0] / 2)
             handshake = {
@@ -273,11 +326,13 @@ def main() -> int:
             }
             plain.close()
             tls.close()
+            relay.close()
             creates["SQLite"] = measure_creates(fleet, args.threads, args.seconds)
         finally:
-            if echo_proc.stdin is not None:
-                echo_proc.stdin.close()
-            echo_proc.wait(10)
+            for proc in (relay_proc, echo_proc):
+                if proc is not None and proc.stdin is not None:
+                    proc.stdin.close()
+                    proc.wait(10)
             fleet.stop()
         if not args.no_postgres:
             postgres_note = measure_postgres(args, Path(tmp) / "postgres", creates)
@@ -294,6 +349,7 @@ def main() -> int:
     rows = [
         ("echo (plaintext gRPC)", results["plain"]),
         ("echo (TLS gRPC + token)", results["tls"]),
+        ("relay (TLS, one call on)", results["relay"]),
     ]
     rows += [(f"create ({db}, TLS)", peak) for db, (peak, _) in creates.items()]
     for name, (tput, lat, err) in rows:
@@ -303,6 +359,12 @@ def main() -> int:
     print(f"TLS echo / plaintext echo throughput: {tls_tput / plain_tput:.2f}")
     ratios = "; ".join(f"{db} {peak[0] / tls_tput:.2f}" for db, (peak, _) in creates.items())
     print(f"create / TLS echo throughput ratio: {ratios} (target >= 0.40)")
+    print(
+        f"relay / TLS echo throughput: {results['relay'][0] / tls_tput:.2f} (the most any create "
+        "that waits for its agent can reach here: two gRPC hops, nothing else)"
+    )
+    ratios = "; ".join(f"{db} {peak[0] / results['relay'][0]:.2f}" for db, (peak, _) in creates.items())
+    print(f"create / relay throughput: {ratios}")
     ratios = "; ".join(f"{db} {peak[0] / plain_tput:.2f}" for db, (peak, _) in creates.items())
     print(f"create / plaintext echo throughput ratio: {ratios} (for reference)")
     echo_half_tput, echo_half_lat, _ = echo_half
