@@ -501,7 +501,11 @@ class StoreBase:
         running = self._running_counts(session, [row.uid]).get(row.uid, 0)
         return self._container_record(row, address, running)
 
-    def _containers(self, session: Session, rows: Sequence[ContainerRow]) -> list[ContainerRecord]:
+    def _containers(
+        self, session: Session, rows: Sequence[ContainerRow | sa.Row[Any]]
+    ) -> list[ContainerRecord]:
+        """The records of ORM rows or Core rows of the containers table (Core rows for reads of
+        many: loading ORM instances costs several times the query)."""
         addresses = self._host_addresses(session, [r.host_id or "" for r in rows])
         running = self._running_counts(session, [r.uid for r in rows])
         return [
@@ -509,7 +513,7 @@ class StoreBase:
         ]
 
     @staticmethod
-    def _process_record(row: ProcessRow) -> ProcessRecord:
+    def _process_record(row: ProcessRow | sa.Row[Any]) -> ProcessRecord:
         return ProcessRecord(
             uid=row.uid,
             container_uid=row.container_uid,

@@ -20,7 +20,7 @@ from chital.controller.records import (
     ContainerRecordState,
     ContainerSpec,
 )
-from chital.controller.store._base import StoreBase, _locking, retry_conflicts
+from chital.controller.store._base import _CONTAINERS, StoreBase, _locking, retry_conflicts
 from chital.controller.store.paging import Cursor
 from chital.controller.validation import LABEL_KEY_RE
 from chital.errdefs import (
@@ -230,24 +230,22 @@ class ContainerStore(StoreBase):
         if labels and not all(LABEL_KEY_RE.fullmatch(key) for key in labels):
             return []  # no container can carry such a key: labels are validated at create
         with self._read() as session:
-            stmt = sa.select(ContainerRow).order_by(ContainerRow.created, ContainerRow.uid).limit(limit)
+            c = _CONTAINERS.c
+            stmt = sa.select(_CONTAINERS).order_by(c.created, c.uid).limit(limit)
             if state is None:
-                stmt = stmt.where(ContainerRow.state != ContainerRecordState.DELETED.value)
+                stmt = stmt.where(c.state != ContainerRecordState.DELETED.value)
             else:
-                stmt = stmt.where(ContainerRow.state == state.value)
+                stmt = stmt.where(c.state == state.value)
             if host_ref:
                 host = self._host_row(session, host_ref)
-                stmt = stmt.where(ContainerRow.host_id == host.id)
+                stmt = stmt.where(c.host_id == host.id)
             for key, value in (labels or {}).items():
-                stmt = stmt.where(ContainerRow.labels[key].as_string() == value)
+                stmt = stmt.where(c.labels[key].as_string() == value)
             if after is not None:
                 # created >= c first, so that every database seeks the index instead of reading
                 # the listing from its start (an OR of the two cases alone defeats the seek).
-                stmt = stmt.where(
-                    ContainerRow.created >= after[0],
-                    sa.or_(ContainerRow.created > after[0], ContainerRow.uid > after[1]),
-                )
-            return self._containers(session, list(session.scalars(stmt)))
+                stmt = stmt.where(c.created >= after[0], sa.or_(c.created > after[0], c.uid > after[1]))
+            return self._containers(session, list(session.execute(stmt)))
 
     def finish_create(
         self,

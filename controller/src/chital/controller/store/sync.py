@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 from datetime import datetime
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -21,7 +22,7 @@ from chital.controller.records import (
     ProcessRecord,
     ProcessRecordState,
 )
-from chital.controller.store._base import StoreBase, _chunks, retry_conflicts
+from chital.controller.store._base import _CONTAINERS, _PROCESSES, StoreBase, _chunks, retry_conflicts
 
 __all__ = ["SyncStore"]
 
@@ -64,31 +65,31 @@ class SyncStore(StoreBase):
                 ContainerRecordState.RUNNING.value,
                 ContainerRecordState.STOPPING.value,
             )
-            rows = {
+            # Core rows, not ORM instances: a host's sync reads every container on it.
+            containers, processes_table = _CONTAINERS.c, _PROCESSES.c
+            rows: dict[str, sa.Row[Any]] = {
                 r.uid: r
-                for r in session.scalars(
-                    sa.select(ContainerRow).where(
-                        ContainerRow.host_id == host_id, ContainerRow.state.in_(on_host)
-                    )
+                for r in session.execute(
+                    sa.select(_CONTAINERS).where(containers.host_id == host_id, containers.state.in_(on_host))
                 )
             }
             for chunk in _chunks(sorted(set(container_uids) - set(rows))):
                 rows.update(
                     (r.uid, r)
-                    for r in session.scalars(sa.select(ContainerRow).where(ContainerRow.uid.in_(chunk)))
+                    for r in session.execute(sa.select(_CONTAINERS).where(containers.uid.in_(chunk)))
                 )
-            processes = {
+            processes: dict[str, sa.Row[Any]] = {
                 r.uid: r
-                for r in session.scalars(
-                    sa.select(ProcessRow)
-                    .join(ContainerRow, ContainerRow.uid == ProcessRow.container_uid)
-                    .where(ContainerRow.host_id == host_id, ProcessRow.state.in_(LIVE_PROCESS_STATES))
+                for r in session.execute(
+                    sa.select(_PROCESSES)
+                    .join(_CONTAINERS, containers.uid == processes_table.container_uid)
+                    .where(containers.host_id == host_id, processes_table.state.in_(LIVE_PROCESS_STATES))
                 )
             }
             for chunk in _chunks(sorted(set(process_uids) - set(processes))):
                 processes.update(
                     (r.uid, r)
-                    for r in session.scalars(sa.select(ProcessRow).where(ProcessRow.uid.in_(chunk)))
+                    for r in session.execute(sa.select(_PROCESSES).where(processes_table.uid.in_(chunk)))
                 )
             return (
                 self._containers(session, list(rows.values())),
