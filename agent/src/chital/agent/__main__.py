@@ -17,6 +17,7 @@ import threading
 
 from chital.daemon.config import ConfigError
 from chital.daemon.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_INCOMPATIBLE_MODULE, EXIT_OK
+from chital.daemon.heap import settle_heap
 from chital.daemon.logs import configure_logging
 from chital.errdefs import ChitalError
 
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     host = args.listen.rsplit(":", 1)[0]
     print(f"chital-agent listening on {host}:{port}", flush=True)
+    log.debug("start-up heap frozen: %d objects", settle_heap())
     while not stop.wait(3600):
         pass
     log.info("stopping (processes keep running)")

@@ -31,6 +31,7 @@ from chital.controller.server import ControllerConfig, ControllerServer
 from chital.controller.tokens import ROLES, Tokens, create_token, open_database
 from chital.daemon.config import ConfigError
 from chital.daemon.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
+from chital.daemon.heap import settle_heap
 from chital.daemon.logs import configure_logging
 from chital.errdefs import ChitalError, InvalidArgument, Unavailable
 
@@ -251,6 +252,8 @@ def _serve(args: argparse.Namespace) -> int:
             f"chital-controller listening on {mtls_host}:{server.mtls_port} (TLS, client certificates)",
             flush=True,
         )
+
+    log.debug("start-up heap frozen: %d objects", settle_heap())
 
     # A controller that lost the leader's lease exits (after stopping the leader's work at once):
     # its supervisor starts it again as a follower, with none of the old term's memory (docs/ha.md).

@@ -49,6 +49,7 @@ health check with exponential backoff (``min_interval`` doubling up to 30 s).
 
 from __future__ import annotations
 
+import functools
 import logging
 import signal
 import threading
@@ -70,6 +71,7 @@ from chital.controller.records import (
     HostRecord,
     ProcessRecord,
     ProcessRecordState,
+    SyncedContainer,
 )
 from chital.controller.store import Store
 from chital.errdefs import ChitalError, NotFound
@@ -135,16 +137,16 @@ class _Pass:
     address: str
     sent: datetime  # when the Sync was asked for (records changed after it wait for the next)
     agent: AgentSyncRecord
-    containers: list[ContainerRecord]
+    containers: list[SyncedContainer]
     processes: list[ProcessRecord]
     report: SyncReport = field(default_factory=SyncReport)
 
-    @property
-    def by_uid(self) -> dict[str, ContainerRecord]:
+    @functools.cached_property
+    def by_uid(self) -> dict[str, SyncedContainer]:
         return {c.uid: c for c in self.containers}
 
 
-def desired_of(record: ContainerRecord) -> lifecycle.ContainerDesiredState:
+def desired_of(record: ContainerRecord | SyncedContainer) -> lifecycle.ContainerDesiredState:
     """The record's desired state, or the one its observed state implies when none is stored."""
     stored = getattr(record, "desired_state", "")
     if stored:

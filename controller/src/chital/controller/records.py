@@ -236,6 +236,19 @@ class ContainerSpec:
 
 
 @dataclass(frozen=True)
+class SyncedContainer:
+    """What a host's sync compares of a container with the agent's view: where it is placed and
+    its states (the rest of the record is never read there, and decoding it for every container
+    of a host cost most of a sync)."""
+
+    uid: str
+    host_id: str
+    host_address: str
+    state: ContainerRecordState
+    desired_state: str
+
+
+@dataclass(frozen=True)
 class ContainerRecord:
     """A container as stored."""
 

@@ -21,6 +21,7 @@ from chital.controller.records import (
     ContainerRecordState,
     ProcessRecord,
     ProcessRecordState,
+    SyncedContainer,
 )
 from chital.controller.store._base import _CONTAINERS, _PROCESSES, StoreBase, _chunks, retry_conflicts
 
@@ -50,7 +51,7 @@ class SyncStore(StoreBase):
 
     def sync_view(
         self, host_id: str, container_uids: Collection[str], process_uids: Collection[str]
-    ) -> tuple[list[ContainerRecord], list[ProcessRecord]]:
+    ) -> tuple[list[SyncedContainer], list[ProcessRecord]]:
         """What a host's Sync is compared with.
 
         Containers: those placed on ``host_id`` that are (or are being put) on it (PENDING,
@@ -65,19 +66,20 @@ class SyncStore(StoreBase):
                 ContainerRecordState.RUNNING.value,
                 ContainerRecordState.STOPPING.value,
             )
-            # Core rows, not ORM instances: a host's sync reads every container on it.
+            # Core rows of the columns the sync compares, not ORM instances or whole records: a
+            # host's sync reads every container on it.
             containers, processes_table = _CONTAINERS.c, _PROCESSES.c
-            rows: dict[str, sa.Row[Any]] = {
+            columns = sa.select(
+                containers.uid, containers.host_id, containers.state, containers.desired_state
+            )
+            rows: dict[str, sa.Row[Any, Any, Any, Any]] = {
                 r.uid: r
                 for r in session.execute(
-                    sa.select(_CONTAINERS).where(containers.host_id == host_id, containers.state.in_(on_host))
+                    columns.where(containers.host_id == host_id, containers.state.in_(on_host))
                 )
             }
             for chunk in _chunks(sorted(set(container_uids) - set(rows))):
-                rows.update(
-                    (r.uid, r)
-                    for r in session.execute(sa.select(_CONTAINERS).where(containers.uid.in_(chunk)))
-                )
+                rows.update((r.uid, r) for r in session.execute(columns.where(containers.uid.in_(chunk))))
             processes: dict[str, sa.Row[Any]] = {
                 r.uid: r
                 for r in session.execute(
@@ -91,8 +93,18 @@ class SyncStore(StoreBase):
                     (r.uid, r)
                     for r in session.execute(sa.select(_PROCESSES).where(processes_table.uid.in_(chunk)))
                 )
+            addresses = self._host_addresses(session, sorted({r.host_id or "" for r in rows.values()}))
             return (
-                self._containers(session, list(rows.values())),
+                [
+                    SyncedContainer(
+                        r.uid,
+                        r.host_id or "",
+                        addresses.get(r.host_id or "", ""),
+                        ContainerRecordState(r.state),
+                        r.desired_state or "",
+                    )
+                    for r in rows.values()
+                ],
                 [self._process_record(r) for r in processes.values()],
             )
 

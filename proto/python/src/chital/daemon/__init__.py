@@ -1,10 +1,12 @@
 """What both daemons (``chital-agent``, ``chital-controller``) share: settings from a TOML file,
-the environment and flags (:mod:`.config`), structured logs with the request's ids (:mod:`.logs`)
-and one table of exit statuses (:mod:`.exitcodes`). See docs/daemons.md.
+the environment and flags (:mod:`.config`), structured logs with the request's ids (:mod:`.logs`),
+one table of exit statuses (:mod:`.exitcodes`), and the collector's start-up freeze
+(:mod:`.heap`). See docs/daemons.md.
 """
 
 from .config import ConfigError, Setting, Settings
 from .exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_INCOMPATIBLE_MODULE, EXIT_OK, EXIT_USAGE
+from .heap import settle_heap
 from .logs import LOG_FORMATS, LOG_LEVELS, LogContextInterceptor, configure_logging, log_context
 
 __all__ = [
@@ -21,4 +23,5 @@ __all__ = [
     "Settings",
     "configure_logging",
     "log_context",
+    "settle_heap",
 ]
