@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 import pytest
 
@@ -18,16 +19,23 @@ from chital.controller.store import Store
 T0 = datetime(2026, 1, 1, 12, 0, 0)
 
 
-@pytest.fixture
-def store(fresh_database_url: str) -> Iterator[Store]:
-    engine = make_engine(fresh_database_url)
-    s = Store(engine)
+_S = TypeVar("_S", bound=Store)
+
+
+def with_ready_host(s: _S) -> _S:
+    """``s`` with its schema and one READY host."""
     s.create_schema()
     s.register_host("h1", "127.0.0.1:1", {}, 0, T0)
     s.record_health(
         "h1", HostHealth.READY, T0, info=AgentInfoRecord(device="fake", boot_id="b"), last_seen=T0
     )
-    yield s
+    return s
+
+
+@pytest.fixture
+def store(fresh_database_url: str) -> Iterator[Store]:
+    engine = make_engine(fresh_database_url)
+    yield with_ready_host(Store(engine))
     engine.dispose()
 
 
@@ -142,12 +150,7 @@ class CountingStore(Store):
 
 def test_own_commits_are_published_without_a_read_and_others_are_read(fresh_database_url: str) -> None:
     engine = make_engine(fresh_database_url)
-    ours = CountingStore(engine)
-    ours.create_schema()
-    ours.register_host("h1", "127.0.0.1:1", {}, 0, T0)
-    ours.record_health(
-        "h1", HostHealth.READY, T0, info=AgentInfoRecord(device="fake", boot_id="b"), last_seen=T0
-    )
+    ours = with_ready_host(CountingStore(engine))
     replica = Store(make_engine(fresh_database_url))  # another controller on the same database
     feed = EventFeed(ours, ChangeNotifier(), poll_interval=0.2)
     feed.start()

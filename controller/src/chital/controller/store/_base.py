@@ -318,7 +318,10 @@ class StoreBase:
                 with self._listeners_lock:
                     publishers = list(self._publishers)
                 for publisher in publishers:
-                    publisher(changes.published)
+                    try:
+                        publisher(changes.published)
+                    except Exception:  # the commit stands: a publisher's failure is not the write's
+                        log.exception("an event publisher failed")
         if changes.events:
             with self._listeners_lock:
                 listeners = list(self._listeners)
@@ -404,7 +407,7 @@ class StoreBase:
         ]
 
     @staticmethod
-    def _host_record(row: HostRow, container_count: int, unstopped: int = 0) -> HostRecord:
+    def _host_record(row: HostRow | sa.Row[Any], container_count: int, unstopped: int = 0) -> HostRecord:
         drain = None
         if row.drain_started is not None and row.drain_deadline is not None:
             drain = DrainRecord(row.drain_started, row.drain_deadline, row.drain_containers, unstopped)
