@@ -11,6 +11,7 @@ import pytest
 from chital.controller.db import make_engine
 from chital.controller.placement import choose_host
 from chital.controller.records import (
+    AdminState,
     AgentInfoRecord,
     ContainerRecordState,
     ContainerSpec,
@@ -57,6 +58,27 @@ def test_register_host_is_idempotent_by_address(store: Store) -> None:
     assert store.get_host("10.0.0.1:7444").id == "h1"
     with pytest.raises(NotFound):
         store.get_host("nope")
+
+
+def test_the_health_monitors_read_of_the_fleet_makes_a_record_again_only_for_changed_rows(
+    store: Store,
+) -> None:
+    ready_host(store, "h1", "127.0.0.1:1")
+    ready_host(store, "h2", "127.0.0.1:2")
+    first = {h.id: h for h in store.hosts_for_health()}
+    assert [h.admin_state for h in first.values()] == [AdminState.ACTIVE, AdminState.ACTIVE]
+    store.set_admin_state("h2", AdminState.CORDONED, at(1))
+    store.record_health("h1", HostHealth.NOT_READY, at(2), message="silent")
+    store.register_host("h3", "127.0.0.1:3", {"zone": "b"}, 0, at(3))
+    second = {h.id: h for h in store.hosts_for_health()}
+    assert list(second) == ["h1", "h2", "h3"]
+    assert second["h1"].health is HostHealth.NOT_READY and second["h1"].message == "silent"
+    assert second["h2"].admin_state is AdminState.CORDONED
+    assert second["h3"].labels == {"zone": "b"}
+    third = {h.id: h for h in store.hosts_for_health()}
+    assert all(third[i] is second[i] for i in second)  # nothing changed: the same records
+    store.remove_host("h3", False, at(4))
+    assert [h.id for h in store.hosts_for_health()] == ["h1", "h2"]
 
 
 def test_create_is_idempotent_and_names_are_unique_among_live(store: Store) -> None:

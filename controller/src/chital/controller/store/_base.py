@@ -248,6 +248,8 @@ class StoreBase:
         self._publishers: list[Publisher] = []
         self._listeners_lock = threading.Lock()
         self._postgres = engine.dialect.name == "postgresql"
+        # HostStore.hosts_for_health: each host's last row and the record made of it.
+        self._health_records: dict[str, tuple[tuple[Any, ...], HostRecord]] = {}
         # SQLite: one writer at a time, in-process too (see the module docstring). PostgreSQL:
         # none; writers follow the lock order instead.
         self._write_lock: contextlib.AbstractContextManager[Any] = (

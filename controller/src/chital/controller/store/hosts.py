@@ -4,7 +4,7 @@ fleet-wide counts for metrics."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import cast
+from typing import Any, cast
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
@@ -149,10 +149,19 @@ class HostStore(StoreBase):
         """Every host, without its container counts (zero): the health monitor reads the fleet
         every second, and counting placed containers would scan the containers table each time."""
         with self._read() as session:
-            # Core rows: at 1,000 hosts, loading ORM instances every second held the GIL longest.
+            # Core rows, and a host's record made again only when its row changed: at 1,000 hosts,
+            # loading ORM instances and making every record at each read held the GIL longest.
             hosts = _HOSTS.c
             rows = list(session.execute(sa.select(_HOSTS).order_by(hosts.created, hosts.id)))
-            return [self._host_record(r, 0) for r in rows]
+        previous = self._health_records
+        records: dict[str, tuple[tuple[Any, ...], HostRecord]] = {}
+        for row in rows:
+            values = tuple(row)
+            known = previous.get(row.id)
+            record = known[1] if known is not None and known[0] == values else self._host_record(row, 0)
+            records[row.id] = (values, record)
+        self._health_records = records
+        return [record for _, record in records.values()]
 
     @retry_conflicts
     def set_admin_state(self, ref: str, admin_state: AdminState, now: datetime) -> HostRecord:
