@@ -39,10 +39,7 @@ are all NOT_READY, from the kill.
 Targets (the design's, at 1,000 hosts and 100,000 containers): page p99 <= 50 ms, RSS <= 1 GiB,
 restart-to-serving <= 10 s, loss detection <= 3 s. Nothing is asserted; figures are printed, and
 written as JSON with ``--json`` (``bench/plots.py`` draws them). Everything shares 2 cores: the
-hollow hosts' own CPU (answering health checks, sending heartbeats) competes with the controller's.
-The hosts stand for other machines, so they run at nice 19 (``--hosts-nice``): the controller and
-the timing client are not queued behind 1,000 hosts' threads, and the hosts still get every cycle
-the controller leaves (``--hosts-nice 0`` shares the cores equally).
+hollow hosts' own CPU (answering health checks) competes with the controller's.
 
     .venv/bin/python bench/scale.py                                  # 1,000 hosts, 100,000 containers
     .venv/bin/python bench/scale.py --hosts 100 --containers 10000   # a quick run
@@ -89,14 +86,13 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 class HostProcess:
     """One ``hollow_many`` process: ``count`` hosts from ``first_index`` on."""
 
-    def __init__(self, workdir: Path, first_index: int, count: int, nice: int = 0) -> None:
+    def __init__(self, workdir: Path, first_index: int, count: int) -> None:
         self.first_index = first_index
         self.count = count
         self.log_path = workdir / f"hosts-{first_index:05d}.log"
         self._log: IO[bytes] = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [
-                *(["nice", "-n", str(nice)] if nice else []),  # nice execs: the pid stays the host's
                 sys.executable,
                 "-m",
                 "chital.devcluster.hollow_many",
@@ -249,11 +245,9 @@ class ScaleBench:
         hosts, lost, per = self.args.hosts, self.args.lost, self.args.hosts_per_process
         steady = hosts - lost
         for first in range(0, steady, per):
-            self.groups.append(
-                HostProcess(self.workdir, first, min(per, steady - first), self.args.hosts_nice)
-            )
+            self.groups.append(HostProcess(self.workdir, first, min(per, steady - first)))
         if lost:
-            self.victims = HostProcess(self.workdir, steady, lost, self.args.hosts_nice)
+            self.victims = HostProcess(self.workdir, steady, lost)
             self.groups.append(self.victims)
         for group in self.groups:
             group.wait_serving()
@@ -505,12 +499,6 @@ def main() -> int:
         help="container counts to measure at, comma-separated (default: only --containers)",
     )
     parser.add_argument("--hosts-per-process", type=int, default=100)
-    parser.add_argument(
-        "--hosts-nice",
-        type=int,
-        default=19,
-        help="the hollow hosts' nice value (19: they stand for other machines; 0: share the cores)",
-    )
     parser.add_argument("--lost", type=int, default=10, help="hosts killed at once at the end (0: skip)")
     parser.add_argument("--samples", type=int, default=300, help="calls timed per figure")
     parser.add_argument("--label-values", type=int, default=10, help="values of the app label")
@@ -536,7 +524,6 @@ def main() -> int:
         figures: dict[str, Any] = {
             "hosts": args.hosts,
             "hosts_per_process": args.hosts_per_process,
-            "hosts_nice": args.hosts_nice,
             "database": database,
             "cpus": os.cpu_count(),
             "steps": [],
@@ -548,9 +535,8 @@ def main() -> int:
             bench.register_hosts()
             bench.settle()
             print(
-                f"fleet: {args.hosts} hollow hosts in {len(bench.groups)} processes (nice "
-                f"{args.hosts_nice}), 1 controller ({database}), up and registered in "
-                f"{time.monotonic() - t0:.0f} s; "
+                f"fleet: {args.hosts} hollow hosts in {len(bench.groups)} processes, 1 controller "
+                f"({database}), up and registered in {time.monotonic() - t0:.0f} s; "
                 f"{os.cpu_count()} cores; load {load_average()}",
                 flush=True,
             )
