@@ -33,7 +33,7 @@ import matplotlib.pyplot as plt
 
 # A row of create_throughput.py's table: name, calls/s, p50, p99, errors.
 ROW = re.compile(
-    r"^(?P<name>(?:echo|create) \(.+?\))\s+(?P<tput>\d+)"
+    r"^(?P<name>(?:echo|relay|create) \(.+?\))\s+(?P<tput>\d+)"
     r"\s+(?P<p50>[\d.]+) ms\s+(?P<p99>[\d.]+) ms\s+(?P<err>\d+)\s*$"
 )
 
@@ -291,8 +291,10 @@ def write_summary(
         lines += [
             "## Create throughput and latency",
             "",
-            "`bench/create_throughput.py --threads N`: a bare gRPC echo and `CreateContainer` through",
-            "the controller to hollow agents, driven by the same client threads in the same run.",
+            "`bench/create_throughput.py --threads N`: a bare gRPC echo, a relay (a call that makes one",
+            "call to the echo server: the ceiling of a create that waits for its agent) and",
+            "`CreateContainer` through the controller to hollow agents, driven by the same client",
+            "threads in the same run.",
             "",
             "![create and echo throughput against client threads](create-throughput.png)",
             "",
