@@ -23,21 +23,21 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any, cast
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from chital.controller import lifecycle
-from chital.controller.models import ContainerRow, HostRow
+from chital.controller.models import ContainerRow
 from chital.controller.records import (
     Candidate,
     ContainerRecord,
     ContainerRecordState,
     ContainerSpec,
 )
-from chital.controller.store._base import StoreBase, _Changes, _chunks, _locking
+from chital.controller.store._base import _CONTAINERS, _HOSTS, StoreBase, _Changes, _chunks, _locking
 from chital.errdefs import AlreadyExists, ChitalError, NotFound, Unavailable
 
 __all__ = ["CreateOutcome", "CreateStore", "FinishCreate", "PlaceIntent"]
@@ -45,8 +45,6 @@ __all__ = ["CreateOutcome", "CreateStore", "FinishCreate", "PlaceIntent"]
 # The committer's statements are Core, built once: per batch, building a statement (coercing each
 # value of a multi-row VALUES, generating its cache key) or loading ORM rows and flushing them cost
 # more than the database's work.
-_CONTAINERS = cast(sa.Table, ContainerRow.__table__)
-_HOSTS = cast(sa.Table, HostRow.__table__)
 _INSERT = sa.insert(_CONTAINERS)
 _EARLIER = sa.select(_CONTAINERS.c.uid, _CONTAINERS.c.request_id, _CONTAINERS.c.live_name).where(
     sa.or_(
