@@ -120,6 +120,22 @@ def test_token_create_ls_revoke(tmp_path: Path) -> None:
     bad = run_cli("token", "create", "--name", "x", "--role", "admin", "--ttl", "soon", "--database-url", url)
     assert bad.returncode == 2  # a refused argument value: usage
     assert "--ttl" in bad.stderr
+    # Made and revoked without the API, yet audited like the API's calls: by the local user, with
+    # the outcome (the refused revoke too; the bad --ttl wrote nothing at all).
+    engine = sa.create_engine(url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            sa.text("SELECT principal, role, method, target, code FROM audit_log ORDER BY id")
+        ).all()
+    engine.dispose()
+    admin = "/chital.api.admin.v1.AdminService/"
+    local = rows[0][0]
+    assert local.startswith("local:") and {r[0] for r in rows} == {local}
+    assert [tuple(r[1:]) for r in rows] == [
+        ("admin", admin + "CreateToken", "ops", "OK"),
+        ("admin", admin + "RevokeToken", token_id, "OK"),
+        ("admin", admin + "RevokeToken", "0123456789ab", "NOT_FOUND"),
+    ]
 
 
 def test_serve_writes_port_and_stops_on_sigterm(tmp_path: Path) -> None:

@@ -15,10 +15,11 @@ import signal
 import stat
 import sys
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -28,7 +29,7 @@ from chital.controller.health import HealthConfig
 from chital.controller.retention import RetentionPolicy
 from chital.controller.rollouts import RolloutSettings, default_playbooks_dir
 from chital.controller.server import ControllerConfig, ControllerServer
-from chital.controller.tokens import ROLES, Tokens, create_token, open_database
+from chital.controller.tokens import ROLES, AuditLog, Tokens, local_principal, open_database
 from chital.daemon.config import ConfigError
 from chital.daemon.exitcodes import EXIT_CONFIG, EXIT_FAILURE, EXIT_OK, EXIT_USAGE
 from chital.daemon.heap import settle_heap
@@ -38,6 +39,10 @@ from chital.errdefs import ChitalError, InvalidArgument, Unavailable
 __all__ = ["main"]
 
 log = logging.getLogger("chital.controller")
+
+_T = TypeVar("_T")
+# How the audit log names the token commands (as their AdminService calls are named).
+ADMIN_METHOD = "/chital.api.admin.v1.AdminService/"
 
 
 _EPILOG = (
@@ -114,23 +119,44 @@ def _when(value: datetime | None) -> str:
     return "-" if value is None else value.strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _audited(audit: AuditLog, method: str, target: str, change: Callable[[], _T]) -> _T:
+    """Run ``change`` (a token made or revoked directly in the database) and write it to the audit
+    log as the API would, with its outcome: the local user is the principal, and having the database
+    is the bootstrap admin's path (docs/auth.md)."""
+    entry = {"principal": local_principal(), "role": "admin", "method": method, "target": target}
+    try:
+        result = change()
+    except ChitalError as exc:
+        audit.append(**entry, request_id="", code=exc.code.name, detail=str(exc))
+        raise
+    audit.append(**entry, request_id="", code="OK")
+    return result
+
+
 def _token(args: argparse.Namespace) -> int:
     url = args.database_url or db.default_database_url(args.state_dir)
     command: str = args.token_action
-    if command == "create":
-        bearer, record = create_token(url, name=args.name, role=args.role, ttl_seconds=parse_ttl(args.ttl))
-        print(bearer, flush=True)
-        print(
-            f"token {record.id} ({record.role}, {record.name}, expires {_when(record.expires_at)}): "
-            "shown only this once, store it now",
-            file=sys.stderr,
-        )
-        return 0
+    ttl = parse_ttl(args.ttl) if command == "create" else None  # a bad value writes nothing
     engine = open_database(url)
+    audit = AuditLog(engine)
     try:
         tokens = Tokens(engine)
+        if command == "create":
+            bearer, record = _audited(
+                audit,
+                ADMIN_METHOD + "CreateToken",
+                args.name,
+                lambda: tokens.create(args.name, args.role, ttl, local_principal()),
+            )
+            print(bearer, flush=True)
+            print(
+                f"token {record.id} ({record.role}, {record.name}, expires {_when(record.expires_at)}): "
+                "shown only this once, store it now",
+                file=sys.stderr,
+            )
+            return 0
         if command == "revoke":
-            record = tokens.revoke(args.id)
+            record = _audited(audit, ADMIN_METHOD + "RevokeToken", args.id, lambda: tokens.revoke(args.id))
             print(f"token {record.id} ({record.name}) revoked at {_when(record.revoked_at)}")
             return 0
         now = datetime.now(UTC).replace(tzinfo=None)
@@ -153,6 +179,7 @@ def _token(args: argparse.Namespace) -> int:
             print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
         return 0
     finally:
+        audit.close()  # writes what waits
         engine.dispose()
 
 
