@@ -1,6 +1,7 @@
 """RolloutService end to end: a real controller, real ansible-runner and ansible-playbook, small real
 playbooks in a temporary playbooks directory, and inventories of ``ansible_connection=local`` hosts
 (no SSH here; the guests' SSH rollouts are tested with the devcluster). On SQLite and PostgreSQL.
+The controller runs as deployed: TLS and tokens for clients, mutual TLS to the agents it registers.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from pathlib import Path
 import grpc
 import pytest
 from controller_fake_agent import RunningFakeAgent
-from controller_harness import BearerToken
+from controller_harness import dial
 
 from chital.api.rollout.v1 import rollout_pb2, rollout_pb2_grpc
 from chital.client import Client, NotFound, RolloutEventType, RolloutHostStatus
@@ -30,6 +31,8 @@ from chital.client.aio import AsyncClient
 from chital.controller import db
 from chital.controller.rollouts import Rollouts, RolloutSettings, RolloutSpec, RolloutState
 from chital.controller.server import ControllerConfig, ControllerServer
+from chital.security.pki import PKI
+from chital.security.tls import TLSFiles
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -119,14 +122,16 @@ class Api:
 
     def __init__(self, controller: ControllerServer) -> None:
         self.controller = controller
+        assert controller.config.tls_dir is not None
+        self.ca = TLSFiles.from_dir(controller.config.tls_dir).ca
+        #: The bundle of an agent on 127.0.0.1, of the controller's fleet CA.
+        self.agent_tls = Path(controller.config.tls_dir).parent / "agents" / "127.0.0.1"
         self._channels: list[grpc.Channel] = []
         self.admin = self.stub("admin")
 
     def stub(self, role: str) -> rollout_pb2_grpc.RolloutServiceStub:
         token, _ = self.controller.tokens.create(f"t-{role}-{len(self._channels)}", role, None, "test")
-        channel = grpc.intercept_channel(
-            grpc.insecure_channel(f"127.0.0.1:{self.controller.port}"), BearerToken(token)
-        )
+        channel = dial(f"127.0.0.1:{self.controller.port}", self.ca, token)
         self._channels.append(channel)
         return rollout_pb2_grpc.RolloutServiceStub(channel)
 
@@ -148,10 +153,18 @@ class Api:
             channel.close()
 
 
+def _pki(tmp_path: Path) -> Path:
+    """The fleet PKI of a test (the controller's bundle and one of an agent on 127.0.0.1); returns
+    the controller's bundle."""
+    pki = PKI.init(tmp_path / "pki")
+    pki.issue_agent("127.0.0.1")
+    return pki.issue_controller()
+
+
 def _config(tmp_path: Path, database_url: str, playbooks: Path) -> ControllerConfig:
     return ControllerConfig(
         listen="127.0.0.1:0",
-        insecure=True,
+        tls_dir=str(_pki(tmp_path)),
         state_dir=str(tmp_path / "state"),
         database_url=database_url,
         migrate=True,
@@ -403,7 +416,7 @@ def test_register_hosts_registers_the_agents_that_end_ok(api: Api) -> None:
     """The playbook "installs" an agent (a fake agent already listening stands in for it); the
     controller registers each chital_agents host that ended ok at its agent address and waits
     until it is READY. Hosts outside chital_agents are not registered."""
-    agent = RunningFakeAgent("installed")
+    agent = RunningFakeAgent("installed", tls_dir=api.agent_tls)
     try:
         inventory = (
             "all:\n"
@@ -460,6 +473,8 @@ def test_a_killed_controller_leaves_its_rollout_interrupted(
     database reports the rollout INTERRUPTED (never RUNNING for ever)."""
     markers = tmp_path / "markers"
     markers.mkdir()
+    tls_dir = _pki(tmp_path)
+    ca = tls_dir / "ca.crt"
     env = {**os.environ, "GRPC_VERBOSITY": "ERROR", "CHITAL_CONTROLLER_CONFIG": "/dev/null"}
 
     def serve(name: str) -> tuple[subprocess.Popen[bytes], int]:
@@ -471,7 +486,8 @@ def test_a_killed_controller_leaves_its_rollout_interrupted(
                     "-m",
                     "chital.controller",
                     "serve",
-                    "--insecure",
+                    "--tls-dir",
+                    str(tls_dir),
                     "--listen",
                     "127.0.0.1:0",
                 ),
@@ -503,7 +519,7 @@ def test_a_killed_controller_leaves_its_rollout_interrupted(
         )
         assert token.returncode == 0, token.stderr
         bearer = token.stdout.split()[0]
-        channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), BearerToken(bearer))
+        channel = dial(f"127.0.0.1:{port}", ca, bearer)
         stub = rollout_pb2_grpc.RolloutServiceStub(channel)
         rollout = stub.StartRollout(
             rollout_pb2.StartRolloutRequest(
@@ -523,7 +539,7 @@ def test_a_killed_controller_leaves_its_rollout_interrupted(
         first.wait()
     second, port = serve("second")
     try:
-        channel = grpc.intercept_channel(grpc.insecure_channel(f"127.0.0.1:{port}"), BearerToken(bearer))
+        channel = dial(f"127.0.0.1:{port}", ca, bearer)
         stub = rollout_pb2_grpc.RolloutServiceStub(channel)
         after = stub.GetRollout(rollout_pb2.GetRolloutRequest(id=rollout.id), timeout=60).rollout
         assert after.state == S.ROLLOUT_STATE_INTERRUPTED and "restarted" in after.message
@@ -541,7 +557,7 @@ def test_a_killed_controller_leaves_its_rollout_interrupted(
 def test_sdk_clients_start_watch_get_list_and_cancel(api: Api, tmp_path: Path) -> None:
     token, _ = api.controller.tokens.create("sdk", "admin", None, "test")
     target = f"127.0.0.1:{api.controller.port}"
-    with Client(target, insecure=True, token=token, timeout=60) as client:
+    with Client(target, tls=TLSFiles(ca=api.ca), token=token, timeout=60) as client:
         rollout = client.start_rollout(
             "fail.yml", inventory=local_inventory("s1", "s2"), batch_size=1, extra_vars={"fail_host": "s1"}
         )
@@ -560,13 +576,15 @@ def test_sdk_clients_start_watch_get_list_and_cancel(api: Api, tmp_path: Path) -
             rollout.id
         ]
         assert client.list_rollouts_page(state=ClientRolloutState.SUCCEEDED).items == []
+        assert [r.id for r in client.iter_rollouts(page_size=1)] == [rollout.id]
         with pytest.raises(NotFound):
             client.get_rollout("nope")
+        first = rollout.id
 
     async def with_async_client() -> None:
         markers = tmp_path / "markers"
         markers.mkdir()
-        async with AsyncClient(target, insecure=True, token=token, timeout=60) as client:
+        async with AsyncClient(target, tls=TLSFiles(ca=api.ca), token=token, timeout=60) as client:
             rollout = await client.start_rollout(
                 "wait.yml", inventory=local_inventory("s3"), extra_vars={"marker_dir": str(markers)}
             )
@@ -579,6 +597,10 @@ def test_sdk_clients_start_watch_get_list_and_cancel(api: Api, tmp_path: Path) -
             resumed = [e async for e in client.watch_rollout(rollout.id, after_sequence=seen[-2].sequence)]
             assert resumed == seen[-1:]
             assert (await client.get_rollout(rollout.id)).state is ClientRolloutState.CANCELLED
+            # Newest first, one page at a time.
+            assert [r.id async for r in client.iter_rollouts(page_size=1)] == [rollout.id, first]
+            cancelled = client.iter_rollouts(state=ClientRolloutState.CANCELLED)
+            assert [r.id async for r in cancelled] == [rollout.id]
 
     asyncio.run(with_async_client())
 
@@ -595,7 +617,7 @@ def chital(api: Api, *args: str, role: str = "admin", stdin: str = "") -> subpro
     env.update(
         CHITAL_CONFIG="/dev/null",
         CHITAL_CONTROLLER=f"127.0.0.1:{api.controller.port}",
-        CHITAL_INSECURE="1",
+        CHITAL_CACERT=str(api.ca),
         CHITAL_TOKEN=token,
         GRPC_VERBOSITY="ERROR",
         NO_COLOR="1",
@@ -634,6 +656,11 @@ def test_cli_start_follows_a_failing_rollout_and_reports_the_host(api: Api, tmp_
     }
     listed = chital(api, "rollout", "ls")
     assert listed.returncode == 0 and rollout_id in listed.stdout and "FAILED" in listed.stdout
+    # A unique prefix of the id names the rollout, like a container's uid prefix.
+    by_prefix = chital(api, "-o", "json", "rollout", "get", rollout_id[:6])
+    assert by_prefix.returncode == 0 and json.loads(by_prefix.stdout) == data
+    cancelled = chital(api, "-o", "json", "rollout", "cancel", rollout_id[:6])
+    assert cancelled.returncode == 0 and json.loads(cancelled.stdout)["id"] == rollout_id
 
 
 def test_cli_json_prints_the_event_stream_and_watch_resumes(api: Api) -> None:
@@ -645,7 +672,7 @@ def test_cli_json_prints_the_event_stream_and_watch_resumes(api: Api) -> None:
     assert {e["host"] for e in events if e["type"] == "HOST_OK"} == {"j1"}
     rollout_id = api.admin.ListRollouts(rollout_pb2.ListRolloutsRequest()).rollouts[0].id
     watched = chital(
-        api, "-o", "json", "rollout", "watch", rollout_id, "--after", str(events[-3]["sequence"])
+        api, "-o", "json", "rollout", "watch", rollout_id[:8], "--after", str(events[-3]["sequence"])
     )
     assert watched.returncode == 0, watched.stderr
     assert [json.loads(line) for line in watched.stdout.splitlines()] == events[-2:]

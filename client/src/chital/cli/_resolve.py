@@ -25,7 +25,7 @@ class AmbiguousError(Exception):
 
 @dataclass(frozen=True)
 class Candidate:
-    kind: str  # "container", "process" or "host"
+    kind: str  # "container", "process", "host" or "rollout"
     uid: str
     label: str = ""  # a name, a command or an address, to tell candidates apart
 
@@ -102,6 +102,15 @@ def host(client: Client, text: str) -> str:
         if h.id.startswith(text):
             found.append(Candidate("host", h.id, h.address))
     chosen = pick(text, found, "host")
+    return chosen.uid if chosen else text
+
+
+def rollout(client: Client, text: str) -> str:
+    """A rollout's id from an id or a unique id prefix."""
+    if not could_be_prefix(text):
+        return text
+    found = [Candidate("rollout", r.id, r.playbook) for r in client.iter_rollouts() if r.id.startswith(text)]
+    chosen = pick(text, found, "rollout")
     return chosen.uid if chosen else text
 
 

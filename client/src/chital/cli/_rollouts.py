@@ -13,9 +13,10 @@ INTERRUPTED) or on an error, 130 on Ctrl-C (the rollout keeps running: cancel it
 
 from __future__ import annotations
 
+import itertools
 import json
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import click
@@ -35,6 +36,7 @@ from chital.client import (
 
 from . import _output as out
 from . import _params as params
+from . import _resolve as resolve
 from ._containers import show
 from ._root import Group, cli, state
 
@@ -222,7 +224,13 @@ def _read_inventory(path: str) -> str:
     multiple=True,
     help="registered hosts with label K=V",
 )
-@click.option("--host", "hosts", multiple=True, metavar="HOST", help="a registered host (id or address)")
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    metavar="HOST",
+    help="a registered host (id, unique id prefix or address)",
+)
 @click.option(
     "-b", "--batch-size", type=params.COUNT, default=0, help="hosts per serial batch (0: the playbook's)"
 )
@@ -253,7 +261,7 @@ def rollout_start(
         playbook,
         inventory=_read_inventory(inventory) if inventory is not None else None,
         label_selector=dict(selector),
-        hosts=hosts,
+        hosts=[resolve.host(client, h) for h in hosts],
         batch_size=batch_size,
         extra_vars=dict(extra_vars),
         register_hosts=register_hosts,
@@ -280,30 +288,17 @@ def rollout_start(
 def rollout_ls(state_: RolloutState | None, limit: int) -> int:
     """List rollouts, newest first."""
     client = state().client()
-    rollouts = list(_iter(client, state_, limit))
+    rollouts = list(itertools.islice(client.iter_rollouts(state=state_), limit or None))
     show(rollouts, ROLLOUT_HEADERS, [rollout_row(r) for r in rollouts])
     return EXIT_OK
-
-
-def _iter(client: Client, state_: RolloutState | None, limit: int) -> Iterator[Rollout]:
-    token, count = "", 0
-    while True:
-        page = client.list_rollouts_page(page_token=token, state=state_)
-        for r in page.items:
-            if limit and count >= limit:
-                return
-            count += 1
-            yield r
-        token = page.next_page_token
-        if not token:
-            return
 
 
 @rollout_group.command("get")
 @click.argument("rollout_id", metavar="ID")
 def rollout_get(rollout_id: str) -> int:
     """Show a rollout and its hosts."""
-    _show_rollout(state().client().get_rollout(rollout_id))
+    client = state().client()
+    _show_rollout(client.get_rollout(resolve.rollout(client, rollout_id)))
     return EXIT_OK
 
 
@@ -313,12 +308,13 @@ def rollout_get(rollout_id: str) -> int:
 def rollout_watch(rollout_id: str, after: int) -> int:
     """Follow a rollout until it ends (exit status 0 only if it SUCCEEDED)."""
     client = state().client()
-    return follow(client, client.get_rollout(rollout_id), after)
+    return follow(client, client.get_rollout(resolve.rollout(client, rollout_id)), after)
 
 
 @rollout_group.command("cancel")
 @click.argument("rollout_id", metavar="ID")
 def rollout_cancel(rollout_id: str) -> int:
     """Stop a rollout (it becomes CANCELLED once ansible-playbook has stopped)."""
-    _show_rollout(state().client().cancel_rollout(rollout_id))
+    client = state().client()
+    _show_rollout(client.cancel_rollout(resolve.rollout(client, rollout_id)))
     return EXIT_OK

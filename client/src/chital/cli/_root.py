@@ -332,8 +332,8 @@ Settings come from the flags, else the environment, else the context of the conf
   {cfg.ENV_INSECURE}     1: plaintext, to a controller on loopback only: --insecure
 
 \b
-Containers, processes and hosts are named by uid, by a unique uid prefix (like docker), or for
-containers and hosts by name or address. Global options go before or after the command.
+Containers, processes, hosts and rollouts are named by uid, by a unique uid prefix (like docker),
+or for containers and hosts by name or address. Global options go before or after the command.
 Output is plain (no colour, no progress) when it is not a terminal, and uncoloured with NO_COLOR.
 Shell completion: chital completion bash|zsh|fish --help.
 """

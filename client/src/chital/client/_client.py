@@ -612,6 +612,17 @@ class Client(_base.ClientBase):
         call = rollouts.list_rollouts(page_size=page_size, page_token=page_token, state=state)
         return self._call(call, timeout)
 
+    def iter_rollouts(
+        self, *, state: RolloutState | None = None, page_size: int = 0, timeout: float | None = None
+    ) -> Iterator[Rollout]:
+        """Iterate over every rollout, newest first, optionally only those in ``state``, fetching
+        pages as needed (``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_rollouts_page(
+                page_size=page_size, page_token=token, state=state, timeout=timeout
+            )
+        )
+
     def watch_rollout(
         self, rollout_id: str, *, after_sequence: int = 0, timeout: float | None = None
     ) -> Iterator[RolloutEvent]:

@@ -615,6 +615,17 @@ class AsyncClient(_base.ClientBase):
         call = rollouts.list_rollouts(page_size=page_size, page_token=page_token, state=state)
         return await self._call(call, timeout)
 
+    def iter_rollouts(
+        self, *, state: RolloutState | None = None, page_size: int = 0, timeout: float | None = None
+    ) -> AsyncIterator[Rollout]:
+        """Iterate over every rollout, newest first, optionally only those in ``state``, fetching
+        pages as needed (``timeout`` applies to each page)."""
+        return self._pages(
+            lambda token: self.list_rollouts_page(
+                page_size=page_size, page_token=token, state=state, timeout=timeout
+            )
+        )
+
     def watch_rollout(
         self, rollout_id: str, *, after_sequence: int = 0, timeout: float | None = None
     ) -> AsyncIterator[RolloutEvent]:
