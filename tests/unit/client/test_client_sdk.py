@@ -32,6 +32,7 @@ from chital.client import (
     _convert,
     _ops,
 )
+from chital.client.aio import AsyncClient
 
 FAST = RetryPolicy(max_attempts=4, initial_backoff=0.001, max_backoff=0.002)
 
@@ -116,6 +117,22 @@ def test_every_public_name_and_method_has_a_docstring() -> None:
     for name, member in inspect.getmembers(Client, inspect.isfunction):
         if not name.startswith("_") or name in ("__init__", "__enter__", "__exit__"):
             assert member.__doc__, name
+
+
+def test_every_call_takes_a_timeout() -> None:
+    """``timeout=`` (default ``None``: the client's) on every method that calls the controller, in
+    both clients; ``close`` is the only public method without one."""
+    for cls in (Client, AsyncClient):
+        without = []
+        for name, member in inspect.getmembers(cls, inspect.isfunction):
+            if name.startswith("_"):
+                continue
+            param = inspect.signature(member).parameters.get("timeout")
+            if param is None:
+                without.append(name)
+            else:
+                assert param.default is None, (cls, name)
+        assert without == ["close"], cls
 
 
 def test_every_rpc_has_a_method() -> None:
