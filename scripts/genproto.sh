@@ -17,3 +17,6 @@ for p in "${protos[@]}"; do
     d="$out/$(dirname "$p")"
     [ -f "$d/__init__.py" ] || : > "$d/__init__.py"
 done
+# PEP 561: the generated modules come with .pyi stubs; py.typed tells type checkers to read them
+# from an installed chital-api (mypy looks for the marker in chital/api and its parents).
+: > "$out/chital/api/py.typed"

@@ -101,6 +101,26 @@ def test_the_controller_ships_its_migrations(built: tuple[Path, Path]) -> None:
         assert any(n.endswith("chital/controller/migrations/script.py.mako") for n in names)
 
 
+def test_the_wheels_are_typed(built: tuple[Path, Path]) -> None:
+    """PEP 561: each wheel's packages carry py.typed, so type checkers read their annotations (and
+    the generated API's .pyi stubs) from an installed distribution."""
+    out, _ = built
+    typed = {
+        "chital_api": ("api", "daemon", "errdefs", "security"),
+        "chital": ("client", "cli"),
+        "chital_agent": ("agent",),
+        "chital_controller": ("controller",),
+        "chital_devcluster": ("devcluster",),
+    }
+    for dist, packages in typed.items():
+        names = zipfile.ZipFile(out / f"{dist}-{VERSION}-py3-none-any.whl").namelist()
+        assert sorted(n for n in names if n.endswith("/py.typed")) == sorted(
+            f"chital/{p}/py.typed" for p in packages
+        ), dist
+    api = zipfile.ZipFile(out / f"chital_api-{VERSION}-py3-none-any.whl").namelist()
+    assert "chital/api/container/v1/container_pb2.pyi" in api
+
+
 def test_every_distribution_reports_the_one_version(venv: Path, tmp_path: Path) -> None:
     code = (
         "import importlib.metadata as md, json, chital.version, chital.agent, chital.controller, "
