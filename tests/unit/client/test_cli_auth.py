@@ -193,6 +193,10 @@ def test_token_ls_and_revoke(chital) -> None:
     assert "secret" not in chital("token", "ls", "-a", "-o", "json")[1]
     code, _, err = chital("token", "revoke", "ffffffffffff")
     assert code == 1 and err == 'chital: error: not found: token "ffffffffffff"\n'
+    # A prefix of an id: these two share eleven digits.
+    code, out, err = chital("token", "revoke", "0000000000")
+    assert (code, out) == (1, "") and err.startswith("chital: error: token prefix '0000000000' is ambiguous")
+    assert "token 000000000001 (ci); token 000000000002 (old)" in err
 
 
 def test_audit_ls(chital, fake: FakeController) -> None:

@@ -59,3 +59,35 @@ def test_full_ids_unknown_prefixes_and_other_text_go_to_the_controller_as_typed(
     assert client.listed == 0  # neither is looked up
     assert resolve.rollout(client, "ee") == "ee"  # type: ignore[arg-type]
     assert client.listed == 1
+
+
+@dataclass(frozen=True)
+class _Token:
+    id: str
+    name: str
+
+
+class _TokenClient:
+    def __init__(self, *tokens: _Token) -> None:
+        self.tokens = list(tokens)
+        self.listed = 0
+
+    def list_tokens(self, **_: Any) -> list[_Token]:
+        self.listed += 1
+        return self.tokens
+
+
+def test_a_token_by_a_unique_prefix_of_its_id() -> None:
+    client = _TokenClient(
+        _Token("0a1b2c3d4e5f", "ci"), _Token("0a9999999999", "old"), _Token("7f0000000000", "x")
+    )
+    assert resolve.token(client, "0a1") == "0a1b2c3d4e5f"  # type: ignore[arg-type]
+    assert resolve.token(client, "7") == "7f0000000000"  # type: ignore[arg-type]
+    with pytest.raises(
+        AmbiguousError, match=r"^token prefix '0a' is ambiguous: it matches 2: token 0a1b2c3d4e5f \(ci\)"
+    ):
+        resolve.token(client, "0a")  # type: ignore[arg-type]
+    listed = client.listed
+    assert resolve.token(client, "0a1b2c3d4e5f") == "0a1b2c3d4e5f"  # type: ignore[arg-type]
+    assert resolve.token(client, "ee") == "ee"  # type: ignore[arg-type]
+    assert client.listed == listed + 1

@@ -225,10 +225,10 @@ def token_ls(show_all: bool) -> int:
 @token_group.command("revoke")
 @click.argument("ids", nargs=-1, required=True, metavar="ID...")
 def token_revoke(ids: tuple[str, ...]) -> int:
-    """Revoke tokens by id (12 hex digits)."""
+    """Revoke tokens by id (12 hex digits, or a unique prefix of one)."""
     client = state().client()
     for token_id in ids:
-        token = client.revoke_token(token_id)
+        token = client.revoke_token(resolve.token(client, token_id))
         if state().structured:
             out.print_data(token, state().output)
         else:

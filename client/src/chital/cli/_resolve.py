@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from chital.client import Client, NotFound
 
 UID_LENGTH = 32
+TOKEN_ID_LENGTH = 12
 _HEX = re.compile(r"[0-9a-f]+")
 _LISTED = 8  # candidates named in an "ambiguous" error
 
@@ -25,7 +26,7 @@ class AmbiguousError(Exception):
 
 @dataclass(frozen=True)
 class Candidate:
-    kind: str  # "container", "process", "host" or "rollout"
+    kind: str  # "container", "process", "host", "rollout" or "token"
     uid: str
     label: str = ""  # a name, a command or an address, to tell candidates apart
 
@@ -111,6 +112,15 @@ def rollout(client: Client, text: str) -> str:
         return text
     found = [Candidate("rollout", r.id, r.playbook) for r in client.iter_rollouts() if r.id.startswith(text)]
     chosen = pick(text, found, "rollout")
+    return chosen.uid if chosen else text
+
+
+def token(client: Client, text: str) -> str:
+    """A token's id (12 hex digits) from an id or a unique id prefix."""
+    if not (0 < len(text) < TOKEN_ID_LENGTH and _HEX.fullmatch(text)):
+        return text
+    found = [Candidate("token", t.id, t.name) for t in client.list_tokens() if t.id.startswith(text)]
+    chosen = pick(text, found, "token")
     return chosen.uid if chosen else text
 
 
