@@ -1,5 +1,6 @@
 """Host health with real agent processes: heartbeat streams against a frozen (SIGSTOP), a killed
-and a restarted agent, with the controller's default timings.
+and a restarted agent, with the controller's default timings. The fleet runs as deployed: mutual TLS
+to the agents, TLS and a token to the controller, /metrics over HTTPS.
 
 The timings themselves (detection within 3 s, no false NOT_READY under load) are measured by
 bench/health_under_load.py; these tests check the behaviour.
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import ssl
 import time
 import urllib.request
 import uuid
@@ -31,10 +33,12 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 60.0) ->
         time.sleep(0.05)
 
 
-def heartbeat_streams(agent: ServiceProcess) -> float:
-    """The agent's own count of open heartbeat streams (its /metrics)."""
-    assert agent.metrics_url is not None
-    text = urllib.request.urlopen(agent.metrics_url, timeout=10).read().decode()
+def heartbeat_streams(fleet: HollowFleet, agent: ServiceProcess) -> float:
+    """The agent's own count of open heartbeat streams (its /metrics: HTTPS with its certificate)."""
+    assert agent.metrics_url is not None and agent.metrics_url.startswith("https://")
+    assert fleet.pki is not None
+    trust = ssl.create_default_context(cafile=str(fleet.pki.ca))
+    text = urllib.request.urlopen(agent.metrics_url, timeout=10, context=trust).read().decode()
     found = re.search(r"^chital_agent_heartbeat_streams (\S+)$", text, re.M)
     assert found is not None, "chital_agent_heartbeat_streams is exported"
     return float(found.group(1))
@@ -42,7 +46,7 @@ def heartbeat_streams(agent: ServiceProcess) -> float:
 
 @pytest.fixture(scope="module")
 def fleet() -> Iterator[HollowFleet]:
-    with HollowFleet(agents=2, insecure=True, metrics=True) as f:
+    with HollowFleet(agents=2, metrics=True) as f:
         yield f
 
 
@@ -59,7 +63,7 @@ def state(client: Client, agent: ServiceProcess) -> HostState:
 def test_every_agent_is_watched_by_one_stream(client: Client, fleet: HollowFleet) -> None:
     for agent in fleet.agent_procs:
         wait_for(lambda a=agent: state(client, a) is HostState.READY, "READY")
-        wait_for(lambda a=agent: heartbeat_streams(a) == 1, "one heartbeat stream per agent")
+        wait_for(lambda a=agent: heartbeat_streams(fleet, a) == 1, "one heartbeat stream per agent")
 
 
 def test_a_frozen_agent_is_not_ready_until_it_resumes(client: Client, fleet: HollowFleet) -> None:
@@ -75,7 +79,7 @@ def test_a_frozen_agent_is_not_ready_until_it_resumes(client: Client, fleet: Hol
         os.kill(frozen.proc.pid, signal.SIGCONT)
     wait_for(lambda: state(client, frozen) is HostState.READY, "READY after SIGCONT")
     # The silent stream was cancelled and dialled again: one stream, not a leftover besides it.
-    wait_for(lambda: heartbeat_streams(frozen) == 1, "one heartbeat stream after SIGCONT")
+    wait_for(lambda: heartbeat_streams(fleet, frozen) == 1, "one heartbeat stream after SIGCONT")
     assert state(client, other) is HostState.READY
 
 
@@ -89,7 +93,7 @@ def test_a_killed_agent_is_not_ready_and_its_restart_reconnects(client: Client, 
 
     restarted = fleet.restart_agent(index)  # same address, a new process (a new boot id)
     wait_for(lambda: state(client, restarted) is HostState.READY, "READY after the restart")
-    wait_for(lambda: heartbeat_streams(restarted) == 1, "the controller's stream on the new agent")
+    wait_for(lambda: heartbeat_streams(fleet, restarted) == 1, "the controller's stream on the new agent")
     created = client.create_container(
         f"after-restart-{uuid.uuid4().hex[:8]}", host=restarted.address, wait=True
     )
