@@ -23,6 +23,7 @@ from chital.api.admin.v1 import admin_pb2
 from chital.controller.leader import LeaderElector, leader_query
 from chital.controller.server import ControllerConfig, ControllerServer
 from chital.devcluster.postgres import PostgresServer
+from chital.security.pki import PKI
 
 pytestmark = [pytest.mark.postgres, pytest.mark.timeout(120)]
 
@@ -203,10 +204,12 @@ def test_two_controllers_migrating_at_once(pg_url: str) -> None:
 
 
 def _controller(tmp_path: Path, url: str, name: str) -> ControllerServer:
+    """A controller as deployed (TLS with its own bundle), not started."""
+    bundle = PKI.init(tmp_path / f"pki-{name}").issue_controller()
     return ControllerServer(
         ControllerConfig(
             listen="127.0.0.1:0",
-            insecure=True,
+            tls_dir=str(bundle),
             state_dir=str(tmp_path / name),
             database_url=url,
             migrate=True,
