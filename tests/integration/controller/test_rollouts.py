@@ -29,7 +29,7 @@ from chital.client import Client, NotFound, RolloutEventType, RolloutHostStatus
 from chital.client import RolloutState as ClientRolloutState
 from chital.client.aio import AsyncClient
 from chital.controller import db
-from chital.controller.rollouts import Rollouts, RolloutSettings, RolloutSpec, RolloutState
+from chital.controller.rollouts import RolloutRecordState, Rollouts, RolloutSettings, RolloutSpec
 from chital.controller.server import ControllerConfig, ControllerServer
 from chital.security.pki import PKI
 from chital.security.tls import TLSFiles
@@ -395,18 +395,18 @@ def test_a_restart_during_a_rollout_marks_it_interrupted(
     for event in first.watch(record.id, 0, lambda: True):
         if event.host == "r1":
             break
-    assert first.get(record.id).state is RolloutState.RUNNING
+    assert first.get(record.id).state is RolloutRecordState.RUNNING
     second = rollouts()
     second.start()
     after = second.get(record.id)
-    assert after.state is RolloutState.INTERRUPTED and "restarted" in after.message
+    assert after.state is RolloutRecordState.INTERRUPTED and "restarted" in after.message
     assert after.hosts[0].status.value == "SKIPPED"
     # The abandoned playbook ends: its worker's end state does not overwrite INTERRUPTED.
     (markers / "release").touch()
     first.stop()
-    assert second.get(record.id).state is RolloutState.INTERRUPTED
+    assert second.get(record.id).state is RolloutRecordState.INTERRUPTED
     assert [e.state for e in second.watch(record.id, 0, lambda: True) if e.state is not None][-1] is (
-        RolloutState.INTERRUPTED
+        RolloutRecordState.INTERRUPTED
     )
     second.stop()
     engine.dispose()

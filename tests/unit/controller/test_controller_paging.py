@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from chital.controller import db
 from chital.controller.models import RolloutRow
 from chital.controller.records import ContainerRecordState
-from chital.controller.rollouts import RolloutState, _RolloutStore
+from chital.controller.rollouts import RolloutRecordState, _RolloutStore
 from chital.controller.store.paging import (
     decode_id_token,
     decode_page_token,
@@ -106,7 +106,7 @@ def test_audit_log_pages_are_bound_to_the_principal(engine: sa.Engine) -> None:
             audit.list(2, first.next_page_token, principal=other)
 
 
-def _rollout(session: Session, n: int, state: RolloutState) -> None:
+def _rollout(session: Session, n: int, state: RolloutRecordState) -> None:
     at = T0 + timedelta(seconds=n)
     session.add(
         RolloutRow(
@@ -136,12 +136,12 @@ def _rollout(session: Session, n: int, state: RolloutState) -> None:
 def test_rollout_pages_are_bound_to_the_state(engine: sa.Engine) -> None:
     with Session(engine) as session, session.begin():
         for n in range(5):
-            _rollout(session, n, RolloutState.FAILED if n % 2 else RolloutState.SUCCEEDED)
+            _rollout(session, n, RolloutRecordState.FAILED if n % 2 else RolloutRecordState.SUCCEEDED)
     rollouts = _RolloutStore(engine)
-    first = rollouts.page(2, "", RolloutState.SUCCEEDED)
+    first = rollouts.page(2, "", RolloutRecordState.SUCCEEDED)
     assert [r.id for r in first.items] == ["r4", "r2"] and first.next_page_token
-    rest = rollouts.page(2, first.next_page_token, RolloutState.SUCCEEDED)
+    rest = rollouts.page(2, first.next_page_token, RolloutRecordState.SUCCEEDED)
     assert [r.id for r in rest.items] == ["r0"] and not rest.next_page_token
-    for other in (None, RolloutState.FAILED):
+    for other in (None, RolloutRecordState.FAILED):
         with pytest.raises(InvalidArgument, match="different ListRollouts request"):
             rollouts.page(2, first.next_page_token, other)

@@ -13,8 +13,8 @@ import pytest
 
 from chital.controller.rollout_runner import reduce_event
 from chital.controller.rollouts import (
-    HostStatus,
     RolloutHostRecord,
+    RolloutHostRecordStatus,
     _Run,
     resolve_playbook,
     selector_inventory,
@@ -108,14 +108,16 @@ def test_events_fold_into_host_progress() -> None:
     run, sink = _run("a", "b")
     run.on_event(_ev("playbook_on_task_start", task="Install"))
     run.on_event(_ev("runner_on_start", host="a", task="Install"))
-    assert run.hosts["a"].status is HostStatus.RUNNING and run.hosts["a"].current_task == "Install"
+    assert (
+        run.hosts["a"].status is RolloutHostRecordStatus.RUNNING and run.hosts["a"].current_task == "Install"
+    )
     run.on_event(_ev("runner_on_ok", host="a", task="Install", res={"changed": True}))
     run.on_event(_ev("runner_on_failed", host="b", task="Install", res={"msg": "no space"}))
     run.on_event(_ev("runner_on_failed", host="a", task="Probe", res={"msg": "x"}, ignore_errors=True))
     run.on_event(_ev("runner_on_skipped", host="a", task="Other"))
     a, b = run.hosts["a"], run.hosts["b"]
-    assert (a.ok, a.changed, a.failed, a.skipped, a.status) == (2, 1, 0, 1, HostStatus.RUNNING)
-    assert (b.failed, b.status, b.message) == (1, HostStatus.FAILED, "Install: no space")
+    assert (a.ok, a.changed, a.failed, a.skipped, a.status) == (2, 1, 0, 1, RolloutHostRecordStatus.RUNNING)
+    assert (b.failed, b.status, b.message) == (1, RolloutHostRecordStatus.FAILED, "Install: no space")
     assert [e["type"] for e in sink.events] == [
         "TASK_START",
         "HOST_OK",
@@ -141,8 +143,8 @@ def test_the_recap_is_authoritative_and_settles_unseen_failures() -> None:
     )
     a, b, c = run.hosts["a"], run.hosts["b"], run.hosts["c"]
     assert (a.ok, a.changed) == (3, 1)
-    assert (b.status, b.failed, b.message) == (HostStatus.FAILED, 1, "failed (from the recap)")
-    assert (c.status, c.unreachable) == (HostStatus.UNREACHABLE, 1)
+    assert (b.status, b.failed, b.message) == (RolloutHostRecordStatus.FAILED, 1, "failed (from the recap)")
+    assert (c.status, c.unreachable) == (RolloutHostRecordStatus.UNREACHABLE, 1)
     assert sink.events[-1]["type"] == "STATS" and len(sink.events[-1]["host_summary"]) == 3
 
 

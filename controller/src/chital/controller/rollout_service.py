@@ -20,9 +20,9 @@ from chital.controller.rollouts import (
     RolloutEventRecord,
     RolloutHostRecord,
     RolloutRecord,
+    RolloutRecordState,
     Rollouts,
     RolloutSpec,
-    RolloutState,
 )
 from chital.errdefs import InvalidArgument
 
@@ -55,7 +55,7 @@ def host_to_pb(h: RolloutHostRecord) -> rollout_pb2.RolloutHost:
     )
 
 
-def _state_pb(state: RolloutState) -> int:
+def _state_pb(state: RolloutRecordState) -> int:
     return rollout_pb2.RolloutState.Value(f"ROLLOUT_STATE_{state.value}")
 
 
@@ -136,7 +136,7 @@ class RolloutServicer(rollout_pb2_grpc.RolloutServiceServicer):
             name = rollout_pb2.RolloutState.Name(request.state).removeprefix("ROLLOUT_STATE_")
         except ValueError:
             raise InvalidArgument(f"state: unknown value {request.state}") from None
-        state = None if name == "UNSPECIFIED" else RolloutState(name)
+        state = None if name == "UNSPECIFIED" else RolloutRecordState(name)
         page = self._rollouts.list_rollouts(request.page_size, request.page_token, state)
         return rollout_pb2.ListRolloutsResponse(
             rollouts=[rollout_to_pb(r) for r in page.items], next_page_token=page.next_page_token

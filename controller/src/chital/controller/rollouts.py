@@ -65,15 +65,15 @@ from chital.controller.validation import (
 from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, Unavailable
 
 __all__ = [
-    "HostStatus",
     "RolloutEventRecord",
-    "RolloutEventType",
+    "RolloutEventRecordType",
     "RolloutHostRecord",
+    "RolloutHostRecordStatus",
     "RolloutPage",
     "RolloutRecord",
+    "RolloutRecordState",
     "RolloutSettings",
     "RolloutSpec",
-    "RolloutState",
     "Rollouts",
     "default_playbooks_dir",
     "resolve_playbook",
@@ -101,8 +101,8 @@ _HOST_EVENTS = {
 }
 
 
-class RolloutState(StrEnum):
-    """Where a rollout is in its life."""
+class RolloutRecordState(StrEnum):
+    """Where a rollout is in its life, as stored (the API's and the SDK's is ``RolloutState``)."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -114,11 +114,11 @@ class RolloutState(StrEnum):
     @property
     def ended(self) -> bool:
         """Whether nothing will change any more."""
-        return self not in (RolloutState.PENDING, RolloutState.RUNNING)
+        return self not in (RolloutRecordState.PENDING, RolloutRecordState.RUNNING)
 
 
-class HostStatus(StrEnum):
-    """Where one host is in a rollout."""
+class RolloutHostRecordStatus(StrEnum):
+    """Where one host is in a rollout, as stored (the API's and the SDK's is ``RolloutHostStatus``)."""
 
     PENDING = "PENDING"
     RUNNING = "RUNNING"
@@ -128,8 +128,8 @@ class HostStatus(StrEnum):
     SKIPPED = "SKIPPED"
 
 
-class RolloutEventType(StrEnum):
-    """What an event reports."""
+class RolloutEventRecordType(StrEnum):
+    """What an event reports, as stored (the API's and the SDK's is ``RolloutEventType``)."""
 
     STATE = "STATE"
     TASK_START = "TASK_START"
@@ -142,7 +142,7 @@ class RolloutEventType(StrEnum):
 
 
 # Kept when the event log is trimmed: they say how the rollout went.
-_KEPT_EVENTS = (RolloutEventType.STATE.value, RolloutEventType.STATS.value)
+_KEPT_EVENTS = (RolloutEventRecordType.STATE.value, RolloutEventRecordType.STATS.value)
 
 
 @dataclass
@@ -150,7 +150,7 @@ class RolloutHostRecord:
     """One host's progress (mutable while the worker owns it; copied out to callers)."""
 
     name: str
-    status: HostStatus = HostStatus.PENDING
+    status: RolloutHostRecordStatus = RolloutHostRecordStatus.PENDING
     current_task: str = ""
     ok: int = 0
     changed: int = 0
@@ -180,7 +180,7 @@ class RolloutHostRecord:
         """From :meth:`to_json`."""
         return cls(
             name=str(data["name"]),
-            status=HostStatus(data.get("status", "PENDING")),
+            status=RolloutHostRecordStatus(data.get("status", "PENDING")),
             current_task=str(data.get("current_task", "")),
             ok=int(data.get("ok", 0)),
             changed=int(data.get("changed", 0)),
@@ -199,7 +199,7 @@ class RolloutRecord:
     id: str
     request_id: str
     playbook: str
-    state: RolloutState
+    state: RolloutRecordState
     batch_size: int
     extra_vars: dict[str, str]
     register_hosts: bool
@@ -219,13 +219,13 @@ class RolloutEventRecord:
     """One step of a rollout."""
 
     sequence: int
-    type: RolloutEventType
+    type: RolloutEventRecordType
     time: datetime
     host: str = ""
     task: str = ""
     changed: bool = False
     message: str = ""
-    state: RolloutState | None = None
+    state: RolloutRecordState | None = None
     host_summary: list[RolloutHostRecord] = field(default_factory=list)
 
 
@@ -444,7 +444,7 @@ class _RolloutStore:
             id=row.id,
             request_id=row.request_id,
             playbook=row.playbook,
-            state=RolloutState(row.state),
+            state=RolloutRecordState(row.state),
             batch_size=row.batch_size,
             extra_vars=dict(row.extra_vars),
             register_hosts=row.register_hosts,
@@ -463,13 +463,13 @@ class _RolloutStore:
     def _event(row: RolloutEventRow) -> RolloutEventRecord:
         return RolloutEventRecord(
             sequence=row.sequence,
-            type=RolloutEventType(row.type),
+            type=RolloutEventRecordType(row.type),
             time=row.time,
             host=row.host,
             task=row.task,
             changed=row.changed,
             message=row.message,
-            state=RolloutState(row.state) if row.state else None,
+            state=RolloutRecordState(row.state) if row.state else None,
             host_summary=[RolloutHostRecord.from_json(h) for h in row.host_summary],
         )
 
@@ -496,7 +496,9 @@ class _RolloutStore:
                     return self._record(first)
                 busy = session.scalars(
                     sa.select(RolloutRow).where(
-                        RolloutRow.state.in_([RolloutState.PENDING.value, RolloutState.RUNNING.value])
+                        RolloutRow.state.in_(
+                            [RolloutRecordState.PENDING.value, RolloutRecordState.RUNNING.value]
+                        )
                     )
                 ).all()
                 wanted = set(row.targets)
@@ -518,7 +520,7 @@ class _RolloutStore:
                 raise
             return first_record
 
-    def page(self, size: int, page_token: str, state: RolloutState | None) -> RolloutPage:
+    def page(self, size: int, page_token: str, state: RolloutRecordState | None) -> RolloutPage:
         limit = page_size(size)
         filters: Filter = {"state": state}
         cursor = decode_page_token(page_token, "ListRollouts", filters)
@@ -560,7 +562,7 @@ class _RolloutStore:
         *,
         hosts: list[RolloutHostRecord] | None = None,
         max_events: int,
-        only_from: tuple[RolloutState, ...] = (RolloutState.PENDING, RolloutState.RUNNING),
+        only_from: tuple[RolloutRecordState, ...] = (RolloutRecordState.PENDING, RolloutRecordState.RUNNING),
         **changes: Any,
     ) -> RolloutRecord | None:
         """Apply ``changes`` (and ``hosts``) to the rollout and append ``events`` in one transaction,
@@ -569,7 +571,7 @@ class _RolloutStore:
             row = session.get(RolloutRow, rollout_id, with_for_update=True)
             if row is None:
                 raise NotFound(f"rollout {rollout_id!r} not found")
-            if RolloutState(row.state) not in only_from:
+            if RolloutRecordState(row.state) not in only_from:
                 return None
             for key, value in changes.items():
                 setattr(row, key, value)
@@ -613,7 +615,7 @@ class _RolloutStore:
             row = session.get(RolloutRow, rollout_id)
             if row is None:
                 raise NotFound(f"rollout {rollout_id[:80]!r} not found")
-            if not RolloutState(row.state).ended:
+            if not RolloutRecordState(row.state).ended:
                 row.cancel_requested = True
             return self._record(row)
 
@@ -628,7 +630,9 @@ class _RolloutStore:
             return list(
                 session.scalars(
                     sa.select(RolloutRow.id).where(
-                        RolloutRow.state.in_([RolloutState.PENDING.value, RolloutState.RUNNING.value])
+                        RolloutRow.state.in_(
+                            [RolloutRecordState.PENDING.value, RolloutRecordState.RUNNING.value]
+                        )
                     )
                 )
             )
@@ -690,10 +694,14 @@ class _Run:
         out: list[dict[str, Any]] = []
         with self.lock:
             if name == "playbook_on_task_start":
-                out.append({"type": RolloutEventType.TASK_START.value, "task": task})
+                out.append({"type": RolloutEventRecordType.TASK_START.value, "task": task})
             elif name == "runner_on_start":
                 host = self.host(str(data.get("host", "")))
-                host.status = HostStatus.RUNNING if host.status is HostStatus.PENDING else host.status
+                host.status = (
+                    RolloutHostRecordStatus.RUNNING
+                    if host.status is RolloutHostRecordStatus.PENDING
+                    else host.status
+                )
                 host.current_task = task
                 # Progress only: no event of its own (TASK_START said it for the batch).
             elif name in _HOST_EVENTS:
@@ -702,7 +710,7 @@ class _Run:
                 self._stats(data)
                 out.append(
                     {
-                        "type": RolloutEventType.STATS.value,
+                        "type": RolloutEventRecordType.STATS.value,
                         "host_summary": [h.to_json() for h in self.hosts.values()],
                     }
                 )
@@ -718,8 +726,8 @@ class _Run:
         message = _result_message(res) if isinstance(res, dict) else ""
         host.current_task = task
         kind = _HOST_EVENTS[name]
-        if host.status is HostStatus.PENDING:
-            host.status = HostStatus.RUNNING
+        if host.status is RolloutHostRecordStatus.PENDING:
+            host.status = RolloutHostRecordStatus.RUNNING
         if kind == "HOST_OK":
             host.ok += 1
             host.changed += int(changed)
@@ -730,11 +738,11 @@ class _Run:
                 message = f"(ignored) {message}"
             else:
                 host.failed += 1
-                host.status = HostStatus.FAILED
+                host.status = RolloutHostRecordStatus.FAILED
                 host.message = f"{task}: {message}" if message else task
         elif kind == "HOST_UNREACHABLE":
             host.unreachable += 1
-            host.status = HostStatus.UNREACHABLE
+            host.status = RolloutHostRecordStatus.UNREACHABLE
             host.message = message
         else:
             host.skipped += 1
@@ -754,11 +762,11 @@ class _Run:
                 setattr(self.host(str(name)), attr, int(count))
         # The recap also settles a host whose failure event was not seen.
         for host in self.hosts.values():
-            if host.unreachable and host.status is not HostStatus.UNREACHABLE:
-                host.status = HostStatus.UNREACHABLE
+            if host.unreachable and host.status is not RolloutHostRecordStatus.UNREACHABLE:
+                host.status = RolloutHostRecordStatus.UNREACHABLE
                 host.message = host.message or "unreachable (from the recap)"
-            elif host.failed and host.status is not HostStatus.FAILED:
-                host.status = HostStatus.FAILED
+            elif host.failed and host.status is not RolloutHostRecordStatus.FAILED:
+                host.status = RolloutHostRecordStatus.FAILED
                 host.message = host.message or "failed (from the recap)"
 
 
@@ -804,7 +812,10 @@ class Rollouts:
         """Mark what an earlier process left unfinished INTERRUPTED, then take new rollouts."""
         for rollout_id in self._store.unfinished():
             self._end(
-                rollout_id, RolloutState.INTERRUPTED, "the controller restarted during the rollout", None
+                rollout_id,
+                RolloutRecordState.INTERRUPTED,
+                "the controller restarted during the rollout",
+                None,
             )
             log.warning("rollout %s was left unfinished by an earlier controller: INTERRUPTED", rollout_id)
         shutil.rmtree(self._work / "inventories", ignore_errors=True)
@@ -822,7 +833,10 @@ class Rollouts:
         for rollout_id in self._store.unfinished():
             if rollout_id in self._queued:
                 self._end(
-                    rollout_id, RolloutState.INTERRUPTED, "the controller stopped during the rollout", None
+                    rollout_id,
+                    RolloutRecordState.INTERRUPTED,
+                    "the controller stopped during the rollout",
+                    None,
                 )
 
     # -- use cases -------------------------------------------------------------------------------
@@ -851,7 +865,7 @@ class Rollouts:
                 id=rollout_id,
                 request_id=spec.request_id,
                 playbook=playbook.name,
-                state=RolloutState.PENDING.value,
+                state=RolloutRecordState.PENDING.value,
                 batch_size=spec.batch_size,
                 extra_vars=dict(spec.extra_vars),
                 register_hosts=spec.register_hosts,
@@ -871,12 +885,12 @@ class Rollouts:
             event = RolloutEventRow(
                 rollout_id=rollout_id,
                 sequence=1,
-                type=RolloutEventType.STATE.value,
+                type=RolloutEventRecordType.STATE.value,
                 host="",
                 task="",
                 changed=False,
                 message="waiting for a worker",
-                state=RolloutState.PENDING.value,
+                state=RolloutRecordState.PENDING.value,
                 host_summary=row.hosts,
                 time=now,
             )
@@ -898,7 +912,7 @@ class Rollouts:
         return self._store.get(rollout_id)
 
     def list_rollouts(
-        self, size: int = 0, page_token: str = "", state: RolloutState | None = None
+        self, size: int = 0, page_token: str = "", state: RolloutRecordState | None = None
     ) -> RolloutPage:
         """A page of rollouts, newest first."""
         return self._store.page(size, page_token, state)
@@ -909,15 +923,15 @@ class Rollouts:
         running = self._cancels.get(rollout_id)
         if running is not None:
             running.set()
-        if record.state is RolloutState.PENDING:
+        if record.state is RolloutRecordState.PENDING:
             # Not started: ended here unless the worker took it meanwhile (then its cancel
             # callback sees the request). The worker skips a rollout that is no longer PENDING.
             self._end(
                 rollout_id,
-                RolloutState.CANCELLED,
+                RolloutRecordState.CANCELLED,
                 "cancelled before it started",
                 None,
-                only_from=(RolloutState.PENDING,),
+                only_from=(RolloutRecordState.PENDING,),
             )
             return self._store.get(rollout_id)
         return record
@@ -987,7 +1001,7 @@ class Rollouts:
         rollout_id: str,
         events: list[dict[str, Any]],
         hosts: list[RolloutHostRecord],
-        only_from: tuple[RolloutState, ...] = (RolloutState.PENDING, RolloutState.RUNNING),
+        only_from: tuple[RolloutRecordState, ...] = (RolloutRecordState.PENDING, RolloutRecordState.RUNNING),
         **changes: Any,
     ) -> RolloutRecord | None:
         full = [
@@ -1019,12 +1033,12 @@ class Rollouts:
     def _end(
         self,
         rollout_id: str,
-        state: RolloutState,
+        state: RolloutRecordState,
         message: str,
         run: _Run | None,
         *,
         return_code: int | None = None,
-        only_from: tuple[RolloutState, ...] = (RolloutState.PENDING, RolloutState.RUNNING),
+        only_from: tuple[RolloutRecordState, ...] = (RolloutRecordState.PENDING, RolloutRecordState.RUNNING),
     ) -> None:
         """The final state, with unfinished hosts settled (nothing if the rollout left ``only_from``)."""
         current = self._store.get(rollout_id)
@@ -1032,21 +1046,21 @@ class Rollouts:
             return
         hosts = run.snapshot() if run is not None else [replace(h) for h in current.hosts]
         for host in hosts:
-            if host.status is HostStatus.PENDING:
-                host.status = HostStatus.SKIPPED
+            if host.status is RolloutHostRecordStatus.PENDING:
+                host.status = RolloutHostRecordStatus.SKIPPED
                 host.message = host.message or "not run: the playbook did not reach this host"
-            elif host.status is HostStatus.RUNNING:
-                if state in (RolloutState.SUCCEEDED, RolloutState.FAILED) and run is not None:
-                    host.status = HostStatus.SUCCEEDED
+            elif host.status is RolloutHostRecordStatus.RUNNING:
+                if state in (RolloutRecordState.SUCCEEDED, RolloutRecordState.FAILED) and run is not None:
+                    host.status = RolloutHostRecordStatus.SUCCEEDED
                 else:
-                    host.status = HostStatus.SKIPPED
+                    host.status = RolloutHostRecordStatus.SKIPPED
                     host.message = f"{state.value.lower()} before the host finished"
-            host.current_task = host.current_task if host.status is HostStatus.FAILED else ""
+            host.current_task = host.current_task if host.status is RolloutHostRecordStatus.FAILED else ""
         changes: dict[str, Any] = {"state": state.value, "message": _short(message), "ended": self._clock()}
         if return_code is not None:
             changes["return_code"] = return_code
         event = {
-            "type": RolloutEventType.STATE.value,
+            "type": RolloutEventRecordType.STATE.value,
             "state": state.value,
             "message": _short(message),
             "host_summary": [h.to_json() for h in hosts],
@@ -1063,7 +1077,9 @@ class Rollouts:
         except Exception as exc:
             log.exception("rollout %s failed in the controller", record.id)
             try:
-                self._end(record.id, RolloutState.FAILED, f"the controller failed to run it: {exc}", None)
+                self._end(
+                    record.id, RolloutRecordState.FAILED, f"the controller failed to run it: {exc}", None
+                )
             except Exception:
                 log.exception("rollout %s: its failure not recorded", record.id)
         finally:
@@ -1075,14 +1091,14 @@ class Rollouts:
             record.id,
             [
                 {
-                    "type": RolloutEventType.STATE.value,
-                    "state": RolloutState.RUNNING.value,
+                    "type": RolloutEventRecordType.STATE.value,
+                    "state": RolloutRecordState.RUNNING.value,
                     "message": "running",
                 }
             ],
             run.snapshot(),
-            (RolloutState.PENDING,),  # not when cancelled (or interrupted) while queued
-            state=RolloutState.RUNNING.value,
+            (RolloutRecordState.PENDING,),  # not when cancelled (or interrupted) while queued
+            state=RolloutRecordState.RUNNING.value,
             message="running",
             started=self._clock(),
         )
@@ -1120,17 +1136,21 @@ class Rollouts:
             if self._stopping.is_set():
                 self._end(
                     record.id,
-                    RolloutState.INTERRUPTED,
+                    RolloutRecordState.INTERRUPTED,
                     "the controller stopped during the rollout",
                     run,
                     return_code=rc,
                 )
             else:
-                self._end(record.id, RolloutState.CANCELLED, "cancelled", run, return_code=rc)
+                self._end(record.id, RolloutRecordState.CANCELLED, "cancelled", run, return_code=rc)
             return
         if status != "successful" or rc != 0:
             self._end(
-                record.id, RolloutState.FAILED, self._failure_message(run, status, rc), run, return_code=rc
+                record.id,
+                RolloutRecordState.FAILED,
+                self._failure_message(run, status, rc),
+                run,
+                return_code=rc,
             )
             return
         if record.register_hosts:
@@ -1138,13 +1158,13 @@ class Rollouts:
             if failed:
                 self._end(
                     record.id,
-                    RolloutState.FAILED,
+                    RolloutRecordState.FAILED,
                     f"registration failed on {', '.join(failed)}",
                     run,
                     return_code=rc,
                 )
                 return
-        self._end(record.id, RolloutState.SUCCEEDED, "every host ok", run, return_code=rc)
+        self._end(record.id, RolloutRecordState.SUCCEEDED, "every host ok", run, return_code=rc)
 
     def _run_helper(
         self,
@@ -1218,7 +1238,11 @@ class Rollouts:
             return f"the rollout runner failed: {run.runner_error}"
         if rc == 127:
             return "ansible-playbook was not found (rc 127): install ansible-core with the controller"
-        bad = [h.name for h in run.hosts.values() if h.status in (HostStatus.FAILED, HostStatus.UNREACHABLE)]
+        bad = [
+            h.name
+            for h in run.hosts.values()
+            if h.status in (RolloutHostRecordStatus.FAILED, RolloutHostRecordStatus.UNREACHABLE)
+        ]
         if bad:
             return f"failed on {', '.join(bad[:10])}{' ...' if len(bad) > 10 else ''} (rc {rc})"
         return f"ansible-playbook ended {status} with rc {rc}"
@@ -1230,7 +1254,7 @@ class Rollouts:
             host = run.hosts.get(name)
             if name not in inventory.agents or host is None or host.failed or host.unreachable or not host.ok:
                 continue
-            event: dict[str, Any] = {"type": RolloutEventType.HOST_REGISTERED.value, "host": name}
+            event: dict[str, Any] = {"type": RolloutEventRecordType.HOST_REGISTERED.value, "host": name}
             try:
                 if self._register_host is None or self._host_ready is None:
                     raise FailedPrecondition("this controller cannot register hosts")
@@ -1249,7 +1273,7 @@ class Rollouts:
                 host.message = f"registered as {host_id} ({address}), READY"
                 event["message"] = host.message
             except Exception as exc:  # noqa: BLE001 - any failure is this host's, reported on it
-                host.status = HostStatus.FAILED
+                host.status = RolloutHostRecordStatus.FAILED
                 host.message = _short(f"registration: {exc}")
                 event["message"] = host.message
                 failed.append(name)
