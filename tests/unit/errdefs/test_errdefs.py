@@ -59,6 +59,7 @@ CLASS_CODES = {
     errdefs.InvalidArgument: Code.INVALID_ARGUMENT,
     errdefs.FailedPrecondition: Code.FAILED_PRECONDITION,
     errdefs.PermissionDenied: Code.PERMISSION_DENIED,
+    errdefs.Unauthenticated: Code.UNAUTHENTICATED,
     errdefs.ResourceExhausted: Code.RESOURCE_EXHAUSTED,
     errdefs.Unavailable: Code.UNAVAILABLE,
     errdefs.Unimplemented: Code.UNIMPLEMENTED,
@@ -126,7 +127,6 @@ def test_every_status_code_gives_a_typed_exception(code: grpc.StatusCode) -> Non
     [
         (grpc.StatusCode.CANCELLED, errdefs.Unavailable),
         (grpc.StatusCode.ABORTED, errdefs.FailedPrecondition),
-        (grpc.StatusCode.UNAUTHENTICATED, errdefs.PermissionDenied),
         (grpc.StatusCode.DATA_LOSS, errdefs.Internal),
         (grpc.StatusCode.UNKNOWN, errdefs.Internal),
     ],
@@ -135,6 +135,15 @@ def test_transport_codes_map_to_nearest_class(
     status: grpc.StatusCode, cls: type[errdefs.ChitalError]
 ) -> None:
     assert type(from_grpc_code(status, "m")) is cls
+
+
+def test_unauthenticated_is_a_permission_denied() -> None:
+    """One class for the status, whoever raises or receives it (a controller's auth, the SDK), and
+    code that catches PermissionDenied catches it too."""
+    exc = from_grpc_code(grpc.StatusCode.UNAUTHENTICATED, "token expired")
+    assert type(exc) is errdefs.Unauthenticated and isinstance(exc, errdefs.PermissionDenied)
+    assert to_grpc_code(errdefs.Unauthenticated("x")) is grpc.StatusCode.UNAUTHENTICATED
+    assert str(from_grpc_code(grpc.StatusCode.UNAUTHENTICATED, ""))  # never an empty message
 
 
 def test_foreign_exceptions_are_internal() -> None:

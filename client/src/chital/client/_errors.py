@@ -10,7 +10,6 @@ import grpc
 from chital.errdefs import (
     AlreadyExists,
     ChitalError,
-    Code,
     DeadlineExceeded,
     FailedPrecondition,
     Internal,
@@ -19,6 +18,7 @@ from chital.errdefs import (
     OutOfRange,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
     Unimplemented,
 )
@@ -42,14 +42,6 @@ __all__ = [
     "status_code",
     "tls_failure",
 ]
-
-
-class Unauthenticated(PermissionDenied):
-    """The controller does not know who is calling: no token or client certificate, or one it does
-    not accept (the message says which, e.g. "token expired"). A :class:`PermissionDenied`, so code
-    that catches that keeps working."""
-
-    code = Code.UNAUTHENTICATED
 
 
 def status_code(exc: grpc.RpcError) -> grpc.StatusCode:
@@ -124,8 +116,6 @@ def error_from_rpc(exc: grpc.RpcError) -> ChitalError:
     """The typed exception for a failed call; the caller raises it ``from exc``."""
     message = _details(exc)
     code = status_code(exc)
-    if code is grpc.StatusCode.UNAUTHENTICATED:
-        return Unauthenticated(message or "unauthenticated")
     if code is grpc.StatusCode.UNAVAILABLE:
         message = tls_failure(message) or message
     return from_grpc_code(code, message, _trailers(exc))

@@ -38,7 +38,7 @@ from google.protobuf.message import Message
 from sqlalchemy.exc import OperationalError
 
 from chital.controller.tokens import ROLES, AuditLog, InvalidToken, Tokens
-from chital.errdefs import code_of
+from chital.errdefs import Unauthenticated, code_of
 from chital.errdefs.grpc import client_went_away, rewrap_handler
 from chital.security.tls import peer_from_context
 
@@ -162,10 +162,6 @@ _current: ContextVar[Principal | None] = ContextVar("chital_principal", default=
 def current_principal() -> Principal | None:
     """The caller of the unary handler running in this thread (None outside one)."""
     return _current.get()
-
-
-class Unauthenticated(Exception):  # noqa: N818 - named after the status it becomes
-    """The caller presented no usable credentials."""
 
 
 def _short(method: str) -> str:

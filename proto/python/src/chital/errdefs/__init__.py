@@ -38,6 +38,7 @@ __all__ = [
     "OutOfRange",
     "PermissionDenied",
     "ResourceExhausted",
+    "Unauthenticated",
     "Unavailable",
     "Unimplemented",
     "code_of",
@@ -146,6 +147,14 @@ class PermissionDenied(ChitalError):
     code = Code.PERMISSION_DENIED
 
 
+class Unauthenticated(PermissionDenied):
+    """The server does not know who is calling: no token or client certificate, or one it does not
+    accept (the message says which, e.g. "token expired"). A :class:`PermissionDenied`, so code
+    that catches that also catches this."""
+
+    code = Code.UNAUTHENTICATED
+
+
 class ResourceExhausted(ChitalError):
     """A limit or a capacity is exhausted (no host has room, queue full, out of memory)."""
 
@@ -182,6 +191,7 @@ ERROR_CLASSES: tuple[type[ChitalError], ...] = (
     InvalidArgument,
     FailedPrecondition,
     PermissionDenied,
+    Unauthenticated,
     ResourceExhausted,
     Unavailable,
     Unimplemented,
@@ -196,7 +206,6 @@ _BY_CODE.update(
     {
         Code.CANCELLED: Unavailable,
         Code.ABORTED: FailedPrecondition,
-        Code.UNAUTHENTICATED: PermissionDenied,
         Code.DATA_LOSS: Internal,
         Code.UNKNOWN: Internal,
     }
