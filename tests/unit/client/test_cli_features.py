@@ -246,6 +246,8 @@ def test_terminal_output_has_colour_and_progress(target: str, chital) -> None:
     env.pop("NO_COLOR", None)
     drawn = _on_a_terminal(["ps"], env)
     assert "\x1b[32mRUNNING" in drawn  # a coloured state
+    drawn = _on_a_terminal(["exec", "-d", "box", "--", "sleep", "5"], env)
+    assert "starting sleep 5 in box" in drawn  # exec waits for the host to start the process
     drawn = _on_a_terminal(["stop", "box", "--grace", "1"], env)
     assert "stopping box (SIGTERM, SIGKILL after 1 s)" in drawn  # the spinner's text, on stderr
     # NO_COLOR: no colour (and no bold), still a table.

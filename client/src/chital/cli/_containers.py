@@ -344,7 +344,8 @@ def exec_command(
     command = _strip_dashes(command)
     client = state().client()
     target = resolve.container(client, container)
-    process = client.exec(target, command, **_exec_kwargs(env, cwd, user))
+    with out.progress(f"starting {shlex.join(command)} in {container}"):
+        process = client.exec(target, command, **_exec_kwargs(env, cwd, user))
     if detach:
         if state().structured:
             out.print_data(process, state().output)
