@@ -83,7 +83,7 @@ __all__ = [
     "RuntimeConfig",
     "SandboxView",
     "SyncState",
-    "SyscallStat",
+    "SyscallCountView",
 ]
 
 log = logging.getLogger("chital.agent.runtime")
@@ -180,7 +180,7 @@ class AgentEvent:
 
 
 @dataclass(frozen=True, slots=True)
-class SyscallStat:
+class SyscallCountView:
     name: str
     number: int
     calls: int
@@ -189,7 +189,7 @@ class SyscallStat:
 
 @dataclass(frozen=True, slots=True)
 class ContainerStatsView:
-    syscalls: tuple[SyscallStat, ...]
+    syscalls: tuple[SyscallCountView, ...]
     syscalls_total: int
     denied_total: int
     members: int
@@ -834,7 +834,7 @@ class AgentRuntime:
                 cg = self._cgroups.stats(uid)
         return ContainerStatsView(
             syscalls=tuple(
-                SyscallStat(name=syscalls.name_of(nr), number=nr, calls=calls, denied=denied)
+                SyscallCountView(name=syscalls.name_of(nr), number=nr, calls=calls, denied=denied)
                 for nr, (calls, denied) in sorted(counters.items())
             ),
             syscalls_total=info.syscalls_total,
