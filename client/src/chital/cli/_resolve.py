@@ -25,7 +25,7 @@ class AmbiguousError(Exception):
 
 
 @dataclass(frozen=True)
-class Candidate:
+class Match:
     kind: str  # "container", "process", "host", "rollout" or "token"
     uid: str
     label: str = ""  # a name, a command or an address, to tell candidates apart
@@ -39,7 +39,7 @@ def could_be_prefix(text: str) -> bool:
     return 0 < len(text) < UID_LENGTH and _HEX.fullmatch(text) is not None
 
 
-def pick(text: str, candidates: Sequence[Candidate], what: str) -> Candidate | None:
+def pick(text: str, candidates: Sequence[Match], what: str) -> Match | None:
     """The one candidate, ``None`` for none; several raise :class:`AmbiguousError`."""
     if not candidates:
         return None
@@ -53,7 +53,7 @@ def pick(text: str, candidates: Sequence[Candidate], what: str) -> Candidate | N
     )
 
 
-def _container_candidates(client: Client, text: str) -> tuple[bool, list[Candidate]]:
+def _container_candidates(client: Client, text: str) -> tuple[bool, list[Match]]:
     """(whether a container is named ``text``, the containers whose uid starts with it)."""
     named = False
     found = []
@@ -61,13 +61,13 @@ def _container_candidates(client: Client, text: str) -> tuple[bool, list[Candida
         if container.name == text:
             named = True
         if container.uid.startswith(text):
-            found.append(Candidate("container", container.uid, container.name))
+            found.append(Match("container", container.uid, container.name))
     return named, found
 
 
-def _process_candidates(client: Client, text: str) -> list[Candidate]:
+def _process_candidates(client: Client, text: str) -> list[Match]:
     return [
-        Candidate("process", p.uid, " ".join(p.argv)[:40])
+        Match("process", p.uid, " ".join(p.argv)[:40])
         for p in client.list_processes()
         if p.uid.startswith(text)
     ]
@@ -101,7 +101,7 @@ def host(client: Client, text: str) -> str:
         if text in (h.id, h.address):
             return text
         if h.id.startswith(text):
-            found.append(Candidate("host", h.id, h.address))
+            found.append(Match("host", h.id, h.address))
     chosen = pick(text, found, "host")
     return chosen.uid if chosen else text
 
@@ -110,7 +110,7 @@ def rollout(client: Client, text: str) -> str:
     """A rollout's id from an id or a unique id prefix."""
     if not could_be_prefix(text):
         return text
-    found = [Candidate("rollout", r.id, r.playbook) for r in client.iter_rollouts() if r.id.startswith(text)]
+    found = [Match("rollout", r.id, r.playbook) for r in client.iter_rollouts() if r.id.startswith(text)]
     chosen = pick(text, found, "rollout")
     return chosen.uid if chosen else text
 
@@ -119,7 +119,7 @@ def token(client: Client, text: str) -> str:
     """A token's id (12 hex digits) from an id or a unique id prefix."""
     if not (0 < len(text) < TOKEN_ID_LENGTH and _HEX.fullmatch(text)):
         return text
-    found = [Candidate("token", t.id, t.name) for t in client.list_tokens() if t.id.startswith(text)]
+    found = [Match("token", t.id, t.name) for t in client.list_tokens() if t.id.startswith(text)]
     chosen = pick(text, found, "token")
     return chosen.uid if chosen else text
 
