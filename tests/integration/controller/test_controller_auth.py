@@ -433,6 +433,80 @@ def test_only_an_admin_lifts_the_root_policy(cluster: Cluster) -> None:
     )
 
 
+# -- sandbox relaxations ----------------------------------------------------------------------
+
+#: Each relaxation of the sandbox an operator may not ask for, by the field the refusal names.
+RELAXATIONS = {
+    "sandbox.allow_syscalls": cpb.Sandbox(allow_syscalls=["syslog"]),
+    "sandbox.allow_raw_sockets": cpb.Sandbox(allow_raw_sockets=True),
+    "sandbox.capabilities": cpb.Sandbox(capabilities=["CAP_SYS_ADMIN"]),
+    "sandbox.host_network": cpb.Sandbox(host_network=True),
+}
+SANDBOX_FIELDS = ("allow_syscalls", "allow_raw_sockets", "capabilities", "host_network", "allow_host_root")
+
+
+def _sandbox_fields(sandbox: Any) -> dict[str, Any]:
+    """A sandbox of the container API or of the agent API as plain values, to compare them."""
+    return {
+        f: list(getattr(sandbox, f)) if f in ("allow_syscalls", "capabilities") else getattr(sandbox, f)
+        for f in SANDBOX_FIELDS
+    }
+
+
+def test_an_operator_cannot_relax_the_sandbox(cluster: Cluster) -> None:
+    by_token, _, _ = cluster.stubs(cluster.channel_with(cluster.token("operator")))
+    by_cert, _, _ = cluster.stubs(cluster.channel_with(cert=cluster.pki.issue_user("alice", "operator")))
+    before = snapshot(cluster)
+
+    def create(stub: Any, sandbox: cpb.Sandbox) -> Any:
+        return stub.CreateContainer(create_request("relaxed", sandbox=sandbox), timeout=T)
+
+    for field, sandbox in RELAXATIONS.items():
+        for stub in (by_token, by_cert):
+            refused(
+                lambda stub=stub, sandbox=sandbox: create(stub, sandbox),
+                grpc.StatusCode.PERMISSION_DENIED,
+                message=f"only an admin may set {field} (needs the admin role",
+            )
+    # Asking for all of them at once names every one.
+    every = cpb.Sandbox(
+        allow_syscalls=["syslog", "acct"],
+        allow_raw_sockets=True,
+        capabilities=["CAP_NET_ADMIN", "CAP_SYS_ADMIN"],
+        host_network=True,
+    )
+    err = refused(lambda: create(by_token, every), grpc.StatusCode.PERMISSION_DENIED)
+    assert f"only an admin may set {', '.join(RELAXATIONS)} (needs the admin role" in (err.details() or "")
+    # Nothing was placed, recorded or sent to an agent; each refusal is in the audit log.
+    refusals = 2 * len(RELAXATIONS) + 1
+    after = snapshot(cluster)
+    assert after["agent_calls"] == before["agent_calls"]
+    for table in ("hosts", "containers", "processes", "events", "tokens"):
+        assert after["rows"][table] == before["rows"][table], table
+    assert after["rows"]["audit_log"] == before["rows"]["audit_log"] + refusals
+    rows = audit_rows(cluster, page_size=refusals)
+    assert {(e.method.rpartition("/")[2], e.code, e.role) for e in rows} == {
+        ("CreateContainer", "PERMISSION_DENIED", "operator")
+    }
+    assert "only an admin may set" in rows[0].detail
+
+
+def test_an_admin_relaxes_the_sandbox_and_the_agent_is_told(cluster: Cluster) -> None:
+    for i, sandbox in enumerate(RELAXATIONS.values()):
+        made = cluster.containers.CreateContainer(create_request(f"relaxed-{i}", sandbox=sandbox), timeout=T)
+        assert made.container.state == cpb.CONTAINER_STATE_CREATED
+        assert made.container.sandbox == sandbox
+        sent = [
+            a.agent.containers[made.container.uid]
+            for a in cluster.agents
+            if made.container.uid in a.agent.containers
+        ]
+        assert len(sent) == 1 and _sandbox_fields(sent[0].sandbox) == _sandbox_fields(sandbox)
+    assert [(e.code, e.role) for e in audit_rows(cluster, page_size=len(RELAXATIONS))] == [
+        ("OK", "admin")
+    ] * len(RELAXATIONS)
+
+
 def test_allowed_roots_bound_the_roots(tmp_path: Path) -> None:
     with running_cluster(tmp_path, allowed_roots=("/srv/sandboxes",)) as c:
         c.hosts.RegisterHost(hpb.RegisterHostRequest(address=c.agents[0].address), timeout=T)

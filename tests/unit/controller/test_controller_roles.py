@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from collections.abc import Iterator
@@ -18,8 +19,15 @@ from chital.api.rollout.v1 import rollout_pb2
 from chital.controller import db
 from chital.controller.__main__ import parse_ttl
 from chital.controller.auth import METHOD_ROLES, Principal, role_allows, roles_table_markdown
+from chital.controller.records import SandboxRecord
 from chital.controller.tokens import AuditLog, InvalidToken, Tokens, create_token
-from chital.controller.validation import check_root, validate_allowed_roots
+from chital.controller.validation import (
+    ADMIN_ONLY_SANDBOX_FIELDS,
+    check_root,
+    check_sandbox_role,
+    sandbox_relaxations,
+    validate_allowed_roots,
+)
 from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "auth.md"
@@ -335,6 +343,48 @@ def test_allowed_roots() -> None:
     for bad in ("/", "//", "relative", "/a/../b"):
         with pytest.raises(ValueError, match="allowed root"):
             validate_allowed_roots([bad])
+
+
+# -- sandbox relaxations --------------------------------------------------------------------------
+
+
+def test_every_sandbox_field_is_an_admin_only_relaxation() -> None:
+    # A new field of SandboxRecord must be classified: a relaxation nobody gated would be open.
+    assert set(ADMIN_ONLY_SANDBOX_FIELDS) == {f.name for f in dataclasses.fields(SandboxRecord)}
+
+
+@pytest.mark.parametrize(
+    ("sandbox", "field"),
+    [
+        (SandboxRecord(allow_syscalls=("syslog",)), "sandbox.allow_syscalls"),
+        (SandboxRecord(allow_raw_sockets=True), "sandbox.allow_raw_sockets"),
+        (SandboxRecord(capabilities=("CAP_SYS_ADMIN",)), "sandbox.capabilities"),
+        (SandboxRecord(host_network=True), "sandbox.host_network"),
+        (SandboxRecord(allow_host_root=True), "sandbox.allow_host_root"),
+    ],
+)
+def test_each_relaxation_needs_an_admin(sandbox: SandboxRecord, field: str) -> None:
+    assert sandbox_relaxations(sandbox) == (field,)
+    with pytest.raises(
+        PermissionDenied, match=re.escape(f"only an admin may set {field} (needs the admin role")
+    ):
+        check_sandbox_role(sandbox, admin=False)
+    check_sandbox_role(sandbox, admin=True)
+
+
+def test_the_most_isolated_sandbox_is_anyones() -> None:
+    assert sandbox_relaxations(SandboxRecord()) == ()
+    check_sandbox_role(SandboxRecord(), admin=False)
+
+
+def test_a_refusal_names_every_relaxation() -> None:
+    every = SandboxRecord(("acct",), True, ("CAP_NET_RAW",), True, True)
+    with pytest.raises(PermissionDenied) as err:
+        check_sandbox_role(every, admin=False)
+    assert str(err.value).startswith(
+        "only an admin may set sandbox.allow_syscalls, sandbox.allow_raw_sockets, sandbox.capabilities, "
+        "sandbox.host_network, sandbox.allow_host_root (needs the admin role: they weaken"
+    )
 
 
 def test_parse_ttl() -> None:

@@ -179,22 +179,24 @@ _NOT_OPTIONS = {"allow_interspersed_args": False}
     "--allow",
     multiple=True,
     metavar="SYSCALL,...",
-    help="system calls to remove from the host's default deny list (repeatable)",
+    help="system calls to remove from the host's default deny list (repeatable; admin only)",
 )
 @click.option(
-    "--allow-raw-sockets", is_flag=True, help="allow AF_PACKET and SOCK_RAW sockets (denied by default)"
+    "--allow-raw-sockets",
+    is_flag=True,
+    help="allow AF_PACKET and SOCK_RAW sockets (denied by default; admin only)",
 )
 @click.option(
     "--cap-add",
     multiple=True,
     metavar="CAP,...",
-    help="capability the processes keep, e.g. NET_BIND_SERVICE (repeatable; none by default)",
+    help="capability the processes keep, e.g. NET_BIND_SERVICE (repeatable; none by default; admin only)",
 )
 @click.option(
     "--network",
     type=click.Choice(("private", "host")),
     default="private",
-    help="private: own loopback only (default); host: the host's network, for trusted workloads only",
+    help="private: own loopback only (default); host: the host's network (admin only, trusted workloads)",
 )
 @click.option(
     "--host",

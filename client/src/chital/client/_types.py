@@ -77,7 +77,8 @@ class Limits:
 
 @dataclass(frozen=True)
 class Sandbox:
-    """How a container is isolated beyond its root and deny list. The default isolates most."""
+    """How a container is isolated beyond its root and deny list. The default isolates most; each
+    field relaxes it, and only an admin may set one (an operator's create is PermissionDenied)."""
 
     allow_syscalls: tuple[str, ...] = ()
     """System calls removed from the host's default deny list (for example ``"syslog"``)."""

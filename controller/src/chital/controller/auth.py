@@ -20,8 +20,9 @@ ErrorInterceptor]``. Metrics stays outermost and sees every final status (this i
 denials included); the error interceptor is inside, so the audit records the status it maps an
 exception to.
 
-Handlers that need the caller (WhoAmI, the admin-only ``allow_host_root``) read
-:func:`current_principal`, set for the duration of a unary handler.
+Handlers that need the caller (WhoAmI; CreateContainer, whose sandbox relaxations are admin-only
+although the method is an operator's, see :func:`chital.controller.validation.check_sandbox_role`)
+read :func:`current_principal`, set for the duration of a unary handler.
 """
 
 from __future__ import annotations

@@ -80,6 +80,7 @@ from chital.controller.store.creates import CreateOutcome
 from chital.controller.store.paging import Cursor, Filter, decode_page_token, encode_page_token
 from chital.controller.validation import (
     check_root,
+    check_sandbox_role,
     page_size,
     parse_label_selector,
     validate_argv,
@@ -100,7 +101,6 @@ from chital.errdefs import (
     ChitalError,
     FailedPrecondition,
     InvalidArgument,
-    PermissionDenied,
     Unavailable,
 )
 
@@ -221,13 +221,14 @@ class Containers:
         record is returned at once and the operations driver creates it on its host (CREATED, or
         FAILED with the host's error as message). With ``wait`` the host's create runs in this call:
         the container comes back CREATED, or the host's error is raised (see the module docstring).
-        ``admin``: the caller has the admin role, so ``sandbox.allow_host_root`` may lift the root
-        policy (see validation.check_root)."""
+        ``admin``: the caller has the admin role, the only one that may relax the sandbox
+        (validation.check_sandbox_role), ``sandbox.allow_host_root`` lifting the root policy
+        included (validation.check_root). Any other caller asking for a relaxation is refused
+        before anything is placed, recorded or sent to a host."""
         if request_id:
             validate_request_id(request_id)
         self.validate_spec(spec)
-        if spec.sandbox.allow_host_root and not admin:
-            raise PermissionDenied("only an admin may set sandbox.allow_host_root")
+        check_sandbox_role(spec.sandbox, admin=admin)
         check_root(spec.root, self._allowed_roots, allow_host_root=spec.sandbox.allow_host_root)
         pinned = bool(spec.host)
 

@@ -186,9 +186,10 @@ class SandboxRecord:
     """How a container is isolated beyond its root and deny list; the zero value isolates most.
 
     ``allow_syscalls`` relaxes the host's default deny list, ``allow_raw_sockets`` allows AF_PACKET
-    and SOCK_RAW sockets, ``capabilities`` are kept by the processes (none by default), and
+    and SOCK_RAW sockets, ``capabilities`` are kept by the processes (none by default),
     ``host_network`` shares the host's network namespace (trusted workloads only), and
-    ``allow_host_root`` lets the root be outside the allowed roots, "/" included (admins only).
+    ``allow_host_root`` lets the root be outside the allowed roots, "/" included. Each of them is a
+    relaxation only an admin may ask for (validation.check_sandbox_role).
     """
 
     allow_syscalls: tuple[str, ...] = ()

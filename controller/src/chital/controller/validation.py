@@ -10,11 +10,14 @@ from chital.controller.records import DEFAULT_GROUP_ID, DEFAULT_USER_ID, Sandbox
 from chital.errdefs import InvalidArgument, PermissionDenied
 
 __all__ = [
+    "ADMIN_ONLY_SANDBOX_FIELDS",
     "MAX_PAGE_SIZE",
     "SYSTEM_DIRS",
     "check_root",
+    "check_sandbox_role",
     "page_size",
     "parse_label_selector",
+    "sandbox_relaxations",
     "validate_allowed_roots",
     "validate_argv",
     "validate_env",
@@ -225,6 +228,37 @@ def validate_sandbox(sandbox: SandboxRecord) -> SandboxRecord:
         if not CAPABILITY_RE.fullmatch(cap):
             raise InvalidArgument(f"sandbox.capabilities: bad capability name {cap[:80]!r} (want CAP_...)")
     return sandbox
+
+
+#: The :class:`SandboxRecord` fields that relax the sandbox. Each one weakens a wall the agent builds
+#: (the seccomp filter, the empty capability sets, the own network namespace, the root policy), so
+#: only an admin may set any of them: see :func:`check_sandbox_role`.
+ADMIN_ONLY_SANDBOX_FIELDS: tuple[str, ...] = (
+    "allow_syscalls",
+    "allow_raw_sockets",
+    "capabilities",
+    "host_network",
+    "allow_host_root",
+)
+
+
+def sandbox_relaxations(sandbox: SandboxRecord) -> tuple[str, ...]:
+    """The relaxations ``sandbox`` asks for, as ``sandbox.<field>`` (empty: the most isolated)."""
+    return tuple(f"sandbox.{name}" for name in ADMIN_ONLY_SANDBOX_FIELDS if getattr(sandbox, name))
+
+
+def check_sandbox_role(sandbox: SandboxRecord, *, admin: bool) -> None:
+    """Only an admin may relax a container's sandbox (:data:`ADMIN_ONLY_SANDBOX_FIELDS`).
+
+    The controller is the only caller an agent accepts, so this check is the one that holds.
+    Raises PermissionDenied naming every relaxation asked for and the role it needs."""
+    relaxations = sandbox_relaxations(sandbox)
+    if relaxations and not admin:
+        what = "it weakens" if len(relaxations) == 1 else "they weaken"
+        raise PermissionDenied(
+            f"only an admin may set {', '.join(relaxations)} (needs the admin role: {what} "
+            "the container's sandbox)"
+        )
 
 
 def validate_ids(user_id: int | None, group_id: int | None) -> tuple[int, int]:

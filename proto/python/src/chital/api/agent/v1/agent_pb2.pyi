@@ -121,7 +121,8 @@ Global___Limits: _TypeAlias = Limits  # noqa: Y015
 class Sandbox(_message.Message):
     """Sandbox is how a container is isolated beyond its root and its deny list. The zero value is
     the most isolated: the host's default deny list, no raw sockets, no capabilities, its own
-    network namespace with only a loopback interface.
+    network namespace with only a loopback interface. The controller sends relaxations only for
+    an admin's request.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

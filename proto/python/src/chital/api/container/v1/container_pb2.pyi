@@ -190,7 +190,8 @@ Global___Limits: _TypeAlias = Limits  # noqa: Y015
 class Sandbox(_message.Message):
     """Sandbox is how a container is isolated beyond its root and its deny list. The zero value is
     the most isolated: the host's default deny list, no raw sockets, no capabilities, its own
-    network namespace with only a loopback interface.
+    network namespace with only a loopback interface. Every field relaxes that isolation, so only
+    an admin may set any of them: for another caller the create is PERMISSION_DENIED.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -204,7 +205,7 @@ class Sandbox(_message.Message):
     """Allow AF_PACKET sockets and SOCK_RAW sockets of any family (denied by default)."""
     host_network: _builtins.bool
     """Share the host's network namespace instead of an own loopback-only one. For trusted
-    workloads only: members then reach every address the host reaches, the the agents' ports included.
+    workloads only: members then reach every address the host reaches, the agents' ports included.
     """
     allow_host_root: _builtins.bool
     """Allow a root outside the allowed roots: the host's root "/" or a system directory (/etc,
