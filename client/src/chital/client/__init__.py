@@ -1,25 +1,26 @@
 """chital's Python SDK: containers, processes and hosts of a chital controller.
 
-::
+```python
+from chital.client import Client, Limits
 
-    from chital.client import Client, Limits
-
-    # No address: the controller, TLS files and token from the environment (CHITAL_CONTROLLER,
-    # CHITAL_TLS_DIR or CHITAL_CACERT, CHITAL_TOKEN), else the config file's current context.
-    with Client() as client:
-        c = client.create_container("web", limits=Limits(memory_max_bytes=256 << 20))
-        p = client.exec(c.uid, ["echo", "hello"])
-        for chunk in client.stream_logs(p.uid, follow=True):
-            print(chunk.data.decode(), end="")
-        print(client.wait_process(p.uid).exit_code)
+# No address: the controller, TLS files and token from the environment (CHITAL_CONTROLLER,
+# CHITAL_TLS_DIR or CHITAL_CACERT, CHITAL_TOKEN), else the config file's current context.
+with Client() as client:
+    c = client.create_container("web", limits=Limits(memory_max_bytes=256 << 20))
+    p = client.exec(c.uid, ["echo", "hello"])
+    for chunk in client.stream_logs(p.uid, follow=True):
+        print(chunk.data.decode(), end="")
+    print(client.wait_process(p.uid).exit_code)
+```
 
 Or explicitly: ``Client("10.0.0.1:7443", tls=TLSFiles(ca=Path("ca.crt")), token=token)``;
-:meth:`Client.from_config` picks a context or overrides single settings (see
-:mod:`chital.client.config` for the config file). :class:`chital.client.aio.AsyncClient` is the same
-client for asyncio.
+[`Client.from_config`][chital.client.Client.from_config] picks a context or overrides single
+settings (see [`chital.client.config`][chital.client.config] for the config file).
+[`chital.client.aio.AsyncClient`][chital.client.aio.AsyncClient] is the same client for asyncio.
 
-Values are frozen dataclasses and enums; errors are subclasses of :class:`ChitalError`. Retries are
-gRPC's, configured per method from one :class:`RetryPolicy`; every method takes ``timeout=``.
+Values are frozen dataclasses and enums; errors are subclasses of
+[`ChitalError`][chital.client.ChitalError]. Retries are gRPC's, configured per method from one
+[`RetryPolicy`][chital.client.RetryPolicy]; every method takes ``timeout=``.
 """
 
 from chital.security.tls import TLSFiles

@@ -69,9 +69,9 @@ def settings(
     """Check a client's arguments and fill in what the environment and the config file say.
 
     Without ``target``, ``tls``, ``credentials`` and ``insecure``, everything comes from
-    :func:`chital.client.config.resolve` (``CHITAL_*`` variables, then the current context), the
-    token too unless one is given. Without ``target`` only, it is ``$CHITAL_CONTROLLER``, else the
-    current context's controller, else ``127.0.0.1:7443``.
+    [`chital.client.config.resolve`][chital.client.config.resolve] (``CHITAL_*`` variables, then the
+    current context), the token too unless one is given. Without ``target`` only, it is
+    ``$CHITAL_CONTROLLER``, else the current context's controller, else ``127.0.0.1:7443``.
     """
     if timeout <= 0:
         raise ValueError("timeout must be positive")
@@ -166,8 +166,9 @@ _DEFAULT_RETRIES = RetryPolicy()
 
 
 class ClientBase:
-    """What :class:`~chital.client.Client` and :class:`~chital.client.aio.AsyncClient` share: how
-    their settings are found, and :meth:`from_config`. Each opens its own kind of channel."""
+    """What [`Client`][chital.client.Client] and [`AsyncClient`][chital.client.aio.AsyncClient]
+    share: how their settings are found, and [`from_config`][chital.client.Client.from_config]. Each
+    opens its own kind of channel."""
 
     _settings: Settings
 
@@ -184,7 +185,7 @@ class ClientBase:
     ) -> None:
         """Open a channel to ``target`` (``host:port``; several controllers of one cluster as
         ``host:port,host:port``: one channel each, and calls fail over between them, see
-        :mod:`chital.client._failover` and docs/ha.md).
+        `chital.client._failover` and docs/ha.md).
 
         The channel is TLS, verified with ``tls.ca`` (and presenting ``tls.cert``/``tls.key`` when
         given), or with ready-made ``credentials``. ``insecure=True`` dials in plaintext instead, to
@@ -192,15 +193,17 @@ class ClientBase:
         call.
 
         With none of ``target``, ``tls``, ``credentials`` and ``insecure``, the client is set up as
-        the ``chital`` command is: ``CHITAL_CONTROLLER``, ``CHITAL_CACERT``, ``CHITAL_TOKEN``... else
-        the config file's current context (see :mod:`chital.client.config`). With ``tls`` or
-        ``insecure`` but no ``target``, the target is ``$CHITAL_CONTROLLER``, else the current
-        context's controller, else ``127.0.0.1:7443``. :meth:`from_config` gives full control.
+        the ``chital`` command is: ``CHITAL_CONTROLLER``, ``CHITAL_CACERT``, ``CHITAL_TOKEN``...
+        else the config file's current context (see [`chital.client.config`][chital.client.config]).
+        With ``tls`` or ``insecure`` but no ``target``, the target is ``$CHITAL_CONTROLLER``, else
+        the current context's controller, else ``127.0.0.1:7443``.
+        [`from_config`][chital.client.Client.from_config] gives full control.
 
-        The channel connects lazily: an unreachable controller surfaces as :class:`Unavailable` on
-        the first call, after the retries; a failed TLS handshake too, with a message that says
-        what failed. Raises ValueError (:class:`~chital.client.config.ConfigError` for the config
-        file) when the settings cannot work.
+        The channel connects lazily: an unreachable controller surfaces as
+        [`Unavailable`][chital.client.Unavailable] on the first call, after the retries; a failed
+        TLS handshake too, with a message that says what failed. Raises ValueError
+        ([`ConfigError`][chital.client.config.ConfigError] for the config file) when the settings
+        cannot work.
         """
         self._settings = settings(
             target,
@@ -260,8 +263,9 @@ class ClientBase:
         file's ``current_context``) of the config file (``config_path``, else ``$CHITAL_CONFIG``,
         else ``~/.config/chital/config.toml``), else the defaults.
 
-        Raises :class:`chital.client.config.ConfigError` (a ValueError) naming the missing or
-        broken setting and where it came from. ``env`` replaces ``os.environ`` (for tests).
+        Raises [`chital.client.config.ConfigError`][chital.client.config.ConfigError] (a ValueError)
+        naming the missing or broken setting and where it came from. ``env`` replaces ``os.environ``
+        (for tests).
         """
         connection = from_config_settings(
             context=context,

@@ -50,23 +50,27 @@ class Client(_base.ClientBase):
 
     Every call has a deadline: the method's ``timeout=`` (seconds) when given, else the client's
     ``timeout``. gRPC retries transient failures inside that deadline, as the channel's service
-    config says (generated from ``retries``, see :class:`RetryPolicy`): reads on UNAVAILABLE and
-    DEADLINE_EXCEEDED; creates and exec (they carry a ``request_id``, the same on every attempt) and
-    the calls that only name their resource (stop, delete, host administration) on UNAVAILABLE;
-    :meth:`signal_process` and :meth:`create_token` never. Streams are retried until their first
-    message. Failures raise subclasses of :class:`ChitalError`.
+    config says (generated from ``retries``, see [`RetryPolicy`][chital.client.RetryPolicy]): reads
+    on UNAVAILABLE and DEADLINE_EXCEEDED; creates and exec (they carry a ``request_id``, the same on
+    every attempt) and the calls that only name their resource (stop, delete, host administration)
+    on UNAVAILABLE; [`signal_process`][chital.client.Client.signal_process] and
+    [`create_token`][chital.client.Client.create_token] never. Streams are retried until their first
+    message. Failures raise subclasses of [`ChitalError`][chital.client.ChitalError].
 
-    :class:`chital.client.aio.AsyncClient` has the same methods, arguments and types, for asyncio.
+    [`chital.client.aio.AsyncClient`][chital.client.aio.AsyncClient] has the same methods, arguments
+    and types, for asyncio.
 
-    Use it as a context manager, or call :meth:`close`::
+    Use it as a context manager, or call [`close`][chital.client.Client.close]:
 
-        with Client() as client:  # CHITAL_CONTROLLER etc., else the config file's current context
-            for c in client.iter_containers(label_selector={"team": "a"}):
-                print(c.name, c.state)
+    ```python
+    with Client() as client:  # CHITAL_CONTROLLER etc., else the config file's current context
+        for c in client.iter_containers(label_selector={"team": "a"}):
+            print(c.name, c.state)
+    ```
     """
 
     def _connect(self, s: _base.Settings) -> None:
-        """Open a channel and its stubs per controller address (see :mod:`._failover`)."""
+        """Open a channel and its stubs per controller address (see `_failover`)."""
 
         def connect(target: str) -> tuple[grpc.Channel, dict[str, Any]]:
             if s.credentials is None:
@@ -193,19 +197,19 @@ class Client(_base.ClientBase):
 
         ``request_id`` is the idempotency key (a fresh uuid4 by default); retries reuse it, so a
         create is never done twice (the server accepts calls without one, but then a retry could
-        create twice: the SDK always sends one). With ``wait`` (the default) the call returns
-        once the host created the container; without, it returns the PENDING container as soon as
-        it is recorded, and the controller creates it. ``host`` pins the container to a host (id or
-        address).
-        ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
-        the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
-        ``restart_policy`` ("never", "on-failure" with at most ``max_restarts`` restarts, or
-        "always") says whether the container is created again on another host when its host is
-        lost (see the lifecycle page of the docs).
+        create twice: the SDK always sends one). With ``wait`` (the default) the call returns once
+        the host created the container; without, it returns the PENDING container as soon as it is
+        recorded, and the controller creates it. ``host`` pins the container to a host (id or
+        address). ``deny_syscalls`` names system calls the kernel module refuses to members in
+        addition to the host's default list; ``sandbox`` relaxes the default isolation (see
+        [`Sandbox`][chital.client.Sandbox]). ``restart_policy`` ("never", "on-failure" with at most
+        ``max_restarts`` restarts, or "always") says whether the container is created again on
+        another host when its host is lost (see the lifecycle page of the docs).
 
         If the host refuses the container, this raises the host's error (for example
-        :class:`InvalidArgument` for a root that is not a directory); the container is kept as
-        FAILED with that reason as its ``message`` and holds its name until it is deleted.
+        [`InvalidArgument`][chital.client.InvalidArgument] for a root that is not a directory); the
+        container is kept as FAILED with that reason as its ``message`` and holds its name until it
+        is deleted.
         """
         call = ops.create_container(
             name,
@@ -223,7 +227,7 @@ class Client(_base.ClientBase):
         return self._call(call, timeout)
 
     def get_container(self, container: str, *, timeout: float | None = None) -> Container:
-        """Return a container by uid or name; raises :class:`NotFound`."""
+        """Return a container by uid or name; raises [`NotFound`][chital.client.NotFound]."""
         return self._call(ops.get_container(container), timeout)
 
     def list_containers_page(
@@ -260,7 +264,8 @@ class Client(_base.ClientBase):
         timeout: float | None = None,
     ) -> Iterator[Container]:
         """Iterate over every matching container, fetching pages as needed (filters as in
-        :meth:`list_containers_page`; ``timeout`` applies to each page)."""
+        [`list_containers_page`][chital.client.Client.list_containers_page]; ``timeout`` applies to
+        each page)."""
         return self._pages(
             lambda token: self.list_containers_page(
                 page_size=page_size,
@@ -273,7 +278,7 @@ class Client(_base.ClientBase):
         )
 
     list_containers = iter_containers
-    """Same as :meth:`iter_containers` (the older name)."""
+    """Same as [`iter_containers`][chital.client.Client.iter_containers] (the older name)."""
 
     def stop_container(
         self, container: str, *, grace: float | None = None, timeout: float | None = None, wait: bool = True
@@ -346,7 +351,7 @@ class Client(_base.ClientBase):
         return self._call(call, timeout)
 
     def get_process(self, process_uid: str, *, timeout: float | None = None) -> Process:
-        """Return a process by uid; raises :class:`NotFound`."""
+        """Return a process by uid; raises [`NotFound`][chital.client.NotFound]."""
         return self._call(ops.get_process(process_uid), timeout)
 
     def list_processes_page(
@@ -373,7 +378,7 @@ class Client(_base.ClientBase):
         )
 
     list_processes = iter_processes
-    """Same as :meth:`iter_processes` (the older name)."""
+    """Same as [`iter_processes`][chital.client.Client.iter_processes] (the older name)."""
 
     def wait_process(self, process_uid: str, timeout: float | None = None) -> Process:
         """Wait until a process has exited (or is LOST) and return it.
@@ -395,7 +400,8 @@ class Client(_base.ClientBase):
 
     def get_container_stats(self, container: str, *, timeout: float | None = None) -> ContainerStats:
         """Return the kernel's per-syscall counters and the cgroup usage of ``container`` (uid or
-        name), read live from its host; raises :class:`FailedPrecondition` when it is not on one."""
+        name), read live from its host; raises
+        [`FailedPrecondition`][chital.client.FailedPrecondition] when it is not on one."""
         return self._call(ops.get_container_stats(container), timeout)
 
     def signal_process(self, process_uid: str, signal: int, *, timeout: float | None = None) -> Process:
@@ -509,10 +515,10 @@ class Client(_base.ClientBase):
         )
 
     list_hosts = iter_hosts
-    """Same as :meth:`iter_hosts` (the older name)."""
+    """Same as [`iter_hosts`][chital.client.Client.iter_hosts] (the older name)."""
 
     def get_host(self, host: str, *, timeout: float | None = None) -> Host:
-        """Return a host by id or address; raises :class:`NotFound`."""
+        """Return a host by id or address; raises [`NotFound`][chital.client.NotFound]."""
         return self._call(ops.get_host(host), timeout)
 
     def cordon_host(self, host: str, *, timeout: float | None = None) -> Host:
@@ -582,8 +588,9 @@ class Client(_base.ClientBase):
         ``inventory`` (YAML or INI text), else on the registered hosts that match ``label_selector``
         and ``hosts`` (ids or addresses; neither: every host). ``batch_size`` sets the playbooks'
         serial batch variables; ``register_hosts`` registers the agent hosts that end ok and waits
-        until they are READY. Returns the PENDING rollout; follow it with :meth:`watch_rollout`.
-        ``request_id`` is the idempotency key (a fresh uuid4 by default)."""
+        until they are READY. Returns the PENDING rollout; follow it with
+        [`watch_rollout`][chital.client.Client.watch_rollout]. ``request_id`` is the idempotency key
+        (a fresh uuid4 by default)."""
         call = rollouts.start_rollout(
             request_id or str(uuid.uuid4()),
             playbook,
@@ -597,7 +604,8 @@ class Client(_base.ClientBase):
         return self._call(call, timeout)
 
     def get_rollout(self, rollout_id: str, *, timeout: float | None = None) -> Rollout:
-        """Return a rollout with its hosts' progress; raises :class:`NotFound`."""
+        """Return a rollout with its hosts' progress; raises
+        [`NotFound`][chital.client.NotFound]."""
         return self._call(rollouts.get_rollout(rollout_id), timeout)
 
     def list_rollouts_page(
@@ -636,8 +644,9 @@ class Client(_base.ClientBase):
         return self._call(rollouts.cancel_rollout(rollout_id), timeout)
 
     def server_info(self, *, timeout: float | None = None) -> ServerInfo:
-        """Return the controller's version, the API packages it serves and its database kind.
-        Any role may ask. A controller older than this call raises :class:`Unimplemented`."""
+        """Return the controller's version, the API packages it serves and its database kind. Any
+        role may ask. A controller older than this call raises
+        [`Unimplemented`][chital.client.Unimplemented]."""
         return self._call(ops.server_info(), timeout)
 
     def create_token(
@@ -683,7 +692,8 @@ class Client(_base.ClientBase):
         self, *, principal: str = "", page_size: int = 0, timeout: float | None = None
     ) -> Iterator[AuditEntry]:
         """Iterate over the audit log, newest first, fetching pages as needed (filter as in
-        :meth:`list_audit_log_page`; ``timeout`` applies to each page)."""
+        [`list_audit_log_page`][chital.client.Client.list_audit_log_page]; ``timeout`` applies to
+        each page)."""
         return self._pages(
             lambda token: self.list_audit_log_page(
                 page_size=page_size, page_token=token, principal=principal, timeout=timeout
@@ -691,4 +701,4 @@ class Client(_base.ClientBase):
         )
 
     list_audit_log = iter_audit_log
-    """Same as :meth:`iter_audit_log` (the older name)."""
+    """Same as [`iter_audit_log`][chital.client.Client.iter_audit_log] (the older name)."""

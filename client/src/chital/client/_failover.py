@@ -18,7 +18,7 @@ controller keeps its connections open and would otherwise hold every call until 
 Why not gRPC's own load balancing over the list (an ``ipv4:`` target with ``pick_first``)? It takes
 IP literals only, and one channel has one authority, so TLS would check every controller against
 the same name; a channel per address keeps host names and per-address certificate checks, and
-keeps each channel's own retry policy (:mod:`._retry`) for the blips of one controller. A TLS
+keeps each channel's own retry policy (`_retry`) for the blips of one controller. A TLS
 failure is not failed over: it is a configuration error, and it is reported as such.
 """
 

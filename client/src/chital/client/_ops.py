@@ -1,6 +1,6 @@
-"""What each SDK method sends and what it makes of the answer, shared by :class:`~chital.client.Client`
-and :class:`~chital.client.aio.AsyncClient`: both build a :class:`Call` here and differ only in how
-they run it (blocking, or awaited)."""
+"""What each SDK method sends and what it makes of the answer, shared by
+[`Client`][chital.client.Client] and [`AsyncClient`][chital.client.aio.AsyncClient]: both build a
+`Call` here and differ only in how they run it (blocking, or awaited)."""
 
 from __future__ import annotations
 
@@ -277,7 +277,7 @@ WATCH_HEARTBEAT_SECONDS = 10.0
 
 
 def watch(since_revision: int, container: str) -> StreamCall[WatchEvent]:
-    """Watch from a revision, with heartbeats (see :meth:`WatchResume.receive`)."""
+    """Watch from a revision, with heartbeats (see `WatchResume.receive`)."""
     request = cpb.WatchRequest(
         since_revision=since_revision,
         container=container,

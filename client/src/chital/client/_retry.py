@@ -1,5 +1,5 @@
 """Which calls gRPC retries, and on what: the channel's service config, generated from one
-:class:`~chital.client.RetryPolicy`.
+[`RetryPolicy`][chital.client.RetryPolicy].
 
 gRPC retries a call inside the channel (streams included, until their first response arrives),
 within the call's deadline, with exponential backoff and full jitter. Each RPC belongs to one class:
@@ -84,9 +84,9 @@ def _seconds(value: float) -> str:
 
 
 def service_config(policy: RetryPolicy) -> dict[str, Any]:
-    """The service config (as a dict) that makes gRPC retry as :data:`METHOD_CLASSES` says.
+    """The service config (as a dict) that makes gRPC retry as `METHOD_CLASSES` says.
 
-    ``policy.max_attempts`` counts the first try and is capped at :data:`GRPC_MAX_ATTEMPTS`; 1 gives
+    ``policy.max_attempts`` counts the first try and is capped at `GRPC_MAX_ATTEMPTS`; 1 gives
     no ``retryPolicy`` at all. gRPC sleeps a uniformly random time between 0 and the current backoff
     (``initial_backoff * multiplier ** (n - 1)``, at most ``max_backoff``) before retry ``n``.
     """

@@ -1,5 +1,5 @@
 """Rollouts in the SDK: the types, their conversion from the API, and the calls that Client and
-AsyncClient share (like :mod:`chital.client._ops`)."""
+AsyncClient share (like `chital.client._ops`)."""
 
 from __future__ import annotations
 

@@ -56,7 +56,7 @@ class LogStream(enum.Enum):
 
 
 class EventType(enum.Enum):
-    """Kind of a :class:`WatchEvent`."""
+    """Kind of a [`WatchEvent`][chital.client.WatchEvent]."""
 
     UNSPECIFIED = "UNSPECIFIED"
     CONTAINER_CHANGED = "CONTAINER_CHANGED"
@@ -234,7 +234,7 @@ class ContainerStats:
 
 @dataclass(frozen=True)
 class DrainResult:
-    """The outcome of :meth:`Client.drain_host`."""
+    """The outcome of [`Client.drain_host`][chital.client.Client.drain_host]."""
 
     host: Host
     stopped_containers: int
@@ -250,7 +250,8 @@ class LogChunk:
 
 @dataclass(frozen=True)
 class WatchEvent:
-    """One change seen by :meth:`Client.watch`; ``container`` or ``process`` is set per ``type``."""
+    """One change seen by [`Client.watch`][chital.client.Client.watch]; ``container`` or ``process``
+    is set per ``type``."""
 
     revision: int
     type: EventType
@@ -292,8 +293,9 @@ class Token:
 
 @dataclass(frozen=True)
 class NewToken:
-    """What :meth:`Client.create_token` returns: the token string, shown only this once, and its
-    description. The string is left out of ``repr()`` so that it does not end up in logs."""
+    """What [`Client.create_token`][chital.client.Client.create_token] returns: the token string,
+    shown only this once, and its description. The string is left out of ``repr()`` so that it does
+    not end up in logs."""
 
     bearer_token: str = field(repr=False)
     token: Token
@@ -321,7 +323,7 @@ class AuditEntry:
 
 @dataclass(frozen=True)
 class Identity:
-    """The caller as the controller sees it (:meth:`Client.whoami`)."""
+    """The caller as the controller sees it ([`Client.whoami`][chital.client.Client.whoami])."""
 
     name: str
     """The token's name or the certificate's common name."""
@@ -336,7 +338,7 @@ class Identity:
 
 @dataclass(frozen=True)
 class ServerInfo:
-    """The controller that answered (:meth:`Client.server_info`)."""
+    """The controller that answered ([`Client.server_info`][chital.client.Client.server_info])."""
 
     version: str
     """The controller's chital version, for example ``0.1.0``."""
@@ -361,13 +363,14 @@ class Page(Generic[_T]):
 class RetryPolicy:
     """How a client retries calls that failed with a transient error.
 
-    The client turns it into the ``retryPolicy`` of its channel's gRPC service config, one per
-    class of RPC (see ``chital.client._retry``): gRPC makes at most ``max_attempts`` attempts (the
-    first included; gRPC caps it at 5; 1 disables retries) within the call's deadline, sleeping a
-    random time between 0 and ``min(max_backoff, initial_backoff * multiplier ** (n - 1))`` before
-    retry ``n`` (backoffs under 10 ms count as 10 ms). gRPC draws its own jitter: ``jitter`` applies
-    to the pauses of a watch that resumes after a broken stream (:meth:`backoff`), which also gives
-    up after ``max_attempts`` failed attempts in a row.
+    The client turns it into the ``retryPolicy`` of its channel's gRPC service config, one per class
+    of RPC (see ``chital.client._retry``): gRPC makes at most ``max_attempts`` attempts (the first
+    included; gRPC caps it at 5; 1 disables retries) within the call's deadline, sleeping a random
+    time between 0 and ``min(max_backoff, initial_backoff * multiplier ** (n - 1))`` before retry
+    ``n`` (backoffs under 10 ms count as 10 ms). gRPC draws its own jitter: ``jitter`` applies to
+    the pauses of a watch that resumes after a broken stream
+    ([`backoff`][chital.client.RetryPolicy.backoff]), which also gives up after ``max_attempts``
+    failed attempts in a row.
     """
 
     max_attempts: int = 5

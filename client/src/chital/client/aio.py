@@ -1,20 +1,21 @@
-"""The asyncio client: :class:`AsyncClient`, with the methods, arguments, types and errors of
-:class:`chital.client.Client`, as coroutines and async iterators.
+"""The asyncio client: [`AsyncClient`][chital.client.aio.AsyncClient], with the methods, arguments,
+types and errors of [`chital.client.Client`][chital.client.Client], as coroutines and async
+iterators.
 
-::
+```python
+import asyncio
+from chital.client.aio import AsyncClient
 
-    import asyncio
-    from chital.client.aio import AsyncClient
+async def main() -> None:
+    async with AsyncClient() as client:  # CHITAL_* variables, else the current context
+        c = await client.create_container("web")
+        p = await client.exec(c.uid, ["echo", "hello"])
+        async for chunk in client.stream_logs(p.uid, follow=True):
+            print(chunk.data.decode(), end="")
+        print((await client.wait_process(p.uid)).exit_code)
 
-    async def main() -> None:
-        async with AsyncClient() as client:  # CHITAL_* variables, else the current context
-            c = await client.create_container("web")
-            p = await client.exec(c.uid, ["echo", "hello"])
-            async for chunk in client.stream_logs(p.uid, follow=True):
-                print(chunk.data.decode(), end="")
-            print((await client.wait_process(p.uid)).exit_code)
-
-    asyncio.run(main())
+asyncio.run(main())
+```
 
 Create and use a client inside one event loop (``async with`` in the coroutine that uses it).
 """
@@ -66,20 +67,22 @@ _T = TypeVar("_T")
 
 
 class AsyncClient(_base.ClientBase):
-    """A connection to a chital controller, for asyncio: :class:`chital.client.Client`'s methods,
-    arguments, types and errors, as coroutines; what the sync client returns as an iterator is an
-    async iterator here (``async for``). Deadlines, retries (the same service config) and watch
-    resumption work as there.
+    """A connection to a chital controller, for asyncio:
+    [`chital.client.Client`][chital.client.Client]'s methods, arguments, types and errors, as
+    coroutines; what the sync client returns as an iterator is an async iterator here (``async
+    for``). Deadlines, retries (the same service config) and watch resumption work as there.
 
-    Use it as an async context manager, or ``await`` :meth:`close`::
+    Use it as an async context manager, or ``await`` [`close`][chital.client.aio.AsyncClient.close]:
 
-        async with AsyncClient() as client:
-            async for c in client.iter_containers(label_selector={"team": "a"}):
-                print(c.name, c.state)
+    ```python
+    async with AsyncClient() as client:
+        async for c in client.iter_containers(label_selector={"team": "a"}):
+            print(c.name, c.state)
+    ```
     """
 
     def _connect(self, s: _base.Settings) -> None:
-        """Open a channel and its stubs per controller address (see :mod:`._failover`)."""
+        """Open a channel and its stubs per controller address (see `_failover`)."""
 
         def connect(target: str) -> tuple[grpc.aio.Channel, dict[str, Any]]:
             if s.credentials is None:
@@ -209,19 +212,19 @@ class AsyncClient(_base.ClientBase):
 
         ``request_id`` is the idempotency key (a fresh uuid4 by default); retries reuse it, so a
         create is never done twice (the server accepts calls without one, but then a retry could
-        create twice: the SDK always sends one). With ``wait`` (the default) the call returns
-        once the host created the container; without, it returns the PENDING container as soon as
-        it is recorded, and the controller creates it. ``host`` pins the container to a host (id or
-        address).
-        ``deny_syscalls`` names system calls the kernel module refuses to members in addition to
-        the host's default list; ``sandbox`` relaxes the default isolation (see :class:`Sandbox`).
-        ``restart_policy`` ("never", "on-failure" with at most ``max_restarts`` restarts, or
-        "always") says whether the container is created again on another host when its host is
-        lost (see the lifecycle page of the docs).
+        create twice: the SDK always sends one). With ``wait`` (the default) the call returns once
+        the host created the container; without, it returns the PENDING container as soon as it is
+        recorded, and the controller creates it. ``host`` pins the container to a host (id or
+        address). ``deny_syscalls`` names system calls the kernel module refuses to members in
+        addition to the host's default list; ``sandbox`` relaxes the default isolation (see
+        [`Sandbox`][chital.client.Sandbox]). ``restart_policy`` ("never", "on-failure" with at most
+        ``max_restarts`` restarts, or "always") says whether the container is created again on
+        another host when its host is lost (see the lifecycle page of the docs).
 
         If the host refuses the container, this raises the host's error (for example
-        :class:`InvalidArgument` for a root that is not a directory); the container is kept as
-        FAILED with that reason as its ``message`` and holds its name until it is deleted.
+        [`InvalidArgument`][chital.client.InvalidArgument] for a root that is not a directory); the
+        container is kept as FAILED with that reason as its ``message`` and holds its name until it
+        is deleted.
         """
         call = ops.create_container(
             name,
@@ -239,7 +242,7 @@ class AsyncClient(_base.ClientBase):
         return await self._call(call, timeout)
 
     async def get_container(self, container: str, *, timeout: float | None = None) -> Container:
-        """Return a container by uid or name; raises :class:`NotFound`."""
+        """Return a container by uid or name; raises [`NotFound`][chital.client.NotFound]."""
         return await self._call(ops.get_container(container), timeout)
 
     async def list_containers_page(
@@ -276,7 +279,8 @@ class AsyncClient(_base.ClientBase):
         timeout: float | None = None,
     ) -> AsyncIterator[Container]:
         """Iterate over every matching container, fetching pages as needed (filters as in
-        :meth:`list_containers_page`; ``timeout`` applies to each page)."""
+        [`list_containers_page`][chital.client.aio.AsyncClient.list_containers_page]; ``timeout``
+        applies to each page)."""
         return self._pages(
             lambda token: self.list_containers_page(
                 page_size=page_size,
@@ -289,7 +293,8 @@ class AsyncClient(_base.ClientBase):
         )
 
     list_containers = iter_containers
-    """Same as :meth:`iter_containers` (the older name)."""
+    """Same as [`iter_containers`][chital.client.aio.AsyncClient.iter_containers] (the older
+    name)."""
 
     async def stop_container(
         self, container: str, *, grace: float | None = None, timeout: float | None = None, wait: bool = True
@@ -362,7 +367,7 @@ class AsyncClient(_base.ClientBase):
         return await self._call(call, timeout)
 
     async def get_process(self, process_uid: str, *, timeout: float | None = None) -> Process:
-        """Return a process by uid; raises :class:`NotFound`."""
+        """Return a process by uid; raises [`NotFound`][chital.client.NotFound]."""
         return await self._call(ops.get_process(process_uid), timeout)
 
     async def list_processes_page(
@@ -389,11 +394,11 @@ class AsyncClient(_base.ClientBase):
         )
 
     list_processes = iter_processes
-    """Same as :meth:`iter_processes` (the older name)."""
+    """Same as [`iter_processes`][chital.client.aio.AsyncClient.iter_processes] (the older name)."""
 
     async def wait_process(self, process_uid: str, timeout: float | None = None) -> Process:
         """Wait until a process has exited (or is LOST) and return it; ``timeout`` as in
-        :meth:`chital.client.Client.wait_process`."""
+        [`chital.client.Client.wait_process`][chital.client.Client.wait_process]."""
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
@@ -408,7 +413,8 @@ class AsyncClient(_base.ClientBase):
 
     async def get_container_stats(self, container: str, *, timeout: float | None = None) -> ContainerStats:
         """Return the kernel's per-syscall counters and the cgroup usage of ``container`` (uid or
-        name), read live from its host; raises :class:`FailedPrecondition` when it is not on one."""
+        name), read live from its host; raises
+        [`FailedPrecondition`][chital.client.FailedPrecondition] when it is not on one."""
         return await self._call(ops.get_container_stats(container), timeout)
 
     async def signal_process(self, process_uid: str, signal: int, *, timeout: float | None = None) -> Process:
@@ -444,7 +450,7 @@ class AsyncClient(_base.ClientBase):
         resume: bool = True,
     ) -> AsyncIterator[WatchEvent]:
         """Iterate over container and process events, resuming after a broken stream from the last
-        revision delivered; as :meth:`chital.client.Client.watch`."""
+        revision delivered; as [`chital.client.Client.watch`][chital.client.Client.watch]."""
         state = ops.WatchResume(since_revision, self.retries, enabled=resume)
         loop = asyncio.get_running_loop()
         end = None if timeout is None else loop.time() + timeout
@@ -512,10 +518,10 @@ class AsyncClient(_base.ClientBase):
         )
 
     list_hosts = iter_hosts
-    """Same as :meth:`iter_hosts` (the older name)."""
+    """Same as [`iter_hosts`][chital.client.aio.AsyncClient.iter_hosts] (the older name)."""
 
     async def get_host(self, host: str, *, timeout: float | None = None) -> Host:
-        """Return a host by id or address; raises :class:`NotFound`."""
+        """Return a host by id or address; raises [`NotFound`][chital.client.NotFound]."""
         return await self._call(ops.get_host(host), timeout)
 
     async def cordon_host(self, host: str, *, timeout: float | None = None) -> Host:
@@ -585,8 +591,9 @@ class AsyncClient(_base.ClientBase):
         ``inventory`` (YAML or INI text), else on the registered hosts that match ``label_selector``
         and ``hosts`` (ids or addresses; neither: every host). ``batch_size`` sets the playbooks'
         serial batch variables; ``register_hosts`` registers the agent hosts that end ok and waits
-        until they are READY. Returns the PENDING rollout; follow it with :meth:`watch_rollout`.
-        ``request_id`` is the idempotency key (a fresh uuid4 by default)."""
+        until they are READY. Returns the PENDING rollout; follow it with
+        [`watch_rollout`][chital.client.aio.AsyncClient.watch_rollout]. ``request_id`` is the
+        idempotency key (a fresh uuid4 by default)."""
         call = rollouts.start_rollout(
             request_id or str(uuid.uuid4()),
             playbook,
@@ -600,7 +607,8 @@ class AsyncClient(_base.ClientBase):
         return await self._call(call, timeout)
 
     async def get_rollout(self, rollout_id: str, *, timeout: float | None = None) -> Rollout:
-        """Return a rollout with its hosts' progress; raises :class:`NotFound`."""
+        """Return a rollout with its hosts' progress; raises
+        [`NotFound`][chital.client.NotFound]."""
         return await self._call(rollouts.get_rollout(rollout_id), timeout)
 
     async def list_rollouts_page(
@@ -639,8 +647,9 @@ class AsyncClient(_base.ClientBase):
         return await self._call(rollouts.cancel_rollout(rollout_id), timeout)
 
     async def server_info(self, *, timeout: float | None = None) -> ServerInfo:
-        """Return the controller's version, the API packages it serves and its database kind.
-        Any role may ask. A controller older than this call raises :class:`Unimplemented`."""
+        """Return the controller's version, the API packages it serves and its database kind. Any
+        role may ask. A controller older than this call raises
+        [`Unimplemented`][chital.client.Unimplemented]."""
         return await self._call(ops.server_info(), timeout)
 
     async def create_token(
@@ -686,7 +695,8 @@ class AsyncClient(_base.ClientBase):
         self, *, principal: str = "", page_size: int = 0, timeout: float | None = None
     ) -> AsyncIterator[AuditEntry]:
         """Iterate over the audit log, newest first, fetching pages as needed (filter as in
-        :meth:`list_audit_log_page`; ``timeout`` applies to each page)."""
+        [`list_audit_log_page`][chital.client.aio.AsyncClient.list_audit_log_page]; ``timeout``
+        applies to each page)."""
         return self._pages(
             lambda token: self.list_audit_log_page(
                 page_size=page_size, page_token=token, principal=principal, timeout=timeout
@@ -694,4 +704,4 @@ class AsyncClient(_base.ClientBase):
         )
 
     list_audit_log = iter_audit_log
-    """Same as :meth:`iter_audit_log` (the older name)."""
+    """Same as [`iter_audit_log`][chital.client.aio.AsyncClient.iter_audit_log] (the older name)."""

@@ -1,26 +1,30 @@
 """The client's config file, its contexts, and where each connection setting comes from.
 
 The file is ``$CHITAL_CONFIG``, else ``$XDG_CONFIG_HOME/chital/config.toml``, else
-``~/.config/chital/config.toml``::
+``~/.config/chital/config.toml``:
 
-    current_context = "dev"
+```toml
+current_context = "dev"
 
-    [contexts.dev]
-    controllers = ["127.0.0.1:7443"]
-    tls_dir = "/etc/chital/users/alice"   # ca.crt, and tls.crt + tls.key when present
-    # or: ca = "...", cert = "...", key = "..."
-    token_file = "/home/alice/.chital-token"   # or: token = "chital_..."
-    insecure = false
+[contexts.dev]
+controllers = ["127.0.0.1:7443"]
+tls_dir = "/etc/chital/users/alice"   # ca.crt, and tls.crt + tls.key when present
+# or: ca = "...", cert = "...", key = "..."
+token_file = "/home/alice/.chital-token"   # or: token = "chital_..."
+insecure = false
+```
 
-Each setting is taken from the first of these that has it: command-line flags (:class:`Overrides`),
-the environment (``CHITAL_CONTROLLER``, ``CHITAL_TOKEN``, ``CHITAL_TOKEN_FILE``, ``CHITAL_TLS_DIR``,
-``CHITAL_CACERT``, ``CHITAL_CLIENT_CERT``, ``CHITAL_CLIENT_KEY``, ``CHITAL_INSECURE``), the context
-(``--context``, else ``CHITAL_CONTEXT``, else ``current_context``), then the defaults. A ``tls_dir``
-stands for its ``ca.crt``, ``tls.crt`` and ``tls.key`` at its own level, so ``--ca`` replaces only
-the CA of a context's bundle. Relative paths in the file are relative to the file's directory.
+Each setting is taken from the first of these that has it: command-line flags
+([`Overrides`][chital.client.config.Overrides]), the environment (``CHITAL_CONTROLLER``,
+``CHITAL_TOKEN``, ``CHITAL_TOKEN_FILE``, ``CHITAL_TLS_DIR``, ``CHITAL_CACERT``,
+``CHITAL_CLIENT_CERT``, ``CHITAL_CLIENT_KEY``, ``CHITAL_INSECURE``), the context (``--context``,
+else ``CHITAL_CONTEXT``, else ``current_context``), then the defaults. A ``tls_dir`` stands for its
+``ca.crt``, ``tls.crt`` and ``tls.key`` at its own level, so ``--ca`` replaces only the CA of a
+context's bundle. Relative paths in the file are relative to the file's directory.
 
-:func:`resolve` applies these rules and returns a :class:`Connection`; :meth:`Config.save` writes
-the file atomically with mode 0600, since it may hold a token (comments are not kept).
+[`resolve`][chital.client.config.resolve] applies these rules and returns a
+[`Connection`][chital.client.config.Connection]; [`Config.save`][chital.client.config.Config.save]
+writes the file atomically with mode 0600, since it may hold a token (comments are not kept).
 """
 
 from __future__ import annotations
@@ -91,7 +95,8 @@ class ConfigError(ValueError):
 class Context:
     """One named context: where the controllers are and how to authenticate to them.
 
-    Paths are kept as written; :func:`resolve` reads relative ones from the config file's directory.
+    Paths are kept as written; [`resolve`][chital.client.config.resolve] reads relative ones from
+    the config file's directory.
     """
 
     controllers: tuple[str, ...] = ()
@@ -135,7 +140,8 @@ def default_config_path(env: Mapping[str, str] | None = None) -> Path:
 
 @dataclass
 class Config:
-    """The config file: its contexts and the current one. :meth:`load` it, change it, :meth:`save`."""
+    """The config file: its contexts and the current one. [`load`][chital.client.config.Config.load]
+    it, change it, [`save`][chital.client.config.Config.save]."""
 
     path: Path
     current_context: str | None = None
@@ -143,8 +149,10 @@ class Config:
 
     @classmethod
     def load(cls, path: str | Path | None = None, *, env: Mapping[str, str] | None = None) -> Config:
-        """Read the file at ``path`` (default: :func:`default_config_path`). A missing file is an
-        empty config; a malformed one raises :class:`ConfigError` naming the file and the problem."""
+        """Read the file at ``path`` (default:
+        [`default_config_path`][chital.client.config.default_config_path]). A missing file is an
+        empty config; a malformed one raises [`ConfigError`][chital.client.config.ConfigError]
+        naming the file and the problem."""
         file = Path(path).expanduser() if path is not None else default_config_path(env)
         try:
             text = file.read_text(encoding="utf-8")
@@ -179,7 +187,8 @@ class Config:
         return cls(path=file, current_context=current or None, contexts=contexts)
 
     def context(self, name: str) -> Context:
-        """The context called ``name``; :class:`ConfigError` when there is none."""
+        """The context called ``name``; [`ConfigError`][chital.client.config.ConfigError] when there
+        is none."""
         try:
             return self.contexts[name]
         except KeyError:
@@ -489,9 +498,10 @@ def resolve(
     """Decide the controller address, TLS files, token and insecure mode: flags (``overrides``) >
     environment (``env``, default ``os.environ``) > context > defaults.
 
-    ``config`` defaults to :meth:`Config.load` of the default path. Files named by any source must
-    exist; a TLS directory must hold ``ca.crt``; a client certificate needs its key. Raises
-    :class:`ConfigError` with a message naming the setting and where it came from.
+    ``config`` defaults to [`Config.load`][chital.client.config.Config.load] of the default path.
+    Files named by any source must exist; a TLS directory must hold ``ca.crt``; a client certificate
+    needs its key. Raises [`ConfigError`][chital.client.config.ConfigError] with a message naming
+    the setting and where it came from.
     """
     overrides = overrides or Overrides()
     env = os.environ if env is None else env

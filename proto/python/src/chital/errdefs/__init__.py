@@ -1,12 +1,12 @@
 """The closed set of chital error classes, and their translations.
 
 This package does not import gRPC: any code (the agent's device layer, its process launcher, a CLI) can
-raise and map errors without it. Each class carries a :class:`Code`, the canonical status code it
+raise and map errors without it. Each class carries a `Code`, the canonical status code it
 travels as. Errors are translated at three seams only:
 
-- errno -> errdefs in the agent's device layer: :func:`from_errno`;
-- errdefs -> gRPC status in one server interceptor: :mod:`chital.errdefs.grpc`;
-- gRPC status -> typed exception in the SDK: :func:`chital.errdefs.grpc.from_grpc_code`.
+- errno -> errdefs in the agent's device layer: `from_errno`;
+- errdefs -> gRPC status in one server interceptor: `chital.errdefs.grpc`;
+- gRPC status -> typed exception in the SDK: `chital.errdefs.grpc.from_grpc_code`.
 
 Any other exception that reaches a server is reported as ``INTERNAL`` (never ``UNKNOWN``).
 """
@@ -88,7 +88,8 @@ class ChitalError(Exception):
 
     @classmethod
     def from_metadata(cls, message: str, metadata: Mapping[str, str]) -> ChitalError:
-        """The error again from its message and :meth:`metadata` (what a client received)."""
+        """The error again from its message and [`metadata`][chital.errdefs.ChitalError.metadata]
+        (what a client received)."""
         return cls(message)
 
 
@@ -110,15 +111,16 @@ class InvalidArgument(ChitalError):
     code = Code.INVALID_ARGUMENT
 
 
-#: The metadata key of :attr:`OutOfRange.compact_revision`.
+#: The metadata key of `OutOfRange.compact_revision`.
 COMPACT_REVISION_KEY = "chital-compact-revision"
 
 
 class OutOfRange(InvalidArgument):
     """A position outside what the server keeps: a Watch from a revision that has been compacted
-    (etcd's contract). ``compact_revision`` is the compacted revision: every event at or below it
-    is gone, the oldest one kept is above it. A client lists the current state again and watches
-    from a newer revision. An :class:`InvalidArgument`, so code that catches that keeps working."""
+    (etcd's contract). ``compact_revision`` is the compacted revision: every event at or below it is
+    gone, the oldest one kept is above it. A client lists the current state again and watches from a
+    newer revision. An [`InvalidArgument`][chital.errdefs.InvalidArgument], so code that catches
+    that keeps working."""
 
     code = Code.OUT_OF_RANGE
 
@@ -149,8 +151,9 @@ class PermissionDenied(ChitalError):
 
 class Unauthenticated(PermissionDenied):
     """The server does not know who is calling: no token or client certificate, or one it does not
-    accept (the message says which, e.g. "token expired"). A :class:`PermissionDenied`, so code
-    that catches that also catches this."""
+    accept (the message says which, e.g. "token expired"). A
+    [`PermissionDenied`][chital.errdefs.PermissionDenied], so code that catches that also catches
+    this."""
 
     code = Code.UNAUTHENTICATED
 
@@ -258,7 +261,7 @@ def code_of(exc: BaseException) -> Code:
 
 
 def from_code(code: Code, message: str, metadata: Mapping[str, str] | None = None) -> ChitalError:
-    """The typed exception for a status code (and the error's :meth:`~ChitalError.metadata`, when
+    """The typed exception for a status code (and the error's `ChitalError.metadata`, when
     received); codes no chital server sends on purpose map to the nearest class (CANCELLED ->
     Unavailable, UNKNOWN -> Internal, ...). ``OK`` is Internal: it is no error."""
     cls = _BY_CODE.get(code, Internal)
