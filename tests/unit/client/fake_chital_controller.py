@@ -14,6 +14,8 @@ Watch behaves like the controller's: ``since_revision`` 0 is live only, the stre
 until the client leaves, and with a ``heartbeat_interval`` heartbeats carry the revision reached
 (the first at once). ``fake.watch_ends`` ends every stream once it has sent what is recorded, as
 a controller that shuts down does.
+GetContainerStats serves ``fake.stats[uid]``, scripted answers in turn (the last one repeats); a
+container without any is not on a host (FAILED_PRECONDITION).
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ class FakeController(
         #: The shortest heartbeat interval (the controller's is 1 s); tests may lower it.
         self.min_heartbeat = 1.0
         self.authorization: dict[str, list[str | None]] = defaultdict(list)
+        self.stats: dict[str, list[cpb.GetContainerStatsResponse]] = {}
         self.tokens: dict[str, apb.Token] = {}
         self.audit = [
             apb.AuditEntry(
@@ -177,6 +180,16 @@ class FakeController(
     def GetContainer(self, request, context):  # type: ignore[no-untyped-def]
         self._enter("GetContainer", request, context)
         return cpb.GetContainerResponse(container=self._container(request.container, context))
+
+    def GetContainerStats(self, request, context):  # type: ignore[no-untyped-def]
+        self._enter("GetContainerStats", request, context)
+        c = self._container(request.container, context)
+        with self.lock:
+            script = self.stats.get(c.uid)
+            answer = (script.pop(0) if len(script) > 1 else script[0]) if script else None
+        if answer is None:
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, f'container "{c.name}" is not on a host')
+        return answer
 
     def ListContainers(self, request, context):  # type: ignore[no-untyped-def]
         self._enter("ListContainers", request, context)
