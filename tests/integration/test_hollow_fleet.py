@@ -202,7 +202,7 @@ def test_a_refused_create_is_the_rpc_error_and_cli_run_shows_why(
     client: Client, fleet: HollowFleet, capfd: pytest.CaptureFixture[str]
 ) -> None:
     name = unique("noroot")
-    missing = f"/var/tmp/chital-missing-{uuid.uuid4().hex}"
+    missing = str(fleet.roots / f"missing-{uuid.uuid4().hex}")  # allowed, but the agent has no such directory
     rc = chital(fleet, "run", "-d", "--name", name, "--root", missing, "--", "true")
     err = capfd.readouterr().err
     assert rc == 1
@@ -212,6 +212,24 @@ def test_a_refused_create_is_the_rpc_error_and_cli_run_shows_why(
     assert "not an existing directory" in c.message
     with pytest.raises(InvalidArgument, match="not an existing directory"):
         client.create_container(unique("noroot"), root=missing)
+    client.delete_container(c.uid)
+
+
+def test_a_root_outside_the_allowed_roots_is_refused_by_the_controller(
+    client: Client, fleet: HollowFleet, tmp_path: Path
+) -> None:
+    # The fleet's controller and agents accept client-chosen roots under fleet.roots only.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    before = {c.uid for c in client.list_containers()}
+    with pytest.raises(
+        PermissionDenied, match=f"is not under an allowed root of the controller \\({fleet.roots};"
+    ):
+        client.create_container(unique("outside"), root=str(outside))
+    assert {c.uid for c in client.list_containers()} == before  # nothing recorded
+    (fleet.roots / "inside").mkdir(exist_ok=True)
+    c = client.create_container(unique("inside"), root=str(fleet.roots / "inside"))
+    assert c.state is ContainerState.CREATED and c.root == str(fleet.roots / "inside")
     client.delete_container(c.uid)
 
 

@@ -282,6 +282,7 @@ def test_agent_and_controller_configuration_under_a_root_prefix(tmp_path: Path) 
     assert controller["database_url"] == f"postgresql+psycopg://chital:{secret}@db.invalid/chital"
     assert controller["mtls_listen"] == "0.0.0.0:7445"
     assert controller["tls_dir"] == "/etc/chital/controller-tls"
+    assert controller["allowed_roots"] == ["/srv/chital/roots"]  # the role's default, written out
     assert "metrics_listen" not in controller
     cunit = (root / "etc/systemd/system/chital-controller.service").read_text()
     clines = cunit.splitlines()

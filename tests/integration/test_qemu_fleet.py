@@ -23,10 +23,11 @@ from chital.client import (
     ContainerState,
     HostState,
     Limits,
+    NotFound,
     PermissionDenied,
     ProcessState,
 )
-from chital.devcluster.qemu_fleet import AGENT_TLS, BUSYBOX_ROOT, QemuFleet
+from chital.devcluster.qemu_fleet import AGENT_TLS, BUSYBOX_ROOT, ROOTS_DIR, QemuFleet
 
 pytestmark = [
     pytest.mark.slow,
@@ -120,13 +121,24 @@ def test_container_roots_are_policy_on_both_sides(client: Client, fleet: QemuFle
     # The controller refuses the host's root outright (only an admin's allow_host_root lifts it).
     with pytest.raises(PermissionDenied):
         client.create_container(unique("hostroot"), root="/")
-    # /var/tmp passes the controller's default rule; the agent's --allowed-root (/tmp/roots) refuses it.
+    # A root outside the fleet's allowed root (ROOTS_DIR): the controller refuses it, records nothing.
     name = unique("outside")
-    with pytest.raises(ChitalError, match="not under an allowed root"):
+    with pytest.raises(
+        PermissionDenied, match=f"is not under an allowed root of the controller \\({ROOTS_DIR};"
+    ):
         client.create_container(name, root="/var/tmp", host=fleet.hosts[0].address)
+    with pytest.raises(NotFound):
+        client.get_container(name)
+    # A link under ROOTS_DIR that leads out passes the controller's lexical check; the agent
+    # resolves it and refuses.
+    rc, out = fleet.run(0, f"ln -sfn /var/tmp {ROOTS_DIR}/escape")
+    assert rc == 0, out
+    name = unique("escape")
+    with pytest.raises(ChitalError, match="not under an allowed root of this host"):
+        client.create_container(name, root=f"{ROOTS_DIR}/escape", host=fleet.hosts[0].address)
     c = client.get_container(name)
     assert c.state is ContainerState.FAILED, c
-    assert "not under an allowed root" in c.message
+    assert "not under an allowed root of this host" in c.message
     client.delete_container(c.uid, force=True)
 
 

@@ -16,6 +16,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from chital.api.agent.v1 import agent_pb2 as pb
 from chital.api.agent.v1 import agent_pb2_grpc as pb_grpc
 from chital.controller.agents import AgentPool
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.errdefs import FailedPrecondition, Unavailable
 from chital.security.pki import PKI
 from chital.security.tls import TLSFiles, channel_credentials
@@ -162,15 +163,18 @@ def test_pool_dials_over_mutual_tls_and_checks_the_host(
 
 
 def test_container_roots_are_policy(agent_factory: AgentFactory, bundles: Bundles, tmp_path: Path) -> None:
-    agent = agent_factory("--tls-dir", str(bundles.agent))
+    allowed = tmp_path / "roots"
+    (allowed / "a").mkdir(parents=True)
+    agent = agent_factory("--tls-dir", str(bundles.agent), "--allowed-root", str(allowed))
     stub = agent.stub(bundles.controller)
     (tmp_path / "to-root").symlink_to("/")
+    outside = f"is not under an allowed root of this host ({allowed}; --allowed-root)"
     refused = {
         "/": "is the host's root",
-        "/etc": "is or holds a system directory",
-        "/usr/lib": "is or holds a system directory",
-        "/lib64" if Path("/lib64").is_dir() else "/lib": "is or holds a system directory",
-        "/var": "is or holds a system directory of the host (/var/lib/chital*)",
+        "/etc": outside,
+        "/usr/lib": outside,
+        "/lib64" if Path("/lib64").is_dir() else "/lib": outside,
+        "/var": outside,
         "/proc/1/root": "root '/proc/1/root'",
         str(tmp_path / "to-root"): "resolved to '/'",
         str(agent.state_dir): "is or holds the agent's state directory",
@@ -183,15 +187,28 @@ def test_container_roots_are_policy(agent_factory: AgentFactory, bundles: Bundle
         assert why in details, details
     assert list(stub.Sync(pb.SyncRequest(), timeout=10).containers) == []
 
-    # Any other directory is accepted; the host root only when the sandbox allows it (the
-    # controller sets that for admins only).
-    (tmp_path / "roots" / "a").mkdir(parents=True)
-    assert _create(stub, "ct-a", str(tmp_path / "roots" / "a")).root == str(tmp_path / "roots" / "a")
+    # A directory under the allowed root is accepted; the host root only when the sandbox allows
+    # it (the controller sets that for admins only).
+    assert _create(stub, "ct-a", str(allowed / "a")).root == str(allowed / "a")
     host = _create(stub, "ct-host", "/", allow_host_root=True)
     assert host.root == "/" and host.sandbox.allow_host_root
     for uid in ("ct-a", "ct-host"):
         stub.DestroyContainer(pb.DestroyContainerRequest(uid=uid), timeout=10)
     assert Path("/etc").is_dir()  # nothing of the host's root was removed with the container
+
+
+def test_without_allowed_root_only_the_default_prefix_is_accepted(
+    agent_factory: AgentFactory, bundles: Bundles, tmp_path: Path
+) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    agent = agent_factory("--tls-dir", str(bundles.agent))
+    stub = agent.stub(bundles.controller)
+    code, details = _code(lambda: _create(stub, "ct-out", str(tmp_path / "elsewhere")))
+    assert code == grpc.StatusCode.PERMISSION_DENIED
+    assert f"is not under an allowed root of this host ({DEFAULT_ALLOWED_ROOT}; --allowed-root)" in details
+    assert list(stub.Sync(pb.SyncRequest(), timeout=10).containers) == []
+    assert _create(stub, "ct-own").root.startswith(str(agent.state_dir))  # the agent's own rootfs
+    stub.DestroyContainer(pb.DestroyContainerRequest(uid="ct-own"), timeout=10)
 
 
 def test_allowed_roots_bound_client_chosen_roots(
@@ -214,7 +231,11 @@ def test_allowed_roots_bound_client_chosen_roots(
 
 
 def test_allowed_root_must_be_absolute_and_not_the_host_root(tmp_path: Path, bundles: Bundles) -> None:
-    for value, message in (("relative", "must be an absolute path"), ("/", "cannot be a prefix")):
+    for value, message in (
+        ("relative", "must be an absolute path"),
+        ("/", "cannot be a prefix"),
+        ("/var", "holds a system directory (/var/lib/chital*)"),
+    ):
         flags = ["--tls-dir", str(bundles.agent), "--allowed-root", value]
         result = run_agent(tmp_path / (value.strip("/") or "root"), flags)
         assert result.returncode == 1

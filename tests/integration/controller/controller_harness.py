@@ -112,16 +112,24 @@ class Cluster:
             channel.close()
 
 
+#: The harness's controller accepts client-chosen roots below this prefix only (set explicitly, like
+#: every dev fleet: the controller's default prefix is the production one).
+HARNESS_ROOTS: tuple[str, ...] = ("/srv/sandboxes",)
+
+
 @contextmanager
 def running_cluster(
     state_dir: Path,
     *,
     metrics: bool = False,
     database_url: str = "",
-    allowed_roots: tuple[str, ...] = (),
+    allowed_roots: tuple[str, ...] = HARNESS_ROOTS,
     **settings: Any,
 ) -> Iterator[Cluster]:
-    """A started cluster; ``settings`` are more ControllerConfig fields (max_streams=...)."""
+    """A started cluster; ``settings`` are more ControllerConfig fields (max_streams=...).
+
+    ``allowed_roots``: the client-chosen container roots the controller accepts (the fake agents
+    check none), :data:`HARNESS_ROOTS` unless a test chooses its own."""
     pki = PKI.init(state_dir / "pki")
     controller_bundle = pki.issue_controller()
     agent_bundle = pki.issue_agent("127.0.0.1")

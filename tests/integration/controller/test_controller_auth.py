@@ -425,7 +425,7 @@ def test_only_an_admin_lifts_the_root_policy(cluster: Cluster) -> None:
     # ... and the agent is told, so that its own check of the root lets "/" through too.
     sent = [a.agent.containers[made.uid] for a in cluster.agents if made.uid in a.agent.containers]
     assert len(sent) == 1 and sent[0].sandbox.allow_host_root
-    # An ordinary directory is fine for an operator.
+    # A root under the controller's allowed prefix is fine for an operator.
     containers, _, _ = cluster.stubs(cluster.channel_with(cluster.token("operator")))
     assert (
         containers.CreateContainer(create_request("srv", root="/srv/sandboxes/a"), timeout=T).container.root
@@ -508,25 +508,38 @@ def test_an_admin_relaxes_the_sandbox_and_the_agent_is_told(cluster: Cluster) ->
 
 
 def test_allowed_roots_bound_the_roots(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, allowed_roots=("/srv/sandboxes",)) as c:
+    with running_cluster(tmp_path, allowed_roots=("/srv/sandboxes", "/data/roots")) as c:
         c.hosts.RegisterHost(hpb.RegisterHostRequest(address=c.agents[0].address), timeout=T)
-        assert (
-            c.containers.CreateContainer(
-                create_request("in", root="/srv/sandboxes/in"), timeout=T
-            ).container.name
-            == "in"
-        )
+        for name, root in (("in", "/srv/sandboxes/in"), ("other", "/data/roots/a/b"), ("own", "")):
+            assert (
+                c.containers.CreateContainer(create_request(name, root=root), timeout=T).container.name
+                == name
+            )
+        before = snapshot(c)
+        for name, root in (("out", "/home/out"), ("sib", "/srv/sandboxes-other"), ("up", "/srv")):
+            refused(
+                lambda name=name, root=root: c.containers.CreateContainer(
+                    create_request(name, root=root), timeout=T
+                ),
+                grpc.StatusCode.PERMISSION_DENIED,
+                message=f"root {root!r} is not under an allowed root of the controller "
+                "(/srv/sandboxes, /data/roots; --allowed-root)",
+            )
+        after = snapshot(c)
+        assert after["agent_calls"] == before["agent_calls"]
+        assert after["rows"]["containers"] == before["rows"]["containers"]
+
+
+def test_without_allowed_roots_no_client_chosen_root_passes(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, allowed_roots=()) as c:
+        c.hosts.RegisterHost(hpb.RegisterHostRequest(address=c.agents[0].address), timeout=T)
         refused(
-            lambda: c.containers.CreateContainer(create_request("out", root="/home/out"), timeout=T),
+            lambda: c.containers.CreateContainer(create_request("srv", root="/srv/sandboxes/a"), timeout=T),
             grpc.StatusCode.PERMISSION_DENIED,
-            message="not under an allowed root (/srv/sandboxes)",
+            message="is not under an allowed root of the controller (none are configured; --allowed-root)",
         )
-        refused(
-            lambda: c.containers.CreateContainer(
-                create_request("sib", root="/srv/sandboxes-other"), timeout=T
-            ),
-            grpc.StatusCode.PERMISSION_DENIED,
-        )
+        # A root the agent makes is still fine.
+        assert c.containers.CreateContainer(create_request("own"), timeout=T).container.name == "own"
 
 
 # -- tokens and the audit log through the API -------------------------------------------------

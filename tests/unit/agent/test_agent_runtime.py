@@ -43,7 +43,9 @@ def device() -> Iterator[FakeDevice]:
 
 @pytest.fixture
 def rt(device: FakeDevice, tmp_path: Path) -> Iterator[AgentRuntime]:
-    r = AgentRuntime(device, RuntimeConfig(state_dir=tmp_path / "state", max_containers=5))
+    # Client-chosen roots under the test's directory (the default prefix is the production one).
+    config = RuntimeConfig(state_dir=tmp_path / "state", max_containers=5, allowed_roots=(str(tmp_path),))
+    r = AgentRuntime(device, config)
     yield r
     for c in r.sync().containers:
         r.destroy_container(c.uid, 0)

@@ -19,7 +19,9 @@ from chital.api.rollout.v1 import rollout_pb2
 from chital.controller import db
 from chital.controller.__main__ import parse_ttl
 from chital.controller.auth import METHOD_ROLES, Principal, role_allows, roles_table_markdown
+from chital.controller.config import SETTINGS
 from chital.controller.records import SandboxRecord
+from chital.controller.server import ControllerConfig
 from chital.controller.tokens import AuditLog, InvalidToken, Tokens, create_token
 from chital.controller.validation import (
     ADMIN_ONLY_SANDBOX_FIELDS,
@@ -28,6 +30,7 @@ from chital.controller.validation import (
     sandbox_relaxations,
     validate_allowed_roots,
 )
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.errdefs import FailedPrecondition, InvalidArgument, NotFound, PermissionDenied
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "auth.md"
@@ -321,14 +324,42 @@ def test_audit_paging_and_principal_filter(engine: sa.Engine) -> None:
      "/var/lib/chital-agent/roots/x", "/bin", "/sbin"],
 )  # fmt: skip
 def test_system_roots_are_refused(root: str) -> None:
-    with pytest.raises(PermissionDenied, match="allow_host_root"):
-        check_root(root, (), allow_host_root=False)
+    for allowed in ((), (DEFAULT_ALLOWED_ROOT,)):
+        with pytest.raises(PermissionDenied, match="allow_host_root"):
+            check_root(root, allowed, allow_host_root=False)
     check_root(root, (), allow_host_root=True)
 
 
-@pytest.mark.parametrize("root", ["", "/srv/x", "/home/alice/sbx", "/var/tmp/x", "/opt/roots/a", "/usr2"])
-def test_other_roots_pass_without_configuration(root: str) -> None:
-    check_root(root, (), allow_host_root=False)
+def test_system_dirs_are_a_second_check_under_any_prefix() -> None:
+    # validate_allowed_roots never lets such a prefix through; check_root holds without it too.
+    for root in ("/var/lib/chital/x", "/var/run/x", "/var"):
+        with pytest.raises(PermissionDenied, match="system directory"):
+            check_root(root, ("/var",), allow_host_root=False)
+    check_root("/var/tmp/x", ("/var",), allow_host_root=False)
+
+
+@pytest.mark.parametrize(
+    "root", ["/srv/x", "/home/alice/sbx", "/var/tmp/x", "/opt/roots/a", "/usr2", "/srv/chital"]
+)
+def test_a_root_needs_an_allowed_prefix(root: str) -> None:
+    with pytest.raises(
+        PermissionDenied, match="not under an allowed root of the controller \\(none are configured"
+    ):
+        check_root(root, (), allow_host_root=False)
+    with pytest.raises(
+        PermissionDenied, match=f"not under an allowed root of the controller \\({DEFAULT_ALLOWED_ROOT};"
+    ):
+        check_root(root, (DEFAULT_ALLOWED_ROOT,), allow_host_root=False)
+    check_root(root, (), allow_host_root=True)  # an admin's choice
+    check_root("", (), allow_host_root=False)  # the agent makes the root
+
+
+def test_the_default_allowed_root() -> None:
+    assert DEFAULT_ALLOWED_ROOT == "/srv/chital/roots"
+    assert validate_allowed_roots([DEFAULT_ALLOWED_ROOT]) == (DEFAULT_ALLOWED_ROOT,)
+    assert ControllerConfig().allowed_roots == (DEFAULT_ALLOWED_ROOT,)
+    assert SETTINGS.by_key["allowed_roots"].default == [DEFAULT_ALLOWED_ROOT]
+    check_root(DEFAULT_ALLOWED_ROOT + "/web", (DEFAULT_ALLOWED_ROOT,), allow_host_root=False)
 
 
 def test_allowed_roots() -> None:
@@ -342,6 +373,9 @@ def test_allowed_roots() -> None:
     check_root("/", allowed, allow_host_root=True)
     for bad in ("/", "//", "relative", "/a/../b"):
         with pytest.raises(ValueError, match="allowed root"):
+            validate_allowed_roots([bad])
+    for bad in ("/var", "/etc/roots", "/var/lib/chital/roots", "/lib64/x", "/run/roots"):
+        with pytest.raises(ValueError, match="system directory"):
             validate_allowed_roots([bad])
 
 

@@ -90,6 +90,9 @@ class AgentProcess:
                 CGROUP_PARENT,
                 "--tls-dir",
                 str(self.tls_dir),
+                # The tests' container root (the conftest's ``root``), the only one it accepts.
+                "--allowed-root",
+                str(self.base / "root"),
             ],
             stdout=log,
             stderr=log,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from chital.daemon.config import Setting, Settings
 from chital.daemon.logs import LOG_FORMATS, LOG_LEVELS
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.daemon.streams import DEFAULT_MAX_STREAMS
 
 from .server import DEVICE_PATH
@@ -37,10 +38,10 @@ _SETTINGS = (
     Setting(
         "allowed_roots",
         kind="list",
+        default=[DEFAULT_ALLOWED_ROOT],
         option="--allowed-root",
         metavar="DIR",
-        help="accept client-chosen container roots only at or below DIR; default: any directory but / "
-        "and the host's system directories",
+        help="accept client-chosen container roots only at or below DIR; never / nor a system directory",
     ),
     Setting(
         "state_dir", kind="path", required=True, metavar="DIR", help="logs, roots and metadata live here"

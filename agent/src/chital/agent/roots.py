@@ -6,10 +6,12 @@ so that a host's own configuration bounds what any caller can do on it:
 - the root is resolved (symlinks followed) and the resolved path is what the container gets, so a
   link planted under an allowed prefix cannot point the container at ``/``;
 - ``/`` is refused;
-- with ``--allowed-root`` prefixes, the root must be one of them or lie below one;
-- without them, the host's system directories are refused, themselves, everything below them and
-  every directory that holds one (``/var`` holds ``/var/lib/chital-agent``): see :data:`SYSTEM_DIRS`;
-- this agent's own state directory is refused in the same way, whatever the prefixes;
+- the root must be one of the ``--allowed-root`` prefixes or lie below one (by default
+  :data:`~chital.daemon.roots.DEFAULT_ALLOWED_ROOT`; none configured: no client-chosen root passes);
+- the host's system directories are refused as well, whatever the prefixes: themselves, everything
+  below them and every directory that holds one (``/var`` holds ``/var/lib/chital-agent``), see
+  :data:`SYSTEM_DIRS`; a prefix that is, lies below or holds one is refused at start;
+- this agent's own state directory is refused in the same way;
 - a request whose sandbox sets ``allow_host_root`` (admin-only at the controller) skips these
   checks: it may use ``/`` or any other existing directory.
 
@@ -23,12 +25,13 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.errdefs import InvalidArgument, PermissionDenied
 
 __all__ = ["SYSTEM_DIRS", "RootPolicy"]
 
-#: Refused as roots (and everything below them) when no ``--allowed-root`` is configured. Patterns
-#: match one path component (``/lib*``: /lib, /lib32, /lib64, /libx32).
+#: Refused as roots (and everything below and above them), whatever the ``--allowed-root`` prefixes.
+#: Patterns match one path component (``/lib*``: /lib, /lib32, /lib64, /libx32).
 SYSTEM_DIRS: tuple[str, ...] = (
     "/etc",
     "/usr",
@@ -60,14 +63,22 @@ def _overlaps(path: str, pattern: str) -> bool:
 class RootPolicy:
     """The agent's root check (``--allowed-root``, repeatable); see the module docstring."""
 
-    def __init__(self, allowed_roots: Sequence[str] = (), state_dir: Path | None = None) -> None:
+    def __init__(
+        self, allowed_roots: Sequence[str] = (DEFAULT_ALLOWED_ROOT,), state_dir: Path | None = None
+    ) -> None:
         for prefix in allowed_roots:
             if not prefix.startswith("/"):
                 raise ValueError(f"--allowed-root {prefix!r}: must be an absolute path")
-            if os.path.realpath(prefix) == "/":
+            resolved = os.path.realpath(prefix)
+            if resolved == "/":
                 raise ValueError(
                     "--allowed-root /: the host's root cannot be a prefix (allow_host_root is per container)"
                 )
+            for pattern in SYSTEM_DIRS:
+                if _overlaps(resolved, pattern):
+                    raise ValueError(
+                        f"--allowed-root {prefix!r}: is, lies below or holds a system directory ({pattern})"
+                    )
         self.allowed_roots = tuple(os.path.realpath(p) for p in allowed_roots)
         self._state_dir = os.path.realpath(state_dir) if state_dir is not None else None
 
@@ -91,15 +102,12 @@ class RootPolicy:
             _under(resolved, self._state_dir) or _under(self._state_dir, resolved)
         ):
             raise PermissionDenied(f"root {shown} is or holds the agent's state directory")
-        if self.allowed_roots:
-            if not any(_under(resolved, prefix) for prefix in self.allowed_roots):
-                allowed = ", ".join(self.allowed_roots)
-                raise PermissionDenied(f"root {shown} is not under an allowed root of this host ({allowed})")
-            return resolved
+        if not any(_under(resolved, prefix) for prefix in self.allowed_roots):
+            allowed = ", ".join(self.allowed_roots) or "none are configured"
+            raise PermissionDenied(
+                f"root {shown} is not under an allowed root of this host ({allowed}; --allowed-root)"
+            )
         for pattern in SYSTEM_DIRS:
             if _overlaps(resolved, pattern):
-                raise PermissionDenied(
-                    f"root {shown} is or holds a system directory of the host ({pattern}); "
-                    "configure --allowed-root to choose the roots this host accepts"
-                )
+                raise PermissionDenied(f"root {shown} is or holds a system directory of the host ({pattern})")
         return resolved

@@ -46,6 +46,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.errdefs import (
     AlreadyExists,
     ChitalError,
@@ -241,8 +242,8 @@ class RuntimeConfig:
     #: Size cap and rotation of each process's stdout and stderr files (see logfiles.py).
     log_limits: logfiles.LogLimits = field(default_factory=logfiles.LogLimits)
     launcher: str | None = None  # chital-launch; None: found as chital.agent.process.find_launcher does
-    #: --allowed-root prefixes for client-chosen roots (empty: any but the host's system dirs; see roots.py)
-    allowed_roots: tuple[str, ...] = ()
+    #: --allowed-root prefixes for client-chosen roots (empty: none is accepted; see roots.py)
+    allowed_roots: tuple[str, ...] = (DEFAULT_ALLOWED_ROOT,)
 
 
 # -- the event log -------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ from grpc_reflection.v1alpha import reflection
 
 from chital.api.agent.v1 import agent_pb2, agent_pb2_grpc
 from chital.daemon.logs import LogContextInterceptor
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.daemon.streams import DEFAULT_MAX_STREAMS, StreamLimitInterceptor
 from chital.errdefs import FailedPrecondition, Unavailable
 from chital.errdefs.grpc import ErrorInterceptor
@@ -74,8 +75,8 @@ class ServerConfig:
     #: Exited processes remembered (GetProcess, StreamLogs); a destroyed container's directory
     #: goes when the last of its processes is forgotten (see dirs.py).
     exited_process_limit: int = 10_000
-    #: Prefixes for client-chosen container roots (see chital.agent.roots); empty: the default rule.
-    allowed_roots: tuple[str, ...] = ()
+    #: Prefixes for client-chosen container roots (see chital.agent.roots); empty: none is accepted.
+    allowed_roots: tuple[str, ...] = (DEFAULT_ALLOWED_ROOT,)
 
 
 def transport(config: ServerConfig) -> TLSFiles | None:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from chital.daemon.config import Setting, Settings
 from chital.daemon.logs import LOG_FORMATS, LOG_LEVELS
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.daemon.streams import DEFAULT_MAX_STREAMS
 
 from .server import default_state_dir
@@ -128,9 +129,10 @@ _SERVE = (
     Setting(
         "allowed_roots",
         kind="list",
+        default=[DEFAULT_ALLOWED_ROOT],
         option="--allowed-root",
         metavar="DIR",
-        help="container roots must lie under DIR (default: anywhere but system directories)",
+        help="client-chosen container roots must lie at or below DIR; never / nor a system directory",
     ),
     Setting(
         "lease_timeout",

@@ -96,6 +96,7 @@ from chital.controller.validation import (
     validate_sandbox,
     validate_signal,
 )
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.errdefs import (
     AlreadyExists,
     ChitalError,
@@ -151,7 +152,7 @@ class Containers:
         *,
         poll_interval: float = 0.5,
         metrics: ControllerMetrics | None = None,
-        allowed_roots: tuple[str, ...] = (),
+        allowed_roots: tuple[str, ...] = (DEFAULT_ALLOWED_ROOT,),
         feed: EventFeed | None = None,
         operations: Operations | None = None,
     ) -> None:

@@ -61,6 +61,7 @@ from chital.controller.store import Store
 from chital.controller.tokens import AuditLog, Tokens
 from chital.controller.validation import validate_allowed_roots
 from chital.daemon.logs import LogContextInterceptor
+from chital.daemon.roots import DEFAULT_ALLOWED_ROOT
 from chital.daemon.streams import DEFAULT_MAX_STREAMS, StreamLimitInterceptor
 from chital.errdefs import FailedPrecondition, InvalidArgument
 from chital.errdefs.grpc import ErrorInterceptor
@@ -141,8 +142,8 @@ class ControllerConfig:
     # How rollouts run (playbooks directory, workers, caps); None: the defaults, with ansible-runner's
     # files under <state_dir>/rollouts.
     rollouts: RolloutSettings | None = None
-    # Container roots must lie under one of these (empty: anywhere but the system directories).
-    allowed_roots: tuple[str, ...] = ()
+    # Client-chosen container roots must lie under one of these (empty: none is accepted).
+    allowed_roots: tuple[str, ...] = (DEFAULT_ALLOWED_ROOT,)
     # PostgreSQL: the leader's lease lasts this long without a word from it (idle_session_timeout of
     # its lease session; see leader.py). SQLite: one controller, always the leader.
     lease_timeout: float = 3.0

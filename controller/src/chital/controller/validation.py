@@ -130,8 +130,9 @@ def validate_path(path: str, what: str, *, required: bool = False) -> str:
 
 
 #: Never a container root, nor below one, nor above one (a root of /var would hold /var/lib/chital),
-#: when the controller has no allowed roots configured. One glob per path component: /lib* is /lib,
-#: /lib32, /lib64, /libx32; /var/lib/chital* is the state of chital's daemons. "/" is refused always.
+#: whatever the allowed roots: a second check under them, and no allowed root may overlap one. One
+#: glob per path component: /lib* is /lib, /lib32, /lib64, /libx32; /var/lib/chital* is the state of
+#: chital's daemons. "/" is refused always.
 SYSTEM_DIRS: tuple[str, ...] = (
     "/etc",
     "/usr",
@@ -166,7 +167,8 @@ def _under(path: list[str], prefix: list[str]) -> bool:
 
 def validate_allowed_roots(roots: Sequence[str]) -> tuple[str, ...]:
     """Configured root prefixes: absolute, no '..', never "/" (the host's root is a per-container,
-    admin-only choice); returned normalized. ValueError names the bad one."""
+    admin-only choice) nor a system directory, below or above one (every root there would be
+    refused); returned normalized. ValueError names the bad one."""
     out = []
     for root in roots:
         if not root.startswith("/") or ".." in root.split("/") or "\x00" in root:
@@ -177,6 +179,11 @@ def validate_allowed_roots(roots: Sequence[str]) -> tuple[str, ...]:
                 "allowed root '/' would allow every path: the host's root is allowed per container, "
                 "by an admin, with sandbox.allow_host_root"
             )
+        for pattern in SYSTEM_DIRS:
+            if _overlaps(parts, pattern):
+                raise ValueError(
+                    f"allowed root {root!r} is, lies below or holds a system directory ({pattern})"
+                )
         out.append("/" + "/".join(parts))
     return tuple(out)
 
@@ -185,10 +192,11 @@ def check_root(root: str, allowed_roots: Sequence[str], *, allow_host_root: bool
     """The controller's root policy (the agent checks again, on the resolved path).
 
     An empty root (the agent makes one) always passes, and so does any root when the sandbox sets
-    ``allow_host_root`` (the caller checked that an admin asked). Otherwise "/" is refused; with
-    ``allowed_roots`` the root must be one of them or lie below one; without them it must not be,
-    lie below or hold one of :data:`SYSTEM_DIRS`. The check is lexical: this host cannot see the
-    agent's file system, so symbolic links are the agent's check. Raises PermissionDenied.
+    ``allow_host_root`` (the caller checked that an admin asked). Otherwise "/" is refused, the root
+    must be one of ``allowed_roots`` or lie below one (none configured: no client-chosen root
+    passes), and it must not be, lie below or hold one of :data:`SYSTEM_DIRS`. The check is
+    lexical: this host cannot see the agent's file system, so symbolic links are the agent's
+    check. Raises PermissionDenied.
     """
     if not root or allow_host_root:
         return
@@ -196,12 +204,12 @@ def check_root(root: str, allowed_roots: Sequence[str], *, allow_host_root: bool
     hint = "only an admin may allow it, with sandbox.allow_host_root"
     if not parts:
         raise PermissionDenied(f"root {root!r} is the host's root: {hint}")
-    if allowed_roots:
-        if not any(_under(parts, _components(prefix)) for prefix in allowed_roots):
-            raise PermissionDenied(
-                f"root {root!r} is not under an allowed root ({', '.join(allowed_roots)}): {hint}"
-            )
-        return
+    if not any(_under(parts, _components(prefix)) for prefix in allowed_roots):
+        allowed = ", ".join(allowed_roots) or "none are configured"
+        raise PermissionDenied(
+            f"root {root!r} is not under an allowed root of the controller ({allowed}; "
+            f"--allowed-root): {hint}"
+        )
     for pattern in SYSTEM_DIRS:
         if _overlaps(parts, pattern):
             raise PermissionDenied(

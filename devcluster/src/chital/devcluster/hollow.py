@@ -269,11 +269,22 @@ class HollowFleet:
         """A ``chital.client.Client`` of the fleet's admin (``kw``: ``timeout=``, ``token=``...)."""
         return self.client_config.client(**kw)
 
+    @property
+    def roots(self) -> Path:
+        """``<workdir>/roots``: the only client-chosen container roots the controller and the agents
+        accept (``--allowed-root``; the daemons' default prefix is the production one)."""
+        assert self.workdir is not None, "fleet not started"
+        return self.workdir / "roots"
+
+    def _root_args(self) -> list[str]:
+        return ["--allowed-root", str(self.roots)]
+
     def start(self) -> HollowFleet:
         if self.workdir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="chital-hollow-")
             self.workdir = Path(self._tmp.name)
         try:
+            self.roots.mkdir(parents=True, exist_ok=True)
             controller_tls = None
             if not self.insecure:
                 self.pki = FleetPKI(self.workdir / "pki")
@@ -283,7 +294,7 @@ class HollowFleet:
                 database_url=self.database_url,
                 tls_dir=controller_tls,
                 insecure=self.insecure,
-                extra_args=self.controller_args,
+                extra_args=[*self._root_args(), *self.controller_args],
                 metrics=self.metrics,
             )
             self.token = bootstrap_token(self.workdir / "controller", self.database_url, "hollow-admin")
@@ -306,7 +317,7 @@ class HollowFleet:
             tls_dir=tls_dir,
             insecure=self.insecure,
             metrics=self.metrics,
-            extra_args=self.agent_args,
+            extra_args=[*self._root_args(), *self.agent_args],
         )
         self.agent_procs.append(agent)
         if self.register:
@@ -334,7 +345,7 @@ class HollowFleet:
             database_url=self.database_url,
             tls_dir=tls_dir,
             insecure=self.insecure,
-            extra_args=self.controller_args,
+            extra_args=[*self._root_args(), *self.controller_args],
             metrics=self.metrics,
             listen=old.address,
         )
@@ -356,6 +367,7 @@ class HollowFleet:
             tls_dir=tls_dir,
             insecure=self.insecure,
             metrics=self.metrics,
+            extra_args=[*self._root_args(), *self.agent_args],
             listen=old.address,
         )
         self.agent_procs[index] = agent

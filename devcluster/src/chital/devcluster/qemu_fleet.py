@@ -47,7 +47,8 @@ __all__ = ["AGENT_PORT", "AGENT_TLS", "BUSYBOX_ROOT", "ROOTS_DIR", "QemuFleet"]
 
 #: The agent's port inside every guest (forwarded to a free host port).
 AGENT_PORT = 7700
-#: Client-chosen container roots a guest's agent accepts (``--allowed-root``).
+#: Client-chosen container roots the fleet accepts (``--allowed-root`` of the controller and of
+#: every guest's agent).
 ROOTS_DIR = "/tmp/roots"
 #: A container root made of busybox, prepared in every guest.
 BUSYBOX_ROOT = f"{ROOTS_DIR}/busybox"
@@ -235,7 +236,9 @@ class QemuFleet:
             )
             self.cluster.start()
             self.controller = start_controller(
-                self.workdir / "controller", tls_dir=pki.controller(), extra_args=list(self.controller_args)
+                self.workdir / "controller",
+                tls_dir=pki.controller(),
+                extra_args=["--allowed-root", ROOTS_DIR, *self.controller_args],
             )
             self.token = bootstrap_token(self.workdir / "controller", None, "qemu-admin")
             self.client_config.write(self.config_path, context="qemu")

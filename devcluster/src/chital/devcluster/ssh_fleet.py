@@ -52,8 +52,9 @@ if TYPE_CHECKING:
 
 __all__ = ["BUSYBOX_ROOT", "MAKE_BUSYBOX_ROOT", "ROOTS_DIR", "PlaybookRun", "SshFleet", "parse_recap"]
 
-#: Where containers' roots live on the guests (the agents' allowed root); the image ships
-#: busybox-static to make one from.
+#: Where containers' roots live on the guests (the allowed root of the controller and of the
+#: agents, given explicitly although it is the daemons' default); the image ships busybox-static
+#: to make one from.
 ROOTS_DIR = "/srv/chital/roots"
 #: A container root of busybox-static on each guest (:meth:`SshFleet.make_busybox_roots`).
 BUSYBOX_ROOT = f"{ROOTS_DIR}/busybox"
@@ -198,7 +199,7 @@ class SshFleet:
             self.controller = start_controller(
                 self.workdir / "controller",
                 tls_dir=pki.directory / "controller",
-                extra_args=list(self.controller_args),
+                extra_args=["--allowed-root", ROOTS_DIR, *self.controller_args],
             )
             self.token = bootstrap_token(self.workdir / "controller", None, "ssh-fleet-admin")
             self.token_file.touch(mode=0o600)

@@ -1,7 +1,7 @@
 """What both daemons (``chital-agent``, ``chital-controller``) share: settings from a TOML file,
 the environment and flags (:mod:`.config`), structured logs with the request's ids (:mod:`.logs`),
-one table of exit statuses (:mod:`.exitcodes`), and the collector's start-up freeze
-(:mod:`.heap`). See docs/daemons.md.
+one table of exit statuses (:mod:`.exitcodes`), the collector's start-up freeze (:mod:`.heap`)
+and the default allowed root of containers (:mod:`.roots`). See docs/daemons.md.
 """
 
 from .config import ConfigError, Setting, Settings
