@@ -57,7 +57,9 @@
  * @killing: set under chital_lock by DESTROY with CHITAL_DESTROY_KILL: the
  *	members were sent SIGKILL, new children get it too; DESTROY waits on
  *	chital_empty_wait until the members are gone
- * @syscalls_total: atomic counter
+ * @other_calls: the system calls not counted in @calls (compat and out of
+ *	range), atomic counter; the container's total is this plus the sum of
+ *	@calls (one counter less on every member's system call)
  * @denied_total: atomic counter
  * @calls: per-syscall calls, atomic counters
  * @denied: per-syscall denials, atomic counters
@@ -76,7 +78,7 @@ struct chital_container {
 	u64 policy_flags;
 	struct chital_limits limits;
 	bool killing;
-	atomic64_t syscalls_total;
+	atomic64_t other_calls;
 	atomic64_t denied_total;
 	atomic64_t calls[CHITAL_NR_SYSCALLS];
 	atomic64_t denied[CHITAL_NR_SYSCALLS];

@@ -40,6 +40,15 @@
 				 CLONE_NEWNET | CLONE_NEWTIME)
 
 /*
+ * What a verdict below answers for a system call it does not look at. The
+ * probe never sees it: chital_checked_init() asks each verdict about every
+ * system call number once, with all-zero arguments, and the probe asks the
+ * verdicts only about the numbers they look at (chital_checked), so that
+ * the case lists below are the only lists of checked calls.
+ */
+#define CHITAL_UNCHECKED	1
+
+/*
  * Containment: the system calls no member may make, whatever its policy.
  * Keep in sync with the list in include/uapi/linux/chital.h.
  */
@@ -81,7 +90,7 @@ static long chital_containment_verdict(struct pt_regs *regs, long nr)
 		 */
 		return -ENOSYS;
 	}
-	return 0;
+	return CHITAL_UNCHECKED;
 }
 
 static void chital_deny(struct pt_regs *regs, long err)
@@ -216,11 +225,10 @@ static long chital_raw_socket_verdict(struct pt_regs *regs,
 {
 	int type = (int)regs->si & SOCK_TYPE_MASK;
 
-	if (!(READ_ONCE(c->policy_flags) & CHITAL_POLICY_DENY_RAW_SOCKETS))
+	/* The arguments first: chital_checked_init() passes no container. */
+	if ((int)regs->di != AF_PACKET && type != SOCK_RAW && type != SOCK_PACKET)
 		return 0;
-	if ((int)regs->di == AF_PACKET || type == SOCK_RAW || type == SOCK_PACKET)
-		return -EPERM;
-	return 0;
+	return READ_ONCE(c->policy_flags) & CHITAL_POLICY_DENY_RAW_SOCKETS ? -EPERM : 0;
 }
 
 static long chital_argument_verdict(struct pt_regs *regs, long nr,
@@ -270,7 +278,42 @@ static long chital_argument_verdict(struct pt_regs *regs, long nr,
 	case __NR_socketpair:
 		return chital_raw_socket_verdict(regs, c);
 	}
-	return 0;
+	return CHITAL_UNCHECKED;
+}
+
+/* The system calls that either verdict above looks at. */
+static DECLARE_BITMAP(chital_checked, CHITAL_NR_SYSCALLS) __read_mostly;
+
+static void chital_checked_init(void)
+{
+	/*
+	 * All-zero arguments take no verdict past its argument tests: no pid
+	 * (0) is looked up, no socket is raw, no container is read.
+	 */
+	struct pt_regs regs = {};
+	long nr;
+
+	for (nr = 0; nr < CHITAL_NR_SYSCALLS; nr++)
+		if (chital_containment_verdict(&regs, nr) != CHITAL_UNCHECKED ||
+		    chital_argument_verdict(&regs, nr, NULL) != CHITAL_UNCHECKED)
+			__set_bit(nr, chital_checked);
+}
+
+/*
+ * The verdict on a member's call @nr (in range) of container @c: containment,
+ * then the container's deny policy, then the arguments.
+ */
+static long chital_verdict(struct pt_regs *regs, long nr,
+			   struct chital_container *c)
+{
+	long err = chital_containment_verdict(regs, nr);
+
+	if (err != CHITAL_UNCHECKED && err)
+		return err;
+	if (test_bit(nr, c->deny))
+		return -EPERM;
+	err = chital_argument_verdict(regs, nr, c);
+	return err == CHITAL_UNCHECKED ? 0 : err;
 }
 
 /* Self-test of the orig_ax = -1 denial, see chital_selftest(). */
@@ -298,21 +341,24 @@ static void chital_probe_sys_enter(void *data, struct pt_regs *regs, long id)
 		return;
 	c = m->container;
 	m->denial_counted = false;
-	atomic64_inc(&c->syscalls_total);
 	if (unlikely(in_ia32_syscall())) {
+		atomic64_inc(&c->other_calls);
 		nr = (u32)id | CHITAL_COMPAT_SYSCALL;
 		err = -EPERM;
 	} else if (unlikely(id < 0 || id >= CHITAL_NR_SYSCALLS)) {
+		atomic64_inc(&c->other_calls);
 		nr = (u32)id;
 		err = -EPERM;
 	} else {
 		nr = id;
+		/*
+		 * The path of most calls: one counter and two bit tests. Every
+		 * cycle here is paid by every system call of every member.
+		 */
 		atomic64_inc(&c->calls[nr]);
-		err = chital_containment_verdict(regs, id);
-		if (!err && test_bit(nr, c->deny))
-			err = -EPERM;
-		if (!err)
-			err = chital_argument_verdict(regs, id, c);
+		if (likely(!test_bit(nr, chital_checked) && !test_bit(nr, c->deny)))
+			return;
+		err = chital_verdict(regs, id, c);
 		if (err == -ENOSYS) {
 			chital_deny(regs, err);
 			return;
@@ -794,6 +840,7 @@ int chital_intercept_init(void)
 	bool traced = test_task_syscall_work(current, SYSCALL_TRACEPOINT);
 	int err;
 
+	chital_checked_init();
 	err = chital_tracepoints_register();
 	if (err)
 		return err;

@@ -438,11 +438,14 @@ static u32 chital_info_fill(struct chital_container *c, struct chital_info *info
 {
 	struct chital_member *m;
 	u32 n = 0;
+	int i;
 
 	lockdep_assert_held(&chital_lock);
 	memcpy(info->name, c->name, sizeof(info->name));
 	info->root_len = strlen(c->root_str);
-	info->syscalls_total = atomic64_read(&c->syscalls_total);
+	info->syscalls_total = atomic64_read(&c->other_calls);
+	for (i = 0; i < CHITAL_NR_SYSCALLS; i++)
+		info->syscalls_total += atomic64_read(&c->calls[i]);
 	info->denied_total = atomic64_read(&c->denied_total);
 	bitmap_to_arr64(info->policy.deny, c->deny, CHITAL_NR_SYSCALLS);
 	info->policy.flags = c->policy_flags;

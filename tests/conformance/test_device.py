@@ -436,6 +436,27 @@ def test_stats_count_member_syscalls(driver: Driver) -> None:
     assert info.syscalls_total >= 5 and info.denied_total == 0
 
 
+def test_syscalls_total_is_every_counted_call(driver: Driver) -> None:
+    """The total counts every system call of the members: those counted per number, plus the compat
+    (int $0x80) and out-of-range ones, which have no per-number counter."""
+    dev = driver.device
+    cid = driver.create()
+    w = driver.worker()
+    dev.add_proc(cid, w.pid)
+    assert driver.syscall(w, NR_OUT_OF_RANGE) == errno.EPERM
+    assert driver.compat_syscall(w, I386_GETPID) == -errno.EPERM
+    # The worker keeps making calls until it blocks for its next command: read the counters
+    # between two equal totals, so that none moved in between.
+    for _ in range(100):
+        before = dev.info(cid).syscalls_total
+        per_number = sum(calls for calls, _ in dev.stats(cid).values())
+        if dev.info(cid).syscalls_total == before:
+            break
+    else:
+        pytest.fail("the member's counters never settled")
+    assert before == per_number + 2
+
+
 def test_policy_denies_and_counts(driver: Driver) -> None:
     dev = driver.device
     cid = driver.create(deny_syscalls=frozenset({NR_GETPPID}))
